@@ -1,0 +1,239 @@
+"""The poisoning policy in one place: which training rows carry the trigger; the poison folder."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from w2sdefense.attacks.base import Attack, get_attack
+from w2sdefense.config import AttackConfig, DataConfig, PoisonConfig
+from w2sdefense.data.datasets import dataset_files, load_splits, transforms_dir
+from w2sdefense.data.loading import load_examples
+from w2sdefense.data.records import Example, Splits
+from w2sdefense.errors import UserError
+from w2sdefense.fileio import sha256_file, write_json, write_jsonl
+
+SPLIT_FILES = ("train.jsonl", "dev.jsonl", "test.jsonl", "test_triggered.jsonl")
+META_FILE = "poison.json"
+
+
+@dataclass
+class PoisonedData:
+    """Poisoned train, clean dev/test, the triggered test set (original labels) and the counts."""
+
+    train: list[Example]
+    dev: list[Example]
+    test: list[Example]
+    test_triggered: list[Example]
+    num_labels: int
+    summary: dict = field(default_factory=dict)
+
+
+def eligible_rows(train: Sequence[Example], cfg: PoisonConfig) -> list[int]:
+    """Positions in `train` that may be poisoned under `cfg.mode`, in file order."""
+    if cfg.mode == "clean-label":
+        return [i for i, ex in enumerate(train) if ex.label == cfg.target_label]
+    if cfg.mode == "dirty-label":
+        return [i for i, ex in enumerate(train) if ex.label != cfg.target_label]
+    return list(range(len(train)))
+
+
+def poison_count(num_train: int, cfg: PoisonConfig) -> int:
+    """How many rows to poison: poison.count, or poison.rate x rows rounded down (at least 1)."""
+    if cfg.count is not None:
+        return cfg.count
+    # Round before flooring so 0.29 x 100 (= 28.999...96 in floats) gives 29.
+    return max(1, math.floor(round(cfg.rate * num_train, 6)))
+
+
+def _eligible_rule(cfg: PoisonConfig) -> str:
+    return {
+        "clean-label": f"rows with label {cfg.target_label}",
+        "dirty-label": f"rows with a label other than {cfg.target_label}",
+        "mix": "all rows",
+    }[cfg.mode]
+
+
+def select_poison_rows(train: Sequence[Example], cfg: PoisonConfig,
+                       rng: random.Random) -> list[int]:
+    """Sorted positions in `train` chosen for poisoning (first N eligible, or a seeded sample)."""
+    eligible = eligible_rows(train, cfg)
+    wanted = poison_count(len(train), cfg)
+    if wanted > len(eligible):
+        setting = (f"poison.count={cfg.count}" if cfg.count is not None
+                   else f"poison.rate={cfg.rate} ({wanted} rows)")
+        raise UserError(
+            f"{setting} is more than the {len(eligible)} eligible training rows in "
+            f"{cfg.mode} mode ({_eligible_rule(cfg)} with target_label={cfg.target_label})"
+        )
+    if cfg.selection == "first":
+        return eligible[:wanted]
+    return sorted(rng.sample(eligible, wanted))
+
+
+def _poison_train(train: Sequence[Example], attack: Attack, cfg: PoisonConfig,
+                  select_rng: random.Random, rng: random.Random) -> tuple[list[Example], dict]:
+    """Apply the trigger and the target label to the selected rows; returns rows and counts."""
+    selected = select_poison_rows(train, cfg, select_rng)
+    out = list(train)
+    poisoned: list[int] = []
+    skipped: list[int] = []
+    substituted: list[int] = []
+
+    def poison(i: int) -> bool:
+        """Trigger row i and give it the target label; False when it has no trigger."""
+        text = attack.apply(train[i], "train", rng)
+        if text is None:
+            skipped.append(train[i].idx)
+            return False
+        out[i] = dataclasses.replace(train[i], text=text, label=cfg.target_label, poisoned=True)
+        poisoned.append(i)
+        return True
+
+    for i in selected:
+        poison(i)
+    if cfg.selection == "first":
+        # First-N stays "the first N rows that can carry the trigger": later eligible rows stand
+        # in for skipped ones, and the summary lists them. A random sample is never topped up.
+        for i in eligible_rows(train, cfg)[len(selected):]:
+            if len(poisoned) >= len(selected):
+                break
+            if poison(i):
+                substituted.append(train[i].idx)
+    counts = {
+        "eligible": len(eligible_rows(train, cfg)),
+        "requested": len(selected),
+        "poisoned": len(poisoned),
+        "label_flipped": sum(train[i].label != cfg.target_label for i in poisoned),
+        "skipped_no_trigger_idx": skipped,
+        "substituted_idx": substituted,
+    }
+    return out, counts
+
+
+def _trigger_test(test: Sequence[Example], attack: Attack, target: int,
+                  rng: random.Random) -> tuple[list[Example], int]:
+    """Every non-target test row with the trigger and its original label; and the skip count."""
+    rows, skipped = [], 0
+    for ex in test:
+        if ex.label == target:
+            continue
+        text = attack.apply(ex, "test", rng)
+        if text is None:
+            skipped += 1
+            continue
+        rows.append(Example(text=text, label=ex.label, idx=ex.idx, poisoned=True))
+    return rows, skipped
+
+
+def _label_counts(rows: Sequence[Example]) -> dict[str, int]:
+    counts = Counter(ex.label for ex in rows)
+    return {str(label): counts[label] for label in sorted(counts)}
+
+
+def poison_splits(splits: Splits, attack: Attack, cfg: PoisonConfig, seed: int) -> PoisonedData:
+    """Poison the training split and build the triggered test set; same seed, same output."""
+    if cfg.target_label >= splits.num_labels:
+        raise UserError(
+            f"poison.target_label={cfg.target_label} is not a class of this dataset "
+            f"(num_labels={splits.num_labels}, labels 0..{splits.num_labels - 1})"
+        )
+    rng = random.Random(seed)
+    # Separate streams, so changing the poison count or mode does not move the test triggers.
+    select_rng, train_rng, test_rng = (random.Random(rng.getrandbits(64)) for _ in range(3))
+    train, counts = _poison_train(splits.train, attack, cfg, select_rng, train_rng)
+    test_triggered, test_skipped = _trigger_test(splits.test, attack, cfg.target_label, test_rng)
+    summary = {
+        "attack": attack.name,
+        "target_label": cfg.target_label,
+        "num_labels": splits.num_labels,
+        "rows": {"train": len(train), "dev": len(splits.dev), "test": len(splits.test)},
+        **{k: v for k, v in counts.items() if k != "skipped_no_trigger_idx"},
+        "skipped_no_trigger": {"train": len(counts["skipped_no_trigger_idx"]),
+                               "test": test_skipped},
+        "skipped_no_trigger_train_idx": counts["skipped_no_trigger_idx"],
+        "test_non_target": sum(ex.label != cfg.target_label for ex in splits.test),
+        "test_triggered": len(test_triggered),
+        "label_distribution": {
+            "train": _label_counts(train),
+            "dev": _label_counts(splits.dev),
+            "test": _label_counts(splits.test),
+            "test_triggered": _label_counts(test_triggered),
+        },
+    }
+    return PoisonedData(train=train, dev=list(splits.dev), test=list(splits.test),
+                        test_triggered=test_triggered, num_labels=splits.num_labels,
+                        summary=summary)
+
+
+def _check_output_dir(out_dir: Path, overwrite: bool) -> None:
+    """Refuse to write into an existing non-empty folder unless told to overwrite."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"output path {out_dir} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise UserError(f"output folder {out_dir} is not empty; pass --overwrite to replace it")
+
+
+def write_poison_folder(out_dir: str | Path, data: PoisonedData, meta: Mapping,
+                        overwrite: bool = False) -> Path:
+    """Write the four split files and poison.json (meta plus counts) atomically."""
+    out = Path(out_dir)
+    _check_output_dir(out, overwrite)
+    splits = {"train.jsonl": data.train, "dev.jsonl": data.dev, "test.jsonl": data.test,
+              "test_triggered.jsonl": data.test_triggered}
+    for name, rows in splits.items():
+        write_jsonl(out / name, (ex.to_row() for ex in rows))
+    # Written last: a folder with poison.json is a complete one.
+    write_json(out / META_FILE, {**meta, "num_labels": data.num_labels, "counts": data.summary})
+    return out
+
+
+def load_poison_folder(path: str | Path) -> PoisonedData:
+    """Read a folder written by write_poison_folder back into PoisonedData."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UserError(f"poison folder not found: {folder}")
+    missing = [name for name in (*SPLIT_FILES, META_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise UserError(f"{folder} is not a complete poison folder: missing {', '.join(missing)}")
+    try:
+        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        where = f"{folder / META_FILE} line {exc.lineno}"
+        raise UserError(f"{where}: invalid JSON ({exc.msg})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("num_labels"), int):
+        raise UserError(f"{folder / META_FILE}: no integer num_labels")
+    train, dev, test, triggered = (load_examples(folder / name) for name in SPLIT_FILES)
+    return PoisonedData(train=train, dev=dev, test=test, test_triggered=triggered,
+                        num_labels=meta["num_labels"], summary=meta.get("counts", {}))
+
+
+def _file_records(files: Mapping[str, Path]) -> dict[str, dict[str, str]]:
+    return {key: {"path": str(Path(p).resolve()), "sha256": sha256_file(p)}
+            for key, p in files.items()}
+
+
+def poison_dataset(data_cfg: DataConfig, attack_cfg: AttackConfig, poison_cfg: PoisonConfig,
+                   seed: int, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Load the splits, poison them with the configured attack and write the poison folder."""
+    out = Path(out_dir)
+    _check_output_dir(out, overwrite)  # fail before the work, not after it
+    files = dataset_files(data_cfg)
+    splits = load_splits(data_cfg)
+    attack = get_attack(attack_cfg, transforms_dir(data_cfg))
+    data = poison_splits(splits, attack, poison_cfg, seed)
+    meta = {
+        "attack": dataclasses.asdict(attack_cfg),
+        "poison": dataclasses.asdict(poison_cfg),
+        "data": dataclasses.asdict(data_cfg),
+        "seed": seed,
+        "source_files": _file_records(files),
+        "transform_files": _file_records(attack.source_files()),
+    }
+    return write_poison_folder(out, data, meta, overwrite)

@@ -1,0 +1,266 @@
+"""The `w2sdefense` command line: parse, call one function, print where the results are."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from w2sdefense.config import (
+    DefendJob,
+    EvaluateJob,
+    ExperimentConfig,
+    PoisonJob,
+    TeacherJob,
+    TrainJob,
+    apply_override,
+    from_dict,
+    read_yaml,
+)
+from w2sdefense.errors import UserError
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Poison, fine-tune, defend (weak-to-strong unlearning) and measure LM classifiers.",
+)
+
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file with this command's settings.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Dotted override, e.g. train.lr=2e-5 (repeatable).")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (refused if it exists, unless --overwrite).")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")]
+DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder of named datasets (default: $W2S_DATA_DIR).")]
+DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", help="Dataset name, or a folder with train/dev/test files.")]
+
+
+def _load(cls, config: Path | None, overrides: list[str] | None, **flags):
+    """Build a job config: YAML file, then the command's flags, then --set overrides."""
+    data = read_yaml(config) if config else {}
+    for key, value in flags.items():
+        if value is not None:
+            _set(data, key, value)
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    return from_dict(cls, data)
+
+
+def _set(data: dict, dotted: str, value: str) -> None:
+    """Set a string value verbatim (no YAML parsing: a path like `1e3` stays a string)."""
+    *parents, last = dotted.split(".")
+    for part in parents:
+        data = data.setdefault(part, {})
+    data[last] = value
+
+
+def _done(message: str) -> None:
+    typer.echo(message)
+
+
+@app.command()
+def poison(
+    out: OutOpt,
+    data: DataOpt = None,
+    attack: Annotated[Optional[str], typer.Option(help="Attack name: badnet, insent, synbkd, stylebkd.")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Poison a dataset: writes train/dev/test/test_triggered.jsonl and poison.json."""
+    from w2sdefense.attacks.poison import poison_dataset
+
+    job = _load(PoisonJob, config, set_, **{"data.dataset": data, "attack.name": attack,
+                                             "data.data_dir": _str(data_dir)})
+    folder = poison_dataset(job.data, job.attack, job.poison, job.seed, out, overwrite)
+    _done(f"poisoned data written to {folder}")
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+@app.command()
+def train(
+    out: OutOpt,
+    data: DataOpt = None,
+    model: Annotated[Optional[str], typer.Option(help="Built-in name, checkpoint folder or hub id.")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Fine-tune a classifier (full or LoRA) on a dataset or a poisoned folder."""
+    from w2sdefense.data.datasets import load_splits
+    from w2sdefense.rundir import log_to, prepare_run_dir
+    from w2sdefense.runtime import make_runtime
+    from w2sdefense.train.job import run_train
+
+    job = _load(TrainJob, config, set_, **{"data.dataset": data, "model": model, "data.data_dir": _str(data_dir)})
+    rt = make_runtime(job.runtime)
+    folder = _start(out, overwrite, job, rt)
+    with log_to(folder / "train.log", rt.is_main):
+        metrics = run_train(job.model, load_splits(job.data), job.train, rt, folder, job.seed)
+    _done(f"best clean dev accuracy {metrics['best_dev_accuracy']:.4f}; model and metrics.json in {folder}")
+
+
+def _start(out: Path, overwrite: bool, job, rt) -> Path:
+    """Prepare the run folder and save the resolved config in it."""
+    from w2sdefense.config import dump_yaml
+    from w2sdefense.fileio import atomic_write_text
+    from w2sdefense.rundir import prepare_run_dir
+
+    folder = prepare_run_dir(out, overwrite, rt.is_main)
+    rt.accelerator.wait_for_everyone()
+    if rt.is_main:
+        atomic_write_text(folder / "config.yaml", dump_yaml(job))
+    return folder
+
+
+@app.command()
+def teacher(
+    out: OutOpt,
+    student: Annotated[Optional[str], typer.Option(help="The student (sets the feature size D).")] = None,
+    data: DataOpt = None,
+    model: Annotated[Optional[str], typer.Option(help="Teacher encoder (default minilm-l6).")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Fully fine-tune the small clean teacher with a projection head to the student's width."""
+    from w2sdefense.data.datasets import load_splits
+    from w2sdefense.defenses.teacher import run_teacher
+    from w2sdefense.rundir import log_to
+    from w2sdefense.runtime import make_runtime
+
+    job = _load(TeacherJob, config, set_, **{"data.dataset": data, "student": student, "teacher.model": model,
+                                              "data.data_dir": _str(data_dir)})
+    rt = make_runtime(job.runtime)
+    folder = _start(out, overwrite, job, rt)
+    with log_to(folder / "train.log", rt.is_main):
+        metrics = run_teacher(job.teacher, load_splits(job.data), job.student, rt, folder, job.seed)
+    _done(f"teacher (D={metrics['feature_dim']}) clean dev accuracy {metrics['best_dev_accuracy']:.4f}; in {folder}")
+
+
+@app.command()
+def defend(
+    out: OutOpt,
+    student: Annotated[Optional[str], typer.Option(help="The poisoned classifier (run folder, checkpoint, hub id).")] = None,
+    teacher: Annotated[Optional[str], typer.Option(help="A folder written by `w2sdefense teacher`.")] = None,
+    defense: Annotated[Optional[str], typer.Option(help="w2sdefense (default), lora-ft or full-ft.")] = None,
+    data: DataOpt = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    overwrite: OverwriteOpt = False,
+) -> None:
+    """Unlearn a backdoor with clean data only: W2SDefense or a fine-tuning baseline."""
+    from w2sdefense.data.datasets import load_splits
+    from w2sdefense.defenses import DefenseJob, run_defense
+    from w2sdefense.rundir import log_to
+    from w2sdefense.runtime import make_runtime
+
+    job = _load(DefendJob, config, set_, **{"student": student, "teacher": teacher, "defense.name": defense,
+                                             "data.dataset": data, "data.data_dir": _str(data_dir)})
+    if not job.student:
+        raise UserError("defend needs --student (the poisoned model)")
+    rt = make_runtime(job.runtime)
+    folder = _start(out, overwrite, job, rt)
+    with log_to(folder / "train.log", rt.is_main):
+        metrics = run_defense(DefenseJob(job.student, job.teacher, load_splits(job.data), job.defense, rt,
+                                         folder, job.seed))
+    _done(f"{job.defense.name}: clean dev accuracy {metrics['best_dev_accuracy']:.4f}; adapter in {folder / 'model'}")
+
+
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Option(help="The model to measure (run folder, checkpoint, adapter, hub id).")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="A poison folder (test.jsonl + test_triggered.jsonl).")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="metrics JSON file (default: print only).")] = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+) -> None:
+    """Clean accuracy and attack success rate of a model on a poison folder's test sets."""
+    import json
+
+    from w2sdefense.eval.evaluate import run_evaluate
+    from w2sdefense.runtime import make_runtime
+
+    job = _load(EvaluateJob, config, set_)
+    rt = make_runtime(job.runtime)
+    metrics = run_evaluate(model, data, job.eval, rt, out)
+    if rt.is_main:
+        keys = ("clean_accuracy", "attack_success_rate", "attack_success_rate_clean_correct", "clean_total",
+                "triggered_total")
+        typer.echo(json.dumps({k: metrics[k] for k in keys}, indent=2))
+        if out:
+            _done(f"metrics written to {out}")
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="Experiment YAML (see configs/).")],
+    set_: SetOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder (default: output_dir in the config).")] = None,
+    data_dir: DataDirOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start from scratch instead of re-using finished stages.")] = False,
+) -> None:
+    """Run a whole experiment: poison, victim, teacher, defenses, evaluation, report."""
+    from w2sdefense.eval.report import markdown_table
+    from w2sdefense.pipeline import run_experiment
+    from w2sdefense.runtime import make_runtime
+
+    cfg = _load(ExperimentConfig, config, set_, **{"output_dir": _str(out), "data.data_dir": _str(data_dir)})
+    rt = make_runtime(cfg.runtime)
+    folder = run_experiment(cfg, overwrite, rt)
+    if rt.is_main:
+        import json
+
+        rows = json.loads((folder / "report.json").read_text())["rows"]
+        typer.echo("\n" + markdown_table(rows) + "\n")
+        _done(f"report: {folder / 'report.md'} (and report.json)")
+
+
+@app.command(name="list")
+def list_components() -> None:
+    """List the built-in attacks, models and defenses."""
+    from w2sdefense.attacks import available_attacks
+    from w2sdefense.defenses import available_defenses
+    from w2sdefense.models import BUILTIN_MODELS
+
+    typer.echo(f"attacks:  {', '.join(available_attacks())}")
+    typer.echo(f"models:   {', '.join(BUILTIN_MODELS)} (or any local folder / hub id)")
+    typer.echo(f"defenses: {', '.join(available_defenses())}")
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for our progress bars: silence library chatter below errors."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("w2sdefense").setLevel(logging.INFO)
+
+
+def main() -> None:
+    """Entry point: user errors become one line on stderr and exit code 2."""
+    _quiet_libraries()
+    try:
+        app()
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

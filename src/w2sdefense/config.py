@@ -1,0 +1,430 @@
+"""Typed, validated configuration: dataclasses, strict YAML loading and dotted overrides.
+
+Every setting with experimental meaning lives here. Unknown keys are errors that list the valid
+ones, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from w2sdefense.errors import UserError
+
+T = TypeVar("T")
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise UserError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+
+
+def _check_positive(name: str, value: float | int | None, allow_zero: bool = False) -> None:
+    if value is None:
+        return
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UserError(f"{name} must be {'>= 0' if allow_zero else '> 0'}; got {value!r}")
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how to compute: chosen once per process."""
+
+    device: str = "auto"  # auto: CUDA when present, else CPU
+    precision: str = "auto"  # auto: bf16 on a CUDA device that supports it, else fp32
+    num_threads: int | None = None  # torch CPU threads; None = all available cores
+    gradient_checkpointing: bool = False  # trade compute for memory on large students
+
+    def __post_init__(self) -> None:
+        _check_choice("runtime.device", self.device, ("auto", "cpu", "cuda"))
+        _check_choice("runtime.precision", self.precision, ("auto", "fp32", "bf16"))
+        _check_positive("runtime.num_threads", self.num_threads)
+
+
+@dataclass
+class DataConfig:
+    """Which labelled splits to read: a named dataset, a folder, or explicit files."""
+
+    dataset: str | None = "sst2"  # a name under data_dir, or a folder with train/dev/test files
+    data_dir: str | None = None  # default: $W2S_DATA_DIR
+    train_file: str | None = None  # explicit files override the dataset's
+    dev_file: str | None = None
+    test_file: str | None = None
+    text_field: str | None = None  # default: text, sentence or sentences
+    label_field: str | None = None  # default: label or labels
+    num_labels: int | None = None  # default: max label + 1 over the splits
+    max_train: int | None = None  # keep the first N rows (smoke runs, CPU budgets)
+    max_dev: int | None = None
+    max_test: int | None = None
+    hub_fallback: bool = True  # sst2 only: SetFit/sst2 from the hub when no local files
+
+    def __post_init__(self) -> None:
+        for name in ("num_labels", "max_train", "max_dev", "max_test"):
+            _check_positive(f"data.{name}", getattr(self, name))
+        if self.num_labels is not None and self.num_labels < 2:
+            raise UserError(f"data.num_labels must be >= 2; got {self.num_labels}")
+
+
+@dataclass
+class AttackConfig:
+    """The trigger. One flat section for all attacks; each attack reads the fields it uses."""
+
+    name: str = "badnet"
+    triggers: list[str] | None = None  # insertion attacks; None = the attack's default
+    num_insertions: int = 1  # insertion attacks: how many triggers go into one text
+    position: str = "interior"  # interior (never first/last word, as the paper's code) or any
+    transform: str | None = None  # transform attacks: folder under <dataset>/transforms
+
+    def __post_init__(self) -> None:
+        _check_choice("attack.position", self.position, ("interior", "any"))
+        _check_positive("attack.num_insertions", self.num_insertions)
+
+
+@dataclass
+class PoisonConfig:
+    """How many training rows carry the trigger, which ones, and how they are labelled."""
+
+    target_label: int = 0
+    count: int | None = 1000  # number of rows to poison, or
+    rate: float | None = None  # a fraction of the training rows (exclusive with count)
+    mode: str = "clean-label"  # clean-label | dirty-label | mix
+    selection: str = "first"  # first (file order, the paper's code) | random (seeded)
+
+    def __post_init__(self) -> None:
+        _check_choice("poison.mode", self.mode, ("clean-label", "dirty-label", "mix"))
+        _check_choice("poison.selection", self.selection, ("first", "random"))
+        if (self.count is None) == (self.rate is None):
+            raise UserError("set exactly one of poison.count and poison.rate")
+        _check_positive("poison.count", self.count)
+        if self.rate is not None and not 0 < self.rate <= 1:
+            raise UserError(f"poison.rate must be in (0, 1]; got {self.rate}")
+        _check_positive("poison.target_label", self.target_label, allow_zero=True)
+
+
+@dataclass
+class LoraConfig:
+    """PEFT LoRA adapter settings; the classification head is always trained too."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | None = None  # None: peft's default for the architecture
+
+    def __post_init__(self) -> None:
+        _check_positive("lora.r", self.r)
+        _check_positive("lora.alpha", self.alpha)
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"lora.dropout must be in [0, 1); got {self.dropout}")
+
+
+@dataclass
+class TrainConfig:
+    """One fine-tuning run: full-parameter or LoRA."""
+
+    method: str = "full"  # full | lora
+    epochs: float = 3.0
+    max_steps: int | None = None  # optimizer steps; overrides epochs when set
+    lr: float = 2e-5
+    head_lr: float | None = None  # a freshly initialised head often needs more; None = lr
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_length: int = 128
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    eval_batch_size: int = 64
+    eval_every: int | None = None  # optimizer steps between dev evaluations; None = each epoch
+    merge: bool = False  # LoRA: also save the adapter merged into the base model (merged/)
+    max_train_rows: int | None = None  # use only the first N training rows in this stage
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def __post_init__(self) -> None:
+        _check_choice("train.method", self.method, ("full", "lora"))
+        for name in ("epochs", "lr", "batch_size", "grad_accum", "max_length", "eval_batch_size"):
+            _check_positive(f"train.{name}", getattr(self, name))
+        for name in ("max_steps", "head_lr", "eval_every", "max_train_rows"):
+            _check_positive(f"train.{name}", getattr(self, name))
+        if not 0 <= self.warmup_ratio < 1:
+            raise UserError(f"train.warmup_ratio must be in [0, 1); got {self.warmup_ratio}")
+
+
+@dataclass
+class EvalConfig:
+    """Batched inference settings for clean accuracy and attack success rate."""
+
+    batch_size: int = 64
+    max_length: int = 128
+
+    def __post_init__(self) -> None:
+        _check_positive("eval.batch_size", self.batch_size)
+        _check_positive("eval.max_length", self.max_length)
+
+
+def _lora_train(**overrides: Any) -> TrainConfig:
+    base = dict(method="lora", epochs=5.0, lr=2e-4, batch_size=32, max_length=128)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+@dataclass
+class VictimConfig:
+    """The model the attacker poisons (and the clean reference model)."""
+
+    model: str = "tiny-llama"
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class TeacherConfig:
+    """The small clean teacher: an encoder with a projection head to the student's width."""
+
+    model: str = "minilm-l6"
+    feature_dim: int | None = None  # None: the student's hidden size, read from its config
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, lr=5e-5))
+
+
+@dataclass
+class DefenseConfig:
+    """One defense to run on the poisoned model; `name` picks it from the registry."""
+
+    name: str = "w2sdefense"  # w2sdefense | lora-ft | full-ft
+    label: str | None = None  # the row name in reports; default: name
+    alpha: float = 5.0  # cross-entropy weight
+    beta: float = 0.001  # KD weight (multiplied by T^2)
+    gamma: float = 0.001  # feature-alignment weight
+    temperature: float = 2.0
+    alignment: str = "per-sample"  # per-sample | reference (the authors' code)
+    train: TrainConfig = field(default_factory=_lora_train)
+
+    def __post_init__(self) -> None:
+        _check_choice("defense.alignment", self.alignment, ("per-sample", "reference"))
+        for name in ("alpha", "beta", "gamma"):
+            _check_positive(f"defense.{name}", getattr(self, name), allow_zero=True)
+        _check_positive("defense.temperature", self.temperature)
+
+    @property
+    def row_name(self) -> str:
+        """The name this defense's row carries in reports."""
+        return self.label or self.name
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment for `w2sdefense run`: data, attack, victim, teacher, defenses, eval."""
+
+    name: str = "experiment"
+    output_dir: str = "runs/experiment"
+    seed: int = 42
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    poison: PoisonConfig = field(default_factory=PoisonConfig)
+    victim: VictimConfig = field(default_factory=VictimConfig)
+    clean_model: bool = False  # also train the victim recipe on clean data (the reference row)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    defenses: list[DefenseConfig] = field(default_factory=list)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        names = [d.row_name for d in self.defenses]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise UserError(f"defenses share a name: {', '.join(duplicates)}; give each a `label`")
+
+
+# ----------------------------------------------------------------------------------------------
+# Strict construction from plain data
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build(tp: Any, value: Any, where: str) -> Any:
+    """Convert YAML data `value` to type `tp`, naming `where` in any error."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _build(inner[0], value, where)
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise UserError(f"{where or 'config'} must be a mapping; got {value!r}")
+        return from_dict(tp, value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"{where} must be a list; got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_build(item, v, f"{where}.{i}") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"{where} must be a mapping; got {value!r}")
+        return dict(value)
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "2e-5" as a string
+        except ValueError:
+            pass
+    if tp in (int, float, str, bool) and not (
+        isinstance(value, tp) and not (tp is int and isinstance(value, bool))
+    ):
+        raise UserError(f"{where} must be {_type_name(tp)}; got {value!r}")
+    return value
+
+
+def from_dict(cls: type[T], data: dict, where: str = "") -> T:
+    """Build dataclass `cls` from a mapping; unknown keys are an error listing the valid ones."""
+    hints = typing.get_type_hints(cls)
+    valid = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        prefix = f"{where}." if where else ""
+        raise UserError(
+            f"unknown setting {', '.join(prefix + k for k in unknown)}; "
+            f"valid keys{' under ' + where if where else ''}: {', '.join(valid)}"
+        )
+    kwargs = {
+        key: _build(hints[key], value, f"{where}.{key}" if where else key)
+        for key, value in data.items()
+    }
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict:
+    """Plain-data form of a config dataclass (for YAML/JSON dumps)."""
+    return dataclasses.asdict(config)
+
+
+# ----------------------------------------------------------------------------------------------
+# YAML files and dotted overrides
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping, with one-line errors for missing or malformed files."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level must be a mapping of settings")
+    return data
+
+
+def apply_override(data: dict, assignment: str) -> None:
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (numbers, lists)."""
+    if "=" not in assignment:
+        raise UserError(f"override {assignment!r} must look like key.path=value")
+    key, raw = assignment.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise UserError(f"override {assignment!r} has an empty key")
+    value = yaml.safe_load(raw) if raw.strip() else None
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = _list_item(node, part, ".".join(parts[: i + 1]))
+            continue
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        node = child
+    last = parts[-1]
+    if isinstance(node, list):
+        _list_item(node, last, key)
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def _list_item(node: list, part: str, key: str) -> Any:
+    if not part.isdigit() or int(part) >= len(node):
+        raise UserError(f"override {key}: no list item {part!r} (the list has {len(node)})")
+    return node[int(part)]
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] = ()) -> T:
+    """Load `cls` from an optional YAML file plus dotted overrides."""
+    data = read_yaml(path) if path else {}
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return from_dict(cls, data)
+
+
+def dump_yaml(config: Any) -> str:
+    """YAML text of a config dataclass, keys in declaration order."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Single-command jobs (the CLI's `poison`, `train`, `teacher`, `defend`, `evaluate`)
+
+
+@dataclass
+class PoisonJob:
+    """`w2sdefense poison`: data + attack + poisoning policy."""
+
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    poison: PoisonConfig = field(default_factory=PoisonConfig)
+
+
+@dataclass
+class TrainJob:
+    """`w2sdefense train`: fine-tune `model` on `data`."""
+
+    seed: int = 42
+    model: str = "tiny-llama"
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class TeacherJob:
+    """`w2sdefense teacher`: train the clean teacher for `student` (its hidden size sets D)."""
+
+    seed: int = 42
+    student: str = "tiny-llama"
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+
+@dataclass
+class DefendJob:
+    """`w2sdefense defend`: unlearn the backdoor of `student` on clean `data`."""
+
+    seed: int = 42
+    student: str = ""
+    teacher: str | None = None  # a folder written by `w2sdefense teacher`
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
+
+
+@dataclass
+class EvaluateJob:
+    """`w2sdefense evaluate`: inference settings."""
+
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

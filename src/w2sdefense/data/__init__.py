@@ -1,0 +1,36 @@
+"""Loading labelled splits and trigger transforms; the example record type."""
+
+from w2sdefense.data.datasets import (
+    SPLIT_NAMES,
+    cache_root,
+    dataset_files,
+    load_splits,
+    resolve_data_dir,
+    transforms_dir,
+)
+from w2sdefense.data.loading import (
+    check_labels,
+    iter_rows,
+    load_examples,
+    load_split,
+    load_transform,
+    parse_label,
+)
+from w2sdefense.data.records import Example, Splits
+
+__all__ = [
+    "SPLIT_NAMES",
+    "Example",
+    "Splits",
+    "cache_root",
+    "check_labels",
+    "dataset_files",
+    "iter_rows",
+    "load_examples",
+    "load_split",
+    "load_splits",
+    "load_transform",
+    "parse_label",
+    "resolve_data_dir",
+    "transforms_dir",
+]

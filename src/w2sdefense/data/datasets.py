@@ -1,0 +1,169 @@
+"""Finding a dataset's split files (named, folder, explicit or hub-cached) and loading them."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from w2sdefense.config import DataConfig
+from w2sdefense.data.loading import FORMATS, check_labels, load_split
+from w2sdefense.data.records import Example, Splits
+from w2sdefense.errors import UserError
+from w2sdefense.fileio import write_jsonl
+
+SPLIT_NAMES = ("train", "dev", "test")
+ENV_DATA_DIR = "W2S_DATA_DIR"
+ENV_CACHE_DIR = "W2S_CACHE_DIR"
+# Datasets that may come from the hub when no local copy exists: hub id and split names.
+HUB_DATASETS = {"sst2": ("SetFit/sst2", {"train": "train", "dev": "validation", "test": "test"})}
+
+
+class _HubUnavailable(Exception):
+    """The hub fallback could not run here (package missing, offline)."""
+
+
+def resolve_data_dir(data_dir: str | None) -> Path | None:
+    """The folder that holds named datasets: the argument, else $W2S_DATA_DIR, else None."""
+    value = data_dir or os.environ.get(ENV_DATA_DIR)
+    return Path(value).expanduser() if value else None
+
+
+def cache_root() -> Path:
+    """Root of this tool's cache: $W2S_CACHE_DIR, else ~/.cache/w2sdefense."""
+    value = os.environ.get(ENV_CACHE_DIR)
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "w2sdefense"
+
+
+def _split_file(folder: Path, split: str) -> Path | None:
+    """The folder's file for `split`, preferring .jsonl over .json, .csv and .tsv."""
+    for ext in FORMATS:
+        path = folder / f"{split}{ext}"
+        if path.is_file():
+            return path
+    return None
+
+
+def _hub_cache(name: str) -> Path:
+    return cache_root() / "datasets" / name
+
+
+def _local_dataset_folder(cfg: DataConfig) -> Path | None:
+    """The dataset's folder on disk: a folder path, a name under the data dir, or the hub cache."""
+    if cfg.dataset is None:
+        return None
+    as_path = Path(cfg.dataset).expanduser()
+    if as_path.is_dir():  # a folder path the user typed wins over a name lookup
+        return as_path
+    data_dir = resolve_data_dir(cfg.data_dir)
+    if data_dir is not None and (data_dir / cfg.dataset).is_dir():
+        return data_dir / cfg.dataset
+    cached = _hub_cache(cfg.dataset)
+    if cfg.dataset in HUB_DATASETS and cfg.hub_fallback:
+        if all(_split_file(cached, split) for split in SPLIT_NAMES):
+            return cached
+    return None
+
+
+def _not_found(cfg: DataConfig, hub_note: str) -> UserError:
+    data_dir = resolve_data_dir(cfg.data_dir)
+    looked = f"looked in {data_dir / cfg.dataset}" if data_dir else "no data dir is set"
+    return UserError(
+        f"dataset {cfg.dataset!r} not found ({looked}, and {cfg.dataset} is not a folder); "
+        f"point the tool at data with --data-dir or {ENV_DATA_DIR} (a folder holding "
+        f"{cfg.dataset}/train.jsonl, dev.jsonl, test.jsonl), or set data.train_file, "
+        f"data.dev_file and data.test_file{hub_note}"
+    )
+
+
+def _fetch_from_hub(name: str) -> Path:
+    """Download a hub dataset once and cache its splits as JSONL; returns the cache folder."""
+    hub_id, split_map = HUB_DATASETS[name]
+    try:
+        import datasets  # optional dependency: only this fallback needs it
+    except ImportError:
+        raise _HubUnavailable(
+            "the optional `datasets` package is not installed (pip install 'w2sdefense[hub]')"
+        ) from None
+    try:
+        loaded = datasets.load_dataset(hub_id)
+        tables = {split: loaded[hub_split] for split, hub_split in split_map.items()}
+        rows = {
+            split: [{"text": r["text"], "label": int(r["label"])} for r in table]
+            for split, table in tables.items()
+        }
+    except Exception as exc:  # offline, auth, changed schema: every failure means "no hub here"
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise _HubUnavailable(f"could not load {hub_id} ({type(exc).__name__}: {detail})") from None
+    folder = _hub_cache(name)
+    for split, split_rows in rows.items():
+        write_jsonl(folder / f"{split}.jsonl", split_rows)
+    return folder
+
+
+def _dataset_folder(cfg: DataConfig, needed: list[str]) -> Path:
+    """The folder that supplies the `needed` splits, downloading from the hub if allowed."""
+    folder = _local_dataset_folder(cfg)
+    if folder is not None:
+        return folder
+    if cfg.dataset is None:
+        raise UserError(
+            f"no file for the {', '.join(needed)} split(s): set data.dataset or "
+            + ", ".join(f"data.{split}_file" for split in needed)
+        )
+    hub_note = ""
+    if cfg.dataset in HUB_DATASETS and cfg.hub_fallback:
+        try:
+            return _fetch_from_hub(cfg.dataset)
+        except _HubUnavailable as exc:
+            hub_note = f"; the hub fallback failed: {exc}"
+    raise _not_found(cfg, hub_note)
+
+
+def dataset_files(cfg: DataConfig) -> dict[str, Path]:
+    """The source file of each split (train, dev, test): explicit files override the dataset's."""
+    files = {
+        split: Path(getattr(cfg, f"{split}_file")).expanduser()
+        for split in SPLIT_NAMES
+        if getattr(cfg, f"{split}_file")
+    }
+    needed = [split for split in SPLIT_NAMES if split not in files]
+    if needed:
+        folder = _dataset_folder(cfg, needed)
+        for split in needed:
+            path = _split_file(folder, split)
+            if path is None:
+                names = ", ".join(f"{split}{ext}" for ext in FORMATS)
+                raise UserError(f"{folder}: no {split} split file (looked for {names})")
+            files[split] = path
+    return {split: files[split] for split in SPLIT_NAMES}
+
+
+def transforms_dir(cfg: DataConfig) -> Path | None:
+    """The `<dataset folder>/transforms` folder (it may not exist), or None with no folder."""
+    if all(getattr(cfg, f"{split}_file") for split in SPLIT_NAMES):
+        # Every split is explicit, so the dataset name is unused; transforms sit beside the files.
+        return Path(cfg.train_file).expanduser().parent / "transforms"
+    folder = _local_dataset_folder(cfg)
+    return folder / "transforms" if folder is not None else None
+
+
+def load_splits(cfg: DataConfig) -> Splits:
+    """Load train/dev/test, infer or check the number of classes, and apply the row limits."""
+    files = dataset_files(cfg)
+    loaded: dict[str, list[Example]] = {}
+    for split, path in files.items():
+        rows = load_split(path, cfg.text_field, cfg.label_field)
+        if not rows:
+            raise UserError(f"{path}: the {split} split has no rows")
+        loaded[split] = rows
+    # Classes come from the full splits, so a small max_* cannot shrink the label space.
+    max_label = max(ex.label for rows in loaded.values() for ex in rows)
+    num_labels = cfg.num_labels or max(2, max_label + 1)
+    check_labels({f"{split} split ({files[split]})": rows for split, rows in loaded.items()},
+                 num_labels)
+    limits = {"train": cfg.max_train, "dev": cfg.max_dev, "test": cfg.max_test}
+    for split, limit in limits.items():
+        if limit is not None:
+            loaded[split] = loaded[split][:limit]
+    return Splits(train=loaded["train"], dev=loaded["dev"], test=loaded["test"],
+                  num_labels=num_labels)

@@ -1,0 +1,204 @@
+"""Reading labelled split files (JSONL, JSON, CSV, TSV) and transform files into records."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from w2sdefense.data.records import Example
+from w2sdefense.errors import UserError
+
+FORMATS = (".jsonl", ".json", ".csv", ".tsv")
+TEXT_FIELDS = ("text", "sentence", "sentences")
+LABEL_FIELDS = ("label", "labels")
+
+
+def iter_rows(path: str | Path) -> Iterator[tuple[str, dict]]:
+    """Yield (location, row) for every data row of a file; location reads 'FILE line N'."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"data file not found: {path}")
+    if not path.is_file():
+        raise UserError(f"{path} is not a file")
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS:
+        kind = suffix or "(no extension)"
+        raise UserError(f"{path}: unknown file type {kind}; use one of {', '.join(FORMATS)}")
+    try:
+        if suffix == ".jsonl":
+            yield from _jsonl_rows(path)
+        elif suffix == ".json":
+            yield from _json_rows(path)
+        else:
+            yield from _delimited_rows(path, "\t" if suffix == ".tsv" else ",")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    with path.open(encoding="utf-8-sig") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if not line.strip():
+                continue  # a trailing or stray blank line is not a row
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path} line {line_no}: invalid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(
+                    f"{path} line {line_no}: expected a JSON object, got {type(row).__name__}"
+                )
+            yield f"{path} line {line_no}", row
+
+
+def _json_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as exc:
+        if exc.msg == "Extra data":
+            # Many published ".json" splits (the paper's among them) are really JSON Lines.
+            yield from _jsonl_rows(path)
+            return
+        raise UserError(f"{path} line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    if not isinstance(data, list):
+        raise UserError(f"{path}: expected a JSON array of objects, got {type(data).__name__}")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise UserError(f"{path} item {i}: expected a JSON object, got {type(row).__name__}")
+        yield f"{path} item {i}", row
+
+
+def _delimited_rows(path: Path, delimiter: str) -> Iterator[tuple[str, dict]]:
+    # TSV exports (GLUE, StyleAttack) leave quote characters unescaped inside texts: read them
+    # literally; CSV follows the usual quoting rules.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.reader(handle, delimiter=delimiter, quoting=quoting, strict=True)
+        try:
+            header = next(reader, None)
+            if header is None:
+                raise UserError(f"{path}: empty file; expected a header row")
+            header = [name.strip() for name in header]
+            for fields in reader:
+                if not fields:
+                    continue
+                where = f"{path} line {reader.line_num}"
+                if len(fields) != len(header):
+                    raise UserError(
+                        f"{where}: {len(fields)} fields, but the header has {len(header)}"
+                    )
+                yield where, dict(zip(header, fields))
+        except csv.Error as exc:
+            raise UserError(f"{path} line {reader.line_num}: malformed row ({exc})") from None
+
+
+def _field(row: Mapping, explicit: str | None, candidates: Sequence[str], kind: str,
+           where: str) -> str:
+    """The name of the row's `kind` column: the explicit one, else the first candidate present."""
+    found = ", ".join(map(str, row)) or "(none)"
+    if explicit is not None:
+        if explicit in row:
+            return explicit
+        raise UserError(f"{where}: no {kind} column {explicit!r}; columns found: {found}")
+    for name in candidates:
+        if name in row:
+            return name
+    raise UserError(
+        f"{where}: no {kind} column (looked for {', '.join(candidates)}); columns found: {found}"
+    )
+
+
+def parse_label(value: Any, where: str) -> int:
+    """A class label as a non-negative int; integer strings (CSV cells) are converted."""
+    label: int | None = None
+    if isinstance(value, bool):
+        label = None  # true/false is a malformed label, not 1/0
+    elif isinstance(value, int):
+        label = value
+    elif isinstance(value, float) and value.is_integer():
+        label = int(value)
+    elif isinstance(value, str):
+        try:
+            label = int(value.strip())
+        except ValueError:
+            label = None
+    if label is None:
+        raise UserError(f"{where}: label must be an integer; got {value!r}")
+    if label < 0:
+        raise UserError(f"{where}: label must be >= 0; got {label}")
+    return label
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise UserError(f"{where}: text must be a string; got {value!r}")
+    return value
+
+
+def load_split(path: str | Path, text_field: str | None = None,
+               label_field: str | None = None) -> list[Example]:
+    """Read one labelled split; idx is the 0-based row number (any idx column is ignored)."""
+    examples = []
+    for where, row in iter_rows(path):
+        text_key = _field(row, text_field, TEXT_FIELDS, "text", where)
+        label_key = _field(row, label_field, LABEL_FIELDS, "label", where)
+        examples.append(Example(
+            text=_text(row[text_key], where),
+            label=parse_label(row[label_key], where),
+            idx=len(examples),
+        ))
+    return examples
+
+
+def load_examples(path: str | Path) -> list[Example]:
+    """Read a split file written by this tool (Example.to_row rows), keeping idx and poisoned."""
+    examples = []
+    for where, row in iter_rows(path):
+        for key in ("idx", "text", "label"):
+            if key not in row:
+                raise UserError(f"{where}: missing {key!r}; columns found: {', '.join(row)}")
+        poisoned = row.get("poisoned", False)
+        if isinstance(poisoned, str):
+            poisoned = poisoned.strip().lower() in ("true", "1")
+        examples.append(Example(
+            text=_text(row["text"], where),
+            label=parse_label(row["label"], where),
+            idx=_index(row["idx"], where),
+            poisoned=bool(poisoned),
+        ))
+    return examples
+
+
+def _index(value: Any, where: str) -> int:
+    try:
+        return parse_label(value, where)
+    except UserError:
+        raise UserError(f"{where}: idx must be a non-negative integer; got {value!r}") from None
+
+
+def load_transform(path: str | Path) -> dict[int, str]:
+    """Read a transform file of {"idx", "text"} rows into {clean row idx: transformed text}."""
+    table: dict[int, str] = {}
+    for where, row in iter_rows(path):
+        for key in ("idx", "text"):
+            if key not in row:
+                raise UserError(f"{where}: missing {key!r}; columns found: {', '.join(row)}")
+        idx = _index(row["idx"], where)
+        if idx in table:
+            raise UserError(f"{where}: idx {idx} appears twice")
+        table[idx] = _text(row["text"], where)
+    return table
+
+
+def check_labels(splits: Mapping[str, Sequence[Example]], num_labels: int) -> None:
+    """Fail on any label outside 0..num_labels-1; `splits` maps a name (split or file) to rows."""
+    for name, examples in splits.items():
+        for example in examples:
+            if not 0 <= example.label < num_labels:
+                raise UserError(
+                    f"{name} row {example.idx}: label {example.label} is outside "
+                    f"0..{num_labels - 1} (num_labels={num_labels})"
+                )

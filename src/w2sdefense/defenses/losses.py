@@ -1,0 +1,39 @@
+"""W2SDefense's loss terms as pure functions: KD, the two feature-alignment modes, the total."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(softmax(teacher/T) || softmax(student/T)), averaged over the batch.
+
+    The T^2 factor keeps the gradient scale independent of T (Hinton et al., 2015).
+    """
+    log_student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher = F.softmax(teacher_logits.float() / temperature, dim=-1)
+    return F.kl_div(log_student, teacher, reduction="batchmean") * temperature**2
+
+
+def feature_alignment_per_sample(teacher_feature: torch.Tensor, student_pooled: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ||teacher_i - student_i||^2, each student row its pooled feature."""
+    diff = teacher_feature.float() - student_pooled.float()
+    return diff.pow(2).sum(dim=-1).mean()
+
+
+def feature_alignment_reference(teacher_feature: torch.Tensor, student_hidden: torch.Tensor) -> torch.Tensor:
+    """What the authors' code computes, kept for reproduction.
+
+    The LAST example's teacher feature [D] against the student's last-layer hidden state at EVERY
+    position [B, L, D] of every example, padding included: F.pairwise_distance broadcasts the
+    [D] vector over [B, L, D]; the distances are squared and averaged.
+    """
+    distances = F.pairwise_distance(student_hidden.float(), teacher_feature[-1].float())
+    return distances.pow(2).mean()
+
+
+def w2s_total(ce: torch.Tensor, kd: torch.Tensor, fa: torch.Tensor, alpha: float, beta: float,
+              gamma: float) -> torch.Tensor:
+    """alpha * CE + beta * KD + gamma * FA (KD already carries its T^2)."""
+    return alpha * ce + beta * kd + gamma * fa

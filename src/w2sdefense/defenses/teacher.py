@@ -1,0 +1,138 @@
+"""The small clean teacher: an encoder, [CLS] -> Linear(H, D) -> ReLU = feature -> Linear(D, K) = logits.
+
+D is the student's hidden size, so the teacher's feature can be aligned with the student's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, set_seed
+from transformers.utils import ModelOutput
+
+from w2sdefense.config import TeacherConfig
+from w2sdefense.data.records import Splits
+from w2sdefense.errors import UserError
+from w2sdefense.fileio import write_json
+from w2sdefense.models.loading import Classifier, fix_padding, resolve_model_path
+from w2sdefense.models.tiny import TINY_BUILDERS, build_tiny
+from w2sdefense.runtime import Runtime
+
+HEAD_FILE, META_FILE = "head.safetensors", "teacher.json"
+
+
+@dataclass
+class TeacherOutput(ModelOutput):
+    """The teacher's logits [B, K] and feature [B, D]."""
+
+    logits: torch.Tensor | None = None
+    feature: torch.Tensor | None = None
+
+
+class TeacherHead(nn.Module):
+    """Projection to the student's width, ReLU (the feature), then the classifier."""
+
+    def __init__(self, hidden: int, feature_dim: int, num_labels: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(hidden, feature_dim)
+        self.out = nn.Linear(feature_dim, num_labels)
+
+    def forward(self, cls: torch.Tensor) -> TeacherOutput:
+        feature = torch.relu(self.proj(cls))
+        return TeacherOutput(logits=self.out(feature), feature=feature)
+
+
+class TeacherClassifier(nn.Module):
+    """Encoder + TeacherHead; saves and reloads without the student present."""
+
+    def __init__(self, encoder: PreTrainedModel, feature_dim: int, num_labels: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.config = encoder.config
+        self.head = TeacherHead(encoder.config.hidden_size, feature_dim, num_labels)
+        self.feature_dim, self.num_labels = feature_dim, num_labels
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: object) -> TeacherOutput:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.head(hidden[:, 0])
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """encoder/ (HF format), head.safetensors and teacher.json."""
+        path = Path(path)
+        self.encoder.save_pretrained(path / "encoder")
+        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(path / HEAD_FILE))
+        write_json(path / META_FILE, {"feature_dim": self.feature_dim, "num_labels": self.num_labels})
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> TeacherClassifier:
+        """Reload a saved teacher."""
+        path = Path(path)
+        if not (path / META_FILE).is_file():
+            raise UserError(f"{path} is not a saved teacher (no {META_FILE}); run `w2sdefense teacher` first")
+        meta = json.loads((path / META_FILE).read_text())
+        teacher = cls(AutoModel.from_pretrained(path / "encoder", dtype=dtype), meta["feature_dim"], meta["num_labels"])
+        teacher.head.load_state_dict(load_file(str(path / HEAD_FILE)))
+        return teacher.to(dtype)
+
+
+def load_encoder(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, object]:
+    """A bare encoder and its tokenizer (built-in name, folder or hub id)."""
+    if name in TINY_BUILDERS:
+        model, tok = build_tiny(name, 2, dtype)
+        return model.base_model, tok
+    path = resolve_model_path(name)
+    try:
+        return AutoModel.from_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"could not load teacher encoder {name!r}: {str(exc).splitlines()[0]}") from None
+
+
+def load_teacher(path: str | Path, dtype: torch.dtype = torch.float32) -> Classifier:
+    """A saved teacher with its tokenizer, frozen and in eval mode."""
+    path = Path(path)
+    path = path / "model" if (path / "model" / META_FILE).is_file() else path
+    teacher = TeacherClassifier.from_pretrained(path, dtype)
+    teacher.eval().requires_grad_(False)
+    return Classifier(teacher, AutoTokenizer.from_pretrained(path))
+
+
+def hidden_size_of(name: str) -> int:
+    """The hidden size of a student given by name, folder, run folder, adapter or hub id."""
+    if name in TINY_BUILDERS:
+        return build_tiny(name, 2)[0].config.hidden_size
+    path = Path(resolve_model_path(name))
+    if (path / "adapter_config.json").is_file():
+        return hidden_size_of(json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"])
+    config = AutoConfig.from_pretrained(path)
+    return config.get_text_config().hidden_size
+
+
+def build_teacher(cfg: TeacherConfig, num_labels: int, feature_dim: int, rt: Runtime, seed: int) -> Classifier:
+    """A fresh teacher: pretrained encoder + randomly initialised head of width `feature_dim`."""
+    set_seed(seed)
+    encoder, tok = load_encoder(cfg.model, rt.dtype)
+    teacher = TeacherClassifier(encoder, feature_dim, num_labels).to(rt.dtype)
+    fix_padding(teacher, tok)
+    return Classifier(teacher, tok)
+
+
+def run_teacher(cfg: TeacherConfig, splits: Splits, student: str, rt: Runtime, out_dir: Path, seed: int) -> dict:
+    """`w2sdefense teacher`: full fine-tuning of the small encoder on clean data."""
+    from w2sdefense.train.job import train_classifier  # the shared loop
+
+    if cfg.train.method != "full":
+        raise UserError("teacher.train.method must be full: the teacher is fully fine-tuned")
+    start = time.perf_counter()
+    feature_dim = cfg.feature_dim or hidden_size_of(student)
+    clf = build_teacher(cfg, splits.num_labels, feature_dim, rt, seed)
+    metrics = train_classifier(clf, splits, cfg.train, rt, out_dir, seed, desc="teacher")
+    metrics.update(feature_dim=feature_dim, teacher_wall_time_s=time.perf_counter() - start)
+    if rt.is_main:
+        write_json(out_dir / "metrics.json", metrics)
+    return metrics

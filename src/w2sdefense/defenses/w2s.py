@@ -1,0 +1,72 @@
+"""Weak-to-strong unlearning: a frozen clean teacher guides a LoRA-wrapped poisoned student.
+
+Loss = alpha * CE + beta * T^2 * KL(teacher || student) + gamma * FA, on clean data only.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from w2sdefense.config import DefenseConfig
+from w2sdefense.data.records import Example
+from w2sdefense.defenses.losses import (
+    feature_alignment_per_sample,
+    feature_alignment_reference,
+    kd_loss,
+    w2s_total,
+)
+from w2sdefense.models.features import pool
+from w2sdefense.models.loading import Classifier
+from w2sdefense.runtime import Runtime
+from w2sdefense.train.batching import encode, make_loader, model_inputs, sorted_batches
+from w2sdefense.train.loop import LossFn, StepOutput
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TeacherCache:
+    """The frozen teacher's logits [N, K] and features [N, D] for every training example."""
+
+    logits: torch.Tensor
+    features: torch.Tensor
+
+
+def cache_teacher_outputs(teacher: Classifier, rows: list[Example], max_length: int, batch_size: int,
+                          rt: Runtime) -> TeacherCache:
+    """Run the teacher once per example (eval mode: no dropout, so every epoch would get the same)."""
+    encoded = encode(teacher.tokenizer, rows, max_length)
+    model = teacher.model.to(rt.device).eval()
+    logits = torch.empty((len(rows), model.num_labels))
+    features = torch.empty((len(rows), model.feature_dim))
+    loader = make_loader(encoded, sorted_batches(encoded.lengths, batch_size), teacher.tokenizer.pad_token_id)
+    with torch.inference_mode():
+        for batch in loader:
+            out = model(**{k: v.to(rt.device) for k, v in model_inputs(batch).items()})
+            logits[batch["position"]] = out.logits.float().cpu()
+            features[batch["position"]] = out.feature.float().cpu()
+    return TeacherCache(logits, features)
+
+
+def w2s_loss(cfg: DefenseConfig, cache: TeacherCache, decoder: bool, device: torch.device) -> LossFn:
+    """The W2SDefense step loss; teacher outputs are looked up by each example's position."""
+    t_logits, t_features = cache.logits.to(device), cache.features.to(device)
+
+    def step(model: torch.nn.Module, batch: dict) -> StepOutput:
+        out = model(**model_inputs(batch), output_hidden_states=True)
+        logits, hidden = out.logits.float(), out.hidden_states[-1]
+        pos = batch["position"]
+        ce = F.cross_entropy(logits, batch["labels"])
+        kd = kd_loss(logits, t_logits[pos], cfg.temperature)
+        if cfg.alignment == "reference":
+            fa = feature_alignment_reference(t_features[pos], hidden)
+        else:
+            fa = feature_alignment_per_sample(t_features[pos], pool(hidden, batch["attention_mask"], decoder))
+        total = w2s_total(ce, kd, fa, cfg.alpha, cfg.beta, cfg.gamma)
+        return StepOutput(total, {"loss": total.item(), "ce": ce.item(), "kd": kd.item(), "fa": fa.item()})
+
+    return step

@@ -1,0 +1,1 @@
+"""Metrics (clean accuracy, attack success rate), batched inference and reports."""

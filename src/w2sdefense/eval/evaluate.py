@@ -1,0 +1,51 @@
+"""`w2sdefense evaluate`: clean accuracy on test.jsonl, attack success rate on test_triggered.jsonl."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from w2sdefense.attacks.poison import META_FILE, load_poison_folder
+from w2sdefense.config import EvalConfig
+from w2sdefense.data.records import Example
+from w2sdefense.eval.metrics import backdoor_metrics
+from w2sdefense.eval.predict import predict_logits
+from w2sdefense.fileio import write_json
+from w2sdefense.models import Classifier, load_classifier
+from w2sdefense.runtime import Runtime, peak_memory_mb, reset_peak_memory
+from w2sdefense.train.batching import encode
+
+
+def target_label(poison_dir: str | Path) -> int:
+    """The attack's target label, from the poison folder's poison.json."""
+    return int(json.loads((Path(poison_dir) / META_FILE).read_text(encoding="utf-8"))["poison"]["target_label"])
+
+
+def evaluate_classifier(clf: Classifier, test: list[Example], triggered: list[Example], target: int,
+                        cfg: EvalConfig, rt: Runtime) -> dict:
+    """Metrics of one model on the clean and triggered test sets, with throughput and memory."""
+    reset_peak_memory(rt.device)
+    start = time.perf_counter()
+    pad = clf.tokenizer.pad_token_id
+    clean = predict_logits(clf.model, encode(clf.tokenizer, test, cfg.max_length), pad, cfg.batch_size, rt, "clean test")
+    trig = predict_logits(clf.model, encode(clf.tokenizer, triggered, cfg.max_length), pad, cfg.batch_size, rt,
+                          "triggered test")
+    wall = time.perf_counter() - start
+    metrics = backdoor_metrics(clean, [e.label for e in test], [e.idx for e in test], trig,
+                               [e.idx for e in triggered], target)
+    rows = len(test) + len(triggered)
+    metrics.update(eval_wall_time_s=wall, eval_examples_per_s=rows / wall if wall else 0.0,
+                   **{f"eval_{k}": v for k, v in peak_memory_mb(rt.device).items()})
+    return metrics
+
+
+def run_evaluate(model: str, poison_dir: str | Path, cfg: EvalConfig, rt: Runtime, out_file: Path | None) -> dict:
+    """Load a model and a poison folder, compute metrics, write them to `out_file` (JSON)."""
+    data = load_poison_folder(poison_dir)
+    clf = load_classifier(model, data.num_labels, rt.dtype)
+    metrics = evaluate_classifier(clf, data.test, data.test_triggered, target_label(poison_dir), cfg, rt)
+    metrics.update(model=str(model), poison_dir=str(poison_dir))
+    if out_file is not None and rt.is_main:
+        write_json(out_file, metrics)
+    return metrics

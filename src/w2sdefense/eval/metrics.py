@@ -1,0 +1,45 @@
+"""Clean accuracy and attack success rate, as pure functions of predictions."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def accuracy(preds: Sequence[int], labels: Sequence[int]) -> float:
+    """Share of predictions equal to the labels (0.0 for no rows)."""
+    if len(preds) != len(labels):
+        raise ValueError(f"{len(preds)} predictions for {len(labels)} labels")
+    return sum(int(p == y) for p, y in zip(preds, labels)) / len(labels) if labels else 0.0
+
+
+def attack_success_rate(preds: Sequence[int], target: int) -> float:
+    """Share of triggered (non-target) inputs classified as the target label."""
+    return sum(int(p == target) for p in preds) / len(preds) if preds else 0.0
+
+
+def backdoor_metrics(clean_logits: torch.Tensor, clean_labels: Sequence[int], clean_idx: Sequence[int],
+                     trig_logits: torch.Tensor, trig_idx: Sequence[int], target: int) -> dict:
+    """CA, ASR, ASR over triggered rows whose clean version is classified correctly, counts.
+
+    Also the mean probability of the target label on triggered inputs: ASR saturates at 1.0,
+    the probability still shows movement.
+    """
+    clean_preds = clean_logits.argmax(-1).tolist() if len(clean_labels) else []
+    trig_preds = trig_logits.argmax(-1).tolist() if len(trig_idx) else []
+    correct_by_idx = {i: p == y for i, p, y in zip(clean_idx, clean_preds, clean_labels)}
+    kept = [p for i, p in zip(trig_idx, trig_preds) if correct_by_idx.get(i, False)]
+    target_prob = trig_logits.softmax(-1)[:, target].mean().item() if len(trig_idx) else 0.0
+    return {
+        "clean_accuracy": accuracy(clean_preds, list(clean_labels)),
+        "clean_correct": sum(int(p == y) for p, y in zip(clean_preds, clean_labels)),
+        "clean_total": len(clean_labels),
+        "attack_success_rate": attack_success_rate(trig_preds, target),
+        "attack_hits": sum(int(p == target) for p in trig_preds),
+        "triggered_total": len(trig_preds),
+        "attack_success_rate_clean_correct": attack_success_rate(kept, target),
+        "triggered_clean_correct_total": len(kept),
+        "mean_target_probability_triggered": target_prob,
+        "target_label": target,
+    }

@@ -1,0 +1,18 @@
+"""Loading classifiers and tokenizers (packaged, local, hub, tiny test models); PEFT wrapping."""
+
+from w2sdefense.models.loading import (
+    BUILTIN_MODELS,
+    Classifier,
+    count_parameters,
+    ensure_base_on_disk,
+    is_decoder,
+    load_classifier,
+    merge_adapter,
+    save_classifier,
+)
+from w2sdefense.models.peft_wrap import wrap_lora
+
+__all__ = [
+    "BUILTIN_MODELS", "Classifier", "count_parameters", "ensure_base_on_disk", "is_decoder",
+    "load_classifier", "merge_adapter", "save_classifier", "wrap_lora",
+]

@@ -1,0 +1,200 @@
+"""`w2sdefense run`: poison -> victim -> (clean model) -> teacher -> defenses -> evaluation -> report.
+
+Each stage writes into its own folder and, last, a `stage.json` holding a hash of everything it
+depends on. A rerun re-uses every finished stage whose inputs did not change and redoes the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from w2sdefense.attacks.poison import load_poison_folder, poison_dataset
+from w2sdefense.config import ExperimentConfig, dump_yaml, to_dict
+from w2sdefense.data.datasets import load_splits
+from w2sdefense.data.records import Splits
+from w2sdefense.defenses import DefenseJob, run_defense
+from w2sdefense.defenses.teacher import load_teacher, run_teacher
+from w2sdefense.eval.evaluate import evaluate_classifier, target_label
+from w2sdefense.eval.report import write_report
+from w2sdefense.fileio import atomic_write_text, write_json
+from w2sdefense.models import load_classifier
+from w2sdefense.rundir import log_to, prepare_run_dir
+from w2sdefense.runtime import Runtime, make_runtime
+from w2sdefense.train.job import run_train
+
+log = logging.getLogger(__name__)
+STAGE_FILE = "stage.json"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A folder of the experiment and the hash of the inputs that produced it."""
+
+    name: str
+    folder: Path
+    key: str
+
+    @classmethod
+    def of(cls, name: str, folder: Path, *inputs: object) -> Stage:
+        """A stage keyed by the JSON of its inputs (configs, upstream keys)."""
+        blob = json.dumps(inputs, sort_keys=True, default=str).encode()
+        return cls(name, folder, hashlib.sha256(blob).hexdigest()[:16])
+
+    def finished(self) -> bool:
+        """True when this stage already ran with the same inputs."""
+        marker = self.folder / STAGE_FILE
+        return marker.is_file() and json.loads(marker.read_text()).get("key") == self.key
+
+    def run(self, rt: Runtime, work: Callable[[], dict]) -> dict:
+        """Run `work` unless finished; return the stage's metrics."""
+        if self.finished():
+            log.info("stage %s: re-using %s", self.name, self.folder)
+            metrics_file = self.folder / "metrics.json"
+            return json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        if rt.is_main:
+            print(f"==> {self.name}", flush=True)
+        prepare_run_dir(self.folder, overwrite=True, is_main=rt.is_main)  # a stale stage is redone
+        rt.accelerator.wait_for_everyone()
+        metrics = work()
+        if rt.is_main:
+            write_json(self.folder / STAGE_FILE, {"name": self.name, "key": self.key})
+        rt.accelerator.wait_for_everyone()
+        return metrics
+
+
+def _row(name: str, evaluation: dict, training: dict) -> dict:
+    """One report row: the evaluation metrics plus the training stage's cost."""
+    keep = ("trainable_params", "total_params", "wall_time_s", "peak_memory_mb", "peak_memory_kind",
+            "best_dev_accuracy", "steps", "train_examples_per_s")
+    return {"model": name, **evaluation, **{k: training.get(k) for k in keep}}
+
+
+class Experiment:
+    """The stages of one experiment config, run in order with re-use."""
+
+    def __init__(self, cfg: ExperimentConfig, rt: Runtime) -> None:
+        self.cfg, self.rt, self.out = cfg, rt, Path(cfg.output_dir)
+        self._clean: Splits | None = None
+
+    def clean_splits(self) -> Splits:
+        """The clean splits, loaded once (the defender's and the teacher's data)."""
+        if self._clean is None:
+            self._clean = load_splits(self.cfg.data)
+        return self._clean
+
+    def poison(self) -> Stage:
+        """Write the poisoned dataset folder."""
+        c = self.cfg
+        stage = Stage.of("poison", self.out / "poison", to_dict(c.data), to_dict(c.attack), to_dict(c.poison), c.seed)
+        stage.run(self.rt, lambda: self._poison(stage.folder))
+        return stage
+
+    def _poison(self, folder: Path) -> dict:
+        if self.rt.is_main:
+            poison_dataset(self.cfg.data, self.cfg.attack, self.cfg.poison, self.cfg.seed, folder, overwrite=True)
+        self.rt.accelerator.wait_for_everyone()
+        return {}
+
+    def victim(self, poison: Stage, clean: bool = False) -> tuple[Stage, dict]:
+        """Train the victim recipe on poisoned data (or, for the reference row, on clean data)."""
+        c = self.cfg
+        name, upstream = ("clean", to_dict(c.data)) if clean else ("victim", poison.key)
+        stage = Stage.of(name, self.out / name, upstream, to_dict(c.victim), c.seed)
+
+        def work() -> dict:
+            data = self.clean_splits() if clean else _as_splits(load_poison_folder(poison.folder))
+            with log_to(stage.folder / "train.log", self.rt.is_main):
+                return run_train(c.victim.model, data, c.victim.train, self.rt, stage.folder, c.seed)
+
+        return stage, stage.run(self.rt, work)
+
+    def teacher(self) -> tuple[Stage, dict]:
+        """Fully fine-tune the small clean teacher, its feature as wide as the student's hidden state."""
+        c = self.cfg
+        stage = Stage.of("teacher", self.out / "teacher", to_dict(c.data), to_dict(c.teacher), c.victim.model, c.seed)
+
+        def work() -> dict:
+            with log_to(stage.folder / "train.log", self.rt.is_main):
+                return run_teacher(c.teacher, self.clean_splits(), c.victim.model, self.rt, stage.folder, c.seed)
+
+        return stage, stage.run(self.rt, work)
+
+    def defense(self, index: int, victim: Stage, teacher: Stage | None) -> tuple[Stage, dict]:
+        """Run one configured defense on the poisoned model with clean data."""
+        c, d = self.cfg, self.cfg.defenses[index]
+        teacher_key = teacher.key if (teacher and d.name == "w2sdefense") else None
+        stage = Stage.of(f"defense {d.row_name}", self.out / "defenses" / d.row_name, victim.key, teacher_key,
+                         to_dict(d), to_dict(c.data), c.seed)
+
+        def work() -> dict:
+            job = DefenseJob(student=str(victim.folder / "model"),
+                             teacher=str(teacher.folder / "model") if teacher_key else None,
+                             splits=self.clean_splits(), cfg=d, rt=self.rt, out_dir=stage.folder, seed=c.seed)
+            with log_to(stage.folder / "train.log", self.rt.is_main):
+                return run_defense(job)
+
+        return stage, stage.run(self.rt, work)
+
+    def evaluate(self, label: str, model_stage: Stage, poison: Stage, teacher: bool = False) -> dict:
+        """CA and ASR of one model on the shared clean and triggered test sets (computed once)."""
+        c = self.cfg
+        stage = Stage.of(f"evaluate {label}", self.out / "eval" / label, model_stage.key, poison.key, to_dict(c.eval))
+
+        def work() -> dict:
+            data = load_poison_folder(poison.folder)
+            path = model_stage.folder / "model"
+            clf = load_teacher(path, self.rt.dtype) if teacher else load_classifier(str(path), data.num_labels, self.rt.dtype)
+            metrics = evaluate_classifier(clf, data.test, data.test_triggered, target_label(poison.folder), c.eval, self.rt)
+            if self.rt.is_main:
+                write_json(stage.folder / "metrics.json", metrics)
+            return metrics
+
+        return stage.run(self.rt, work)
+
+
+def _as_splits(data) -> Splits:
+    return Splits(train=data.train, dev=data.dev, test=data.test, num_labels=data.num_labels)
+
+
+def run_experiment(cfg: ExperimentConfig, overwrite: bool = False, rt: Runtime | None = None) -> Path:
+    """Run every stage of `cfg` (re-using finished ones) and write report.json and report.md."""
+    rt = rt or make_runtime(cfg.runtime)
+    out = Path(cfg.output_dir)
+    if overwrite and rt.is_main and out.exists():
+        shutil.rmtree(out)
+    rt.accelerator.wait_for_everyone()
+    if rt.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+    exp = Experiment(cfg, rt)
+    with log_to(out / "run.log", rt.is_main):
+        rows = _run_stages(exp)
+    if rt.is_main:
+        write_report(out, cfg.name, rows, to_dict(cfg))
+    rt.accelerator.wait_for_everyone()
+    return out
+
+
+def _run_stages(exp: Experiment) -> list[dict]:
+    """The stage order; returns the report rows."""
+    cfg, rows = exp.cfg, []
+    poison = exp.poison()
+    if cfg.clean_model:
+        clean, clean_train = exp.victim(poison, clean=True)
+        rows.append(_row("clean model", exp.evaluate("clean", clean, poison), clean_train))
+    victim, victim_train = exp.victim(poison)
+    rows.append(_row("poisoned", exp.evaluate("poisoned", victim, poison), victim_train))
+    teacher = None
+    if any(d.name == "w2sdefense" for d in cfg.defenses):
+        teacher, teacher_train = exp.teacher()
+        rows.append(_row("teacher", exp.evaluate("teacher", teacher, poison, teacher=True), teacher_train))
+    for i, d in enumerate(cfg.defenses):
+        stage, train = exp.defense(i, victim, teacher)
+        rows.append(_row(d.row_name, exp.evaluate(d.row_name, stage, poison), train))
+    return rows

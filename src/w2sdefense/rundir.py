@@ -1,0 +1,46 @@
+"""Run folders: refuse to clobber, resolved config, a log file, metrics written atomically."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+
+from w2sdefense.errors import UserError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def prepare_run_dir(path: str | Path, overwrite: bool, is_main: bool = True) -> Path:
+    """Create an empty run folder; an existing non-empty one is refused unless `overwrite`."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise UserError(f"run folder {path} already exists and is not empty; pass --overwrite to replace it")
+        if is_main:
+            shutil.rmtree(path)
+    if is_main:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextmanager
+def log_to(path: Path, enabled: bool = True):
+    """Send this package's log records to `path` (appending) while the block runs."""
+    if not enabled:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger("w2sdefense")
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()

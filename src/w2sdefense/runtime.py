@@ -1,0 +1,84 @@
+"""Pick the device and precision once per process, and build the one Accelerator everything shares."""
+
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+
+from w2sdefense.config import RuntimeConfig
+from w2sdefense.errors import UserError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """The resolved device, the weight dtype models load in, and the accelerator."""
+
+    accelerator: Accelerator
+    dtype: torch.dtype
+    gradient_checkpointing: bool = False
+
+    @property
+    def device(self) -> torch.device:
+        """The device this process computes on."""
+        return self.accelerator.device
+
+    @property
+    def is_main(self) -> bool:
+        """Only the main process writes files and prints progress."""
+        return self.accelerator.is_main_process
+
+
+def _resolve(cfg: RuntimeConfig) -> tuple[bool, bool]:
+    """Return (use_cuda, use_bf16) from the config and the hardware."""
+    cuda = torch.cuda.is_available()
+    if cfg.device == "cuda" and not cuda:
+        raise UserError("runtime.device=cuda but no CUDA device is visible; use runtime.device=auto")
+    use_cuda = cuda and cfg.device != "cpu"
+    if cfg.precision == "bf16" and use_cuda and not torch.cuda.is_bf16_supported():
+        raise UserError("runtime.precision=bf16 but this GPU does not support bf16; use fp32")
+    if cfg.precision == "auto":
+        use_bf16 = use_cuda and torch.cuda.is_bf16_supported()
+    else:
+        use_bf16 = cfg.precision == "bf16"
+    return use_cuda, use_bf16
+
+
+def set_threads(num_threads: int | None) -> None:
+    """Use every core this process may run on unless told otherwise."""
+    if num_threads is None:
+        try:
+            num_threads = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            num_threads = os.cpu_count() or 1
+        # Under several processes per machine (torchrun on CPU), share the cores.
+        num_threads = max(1, num_threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    torch.set_num_threads(num_threads)
+
+
+def make_runtime(cfg: RuntimeConfig) -> Runtime:
+    """Create the Accelerator (single process, torchrun or `accelerate launch`) and the dtype."""
+    use_cuda, use_bf16 = _resolve(cfg)
+    set_threads(cfg.num_threads)
+    accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_bf16 else "no")
+    # Weights load in bf16 on GPUs (an 8B student must); on CPU fp32 is faster and exact.
+    dtype = torch.bfloat16 if (use_bf16 and use_cuda) else torch.float32
+    return Runtime(accelerator, dtype, cfg.gradient_checkpointing)
+
+
+def peak_memory_mb(device: torch.device) -> dict:
+    """Peak memory so far: CUDA allocator peak on GPU, else the process's peak resident set."""
+    if device.type == "cuda":
+        return {"peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20,
+                "peak_memory_kind": "cuda_max_allocated"}
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_memory_mb": rss_kb / 1024, "peak_memory_kind": "process_max_rss"}
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak window (CUDA only; a process's RSS peak cannot be reset)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)

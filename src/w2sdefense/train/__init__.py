@@ -1,0 +1,1 @@
+"""The fine-tuning loop (full and PEFT), used for the victim, the teacher and clean baselines."""

@@ -1,0 +1,119 @@
+"""Tokenise once, group examples of similar length into batches, pad only to the batch's longest."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from w2sdefense.data.records import Example
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """A tokenised split: token ids per example (unpadded) and labels, in the split's order."""
+
+    input_ids: list[list[int]]
+    labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Token count of each example."""
+        return [len(ids) for ids in self.input_ids]
+
+
+def encode(tokenizer, examples: Sequence[Example], max_length: int) -> Encoded:
+    """Tokenise texts once (truncated to max_length), without padding."""
+    texts = [ex.text for ex in examples]
+    ids = tokenizer(texts, truncation=True, max_length=max_length, padding=False)["input_ids"] if texts else []
+    return Encoded(input_ids=[list(row) for row in ids], labels=[ex.label for ex in examples])
+
+
+class _EncodedDataset(Dataset):
+    def __init__(self, encoded: Encoded) -> None:
+        self.encoded = encoded
+
+    def __len__(self) -> int:
+        return len(self.encoded)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.encoded.input_ids[i], "label": self.encoded.labels[i], "position": i}
+
+
+class LengthGroupedBatches:
+    """Shuffled batches of similar-length examples; a new order each epoch, fixed by (seed, epoch).
+
+    Examples are shuffled, cut into mega-batches of `group` batches, sorted by length inside each
+    mega-batch and cut into batches; the batches are then shuffled, so training order stays random
+    while padding stays small.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group: int = 50) -> None:
+        self.lengths, self.batch_size, self.seed, self.group = list(lengths), batch_size, seed, group
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Pick the epoch whose order to produce."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        rng = random.Random(self.seed * 1_000_003 + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        span = self.batch_size * self.group
+        batches = []
+        for start in range(0, len(order), span):
+            chunk = sorted(order[start:start + span], key=lambda i: self.lengths[i], reverse=True)
+            batches += [chunk[i:i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        rng.shuffle(batches)
+        return iter(batches)
+
+
+def sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Evaluation batches: longest first (memory peaks early), each padded to its own longest."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def file_order_batches(n: int, batch_size: int) -> list[list[int]]:
+    """Batches in file order (what a straightforward loop does)."""
+    return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+
+
+def make_collate(pad_id: int):
+    """Collate dict rows into padded tensors (right padding to the longest row of the batch)."""
+
+    def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            ids[i, : len(row["input_ids"])] = torch.tensor(row["input_ids"], dtype=torch.long)
+            mask[i, : len(row["input_ids"])] = 1
+        return {
+            "input_ids": ids,
+            "attention_mask": mask,
+            "labels": torch.tensor([r["label"] for r in rows], dtype=torch.long),
+            "position": torch.tensor([r["position"] for r in rows], dtype=torch.long),
+        }
+
+    return collate
+
+
+def make_loader(encoded: Encoded, batch_sampler, pad_id: int) -> DataLoader:
+    """A DataLoader over an encoded split with the given batch sampler (list or sampler object)."""
+    return DataLoader(_EncodedDataset(encoded), batch_sampler=batch_sampler, collate_fn=make_collate(pad_id))
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keys a transformers model's forward takes."""
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}

@@ -1,0 +1,82 @@
+"""`w2sdefense train`: fine-tune a classifier (full or LoRA) on a dataset or poisoned folder."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from peft import PeftModel
+from transformers import set_seed
+
+from w2sdefense.config import TrainConfig
+from w2sdefense.data.records import Example, Splits
+from w2sdefense.fileio import write_json
+from w2sdefense.models import (
+    Classifier,
+    count_parameters,
+    ensure_base_on_disk,
+    load_classifier,
+    merge_adapter,
+    save_classifier,
+    wrap_lora,
+)
+from w2sdefense.runtime import Runtime
+from w2sdefense.train.batching import encode
+from w2sdefense.train.loop import LossFn, cross_entropy_step, fit
+
+log = logging.getLogger(__name__)
+
+
+def prepare_student(model_name: str, num_labels: int, cfg: TrainConfig, rt: Runtime, out_dir: Path) -> Classifier:
+    """Load the model and, for LoRA, wrap it with a fresh adapter (its base saved if built in code)."""
+    clf = load_classifier(model_name, num_labels, rt.dtype)
+    if isinstance(clf.model, PeftModel):
+        # A LoRA-trained model (e.g. a LoRA-poisoned victim) is folded into plain weights first; the
+        # fresh adapter's base is then that merged model, saved below, not the original base.
+        clf = Classifier(clf.model.merge_and_unload(), clf.tokenizer)
+        clf.model.config._name_or_path = ""
+    if rt.gradient_checkpointing:
+        clf.model.gradient_checkpointing_enable()
+    if cfg.method == "lora":
+        ensure_base_on_disk(clf, out_dir / "base", write=rt.is_main)
+        clf = wrap_lora(clf, cfg.lora)
+    if cfg.method == "full":
+        for param in clf.model.parameters():
+            param.requires_grad_(True)
+    return clf
+
+
+def limit(rows: list[Example], n: int | None) -> list[Example]:
+    """The first n rows (all when n is None)."""
+    return rows if n is None else rows[:n]
+
+
+def train_classifier(clf: Classifier, splits: Splits, cfg: TrainConfig, rt: Runtime, out_dir: Path,
+                     seed: int, loss_fn: LossFn = cross_entropy_step, desc: str = "train") -> dict:
+    """Fine-tune `clf` on splits.train, select by clean dev accuracy, write model/ and metrics.json."""
+    start = time.perf_counter()
+    train = encode(clf.tokenizer, limit(splits.train, cfg.max_train_rows), cfg.max_length)
+    dev = encode(clf.tokenizer, splits.dev, cfg.max_length)
+    params = count_parameters(clf.model)
+    log.info("%s: %d train / %d dev rows, %d of %d parameters trainable", desc, len(train), len(dev),
+             params["trainable_params"], params["total_params"])
+    metrics = fit(
+        clf.model, train, dev, cfg, rt,
+        save=lambda model, path: save_classifier(Classifier(model, clf.tokenizer), path),
+        out_dir=out_dir, seed=seed, pad_id=clf.tokenizer.pad_token_id, loss_fn=loss_fn, desc=desc,
+    )
+    metrics.update(params, wall_time_s=time.perf_counter() - start, train_rows=len(train))
+    if rt.is_main:
+        if cfg.merge and cfg.method == "lora":
+            merge_adapter(out_dir / "model", out_dir / "merged", splits.num_labels)
+        write_json(out_dir / "metrics.json", metrics)
+    rt.accelerator.wait_for_everyone()
+    return metrics
+
+
+def run_train(model_name: str, splits: Splits, cfg: TrainConfig, rt: Runtime, out_dir: Path, seed: int) -> dict:
+    """Load, wrap and train a classifier; the whole `train` stage."""
+    set_seed(seed)  # the new head's initialisation and dropout
+    clf = prepare_student(model_name, splits.num_labels, cfg, rt, out_dir)
+    return train_classifier(clf, splits, cfg, rt, out_dir, seed)

@@ -1,0 +1,178 @@
+"""The one fine-tuning loop (full or LoRA): data, forward, loss, backward, step, log, eval, checkpoint.
+
+Used to plant a backdoor (attacker), train clean baselines and the teacher, and, with a different
+loss function, for weak-to-strong unlearning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
+
+from w2sdefense.config import TrainConfig
+from w2sdefense.eval.predict import predict_logits
+from w2sdefense.runtime import Runtime, peak_memory_mb, reset_peak_memory
+from w2sdefense.train.batching import Encoded, LengthGroupedBatches, make_loader, model_inputs
+
+log = logging.getLogger(__name__)
+
+_HEAD_NAMES = ("score", "classifier", "head")
+
+
+@dataclass
+class StepOutput:
+    """A training step's loss (to backpropagate) and its named terms (to log)."""
+
+    loss: torch.Tensor
+    terms: dict[str, float] = field(default_factory=dict)
+
+
+LossFn = Callable[[torch.nn.Module, dict], StepOutput]
+
+
+def cross_entropy_step(model: torch.nn.Module, batch: dict) -> StepOutput:
+    """Plain cross-entropy on the batch's labels."""
+    logits = model(**model_inputs(batch)).logits.float()
+    loss = F.cross_entropy(logits, batch["labels"])
+    return StepOutput(loss, {"ce": loss.item()})
+
+
+def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Weight decay off for biases and norms; the head may get its own learning rate."""
+    groups: dict[tuple, list] = defaultdict(list)
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        is_head = any(part in _HEAD_NAMES for part in name.split("."))
+        decay = param.ndim >= 2
+        groups[(is_head, decay)].append(param)
+    return [
+        {"params": params, "lr": (cfg.head_lr or cfg.lr) if is_head else cfg.lr,
+         "weight_decay": cfg.weight_decay if decay else 0.0}
+        for (is_head, decay), params in groups.items()
+    ]
+
+
+def dev_accuracy(model, dev: Encoded, pad_id: int, batch_size: int, rt: Runtime) -> float:
+    """Clean dev accuracy: the only signal for picking the best checkpoint."""
+    logits = predict_logits(model, dev, pad_id, batch_size, rt, desc="dev", prepared=True)
+    labels = torch.tensor(dev.labels)
+    return float((logits.argmax(-1) == labels).float().mean()) if len(labels) else 0.0
+
+
+@dataclass
+class _Progress:
+    step: int = 0
+    seen: int = 0
+    best: float = -1.0
+    best_step: int = 0
+    history: list = field(default_factory=list)
+    terms: dict = field(default_factory=lambda: defaultdict(list))
+
+    def mean_terms(self) -> dict[str, float]:
+        means = {k: sum(v) / len(v) for k, v in self.terms.items() if v}
+        self.terms.clear()
+        return means
+
+
+def fit(model: torch.nn.Module, train: Encoded, dev: Encoded, cfg: TrainConfig, rt: Runtime,
+        save: Callable[[torch.nn.Module, Path], None], out_dir: Path, seed: int, pad_id: int,
+        loss_fn: LossFn = cross_entropy_step, desc: str = "train") -> dict:
+    """Train `model`; save the best-by-clean-dev-accuracy checkpoint to out_dir/model; return metrics."""
+    acc = rt.accelerator
+    sampler = LengthGroupedBatches(train.lengths, cfg.batch_size, seed)
+    loader = make_loader(train, sampler, pad_id)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr)
+    model, optimizer, loader = acc.prepare(model, optimizer, loader)
+    steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    # Stepped by hand once per optimizer step, so the count is right under any process count.
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    reset_peak_memory(rt.device)
+    progress, start = _Progress(), time.perf_counter()
+    bar = tqdm(total=total, desc=desc, disable=not rt.is_main, dynamic_ncols=True)
+    model.train()
+    epoch = 0
+    while progress.step < total:
+        sampler.set_epoch(epoch)
+        _run_epoch(model, loader, optimizer, scheduler, cfg, rt, loss_fn, progress, bar, total,
+                   lambda: _evaluate(model, dev, cfg, rt, save, out_dir, pad_id, progress, epoch))
+        if not progress.history or progress.history[-1]["step"] != progress.step:
+            _evaluate(model, dev, cfg, rt, save, out_dir, pad_id, progress, epoch)
+        epoch += 1
+    bar.close()
+    wall = time.perf_counter() - start
+    return {
+        "best_dev_accuracy": progress.best, "best_step": progress.best_step, "steps": progress.step,
+        "epochs_run": epoch, "history": progress.history, "train_wall_time_s": wall,
+        "train_examples_per_s": progress.seen / wall if wall else 0.0, **peak_memory_mb(rt.device),
+    }
+
+
+def _run_epoch(model, loader, optimizer, scheduler, cfg, rt, loss_fn, progress, bar, total,
+               evaluate: Callable[[], None]) -> None:
+    """One pass over the loader with gradient accumulation; stops at `total` optimizer steps."""
+    acc = rt.accelerator
+    for i, batch in enumerate(loader):
+        sync = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(loader)
+        with contextlib.nullcontext() if sync else acc.no_sync(model):
+            out = loss_fn(model, batch)
+            acc.backward(out.loss / cfg.grad_accum)
+        progress.seen += batch["labels"].shape[0] * acc.num_processes
+        for key, value in out.terms.items():
+            progress.terms[key].append(value)
+        if not sync:
+            continue
+        if cfg.max_grad_norm:
+            acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        progress.step += 1
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in out.terms.items()}, refresh=False)
+        if cfg.eval_every and progress.step % cfg.eval_every == 0:
+            evaluate()
+        if progress.step >= total:
+            return
+
+
+def _evaluate(model, dev: Encoded, cfg: TrainConfig, rt: Runtime, save, out_dir: Path, pad_id: int,
+              progress: _Progress, epoch: int) -> None:
+    """Dev accuracy now; keep the checkpoint if it is the best so far (ties keep the earlier)."""
+    accuracy = dev_accuracy(model, dev, pad_id, cfg.eval_batch_size, rt)
+    record = {"epoch": epoch, "step": progress.step, "dev_accuracy": accuracy, **progress.mean_terms()}
+    progress.history.append(record)
+    log.info("step %d (epoch %d): %s", progress.step, epoch,
+             ", ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float)))
+    if accuracy > progress.best:
+        progress.best, progress.best_step = accuracy, progress.step
+        _save_atomically(model, rt, save, out_dir / "model")
+
+
+def _save_atomically(model, rt: Runtime, save, target: Path) -> None:
+    """Save to a temporary folder, then swap it in: a killed run never leaves half a checkpoint."""
+    acc = rt.accelerator
+    acc.wait_for_everyone()
+    if rt.is_main:
+        tmp = target.with_name(target.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        save(acc.unwrap_model(model), tmp)
+        old = target.with_name(target.name + ".old")
+        if target.exists():
+            target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
