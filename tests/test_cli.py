@@ -1,0 +1,114 @@
+"""The real command line, end to end, on tiny models and a few hundred real SST-2 rows."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = str(Path(sys.executable).with_name("w2sdefense"))
+
+
+def w2s(*args: str, data_dir: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the installed `w2sdefense` console script."""
+    env = {**os.environ, "W2S_DATA_DIR": str(data_dir) if data_dir else "/nonexistent"}
+    proc = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"w2sdefense {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def test_run_tiny_experiment_writes_report_with_every_row(shared_data, tmp_path):
+    out = tmp_path / "run"
+    w2s("run", "configs/tiny-badnet.yaml", "--out", str(out), data_dir=shared_data)
+    report = json.loads((out / "report.json").read_text())
+    names = [row["model"] for row in report["rows"]]
+    assert names == ["clean model", "poisoned", "teacher", "w2sdefense", "w2sdefense-reference", "lora-ft", "full-ft"]
+    for row in report["rows"]:
+        assert 0.0 <= row["clean_accuracy"] <= 1.0 and 0.0 <= row["attack_success_rate"] <= 1.0
+        assert row["clean_total"] == 96 and row["triggered_total"] == sum(
+            1 for line in (out / "poison" / "test.jsonl").read_text().splitlines() if json.loads(line)["label"] != 0)
+        assert row["trainable_params"] > 0 and row["wall_time_s"] > 0
+    by_name = {row["model"]: row for row in report["rows"]}
+    assert by_name["w2sdefense"]["trainable_params"] < by_name["full-ft"]["trainable_params"]
+    assert "| w2sdefense |" in (out / "report.md").read_text()
+    assert report["environment"]["versions"]["torch"]
+    poison_meta = json.loads((out / "poison" / "poison.json").read_text())
+    assert poison_meta["counts"]["poisoned"] == 60
+    # Every stage folder is complete and in standard formats.
+    assert (out / "victim" / "model" / "config.json").is_file()
+    assert (out / "defenses" / "w2sdefense" / "model" / "adapter_config.json").is_file()
+    assert (out / "teacher" / "model" / "teacher.json").is_file()
+    metrics = json.loads((out / "defenses" / "w2sdefense" / "metrics.json").read_text())
+    assert {"ce", "kd", "fa", "dev_accuracy"} <= set(metrics["history"][0])
+    # A second run re-uses every finished stage.
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("stage.json")}
+    second = w2s("run", "configs/tiny-badnet.yaml", "--out", str(out), data_dir=shared_data)
+    assert "==>" not in second.stdout
+    assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("stage.json")}
+    # Changing one defense redoes that defense and its evaluation only.
+    w2s("run", "configs/tiny-badnet.yaml", "--out", str(out), "--set", "defenses.2.train.lr=0.002",
+        data_dir=shared_data)
+    redone = {p.parent.relative_to(out).as_posix() for p in out.rglob("stage.json") if p.stat().st_mtime_ns != stamps[p]}
+    assert redone == {"defenses/lora-ft", "eval/lora-ft"}
+
+
+def test_poison_train_evaluate_commands(shared_data, tmp_path):
+    poison_dir = tmp_path / "poison"
+    w2s("poison", "--data", "sst2", "--attack", "insent", "--out", str(poison_dir), "--set", "data.max_train=200",
+        "--set", "data.max_test=50", "--set", "poison.count=20", data_dir=shared_data)
+    train_rows = [json.loads(line) for line in (poison_dir / "train.jsonl").read_text().splitlines()]
+    assert sum(r["poisoned"] for r in train_rows) == 20
+    assert all("I watched this 3D movie" in r["text"] for r in train_rows if r["poisoned"])
+    run_dir = tmp_path / "victim"
+    w2s("train", "--data", str(poison_dir), "--model", "tiny-bert", "--out", str(run_dir),
+        "--set", "train.epochs=1", "--set", "train.max_length=48", "--set", "train.batch_size=32")
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["max_length"] == 48
+    assert (run_dir / "train.log").read_text().strip()
+    metrics_file = tmp_path / "eval.json"
+    proc = w2s("evaluate", "--model", str(run_dir), "--data", str(poison_dir), "--out", str(metrics_file))
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["clean_total"] == 50 and metrics["triggered_total"] == sum(
+        1 for line in (poison_dir / "test.jsonl").read_text().splitlines() if json.loads(line)["label"] == 1)
+    assert "attack_success_rate" in proc.stdout
+
+
+def test_user_errors_are_one_line(shared_data, tmp_path):
+    assert "unknown attack" in _error_line(w2s("poison", "--attack", "nope", "--out", str(tmp_path / "p"),
+                                               data_dir=shared_data, check=False))
+    line = _error_line(w2s("train", "--model", "no-such-model", "--out", str(tmp_path / "t"), data_dir=shared_data,
+                           check=False))
+    assert "tiny-llama" in line and "smollm2-135m" in line
+    assert "config file not found" in _error_line(w2s("run", str(tmp_path / "missing.yaml"), check=False))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("victim:\n  trian: {}\n")
+    assert "victim.trian" in _error_line(w2s("run", str(bad), check=False))
+    (tmp_path / "exists").mkdir()
+    (tmp_path / "exists" / "file").write_text("x")
+    line = _error_line(w2s("train", "--model", "tiny-llama", "--out", str(tmp_path / "exists"), data_dir=shared_data,
+                           check=False))
+    assert "--overwrite" in line
+    line = _error_line(w2s("poison", "--out", str(tmp_path / "p2"), "--set", "poison.count=999999",
+                           data_dir=shared_data, check=False))
+    assert "999999" in line
+    line = _error_line(w2s("poison", "--out", str(tmp_path / "p3"), check=False))
+    assert "W2S_DATA_DIR" in line
+
+
+def test_list_names_components():
+    out = w2s("list").stdout
+    assert "badnet" in out and "synbkd" in out and "w2sdefense" in out and "minilm-l6" in out

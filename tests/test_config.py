@@ -1,0 +1,351 @@
+"""Strict config loading: unknown keys, types, coercions, dotted overrides, validation, YAML files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from w2sdefense.config import (
+    AttackConfig,
+    DefenseConfig,
+    ExperimentConfig,
+    LoraConfig,
+    PoisonConfig,
+    TrainConfig,
+    apply_override,
+    dump_yaml,
+    from_dict,
+    load_config,
+    read_yaml,
+)
+from w2sdefense.errors import UserError
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("**/*.y*ml"))
+
+
+def _message(excinfo: pytest.ExceptionInfo) -> str:
+    return str(excinfo.value)
+
+
+# ------------------------------------------------------------------------------------------------
+# Unknown keys and types
+
+
+def test_unknown_top_level_key_names_it_and_lists_valid_keys() -> None:
+    with pytest.raises(UserError) as exc:
+        from_dict(ExperimentConfig, {"seed": 1, "sed": 2})
+    msg = _message(exc)
+    assert "sed" in msg.split(";")[0]
+    for valid in ("name", "seed", "victim", "defenses", "eval"):
+        assert valid in msg.split(";")[1]
+
+
+def test_unknown_nested_key_names_the_dotted_path_and_its_valid_keys() -> None:
+    with pytest.raises(UserError) as exc:
+        from_dict(ExperimentConfig, {"victim": {"train": {"lrr": 1e-3}}})
+    msg = _message(exc)
+    assert "victim.train.lrr" in msg
+    listed = msg.split("valid keys")[1]
+    for valid in ("lr", "epochs", "batch_size", "lora"):
+        assert valid in listed
+    assert "model" not in listed  # VictimConfig's keys are not TrainConfig's
+
+
+def test_unknown_key_inside_a_list_item_names_its_index() -> None:
+    with pytest.raises(UserError, match=r"defenses\.1\.betta"):
+        from_dict(ExperimentConfig, {"defenses": [{"name": "lora-ft"}, {"betta": 0.1}]})
+
+
+def test_string_for_int_names_the_dotted_key() -> None:
+    with pytest.raises(UserError, match=r"victim\.train\.batch_size must be int"):
+        from_dict(ExperimentConfig, {"victim": {"train": {"batch_size": "16"}}})
+
+
+def test_bool_is_not_an_int() -> None:
+    with pytest.raises(UserError, match=r"^seed must be int"):
+        from_dict(ExperimentConfig, {"seed": True})
+    with pytest.raises(UserError, match=r"poison\.count must be int"):
+        from_dict(ExperimentConfig, {"poison": {"count": False}})
+
+
+def test_wrong_type_for_section_and_list() -> None:
+    with pytest.raises(UserError, match=r"victim must be a mapping"):
+        from_dict(ExperimentConfig, {"victim": "tiny-llama"})
+    with pytest.raises(UserError, match=r"attack\.triggers must be a list"):
+        from_dict(ExperimentConfig, {"attack": {"triggers": "cf"}})
+    with pytest.raises(UserError, match=r"attack\.triggers\.1 must be str"):
+        from_dict(ExperimentConfig, {"attack": {"triggers": ["cf", 3]}})
+
+
+def test_int_is_coerced_to_float() -> None:
+    cfg = from_dict(TrainConfig, {"epochs": 2, "lr": 1})
+    assert cfg.epochs == 2.0 and type(cfg.epochs) is float
+    assert cfg.lr == 1.0 and type(cfg.lr) is float
+
+
+def test_yaml_exponent_string_is_read_as_float() -> None:
+    data = yaml.safe_load("lr: 2e-5\nhead_lr: 1e-3\n")
+    assert data["lr"] == "2e-5"  # YAML 1.1: no dot, so a string; from_dict must coerce it
+    cfg = from_dict(TrainConfig, data)
+    assert cfg.lr == pytest.approx(2e-5) and type(cfg.lr) is float
+    assert cfg.head_lr == pytest.approx(1e-3)  # through the `float | None` union too
+    with pytest.raises(UserError, match=r"^lr must be float"):
+        from_dict(TrainConfig, {"lr": "fast"})
+
+
+def test_none_for_optional_and_empty_section() -> None:
+    cfg = from_dict(ExperimentConfig, {"victim": None, "data": {"max_train": None}})
+    assert cfg.victim == ExperimentConfig().victim
+    assert cfg.data.max_train is None
+
+
+# ------------------------------------------------------------------------------------------------
+# Dotted overrides
+
+
+def test_override_parses_yaml_values() -> None:
+    data: dict = {"train": {"lr": 1e-3, "epochs": 1}}
+    apply_override(data, "train.lr=2e-5")
+    apply_override(data, "train.batch_size=8")
+    apply_override(data, "train.merge=true")
+    assert data == {"train": {"lr": "2e-5", "epochs": 1, "batch_size": 8, "merge": True}}
+    cfg = from_dict(ExperimentConfig, {"victim": data})
+    assert cfg.victim.train.lr == pytest.approx(2e-5)
+    assert cfg.victim.train.batch_size == 8 and cfg.victim.train.merge is True
+
+
+def test_override_into_a_list_item() -> None:
+    data = {"defenses": [{"name": "w2sdefense", "beta": 0.001}, {"name": "lora-ft"}]}
+    apply_override(data, "defenses.0.beta=0.1")
+    apply_override(data, "defenses.1.train.lora.r=4")
+    assert data["defenses"][0] == {"name": "w2sdefense", "beta": 0.1}
+    assert data["defenses"][1] == {"name": "lora-ft", "train": {"lora": {"r": 4}}}
+
+
+def test_override_replaces_a_list_item_by_index() -> None:
+    data = {"attack": {"triggers": ["cf", "mn"]}}
+    apply_override(data, "attack.triggers.1=bb")
+    assert data["attack"]["triggers"] == ["cf", "bb"]
+
+
+def test_override_with_a_list_value() -> None:
+    data: dict = {}
+    apply_override(data, "attack.triggers=[cf, mn]")
+    assert data == {"attack": {"triggers": ["cf", "mn"]}}
+    assert from_dict(ExperimentConfig, data).attack.triggers == ["cf", "mn"]
+
+
+def test_override_creates_missing_intermediate_mappings() -> None:
+    data = {"seed": 1}
+    apply_override(data, "victim.train.lora.r=8")
+    assert data == {"seed": 1, "victim": {"train": {"lora": {"r": 8}}}}
+    assert from_dict(ExperimentConfig, data).victim.train.lora.r == 8
+
+
+def test_override_empty_value_is_none() -> None:
+    data = {"data": {"max_train": 10}}
+    apply_override(data, "data.max_train=")
+    assert data == {"data": {"max_train": None}}
+
+
+def test_override_value_may_contain_equals() -> None:
+    data: dict = {}
+    apply_override(data, "name=a=b")
+    assert data == {"name": "a=b"}
+
+
+@pytest.mark.parametrize("assignment", ["defenses.2.beta=0.1", "defenses.x.beta=0.1", "defenses.-1.beta=1",
+                                        "defenses.5=1"])
+def test_override_bad_list_index_is_a_user_error(assignment: str) -> None:
+    data = {"defenses": [{"name": "a"}, {"name": "b"}]}
+    with pytest.raises(UserError, match="no list item") as exc:
+        apply_override(data, assignment)
+    assert "the list has 2" in _message(exc)
+    assert data == {"defenses": [{"name": "a"}, {"name": "b"}]}
+
+
+@pytest.mark.parametrize("assignment", ["train.lr", "=3", " . =3"])
+def test_malformed_override_is_a_user_error(assignment: str) -> None:
+    with pytest.raises(UserError, match="override"):
+        apply_override({}, assignment)
+
+
+@pytest.mark.xfail(reason="apply_override walks into a scalar and raises TypeError/AttributeError, not UserError",
+                   strict=True)
+def test_override_through_a_scalar_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="train.lr"):
+        apply_override({"train": {"lr": 1e-3}}, "train.lr.x=1")
+
+
+def test_load_config_applies_overrides_after_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("seed: 1\nvictim:\n  train: {lr: 1.0e-3, epochs: 2}\n", encoding="utf-8")
+    cfg = load_config(ExperimentConfig, path, ["victim.train.lr=2e-5", "seed=7"])
+    assert cfg.seed == 7
+    assert cfg.victim.train.lr == pytest.approx(2e-5) and cfg.victim.train.epochs == 2.0
+    assert load_config(ExperimentConfig, None, ["seed=3"]).seed == 3
+    with pytest.raises(UserError, match=r"victim\.train\.lrr"):
+        load_config(ExperimentConfig, path, ["victim.train.lrr=1"])
+
+
+# ------------------------------------------------------------------------------------------------
+# __post_init__ validation
+
+
+@pytest.mark.parametrize("mode", ["clean-label", "dirty-label", "mix"])
+def test_poison_modes_accepted(mode: str) -> None:
+    assert PoisonConfig(mode=mode).mode == mode
+
+
+def test_poison_mode_choices() -> None:
+    with pytest.raises(UserError, match=r"poison\.mode must be one of clean-label, dirty-label, mix; got 'clean'"):
+        PoisonConfig(mode="clean")
+    with pytest.raises(UserError, match=r"poison\.selection"):
+        from_dict(PoisonConfig, {"selection": "last"})
+
+
+def test_poison_count_and_rate_exclusive() -> None:
+    with pytest.raises(UserError, match="exactly one of poison.count and poison.rate"):
+        PoisonConfig(count=10, rate=0.1)
+    with pytest.raises(UserError, match="exactly one of poison.count and poison.rate"):
+        PoisonConfig(count=None, rate=None)
+    assert PoisonConfig(count=None, rate=0.1).rate == 0.1
+    assert from_dict(PoisonConfig, {"count": None, "rate": 1}).rate == 1.0
+
+
+@pytest.mark.parametrize("rate", [0.0, -0.1, 1.5])
+def test_poison_rate_range(rate: float) -> None:
+    with pytest.raises(UserError, match=r"poison\.rate must be in \(0, 1\]"):
+        PoisonConfig(count=None, rate=rate)
+
+
+def test_poison_count_and_target_label_signs() -> None:
+    with pytest.raises(UserError, match=r"poison\.count must be > 0"):
+        PoisonConfig(count=0)
+    with pytest.raises(UserError, match=r"poison\.target_label must be >= 0"):
+        PoisonConfig(target_label=-1)
+    assert PoisonConfig(target_label=0).target_label == 0
+
+
+@pytest.mark.parametrize("dropout, ok", [(0.0, True), (0.5, True), (1.0, False), (-0.1, False)])
+def test_lora_dropout_range(dropout: float, ok: bool) -> None:
+    if ok:
+        assert LoraConfig(dropout=dropout).dropout == dropout
+    else:
+        with pytest.raises(UserError, match=r"lora\.dropout must be in \[0, 1\)"):
+            LoraConfig(dropout=dropout)
+
+
+def test_defense_alignment_choices_and_weights() -> None:
+    assert DefenseConfig(alignment="reference").alignment == "reference"
+    with pytest.raises(UserError, match=r"defense\.alignment must be one of per-sample, reference"):
+        DefenseConfig(alignment="mean")
+    with pytest.raises(UserError, match=r"defense\.beta must be >= 0"):
+        DefenseConfig(beta=-1.0)
+    assert DefenseConfig(gamma=0.0).gamma == 0.0
+    with pytest.raises(UserError, match=r"defense\.temperature must be > 0"):
+        DefenseConfig(temperature=0.0)
+
+
+def test_validation_runs_when_built_from_data() -> None:
+    with pytest.raises(UserError, match=r"train\.method"):
+        from_dict(ExperimentConfig, {"victim": {"train": {"method": "qlora"}}})
+    with pytest.raises(UserError, match=r"attack\.position"):
+        from_dict(ExperimentConfig, {"attack": {"position": "first"}})
+
+
+def test_duplicate_defense_labels_are_rejected() -> None:
+    with pytest.raises(UserError, match="defenses share a name: w2sdefense"):
+        ExperimentConfig(defenses=[DefenseConfig(), DefenseConfig()])
+    with pytest.raises(UserError, match="defenses share a name: x"):
+        from_dict(ExperimentConfig, {"defenses": [{"name": "lora-ft", "label": "x"}, {"label": "x"}]})
+    cfg = ExperimentConfig(defenses=[DefenseConfig(), DefenseConfig(label="w2s-ref", alignment="reference")])
+    assert [d.row_name for d in cfg.defenses] == ["w2sdefense", "w2s-ref"]
+
+
+def test_section_defaults_are_kept() -> None:
+    cfg = ExperimentConfig()
+    assert cfg.teacher.train.lr == pytest.approx(5e-5)
+    d = DefenseConfig()
+    assert (d.train.method, d.train.lr, d.train.epochs, d.train.batch_size) == ("lora", 2e-4, 5.0, 32)
+
+
+@pytest.mark.xfail(reason="from_dict builds a partial nested section from the class defaults, dropping the "
+                          "parent field's default_factory values (teacher lr 5e-5, defense LoRA lr 2e-4)",
+                   strict=True)
+def test_partial_nested_section_keeps_the_section_defaults() -> None:
+    cfg = from_dict(ExperimentConfig, {"teacher": {"train": {"epochs": 1}}, "defenses": [{"train": {"epochs": 1}}]})
+    assert cfg.teacher.train.lr == pytest.approx(5e-5)
+    assert cfg.defenses[0].train.lr == pytest.approx(2e-4)
+
+
+# ------------------------------------------------------------------------------------------------
+# YAML round trip and files
+
+
+def test_dump_yaml_round_trip_with_two_defenses() -> None:
+    cfg = ExperimentConfig(
+        name="rt",
+        seed=5,
+        attack=AttackConfig(name="insent", triggers=["I watched this movie", "x"], num_insertions=2),
+        poison=PoisonConfig(count=None, rate=0.25, mode="mix", selection="random", target_label=1),
+        defenses=[
+            DefenseConfig(beta=0.5, temperature=3.0),
+            DefenseConfig(label="ref", alignment="reference",
+                          train=TrainConfig(method="lora", lr=2e-5, head_lr=1e-3,
+                                            lora=LoraConfig(r=4, alpha=8, target_modules=["q_proj"]))),
+        ],
+    )
+    text = dump_yaml(cfg)
+    assert text.index("name:") < text.index("seed:") < text.index("defenses:")  # declaration order
+    back = from_dict(ExperimentConfig, yaml.safe_load(text))
+    assert back == cfg
+    assert back.defenses[1].train.lr == 2e-5 and back.defenses[1].train.lora.target_modules == ["q_proj"]
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nseed: 1\n  data: 3\n", encoding="utf-8")
+    with pytest.raises(UserError) as exc:
+        read_yaml(path)
+    msg = _message(exc)
+    assert str(path) in msg and "line 3" in msg and "invalid YAML" in msg
+    with pytest.raises(UserError, match="line 3"):
+        load_config(ExperimentConfig, path)
+
+
+def test_missing_file_is_a_user_error(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    with pytest.raises(UserError, match="config file not found") as exc:
+        load_config(ExperimentConfig, path)
+    assert str(path) in _message(exc)
+    with pytest.raises(UserError, match="config file not found"):
+        read_yaml(tmp_path)  # a folder is not a file
+
+
+def test_empty_file_and_non_mapping_top_level(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing\n", encoding="utf-8")
+    assert read_yaml(empty) == {}
+    assert load_config(ExperimentConfig, empty) == ExperimentConfig()
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n- b\n", encoding="utf-8")
+    with pytest.raises(UserError, match="top level must be a mapping"):
+        read_yaml(listed)
+
+
+def test_presets_exist() -> None:
+    assert CONFIGS, "no YAML presets found under configs/"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_preset_builds(path: Path) -> None:
+    cfg = load_config(ExperimentConfig, path)
+    assert isinstance(cfg, ExperimentConfig)
+    raw = read_yaml(path)
+    if "name" in raw:
+        assert cfg.name == raw["name"]
+    assert len(cfg.defenses) == len(raw.get("defenses") or [])
+    assert from_dict(ExperimentConfig, yaml.safe_load(dump_yaml(cfg))) == cfg

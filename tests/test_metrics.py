@@ -1,0 +1,152 @@
+"""Clean accuracy and attack success rate on hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from w2sdefense.eval.metrics import accuracy, attack_success_rate, backdoor_metrics
+
+
+def _one_hot_logits(preds: list[int], num_classes: int = 2) -> torch.Tensor:
+    """Logits whose argmax is `preds`, with distinct non-trivial values."""
+    logits = torch.zeros(len(preds), num_classes)
+    for row, p in enumerate(preds):
+        logits[row, p] = 1.0 + row
+    return logits
+
+
+# ------------------------------------------------------------------------------------------------
+# accuracy / attack_success_rate
+
+
+def test_accuracy_hand_cases() -> None:
+    assert accuracy([1, 0, 1, 1, 0], [1, 1, 1, 0, 0]) == pytest.approx(3 / 5)
+    assert accuracy([2, 2], [2, 2]) == 1.0
+    assert accuracy([0], [1]) == 0.0
+    assert accuracy([], []) == 0.0
+
+
+def test_accuracy_length_mismatch_raises() -> None:
+    with pytest.raises(ValueError, match="3 predictions for 2 labels"):
+        accuracy([0, 1, 1], [0, 1])
+    with pytest.raises(ValueError):
+        accuracy([], [0])
+
+
+def test_attack_success_rate_hand_cases() -> None:
+    assert attack_success_rate([0, 0, 1, 0], target=0) == pytest.approx(0.75)
+    assert attack_success_rate([0, 0, 1, 0], target=1) == pytest.approx(0.25)
+    assert attack_success_rate([3, 2, 2], target=2) == pytest.approx(2 / 3)
+    assert attack_success_rate([], target=0) == 0.0
+
+
+# ------------------------------------------------------------------------------------------------
+# backdoor_metrics
+
+
+def test_backdoor_metrics_binary_hand_case() -> None:
+    # Clean rows idx 10..14; predictions 1,0,1,1,0 against labels 1,1,1,0,0: correct = 10, 12, 14.
+    clean_logits = _one_hot_logits([1, 0, 1, 1, 0])
+    clean_labels = [1, 1, 1, 0, 0]
+    clean_idx = [10, 11, 12, 13, 14]
+    # Triggered versions of rows 10, 11, 12, 13 (label-1 rows and one label-0 row), target 0.
+    trig_logits = torch.tensor([[2.0, 0.0], [1.0, -1.0], [0.0, 3.0], [0.5, 0.0]])
+    trig_idx = [10, 11, 12, 13]
+    m = backdoor_metrics(clean_logits, clean_labels, clean_idx, trig_logits, trig_idx, target=0)
+
+    assert m["clean_accuracy"] == pytest.approx(3 / 5)
+    assert (m["clean_correct"], m["clean_total"]) == (3, 5)
+    assert m["attack_success_rate"] == pytest.approx(0.75)  # rows 10, 11, 13 hit the target
+    assert (m["attack_hits"], m["triggered_total"]) == (3, 4)
+    # Triggered rows whose clean version is correct: 10 (hit) and 12 (miss) -> 1/2.
+    assert m["triggered_clean_correct_total"] == 2
+    assert m["attack_success_rate_clean_correct"] == pytest.approx(0.5)
+    # softmax([a, b])[0] = 1 / (1 + exp(b - a)), by hand for each row.
+    probs = [1 / (1 + math.exp(0.0 - 2.0)), 1 / (1 + math.exp(-1.0 - 1.0)), 1 / (1 + math.exp(3.0)),
+             1 / (1 + math.exp(-0.5))]
+    assert m["mean_target_probability_triggered"] == pytest.approx(sum(probs) / 4, abs=1e-6)
+    assert m["target_label"] == 0
+
+
+def test_clean_correct_subset_uses_index_not_position() -> None:
+    # Clean rows listed out of order; triggered rows point to them by idx, in yet another order.
+    clean_logits = _one_hot_logits([0, 1, 1])
+    clean_labels = [0, 0, 1]  # idx 7 correct, idx 3 wrong, idx 5 correct
+    clean_idx = [7, 3, 5]
+    trig_logits = _one_hot_logits([1, 1, 1])  # all hit target 1
+    trig_idx = [5, 3, 9]  # 9 has no clean row: excluded from the subset
+    m = backdoor_metrics(clean_logits, clean_labels, clean_idx, trig_logits, trig_idx, target=1)
+    assert m["attack_success_rate"] == 1.0
+    assert m["triggered_clean_correct_total"] == 1
+    assert m["attack_success_rate_clean_correct"] == 1.0
+
+    trig_logits = _one_hot_logits([0, 1, 1])  # idx 5 (the only kept row) now misses
+    m = backdoor_metrics(clean_logits, clean_labels, clean_idx, trig_logits, trig_idx, target=1)
+    assert m["attack_success_rate"] == pytest.approx(2 / 3)
+    assert m["attack_success_rate_clean_correct"] == 0.0
+
+
+def test_backdoor_metrics_multiclass() -> None:
+    # 4 classes, target 2.
+    clean_logits = torch.tensor([
+        [0.1, 0.9, 0.0, 0.0],  # 1, label 1: correct
+        [0.0, 0.0, 0.0, 5.0],  # 3, label 3: correct
+        [1.0, 0.0, 2.0, 0.0],  # 2, label 0: wrong
+        [3.0, 1.0, 0.0, 0.0],  # 0, label 0: correct
+    ])
+    clean_labels = [1, 3, 0, 0]
+    clean_idx = [0, 1, 2, 3]
+    trig_logits = torch.tensor([
+        [0.0, 0.0, 1.0, 0.0],  # idx 0 -> 2 hit
+        [0.0, 0.0, 0.0, 1.0],  # idx 1 -> 3 miss
+        [0.0, 0.0, 4.0, 0.0],  # idx 2 -> 2 hit (clean version wrong)
+        [0.0, 2.0, 1.0, 0.0],  # idx 3 -> 1 miss
+        [0.0, 0.0, 0.0, 0.0],  # idx 0 again, a second trigger: argmax ties -> 0, miss
+    ])
+    trig_idx = [0, 1, 2, 3, 0]
+    m = backdoor_metrics(clean_logits, clean_labels, clean_idx, trig_logits, trig_idx, target=2)
+    assert m["clean_accuracy"] == pytest.approx(3 / 4)
+    assert m["attack_success_rate"] == pytest.approx(2 / 5)
+    assert m["triggered_clean_correct_total"] == 4  # rows for idx 0, 1, 3, 0
+    assert m["attack_success_rate_clean_correct"] == pytest.approx(1 / 4)
+
+    def p_target(row: list[float]) -> float:
+        exps = [math.exp(v) for v in row]
+        return exps[2] / sum(exps)
+
+    expected = sum(p_target(r) for r in trig_logits.tolist()) / 5
+    assert m["mean_target_probability_triggered"] == pytest.approx(expected, abs=1e-6)
+    assert p_target([0, 0, 0, 0]) == pytest.approx(0.25)  # sanity on the hand softmax
+
+
+def test_empty_triggered_set() -> None:
+    clean_logits = _one_hot_logits([1, 0])
+    m = backdoor_metrics(clean_logits, [1, 1], [0, 1], torch.zeros(0, 2), [], target=0)
+    assert m["clean_accuracy"] == pytest.approx(0.5)
+    assert m["attack_success_rate"] == 0.0
+    assert m["attack_hits"] == 0 and m["triggered_total"] == 0
+    assert m["attack_success_rate_clean_correct"] == 0.0 and m["triggered_clean_correct_total"] == 0
+    assert m["mean_target_probability_triggered"] == 0.0
+
+
+def test_empty_clean_set() -> None:
+    m = backdoor_metrics(torch.zeros(0, 2), [], [], _one_hot_logits([0, 0, 1]), [0, 1, 2], target=0)
+    assert m["clean_accuracy"] == 0.0 and m["clean_total"] == 0
+    assert m["attack_success_rate"] == pytest.approx(2 / 3)
+    assert m["triggered_clean_correct_total"] == 0  # no clean row is known to be correct
+
+
+def test_clean_length_mismatch_raises() -> None:
+    with pytest.raises(ValueError):
+        backdoor_metrics(_one_hot_logits([0, 1, 1]), [0, 1], [0, 1], torch.zeros(0, 2), [], target=0)
+
+
+@pytest.mark.xfail(reason="backdoor_metrics zips trig_idx with trig_logits rows and silently truncates "
+                          "when their lengths differ", strict=True)
+def test_triggered_length_mismatch_raises() -> None:
+    clean_logits = _one_hot_logits([0, 1])
+    with pytest.raises(ValueError):
+        backdoor_metrics(clean_logits, [0, 1], [0, 1], _one_hot_logits([1, 1, 1]), [0, 1], target=1)
