@@ -144,8 +144,6 @@ def test_clean_length_mismatch_raises() -> None:
         backdoor_metrics(_one_hot_logits([0, 1, 1]), [0, 1], [0, 1], torch.zeros(0, 2), [], target=0)
 
 
-@pytest.mark.xfail(reason="backdoor_metrics zips trig_idx with trig_logits rows and silently truncates "
-                          "when their lengths differ", strict=True)
 def test_triggered_length_mismatch_raises() -> None:
     clean_logits = _one_hot_logits([0, 1])
     with pytest.raises(ValueError):

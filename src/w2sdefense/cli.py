@@ -95,7 +95,7 @@ def train(
 ) -> None:
     """Fine-tune a classifier (full or LoRA) on a dataset or a poisoned folder."""
     from w2sdefense.data.datasets import load_splits
-    from w2sdefense.rundir import log_to, prepare_run_dir
+    from w2sdefense.rundir import log_to
     from w2sdefense.runtime import make_runtime
     from w2sdefense.train.job import run_train
 
@@ -113,8 +113,7 @@ def _start(out: Path, overwrite: bool, job, rt) -> Path:
     from w2sdefense.fileio import atomic_write_text
     from w2sdefense.rundir import prepare_run_dir
 
-    folder = prepare_run_dir(out, overwrite, rt.is_main)
-    rt.accelerator.wait_for_everyone()
+    folder = prepare_run_dir(out, overwrite, rt.accelerator)
     if rt.is_main:
         atomic_write_text(folder / "config.yaml", dump_yaml(job))
     return folder

@@ -295,11 +295,27 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
             f"unknown setting {', '.join(prefix + k for k in unknown)}; "
             f"valid keys{' under ' + where if where else ''}: {', '.join(valid)}"
         )
-    kwargs = {
-        key: _build(hints[key], value, f"{where}.{key}" if where else key)
-        for key, value in data.items()
-    }
+    defaults = {f.name: f.default_factory for f in dataclasses.fields(cls)
+                if f.default_factory is not dataclasses.MISSING}
+    kwargs = {}
+    for key, value in data.items():
+        if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict) and key in defaults:
+            # A partial section overrides this field's own defaults (e.g. a defense's LoRA
+            # training recipe), not the section class's generic ones.
+            value = _merge(to_dict(defaults[key]()), value)
+        kwargs[key] = _build(hints[key], value, f"{where}.{key}" if where else key)
     return cls(**kwargs)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    """Deep-merge `update` into a copy of `base` (mappings merge, anything else replaces)."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def to_dict(config: Any) -> dict:
@@ -343,11 +359,15 @@ def apply_override(data: dict, assignment: str) -> None:
         if isinstance(node, list):
             node = _list_item(node, part, ".".join(parts[: i + 1]))
             continue
+        if not isinstance(node, dict):
+            raise UserError(f"override {key}: {'.'.join(parts[:i])} is a value, not a section")
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         node = child
     last = parts[-1]
+    if not isinstance(node, (dict, list)):
+        raise UserError(f"override {key}: {'.'.join(parts[:-1])} is a value, not a section")
     if isinstance(node, list):
         _list_item(node, last, key)
         node[int(last)] = value

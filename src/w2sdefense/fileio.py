@@ -38,6 +38,12 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
+def cache_root() -> Path:
+    """Root of this tool's cache (converted models, hub data): $W2S_CACHE_DIR, else ~/.cache/w2sdefense."""
+    value = os.environ.get("W2S_CACHE_DIR")
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "w2sdefense"
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()

@@ -59,8 +59,7 @@ class Stage:
             return json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         if rt.is_main:
             print(f"==> {self.name}", flush=True)
-        prepare_run_dir(self.folder, overwrite=True, is_main=rt.is_main)  # a stale stage is redone
-        rt.accelerator.wait_for_everyone()
+        prepare_run_dir(self.folder, overwrite=True, accelerator=rt.accelerator)  # a stale stage is redone
         metrics = work()
         if rt.is_main:
             write_json(self.folder / STAGE_FILE, {"name": self.name, "key": self.key})

@@ -12,18 +12,27 @@ from w2sdefense.errors import UserError
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
-def prepare_run_dir(path: str | Path, overwrite: bool, is_main: bool = True) -> Path:
-    """Create an empty run folder; an existing non-empty one is refused unless `overwrite`."""
+def check_run_dir(path: str | Path, overwrite: bool) -> Path:
+    """Refuse a path that is a file, or an existing non-empty folder unless `overwrite`."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise UserError(f"run folder {path} already exists and is not empty; pass --overwrite to replace it")
-        if is_main:
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise UserError(f"run folder {path} already exists and is not empty; pass --overwrite to replace it")
+    return path
+
+
+def prepare_run_dir(path: str | Path, overwrite: bool, accelerator=None) -> Path:
+    """Create an empty run folder (main process only; every process checks first, then waits)."""
+    path = check_run_dir(path, overwrite)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()  # nobody checks after the main process has written
+    if accelerator is None or accelerator.is_main_process:
+        if path.is_dir():
             shutil.rmtree(path)
-    if is_main:
         path.mkdir(parents=True, exist_ok=True)
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
     return path
 
 

@@ -18,6 +18,7 @@ from w2sdefense.data.loading import load_examples
 from w2sdefense.data.records import Example, Splits
 from w2sdefense.errors import UserError
 from w2sdefense.fileio import sha256_file, write_json, write_jsonl
+from w2sdefense.rundir import check_run_dir
 
 SPLIT_FILES = ("train.jsonl", "dev.jsonl", "test.jsonl", "test_triggered.jsonl")
 META_FILE = "poison.json"
@@ -172,19 +173,11 @@ def poison_splits(splits: Splits, attack: Attack, cfg: PoisonConfig, seed: int) 
                         summary=summary)
 
 
-def _check_output_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to write into an existing non-empty folder unless told to overwrite."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"output path {out_dir} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise UserError(f"output folder {out_dir} is not empty; pass --overwrite to replace it")
-
-
 def write_poison_folder(out_dir: str | Path, data: PoisonedData, meta: Mapping,
                         overwrite: bool = False) -> Path:
     """Write the four split files and poison.json (meta plus counts) atomically."""
     out = Path(out_dir)
-    _check_output_dir(out, overwrite)
+    check_run_dir(out, overwrite)
     splits = {"train.jsonl": data.train, "dev.jsonl": data.dev, "test.jsonl": data.test,
               "test_triggered.jsonl": data.test_triggered}
     for name, rows in splits.items():
@@ -223,7 +216,7 @@ def poison_dataset(data_cfg: DataConfig, attack_cfg: AttackConfig, poison_cfg: P
                    seed: int, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Load the splits, poison them with the configured attack and write the poison folder."""
     out = Path(out_dir)
-    _check_output_dir(out, overwrite)  # fail before the work, not after it
+    check_run_dir(out, overwrite)  # fail before the work, not after it
     files = dataset_files(data_cfg)
     splits = load_splits(data_cfg)
     attack = get_attack(attack_cfg, transforms_dir(data_cfg))

@@ -2,7 +2,6 @@
 
 from w2sdefense.data.datasets import (
     SPLIT_NAMES,
-    cache_root,
     dataset_files,
     load_splits,
     resolve_data_dir,
@@ -22,7 +21,6 @@ __all__ = [
     "SPLIT_NAMES",
     "Example",
     "Splits",
-    "cache_root",
     "check_labels",
     "dataset_files",
     "iter_rows",

@@ -9,11 +9,10 @@ from w2sdefense.config import DataConfig
 from w2sdefense.data.loading import FORMATS, check_labels, load_split
 from w2sdefense.data.records import Example, Splits
 from w2sdefense.errors import UserError
-from w2sdefense.fileio import write_jsonl
+from w2sdefense.fileio import cache_root, write_jsonl
 
 SPLIT_NAMES = ("train", "dev", "test")
 ENV_DATA_DIR = "W2S_DATA_DIR"
-ENV_CACHE_DIR = "W2S_CACHE_DIR"
 # Datasets that may come from the hub when no local copy exists: hub id and split names.
 HUB_DATASETS = {"sst2": ("SetFit/sst2", {"train": "train", "dev": "validation", "test": "test"})}
 
@@ -26,12 +25,6 @@ def resolve_data_dir(data_dir: str | None) -> Path | None:
     """The folder that holds named datasets: the argument, else $W2S_DATA_DIR, else None."""
     value = data_dir or os.environ.get(ENV_DATA_DIR)
     return Path(value).expanduser() if value else None
-
-
-def cache_root() -> Path:
-    """Root of this tool's cache: $W2S_CACHE_DIR, else ~/.cache/w2sdefense."""
-    value = os.environ.get(ENV_CACHE_DIR)
-    return Path(value).expanduser() if value else Path.home() / ".cache" / "w2sdefense"
 
 
 def _split_file(folder: Path, split: str) -> Path | None:

@@ -53,6 +53,8 @@ class TeacherClassifier(nn.Module):
 
     def __init__(self, encoder: PreTrainedModel, feature_dim: int, num_labels: int) -> None:
         super().__init__()
+        if getattr(encoder, "pooler", None) is not None:
+            encoder.pooler = None  # unused (the head reads [CLS]); unused weights would stall DDP
         self.encoder = encoder
         self.config = encoder.config
         self.head = TeacherHead(encoder.config.hidden_size, feature_dim, num_labels)
@@ -62,11 +64,13 @@ class TeacherClassifier(nn.Module):
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         return self.head(hidden[:, 0])
 
-    def save_pretrained(self, path: str | Path) -> None:
+    def save_pretrained(self, path: str | Path, state_dict: dict | None = None) -> None:
         """encoder/ (HF format), head.safetensors and teacher.json."""
         path = Path(path)
-        self.encoder.save_pretrained(path / "encoder")
-        save_file({k: v.contiguous() for k, v in self.head.state_dict().items()}, str(path / HEAD_FILE))
+        state = state_dict if state_dict is not None else self.state_dict()
+        part = lambda prefix: {k[len(prefix):]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}  # noqa: E731
+        self.encoder.save_pretrained(path / "encoder", state_dict=part("encoder."))
+        save_file(part("head."), str(path / HEAD_FILE))
         write_json(path / META_FILE, {"feature_dim": self.feature_dim, "num_labels": self.num_labels})
 
     @classmethod

@@ -26,6 +26,10 @@ def backdoor_metrics(clean_logits: torch.Tensor, clean_labels: Sequence[int], cl
     Also the mean probability of the target label on triggered inputs: ASR saturates at 1.0,
     the probability still shows movement.
     """
+    if len(clean_labels) != len(clean_idx) or len(clean_labels) != len(clean_logits):
+        raise ValueError(f"clean: {len(clean_logits)} logits, {len(clean_labels)} labels, {len(clean_idx)} idx")
+    if len(trig_idx) != len(trig_logits):
+        raise ValueError(f"triggered: {len(trig_logits)} logits for {len(trig_idx)} idx")
     clean_preds = clean_logits.argmax(-1).tolist() if len(clean_labels) else []
     trig_preds = trig_logits.argmax(-1).tolist() if len(trig_idx) else []
     correct_by_idx = {i: p == y for i, p, y in zip(clean_idx, clean_preds, clean_labels)}

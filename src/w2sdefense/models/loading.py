@@ -114,10 +114,10 @@ def _load_adapter(path: Path, num_labels: int | None, dtype: torch.dtype) -> Cla
     return Classifier(model, tok)
 
 
-def save_classifier(clf: Classifier, out_dir: Path) -> None:
+def save_classifier(clf: Classifier, out_dir: Path, state_dict: dict | None = None) -> None:
     """Save in standard HF formats: full weights, or a PEFT adapter with its trained head."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    clf.model.save_pretrained(out_dir)
+    clf.model.save_pretrained(out_dir, state_dict=state_dict)
     clf.tokenizer.save_pretrained(out_dir)
 
 

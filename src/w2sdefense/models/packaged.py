@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from w2sdefense.errors import UserError
+from w2sdefense.fileio import cache_root
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,6 @@ def package_file(spec: PackagedModel) -> Path:
     if not path.exists():
         raise UserError(f"model {spec.name!r}: {path} is missing; reinstall {spec.pip_name}")
     return path
-
-
-def cache_root() -> Path:
-    """The user cache for converted models and downloaded data ($W2S_CACHE_DIR overrides)."""
-    env = os.environ.get("W2S_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "w2sdefense"
 
 
 def packaged_model_dir(name: str) -> Path:

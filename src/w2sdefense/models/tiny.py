@@ -59,6 +59,7 @@ def tiny_bert(num_labels: int) -> tuple[PreTrainedModel, PreTrainedTokenizerFast
         vocab_size=len(tok), hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
         num_hidden_layers=LAYERS, num_attention_heads=4, max_position_embeddings=1024,
         pad_token_id=tok.pad_token_id, num_labels=num_labels,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,  # deterministic, like tiny-llama
     )
     return BertForSequenceClassification(config), tok
 

@@ -89,6 +89,26 @@ def file_order_batches(n: int, batch_size: int) -> list[list[int]]:
     return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
 
 
+class ShardedBatches:
+    """This process's share of each global batch: every `num_processes`-th example of it.
+
+    All processes walk the same global batches in the same order, so one process and N processes
+    take the same optimizer steps over the same examples (gradients are averaged by DDP). Strided
+    shares keep the processes' padded lengths alike. A global batch smaller than the process count
+    gives the processes without a share its first example again.
+    """
+
+    def __init__(self, batches, process_index: int = 0, num_processes: int = 1) -> None:
+        self.batches, self.index, self.count = batches, process_index, num_processes
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for batch in self.batches:
+            yield batch[self.index::self.count] or batch[:1]
+
+
 def make_collate(pad_id: int):
     """Collate dict rows into padded tensors (right padding to the longest row of the batch)."""
 

@@ -37,7 +37,8 @@ def prepare_student(model_name: str, num_labels: int, cfg: TrainConfig, rt: Runt
         clf = Classifier(clf.model.merge_and_unload(), clf.tokenizer)
         clf.model.config._name_or_path = ""
     if rt.gradient_checkpointing:
-        clf.model.gradient_checkpointing_enable()
+        # Non-reentrant checkpointing also works when the embeddings are frozen (LoRA).
+        clf.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.method == "lora":
         ensure_base_on_disk(clf, out_dir / "base", write=rt.is_main)
         clf = wrap_lora(clf, cfg.lora)
@@ -63,7 +64,7 @@ def train_classifier(clf: Classifier, splits: Splits, cfg: TrainConfig, rt: Runt
              params["trainable_params"], params["total_params"])
     metrics = fit(
         clf.model, train, dev, cfg, rt,
-        save=lambda model, path: save_classifier(Classifier(model, clf.tokenizer), path),
+        save=lambda model, path, state: save_classifier(Classifier(model, clf.tokenizer), path, state),
         out_dir=out_dir, seed=seed, pad_id=clf.tokenizer.pad_token_id, loss_fn=loss_fn, desc=desc,
     )
     metrics.update(params, wall_time_s=time.perf_counter() - start, train_rows=len(train))

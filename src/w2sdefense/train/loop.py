@@ -24,7 +24,7 @@ from transformers import get_linear_schedule_with_warmup
 from w2sdefense.config import TrainConfig
 from w2sdefense.eval.predict import predict_logits
 from w2sdefense.runtime import Runtime, peak_memory_mb, reset_peak_memory
-from w2sdefense.train.batching import Encoded, LengthGroupedBatches, make_loader, model_inputs
+from w2sdefense.train.batching import Encoded, LengthGroupedBatches, ShardedBatches, make_loader, model_inputs
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +88,16 @@ class _Progress:
 
 
 def fit(model: torch.nn.Module, train: Encoded, dev: Encoded, cfg: TrainConfig, rt: Runtime,
-        save: Callable[[torch.nn.Module, Path], None], out_dir: Path, seed: int, pad_id: int,
+        save: Callable[[torch.nn.Module, Path, dict], None], out_dir: Path, seed: int, pad_id: int,
         loss_fn: LossFn = cross_entropy_step, desc: str = "train") -> dict:
     """Train `model`; save the best-by-clean-dev-accuracy checkpoint to out_dir/model; return metrics."""
     acc = rt.accelerator
     sampler = LengthGroupedBatches(train.lengths, cfg.batch_size, seed)
-    loader = make_loader(train, sampler, pad_id)
+    # Batches are sharded here, not by accelerate: its splitting drops batches that are not full,
+    # and length-grouped batches of different sizes occur anywhere in an epoch.
+    loader = make_loader(train, ShardedBatches(sampler, acc.process_index, acc.num_processes), pad_id)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr)
-    model, optimizer, loader = acc.prepare(model, optimizer, loader)
+    model, optimizer = acc.prepare(model, optimizer)
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     # Stepped by hand once per optimizer step, so the count is right under any process count.
@@ -126,12 +128,14 @@ def _run_epoch(model, loader, optimizer, scheduler, cfg, rt, loss_fn, progress, 
     """One pass over the loader with gradient accumulation; stops at `total` optimizer steps."""
     acc = rt.accelerator
     for i, batch in enumerate(loader):
+        batch = {k: v.to(acc.device) for k, v in batch.items()}
         sync = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(loader)
         with contextlib.nullcontext() if sync else acc.no_sync(model):
             out = loss_fn(model, batch)
             acc.backward(out.loss / cfg.grad_accum)
         progress.seen += batch["labels"].shape[0] * acc.num_processes
-        for key, value in out.terms.items():
+        terms = _global_mean(out.terms, acc)
+        for key, value in terms.items():
             progress.terms[key].append(value)
         if not sync:
             continue
@@ -142,11 +146,19 @@ def _run_epoch(model, loader, optimizer, scheduler, cfg, rt, loss_fn, progress, 
         optimizer.zero_grad(set_to_none=True)
         progress.step += 1
         bar.update(1)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in out.terms.items()}, refresh=False)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()}, refresh=False)
         if cfg.eval_every and progress.step % cfg.eval_every == 0:
             evaluate()
         if progress.step >= total:
             return
+
+
+def _global_mean(terms: dict[str, float], acc) -> dict[str, float]:
+    """Loss terms averaged over processes (each holds an equal share of the batch)."""
+    if acc.num_processes == 1 or not terms:
+        return terms
+    values = acc.reduce(torch.tensor(list(terms.values()), device=acc.device), reduction="mean")
+    return dict(zip(terms, values.tolist()))
 
 
 def _evaluate(model, dev: Encoded, cfg: TrainConfig, rt: Runtime, save, out_dir: Path, pad_id: int,
@@ -166,10 +178,12 @@ def _save_atomically(model, rt: Runtime, save, target: Path) -> None:
     """Save to a temporary folder, then swap it in: a killed run never leaves half a checkpoint."""
     acc = rt.accelerator
     acc.wait_for_everyone()
+    # Every process joins: under ZeRO-3 or FSDP this gathers the sharded weights.
+    state_dict = acc.get_state_dict(model)
     if rt.is_main:
         tmp = target.with_name(target.name + ".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        save(acc.unwrap_model(model), tmp)
+        save(acc.unwrap_model(model), tmp, state_dict)
         old = target.with_name(target.name + ".old")
         if target.exists():
             target.rename(old)

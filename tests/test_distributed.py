@@ -1,0 +1,66 @@
+"""Two processes (torchrun, gloo on CPU) write the same files and metrics as one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from w2sdefense.fileio import write_jsonl
+
+CLI = str(Path(sys.executable).with_name("w2sdefense"))
+TOLERANCE = 1e-4  # per-step loss terms: float reduction order differs between 1 and 2 processes
+COMMON = ["--set", "train.epochs=2", "--set", "train.batch_size=8", "--set", "train.lr=0.005",
+          "--set", "train.max_length=32", "--set", "train.warmup_ratio=0", "--set", "runtime.num_threads=1"]
+
+
+def _data(folder: Path, splits) -> Path:
+    for name in ("train", "dev", "test"):
+        write_jsonl(folder / f"{name}.jsonl", ({"text": e.text, "label": e.label} for e in getattr(splits, name)))
+    return folder
+
+
+def _launch(args: list[str], procs: int) -> None:
+    prefix = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}",
+              "--no-python"] if procs > 1 else []
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([*prefix, CLI, *args], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and not p.name.endswith(".log")}
+
+
+def _assert_same_metrics(one: dict, two: dict) -> None:
+    assert one["steps"] == two["steps"] and one["best_step"] == two["best_step"]
+    assert one["best_dev_accuracy"] == pytest.approx(two["best_dev_accuracy"], abs=1e-9)
+    for a, b in zip(one["history"], two["history"], strict=True):
+        for key in a:
+            if key in ("epoch", "step", "dev_accuracy"):
+                assert a[key] == b[key], key
+            else:
+                assert a[key] == pytest.approx(b[key], rel=TOLERANCE, abs=TOLERANCE), key
+
+
+def test_train_and_defend_match_single_process(tmp_path, splits_factory):
+    data = _data(tmp_path / "data", splits_factory(train=64, held_out=16))
+    runs = {}
+    for procs in (1, 2):
+        root = tmp_path / f"p{procs}"
+        _launch(["train", "--data", str(data), "--model", "tiny-llama", "--out", str(root / "victim"), *COMMON], procs)
+        _launch(["teacher", "--data", str(data), "--student", str(root / "victim"), "--model", "tiny-bert",
+                 "--out", str(root / "teacher"), *[c.replace("train.", "teacher.train.") for c in COMMON]], procs)
+        _launch(["defend", "--data", str(data), "--student", str(root / "victim"), "--teacher", str(root / "teacher"),
+                 "--out", str(root / "w2s"), "--set", "defense.train.lora.r=4", "--set", "defense.train.lora.dropout=0",
+                 *[c.replace("train.", "defense.train.") for c in COMMON]], procs)
+        runs[procs] = root
+    for stage in ("victim", "teacher", "w2s"):
+        one, two = runs[1] / stage, runs[2] / stage
+        assert _files(one) == _files(two), stage
+        _assert_same_metrics(json.loads((one / "metrics.json").read_text()),
+                             json.loads((two / "metrics.json").read_text()))
