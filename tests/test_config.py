@@ -22,7 +22,7 @@ from w2sdefense.config import (
 )
 from w2sdefense.errors import UserError
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("**/*.y*ml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.y*ml"))  # experiments; configs/accelerate/ holds launcher files
 
 
 def _message(excinfo: pytest.ExceptionInfo) -> str:

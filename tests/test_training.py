@@ -147,3 +147,20 @@ def test_w2sdefense_needs_a_teacher(poisoned_and_teacher, tiny_splits, rt, tmp_p
 def test_unknown_defense_lists_known(tiny_splits, rt, tmp_path):
     with pytest.raises(UserError, match="full-ft.*lora-ft.*w2sdefense"):
         run_defense(DefenseJob("tiny-llama", None, tiny_splits, DefenseConfig(name="nope"), rt, tmp_path, 0))
+
+
+def test_teacher_width_follows_a_saved_student_of_another_width(tiny_splits, rt, tmp_path):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from w2sdefense.models.tiny import tiny_llama
+
+    _, tok = tiny_llama(2)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, pad_token_id=tok.pad_token_id, num_labels=2)
+    LlamaForSequenceClassification(config).save_pretrained(tmp_path / "student")
+    tok.save_pretrained(tmp_path / "student")
+    metrics = run_teacher(TeacherConfig(model="tiny-bert", train=TrainConfig(**FAST)), tiny_splits,
+                          str(tmp_path / "student"), rt, tmp_path / "teacher", seed=0)
+    assert metrics["feature_dim"] == 48  # the student's width, not the teacher's (64)
+    head = load_file(str(tmp_path / "teacher" / "model" / "head.safetensors"))
+    assert head["proj.weight"].shape == (48, 64)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -28,11 +30,36 @@ class Encoded:
         return [len(ids) for ids in self.input_ids]
 
 
+_ENCODED: OrderedDict[tuple, list[list[int]]] = OrderedDict()
+_ENCODED_KEEP = 16  # splits remembered per process (a few MB each)
+
+
+def _fingerprint(tokenizer) -> str:
+    """A digest of the tokenizer's full definition (vocabulary, rules, special tokens)."""
+    cached = getattr(tokenizer, "_w2s_fingerprint", None)
+    if cached is None:
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        text = backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))
+        cached = hashlib.sha256(f"{text}|{tokenizer.padding_side}|{tokenizer.truncation_side}".encode()).hexdigest()
+        tokenizer._w2s_fingerprint = cached
+    return cached
+
+
 def encode(tokenizer, examples: Sequence[Example], max_length: int) -> Encoded:
-    """Tokenise texts once (truncated to max_length), without padding."""
-    texts = [ex.text for ex in examples]
-    ids = tokenizer(texts, truncation=True, max_length=max_length, padding=False)["input_ids"] if texts else []
-    return Encoded(input_ids=[list(row) for row in ids], labels=[ex.label for ex in examples])
+    """Tokenise texts (truncated to max_length, unpadded); a split seen before is not re-tokenised.
+
+    Stages of one `run` share tokenizers and splits (every defense reads the same clean train
+    split with the student's tokenizer), so the token ids are remembered per process.
+    """
+    texts = tuple(ex.text for ex in examples)
+    key = (_fingerprint(tokenizer), max_length, texts)
+    if key not in _ENCODED:
+        ids = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)["input_ids"] if texts else []
+        _ENCODED[key] = [list(row) for row in ids]
+        while len(_ENCODED) > _ENCODED_KEEP:
+            _ENCODED.popitem(last=False)
+    _ENCODED.move_to_end(key)
+    return Encoded(input_ids=_ENCODED[key], labels=[ex.label for ex in examples])
 
 
 class _EncodedDataset(Dataset):

@@ -97,6 +97,7 @@ def fit(model: torch.nn.Module, train: Encoded, dev: Encoded, cfg: TrainConfig, 
     # and length-grouped batches of different sizes occur anywhere in an epoch.
     loader = make_loader(train, ShardedBatches(sampler, acc.process_index, acc.num_processes), pad_id)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr)
+    _configure_deepspeed(acc, cfg)
     model, optimizer = acc.prepare(model, optimizer)
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
@@ -121,6 +122,14 @@ def fit(model: torch.nn.Module, train: Encoded, dev: Encoded, cfg: TrainConfig, 
         "epochs_run": epoch, "history": progress.history, "train_wall_time_s": wall,
         "train_examples_per_s": progress.seen / wall if wall else 0.0, **peak_memory_mb(rt.device),
     }
+
+
+def _configure_deepspeed(acc, cfg: TrainConfig) -> None:
+    """DeepSpeed needs the per-process batch, which it cannot read from our own batch sharding."""
+    plugin = getattr(acc.state, "deepspeed_plugin", None)
+    if plugin is not None:
+        plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = max(1, cfg.batch_size // acc.num_processes)
+        plugin.deepspeed_config["gradient_accumulation_steps"] = cfg.grad_accum
 
 
 def _run_epoch(model, loader, optimizer, scheduler, cfg, rt, loss_fn, progress, bar, total,

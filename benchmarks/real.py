@@ -1,0 +1,161 @@
+"""The paper's experiment at laptop scale: smollm2-135m student, minilm-l6 teacher, SST-2, three attacks.
+
+    python benchmarks/real.py                          # all three attacks (hours on 2 cores)
+    python benchmarks/real.py --attacks badnet         # one attack
+    python benchmarks/real.py --report-only            # rebuild RESULTS.md and the chart from results/
+
+Each attack runs `configs/sst2-<attack>.yaml` through `w2sdefense run` (finished stages are
+re-used, so an interrupted run continues). The clean reference model and the teacher do not
+depend on the attack: they are trained once and shared. One attack also gets a W2SDefense row
+with the authors' `reference` feature alignment. Per attack, `benchmarks/results/<attack>.json`
+holds the config, versions, machine, date and metrics; `benchmarks/RESULTS.md` gets the table and
+`benchmarks/results/chart.png` the chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+from w2sdefense.config import ExperimentConfig, load_config
+from w2sdefense.fileio import atomic_write_text, write_json
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+MARK_BEGIN, MARK_END = "<!-- real:begin -->", "<!-- real:end -->"
+SHARED_STAGES = ("clean", "teacher")  # their inputs do not include the attack
+ROW_ORDER = ["clean model", "poisoned", "teacher", "w2sdefense", "w2sdefense-reference", "lora-ft", "full-ft"]
+
+
+def experiment(attack: str, runs: Path, reference: bool) -> ExperimentConfig:
+    """The preset for `attack`, writing under `runs/`, plus the reference-alignment row if asked."""
+    cfg = load_config(ExperimentConfig, Path("configs") / f"sst2-{attack}.yaml")
+    cfg = dataclasses.replace(cfg, output_dir=str(runs / cfg.name))
+    if reference:
+        w2s = next(d for d in cfg.defenses if d.name == "w2sdefense")
+        ref = dataclasses.replace(w2s, label="w2sdefense-reference", alignment="reference")
+        cfg = dataclasses.replace(cfg, defenses=[*cfg.defenses, ref])
+    return cfg
+
+
+def share(stages_from: Path | None, to: Path) -> None:
+    """Copy attack-independent finished stages (their stage.json keys still decide re-use)."""
+    if stages_from is None:
+        return
+    for name in SHARED_STAGES:
+        src, dst = stages_from / name, to / name
+        if (src / "stage.json").is_file() and not dst.exists():
+            shutil.copytree(src, dst)
+
+
+def run_attack(attack: str, runs: Path, reference: bool, first_run: Path | None) -> Path:
+    """Run one attack's experiment and record its results JSON."""
+    from w2sdefense.pipeline import run_experiment
+
+    cfg = experiment(attack, runs, reference)
+    out = Path(cfg.output_dir)
+    share(first_run, out)
+    run_experiment(cfg)
+    report = json.loads((out / "report.json").read_text())
+    write_json(RESULTS / f"{attack}.json", {"attack": attack, "run_dir": str(out), **report})
+    return out
+
+
+def load_results() -> dict[str, dict]:
+    """Every recorded results JSON, by attack, in the paper's order."""
+    order = ["badnet", "insent", "synbkd"]
+    found = {p.stem: json.loads(p.read_text()) for p in RESULTS.glob("*.json") if p.stem in order}
+    return {a: found[a] for a in order if a in found}
+
+
+def _rows(result: dict) -> list[dict]:
+    return sorted(result["rows"], key=lambda r: ROW_ORDER.index(r["model"]) if r["model"] in ROW_ORDER else 99)
+
+
+def table(results: dict[str, dict]) -> str:
+    """The Markdown table: one block of rows per attack."""
+    lines = ["| attack | model | CA | ASR | P(target) on triggered | trainable params | train time (s) | peak mem (MB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for attack, result in results.items():
+        for row in _rows(result):
+            lines.append(
+                f"| {attack} | {row['model']} | {row['clean_accuracy']:.2%} ({row['clean_correct']}/{row['clean_total']}) "
+                f"| {row['attack_success_rate']:.2%} ({row['attack_hits']}/{row['triggered_total']}) "
+                f"| {row['mean_target_probability_triggered']:.3f} | {row['trainable_params']:,} "
+                f"| {row['wall_time_s']:.0f} | {row['peak_memory_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, dict], path: Path) -> None:
+    """CA and ASR per attack and model, one panel per attack."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), squeeze=False)
+    for ax, (attack, result) in zip(axes[0], results.items()):
+        rows = [r for r in _rows(result) if r["model"] != "teacher"]
+        xs = range(len(rows))
+        ax.bar([x - 0.2 for x in xs], [100 * r["clean_accuracy"] for r in rows], 0.4, label="CA")
+        ax.bar([x + 0.2 for x in xs], [100 * r["attack_success_rate"] for r in rows], 0.4, label="ASR")
+        ax.set_xticks(list(xs), [r["model"] for r in rows], rotation=30, ha="right")
+        ax.set_ylim(0, 100)
+        ax.set_title(f"SST-2, {attack}")
+        ax.set_ylabel("%")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(loc="upper right")
+    fig.suptitle("SmolLM2-135M student, MiniLM-L6 teacher: before and after unlearning")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_results_md(results: dict[str, dict]) -> None:
+    """Replace the real-model section of RESULTS.md (between its markers) with the new table."""
+    env = next(iter(results.values()))["environment"]
+    dates = ", ".join(sorted({r["environment"]["date"][:10] for r in results.values()}))
+    section = (
+        f"{MARK_BEGIN}\n{table(results)}\n\n![CA and ASR per attack](results/chart.png)\n\n"
+        f"Measured {dates} on {env['platform']}, {env['cpu_threads']} torch threads, torch "
+        f"{env['versions']['torch']}, transformers {env['versions']['transformers']}, peft "
+        f"{env['versions']['peft']}, by `python benchmarks/real.py` (per-attack JSON in `results/`).\n{MARK_END}"
+    )
+    path = HERE / "RESULTS.md"
+    text = path.read_text() if path.is_file() else f"# Benchmarks\n\n{MARK_BEGIN}\n{MARK_END}\n"
+    if MARK_BEGIN not in text:
+        text += f"\n{MARK_BEGIN}\n{MARK_END}\n"
+    head, rest = text.split(MARK_BEGIN, 1)
+    atomic_write_text(path, head + section + rest.split(MARK_END, 1)[1])
+
+
+def main() -> None:
+    """Run the requested attacks in order, then rebuild the table and chart from all results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--attacks", nargs="+", default=["badnet", "insent", "synbkd"],
+                        choices=["badnet", "insent", "synbkd"])
+    parser.add_argument("--reference-for", default="badnet", help="attack that also gets the reference-FA row")
+    parser.add_argument("--runs", default="runs", help="where the run folders go")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    from w2sdefense.cli import _quiet_libraries
+
+    _quiet_libraries()
+    if not args.report_only:
+        first = None
+        for attack in args.attacks:
+            out = run_attack(attack, Path(args.runs), attack == args.reference_for, first)
+            first = first or out
+    results = load_results()
+    if results:
+        chart(results, RESULTS / "chart.png")
+        write_results_md(results)
+        print(table(results))
+
+
+if __name__ == "__main__":
+    main()
