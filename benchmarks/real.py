@@ -21,11 +21,10 @@ import shutil
 from pathlib import Path
 
 from w2sdefense.config import ExperimentConfig, load_config
-from w2sdefense.fileio import atomic_write_text, write_json
+from w2sdefense.fileio import write_json
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-MARK_BEGIN, MARK_END = "<!-- real:begin -->", "<!-- real:end -->"
 SHARED_STAGES = ("clean", "teacher")  # their inputs do not include the attack
 ROW_ORDER = ["clean model", "poisoned", "teacher", "w2sdefense", "w2sdefense-reference", "lora-ft", "full-ft"]
 
@@ -77,7 +76,7 @@ def _rows(result: dict) -> list[dict]:
 
 def table(results: dict[str, dict]) -> str:
     """The Markdown table: one block of rows per attack."""
-    lines = ["| attack | model | CA | ASR | P(target) on triggered | trainable params | train time (s) | peak mem (MB) |",
+    lines = ["| attack | model | CA | ASR | P(target) on triggered | trainable params | stage time (s) | peak mem (MB) |",
              "|---|---|---|---|---|---|---|---|"]
     for attack, result in results.items():
         for row in _rows(result):
@@ -116,21 +115,17 @@ def chart(results: dict[str, dict], path: Path) -> None:
 
 
 def write_results_md(results: dict[str, dict]) -> None:
-    """Replace the real-model section of RESULTS.md (between its markers) with the new table."""
+    """Replace the real-model section of RESULTS.md with the new table."""
+    from results_md import update_section
+
     env = next(iter(results.values()))["environment"]
     dates = ", ".join(sorted({r["environment"]["date"][:10] for r in results.values()}))
-    section = (
-        f"{MARK_BEGIN}\n{table(results)}\n\n![CA and ASR per attack](results/chart.png)\n\n"
+    update_section("real", (
+        f"{table(results)}\n\n![CA and ASR per attack](results/chart.png)\n\n"
         f"Measured {dates} on {env['platform']}, {env['cpu_threads']} torch threads, torch "
         f"{env['versions']['torch']}, transformers {env['versions']['transformers']}, peft "
-        f"{env['versions']['peft']}, by `python benchmarks/real.py` (per-attack JSON in `results/`).\n{MARK_END}"
-    )
-    path = HERE / "RESULTS.md"
-    text = path.read_text() if path.is_file() else f"# Benchmarks\n\n{MARK_BEGIN}\n{MARK_END}\n"
-    if MARK_BEGIN not in text:
-        text += f"\n{MARK_BEGIN}\n{MARK_END}\n"
-    head, rest = text.split(MARK_BEGIN, 1)
-    atomic_write_text(path, head + section + rest.split(MARK_END, 1)[1])
+        f"{env['versions']['peft']}, by `python benchmarks/real.py` (per-attack JSON in `results/`)."
+    ))
 
 
 def main() -> None:

@@ -208,6 +208,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--out", default="benchmarks/results/speed.json")
+    parser.add_argument("--update-results", action="store_true", help="rewrite the speed section of RESULTS.md")
     args = parser.parse_args()
     setup = Setup(args.student, args.teacher, args.rows, args.eval_rows, args.batch_size, args.eval_batch_size,
                   args.max_length, args.seed, args.data_dir)
@@ -224,14 +225,23 @@ def main() -> None:
         "eval_predictions_equal": f"{same}/{args.eval_rows}", "machine": platform.node(), "environment": environment(),
     }
     write_json(args.out, result)
-    print(f"| | ours | straightforward | ratio |\n|---|---|---|---|\n"
+    table = (f"| | ours | straightforward | ratio |\n|---|---|---|---|\n"
           f"| defend, 1 epoch of {args.rows} rows (examples/s) | {result['defend_examples_per_s']['ours']:.2f} | "
           f"{result['defend_examples_per_s']['straightforward']:.2f} | {result['defend_speedup']:.2f}x |\n"
           f"| evaluation of {args.eval_rows} rows (examples/s) | {result['eval_examples_per_s']['ours']:.2f} | "
           f"{result['eval_examples_per_s']['straightforward']:.2f} | {result['eval_speedup']:.2f}x |\n"
           f"| peak memory (MB, process RSS) | {ours['peak_rss_mb']:.0f} | {naive['peak_rss_mb']:.0f} | |\n\n"
           f"first-batch loss terms max abs diff {check['max_abs_diff']:.2e} (rel {check['max_rel_diff']:.2e}); "
-          f"eval predictions equal {same}/{args.eval_rows}; written to {args.out}")
+          f"eval predictions equal {same}/{args.eval_rows}")
+    print(table)
+    if args.update_results:
+        from results_md import update_section
+
+        env = result["environment"]
+        update_section("speed", f"{table}\n\n{setup.student} + {setup.teacher}, batch {setup.batch_size}, max length "
+                       f"{setup.max_length}, eval batch {setup.eval_batch_size}. Measured {env['date'][:10]} on "
+                       f"{env['platform']}, {env['cpu_threads']} torch threads, by `python benchmarks/speed.py "
+                       f"--update-results` (raw numbers in `{args.out}`).")
 
 
 if __name__ == "__main__":

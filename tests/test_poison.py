@@ -205,7 +205,7 @@ def test_existing_folder_needs_overwrite(tmp_path: Path) -> None:
     data = _poison(PoisonConfig(count=2))
     (tmp_path / "empty").mkdir()
     write_poison_folder(tmp_path / "empty", data, {})  # an empty folder is fine
-    with pytest.raises(UserError, match=r"empty is not empty; pass --overwrite"):
+    with pytest.raises(UserError, match=r"empty already exists and is not empty; pass --overwrite"):
         write_poison_folder(tmp_path / "empty", data, {})
     write_poison_folder(tmp_path / "empty", data, {"again": True}, overwrite=True)
     assert json.loads((tmp_path / "empty" / "poison.json").read_text())["again"] is True

@@ -164,3 +164,18 @@ def test_teacher_width_follows_a_saved_student_of_another_width(tiny_splits, rt,
     assert metrics["feature_dim"] == 48  # the student's width, not the teacher's (64)
     head = load_file(str(tmp_path / "teacher" / "model" / "head.safetensors"))
     assert head["proj.weight"].shape == (48, 64)
+
+
+def test_large_teacher_caches_spill_to_disk_with_the_same_values(poisoned_and_teacher, tiny_splits, rt, tmp_path,
+                                                                  monkeypatch):
+    from w2sdefense.defenses import w2s
+
+    _, teacher_dir = poisoned_and_teacher
+    teacher = load_teacher(teacher_dir)
+    in_memory = w2s.cache_teacher_outputs(teacher, tiny_splits.train, 32, 16, rt, spill_dir=tmp_path / "spill")
+    assert not (tmp_path / "spill").exists()
+    monkeypatch.setattr(w2s, "IN_MEMORY_LIMIT", 0)
+    on_disk = w2s.cache_teacher_outputs(teacher, tiny_splits.train, 32, 16, rt, spill_dir=tmp_path / "spill")
+    assert (tmp_path / "spill" / "teacher_features.rank0.npy").is_file()
+    torch.testing.assert_close(on_disk.features, in_memory.features)
+    torch.testing.assert_close(on_disk.logits, in_memory.logits)

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,22 +57,28 @@ class Stage:
         if self.finished():
             log.info("stage %s: re-using %s", self.name, self.folder)
             metrics_file = self.folder / "metrics.json"
-            return json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+            metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+            recorded = json.loads((self.folder / STAGE_FILE).read_text())
+            # Stages written before stage timing existed fall back to their training time.
+            return {**metrics, "stage_wall_time_s": recorded.get("wall_time_s", metrics.get("wall_time_s"))}
         if rt.is_main:
             print(f"==> {self.name}", flush=True)
         prepare_run_dir(self.folder, overwrite=True, accelerator=rt.accelerator)  # a stale stage is redone
+        start = time.perf_counter()
         metrics = work()
+        wall = time.perf_counter() - start  # the whole stage: loading, caching, training, saving
         if rt.is_main:
-            write_json(self.folder / STAGE_FILE, {"name": self.name, "key": self.key})
+            write_json(self.folder / STAGE_FILE, {"name": self.name, "key": self.key, "wall_time_s": wall})
         rt.accelerator.wait_for_everyone()
-        return metrics
+        return {**metrics, "stage_wall_time_s": wall}
 
 
 def _row(name: str, evaluation: dict, training: dict) -> dict:
     """One report row: the evaluation metrics plus the training stage's cost."""
-    keep = ("trainable_params", "total_params", "wall_time_s", "peak_memory_mb", "peak_memory_kind",
-            "best_dev_accuracy", "steps", "train_examples_per_s")
-    return {"model": name, **evaluation, **{k: training.get(k) for k in keep}}
+    keep = ("trainable_params", "total_params", "peak_memory_mb", "peak_memory_kind", "best_dev_accuracy",
+            "steps", "train_examples_per_s")
+    return {"model": name, **evaluation, **{k: training.get(k) for k in keep},
+            "wall_time_s": training.get("stage_wall_time_s")}
 
 
 class Experiment:

@@ -18,7 +18,7 @@ def check_run_dir(path: str | Path, overwrite: bool) -> Path:
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} exists and is not a folder")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise UserError(f"run folder {path} already exists and is not empty; pass --overwrite to replace it")
+        raise UserError(f"output folder {path} already exists and is not empty; pass --overwrite to replace it")
     return path
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,10 +92,14 @@ def w2sdefense(job: DefenseJob) -> dict:
         raise UserError(f"the teacher's feature size {teacher.model.feature_dim} differs from the student's "
                         f"hidden size {hidden}: train the teacher for this student")
     rows = limit(job.splits.train, job.cfg.train.max_train_rows)
-    cache = cache_teacher_outputs(teacher, rows, job.cfg.train.max_length, job.cfg.train.eval_batch_size, job.rt)
+    spill = job.out_dir / "teacher_cache"
+    cache = cache_teacher_outputs(teacher, rows, job.cfg.train.max_length, job.cfg.train.eval_batch_size, job.rt,
+                                  spill_dir=spill)
     loss = w2s_loss(job.cfg, cache, is_decoder(student.config), job.rt.device)
     metrics = train_classifier(student, job.splits, job.cfg.train, job.rt, job.out_dir, job.seed,
                                loss_fn=loss, desc=job.cfg.row_name)
+    del cache, loss
+    shutil.rmtree(spill, ignore_errors=True)  # a disk cache only lives as long as the run
     metrics.update(alpha=job.cfg.alpha, beta=job.cfg.beta, gamma=job.cfg.gamma,
                    temperature=job.cfg.temperature, alignment=job.cfg.alignment)
     return metrics

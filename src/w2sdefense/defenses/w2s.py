@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 
 import torch
 import torch.nn.functional as F
@@ -36,13 +39,26 @@ class TeacherCache:
     features: torch.Tensor
 
 
+IN_MEMORY_LIMIT = 2 * 2**30  # bytes of teacher features kept in RAM; larger sets go to a disk file
+
+
+def _feature_buffer(rows: int, dim: int, spill_dir: Path | None, rank: int) -> torch.Tensor:
+    """A [rows, dim] float32 buffer: in memory, or memory-mapped from disk when it is large."""
+    if spill_dir is None or rows * dim * 4 <= IN_MEMORY_LIMIT:
+        return torch.empty((rows, dim))
+    spill_dir.mkdir(parents=True, exist_ok=True)
+    path = spill_dir / f"teacher_features.rank{rank}.npy"
+    log.info("teacher features (%.1f GiB) cached on disk in %s", rows * dim * 4 / 2**30, path)
+    return torch.from_numpy(np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, dim)))
+
+
 def cache_teacher_outputs(teacher: Classifier, rows: list[Example], max_length: int, batch_size: int,
-                          rt: Runtime) -> TeacherCache:
+                          rt: Runtime, spill_dir: Path | None = None) -> TeacherCache:
     """Run the teacher once per example (eval mode: no dropout, so every epoch would get the same)."""
     encoded = encode(teacher.tokenizer, rows, max_length)
     model = teacher.model.to(rt.device).eval()
     logits = torch.empty((len(rows), model.num_labels))
-    features = torch.empty((len(rows), model.feature_dim))
+    features = _feature_buffer(len(rows), model.feature_dim, spill_dir, rt.accelerator.process_index)
     loader = make_loader(encoded, sorted_batches(encoded.lengths, batch_size), teacher.tokenizer.pad_token_id)
     with torch.inference_mode():
         for batch in loader:
@@ -54,18 +70,18 @@ def cache_teacher_outputs(teacher: Classifier, rows: list[Example], max_length: 
 
 def w2s_loss(cfg: DefenseConfig, cache: TeacherCache, decoder: bool, device: torch.device) -> LossFn:
     """The W2SDefense step loss; teacher outputs are looked up by each example's position."""
-    t_logits, t_features = cache.logits.to(device), cache.features.to(device)
 
     def step(model: torch.nn.Module, batch: dict) -> StepOutput:
         out = model(**model_inputs(batch), output_hidden_states=True)
         logits, hidden = out.logits.float(), out.hidden_states[-1]
-        pos = batch["position"]
+        pos = batch["position"].cpu()  # the cache stays on the CPU; only the batch's rows move
+        t_logits, t_features = cache.logits[pos].to(device), cache.features[pos].to(device)
         ce = F.cross_entropy(logits, batch["labels"])
-        kd = kd_loss(logits, t_logits[pos], cfg.temperature)
+        kd = kd_loss(logits, t_logits, cfg.temperature)
         if cfg.alignment == "reference":
-            fa = feature_alignment_reference(t_features[pos], hidden)
+            fa = feature_alignment_reference(t_features, hidden)
         else:
-            fa = feature_alignment_per_sample(t_features[pos], pool(hidden, batch["attention_mask"], decoder))
+            fa = feature_alignment_per_sample(t_features, pool(hidden, batch["attention_mask"], decoder))
         total = w2s_total(ce, kd, fa, cfg.alpha, cfg.beta, cfg.gamma)
         return StepOutput(total, {"loss": total.item(), "ce": ce.item(), "kd": kd.item(), "fa": fa.item()})
 

@@ -18,7 +18,7 @@ COLUMNS = [
     ("attack_success_rate_clean_correct", "ASR (clean-correct)", "{:.2%}"),
     ("mean_target_probability_triggered", "P(target) triggered", "{:.3f}"),
     ("trainable_params", "trainable params", "{:,}"),
-    ("wall_time_s", "train time (s)", "{:.1f}"),
+    ("wall_time_s", "stage time (s)", "{:.1f}"),
     ("peak_memory_mb", "peak mem (MB)", "{:.0f}"),
 ]
 
@@ -62,7 +62,8 @@ def write_report(out_dir: Path, name: str, rows: list[dict], config: dict) -> di
         f"# {name}\n\n{markdown_table(rows)}\n\n"
         "CA: accuracy on the clean test set. ASR: share of triggered non-target test inputs "
         "classified as the target label. ASR (clean-correct): the same over the triggered rows "
-        "whose clean version the model classifies correctly. Train time: the stage's wall time.\n\n"
+        "whose clean version the model classifies correctly. Stage time: the wall time of the stage "
+        "that produced the model (loading, teacher caching, training, saving; not evaluation).\n\n"
         f"Measured {env['date']} on {env['platform']} ({env['cpu_threads']} torch threads"
         f"{', ' + env['cuda'] if env['cuda'] else ''}), torch {env['versions']['torch']}, "
         f"transformers {env['versions']['transformers']}, peft {env['versions']['peft']}.\n"
