@@ -20,24 +20,31 @@ import json
 import shutil
 from pathlib import Path
 
-from w2sdefense.config import ExperimentConfig, load_config
+import yaml
+
+from w2sdefense.config import DefenseConfig, ExperimentConfig, from_dict, load_config, merge_dicts, to_dict
 from w2sdefense.fileio import write_json
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 SHARED_STAGES = ("clean", "teacher")  # their inputs do not include the attack
 ROW_ORDER = ["clean model", "poisoned", "teacher", "w2sdefense", "w2sdefense-reference", "lora-ft", "full-ft"]
+# Rows not listed above (variants) follow in the order they were run.
 
 
-def experiment(attack: str, runs: Path, reference: bool) -> ExperimentConfig:
-    """The preset for `attack`, writing under `runs/`, plus the reference-alignment row if asked."""
+def experiment(attack: str, runs: Path, reference: bool, variants: list[dict]) -> ExperimentConfig:
+    """The preset for `attack`, writing under `runs/`, plus the reference-alignment row if asked and
+    extra defense rows (`variants`: defense settings laid over the preset's defense of the same name)."""
     cfg = load_config(ExperimentConfig, Path("configs") / f"sst2-{attack}.yaml")
     cfg = dataclasses.replace(cfg, output_dir=str(runs / cfg.name))
+    extra = []
     if reference:
         w2s = next(d for d in cfg.defenses if d.name == "w2sdefense")
-        ref = dataclasses.replace(w2s, label="w2sdefense-reference", alignment="reference")
-        cfg = dataclasses.replace(cfg, defenses=[*cfg.defenses, ref])
-    return cfg
+        extra.append(dataclasses.replace(w2s, label="w2sdefense-reference", alignment="reference"))
+    for variant in variants:
+        base = next(d for d in cfg.defenses if d.name == variant.get("name", "w2sdefense"))
+        extra.append(from_dict(DefenseConfig, merge_dicts(to_dict(base), variant), "variant"))
+    return dataclasses.replace(cfg, defenses=[*cfg.defenses, *extra])
 
 
 def share(stages_from: Path | None, to: Path) -> None:
@@ -50,11 +57,11 @@ def share(stages_from: Path | None, to: Path) -> None:
             shutil.copytree(src, dst)
 
 
-def run_attack(attack: str, runs: Path, reference: bool, first_run: Path | None) -> Path:
+def run_attack(attack: str, runs: Path, reference: bool, variants: list[dict], first_run: Path | None) -> Path:
     """Run one attack's experiment and record its results JSON."""
     from w2sdefense.pipeline import run_experiment
 
-    cfg = experiment(attack, runs, reference)
+    cfg = experiment(attack, runs, reference, variants)
     out = Path(cfg.output_dir)
     share(first_run, out)
     run_experiment(cfg)
@@ -71,7 +78,7 @@ def load_results() -> dict[str, dict]:
 
 
 def _rows(result: dict) -> list[dict]:
-    return sorted(result["rows"], key=lambda r: ROW_ORDER.index(r["model"]) if r["model"] in ROW_ORDER else 99)
+    return sorted(result["rows"], key=lambda r: ROW_ORDER.index(r["model"]) if r["model"] in ROW_ORDER else len(ROW_ORDER))
 
 
 def table(results: dict[str, dict]) -> str:
@@ -135,6 +142,8 @@ def main() -> None:
                         choices=["badnet", "insent", "synbkd"])
     parser.add_argument("--reference-for", default="badnet", help="attack that also gets the reference-FA row")
     parser.add_argument("--runs", default="runs", help="where the run folders go")
+    parser.add_argument("--variants", help="YAML list of extra defense rows (each with a `label`), e.g. "
+                        "benchmarks/variants-badnet.yaml")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     from w2sdefense.cli import _quiet_libraries
@@ -143,7 +152,8 @@ def main() -> None:
     if not args.report_only:
         first = None
         for attack in args.attacks:
-            out = run_attack(attack, Path(args.runs), attack == args.reference_for, first)
+            variants = yaml.safe_load(Path(args.variants).read_text()) if args.variants else []
+            out = run_attack(attack, Path(args.runs), attack == args.reference_for, variants, first)
             first = first or out
     results = load_results()
     if results:

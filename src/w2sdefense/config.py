@@ -302,17 +302,17 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
         if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict) and key in defaults:
             # A partial section overrides this field's own defaults (e.g. a defense's LoRA
             # training recipe), not the section class's generic ones.
-            value = _merge(to_dict(defaults[key]()), value)
+            value = merge_dicts(to_dict(defaults[key]()), value)
         kwargs[key] = _build(hints[key], value, f"{where}.{key}" if where else key)
     return cls(**kwargs)
 
 
-def _merge(base: dict, update: dict) -> dict:
+def merge_dicts(base: dict, update: dict) -> dict:
     """Deep-merge `update` into a copy of `base` (mappings merge, anything else replaces)."""
     merged = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
+            merged[key] = merge_dicts(merged[key], value)
         else:
             merged[key] = value
     return merged
