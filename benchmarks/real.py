@@ -92,7 +92,20 @@ def table(results: dict[str, dict]) -> str:
                 f"| {row['attack_success_rate']:.2%} ({row['attack_hits']}/{row['triggered_total']}) "
                 f"| {row['mean_target_probability_triggered']:.3f} | {row['trainable_params']:,} "
                 f"| {row['wall_time_s']:.0f} | {row['peak_memory_mb']:.0f} |")
-    return "\n".join(lines)
+    return "\n".join(lines) + "\n\n" + _memory_note(results)
+
+
+def _memory_note(results: dict[str, dict]) -> str:
+    """Say what the memory column measured (it changed when per-stage RSS windows were added)."""
+    kinds = {row.get("peak_memory_kind") for r in results.values() for row in r["rows"]}
+    notes = {
+        "process_max_rss": "the process's peak resident set since it started: it never decreases, so a "
+                           "stage run after a larger one shows the larger one's peak",
+        "process_peak_rss_since_stage_start": "the peak resident set during that stage (Linux VmHWM, reset "
+                                              "at the stage's start)",
+        "cuda_max_allocated": "the CUDA allocator's peak during that stage",
+    }
+    return "Peak mem: " + "; ".join(f"`{k}`: {notes[k]}" for k in sorted(k for k in kinds if k in notes)) + "."
 
 
 def chart(results: dict[str, dict], path: Path) -> None:
@@ -102,19 +115,19 @@ def chart(results: dict[str, dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(5.5 * len(results), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(results), figsize=(max(7.0, 5.5 * len(results)), 4.4), squeeze=False)
     for ax, (attack, result) in zip(axes[0], results.items()):
         rows = [r for r in _rows(result) if r["model"] != "teacher"]
         xs = range(len(rows))
         ax.bar([x - 0.2 for x in xs], [100 * r["clean_accuracy"] for r in rows], 0.4, label="CA")
         ax.bar([x + 0.2 for x in xs], [100 * r["attack_success_rate"] for r in rows], 0.4, label="ASR")
         ax.set_xticks(list(xs), [r["model"] for r in rows], rotation=30, ha="right")
-        ax.set_ylim(0, 100)
+        ax.set_ylim(0, 112)
         ax.set_title(f"SST-2, {attack}")
         ax.set_ylabel("%")
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(loc="upper right")
-    fig.suptitle("SmolLM2-135M student, MiniLM-L6 teacher: before and after unlearning")
+    axes[0][0].legend(loc="upper center", ncol=2, fontsize=9)
+    fig.suptitle("SmolLM2-135M student, MiniLM-L6 teacher: before and after unlearning", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -122,17 +135,19 @@ def chart(results: dict[str, dict], path: Path) -> None:
 
 
 def write_results_md(results: dict[str, dict]) -> None:
-    """Replace the real-model section of RESULTS.md with the new table."""
-    from results_md import update_section
+    """Replace the real-model sections of RESULTS.md and of the README with the new table."""
+    from results_md import README, update_section
 
     env = next(iter(results.values()))["environment"]
     dates = ", ".join(sorted({r["environment"]["date"][:10] for r in results.values()}))
-    update_section("real", (
-        f"{table(results)}\n\n![CA and ASR per attack](results/chart.png)\n\n"
-        f"Measured {dates} on {env['platform']}, {env['cpu_threads']} torch threads, torch "
-        f"{env['versions']['torch']}, transformers {env['versions']['transformers']}, peft "
-        f"{env['versions']['peft']}, by `python benchmarks/real.py` (per-attack JSON in `results/`)."
-    ))
+    provenance = (f"Measured {dates} on {env['platform']}, {env['cpu_threads']} torch threads, torch "
+                  f"{env['versions']['torch']}, transformers {env['versions']['transformers']}, peft "
+                  f"{env['versions']['peft']}, by `python benchmarks/real.py`")
+    update_section("real", f"{table(results)}\n\n![CA and ASR per attack](results/chart.png)\n\n"
+                           f"{provenance} (per-attack JSON in `results/`).")
+    update_section("real", f"{table(results)}\n\n![CA and ASR per attack](benchmarks/results/chart.png)\n\n"
+                           f"{provenance}; the CPU scaling of each run is stated in `configs/sst2-<attack>.yaml`.",
+                   path=README)
 
 
 def main() -> None:

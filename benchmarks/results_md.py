@@ -1,4 +1,4 @@
-"""Rewrite one marked section of benchmarks/RESULTS.md, leaving the rest as it is."""
+"""Rewrite one marked section of benchmarks/RESULTS.md (or the README), leaving the rest as it is."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 from w2sdefense.fileio import atomic_write_text
 
 RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def update_section(name: str, body: str, path: Path = RESULTS_MD) -> None:

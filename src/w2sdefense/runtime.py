@@ -70,16 +70,42 @@ def make_runtime(cfg: RuntimeConfig) -> Runtime:
     return Runtime(accelerator, dtype, cfg.gradient_checkpointing)
 
 
+def _peak_rss_kb() -> int | None:
+    """The process's resident-set peak since the last reset (Linux VmHWM), if readable."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
 def peak_memory_mb(device: torch.device) -> dict:
-    """Peak memory so far: CUDA allocator peak on GPU, else the process's peak resident set."""
+    """Peak memory of the current window: CUDA allocator peak on GPU, else peak resident set."""
     if device.type == "cuda":
         return {"peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20,
                 "peak_memory_kind": "cuda_max_allocated"}
+    hwm = _peak_rss_kb()
+    if hwm is not None and _RSS_WINDOWS:
+        return {"peak_memory_mb": hwm / 1024, "peak_memory_kind": "process_peak_rss_since_stage_start"}
+    # Without a resettable peak this is the whole process's peak so far (monotonic across stages).
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"peak_memory_mb": rss_kb / 1024, "peak_memory_kind": "process_max_rss"}
 
 
+_RSS_WINDOWS: list[bool] = []  # non-empty once the RSS peak has been reset successfully
+
+
 def reset_peak_memory(device: torch.device) -> None:
-    """Start a new peak window (CUDA only; a process's RSS peak cannot be reset)."""
+    """Start a new peak window: the CUDA allocator's, or the process's RSS peak on Linux."""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")  # Linux: reset VmHWM to the current resident set
+        _RSS_WINDOWS.append(True)
+    except OSError:
+        pass

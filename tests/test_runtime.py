@@ -1,0 +1,40 @@
+"""Device choice and per-stage peak-memory windows."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from w2sdefense.config import RuntimeConfig
+from w2sdefense.errors import UserError
+from w2sdefense.runtime import _resolve, peak_memory_mb, reset_peak_memory
+
+
+def test_cpu_is_fp32_and_cuda_is_refused_without_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _resolve(RuntimeConfig()) == (False, False)
+    with pytest.raises(UserError, match="no CUDA device"):
+        _resolve(RuntimeConfig(device="cuda"))
+
+
+def test_auto_picks_cuda_with_bf16_when_present(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert _resolve(RuntimeConfig()) == (True, True)
+    assert _resolve(RuntimeConfig(precision="fp32")) == (True, False)
+    assert _resolve(RuntimeConfig(device="cpu")) == (False, False)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux-only")
+def test_peak_memory_window_resets_between_stages():
+    cpu = torch.device("cpu")
+    reset_peak_memory(cpu)
+    block = torch.ones(64 * 2**20, dtype=torch.uint8) + 1  # ~64 MiB resident
+    during = peak_memory_mb(cpu)["peak_memory_mb"]
+    del block
+    reset_peak_memory(cpu)
+    after = peak_memory_mb(cpu)
+    assert after["peak_memory_kind"] == "process_peak_rss_since_stage_start"
+    assert during - after["peak_memory_mb"] > 50
