@@ -1,4 +1,8 @@
-"""Two processes (torchrun, gloo on CPU) write the same files and metrics as one process."""
+"""Two processes (torchrun, gloo on CPU) write the same files and metrics as one process.
+
+torchrun, not `accelerate launch --cpu --num_processes 2`: on a 2-core machine the latter starts a
+single process (accelerate 1.15). Inside, accelerate sees torchrun's two processes as MULTI_CPU.
+"""
 
 from __future__ import annotations
 
