@@ -93,6 +93,7 @@ def test_user_errors_are_one_line(shared_data, tmp_path):
     line = _error_line(w2s("train", "--model", "no-such-model", "--out", str(tmp_path / "t"), data_dir=shared_data,
                            check=False))
     assert "tiny-llama" in line and "smollm2-135m" in line
+    assert not (tmp_path / "t").exists()  # a bad name fails before the run folder is made
     assert "config file not found" in _error_line(w2s("run", str(tmp_path / "missing.yaml"), check=False))
     bad = tmp_path / "bad.yaml"
     bad.write_text("victim:\n  trian: {}\n")

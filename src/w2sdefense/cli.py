@@ -95,15 +95,18 @@ def train(
 ) -> None:
     """Fine-tune a classifier (full or LoRA) on a dataset or a poisoned folder."""
     from w2sdefense.data.datasets import load_splits
+    from w2sdefense.models import check_model_name
     from w2sdefense.rundir import log_to
     from w2sdefense.runtime import make_runtime
     from w2sdefense.train.job import run_train
 
     job = _load(TrainJob, config, set_, **{"data.dataset": data, "model": model, "data.data_dir": _str(data_dir)})
+    check_model_name(job.model)  # bad names and data fail before a run folder exists
+    splits = load_splits(job.data)
     rt = make_runtime(job.runtime)
     folder = _start(out, overwrite, job, rt)
     with log_to(folder / "train.log", rt.is_main):
-        metrics = run_train(job.model, load_splits(job.data), job.train, rt, folder, job.seed)
+        metrics = run_train(job.model, splits, job.train, rt, folder, job.seed)
     _done(f"best clean dev accuracy {metrics['best_dev_accuracy']:.4f}; model and metrics.json in {folder}")
 
 
@@ -133,15 +136,19 @@ def teacher(
     """Fully fine-tune the small clean teacher with a projection head to the student's width."""
     from w2sdefense.data.datasets import load_splits
     from w2sdefense.defenses.teacher import run_teacher
+    from w2sdefense.models import check_model_name
     from w2sdefense.rundir import log_to
     from w2sdefense.runtime import make_runtime
 
     job = _load(TeacherJob, config, set_, **{"data.dataset": data, "student": student, "teacher.model": model,
                                               "data.data_dir": _str(data_dir)})
+    check_model_name(job.student)
+    check_model_name(job.teacher.model)
+    splits = load_splits(job.data)
     rt = make_runtime(job.runtime)
     folder = _start(out, overwrite, job, rt)
     with log_to(folder / "train.log", rt.is_main):
-        metrics = run_teacher(job.teacher, load_splits(job.data), job.student, rt, folder, job.seed)
+        metrics = run_teacher(job.teacher, splits, job.student, rt, folder, job.seed)
     _done(f"teacher (D={metrics['feature_dim']}) clean dev accuracy {metrics['best_dev_accuracy']:.4f}; in {folder}")
 
 
@@ -160,6 +167,7 @@ def defend(
     """Unlearn a backdoor with clean data only: W2SDefense or a fine-tuning baseline."""
     from w2sdefense.data.datasets import load_splits
     from w2sdefense.defenses import DefenseJob, run_defense
+    from w2sdefense.models import check_model_name
     from w2sdefense.rundir import log_to
     from w2sdefense.runtime import make_runtime
 
@@ -167,11 +175,12 @@ def defend(
                                              "data.dataset": data, "data.data_dir": _str(data_dir)})
     if not job.student:
         raise UserError("defend needs --student (the poisoned model)")
+    check_model_name(job.student)
+    splits = load_splits(job.data)
     rt = make_runtime(job.runtime)
     folder = _start(out, overwrite, job, rt)
     with log_to(folder / "train.log", rt.is_main):
-        metrics = run_defense(DefenseJob(job.student, job.teacher, load_splits(job.data), job.defense, rt,
-                                         folder, job.seed))
+        metrics = run_defense(DefenseJob(job.student, job.teacher, splits, job.defense, rt, folder, job.seed))
     _done(f"{job.defense.name}: clean dev accuracy {metrics['best_dev_accuracy']:.4f}; adapter in {folder / 'model'}")
 
 

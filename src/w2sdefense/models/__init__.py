@@ -3,6 +3,7 @@
 from w2sdefense.models.loading import (
     BUILTIN_MODELS,
     Classifier,
+    check_model_name,
     count_parameters,
     ensure_base_on_disk,
     is_decoder,
@@ -13,6 +14,6 @@ from w2sdefense.models.loading import (
 from w2sdefense.models.peft_wrap import wrap_lora
 
 __all__ = [
-    "BUILTIN_MODELS", "Classifier", "count_parameters", "ensure_base_on_disk", "is_decoder",
+    "BUILTIN_MODELS", "Classifier", "check_model_name", "count_parameters", "ensure_base_on_disk", "is_decoder",
     "load_classifier", "merge_adapter", "save_classifier", "wrap_lora",
 ]

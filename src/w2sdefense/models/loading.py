@@ -46,6 +46,16 @@ def is_decoder(config) -> bool:
     return model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
+def check_model_name(name: str) -> None:
+    """Fail early (before any work) on a name that is neither built in, a folder, nor a hub id."""
+    if name in TINY_BUILDERS or name in PACKAGED or Path(name).expanduser().is_dir() or _looks_like_hub_id(name):
+        return
+    raise UserError(
+        f"unknown model {name!r}: not a folder; built-in models: {', '.join(BUILTIN_MODELS)} "
+        "(or a local checkpoint folder, a run folder, or a hub id like org/name)"
+    )
+
+
 def resolve_model_path(name: str) -> str:
     """Map a built-in name or run folder to something `from_pretrained` takes."""
     if name in PACKAGED:
@@ -55,11 +65,7 @@ def resolve_model_path(name: str) -> str:
         if (path / "model").is_dir() and not (path / "config.json").is_file():
             return str(path / "model")  # a run folder of `train` / `defend`
         return str(path)
-    if not _looks_like_hub_id(name):
-        raise UserError(
-            f"unknown model {name!r}: not a folder; built-in models: {', '.join(BUILTIN_MODELS)} "
-            "(or a local checkpoint folder, a run folder, or a hub id like org/name)"
-        )
+    check_model_name(name)
     return name  # a hub id
 
 
