@@ -52,12 +52,10 @@ def _set(data: dict, dotted: str, value: str) -> None:
     """Set a string value verbatim (no YAML parsing: a path like `1e3` stays a string)."""
     *parents, last = dotted.split(".")
     for part in parents:
-        data = data.setdefault(part, {})
+        if not isinstance(data.get(part), dict):
+            data[part] = {}  # absent, or an empty `section:` in the YAML
+        data = data[part]
     data[last] = value
-
-
-def _done(message: str) -> None:
-    typer.echo(message)
 
 
 @app.command()
@@ -76,7 +74,7 @@ def poison(
     job = _load(PoisonJob, config, set_, **{"data.dataset": data, "attack.name": attack,
                                              "data.data_dir": _str(data_dir)})
     folder = poison_dataset(job.data, job.attack, job.poison, job.seed, out, overwrite)
-    _done(f"poisoned data written to {folder}")
+    typer.echo(f"poisoned data written to {folder}")
 
 
 def _str(path: Path | None) -> str | None:
@@ -107,7 +105,7 @@ def train(
     folder = _start(out, overwrite, job, rt)
     with log_to(folder / "train.log", rt.is_main):
         metrics = run_train(job.model, splits, job.train, rt, folder, job.seed)
-    _done(f"best clean dev accuracy {metrics['best_dev_accuracy']:.4f}; model and metrics.json in {folder}")
+    typer.echo(f"best clean dev accuracy {metrics['best_dev_accuracy']:.4f}; model and metrics.json in {folder}")
 
 
 def _start(out: Path, overwrite: bool, job, rt) -> Path:
@@ -149,7 +147,7 @@ def teacher(
     folder = _start(out, overwrite, job, rt)
     with log_to(folder / "train.log", rt.is_main):
         metrics = run_teacher(job.teacher, splits, job.student, rt, folder, job.seed)
-    _done(f"teacher (D={metrics['feature_dim']}) clean dev accuracy {metrics['best_dev_accuracy']:.4f}; in {folder}")
+    typer.echo(f"teacher (D={metrics['feature_dim']}) clean dev accuracy {metrics['best_dev_accuracy']:.4f}; in {folder}")
 
 
 @app.command()
@@ -181,7 +179,7 @@ def defend(
     folder = _start(out, overwrite, job, rt)
     with log_to(folder / "train.log", rt.is_main):
         metrics = run_defense(DefenseJob(job.student, job.teacher, splits, job.defense, rt, folder, job.seed))
-    _done(f"{job.defense.name}: clean dev accuracy {metrics['best_dev_accuracy']:.4f}; adapter in {folder / 'model'}")
+    typer.echo(f"{job.defense.name}: clean dev accuracy {metrics['best_dev_accuracy']:.4f}; adapter in {folder / 'model'}")
 
 
 @app.command()
@@ -206,7 +204,7 @@ def evaluate(
                 "triggered_total")
         typer.echo(json.dumps({k: metrics[k] for k in keys}, indent=2))
         if out:
-            _done(f"metrics written to {out}")
+            typer.echo(f"metrics written to {out}")
 
 
 @app.command()
@@ -230,7 +228,7 @@ def run(
 
         rows = json.loads((folder / "report.json").read_text())["rows"]
         typer.echo("\n" + markdown_table(rows) + "\n")
-        _done(f"report: {folder / 'report.md'} (and report.json)")
+        typer.echo(f"report: {folder / 'report.md'} (and report.json)")
 
 
 @app.command(name="list")
