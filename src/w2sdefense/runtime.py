@@ -88,14 +88,14 @@ def peak_memory_mb(device: torch.device) -> dict:
         return {"peak_memory_mb": torch.cuda.max_memory_allocated(device) / 2**20,
                 "peak_memory_kind": "cuda_max_allocated"}
     hwm = _peak_rss_kb()
-    if hwm is not None and _RSS_WINDOWS:
+    if hwm is not None and _rss_window_started:
         return {"peak_memory_mb": hwm / 1024, "peak_memory_kind": "process_peak_rss_since_stage_start"}
     # Without a resettable peak this is the whole process's peak so far (monotonic across stages).
     rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"peak_memory_mb": rss_kb / 1024, "peak_memory_kind": "process_max_rss"}
 
 
-_RSS_WINDOWS: list[bool] = []  # non-empty once the RSS peak has been reset successfully
+_rss_window_started = False  # True once the RSS peak has been reset successfully
 
 
 def reset_peak_memory(device: torch.device) -> None:
@@ -103,9 +103,10 @@ def reset_peak_memory(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         return
+    global _rss_window_started
     try:
         with open("/proc/self/clear_refs", "w") as refs:
             refs.write("5")  # Linux: reset VmHWM to the current resident set
-        _RSS_WINDOWS.append(True)
+        _rss_window_started = True
     except OSError:
         pass
