@@ -43,8 +43,6 @@ class Setup:
 
 def _load(setup: Setup):
     """Student wrapped with the default LoRA, an (untrained) teacher of matching width, the data."""
-    from transformers import set_seed
-
     from w2sdefense.config import DataConfig, DefenseConfig, RuntimeConfig, TeacherConfig, TrainConfig
     from w2sdefense.data.datasets import load_splits
     from w2sdefense.defenses.teacher import build_teacher
@@ -56,8 +54,7 @@ def _load(setup: Setup):
                                     max_test=setup.eval_rows))
     cfg = DefenseConfig(train=TrainConfig(method="lora", epochs=1.0, lr=2e-4, batch_size=setup.batch_size,
                                           max_length=setup.max_length, eval_batch_size=setup.eval_batch_size))
-    set_seed(setup.seed)
-    student = prepare_student(setup.student, 2, cfg.train, rt, Path(os.environ["W2S_BENCH_TMP"]))
+    student = prepare_student(setup.student, 2, cfg.train, rt, Path(os.environ["W2S_BENCH_TMP"]), setup.seed)
     hidden = student.config.get_text_config().hidden_size
     teacher = build_teacher(TeacherConfig(model=setup.teacher), 2, hidden, rt, setup.seed)
     teacher.model.eval().requires_grad_(False)

@@ -28,7 +28,7 @@ def _changed(before: dict, model: torch.nn.Module) -> set[str]:
 
 def test_full_finetune_changes_every_weight_and_saves_hf_format(tiny_splits, rt, tmp_path):
     cfg = TrainConfig(method="full", **FAST)
-    clf = prepare_student("tiny-llama", 2, cfg, rt, tmp_path)
+    clf = prepare_student("tiny-llama", 2, cfg, rt, tmp_path, seed=0)
     before = _snapshot(clf.model)
     metrics = train_classifier(clf, tiny_splits, cfg, rt, tmp_path, seed=0)
     changed = _changed(before, clf.model)
@@ -43,7 +43,7 @@ def test_full_finetune_changes_every_weight_and_saves_hf_format(tiny_splits, rt,
 
 def test_lora_changes_only_adapter_and_head(tiny_splits, rt, tmp_path):
     cfg = TrainConfig(method="lora", lora=LoraConfig(r=4, alpha=8, dropout=0.0), **FAST)
-    clf = prepare_student("tiny-llama", 2, cfg, rt, tmp_path)
+    clf = prepare_student("tiny-llama", 2, cfg, rt, tmp_path, seed=0)
     before = _snapshot(clf.model)
     metrics = train_classifier(clf, tiny_splits, cfg, rt, tmp_path, seed=0)
     changed = _changed(before, clf.model)

@@ -140,12 +140,17 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     eval_batch_size: int = 64
     eval_every: int | None = None  # optimizer steps between dev evaluations; None = each epoch
+    select: str = "best"  # checkpoint rule on clean dev accuracy: best | latest-within (select_delta of the best)
+    select_delta: float = 0.0  # latest-within: how far below the best dev accuracy a later checkpoint may be
     merge: bool = False  # LoRA: also save the adapter merged into the base model (merged/)
     max_train_rows: int | None = None  # use only the first N training rows in this stage
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
         _check_choice("train.method", self.method, ("full", "lora"))
+        _check_choice("train.select", self.select, ("best", "latest-within"))
+        if not 0 <= self.select_delta < 1:
+            raise UserError(f"train.select_delta must be in [0, 1); got {self.select_delta}")
         for name in ("epochs", "lr", "batch_size", "grad_accum", "max_length", "eval_batch_size"):
             _check_positive(f"train.{name}", getattr(self, name))
         for name in ("max_steps", "head_lr", "eval_every", "max_train_rows"):
@@ -160,10 +165,12 @@ class EvalConfig:
 
     batch_size: int = 64
     max_length: int = 128
+    probe_rows: int = 200  # `run`: triggered test rows whose ASR-cc is logged at every dev evaluation (0: off)
 
     def __post_init__(self) -> None:
         _check_positive("eval.batch_size", self.batch_size)
         _check_positive("eval.max_length", self.max_length)
+        _check_positive("eval.probe_rows", self.probe_rows, allow_zero=True)
 
 
 def _lora_train(**overrides: Any) -> TrainConfig:
@@ -321,6 +328,27 @@ def merge_dicts(base: dict, update: dict) -> dict:
 def to_dict(config: Any) -> dict:
     """Plain-data form of a config dataclass (for YAML/JSON dumps)."""
     return dataclasses.asdict(config)
+
+
+def changed_settings(config: Any, default: Any = None) -> dict:
+    """The settings of a config dataclass that differ from `default` (its class's defaults), nested.
+
+    Stage keys hash this, so adding a new setting with a default does not invalidate finished
+    stages; list items (defenses) are compared with their own class's defaults.
+    """
+    default = default if default is not None else type(config)()
+    changed = {}
+    for f in dataclasses.fields(config):
+        value, base = getattr(config, f.name), getattr(default, f.name)
+        if dataclasses.is_dataclass(value):
+            sub = changed_settings(value, base)
+            if sub:
+                changed[f.name] = sub
+        elif isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            changed[f.name] = [changed_settings(item) for item in value]
+        elif value != base:
+            changed[f.name] = value
+    return changed
 
 
 # ----------------------------------------------------------------------------------------------

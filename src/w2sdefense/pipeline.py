@@ -6,6 +6,7 @@ depends on. A rerun re-uses every finished stage whose inputs did not change and
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -16,12 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from w2sdefense.attacks.poison import load_poison_folder, poison_dataset
-from w2sdefense.config import ExperimentConfig, dump_yaml, to_dict
+from w2sdefense.config import ExperimentConfig, changed_settings, dump_yaml, to_dict
 from w2sdefense.data.datasets import load_splits
 from w2sdefense.data.records import Splits
 from w2sdefense.defenses import DefenseJob, run_defense
 from w2sdefense.defenses.teacher import load_teacher, run_teacher
 from w2sdefense.eval.evaluate import evaluate_classifier, target_label
+from w2sdefense.eval.probe import TriggerProbe, make_probe, probe_diagnostic, write_curves
 from w2sdefense.eval.report import write_report
 from w2sdefense.fileio import atomic_write_text, write_json
 from w2sdefense.models import load_classifier
@@ -43,7 +45,8 @@ class Stage:
 
     @classmethod
     def of(cls, name: str, folder: Path, *inputs: object) -> Stage:
-        """A stage keyed by the JSON of its inputs (configs, upstream keys)."""
+        """A stage keyed by the JSON of its inputs (configs by their non-default settings, upstream keys)."""
+        inputs = tuple(changed_settings(i) if dataclasses.is_dataclass(i) else i for i in inputs)
         blob = json.dumps(inputs, sort_keys=True, default=str).encode()
         return cls(name, folder, hashlib.sha256(blob).hexdigest()[:16])
 
@@ -87,6 +90,16 @@ class Experiment:
     def __init__(self, cfg: ExperimentConfig, rt: Runtime) -> None:
         self.cfg, self.rt, self.out = cfg, rt, Path(cfg.output_dir)
         self._clean: Splits | None = None
+        self._probe: dict[Path, TriggerProbe | None] = {}
+
+    def diagnostics(self, poison: Stage):
+        """The trigger probe logged during training (a diagnostic: selection never sees it)."""
+        if poison.folder not in self._probe:
+            data = load_poison_folder(poison.folder)
+            self._probe[poison.folder] = make_probe(data.test, data.test_triggered, target_label(poison.folder),
+                                                    self.cfg.eval.probe_rows, self.cfg.seed)
+        probe = self._probe[poison.folder]
+        return probe_diagnostic(probe, self.cfg.eval, self.rt) if probe else None
 
     def clean_splits(self) -> Splits:
         """The clean splits, loaded once (the defender's and the teacher's data)."""
@@ -97,7 +110,7 @@ class Experiment:
     def poison(self) -> Stage:
         """Write the poisoned dataset folder."""
         c = self.cfg
-        stage = Stage.of("poison", self.out / "poison", to_dict(c.data), to_dict(c.attack), to_dict(c.poison), c.seed)
+        stage = Stage.of("poison", self.out / "poison", c.data, c.attack, c.poison, c.seed)
         stage.run(self.rt, lambda: self._poison(stage.folder))
         return stage
 
@@ -110,20 +123,23 @@ class Experiment:
     def victim(self, poison: Stage, clean: bool = False) -> tuple[Stage, dict]:
         """Train the victim recipe on poisoned data (or, for the reference row, on clean data)."""
         c = self.cfg
-        name, upstream = ("clean", to_dict(c.data)) if clean else ("victim", poison.key)
-        stage = Stage.of(name, self.out / name, upstream, to_dict(c.victim), c.seed)
+        name, upstream = ("clean", c.data) if clean else ("victim", poison.key)
+        stage = Stage.of(name, self.out / name, upstream, c.victim, c.seed)
 
         def work() -> dict:
             data = self.clean_splits() if clean else _as_splits(load_poison_folder(poison.folder))
             with log_to(stage.folder / "train.log", self.rt.is_main):
-                return run_train(c.victim.model, data, c.victim.train, self.rt, stage.folder, c.seed)
+                metrics = run_train(c.victim.model, data, c.victim.train, self.rt, stage.folder, c.seed,
+                                    diagnostics=self.diagnostics(poison))
+            self._curves(metrics, stage, name)
+            return metrics
 
         return stage, stage.run(self.rt, work)
 
     def teacher(self) -> tuple[Stage, dict]:
         """Fully fine-tune the small clean teacher, its feature as wide as the student's hidden state."""
         c = self.cfg
-        stage = Stage.of("teacher", self.out / "teacher", to_dict(c.data), to_dict(c.teacher), c.victim.model, c.seed)
+        stage = Stage.of("teacher", self.out / "teacher", c.data, c.teacher, c.victim.model, c.seed)
 
         def work() -> dict:
             with log_to(stage.folder / "train.log", self.rt.is_main):
@@ -131,26 +147,33 @@ class Experiment:
 
         return stage, stage.run(self.rt, work)
 
-    def defense(self, index: int, victim: Stage, teacher: Stage | None) -> tuple[Stage, dict]:
+    def _curves(self, metrics: dict, stage: Stage, title: str) -> None:
+        if self.rt.is_main:
+            write_curves(metrics.get("history", []), stage.folder / "curves.png", f"{self.cfg.name}: {title}")
+
+    def defense(self, index: int, victim: Stage, teacher: Stage | None, poison: Stage) -> tuple[Stage, dict]:
         """Run one configured defense on the poisoned model with clean data."""
         c, d = self.cfg, self.cfg.defenses[index]
         teacher_key = teacher.key if (teacher and d.name == "w2sdefense") else None
         stage = Stage.of(f"defense {d.row_name}", self.out / "defenses" / d.row_name, victim.key, teacher_key,
-                         to_dict(d), to_dict(c.data), c.seed)
+                         d, c.data, c.seed)
 
         def work() -> dict:
             job = DefenseJob(student=str(victim.folder / "model"),
                              teacher=str(teacher.folder / "model") if teacher_key else None,
-                             splits=self.clean_splits(), cfg=d, rt=self.rt, out_dir=stage.folder, seed=c.seed)
+                             splits=self.clean_splits(), cfg=d, rt=self.rt, out_dir=stage.folder, seed=c.seed,
+                             diagnostics=self.diagnostics(poison))
             with log_to(stage.folder / "train.log", self.rt.is_main):
-                return run_defense(job)
+                metrics = run_defense(job)
+            self._curves(metrics, stage, d.row_name)
+            return metrics
 
         return stage, stage.run(self.rt, work)
 
     def evaluate(self, label: str, model_stage: Stage, poison: Stage, teacher: bool = False) -> dict:
         """CA and ASR of one model on the shared clean and triggered test sets (computed once)."""
         c = self.cfg
-        stage = Stage.of(f"evaluate {label}", self.out / "eval" / label, model_stage.key, poison.key, to_dict(c.eval))
+        stage = Stage.of(f"evaluate {label}", self.out / "eval" / label, model_stage.key, poison.key, c.eval)
 
         def work() -> dict:
             data = load_poison_folder(poison.folder)
@@ -201,6 +224,6 @@ def _run_stages(exp: Experiment) -> list[dict]:
         teacher, teacher_train = exp.teacher()
         rows.append(_row("teacher", exp.evaluate("teacher", teacher, poison, teacher=True), teacher_train))
     for i, d in enumerate(cfg.defenses):
-        stage, train = exp.defense(i, victim, teacher)
+        stage, train = exp.defense(i, victim, teacher, poison)
         rows.append(_row(d.row_name, exp.evaluate(d.row_name, stage, poison), train))
     return rows

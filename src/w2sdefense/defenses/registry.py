@@ -10,15 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import set_seed
-
 from w2sdefense.config import DefenseConfig
 from w2sdefense.data.records import Splits
 from w2sdefense.errors import UserError
 from w2sdefense.fileio import write_json
 from w2sdefense.models import is_decoder
 from w2sdefense.runtime import Runtime
-from w2sdefense.train.job import limit, prepare_student, train_classifier
+from w2sdefense.train.job import Diagnostics, limit, prepare_student, train_classifier
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +32,7 @@ class DefenseJob:
     rt: Runtime
     out_dir: Path
     seed: int
+    diagnostics: Diagnostics | None = None  # e.g. a trigger probe logged per evaluation (never selects)
 
 
 DefenseFn = Callable[[DefenseJob], dict]
@@ -65,7 +64,6 @@ def run_defense(job: DefenseJob) -> dict:
     cfg = dataclasses.replace(job.cfg, train=dataclasses.replace(job.cfg.train, method=method))
     job = dataclasses.replace(job, cfg=cfg)
     start = time.perf_counter()
-    set_seed(job.seed)
     metrics = fn(job)
     metrics.update(defense=cfg.name, defense_wall_time_s=time.perf_counter() - start)
     if job.rt.is_main:
@@ -74,7 +72,13 @@ def run_defense(job: DefenseJob) -> dict:
 
 
 def _student(job: DefenseJob):
-    return prepare_student(job.student, job.splits.num_labels, job.cfg.train, job.rt, job.out_dir)
+    return prepare_student(job.student, job.splits.num_labels, job.cfg.train, job.rt, job.out_dir, job.seed)
+
+
+def _train(job: DefenseJob, student, **kwargs) -> dict:
+    """The shared fine-tuning loop on the defender's clean rows."""
+    return train_classifier(student, job.splits, job.cfg.train, job.rt, job.out_dir, job.seed,
+                            desc=job.cfg.row_name, diagnostics=job.diagnostics, **kwargs)
 
 
 @register_defense("w2sdefense", method="lora")
@@ -85,8 +89,8 @@ def w2sdefense(job: DefenseJob) -> dict:
 
     if not job.teacher:
         raise UserError("w2sdefense needs a trained teacher (run `w2sdefense teacher`, then pass --teacher)")
+    student = _student(job)  # first: the same adapter and head as lora-ft gets for this seed
     teacher = load_teacher(job.teacher, job.rt.dtype)
-    student = _student(job)
     hidden = student.config.get_text_config().hidden_size
     if teacher.model.feature_dim != hidden and job.cfg.gamma:
         raise UserError(f"the teacher's feature size {teacher.model.feature_dim} differs from the student's "
@@ -96,8 +100,7 @@ def w2sdefense(job: DefenseJob) -> dict:
     cache = cache_teacher_outputs(teacher, rows, job.cfg.train.max_length, job.cfg.train.eval_batch_size, job.rt,
                                   spill_dir=spill)
     loss = w2s_loss(job.cfg, cache, is_decoder(student.config), job.rt.device)
-    metrics = train_classifier(student, job.splits, job.cfg.train, job.rt, job.out_dir, job.seed,
-                               loss_fn=loss, desc=job.cfg.row_name)
+    metrics = _train(job, student, loss_fn=loss)
     del cache, loss
     shutil.rmtree(spill, ignore_errors=True)  # a disk cache only lives as long as the run
     metrics.update(alpha=job.cfg.alpha, beta=job.cfg.beta, gamma=job.cfg.gamma,
@@ -108,12 +111,10 @@ def w2sdefense(job: DefenseJob) -> dict:
 @register_defense("lora-ft", method="lora")
 def lora_ft(job: DefenseJob) -> dict:
     """The same adapter on the same clean data, cross-entropy only (PEFT alone)."""
-    return train_classifier(_student(job), job.splits, job.cfg.train, job.rt, job.out_dir, job.seed,
-                            desc=job.cfg.row_name)
+    return _train(job, _student(job))
 
 
 @register_defense("full-ft", method="full")
 def full_ft(job: DefenseJob) -> dict:
     """Full-parameter fine-tuning on the same clean data (the expensive upper bound)."""
-    return train_classifier(_student(job), job.splits, job.cfg.train, job.rt, job.out_dir, job.seed,
-                            desc=job.cfg.row_name)
+    return _train(job, _student(job))

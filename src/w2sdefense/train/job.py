@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from peft import PeftModel
@@ -23,13 +24,23 @@ from w2sdefense.models import (
 )
 from w2sdefense.runtime import Runtime
 from w2sdefense.train.batching import encode
-from w2sdefense.train.loop import LossFn, cross_entropy_step, fit
+from w2sdefense.train.loop import Diagnose, LossFn, cross_entropy_step, fit
+
+# Given the model's tokenizer, the per-evaluation diagnostic (see eval/probe.py).
+Diagnostics = Callable[[object], Diagnose]
 
 log = logging.getLogger(__name__)
 
 
-def prepare_student(model_name: str, num_labels: int, cfg: TrainConfig, rt: Runtime, out_dir: Path) -> Classifier:
-    """Load the model and, for LoRA, wrap it with a fresh adapter (its base saved if built in code)."""
+def prepare_student(model_name: str, num_labels: int, cfg: TrainConfig, rt: Runtime, out_dir: Path,
+                    seed: int) -> Classifier:
+    """Load the model and, for LoRA, wrap it with a fresh adapter (its base saved if built in code).
+
+    The seed is set here, right before anything random is drawn (a new head, the adapter's
+    initialisation), so every defense that builds the same student gets the same starting weights
+    whatever it loaded before (W2SDefense loads its teacher first).
+    """
+    set_seed(seed)
     clf = load_classifier(model_name, num_labels, rt.dtype)
     if isinstance(clf.model, PeftModel):
         # A LoRA-trained model (e.g. a LoRA-poisoned victim) is folded into plain weights first; the
@@ -54,7 +65,8 @@ def limit(rows: list[Example], n: int | None) -> list[Example]:
 
 
 def train_classifier(clf: Classifier, splits: Splits, cfg: TrainConfig, rt: Runtime, out_dir: Path,
-                     seed: int, loss_fn: LossFn = cross_entropy_step, desc: str = "train") -> dict:
+                     seed: int, loss_fn: LossFn = cross_entropy_step, desc: str = "train",
+                     diagnostics: Diagnostics | None = None) -> dict:
     """Fine-tune `clf` on splits.train, select by clean dev accuracy, write model/ and metrics.json."""
     start = time.perf_counter()
     train = encode(clf.tokenizer, limit(splits.train, cfg.max_train_rows), cfg.max_length)
@@ -66,6 +78,7 @@ def train_classifier(clf: Classifier, splits: Splits, cfg: TrainConfig, rt: Runt
         clf.model, train, dev, cfg, rt,
         save=lambda model, path, state: save_classifier(Classifier(model, clf.tokenizer), path, state),
         out_dir=out_dir, seed=seed, pad_id=clf.tokenizer.pad_token_id, loss_fn=loss_fn, desc=desc,
+        diagnose=diagnostics(clf.tokenizer) if diagnostics else None,
     )
     metrics.update(params, wall_time_s=time.perf_counter() - start, train_rows=len(train))
     if rt.is_main:
@@ -76,8 +89,8 @@ def train_classifier(clf: Classifier, splits: Splits, cfg: TrainConfig, rt: Runt
     return metrics
 
 
-def run_train(model_name: str, splits: Splits, cfg: TrainConfig, rt: Runtime, out_dir: Path, seed: int) -> dict:
+def run_train(model_name: str, splits: Splits, cfg: TrainConfig, rt: Runtime, out_dir: Path, seed: int,
+              diagnostics: Diagnostics | None = None) -> dict:
     """Load, wrap and train a classifier; the whole `train` stage."""
-    set_seed(seed)  # the new head's initialisation and dropout
-    clf = prepare_student(model_name, splits.num_labels, cfg, rt, out_dir)
-    return train_classifier(clf, splits, cfg, rt, out_dir, seed)
+    clf = prepare_student(model_name, splits.num_labels, cfg, rt, out_dir, seed)
+    return train_classifier(clf, splits, cfg, rt, out_dir, seed, diagnostics=diagnostics)

@@ -40,6 +40,8 @@ class StepOutput:
 
 
 LossFn = Callable[[torch.nn.Module, dict], StepOutput]
+# Extra measurements logged at every dev evaluation (e.g. a trigger probe); never used to select.
+Diagnose = Callable[[torch.nn.Module], dict]
 
 
 def cross_entropy_step(model: torch.nn.Module, batch: dict) -> StepOutput:
@@ -78,6 +80,8 @@ class _Progress:
     seen: int = 0
     best: float = -1.0
     best_step: int = 0
+    selected: float = -1.0  # the saved checkpoint's dev accuracy (the best, or the latest within delta)
+    selected_step: int = 0
     history: list = field(default_factory=list)
     terms: dict = field(default_factory=lambda: defaultdict(list))
 
@@ -89,8 +93,8 @@ class _Progress:
 
 def fit(model: torch.nn.Module, train: Encoded, dev: Encoded, cfg: TrainConfig, rt: Runtime,
         save: Callable[[torch.nn.Module, Path, dict], None], out_dir: Path, seed: int, pad_id: int,
-        loss_fn: LossFn = cross_entropy_step, desc: str = "train") -> dict:
-    """Train `model`; save the best-by-clean-dev-accuracy checkpoint to out_dir/model; return metrics."""
+        loss_fn: LossFn = cross_entropy_step, desc: str = "train", diagnose: Diagnose | None = None) -> dict:
+    """Train `model`; save the checkpoint chosen by clean dev accuracy to out_dir/model; return metrics."""
     acc = rt.accelerator
     sampler = LengthGroupedBatches(train.lengths, cfg.batch_size, seed)
     # Batches are sharded here, not by accelerate: its splitting drops batches that are not full,
@@ -110,15 +114,16 @@ def fit(model: torch.nn.Module, train: Encoded, dev: Encoded, cfg: TrainConfig, 
     epoch = 0
     while progress.step < total:
         sampler.set_epoch(epoch)
-        _run_epoch(model, loader, optimizer, scheduler, cfg, rt, loss_fn, progress, bar, total,
-                   lambda: _evaluate(model, dev, cfg, rt, save, out_dir, pad_id, progress, epoch))
+        evaluate = lambda: _evaluate(model, dev, cfg, rt, save, out_dir, pad_id, progress, epoch, diagnose)  # noqa: E731
+        _run_epoch(model, loader, optimizer, scheduler, cfg, rt, loss_fn, progress, bar, total, evaluate)
         if not progress.history or progress.history[-1]["step"] != progress.step:
-            _evaluate(model, dev, cfg, rt, save, out_dir, pad_id, progress, epoch)
+            evaluate()
         epoch += 1
     bar.close()
     wall = time.perf_counter() - start
     return {
-        "best_dev_accuracy": progress.best, "best_step": progress.best_step, "steps": progress.step,
+        "best_dev_accuracy": progress.best, "best_step": progress.best_step, "selected_step": progress.selected_step,
+        "selected_dev_accuracy": progress.selected, "selection": cfg.select, "steps": progress.step,
         "epochs_run": epoch, "history": progress.history, "train_wall_time_s": wall,
         "train_examples_per_s": progress.seen / wall if wall else 0.0, **peak_memory_mb(rt.device),
     }
@@ -171,16 +176,32 @@ def _global_mean(terms: dict[str, float], acc) -> dict[str, float]:
 
 
 def _evaluate(model, dev: Encoded, cfg: TrainConfig, rt: Runtime, save, out_dir: Path, pad_id: int,
-              progress: _Progress, epoch: int) -> None:
-    """Dev accuracy now; keep the checkpoint if it is the best so far (ties keep the earlier)."""
+              progress: _Progress, epoch: int, diagnose: Diagnose | None = None) -> None:
+    """Dev accuracy now; keep the checkpoint if the selection rule (clean dev accuracy only) says so."""
     accuracy = dev_accuracy(model, dev, pad_id, cfg.eval_batch_size, rt)
     record = {"epoch": epoch, "step": progress.step, "dev_accuracy": accuracy, **progress.mean_terms()}
+    if diagnose is not None:
+        record.update(diagnose(model))  # logged only: selection below never reads it
     progress.history.append(record)
     log.info("step %d (epoch %d): %s", progress.step, epoch,
              ", ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float)))
     if accuracy > progress.best:
         progress.best, progress.best_step = accuracy, progress.step
+    if selects(accuracy, progress.best, progress.selected, cfg):
+        progress.selected, progress.selected_step = accuracy, progress.step
         _save_atomically(model, rt, save, out_dir / "model")
+
+
+def selects(accuracy: float, best: float, selected: float, cfg: TrainConfig) -> bool:
+    """Whether the checkpoint just evaluated replaces the saved one.
+
+    `best`: strictly better dev accuracy than the saved one (ties keep the earlier). `latest-within`:
+    any later checkpoint within `select_delta` of the best so far (longer unlearning at no visible
+    cost in clean accuracy). `best` already includes this evaluation.
+    """
+    if cfg.select == "best":
+        return accuracy > selected
+    return accuracy >= best - cfg.select_delta
 
 
 def _save_atomically(model, rt: Runtime, save, target: Path) -> None:

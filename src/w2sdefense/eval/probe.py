@@ -1,0 +1,91 @@
+"""A trigger probe: ASR over clean-correct rows on a fixed subset of triggered test rows, measured at
+every dev evaluation of a training run and drawn against the step.
+
+A diagnostic for whoever holds the triggered test set (the experimenter): checkpoint selection never
+reads it, because a defender does not know the trigger.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from w2sdefense.config import EvalConfig
+from w2sdefense.data.records import Example
+from w2sdefense.eval.metrics import backdoor_metrics
+from w2sdefense.eval.predict import predict_logits
+from w2sdefense.runtime import Runtime
+from w2sdefense.train.batching import encode
+
+
+@dataclass(frozen=True)
+class TriggerProbe:
+    """Triggered test rows and their clean versions (same `idx`, same order), and the target label."""
+
+    clean: list[Example]
+    triggered: list[Example]
+    target: int
+
+
+def make_probe(test: list[Example], triggered: list[Example], target: int, rows: int, seed: int) -> TriggerProbe | None:
+    """A seeded sample of `rows` triggered rows that have a clean version; None when rows is 0 or none pair."""
+    clean_by_idx = {ex.idx: ex for ex in test}
+    paired = [ex for ex in triggered if ex.idx in clean_by_idx]
+    if rows <= 0 or not paired:
+        return None
+    picked = sorted(random.Random(seed).sample(range(len(paired)), min(rows, len(paired))))
+    chosen = [paired[i] for i in picked]
+    return TriggerProbe([clean_by_idx[ex.idx] for ex in chosen], chosen, target)
+
+
+def probe_diagnostic(probe: TriggerProbe, cfg: EvalConfig, rt: Runtime) -> Callable[[object], Callable]:
+    """A factory: given the trained model's tokenizer, the function a training loop calls at each evaluation."""
+
+    def for_tokenizer(tokenizer) -> Callable[[torch.nn.Module], dict]:
+        clean = encode(tokenizer, probe.clean, cfg.max_length)
+        triggered = encode(tokenizer, probe.triggered, cfg.max_length)
+        idx = [ex.idx for ex in probe.clean]
+
+        def measure(model: torch.nn.Module) -> dict:
+            pad = tokenizer.pad_token_id
+            c = predict_logits(model, clean, pad, cfg.batch_size, rt, "probe clean", prepared=True)
+            t = predict_logits(model, triggered, pad, cfg.batch_size, rt, "probe triggered", prepared=True)
+            m = backdoor_metrics(c, clean.labels, idx, t, idx, probe.target)
+            return {"probe_asr_cc": m["attack_success_rate_clean_correct"], "probe_asr": m["attack_success_rate"],
+                    "probe_ca": m["clean_accuracy"], "probe_rows": len(idx)}
+
+        return measure
+
+    return for_tokenizer
+
+
+def write_curves(history: list[dict], path: Path, title: str) -> bool:
+    """Dev accuracy and probe ASR-cc against the step, as a PNG; False when there is no probe."""
+    points = [h for h in history if "probe_asr_cc" in h]
+    if not points:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in points]
+    fig, ax = plt.subplots(figsize=(6.0, 3.6))
+    ax.plot(steps, [100 * h["dev_accuracy"] for h in points], marker="o", label="clean dev accuracy")
+    ax.plot(steps, [100 * h["probe_asr_cc"] for h in points], marker="s",
+            label=f"ASR-cc, {points[0]['probe_rows']} triggered probe rows")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
