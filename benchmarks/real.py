@@ -1,15 +1,22 @@
-"""The paper's experiment at laptop scale: smollm2-135m student, minilm-l6 teacher, SST-2, three attacks.
+"""The paper's experiment at laptop scale: smollm2-135m student, minilm-l6 teacher, SST-2, three attacks,
+every defense over several seeds, floor-aware.
 
-    python benchmarks/real.py                          # all three attacks (hours on 2 cores)
-    python benchmarks/real.py --attacks badnet         # one attack
-    python benchmarks/real.py --report-only            # rebuild RESULTS.md and the chart from results/
+    python benchmarks/real.py --attacks badnet --seeds 42 43 44     # one attack, three defense seeds
+    python benchmarks/real.py                                       # all three attacks (hours on 2 cores)
+    python benchmarks/real.py --attacks badnet --variants benchmarks/variants-badnet.yaml --seeds 42
+    python benchmarks/real.py --report-only                         # rebuild RESULTS.md, summary.json, charts
 
-Each attack runs `configs/sst2-<attack>.yaml` through `w2sdefense run` (finished stages are
-re-used, so an interrupted run continues). The clean reference model and the teacher do not
-depend on the attack: they are trained once and shared. One attack also gets a W2SDefense row
-with the authors' `reference` feature alignment. Per attack, `benchmarks/results/<attack>.json`
-holds the config, versions, machine, date and metrics; `benchmarks/RESULTS.md` gets the table and
-`benchmarks/results/chart.png` the chart.
+Each attack runs `configs/sst2-<attack>.yaml` through `w2sdefense run` (finished stages are re-used,
+so an interrupted run continues). The victim (and the clean reference model and the teacher) is
+trained once per attack with the preset's seed and shared by every defense seed: the seeds vary the
+defense (adapter initialisation, batch order), not the attack. The clean model and the teacher do
+not depend on the attack and are shared across attacks too. Variant rows (`--variants`) are extra
+defense rows laid over the preset's defense of the same name, run at the first seed.
+
+Writes `benchmarks/results/<attack>.json` (every row, the config, versions, machine, date),
+`benchmarks/results/summary.json` (one value per seed), the main and variant tables in
+`benchmarks/RESULTS.md` and the README, `results/chart.png` (means with error bars) and the
+per-step curves of each attack's first-seed W2SDefense and lora-ft runs.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import yaml
@@ -27,24 +35,34 @@ from w2sdefense.fileio import write_json
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+ATTACKS = ["badnet", "insent", "synbkd"]
 SHARED_STAGES = ("clean", "teacher")  # their inputs do not include the attack
-ROW_ORDER = ["clean model", "poisoned", "teacher", "w2sdefense", "w2sdefense-reference", "lora-ft", "full-ft"]
-# Rows not listed above (variants) follow in the order they were run.
+MAIN_DEFENSES = ("w2sdefense", "lora-ft")  # the rows of the main table, when present
 
 
-def experiment(attack: str, runs: Path, reference: bool, variants: list[dict]) -> ExperimentConfig:
-    """The preset for `attack`, writing under `runs/`, plus the reference-alignment row if asked and
-    extra defense rows (`variants`: defense settings laid over the preset's defense of the same name)."""
-    cfg = load_config(ExperimentConfig, Path("configs") / f"sst2-{attack}.yaml")
+def experiment(attack: str, runs: Path, seeds: list[int], variants: list[dict],
+               only: list[str] | None = None) -> tuple[ExperimentConfig, dict]:
+    """The preset for `attack` (its defenses named in `only`, or all) with each defense repeated per seed,
+    plus the variant rows (first seed). Returns the config and, per row label, its variant name and seed.
+    """
+    cfg = load_config(ExperimentConfig, HERE.parent / "configs" / f"sst2-{attack}.yaml")
     cfg = dataclasses.replace(cfg, output_dir=str(runs / cfg.name))
-    extra = []
-    if reference:
-        w2s = next(d for d in cfg.defenses if d.name == "w2sdefense")
-        extra.append(dataclasses.replace(w2s, label="w2sdefense-reference", alignment="reference"))
+    presets = cfg.defenses
+    cfg = dataclasses.replace(cfg, defenses=[d for d in presets if only is None or d.row_name in only])
+    base = list(cfg.defenses)
     for variant in variants:
-        base = next(d for d in cfg.defenses if d.name == variant.get("name", "w2sdefense"))
-        extra.append(from_dict(DefenseConfig, merge_dicts(to_dict(base), variant), "variant"))
-    return dataclasses.replace(cfg, defenses=[*cfg.defenses, *extra])
+        template = next(d for d in presets if d.name == variant.get("name", "w2sdefense"))
+        base.append(from_dict(DefenseConfig, merge_dicts(to_dict(template), variant), "variant"))
+    rows, meta = [], {}
+    for d in base:
+        is_variant = d not in cfg.defenses
+        for seed in seeds[:1] if is_variant else seeds:
+            # The preset's seed keeps the plain label, so its finished stages are found again.
+            label = d.row_name if seed == cfg.seed else f"{d.row_name}-s{seed}"
+            rows.append(dataclasses.replace(d, label=label, seed=None if seed == cfg.seed else seed))
+            meta[label] = {"variant": d.row_name, "seed": seed, "defense": d.name, "is_variant": is_variant,
+                           "settings": to_dict(d), "preset": to_dict(next(p for p in presets if p.name == d.name))}
+    return dataclasses.replace(cfg, defenses=rows), meta
 
 
 def share(stages_from: Path | None, to: Path) -> None:
@@ -57,124 +75,209 @@ def share(stages_from: Path | None, to: Path) -> None:
             shutil.copytree(src, dst)
 
 
-def run_attack(attack: str, runs: Path, reference: bool, variants: list[dict], first_run: Path | None) -> Path:
-    """Run one attack's experiment and record its results JSON."""
+def run_attack(attack: str, runs: Path, seeds: list[int], variants: list[dict], first_run: Path | None,
+               only: list[str] | None = None) -> Path:
+    """Run one attack's experiment and record its results JSON (merged with rows recorded earlier)."""
     from w2sdefense.pipeline import run_experiment
 
-    cfg = experiment(attack, runs, reference, variants)
+    cfg, meta = experiment(attack, runs, seeds, variants, only)
     out = Path(cfg.output_dir)
     share(first_run, out)
     run_experiment(cfg)
     report = json.loads((out / "report.json").read_text())
-    write_json(RESULTS / f"{attack}.json", {"attack": attack, "run_dir": str(out), **report})
+    path = RESULTS / f"{attack}.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    if old.get("victim") == _victim_key(out):
+        # The same victim: keep rows of earlier invocations (other seeds or variants) not rerun now.
+        kept = [r for r in old.get("rows", []) if r["model"] not in {row["model"] for row in report["rows"]}]
+        report["rows"] += kept
+        meta = {**old.get("row_meta", {}), **meta}
+    write_json(path, {"attack": attack, "run_dir": str(out), "victim": _victim_key(out), "row_meta": meta, **report})
+    for row in ("w2sdefense", "lora-ft"):
+        curves = out / "defenses" / row / "curves.png"
+        if curves.is_file():
+            shutil.copyfile(curves, RESULTS / f"curves-{attack}-{row}.png")
     return out
+
+
+def _victim_key(run_dir: Path) -> str | None:
+    marker = run_dir / "victim" / "stage.json"
+    return json.loads(marker.read_text())["key"] if marker.is_file() else None
 
 
 def load_results() -> dict[str, dict]:
     """Every recorded results JSON, by attack, in the paper's order."""
-    order = ["badnet", "insent", "synbkd"]
-    found = {p.stem: json.loads(p.read_text()) for p in RESULTS.glob("*.json") if p.stem in order}
-    return {a: found[a] for a in order if a in found}
+    found = {p.stem: json.loads(p.read_text()) for p in RESULTS.glob("*.json") if p.stem in ATTACKS}
+    return {a: found[a] for a in ATTACKS if a in found}
 
 
-def _rows(result: dict) -> list[dict]:
-    return sorted(result["rows"], key=lambda r: ROW_ORDER.index(r["model"]) if r["model"] in ROW_ORDER else len(ROW_ORDER))
-
-
-def table(results: dict[str, dict]) -> str:
-    """The Markdown table: one block of rows per attack."""
-    lines = ["| attack | model | CA | ASR | P(target) on triggered | trainable params | stage time (s) | peak mem (MB) |",
-             "|---|---|---|---|---|---|---|---|"]
+def summary(results: dict[str, dict]) -> dict:
+    """The summary.json shape: one value per seed, fractions in [0, 1]."""
+    first = next(iter(results.values()))
+    out = {"student": first["config"]["victim"]["model"], "teacher": first["config"]["teacher"]["model"],
+           "dataset": "sst2", "attacks": {}}
     for attack, result in results.items():
-        for row in _rows(result):
-            lines.append(
-                f"| {attack} | {row['model']} | {row['clean_accuracy']:.2%} ({row['clean_correct']}/{row['clean_total']}) "
-                f"| {row['attack_success_rate']:.2%} ({row['attack_hits']}/{row['triggered_total']}) "
-                f"| {row['mean_target_probability_triggered']:.3f} | {row['trainable_params']:,} "
-                f"| {row['wall_time_s']:.0f} | {row['peak_memory_mb']:.0f} |")
-    return "\n".join(lines) + "\n\n" + _memory_note(results)
+        rows = {r["model"]: r for r in result["rows"]}
+        clean, poisoned = rows.get("clean model"), rows["poisoned"]
+        entry = {
+            "clean": {"ca": [clean["clean_accuracy"]], "asr_cc": [clean["attack_success_rate_clean_correct"]]}
+            if clean else None,
+            "poisoned": {"ca": [poisoned["clean_accuracy"]], "asr_cc": [poisoned["attack_success_rate_clean_correct"]],
+                         "asr": [poisoned["attack_success_rate"]]},
+            "defenses": {},
+        }
+        for label, meta in sorted(result["row_meta"].items(), key=lambda kv: kv[1]["seed"]):
+            if label not in rows:
+                continue
+            r = rows[label]
+            d = entry["defenses"].setdefault(meta["variant"], {"ca": [], "asr_cc": [], "asr": [], "seeds": [],
+                                                               "steps": r["steps"], "is_variant": meta["is_variant"]})
+            d["ca"].append(r["clean_accuracy"])
+            d["asr_cc"].append(r["attack_success_rate_clean_correct"])
+            d["asr"].append(r["attack_success_rate"])
+            d["seeds"].append(meta["seed"])
+        out["attacks"][attack] = entry
+    return out
 
 
-def _memory_note(results: dict[str, dict]) -> str:
-    """Say what the memory column measured (it changed when per-stage RSS windows were added)."""
-    kinds = {row.get("peak_memory_kind") for r in results.values() for row in r["rows"]}
-    notes = {
-        "process_max_rss": "the process's peak resident set since it started: it never decreases, so a "
-                           "stage run after a larger one shows the larger one's peak",
-        "process_peak_rss_since_stage_start": "the peak resident set during that stage (Linux VmHWM, reset "
-                                              "at the stage's start)",
-        "cuda_max_allocated": "the CUDA allocator's peak during that stage",
-    }
-    return "Peak mem: " + "; ".join(f"`{k}`: {notes[k]}" for k in sorted(k for k in kinds if k in notes)) + "."
+def _stat(values: list[float], floor: float = 0.0) -> str:
+    """mean ± sd (n) in points; sd needs two values."""
+    points = [100 * (v - floor) for v in values]
+    mean = statistics.fmean(points)
+    sd = f" ± {statistics.stdev(points):.1f}" if len(points) > 1 else ""
+    return f"{mean:.1f}{sd} (n={len(points)})"
 
 
-def chart(results: dict[str, dict], path: Path) -> None:
-    """CA and ASR per attack and model, one panel per attack."""
+def main_table(summ: dict) -> str:
+    """Per attack: the attack's strength, then CA / ASR-cc / residual of each main defense."""
+    lines = ["| attack | clean model CA / ASR-cc | poisoned CA / ASR-cc (residual) | defense | CA | ASR-cc | "
+             "residual backdoor (pts) | ASR |",
+             "|---|---|---|---|---|---|---|---|"]
+    for attack, e in summ["attacks"].items():
+        floor = e["clean"]["asr_cc"][0] if e["clean"] else 0.0
+        p = e["poisoned"]
+        head = (f"{100 * e['clean']['ca'][0]:.1f} / {100 * floor:.1f}" if e["clean"] else "–",
+                f"{100 * p['ca'][0]:.1f} / {100 * p['asr_cc'][0]:.1f} ({100 * (p['asr_cc'][0] - floor):+.1f})")
+        for name in [n for n in MAIN_DEFENSES if n in e["defenses"]]:
+            d = e["defenses"][name]
+            lines.append(f"| {attack} | {head[0]} | {head[1]} | {name} ({d['steps']} steps) | {_stat(d['ca'])} | "
+                         f"{_stat(d['asr_cc'])} | {_stat(d['asr_cc'], floor)} | {_stat(d['asr'])} |")
+    return "\n".join(lines)
+
+
+def variant_table(results: dict[str, dict]) -> str:
+    """Every first-seed defense row, variants included, with the settings that make it differ."""
+    lines = ["| attack | row | what differs from the preset's defense | CA | ASR-cc | residual (pts) | "
+             "selected step / steps |", "|---|---|---|---|---|---|---|"]
+    for attack, result in results.items():
+        rows = {r["model"]: r for r in result["rows"]}
+        floor = rows["clean model"]["attack_success_rate_clean_correct"] if "clean model" in rows else 0.0
+        for label, meta in result["row_meta"].items():
+            if label not in rows or meta["seed"] != result["config"]["seed"]:
+                continue
+            r = rows[label]
+            diff = _differences(meta["preset"], meta["settings"])
+            lines.append(f"| {attack} | {label} | {diff or '(the preset)'} | {100 * r['clean_accuracy']:.1f} | "
+                         f"{100 * r['attack_success_rate_clean_correct']:.1f} | "
+                         f"{100 * (r['attack_success_rate_clean_correct'] - floor):+.1f} | "
+                         f"{r.get('selected_step', '–')} / {r['steps']} |")
+    return "\n".join(lines)
+
+
+def _differences(preset: dict, row: dict, prefix: str = "") -> str:
+    """`key=value` for the settings where `row` differs from `preset` (label and seed aside)."""
+    parts = []
+    for key, value in row.items():
+        if key in ("label", "seed"):
+            continue
+        if isinstance(value, dict):
+            sub = _differences(preset.get(key, {}), value, f"{prefix}{key}.")
+            parts += [sub] if sub else []
+        elif preset.get(key) != value:
+            parts.append(f"{prefix}{key}={value}")
+    return ", ".join(parts)
+
+
+def chart(summ: dict, path: Path) -> None:
+    """CA and ASR-cc (means over seeds, sd as error bars) per attack; the clean model's ASR-cc as the floor line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(max(7.0, 5.5 * len(results)), 4.4), squeeze=False)
-    for ax, (attack, result) in zip(axes[0], results.items()):
-        rows = [r for r in _rows(result) if r["model"] != "teacher"]
-        xs = range(len(rows))
-        ax.bar([x - 0.2 for x in xs], [100 * r["clean_accuracy"] for r in rows], 0.4, label="CA")
-        ax.bar([x + 0.2 for x in xs], [100 * r["attack_success_rate"] for r in rows], 0.4, label="ASR")
-        ax.set_xticks(list(xs), [r["model"] for r in rows], rotation=30, ha="right")
+    attacks = summ["attacks"]
+    fig, axes = plt.subplots(1, len(attacks), figsize=(max(6.5, 5.0 * len(attacks)), 4.4), squeeze=False)
+    for ax, (attack, e) in zip(axes[0], attacks.items()):
+        bars = [("poisoned", e["poisoned"])] + [(n, e["defenses"][n]) for n in MAIN_DEFENSES if n in e["defenses"]]
+        xs = range(len(bars))
+        for offset, key, label in ((-0.2, "ca", "CA"), (0.2, "asr_cc", "ASR-cc")):
+            means = [100 * statistics.fmean(b[key]) for _, b in bars]
+            sds = [100 * statistics.stdev(b[key]) if len(b[key]) > 1 else 0 for _, b in bars]
+            ax.bar([x + offset for x in xs], means, 0.4, yerr=sds, capsize=3, label=label)
+        if e["clean"]:
+            ax.axhline(100 * e["clean"]["asr_cc"][0], color="k", ls="--", lw=1, label="clean model's ASR-cc")
+        ax.set_xticks(list(xs), [f"{n}\n(n={len(b['ca'])})" for n, b in bars])
         ax.set_ylim(0, 112)
         ax.set_title(f"SST-2, {attack}")
         ax.set_ylabel("%")
         ax.grid(axis="y", alpha=0.3)
-    axes[0][0].legend(loc="upper center", ncol=2, fontsize=9)
-    fig.suptitle("SmolLM2-135M student, MiniLM-L6 teacher: before and after unlearning", fontsize=11)
+    axes[0][0].legend(loc="upper center", ncol=3, fontsize=8)
+    fig.suptitle(f"{summ['student']} student, {summ['teacher']} teacher: mean ± sd over defense seeds", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def write_results_md(results: dict[str, dict]) -> None:
-    """Replace the real-model sections of RESULTS.md and of the README with the new table."""
+def write_results_md(results: dict[str, dict], summ: dict) -> None:
+    """Replace the real-model sections of RESULTS.md and of the README with the new tables."""
     from results_md import README, update_section
 
     env = next(iter(results.values()))["environment"]
     dates = ", ".join(sorted({r["environment"]["date"][:10] for r in results.values()}))
     provenance = (f"Measured {dates} on {env['platform']}, {env['cpu_threads']} torch threads, torch "
                   f"{env['versions']['torch']}, transformers {env['versions']['transformers']}, peft "
-                  f"{env['versions']['peft']}, by `python benchmarks/real.py`")
-    update_section("real", f"{table(results)}\n\n![CA and ASR per attack](results/chart.png)\n\n"
-                           f"{provenance} (per-attack JSON in `results/`).")
-    update_section("real", f"{table(results)}\n\n![CA and ASR per attack](benchmarks/results/chart.png)\n\n"
-                           f"{provenance}; the CPU scaling of each run is stated in `configs/sst2-<attack>.yaml`.",
-                   path=README)
+                  f"{env['versions']['peft']}, by `python benchmarks/real.py`. CA on the 1821 clean test rows; "
+                  "ASR-cc on the triggered positives whose clean version the model gets right; residual = "
+                  "ASR-cc minus the clean model's; mean ± sd over defense seeds (n), one shared victim per attack")
+    table = main_table(summ)
+    update_section("real", f"{table}\n\n![CA and ASR-cc per attack](results/chart.png)\n\n{provenance} "
+                           "(per-attack JSON and `summary.json` in `results/`).")
+    update_section("variants", variant_table(results))
+    update_section("real", f"{table}\n\n![CA and ASR-cc per attack](benchmarks/results/chart.png)\n\n{provenance}; "
+                           "the CPU scaling of each run is stated in `configs/sst2-<attack>.yaml`.", path=README)
 
 
 def main() -> None:
-    """Run the requested attacks in order, then rebuild the table and chart from all results."""
+    """Run the requested attacks in order, then rebuild summary.json, the tables and the chart."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--attacks", nargs="+", default=["badnet", "insent", "synbkd"],
-                        choices=["badnet", "insent", "synbkd"])
-    parser.add_argument("--reference-for", default="badnet", help="attack that also gets the reference-FA row")
+    parser.add_argument("--attacks", nargs="+", default=ATTACKS, choices=ATTACKS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44],
+                        help="defense seeds (the first is the preset's; the victim always uses the preset's)")
     parser.add_argument("--runs", default="runs", help="where the run folders go")
-    parser.add_argument("--variants", help="YAML list of extra defense rows (each with a `label`), e.g. "
-                        "benchmarks/variants-badnet.yaml")
+    parser.add_argument("--variants", help="YAML list of extra defense rows (each with a `label`), run at the "
+                        "first seed, e.g. benchmarks/variants-badnet.yaml")
+    parser.add_argument("--defenses", nargs="+", help="the preset's defense rows to run (default: all)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     from w2sdefense.cli import _quiet_libraries
 
     _quiet_libraries()
     if not args.report_only:
+        variants = yaml.safe_load(Path(args.variants).read_text()) if args.variants else []
         first = None
         for attack in args.attacks:
-            variants = yaml.safe_load(Path(args.variants).read_text()) if args.variants else []
-            out = run_attack(attack, Path(args.runs), attack == args.reference_for, variants, first)
+            out = run_attack(attack, Path(args.runs), args.seeds, variants, first, args.defenses)
             first = first or out
     results = load_results()
     if results:
-        chart(results, RESULTS / "chart.png")
-        write_results_md(results)
-        print(table(results))
+        summ = summary(results)
+        write_json(RESULTS / "summary.json", summ)
+        chart(summ, RESULTS / "chart.png")
+        write_results_md(results, summ)
+        print(main_table(summ))
+        print()
+        print(variant_table(results))
 
 
 if __name__ == "__main__":

@@ -216,3 +216,23 @@ def test_pool_encoder_picks_first_position() -> None:
     mask = torch.tensor([[1, 1, 0, 0], [0, 1, 1, 1]])
     pooled = pool(hidden, mask, decoder=False)
     assert torch.equal(pooled, hidden[:, 0])
+
+
+def test_normalized_alignment_is_two_minus_two_cosine() -> None:
+    from w2sdefense.defenses.losses import feature_alignment_normalized
+
+    t = torch.tensor([[3.0, 0.0], [1.0, 1.0]])
+    s = torch.tensor([[0.0, 5.0], [2.0, 2.0]])  # orthogonal (cos 0), then parallel (cos 1)
+    assert feature_alignment_normalized(t, s).item() == pytest.approx(((2 - 0) + (2 - 2)) / 2)
+
+
+def test_normalized_alignment_ignores_scale_unlike_per_sample() -> None:
+    from w2sdefense.defenses.losses import feature_alignment_normalized, feature_alignment_per_sample
+
+    g = torch.Generator().manual_seed(0)
+    t, s = torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g)
+    base = feature_alignment_normalized(t, s)
+    torch.testing.assert_close(feature_alignment_normalized(7 * t, 40 * s), base)
+    assert feature_alignment_per_sample(t, 40 * s) > 100 * feature_alignment_per_sample(t, s) / 2
+    cos = torch.nn.functional.cosine_similarity(t, s, dim=-1)
+    torch.testing.assert_close(base, (2 - 2 * cos).mean())

@@ -226,9 +226,14 @@ def run(
     if rt.is_main:
         import json
 
-        rows = json.loads((folder / "report.json").read_text())["rows"]
-        typer.echo("\n" + markdown_table(rows) + "\n")
+        report = json.loads((folder / "report.json").read_text())
+        typer.echo("\n" + markdown_table(report["rows"]) + "\n")
+        for line in report["summary"]:
+            typer.echo(line)
+        curves = sorted(str(p.relative_to(folder)) for p in folder.glob("*/**/curves.png"))
         typer.echo(f"report: {folder / 'report.md'} (and report.json)")
+        if curves:
+            typer.echo(f"per-step curves (dev accuracy, ASR-cc): {', '.join(curves)} under {folder}")
 
 
 @app.command(name="list")

@@ -114,7 +114,7 @@ class LoraConfig:
     r: int = 16
     alpha: int = 32
     dropout: float = 0.05
-    target_modules: list[str] | None = None  # None: peft's default for the architecture
+    target_modules: list[str] | None = None  # None: peft's default for the architecture; [all-linear]: every linear layer
 
     def __post_init__(self) -> None:
         _check_positive("lora.r", self.r)
@@ -196,21 +196,25 @@ class TeacherConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, lr=5e-5))
 
 
+ALIGNMENTS = ("per-sample", "normalized", "reference")
+
+
 @dataclass
 class DefenseConfig:
     """One defense to run on the poisoned model; `name` picks it from the registry."""
 
     name: str = "w2sdefense"  # w2sdefense | lora-ft | full-ft
     label: str | None = None  # the row name in reports; default: name
+    seed: int | None = None  # `run`: this defense's seed (adapter init, batch order); None: the experiment's
     alpha: float = 5.0  # cross-entropy weight
     beta: float = 0.001  # KD weight (multiplied by T^2)
     gamma: float = 0.001  # feature-alignment weight
     temperature: float = 2.0
-    alignment: str = "per-sample"  # per-sample | reference (the authors' code)
+    alignment: str = "per-sample"  # per-sample | normalized (scale-free, on unit vectors) | reference (the authors' code)
     train: TrainConfig = field(default_factory=_lora_train)
 
     def __post_init__(self) -> None:
-        _check_choice("defense.alignment", self.alignment, ("per-sample", "reference"))
+        _check_choice("defense.alignment", self.alignment, ALIGNMENTS)
         for name in ("alpha", "beta", "gamma"):
             _check_positive(f"defense.{name}", getattr(self, name), allow_zero=True)
         _check_positive("defense.temperature", self.temperature)

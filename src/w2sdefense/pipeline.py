@@ -79,7 +79,7 @@ class Stage:
 def _row(name: str, evaluation: dict, training: dict) -> dict:
     """One report row: the evaluation metrics plus the training stage's cost."""
     keep = ("trainable_params", "total_params", "peak_memory_mb", "peak_memory_kind", "best_dev_accuracy",
-            "steps", "train_examples_per_s")
+            "selected_step", "selected_dev_accuracy", "steps", "train_examples_per_s", "defense", "seed")
     return {"model": name, **evaluation, **{k: training.get(k) for k in keep},
             "wall_time_s": training.get("stage_wall_time_s")}
 
@@ -161,7 +161,8 @@ class Experiment:
         def work() -> dict:
             job = DefenseJob(student=str(victim.folder / "model"),
                              teacher=str(teacher.folder / "model") if teacher_key else None,
-                             splits=self.clean_splits(), cfg=d, rt=self.rt, out_dir=stage.folder, seed=c.seed,
+                             splits=self.clean_splits(), cfg=d, rt=self.rt, out_dir=stage.folder,
+                             seed=c.seed if d.seed is None else d.seed,
                              diagnostics=self.diagnostics(poison))
             with log_to(stage.folder / "train.log", self.rt.is_main):
                 metrics = run_defense(job)

@@ -22,6 +22,18 @@ def feature_alignment_per_sample(teacher_feature: torch.Tensor, student_pooled: 
     return diff.pow(2).sum(dim=-1).mean()
 
 
+def feature_alignment_normalized(teacher_feature: torch.Tensor, student_pooled: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ||t_i/|t_i| - s_i/|s_i|||^2 = 2 - 2 cos(t_i, s_i), in [0, 4].
+
+    Scale-free: the raw per-sample term is dominated by the student's hidden-state norm (about 47 for
+    SmolLM2 against a teacher feature of norm about 7), so its weight means something different for
+    every student; this one compares directions only, and one gamma means the same for any width.
+    """
+    t = F.normalize(teacher_feature.float(), dim=-1)
+    s = F.normalize(student_pooled.float(), dim=-1)
+    return (t - s).pow(2).sum(dim=-1).mean()
+
+
 def feature_alignment_reference(teacher_feature: torch.Tensor, student_hidden: torch.Tensor) -> torch.Tensor:
     """What the authors' code computes, kept for reproduction.
 

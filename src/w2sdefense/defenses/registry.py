@@ -65,7 +65,7 @@ def run_defense(job: DefenseJob) -> dict:
     job = dataclasses.replace(job, cfg=cfg)
     start = time.perf_counter()
     metrics = fn(job)
-    metrics.update(defense=cfg.name, defense_wall_time_s=time.perf_counter() - start)
+    metrics.update(defense=cfg.name, seed=job.seed, defense_wall_time_s=time.perf_counter() - start)
     if job.rt.is_main:
         write_json(job.out_dir / "metrics.json", metrics)
     return metrics

@@ -16,7 +16,9 @@ import torch.nn.functional as F
 
 from w2sdefense.config import DefenseConfig
 from w2sdefense.data.records import Example
+from w2sdefense.errors import UserError
 from w2sdefense.defenses.losses import (
+    feature_alignment_normalized,
     feature_alignment_per_sample,
     feature_alignment_reference,
     kd_loss,
@@ -33,10 +35,20 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TeacherCache:
-    """The frozen teacher's logits [N, K] and features [N, D] for every training example."""
+    """The frozen teacher's logits [N, K] and features [N, D] for every training example, found by the
+    example's identity (`Example.idx`), so pairing never depends on batch order or on two places
+    agreeing about positions."""
 
     logits: torch.Tensor
     features: torch.Tensor
+    row_of: dict[int, int]  # example id -> row of logits/features
+
+    def rows(self, example_ids: torch.Tensor) -> torch.Tensor:
+        """Cache rows of a batch's examples; an example the teacher never saw is an error."""
+        try:
+            return torch.tensor([self.row_of[i] for i in example_ids.tolist()], dtype=torch.long)
+        except KeyError as exc:
+            raise RuntimeError(f"no teacher output for training example {exc.args[0]}") from None
 
 
 IN_MEMORY_LIMIT = 2 * 2**30  # bytes of teacher features kept in RAM; larger sets go to a disk file
@@ -55,6 +67,9 @@ def _feature_buffer(rows: int, dim: int, spill_dir: Path | None, rank: int) -> t
 def cache_teacher_outputs(teacher: Classifier, rows: list[Example], max_length: int, batch_size: int,
                           rt: Runtime, spill_dir: Path | None = None) -> TeacherCache:
     """Run the teacher once per example (eval mode: no dropout, so every epoch would get the same)."""
+    row_of = {ex.idx: i for i, ex in enumerate(rows)}
+    if len(row_of) != len(rows):
+        raise UserError("the defender's training rows repeat an example id (idx); give each row its own")
     encoded = encode(teacher.tokenizer, rows, max_length)
     model = teacher.model.to(rt.device).eval()
     logits = torch.empty((len(rows), model.num_labels))
@@ -65,23 +80,25 @@ def cache_teacher_outputs(teacher: Classifier, rows: list[Example], max_length: 
             out = model(**{k: v.to(rt.device) for k, v in model_inputs(batch).items()})
             logits[batch["position"]] = out.logits.float().cpu()
             features[batch["position"]] = out.feature.float().cpu()
-    return TeacherCache(logits, features)
+    return TeacherCache(logits, features, row_of)
 
 
 def w2s_loss(cfg: DefenseConfig, cache: TeacherCache, decoder: bool, device: torch.device) -> LossFn:
-    """The W2SDefense step loss; teacher outputs are looked up by each example's position."""
+    """The W2SDefense step loss; teacher outputs are looked up by each example's identity."""
 
     def step(model: torch.nn.Module, batch: dict) -> StepOutput:
         out = model(**model_inputs(batch), output_hidden_states=True)
         logits, hidden = out.logits.float(), out.hidden_states[-1]
-        pos = batch["position"].cpu()  # the cache stays on the CPU; only the batch's rows move
+        pos = cache.rows(batch["example_id"].cpu())  # the cache stays on the CPU; only the batch's rows move
         t_logits, t_features = cache.logits[pos].to(device), cache.features[pos].to(device)
         ce = F.cross_entropy(logits, batch["labels"])
         kd = kd_loss(logits, t_logits, cfg.temperature)
         if cfg.alignment == "reference":
             fa = feature_alignment_reference(t_features, hidden)
         else:
-            fa = feature_alignment_per_sample(t_features, pool(hidden, batch["attention_mask"], decoder))
+            pooled = pool(hidden, batch["attention_mask"], decoder)
+            align = feature_alignment_normalized if cfg.alignment == "normalized" else feature_alignment_per_sample
+            fa = align(t_features, pooled)
         total = w2s_total(ce, kd, fa, cfg.alpha, cfg.beta, cfg.gamma)
         return StepOutput(total, {"loss": total.item(), "ce": ce.item(), "kd": kd.item(), "fa": fa.item()})
 

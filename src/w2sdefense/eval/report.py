@@ -14,8 +14,9 @@ from w2sdefense.fileio import atomic_write_text, write_json
 COLUMNS = [
     ("model", "model", "{}"),
     ("clean_accuracy", "CA", "{:.2%}"),
+    ("attack_success_rate_clean_correct", "ASR-cc", "{:.2%}"),
+    ("residual_backdoor", "residual backdoor (pts)", "{:+.1f}"),
     ("attack_success_rate", "ASR", "{:.2%}"),
-    ("attack_success_rate_clean_correct", "ASR (clean-correct)", "{:.2%}"),
     ("mean_target_probability_triggered", "P(target) triggered", "{:.3f}"),
     ("trainable_params", "trainable params", "{:,}"),
     ("wall_time_s", "stage time (s)", "{:.1f}"),
@@ -40,6 +41,48 @@ def environment() -> dict:
     }
 
 
+CLEAN_ROW, POISONED_ROW, TEACHER_ROW = "clean model", "poisoned", "teacher"
+
+
+def add_residuals(rows: list[dict]) -> list[dict]:
+    """Give every row its residual backdoor: its ASR-cc minus the clean model's, in points.
+
+    The clean model's ASR-cc is the floor: a model that never saw the trigger already sends that
+    share of triggered rows to the target (e.g. the SCPN paraphrase itself flips sentiment). Rows
+    are left as they are when the report has no clean model.
+    """
+    clean = next((r for r in rows if r["model"] == CLEAN_ROW), None)
+    if clean is None:
+        return rows
+    floor = clean["attack_success_rate_clean_correct"]
+    return [{**r, "asr_cc_floor": floor, "residual_backdoor": 100 * (r["attack_success_rate_clean_correct"] - floor)}
+            for r in rows]
+
+
+def plain_summary(rows: list[dict]) -> list[str]:
+    """What happened, in words: the backdoor planted, and how much of it each defense removed."""
+    by_name = {r["model"]: r for r in rows}
+    poisoned = by_name.get(POISONED_ROW)
+    if poisoned is None:
+        return []
+    floor_known = "residual_backdoor" in poisoned
+    lines = [f"The attack: ASR-cc {poisoned['attack_success_rate_clean_correct']:.1%} on the poisoned model"
+             + (f" (a clean model: {poisoned['asr_cc_floor']:.1%}), CA {poisoned['clean_accuracy']:.1%}."
+                if floor_known else f", CA {poisoned['clean_accuracy']:.1%}.")]
+    for r in rows:
+        if r["model"] in (CLEAN_ROW, POISONED_ROW, TEACHER_ROW):
+            continue
+        ca = 100 * (r["clean_accuracy"] - poisoned["clean_accuracy"])
+        if floor_known:
+            before, after = poisoned["residual_backdoor"], r["residual_backdoor"]
+            lines.append(f"{r['model']}: residual backdoor {before:.1f} -> {after:.1f} points ({before - after:.1f} "
+                         f"removed), CA {ca:+.1f} points.")
+        else:
+            lines.append(f"{r['model']}: ASR-cc {r['attack_success_rate_clean_correct']:.1%}, CA {ca:+.1f} points "
+                         "(no clean model in this run, so no floor: set clean_model: true).")
+    return lines
+
+
 def _cell(row: dict, key: str, fmt: str) -> str:
     value = row.get(key)
     return "–" if value is None else fmt.format(value)
@@ -55,14 +98,18 @@ def markdown_table(rows: list[dict]) -> str:
 
 def write_report(out_dir: Path, name: str, rows: list[dict], config: dict) -> dict:
     """Write report.json and report.md; return the report."""
-    report = {"name": name, "rows": rows, "config": config, "environment": environment()}
+    rows = add_residuals(rows)
+    summary = plain_summary(rows)
+    report = {"name": name, "summary": summary, "rows": rows, "config": config, "environment": environment()}
     write_json(out_dir / "report.json", report)
     env = report["environment"]
     text = (
-        f"# {name}\n\n{markdown_table(rows)}\n\n"
-        "CA: accuracy on the clean test set. ASR: share of triggered non-target test inputs "
-        "classified as the target label. ASR (clean-correct): the same over the triggered rows "
-        "whose clean version the model classifies correctly. Stage time: the wall time of the stage "
+        f"# {name}\n\n" + "".join(f"- {line}\n" for line in summary) + f"\n{markdown_table(rows)}\n\n"
+        "CA: accuracy on the clean test set. ASR-cc: share of the triggered non-target test inputs "
+        "whose clean version the model classifies correctly that it classifies as the target label "
+        "(a flip the trigger caused, not an error it already made). Residual backdoor: ASR-cc minus "
+        "the clean model's ASR-cc, in points (0 = no more backdoor than a model that never saw the "
+        "trigger). ASR: the same share over all triggered rows. Stage time: the wall time of the stage "
         "that produced the model (loading, teacher caching, training, saving; not evaluation).\n\n"
         f"Measured {env['date']} on {env['platform']} ({env['cpu_threads']} torch threads"
         f"{', ' + env['cuda'] if env['cuda'] else ''}), torch {env['versions']['torch']}, "

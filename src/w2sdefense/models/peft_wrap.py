@@ -14,9 +14,12 @@ def wrap_lora(clf: Classifier, cfg: LoraConfig) -> Classifier:
     """Freeze the base, add LoRA to the target modules, keep the head (`score`/`classifier`) trainable."""
     if isinstance(clf.model, PeftModel):
         raise ValueError("merge the existing adapter before adding a new one")
+    targets = cfg.target_modules
+    if targets == ["all-linear"]:
+        targets = "all-linear"  # peft's shorthand: every linear layer but the output head
     peft_cfg = PeftLoraConfig(
         task_type=TaskType.SEQ_CLS, r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-        target_modules=cfg.target_modules,
+        target_modules=targets,
     )
     try:
         model = get_peft_model(clf.model, peft_cfg)

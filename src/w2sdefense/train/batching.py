@@ -16,10 +16,11 @@ from w2sdefense.data.records import Example
 
 @dataclass(frozen=True)
 class Encoded:
-    """A tokenised split: token ids per example (unpadded) and labels, in the split's order."""
+    """A tokenised split: token ids per example (unpadded), labels and identities, in the split's order."""
 
     input_ids: list[list[int]]
     labels: list[int]
+    ids: list[int] | None = None  # each example's identity (`Example.idx`); None: its position
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -59,7 +60,7 @@ def encode(tokenizer, examples: Sequence[Example], max_length: int) -> Encoded:
         while len(_ENCODED) > _ENCODED_KEEP:
             _ENCODED.popitem(last=False)
     _ENCODED.move_to_end(key)
-    return Encoded(input_ids=_ENCODED[key], labels=[ex.label for ex in examples])
+    return Encoded(input_ids=_ENCODED[key], labels=[ex.label for ex in examples], ids=[ex.idx for ex in examples])
 
 
 class _EncodedDataset(Dataset):
@@ -70,7 +71,9 @@ class _EncodedDataset(Dataset):
         return len(self.encoded)
 
     def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.encoded.input_ids[i], "label": self.encoded.labels[i], "position": i}
+        ids = self.encoded.ids
+        return {"input_ids": self.encoded.input_ids[i], "label": self.encoded.labels[i], "position": i,
+                "example_id": ids[i] if ids is not None else i}
 
 
 class LengthGroupedBatches:
@@ -151,6 +154,7 @@ def make_collate(pad_id: int):
             "attention_mask": mask,
             "labels": torch.tensor([r["label"] for r in rows], dtype=torch.long),
             "position": torch.tensor([r["position"] for r in rows], dtype=torch.long),
+            "example_id": torch.tensor([r.get("example_id", r["position"]) for r in rows], dtype=torch.long),
         }
 
     return collate

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
-from transformers import get_linear_schedule_with_warmup
+from transformers import get_linear_schedule_with_warmup, set_seed
 
 from w2sdefense.config import TrainConfig
 from w2sdefense.eval.predict import predict_logits
@@ -96,6 +96,9 @@ def fit(model: torch.nn.Module, train: Encoded, dev: Encoded, cfg: TrainConfig, 
         loss_fn: LossFn = cross_entropy_step, desc: str = "train", diagnose: Diagnose | None = None) -> dict:
     """Train `model`; save the checkpoint chosen by clean dev accuracy to out_dir/model; return metrics."""
     acc = rt.accelerator
+    # Dropout draws from the global generator: seed it here, so the training stream does not depend on
+    # what ran before (W2SDefense builds its teacher between the student and the loop; lora-ft does not).
+    set_seed(seed)
     sampler = LengthGroupedBatches(train.lengths, cfg.batch_size, seed)
     # Batches are sharded here, not by accelerate: its splitting drops batches that are not full,
     # and length-grouped batches of different sizes occur anywhere in an epoch.
