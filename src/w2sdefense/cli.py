@@ -6,6 +6,8 @@ import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -32,7 +34,8 @@ app = typer.Typer(
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file with this command's settings.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Dotted override, e.g. train.lr=2e-5 (repeatable).")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (refused if it exists, unless --overwrite).")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing output folder.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite",
+                                             help="Replace an existing output folder (only one this tool made).")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder of named datasets (default: $W2S_DATA_DIR).")]
 DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", help="Dataset name, or a folder with train/dev/test files.")]
 
@@ -70,10 +73,13 @@ def poison(
 ) -> None:
     """Poison a dataset: writes train/dev/test/test_triggered.jsonl and poison.json."""
     from w2sdefense.attacks.poison import poison_dataset
+    from w2sdefense.rundir import check_outside_inputs, claim_run_dir, data_inputs
 
     job = _load(PoisonJob, config, set_, **{"data.dataset": data, "attack.name": attack,
                                              "data.data_dir": _str(data_dir)})
-    folder = poison_dataset(job.data, job.attack, job.poison, job.seed, out, overwrite)
+    check_outside_inputs(out, {**data_inputs(job.data), "config file": config})
+    with claim_run_dir(out, overwrite) as folder:
+        poison_dataset(job.data, job.attack, job.poison, job.seed, folder, overwrite)
     typer.echo(f"poisoned data written to {folder}")
 
 
@@ -94,7 +100,7 @@ def train(
     """Fine-tune a classifier (full or LoRA) on a dataset or a poisoned folder."""
     from w2sdefense.data.datasets import load_splits
     from w2sdefense.models import check_model_name
-    from w2sdefense.rundir import log_to
+    from w2sdefense.rundir import data_inputs, log_to
     from w2sdefense.runtime import make_runtime
     from w2sdefense.train.job import run_train
 
@@ -102,22 +108,24 @@ def train(
     check_model_name(job.model)  # bad names and data fail before a run folder exists
     splits = load_splits(job.data)
     rt = make_runtime(job.runtime)
-    folder = _start(out, overwrite, job, rt)
-    with log_to(folder / "train.log", rt.is_main):
+    inputs = {**data_inputs(job.data), "--model": job.model, "config file": config}
+    with _output(out, overwrite, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
         metrics = run_train(job.model, splits, job.train, rt, folder, job.seed)
     typer.echo(f"best clean dev accuracy {metrics['best_dev_accuracy']:.4f}; model and metrics.json in {folder}")
 
 
-def _start(out: Path, overwrite: bool, job, rt) -> Path:
-    """Prepare the run folder and save the resolved config in it."""
+@contextmanager
+def _output(out: Path, overwrite: bool, job, rt, inputs: dict) -> Iterator[Path]:
+    """Claim the output folder (refusing one that overlaps an input) and save the resolved config in it."""
     from w2sdefense.config import dump_yaml
     from w2sdefense.fileio import atomic_write_text
-    from w2sdefense.rundir import prepare_run_dir
+    from w2sdefense.rundir import check_outside_inputs, claim_run_dir
 
-    folder = prepare_run_dir(out, overwrite, rt.accelerator)
-    if rt.is_main:
-        atomic_write_text(folder / "config.yaml", dump_yaml(job))
-    return folder
+    check_outside_inputs(out, inputs)
+    with claim_run_dir(out, overwrite, rt.accelerator) as folder:
+        if rt.is_main:
+            atomic_write_text(folder / "config.yaml", dump_yaml(job))
+        yield folder
 
 
 @app.command()
@@ -135,7 +143,7 @@ def teacher(
     from w2sdefense.data.datasets import load_splits
     from w2sdefense.defenses.teacher import run_teacher
     from w2sdefense.models import check_model_name
-    from w2sdefense.rundir import log_to
+    from w2sdefense.rundir import data_inputs, log_to
     from w2sdefense.runtime import make_runtime
 
     job = _load(TeacherJob, config, set_, **{"data.dataset": data, "student": student, "teacher.model": model,
@@ -144,8 +152,8 @@ def teacher(
     check_model_name(job.teacher.model)
     splits = load_splits(job.data)
     rt = make_runtime(job.runtime)
-    folder = _start(out, overwrite, job, rt)
-    with log_to(folder / "train.log", rt.is_main):
+    inputs = {**data_inputs(job.data), "--student": job.student, "--model": job.teacher.model, "config file": config}
+    with _output(out, overwrite, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
         metrics = run_teacher(job.teacher, splits, job.student, rt, folder, job.seed)
     typer.echo(f"teacher (D={metrics['feature_dim']}) clean dev accuracy {metrics['best_dev_accuracy']:.4f}; in {folder}")
 
@@ -166,7 +174,7 @@ def defend(
     from w2sdefense.data.datasets import load_splits
     from w2sdefense.defenses import DefenseJob, run_defense
     from w2sdefense.models import check_model_name
-    from w2sdefense.rundir import log_to
+    from w2sdefense.rundir import data_inputs, log_to
     from w2sdefense.runtime import make_runtime
 
     job = _load(DefendJob, config, set_, **{"student": student, "teacher": teacher, "defense.name": defense,
@@ -176,8 +184,8 @@ def defend(
     check_model_name(job.student)
     splits = load_splits(job.data)
     rt = make_runtime(job.runtime)
-    folder = _start(out, overwrite, job, rt)
-    with log_to(folder / "train.log", rt.is_main):
+    inputs = {**data_inputs(job.data), "--student": job.student, "--teacher": job.teacher, "config file": config}
+    with _output(out, overwrite, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
         metrics = run_defense(DefenseJob(job.student, job.teacher, splits, job.defense, rt, folder, job.seed))
     typer.echo(f"{job.defense.name}: clean dev accuracy {metrics['best_dev_accuracy']:.4f}; adapter in {folder / 'model'}")
 
@@ -189,13 +197,20 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="metrics JSON file (default: print only).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite",
+                                            help="Replace an existing metrics file (never a run's own).")] = False,
 ) -> None:
     """Clean accuracy and attack success rate of a model on a poison folder's test sets."""
     import json
 
     from w2sdefense.eval.evaluate import run_evaluate
+    from w2sdefense.rundir import check_output_file, check_outside_inputs
     from w2sdefense.runtime import make_runtime
 
+    if out is not None:  # before any work: a refused --out must not cost a whole evaluation
+        # A metrics file may go beside the model it measures (run/eval.json): writing it deletes nothing.
+        check_outside_inputs(out, {"--data": data, "config file": config})
+        check_output_file(out, overwrite)
     job = _load(EvaluateJob, config, set_)
     rt = make_runtime(job.runtime)
     metrics = run_evaluate(model, data, job.eval, rt, out)
@@ -218,9 +233,11 @@ def run(
     """Run a whole experiment: poison, victim, teacher, defenses, evaluation, report."""
     from w2sdefense.eval.report import markdown_table
     from w2sdefense.pipeline import run_experiment
+    from w2sdefense.rundir import check_outside_inputs
     from w2sdefense.runtime import make_runtime
 
     cfg = _load(ExperimentConfig, config, set_, **{"output_dir": _str(out), "data.data_dir": _str(data_dir)})
+    check_outside_inputs(cfg.output_dir, {"config file": config})  # data and models: run_experiment
     rt = make_runtime(cfg.runtime)
     folder = run_experiment(cfg, overwrite, rt)
     if rt.is_main:

@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,7 +26,7 @@ from w2sdefense.eval.probe import TriggerProbe, make_probe, probe_diagnostic, wr
 from w2sdefense.eval.report import write_report
 from w2sdefense.fileio import atomic_write_text, write_json
 from w2sdefense.models import load_classifier
-from w2sdefense.rundir import log_to, prepare_run_dir
+from w2sdefense.rundir import check_outside_inputs, claim_run_dir, data_inputs, log_to, prepare_run_dir
 from w2sdefense.runtime import Runtime, make_runtime
 from w2sdefense.train.job import run_train
 
@@ -196,18 +195,18 @@ def run_experiment(cfg: ExperimentConfig, overwrite: bool = False, rt: Runtime |
     """Run every stage of `cfg` (re-using finished ones) and write report.json and report.md."""
     rt = rt or make_runtime(cfg.runtime)
     out = Path(cfg.output_dir)
-    if overwrite and rt.is_main and out.exists():
-        shutil.rmtree(out)
-    rt.accelerator.wait_for_everyone()
-    if rt.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out / "config.yaml", dump_yaml(cfg))
-    exp = Experiment(cfg, rt)
-    with log_to(out / "run.log", rt.is_main):
-        rows = _run_stages(exp)
-    if rt.is_main:
-        write_report(out, cfg.name, rows, to_dict(cfg))
-    rt.accelerator.wait_for_everyone()
+    models = {"victim model": cfg.victim.model, "teacher model": cfg.teacher.model}
+    check_outside_inputs(out, {**data_inputs(cfg.data, missing_ok=True), **models})
+    # Locked for the whole run; --overwrite empties only a folder this tool made.
+    with claim_run_dir(out, overwrite, rt.accelerator, stage_file=STAGE_FILE):
+        if rt.is_main:
+            atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+        exp = Experiment(cfg, rt)
+        with log_to(out / "run.log", rt.is_main):
+            rows = _run_stages(exp)
+        if rt.is_main:
+            write_report(out, cfg.name, rows, to_dict(cfg))
+        rt.accelerator.wait_for_everyone()
     return out
 
 

@@ -1,15 +1,43 @@
-"""Run folders: refuse to clobber, resolved config, a log file, metrics written atomically."""
+"""Run folders: never touching what the tool did not make, one command per folder; a log file."""
+
+# Every folder the tool makes carries MARKER; `--overwrite` empties only such folders. A command
+# holds an exclusive lock (LOCK_FILE, inside its folder) while it runs, and removes the folder
+# again if it made it and then failed.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import shutil
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from w2sdefense.errors import UserError
+from w2sdefense.fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    from w2sdefense.config import DataConfig
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+MARKER = ".w2sdefense"
+LOCK_FILE = ".w2sdefense.lock"
+BOOKKEEPING = (MARKER, LOCK_FILE)  # files that do not make a folder "not empty"
+RUN_FILES = ("config.yaml", "run.log", "report.json", "report.md")  # what `run` writes at its top
+MARKER_TEXT = "This folder was made by w2sdefense; `--overwrite` may empty and refill it.\n"
+
+_held: dict[Path, int] = {}  # folders this process has locked -> the lock's file descriptor
+
+
+def made_by_tool(path: str | Path) -> bool:
+    """True when `path` is a folder this tool made (it carries the marker file)."""
+    return (Path(path) / MARKER).is_file()
+
+
+def _has_content(path: Path) -> bool:
+    return path.is_dir() and any(entry.name not in BOOKKEEPING for entry in path.iterdir())
 
 
 def check_run_dir(path: str | Path, overwrite: bool) -> Path:
@@ -17,23 +45,248 @@ def check_run_dir(path: str | Path, overwrite: bool) -> Path:
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} exists and is not a folder")
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
+    _refuse_file_parent(path)
+    if _has_content(path) and not overwrite:
         raise UserError(f"output folder {path} already exists and is not empty; pass --overwrite to replace it")
     return path
 
 
-def prepare_run_dir(path: str | Path, overwrite: bool, accelerator=None) -> Path:
-    """Create an empty run folder (main process only; every process checks first, then waits)."""
+def check_replaceable(path: str | Path, overwrite: bool) -> Path:
+    """check_run_dir, and refuse to empty a non-empty folder the tool did not make."""
     path = check_run_dir(path, overwrite)
-    if accelerator is not None:
-        accelerator.wait_for_everyone()  # nobody checks after the main process has written
+    if _has_content(path) and not made_by_tool(path):
+        raise UserError(f"{path} is not empty and was not made by w2sdefense (it has no {MARKER} file), "
+                        "so it is never deleted, not even with --overwrite; move it away or choose another "
+                        "output folder")
+    return path
+
+
+def check_outside_inputs(out: str | Path, inputs: Mapping[str, str | Path | None]) -> None:
+    """Refuse an output that is, contains or lies inside an input (labelled: "--data", "config file")."""
+    target = Path(out).expanduser().resolve()
+    for label, value in inputs.items():
+        source = Path(value).expanduser() if value else None
+        if source is None or not source.exists():
+            continue  # a built-in model or hub name, not a path
+        real = source.resolve()
+        relation = ("is" if real == target else "contains" if target in real.parents
+                    else "lies inside" if real in target.parents else None)
+        if relation:
+            raise UserError(f"the output {out} {relation} the {label} {source}, which this command reads; "
+                            "choose an output outside its inputs")
+
+
+def data_inputs(cfg: DataConfig, missing_ok: bool = False) -> dict[str, Path]:
+    """The split files a DataConfig reads and, unless the files are explicit, the dataset folder."""
+    # missing_ok: data that cannot be found has nothing to protect, and a `run` whose stages are
+    # all finished must still work where the data is gone.
+    from w2sdefense.data.datasets import dataset_files
+
+    try:
+        files = dataset_files(cfg)
+    except UserError:
+        if missing_ok:
+            return {}
+        raise
+    folders = {"data folder": path.parent for split, path in files.items()
+               if getattr(cfg, f"{split}_file") is None}  # explicit files: not their whole folder
+    return {**folders, **{f"{split} data file": path for split, path in files.items()}}
+
+
+def check_output_file(path: str | Path, overwrite: bool) -> Path:
+    """Refuse a folder, an existing file without `overwrite`, and ever a file of a run folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a folder; --out takes the name of a JSON file")
+    if path.exists() and _belongs_to_run(path):
+        raise UserError(f"{path} is the {path.name} of the w2sdefense run folder {path.parent}, "
+                        "which this command never replaces; choose another --out")
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} already exists; pass --overwrite to replace it")
+    _refuse_file_parent(path)
+    return path
+
+
+def _refuse_file_parent(path: Path) -> None:
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise UserError(f"cannot write {path}: {blocker} is a file, not a folder")
+
+
+RUN_RECORDS = ("metrics.json", "stage.json", "config.yaml", "report.json", "report.md", "poison.json",
+               "train.jsonl", "dev.jsonl", "test.jsonl", "test_triggered.jsonl")
+
+
+def _belongs_to_run(path: Path) -> bool:
+    """One of the records of a run folder (the tool's own, or one made before markers existed).
+
+    Other files in a run folder (an earlier `evaluate --out run/eval.json`) may be replaced.
+    """
+    legacy = (path.parent / "stage.json").is_file() or (path.parent / "config.yaml").is_file()
+    return path.name in RUN_RECORDS and (made_by_tool(path.parent) or legacy)
+
+
+def prepare_run_dir(path: str | Path, overwrite: bool, accelerator=None) -> Path:
+    """Create an empty, marked run folder (main process only; every process checks first, then waits)."""
+    path = check_replaceable(path, overwrite)
+    _wait(accelerator)  # nobody checks after the main process has written
     if accelerator is None or accelerator.is_main_process:
-        if path.is_dir():
-            shutil.rmtree(path)
         path.mkdir(parents=True, exist_ok=True)
+        _empty(path)
+        _mark(path)
+    _wait(accelerator)
+    return path
+
+
+@contextmanager
+def claim_run_dir(path: str | Path, overwrite: bool, accelerator=None,
+                  stage_file: str | None = None) -> Iterator[Path]:
+    """prepare_run_dir, locked for the block; a failed block removes the folder if it made it."""
+    # With `stage_file` (`run`) an existing folder is re-used (emptied only with `overwrite`), and
+    # one holding a finished stage is kept when the block fails: the rerun re-uses that stage.
+    path = Path(path)
+    if stage_file:
+        _check_run_reusable(path, stage_file)
+    else:
+        check_replaceable(path, overwrite)
+    _wait(accelerator)
+    main = accelerator is None or accelerator.is_main_process
+    created = _make(path) if main else None
+    fd = _lock(path) if main else None
+    try:
+        if main:
+            _fill_in(path, overwrite, stage_file)
+        _wait(accelerator)
+        yield path
+    except BaseException:
+        if created is not None and not (stage_file and any(path.rglob(stage_file))):
+            _remove(path, created)
+        raise
+    finally:
+        if fd is not None:
+            _unlock(path, fd)
+
+
+def _fill_in(path: Path, overwrite: bool, stage_file: str | None) -> None:
+    """Under the lock: adopt an older run folder, or empty the folder; then mark it."""
+    if stage_file and not made_by_tool(path):
+        for stage in path.rglob(stage_file):
+            _mark(stage.parent)  # stages of an older version of the tool, or copied from another run
+    if overwrite or not stage_file:
+        _empty(path)
+    _mark(path)
+
+
+def _check_run_reusable(path: Path, stage_file: str) -> None:
+    """Refuse a file, or a non-empty folder that is neither marked nor made of `run` output only."""
+    check_run_dir(path, overwrite=True)
+    if not _has_content(path) or made_by_tool(path):
+        return
+    foreign = _not_run_output(path, stage_file)
+    if foreign is None:
+        return  # a run of an older version of the tool, or finished stages copied in
+    raise UserError(f"{path} is not empty and was not made by w2sdefense (it has no {MARKER} file, and "
+                    f"{foreign} is no finished stage of a run), so `run` will neither re-use nor replace it; "
+                    "move it away or choose another output folder")
+
+
+def _not_run_output(path: Path, stage_file: str) -> str | None:
+    """The first entry that is neither a file `run` writes nor a folder holding a finished stage."""
+    content = [e for e in sorted(path.iterdir()) if e.name not in BOOKKEEPING]
+    others = [e for e in content if not (e.is_file() and e.name in RUN_FILES)]
+    for entry in others:
+        if not (entry.is_dir() and not entry.is_symlink() and any(entry.rglob(stage_file))):
+            return entry.name
+    return None if others else content[0].name  # a config.yaml without any stage proves nothing
+
+
+def _make(path: Path) -> Path | None:
+    """Create `path` (and parents); return the topmost folder this call created, or None."""
+    missing = [p for p in (path, *path.parents) if not p.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir()
+    except FileExistsError:
+        return None  # another process made it first: it is not ours to remove
+    return missing[-1]
+
+
+def _remove(path: Path, created: Path) -> None:
+    """Delete the folder a failed command made, then the empty parents it made for it."""
+    shutil.rmtree(path, ignore_errors=True)
+    for parent in path.parents:
+        if parent == created.parent:
+            break
+        try:
+            parent.rmdir()  # only when empty: something else may have been put there meanwhile
+        except OSError:
+            break
+
+
+def _empty(path: Path) -> None:
+    """Delete everything in `path` except the lock file, once no other command works inside it."""
+    for lock in (*(p / LOCK_FILE for p in path.resolve().parents), *path.rglob(LOCK_FILE)):
+        _refuse_if_locked(lock)
+    for entry in path.iterdir():
+        if entry.name == LOCK_FILE:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()  # a link is removed, never followed
+
+
+def _mark(path: Path) -> None:
+    if not made_by_tool(path):
+        atomic_write_text(path / MARKER, MARKER_TEXT)
+
+
+def _lock(path: Path) -> int:
+    """Take the folder's exclusive lock and record our pid in it; refuse at once if it is held."""
+    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = _holder(fd)
+        os.close(fd)
+        raise UserError(_busy(path, holder)) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _held[path.resolve()] = fd
+    return fd
+
+
+def _unlock(path: Path, fd: int) -> None:
+    _held.pop(path.resolve(), None)
+    os.close(fd)  # closing releases the lock; the file stays, so no waiter locks a deleted inode
+
+
+def _refuse_if_locked(lock: Path) -> None:
+    """Refuse when another command holds `lock` (a lock this process holds is fine)."""
+    if lock.parent.resolve() in _held or not lock.is_file():
+        return
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UserError(_busy(lock.parent, _holder(fd))) from None
+    finally:
+        os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    pid = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    return f"process {pid}" if pid.isdigit() else "another process"
+
+
+def _busy(path: Path, holder: str) -> str:
+    return (f"{path} is in use by another w2sdefense command ({holder}); wait for it to finish "
+            "or choose another output folder")
+
+
+def _wait(accelerator) -> None:
     if accelerator is not None:
         accelerator.wait_for_everyone()
-    return path
 
 
 @contextmanager

@@ -18,7 +18,7 @@ from w2sdefense.data.loading import load_examples
 from w2sdefense.data.records import Example, Splits
 from w2sdefense.errors import UserError
 from w2sdefense.fileio import sha256_file, write_json, write_jsonl
-from w2sdefense.rundir import check_run_dir
+from w2sdefense.rundir import check_outside_inputs, check_run_dir, data_inputs
 
 SPLIT_FILES = ("train.jsonl", "dev.jsonl", "test.jsonl", "test_triggered.jsonl")
 META_FILE = "poison.json"
@@ -217,6 +217,7 @@ def poison_dataset(data_cfg: DataConfig, attack_cfg: AttackConfig, poison_cfg: P
     """Load the splits, poison them with the configured attack and write the poison folder."""
     out = Path(out_dir)
     check_run_dir(out, overwrite)  # fail before the work, not after it
+    check_outside_inputs(out, data_inputs(data_cfg))  # never write over the source data
     files = dataset_files(data_cfg)
     splits = load_splits(data_cfg)
     attack = get_attack(attack_cfg, transforms_dir(data_cfg))

@@ -1,0 +1,299 @@
+"""The tool never deletes or rewrites what it did not make: inputs, foreign folders, locked runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from w2sdefense.attacks import get_attack, poison_splits, write_poison_folder
+from w2sdefense.config import AttackConfig, ExperimentConfig, PoisonConfig, from_dict
+from w2sdefense.data import Example, Splits
+from w2sdefense.errors import UserError
+from w2sdefense.fileio import sha256_file, write_json
+from w2sdefense.pipeline import run_experiment
+from w2sdefense.rundir import LOCK_FILE, MARKER, check_outside_inputs, claim_run_dir, prepare_run_dir
+
+REPO = Path(__file__).resolve().parents[1]
+CLI = str(Path(sys.executable).with_name("w2sdefense"))
+TINY_TRAIN = ("--set", "train.epochs=1", "--set", "train.max_length=16", "--set", "train.batch_size=8")
+
+
+def w2s(*args: str) -> subprocess.CompletedProcess:
+    """Run the installed console script (no data dir: every test names its data)."""
+    env = {**os.environ, "W2S_DATA_DIR": "/nonexistent", "W2S_CACHE_DIR": "/nonexistent"}
+    return subprocess.run([CLI, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+
+
+def error_line(proc: subprocess.CompletedProcess) -> str:
+    """The one `error:` line of a command that must fail with exit code 2 and no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def make_dataset(folder: Path, rows: int = 24) -> Path:
+    """A two-class dataset folder (train/dev/test.jsonl) whose words give the label away."""
+    folder.mkdir(parents=True)
+    for split in ("train", "dev", "test"):
+        lines = [json.dumps({"text": f"{'good fine' if i % 2 else 'bad dull'} {split} {i}", "label": i % 2})
+                 for i in range(rows)]
+        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file below `folder` and its hash."""
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def poison_dir(tmp_path: Path) -> Path:
+    """A small poison folder written in process (badnet, target 0)."""
+    rows = [Example(f"{'good fine' if i % 2 else 'bad dull'} row {i}", i % 2, i) for i in range(16)]
+    splits = Splits(train=rows, dev=rows[:8], test=rows[:8], num_labels=2)
+    data = poison_splits(splits, get_attack(AttackConfig(name="badnet"), None), PoisonConfig(count=2), 0)
+    return write_poison_folder(tmp_path / "pdir", data, {"poison": {"target_label": 0}})
+
+
+def experiment(out: Path, data: Path) -> ExperimentConfig:
+    """A tiny experiment (poison and victim only) on `data`."""
+    train = {"epochs": 1, "max_length": 16, "batch_size": 8}
+    return from_dict(ExperimentConfig, {
+        "name": "safety", "output_dir": str(out), "data": {"dataset": str(data)}, "poison": {"count": 2},
+        "victim": {"model": "tiny-llama", "train": train}, "eval": {"max_length": 16}})
+
+
+# ------------------------------------------------------------------------------------------------
+# 1. Outputs that overlap an input; folders the tool did not make
+
+
+def test_train_refuses_an_out_folder_that_contains_its_data(tmp_path):
+    runs = tmp_path / "runs"
+    data = make_dataset(runs / "p")
+    (runs / "notes.txt").write_text("mine")
+    before = snapshot(runs)
+    line = error_line(w2s("train", "--data", str(data), "--model", "tiny-bert", "--out", str(runs), "--overwrite",
+                          *TINY_TRAIN))
+    assert f"contains the data folder {data}" in line
+    assert snapshot(runs) == before
+
+
+def test_poison_refuses_to_write_over_its_source_data(tmp_path):
+    data = make_dataset(tmp_path / "ds")
+    before = snapshot(data)
+    line = error_line(w2s("poison", "--data", str(data), "--out", str(data), "--overwrite",
+                          "--set", "poison.count=2"))
+    assert "is the data folder" in line
+    assert snapshot(data) == before
+
+
+def test_defend_refuses_an_out_folder_that_contains_the_student(tmp_path):
+    data = make_dataset(tmp_path / "ds")
+    student = tmp_path / "runs" / "victim"
+    student.mkdir(parents=True)
+    (student / "weights.bin").write_text("not really")
+    line = error_line(w2s("defend", "--student", str(student), "--data", str(data), "--out", str(tmp_path / "runs"),
+                          "--overwrite", "--defense", "lora-ft"))
+    assert "--student" in line and (student / "weights.bin").is_file()
+
+
+@pytest.mark.parametrize("command", ["poison", "train", "teacher", "defend", "evaluate", "run"])
+def test_every_command_refuses_an_out_that_holds_its_config_file(tmp_path, poison_dir, command):
+    data = make_dataset(tmp_path / "ds")
+    work = tmp_path / "work"
+    work.mkdir()
+    config = work / "settings.yaml"
+    config.write_text("# every setting comes from the command line\n")
+    (tmp_path / "student").mkdir()
+    args = {
+        "poison": ["poison", "--config", str(config), "--data", str(data), "--set", "poison.count=2"],
+        "train": ["train", "--config", str(config), "--data", str(data), "--model", "tiny-bert", *TINY_TRAIN],
+        "teacher": ["teacher", "--config", str(config), "--data", str(data), "--student", "tiny-llama", "--model",
+                    "tiny-bert", "--set", "teacher.train.epochs=1", "--set", "teacher.train.max_length=16"],
+        "defend": ["defend", "--config", str(config), "--data", str(data), "--student", str(tmp_path / "student"),
+                   "--defense", "lora-ft"],
+        "evaluate": ["evaluate", "--config", str(config), "--model", "tiny-bert", "--data", str(poison_dir)],
+        "run": ["run", str(config), "--set", f"data.dataset={data}", "--set", "poison.count=2",
+                "--set", "victim.model=tiny-llama", "--set", "victim.train.epochs=1",
+                "--set", "victim.train.max_length=16"],
+    }[command]
+    out = config if command == "evaluate" else work  # evaluate writes a file
+    line = error_line(w2s(*args, "--out", str(out), "--overwrite"))
+    assert "config" in line and str(config) in line
+    assert config.read_text().startswith("# every setting")
+    assert sorted(p.name for p in work.iterdir()) == ["settings.yaml"]
+
+
+def test_outputs_inside_an_input_are_refused_and_neighbours_are_not(tmp_path):
+    data = make_dataset(tmp_path / "ds")
+    with pytest.raises(UserError, match=r"lies inside the --data .*ds"):
+        check_outside_inputs(data / "poisoned", {"--data": data})
+    with pytest.raises(UserError, match=r"is the --model"):
+        check_outside_inputs(tmp_path / "x" / ".." / "ds", {"--model": data})
+    check_outside_inputs(tmp_path / "ds2", {"--data": data, "--model": "tiny-llama"})  # a name, not a path
+
+
+def test_overwrite_replaces_only_folders_the_tool_made(tmp_path):
+    stage = prepare_run_dir(tmp_path / "stage", overwrite=False)
+    assert (stage / MARKER).is_file()
+    (stage / "old.bin").write_text("stale")
+    prepare_run_dir(stage, overwrite=True)  # a stage folder the tool made is redone
+    assert sorted(p.name for p in stage.iterdir()) == [MARKER]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    with pytest.raises(UserError, match=r"was not made by w2sdefense .*never deleted, not even with --overwrite"):
+        prepare_run_dir(mine, overwrite=True)
+    assert (mine / "thesis.tex").read_text() == "years of work"
+
+
+def test_run_overwrite_keeps_a_folder_the_tool_did_not_make(tmp_path, rt):
+    data = make_dataset(tmp_path / "ds")
+    out = tmp_path / "project"
+    out.mkdir()
+    (out / "notes.md").write_text("keep me")
+    with pytest.raises(UserError, match="not made by w2sdefense"):
+        run_experiment(experiment(out, data), overwrite=True, rt=rt)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.md"]
+
+
+def test_run_refuses_an_out_folder_that_contains_its_data(tmp_path, rt):
+    data = make_dataset(tmp_path / "runs" / "ds")
+    before = snapshot(tmp_path / "runs")
+    with pytest.raises(UserError, match=r"contains the .*data"):
+        run_experiment(experiment(tmp_path / "runs", data), overwrite=True, rt=rt)
+    assert snapshot(tmp_path / "runs") == before
+
+
+def test_run_never_replaces_a_foreign_folder_where_a_stage_goes(tmp_path, rt):
+    data = make_dataset(tmp_path / "ds")
+    out = tmp_path / "exp"
+    (out / "victim").mkdir(parents=True)
+    (out / "victim" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not made by w2sdefense"):
+        run_experiment(experiment(out, data), rt=rt)
+    assert (out / "victim" / "notes.txt").read_text() == "mine"
+
+
+def test_run_reuses_finished_stages_copied_from_another_run(tmp_path):
+    out = tmp_path / "exp"
+    (out / "teacher" / "model").mkdir(parents=True)
+    write_json(out / "teacher" / "stage.json", {"name": "teacher", "key": "abc"})
+    (out / "run.log").write_text("an older run\n")
+    with claim_run_dir(out, overwrite=False, stage_file="stage.json") as folder:
+        assert (folder / MARKER).is_file() and (folder / "teacher" / MARKER).is_file()
+    assert (out / "teacher" / "stage.json").is_file() and (out / "run.log").read_text() == "an older run\n"
+
+
+# ------------------------------------------------------------------------------------------------
+# 2. One command per folder at a time
+
+
+def test_a_locked_folder_refuses_a_second_claim_until_released(tmp_path):
+    with claim_run_dir(tmp_path / "run", overwrite=False) as folder:
+        (folder / "checkpoint").write_text("in progress")
+        with pytest.raises(UserError, match=rf"in use by .*process {os.getpid()}"):
+            with claim_run_dir(folder, overwrite=True):
+                pass
+        assert (folder / "checkpoint").read_text() == "in progress"
+    with claim_run_dir(folder, overwrite=True):
+        assert not (folder / "checkpoint").exists()
+
+
+def test_commands_on_a_folder_in_use_fail_at_once_naming_the_process(tmp_path):
+    data = make_dataset(tmp_path / "ds")
+    config = tmp_path / "exp.yaml"
+    config.write_text(f"data: {{dataset: {data}}}\npoison: {{count: 2}}\n")
+    with claim_run_dir(tmp_path / "busy", overwrite=False) as folder:
+        (folder / "checkpoint").write_text("in progress")
+        line = error_line(w2s("train", "--data", str(data), "--model", "tiny-bert", "--out", str(folder),
+                              "--overwrite", *TINY_TRAIN))
+        assert f"process {os.getpid()}" in line
+        line = error_line(w2s("run", str(config), "--out", str(folder)))
+        assert f"process {os.getpid()}" in line
+        assert sorted(p.name for p in folder.iterdir()) == sorted([MARKER, LOCK_FILE, "checkpoint"])
+
+
+# ------------------------------------------------------------------------------------------------
+# 3. A failed command leaves no folder it made
+
+
+def test_a_failed_block_removes_only_what_it_created(tmp_path):
+    with pytest.raises(RuntimeError):
+        with claim_run_dir(tmp_path / "a" / "b" / "c", overwrite=False):
+            raise RuntimeError("boom")
+    assert not (tmp_path / "a").exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(UserError):
+        with claim_run_dir(existing, overwrite=False):
+            raise UserError("bad setting")
+    assert existing.is_dir()
+    run = tmp_path / "run"
+    with pytest.raises(RuntimeError):
+        with claim_run_dir(run, overwrite=False, stage_file="stage.json"):
+            write_json(run / "poison" / "stage.json", {"key": "k"})
+            raise RuntimeError("the victim stage crashed")
+    assert (run / "poison" / "stage.json").is_file()  # a finished stage is kept for the rerun
+
+
+def test_a_failed_command_leaves_no_output_folder(tmp_path):
+    data = make_dataset(tmp_path / "ds")
+    empty_model = tmp_path / "no-weights"
+    empty_model.mkdir()
+    proc = w2s("train", "--data", str(data), "--model", str(empty_model), "--out", str(tmp_path / "out"),
+               *TINY_TRAIN)
+    assert proc.returncode != 0
+    assert not (tmp_path / "out").exists()
+    line = error_line(w2s("poison", "--data", str(data), "--out", str(tmp_path / "p"), "--set", "poison.count=999"))
+    assert "999" in line and not (tmp_path / "p").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# 4. evaluate --out
+
+
+def test_evaluate_checks_its_output_before_any_work(tmp_path, poison_dir):
+    run = prepare_run_dir(tmp_path / "victim", overwrite=False)
+    write_json(run / "metrics.json", {"best_dev_accuracy": 0.9})
+    before = (run / "metrics.json").read_bytes()
+    base = ("evaluate", "--model", "tiny-bert", "--data", str(poison_dir), "--set", "eval.max_length=16")
+    line = error_line(w2s(*base, "--out", str(run / "metrics.json"), "--overwrite"))
+    assert "metrics.json" in line and "run folder" in line
+    assert (run / "metrics.json").read_bytes() == before
+    (tmp_path / "reports").mkdir()
+    line = error_line(w2s(*base, "--out", str(tmp_path / "reports")))
+    assert "is a folder" in line
+    old = tmp_path / "eval.json"
+    old.write_text("{}")
+    assert "--overwrite" in error_line(w2s(*base, "--out", str(old)))
+    assert old.read_text() == "{}"
+    proc = w2s(*base, "--out", str(old), "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(old.read_text())["clean_total"] == 8
+    # A metrics file of its own beside a run's records is fine, and may be replaced.
+    for flags in ((), ("--overwrite",)):
+        proc = w2s(*base, "--out", str(run / "eval.json"), *flags)
+        assert proc.returncode == 0, proc.stderr
+    assert (run / "metrics.json").read_bytes() == before
+
+
+# ------------------------------------------------------------------------------------------------
+# 5. File modes
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_written_files_honour_the_umask(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        write_json(tmp_path / "m.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == mode
