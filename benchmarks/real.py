@@ -93,6 +93,7 @@ def run_attack(attack: str, runs: Path, seeds: list[int], variants: list[dict], 
         report["rows"] += kept
         meta = {**old.get("row_meta", {}), **meta}
     write_json(path, {"attack": attack, "run_dir": str(out), "victim": _victim_key(out), "row_meta": meta, **report})
+    add_victim_history(path)
     for row in ("w2sdefense", "lora-ft"):
         curves = out / "defenses" / row / "curves.png"
         if curves.is_file():
@@ -109,6 +110,15 @@ def load_results() -> dict[str, dict]:
     """Every recorded results JSON, by attack, in the paper's order."""
     found = {p.stem: json.loads(p.read_text()) for p in RESULTS.glob("*.json") if p.stem in ATTACKS}
     return {a: found[a] for a in ATTACKS if a in found}
+
+
+def add_victim_history(path: Path) -> None:
+    """Record the victim's per-evaluation history in a results JSON, when its run folder holds that victim."""
+    result = json.loads(path.read_text())
+    metrics = Path(result["run_dir"]) / "victim" / "metrics.json"
+    if result.get("victim") == _victim_key(Path(result["run_dir"])) and metrics.is_file():
+        victim = json.loads(metrics.read_text())
+        write_json(path, {**result, "victim_history": victim["history"], "victim_selected_step": victim.get("selected_step")})
 
 
 def summary(results: dict[str, dict]) -> dict:
@@ -162,6 +172,25 @@ def main_table(summ: dict) -> str:
             d = e["defenses"][name]
             lines.append(f"| {attack} | {head[0]} | {head[1]} | {name} ({d['steps']} steps) | {_stat(d['ca'])} | "
                          f"{_stat(d['asr_cc'])} | {_stat(d['asr_cc'], floor)} | {_stat(d['asr'])} |")
+    return "\n".join(lines)
+
+
+def attack_table(results: dict[str, dict]) -> str:
+    """The attacker's side: the recipe, the planted backdoor, and the probe's ASR-cc at each victim evaluation."""
+    lines = ["| attack | poisoned rows | victim training | clean model CA / ASR-cc | poisoned CA / ASR-cc / ASR | "
+             "probe ASR-cc by step (dev acc) | kept step |", "|---|---|---|---|---|---|---|"]
+    for attack, result in results.items():
+        cfg, rows = result["config"], {r["model"]: r for r in result["rows"]}
+        t, clean, p = cfg["victim"]["train"], rows.get("clean model"), rows["poisoned"]
+        recipe = f"{t['method']}, {t['epochs']:g} epochs, lr {t['lr']:g}, {t['select']}"
+        probe = ", ".join(f"{h['step']}: {100 * h['probe_asr_cc']:.1f} ({100 * h['dev_accuracy']:.1f})"
+                          for h in result.get("victim_history", []) if "probe_asr_cc" in h)
+        lines.append(
+            f"| {attack} | {cfg['poison']['count']} of {cfg['data']['max_train']} ({cfg['poison']['mode']}) | {recipe} | "
+            + (f"{100 * clean['clean_accuracy']:.2f} / {100 * clean['attack_success_rate_clean_correct']:.2f} | "
+               if clean else "– | ")
+            + f"{100 * p['clean_accuracy']:.2f} / {100 * p['attack_success_rate_clean_correct']:.2f} / "
+              f"{100 * p['attack_success_rate']:.2f} | {probe or '–'} | {result.get('victim_selected_step', '–')} |")
     return "\n".join(lines)
 
 
@@ -244,6 +273,7 @@ def write_results_md(results: dict[str, dict], summ: dict) -> None:
     update_section("real", f"{table}\n\n![CA and ASR-cc per attack](results/chart.png)\n\n{provenance} "
                            "(per-attack JSON and `summary.json` in `results/`).")
     update_section("variants", variant_table(results))
+    update_section("attack", attack_table(results))
     update_section("real", f"{table}\n\n![CA and ASR-cc per attack](benchmarks/results/chart.png)\n\n{provenance}; "
                            "the CPU scaling of each run is stated in `configs/sst2-<attack>.yaml`.", path=README)
 
@@ -269,12 +299,17 @@ def main() -> None:
         for attack in args.attacks:
             out = run_attack(attack, Path(args.runs), args.seeds, variants, first, args.defenses)
             first = first or out
+    for path in RESULTS.glob("*.json"):
+        if path.stem in ATTACKS:
+            add_victim_history(path)
     results = load_results()
     if results:
         summ = summary(results)
         write_json(RESULTS / "summary.json", summ)
         chart(summ, RESULTS / "chart.png")
         write_results_md(results, summ)
+        print(attack_table(results))
+        print()
         print(main_table(summ))
         print()
         print(variant_table(results))
