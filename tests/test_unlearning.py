@@ -92,6 +92,7 @@ def test_teacher_outputs_follow_the_example_through_shuffled_length_grouped_batc
     ("latest-within", 0.0, [0.80, 0.85, 0.85, 0.84], 2),    # within 0: the latest tie
     ("latest-within", 0.02, [0.80, 0.85, 0.80, 0.70], 1),   # later ones too far below
     ("latest-within", 0.05, [0.80, 0.90, 0.87, 0.95], 3),   # a new best raises the bar
+    ("latest-within", 0.01, [268 / 300, 265 / 300], 1),     # exactly 1 point below, despite float rounding
 ])
 def test_checkpoint_rules_pick_by_dev_accuracy(rule, delta, history, kept):
     cfg = TrainConfig(select=rule, select_delta=delta)
