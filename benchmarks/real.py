@@ -57,8 +57,8 @@ def experiment(attack: str, runs: Path, seeds: list[int], variants: list[dict],
     for d in base:
         is_variant = d not in cfg.defenses
         for seed in seeds[:1] if is_variant else seeds:
-            # The preset's seed keeps the plain label, so its finished stages are found again.
-            label = d.row_name if seed == cfg.seed else f"{d.row_name}-s{seed}"
+            # Variants run at one seed and keep their label; repeated rows are named by their seed.
+            label = d.row_name if is_variant else f"{d.row_name}-s{seed}"
             rows.append(dataclasses.replace(d, label=label, seed=None if seed == cfg.seed else seed))
             meta[label] = {"variant": d.row_name, "seed": seed, "defense": d.name, "is_variant": is_variant,
                            "settings": to_dict(d), "preset": to_dict(next(p for p in presets if p.name == d.name))}
@@ -95,7 +95,7 @@ def run_attack(attack: str, runs: Path, seeds: list[int], variants: list[dict], 
     write_json(path, {"attack": attack, "run_dir": str(out), "victim": _victim_key(out), "row_meta": meta, **report})
     add_victim_history(path)
     for row in ("w2sdefense", "lora-ft"):
-        curves = out / "defenses" / row / "curves.png"
+        curves = out / "defenses" / f"{row}-s{seeds[0]}" / "curves.png"
         if curves.is_file():
             shutil.copyfile(curves, RESULTS / f"curves-{attack}-{row}.png")
     return out
