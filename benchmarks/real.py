@@ -106,6 +106,26 @@ def _victim_key(run_dir: Path) -> str | None:
     return json.loads(marker.read_text())["key"] if marker.is_file() else None
 
 
+def merge_rows(other: Path, renames: list[str]) -> None:
+    """Add the rows of another invocation's results JSON (same attack, same victim) to ours, renamed
+    `old=new` where a label would clash (e.g. rows run under an earlier preset)."""
+    theirs = json.loads(other.read_text())
+    path = RESULTS / f"{theirs['attack']}.json"
+    ours = json.loads(path.read_text())
+    if ours.get("victim") != theirs.get("victim"):
+        raise SystemExit(f"{other} was measured on another victim than {path}; not merged")
+    names = dict(r.split("=", 1) for r in renames)
+    taken = {r["model"] for r in ours["rows"]}
+    for row in theirs["rows"]:
+        label = names.get(row["model"], row["model"])
+        meta = theirs["row_meta"].get(row["model"])
+        if meta is None or label in taken:
+            continue  # stages shared by both (clean, poisoned, teacher) or a clash left unrenamed
+        ours["rows"].append({**row, "model": label})
+        ours["row_meta"][label] = {**meta, "variant": names.get(meta["variant"], meta["variant"]), "is_variant": True}
+    write_json(path, ours)
+
+
 def load_results() -> dict[str, dict]:
     """Every recorded results JSON, by attack, in the paper's order."""
     found = {p.stem: json.loads(p.read_text()) for p in RESULTS.glob("*.json") if p.stem in ATTACKS}
@@ -201,11 +221,13 @@ def variant_table(results: dict[str, dict]) -> str:
     for attack, result in results.items():
         rows = {r["model"]: r for r in result["rows"]}
         floor = rows["clean model"]["attack_success_rate_clean_correct"] if "clean model" in rows else 0.0
+        # Compared with today's preset (rows merged from an earlier invocation may predate it).
+        presets = {d["name"]: d for d in reversed(result["config"]["defenses"])}
         for label, meta in result["row_meta"].items():
             if label not in rows or meta["seed"] != result["config"]["seed"]:
                 continue
             r = rows[label]
-            diff = _differences(meta["preset"], meta["settings"])
+            diff = _differences(presets.get(meta["defense"], meta["preset"]), meta["settings"])
             lines.append(f"| {attack} | {label} | {diff or '(the preset)'} | {100 * r['clean_accuracy']:.1f} | "
                          f"{100 * r['attack_success_rate_clean_correct']:.1f} | "
                          f"{100 * (r['attack_success_rate_clean_correct'] - floor):+.1f} | "
@@ -217,7 +239,7 @@ def _differences(preset: dict, row: dict, prefix: str = "") -> str:
     """`key=value` for the settings where `row` differs from `preset` (label and seed aside)."""
     parts = []
     for key, value in row.items():
-        if key in ("label", "seed"):
+        if key in ("label", "seed", "name"):
             continue
         if isinstance(value, dict):
             sub = _differences(preset.get(key, {}), value, f"{prefix}{key}.")
@@ -288,12 +310,16 @@ def main() -> None:
     parser.add_argument("--variants", help="YAML list of extra defense rows (each with a `label`), run at the "
                         "first seed, e.g. benchmarks/variants-badnet.yaml")
     parser.add_argument("--defenses", nargs="+", help="the preset's defense rows to run (default: all)")
+    parser.add_argument("--merge", help="another invocation's results JSON whose rows to add (same victim)")
+    parser.add_argument("--rename", nargs="*", default=[], help="with --merge: old=new row labels")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     from w2sdefense.cli import _quiet_libraries
 
     _quiet_libraries()
-    if not args.report_only:
+    if args.merge:
+        merge_rows(Path(args.merge), args.rename)
+    elif not args.report_only:
         variants = yaml.safe_load(Path(args.variants).read_text()) if args.variants else []
         first = None
         for attack in args.attacks:

@@ -238,7 +238,7 @@ def test_lora_dropout_range(dropout: float, ok: bool) -> None:
 
 def test_defense_alignment_choices_and_weights() -> None:
     assert DefenseConfig(alignment="reference").alignment == "reference"
-    with pytest.raises(UserError, match=r"defense\.alignment must be one of per-sample, reference"):
+    with pytest.raises(UserError, match=r"defense\.alignment must be one of per-sample, normalized, reference"):
         DefenseConfig(alignment="mean")
     with pytest.raises(UserError, match=r"defense\.beta must be >= 0"):
         DefenseConfig(beta=-1.0)
