@@ -148,7 +148,7 @@ def test_probe_measures_asr_over_clean_correct_rows(rt):
 def test_curves_png_is_written_only_with_a_probe(tmp_path):
     history = [{"step": 10, "dev_accuracy": 0.8, "probe_asr_cc": 0.9, "probe_rows": 5},
                {"step": 20, "dev_accuracy": 0.82, "probe_asr_cc": 0.3, "probe_rows": 5}]
-    assert write_curves(history, tmp_path / "c.png", "t")
+    assert write_curves(history, tmp_path / "c.png", "t", kept_step=20)
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not write_curves([{"step": 1, "dev_accuracy": 0.5}], tmp_path / "none.png", "t")
     assert not (tmp_path / "none.png").exists()

@@ -148,7 +148,8 @@ class Experiment:
 
     def _curves(self, metrics: dict, stage: Stage, title: str) -> None:
         if self.rt.is_main:
-            write_curves(metrics.get("history", []), stage.folder / "curves.png", f"{self.cfg.name}: {title}")
+            write_curves(metrics.get("history", []), stage.folder / "curves.png", f"{self.cfg.name}: {title}",
+                         metrics.get("selected_step"))
 
     def defense(self, index: int, victim: Stage, teacher: Stage | None, poison: Stage) -> tuple[Stage, dict]:
         """Run one configured defense on the poisoned model with clean data."""

@@ -63,8 +63,8 @@ def probe_diagnostic(probe: TriggerProbe, cfg: EvalConfig, rt: Runtime) -> Calla
     return for_tokenizer
 
 
-def write_curves(history: list[dict], path: Path, title: str) -> bool:
-    """Dev accuracy and probe ASR-cc against the step, as a PNG; False when there is no probe."""
+def write_curves(history: list[dict], path: Path, title: str, kept_step: int | None = None) -> bool:
+    """Dev accuracy and probe ASR-cc against the step (and the kept checkpoint), as a PNG; False without a probe."""
     points = [h for h in history if "probe_asr_cc" in h]
     if not points:
         return False
@@ -77,7 +77,9 @@ def write_curves(history: list[dict], path: Path, title: str) -> bool:
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
     ax.plot(steps, [100 * h["dev_accuracy"] for h in points], marker="o", label="clean dev accuracy")
     ax.plot(steps, [100 * h["probe_asr_cc"] for h in points], marker="s",
-            label=f"ASR-cc, {points[0]['probe_rows']} triggered probe rows")
+            label=f"ASR-cc on {points[0]['probe_rows']} triggered probe rows")
+    if kept_step is not None:
+        ax.axvline(kept_step, color="gray", ls="--", lw=1, label=f"kept checkpoint (step {kept_step})")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("%")
     ax.set_ylim(0, 102)
