@@ -3,33 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-CLI = str(Path(sys.executable).with_name("w2sdefense"))
+from cli_helpers import error_line, run_cli
 
 
 def w2s(*args: str, data_dir: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run the installed `w2sdefense` console script."""
-    env = {**os.environ, "W2S_DATA_DIR": str(data_dir) if data_dir else "/nonexistent"}
-    proc = subprocess.run([CLI, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    proc = run_cli(*args, env={"W2S_DATA_DIR": str(data_dir) if data_dir else "/nonexistent"})
     if check and proc.returncode != 0:
         raise AssertionError(f"w2sdefense {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
     return proc
-
-
-def _error_line(proc: subprocess.CompletedProcess) -> str:
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
 
 
 def test_run_tiny_experiment_writes_report_with_every_row(shared_data, tmp_path):
@@ -88,25 +75,25 @@ def test_poison_train_evaluate_commands(shared_data, tmp_path):
 
 
 def test_user_errors_are_one_line(shared_data, tmp_path):
-    assert "unknown attack" in _error_line(w2s("poison", "--attack", "nope", "--out", str(tmp_path / "p"),
+    assert "unknown attack" in error_line(w2s("poison", "--attack", "nope", "--out", str(tmp_path / "p"),
                                                data_dir=shared_data, check=False))
-    line = _error_line(w2s("train", "--model", "no-such-model", "--out", str(tmp_path / "t"), data_dir=shared_data,
+    line = error_line(w2s("train", "--model", "no-such-model", "--out", str(tmp_path / "t"), data_dir=shared_data,
                            check=False))
     assert "tiny-llama" in line and "smollm2-135m" in line
     assert not (tmp_path / "t").exists()  # a bad name fails before the run folder is made
-    assert "config file not found" in _error_line(w2s("run", str(tmp_path / "missing.yaml"), check=False))
+    assert "config file not found" in error_line(w2s("run", str(tmp_path / "missing.yaml"), check=False))
     bad = tmp_path / "bad.yaml"
     bad.write_text("victim:\n  trian: {}\n")
-    assert "victim.trian" in _error_line(w2s("run", str(bad), check=False))
+    assert "victim.trian" in error_line(w2s("run", str(bad), check=False))
     (tmp_path / "exists").mkdir()
     (tmp_path / "exists" / "file").write_text("x")
-    line = _error_line(w2s("train", "--model", "tiny-llama", "--out", str(tmp_path / "exists"), data_dir=shared_data,
+    line = error_line(w2s("train", "--model", "tiny-llama", "--out", str(tmp_path / "exists"), data_dir=shared_data,
                            check=False))
     assert "--overwrite" in line
-    line = _error_line(w2s("poison", "--out", str(tmp_path / "p2"), "--set", "poison.count=999999",
+    line = error_line(w2s("poison", "--out", str(tmp_path / "p2"), "--set", "poison.count=999999",
                            data_dir=shared_data, check=False))
     assert "999999" in line
-    line = _error_line(w2s("poison", "--out", str(tmp_path / "p3"), check=False))
+    line = error_line(w2s("poison", "--out", str(tmp_path / "p3"), check=False))
     assert "W2S_DATA_DIR" in line
 
 

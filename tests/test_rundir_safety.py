@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,28 +13,17 @@ from w2sdefense.attacks import get_attack, poison_splits, write_poison_folder
 from w2sdefense.config import AttackConfig, ExperimentConfig, PoisonConfig, from_dict
 from w2sdefense.data import Example, Splits
 from w2sdefense.errors import UserError
+from cli_helpers import error_line, run_cli
 from w2sdefense.fileio import sha256_file, write_json
 from w2sdefense.pipeline import run_experiment
 from w2sdefense.rundir import LOCK_FILE, MARKER, check_outside_inputs, claim_run_dir, prepare_run_dir
 
-REPO = Path(__file__).resolve().parents[1]
-CLI = str(Path(sys.executable).with_name("w2sdefense"))
 TINY_TRAIN = ("--set", "train.epochs=1", "--set", "train.max_length=16", "--set", "train.batch_size=8")
 
 
 def w2s(*args: str) -> subprocess.CompletedProcess:
     """Run the installed console script (no data dir: every test names its data)."""
-    env = {**os.environ, "W2S_DATA_DIR": "/nonexistent", "W2S_CACHE_DIR": "/nonexistent"}
-    return subprocess.run([CLI, *args], capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-
-
-def error_line(proc: subprocess.CompletedProcess) -> str:
-    """The one `error:` line of a command that must fail with exit code 2 and no traceback."""
-    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, proc.stderr
-    return lines[0]
+    return run_cli(*args, env={"W2S_DATA_DIR": "/nonexistent", "W2S_CACHE_DIR": "/nonexistent"})
 
 
 def make_dataset(folder: Path, rows: int = 24) -> Path:
