@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
 
 from w2sdefense.config import (
@@ -24,7 +25,7 @@ from w2sdefense.config import (
     from_dict,
     read_yaml,
 )
-from w2sdefense.errors import UserError
+from w2sdefense.errors import Interrupted, UserError
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -36,6 +37,8 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Dotted overr
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (refused if it exists, unless --overwrite).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite",
                                              help="Replace an existing output folder (only one this tool made).")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the unfinished run in --out (rerunning the "
+                                         "same command on it does too); an error when there is none.")]
 DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder of named datasets (default: $W2S_DATA_DIR).")]
 DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", help="Dataset name, or a folder with train/dev/test files.")]
 
@@ -96,6 +99,7 @@ def train(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     overwrite: OverwriteOpt = False,
+    resume: ResumeOpt = False,
 ) -> None:
     """Fine-tune a classifier (full or LoRA) on a dataset or a poisoned folder."""
     from w2sdefense.data.datasets import load_splits
@@ -109,22 +113,33 @@ def train(
     splits = load_splits(job.data)
     rt = make_runtime(job.runtime)
     inputs = {**data_inputs(job.data), "--model": job.model, "config file": config}
-    with _output(out, overwrite, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
+    with _output(out, overwrite, resume, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
         metrics = run_train(job.model, splits, job.train, rt, folder, job.seed)
     typer.echo(f"best clean dev accuracy {metrics['best_dev_accuracy']:.4f}; model and metrics.json in {folder}")
 
 
 @contextmanager
-def _output(out: Path, overwrite: bool, job, rt, inputs: dict) -> Iterator[Path]:
-    """Claim the output folder (refusing one that overlaps an input) and save the resolved config in it."""
+def _output(out: Path, overwrite: bool, resume: bool, job, rt, inputs: dict) -> Iterator[Path]:
+    """Claim the output folder (refusing one that overlaps an input) and save the resolved config in it.
+
+    A folder holding an unfinished run of the same settings is continued (see train/resume.py).
+    """
     from w2sdefense.config import dump_yaml
     from w2sdefense.fileio import atomic_write_text
-    from w2sdefense.rundir import check_outside_inputs, claim_run_dir
+    from w2sdefense.rundir import check_outside_inputs, claim_run_dir, made_by_tool, unfinished
 
     check_outside_inputs(out, inputs)
-    with claim_run_dir(out, overwrite, rt.accelerator) as folder:
-        if rt.is_main:
-            atomic_write_text(folder / "config.yaml", dump_yaml(job))
+    settings = dump_yaml(job)
+    continuing = not overwrite and made_by_tool(out) and unfinished(out)
+    if resume and not continuing:
+        raise UserError(f"nothing to resume in {out}: it holds no unfinished run"
+                        + (" (--overwrite starts over)" if overwrite else ""))
+    if continuing and (out / "config.yaml").is_file() and (out / "config.yaml").read_text() != settings:
+        raise UserError(f"{out} holds an unfinished run with other settings (see its config.yaml); rerun it with "
+                        "the same ones to continue it, or pass --overwrite to start over")
+    with claim_run_dir(out, overwrite, rt.accelerator, resume=True) as folder:
+        if rt.is_main and not continuing:
+            atomic_write_text(folder / "config.yaml", settings)
         yield folder
 
 
@@ -138,6 +153,7 @@ def teacher(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     overwrite: OverwriteOpt = False,
+    resume: ResumeOpt = False,
 ) -> None:
     """Fully fine-tune the small clean teacher with a projection head to the student's width."""
     from w2sdefense.data.datasets import load_splits
@@ -153,7 +169,7 @@ def teacher(
     splits = load_splits(job.data)
     rt = make_runtime(job.runtime)
     inputs = {**data_inputs(job.data), "--student": job.student, "--model": job.teacher.model, "config file": config}
-    with _output(out, overwrite, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
+    with _output(out, overwrite, resume, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
         metrics = run_teacher(job.teacher, splits, job.student, rt, folder, job.seed)
     typer.echo(f"teacher (D={metrics['feature_dim']}) clean dev accuracy {metrics['best_dev_accuracy']:.4f}; in {folder}")
 
@@ -169,6 +185,7 @@ def defend(
     config: ConfigOpt = None,
     set_: SetOpt = None,
     overwrite: OverwriteOpt = False,
+    resume: ResumeOpt = False,
 ) -> None:
     """Unlearn a backdoor with clean data only: W2SDefense or a fine-tuning baseline."""
     from w2sdefense.data.datasets import load_splits
@@ -185,7 +202,7 @@ def defend(
     splits = load_splits(job.data)
     rt = make_runtime(job.runtime)
     inputs = {**data_inputs(job.data), "--student": job.student, "--teacher": job.teacher, "config file": config}
-    with _output(out, overwrite, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
+    with _output(out, overwrite, resume, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
         metrics = run_defense(DefenseJob(job.student, job.teacher, splits, job.defense, rt, folder, job.seed))
     typer.echo(f"{job.defense.name}: clean dev accuracy {metrics['best_dev_accuracy']:.4f}; adapter in {folder / 'model'}")
 
@@ -281,13 +298,23 @@ def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     _quiet_libraries()
     try:
-        app()
+        # Not standalone: click would turn Ctrl-C into its own "Aborted!" and exit code 1.
+        code = app(standalone_mode=False)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
+    except Interrupted as exc:  # training stopped at a step boundary, its state saved
+        typer.echo(str(exc), err=True)
+        sys.exit(130)
+    except (KeyboardInterrupt, click.exceptions.Abort):
         typer.echo("interrupted", err=True)
         sys.exit(130)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:  # a usage mistake: click's own message
+        exc.show()
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +27,37 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def replace_folder(tmp: Path, target: Path) -> None:
+    """Swap the fully written folder `tmp` in for `target`.
+
+    A kill between the two renames leaves `target.old` (complete) and no `target`; recover_folder
+    puts it back, so there is always one complete copy.
+    """
+    old = target.with_name(target.name + ".old")
+    if old.is_dir() and not target.exists():
+        old.rename(target)  # an earlier swap killed half-way
+    remove_folder(old)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    remove_folder(old)
+
+
+def recover_folder(target: Path) -> None:
+    """Undo a replace_folder killed half-way: the previous complete copy comes back as `target`."""
+    old = target.with_name(target.name + ".old")
+    if old.is_dir() and not target.exists():
+        old.rename(target)
+    remove_folder(old)
+    remove_folder(target.with_name(target.name + ".partial"))  # never known to be complete
+
+
+def remove_folder(path: Path) -> None:
+    """Delete a folder this tool wrote (missing is fine)."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
 
 
 def _umask() -> int:

@@ -26,12 +26,13 @@ from w2sdefense.eval.probe import TriggerProbe, make_probe, probe_diagnostic, wr
 from w2sdefense.eval.report import write_report
 from w2sdefense.fileio import atomic_write_text, write_json
 from w2sdefense.models import load_classifier
-from w2sdefense.rundir import check_outside_inputs, claim_run_dir, data_inputs, log_to, prepare_run_dir
+from w2sdefense.rundir import check_outside_inputs, claim_run_dir, data_inputs, log_to, prepare_run_dir, unfinished
 from w2sdefense.runtime import Runtime, make_runtime
 from w2sdefense.train.job import run_train
 
 log = logging.getLogger(__name__)
 STAGE_FILE = "stage.json"
+STARTED_FILE = "stage.started.json"  # the key of the stage under way (a resumable state continues only it)
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,14 @@ class Stage:
             recorded = json.loads((self.folder / STAGE_FILE).read_text())
             # Stages written before stage timing existed fall back to their training time.
             return {**metrics, "stage_wall_time_s": recorded.get("wall_time_s", metrics.get("wall_time_s"))}
+        started = self.folder / STARTED_FILE
+        resuming = unfinished(self.folder) and started.is_file() and json.loads(started.read_text())["key"] == self.key
         if rt.is_main:
-            print(f"==> {self.name}", flush=True)
-        prepare_run_dir(self.folder, overwrite=True, accelerator=rt.accelerator)  # a stale stage is redone
+            print(f"==> {self.name}" + (" (continuing where it was stopped)" if resuming else ""), flush=True)
+        if not resuming:
+            prepare_run_dir(self.folder, overwrite=True, accelerator=rt.accelerator)  # a stale stage is redone
+            if rt.is_main:
+                write_json(started, {"name": self.name, "key": self.key})
         start = time.perf_counter()
         metrics = work()
         wall = time.perf_counter() - start  # the whole stage: loading, caching, training, saving

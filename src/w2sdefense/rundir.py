@@ -25,10 +25,18 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 MARKER = ".w2sdefense"
 LOCK_FILE = ".w2sdefense.lock"
 BOOKKEEPING = (MARKER, LOCK_FILE)  # files that do not make a folder "not empty"
+RESUME_DIR = "resume"  # a training run's resumable state (train/resume.py): present while unfinished
+RESUME_STATE = "state.json"  # written last into RESUME_DIR
 RUN_FILES = ("config.yaml", "run.log", "report.json", "report.md")  # what `run` writes at its top
 MARKER_TEXT = "This folder was made by w2sdefense; `--overwrite` may empty and refill it.\n"
 
 _held: dict[Path, int] = {}  # folders this process has locked -> the lock's file descriptor
+
+
+def unfinished(path: str | Path) -> bool:
+    """True when `path` holds the resumable state of a training run that has not finished."""
+    state = Path(path) / RESUME_DIR
+    return (state / RESUME_STATE).is_file() or state.with_name(RESUME_DIR + ".old").is_dir()
 
 
 def made_by_tool(path: str | Path) -> bool:
@@ -140,31 +148,41 @@ def prepare_run_dir(path: str | Path, overwrite: bool, accelerator=None) -> Path
 
 @contextmanager
 def claim_run_dir(path: str | Path, overwrite: bool, accelerator=None,
-                  stage_file: str | None = None) -> Iterator[Path]:
-    """prepare_run_dir, locked for the block; a failed block removes the folder if it made it."""
-    # With `stage_file` (`run`) an existing folder is re-used (emptied only with `overwrite`), and
-    # one holding a finished stage is kept when the block fails: the rerun re-uses that stage.
+                  stage_file: str | None = None, resume: bool = False) -> Iterator[Path]:
+    """prepare_run_dir, locked for the block; a failed block removes the folder if it made it.
+
+    With `resume`, a folder holding an unfinished training run is kept as it is (unless `overwrite`)
+    for the command to continue. A folder is never removed while it holds a finished stage or a
+    resumable state: the rerun picks them up.
+    """
+    # With `stage_file` (`run`) an existing folder is re-used (emptied only with `overwrite`).
     path = Path(path)
+    continuing = resume and not overwrite and made_by_tool(path) and unfinished(path)
     if stage_file:
         _check_run_reusable(path, stage_file)
-    else:
+    elif not continuing:
         check_replaceable(path, overwrite)
     _wait(accelerator)
     main = accelerator is None or accelerator.is_main_process
     created = _make(path) if main else None
     fd = _lock(path) if main else None
     try:
-        if main:
+        if main and not continuing:
             _fill_in(path, overwrite, stage_file)
         _wait(accelerator)
         yield path
     except BaseException:
-        if created is not None and not (stage_file and any(path.rglob(stage_file))):
+        if created is not None and not _worth_keeping(path, stage_file):
             _remove(path, created)
         raise
     finally:
         if fd is not None:
             _unlock(path, fd)
+
+
+def _worth_keeping(path: Path, stage_file: str | None) -> bool:
+    """A failed command's folder holds a finished stage or a resumable state that a rerun continues."""
+    return bool(stage_file and any(path.rglob(stage_file))) or any(path.rglob(f"{RESUME_DIR}/{RESUME_STATE}"))
 
 
 def _fill_in(path: Path, overwrite: bool, stage_file: str | None) -> None:

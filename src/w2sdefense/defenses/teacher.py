@@ -22,6 +22,7 @@ from w2sdefense.errors import UserError
 from w2sdefense.fileio import write_json
 from w2sdefense.models.loading import Classifier, fix_padding, resolve_model_path
 from w2sdefense.models.tiny import TINY_BUILDERS, build_tiny
+from w2sdefense.rundir import unfinished
 from w2sdefense.runtime import Runtime
 
 HEAD_FILE, META_FILE = "head.safetensors", "teacher.json"
@@ -100,6 +101,9 @@ def load_encoder(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, object
 def load_teacher(path: str | Path, dtype: torch.dtype = torch.float32) -> Classifier:
     """A saved teacher with its tokenizer, frozen and in eval mode."""
     path = Path(path)
+    if unfinished(path):
+        raise UserError(f"{path} is an unfinished teacher run (stopped before its last step): rerun the command "
+                        "that made it to finish it")
     path = path / "model" if (path / "model" / META_FILE).is_file() else path
     teacher = TeacherClassifier.from_pretrained(path, dtype)
     teacher.eval().requires_grad_(False)

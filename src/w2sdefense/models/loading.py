@@ -23,6 +23,7 @@ from transformers.models.auto.modeling_auto import (
 from w2sdefense.errors import UserError
 from w2sdefense.models.packaged import PACKAGED, packaged_model_dir
 from w2sdefense.models.tiny import TINY_BUILDERS, build_tiny
+from w2sdefense.rundir import unfinished
 
 BUILTIN_MODELS = sorted([*PACKAGED, *TINY_BUILDERS])
 
@@ -62,6 +63,10 @@ def resolve_model_path(name: str) -> str:
         return str(packaged_model_dir(name))
     path = Path(name).expanduser()
     if path.is_dir():
+        if unfinished(path):
+            raise UserError(f"{name} is an unfinished training run (stopped before its last step; its model/ is "
+                            "only the best checkpoint so far): rerun the command that made it to finish it, or "
+                            f"pass {path / 'model'} to use that checkpoint as it is")
         if (path / "model").is_dir() and not (path / "config.json").is_file():
             return str(path / "model")  # a run folder of `train` / `defend`
         return str(path)

@@ -9,11 +9,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -21,10 +20,15 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup, set_seed
 
-from w2sdefense.config import TrainConfig
+from w2sdefense.config import TrainConfig, to_dict
+from w2sdefense.errors import Interrupted
 from w2sdefense.eval.predict import predict_logits
+from w2sdefense.fileio import recover_folder, remove_folder, replace_folder
+from w2sdefense.rundir import RESUME_DIR
 from w2sdefense.runtime import Runtime, peak_memory_mb, reset_peak_memory
 from w2sdefense.train.batching import Encoded, LengthGroupedBatches, ShardedBatches, make_loader, model_inputs
+from w2sdefense.train.interrupt import stop_on_sigint
+from w2sdefense.train.resume import discard_state, fingerprint, load_state, restore_rng, save_state
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +82,8 @@ def dev_accuracy(model, dev: Encoded, pad_id: int, batch_size: int, rt: Runtime)
 class _Progress:
     step: int = 0
     seen: int = 0
+    epoch: int = 0
+    batches_done: int = 0  # of the current epoch's batches (where a resumed run picks up)
     best: float = -1.0
     best_step: int = 0
     selected: float = -1.0  # the saved checkpoint's dev accuracy (the best, or the latest within delta)
@@ -90,11 +96,22 @@ class _Progress:
         self.terms.clear()
         return means
 
+    def as_dict(self) -> dict:
+        return {**{f.name: getattr(self, f.name) for f in fields(self)}, "terms": dict(self.terms)}
+
+    @classmethod
+    def restore(cls, saved: dict) -> _Progress:
+        return cls(**{**saved, "terms": defaultdict(list, saved["terms"])})
+
 
 def fit(model: torch.nn.Module, train: Encoded, dev: Encoded, cfg: TrainConfig, rt: Runtime,
         save: Callable[[torch.nn.Module, Path, dict], None], out_dir: Path, seed: int, pad_id: int,
         loss_fn: LossFn = cross_entropy_step, desc: str = "train", diagnose: Diagnose | None = None) -> dict:
-    """Train `model`; save the checkpoint chosen by clean dev accuracy to out_dir/model; return metrics."""
+    """Train `model`; save the checkpoint chosen by clean dev accuracy to out_dir/model; return metrics.
+
+    A resumable state is kept in out_dir/resume (see resume.py): a run started again on the same
+    folder continues from it, and ends as the uninterrupted run would have.
+    """
     acc = rt.accelerator
     # Dropout draws from the global generator: seed it here, so the training stream does not depend on
     # what ran before (W2SDefense builds its teacher between the student and the loop; lora-ft does not).
@@ -105,31 +122,74 @@ def fit(model: torch.nn.Module, train: Encoded, dev: Encoded, cfg: TrainConfig, 
     loader = make_loader(train, ShardedBatches(sampler, acc.process_index, acc.num_processes), pad_id)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr)
     _configure_deepspeed(acc, cfg)
+    fp = fingerprint(to_dict(cfg), seed, train.lengths, list(train.labels), model, acc.num_processes)
     model, optimizer = acc.prepare(model, optimizer)
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     # Stepped by hand once per optimizer step, so the count is right under any process count.
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    recover_folder(out_dir / "model")
+    resumable = _resumable(acc)
+    saved = load_state(out_dir, acc.unwrap_model(model), optimizer, scheduler, fp) if resumable else None
+    progress, pending_rng = _Progress(), None
+    if saved:
+        progress, pending_rng = _Progress.restore(saved["progress"]), saved["rng"]
+        log.info("resuming from step %d", progress.step)
+        if rt.is_main:
+            tqdm.write(f"{desc}: resuming from step {progress.step} of {total}")
+        if progress.batches_done >= len(loader):  # saved after an epoch's last batch: start the next,
+            progress.epoch, progress.batches_done = progress.epoch + 1, 0  # its order drawn after the save
+            restore_rng(pending_rng)
+            pending_rng = None
+
+    def checkpoint() -> None:
+        if resumable and rt.is_main:
+            save_state(out_dir, acc.unwrap_model(model), optimizer, scheduler, progress, fp)
+        acc.wait_for_everyone()
+
     reset_peak_memory(rt.device)
-    progress, start = _Progress(), time.perf_counter()
-    bar = tqdm(total=total, desc=desc, disable=not rt.is_main, dynamic_ncols=True)
+    start = time.perf_counter()
+    bar = tqdm(total=total, initial=progress.step, desc=desc, disable=not rt.is_main, dynamic_ncols=True)
     model.train()
-    epoch = 0
-    while progress.step < total:
-        sampler.set_epoch(epoch)
-        evaluate = lambda: _evaluate(model, dev, cfg, rt, save, out_dir, pad_id, progress, epoch, diagnose)  # noqa: E731
-        _run_epoch(model, loader, optimizer, scheduler, cfg, rt, loss_fn, progress, bar, total, evaluate)
-        if not progress.history or progress.history[-1]["step"] != progress.step:
-            evaluate()
-        epoch += 1
+    evaluate = lambda: _evaluate(model, dev, cfg, rt, save, out_dir, pad_id, progress, diagnose)  # noqa: E731
+    with stop_on_sigint() as stop:
+        while progress.step < total:
+            sampler.set_epoch(progress.epoch)
+            batches = iter(loader)  # draws a seed from the global generator: restore the saved one after
+            if pending_rng is not None:
+                restore_rng(pending_rng)
+                pending_rng = None
+            stopped = _run_epoch(model, batches, len(loader), optimizer, scheduler, cfg, rt, loss_fn, progress,
+                                 bar, total, evaluate, checkpoint, stop)
+            if stopped:
+                bar.close()
+                checkpoint()
+                raise Interrupted(f"interrupted at step {progress.step} of {total}; the resumable state is in "
+                                  f"{out_dir / RESUME_DIR}: run the same command again to continue")
+            if not progress.history or progress.history[-1]["step"] != progress.step:
+                evaluate()
+                checkpoint()
+            if progress.step < total:
+                progress.epoch, progress.batches_done = progress.epoch + 1, 0
     bar.close()
     wall = time.perf_counter() - start
+    if rt.is_main:
+        discard_state(out_dir)
     return {
         "best_dev_accuracy": progress.best, "best_step": progress.best_step, "selected_step": progress.selected_step,
         "selected_dev_accuracy": progress.selected, "selection": cfg.select, "steps": progress.step,
-        "epochs_run": epoch, "history": progress.history, "train_wall_time_s": wall,
-        "train_examples_per_s": progress.seen / wall if wall else 0.0, **peak_memory_mb(rt.device),
+        "epochs_run": progress.epoch + 1, "history": progress.history, "train_wall_time_s": wall,
+        "train_examples_per_s": progress.seen / wall if wall else 0.0, "resumed_from_step": saved and
+        saved["progress"]["step"], **peak_memory_mb(rt.device),
     }
+
+
+def _resumable(acc) -> bool:
+    """Resumable states are written for one process or DDP (sharded ZeRO/FSDP states are not)."""
+    sharded = getattr(acc.state, "deepspeed_plugin", None) is not None or getattr(acc.state, "fsdp_plugin", None)
+    if sharded:
+        log.warning("no resumable state under DeepSpeed or FSDP: a killed run starts its stage again")
+    return not sharded
 
 
 def _configure_deepspeed(acc, cfg: TrainConfig) -> None:
@@ -140,13 +200,16 @@ def _configure_deepspeed(acc, cfg: TrainConfig) -> None:
         plugin.deepspeed_config["gradient_accumulation_steps"] = cfg.grad_accum
 
 
-def _run_epoch(model, loader, optimizer, scheduler, cfg, rt, loss_fn, progress, bar, total,
-               evaluate: Callable[[], None]) -> None:
-    """One pass over the loader with gradient accumulation; stops at `total` optimizer steps."""
+def _run_epoch(model, batches, num_batches, optimizer, scheduler, cfg, rt, loss_fn, progress, bar, total,
+               evaluate: Callable[[], None], checkpoint: Callable[[], None], stop) -> bool:
+    """One pass over the epoch's batches (skipping those a resumed run already used) with gradient
+    accumulation; stops at `total` optimizer steps. Returns True when Ctrl-C asked to stop."""
     acc = rt.accelerator
-    for i, batch in enumerate(loader):
+    for i, batch in enumerate(batches):
+        if i < progress.batches_done:
+            continue
         batch = {k: v.to(acc.device) for k, v in batch.items()}
-        sync = (i + 1) % cfg.grad_accum == 0 or i + 1 == len(loader)
+        sync = (i + 1) % cfg.grad_accum == 0 or i + 1 == num_batches
         with contextlib.nullcontext() if sync else acc.no_sync(model):
             out = loss_fn(model, batch)
             acc.backward(out.loss / cfg.grad_accum)
@@ -162,12 +225,25 @@ def _run_epoch(model, loader, optimizer, scheduler, cfg, rt, loss_fn, progress, 
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         progress.step += 1
+        progress.batches_done = i + 1
         bar.update(1)
         bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()}, refresh=False)
         if cfg.eval_every and progress.step % cfg.eval_every == 0:
             evaluate()
+            checkpoint()
         if progress.step >= total:
-            return
+            return False
+        if _stop_requested(stop, acc):
+            return True
+    return False
+
+
+def _stop_requested(stop, acc) -> bool:
+    """Ctrl-C reaches every process at slightly different moments: all stop at the same step."""
+    if acc.num_processes == 1:
+        return stop.requested
+    flag = acc.reduce(torch.tensor([float(stop.requested)], device=acc.device), reduction="sum")
+    return bool(flag.item())
 
 
 def _global_mean(terms: dict[str, float], acc) -> dict[str, float]:
@@ -179,14 +255,14 @@ def _global_mean(terms: dict[str, float], acc) -> dict[str, float]:
 
 
 def _evaluate(model, dev: Encoded, cfg: TrainConfig, rt: Runtime, save, out_dir: Path, pad_id: int,
-              progress: _Progress, epoch: int, diagnose: Diagnose | None = None) -> None:
+              progress: _Progress, diagnose: Diagnose | None = None) -> None:
     """Dev accuracy now; keep the checkpoint if the selection rule (clean dev accuracy only) says so."""
     accuracy = dev_accuracy(model, dev, pad_id, cfg.eval_batch_size, rt)
-    record = {"epoch": epoch, "step": progress.step, "dev_accuracy": accuracy, **progress.mean_terms()}
+    record = {"epoch": progress.epoch, "step": progress.step, "dev_accuracy": accuracy, **progress.mean_terms()}
     if diagnose is not None:
         record.update(diagnose(model))  # logged only: selection below never reads it
     progress.history.append(record)
-    log.info("step %d (epoch %d): %s", progress.step, epoch,
+    log.info("step %d (epoch %d): %s", progress.step, progress.epoch,
              ", ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float)))
     if accuracy > progress.best:
         progress.best, progress.best_step = accuracy, progress.step
@@ -216,11 +292,7 @@ def _save_atomically(model, rt: Runtime, save, target: Path) -> None:
     state_dict = acc.get_state_dict(model)
     if rt.is_main:
         tmp = target.with_name(target.name + ".partial")
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_folder(tmp)
         save(acc.unwrap_model(model), tmp, state_dict)
-        old = target.with_name(target.name + ".old")
-        if target.exists():
-            target.rename(old)
-        tmp.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, target)
     acc.wait_for_everyone()

@@ -1,0 +1,109 @@
+"""The resumable state of a training run: written at each evaluation and on Ctrl-C, read on restart.
+
+`<out>/resume/` holds the trainable weights (`trainable.safetensors`: the adapter and head under
+LoRA, every weight under full fine-tuning), the optimizer and scheduler (`optim.pt`) and, in
+`state.json`, the step, the epoch and how many of its batches were used, the best-so-far record,
+the history, the random-number states and a fingerprint of the settings and data. It is written
+under a temporary name and swapped in, so a kill at any moment leaves one complete state, and only
+the latest is kept. A finished run deletes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from w2sdefense.errors import UserError
+from w2sdefense.fileio import recover_folder, remove_folder, replace_folder, write_json
+from w2sdefense.rundir import RESUME_DIR, RESUME_STATE
+
+log = logging.getLogger(__name__)
+STATE_FILE = RESUME_STATE
+
+
+def fingerprint(settings: dict, seed: int, lengths: list[int], labels: list[int], model: torch.nn.Module,
+                num_processes: int) -> str:
+    """What must be equal for a saved state to continue this run: settings, data, trainable shapes."""
+    shapes = [(name, list(p.shape)) for name, p in model.named_parameters() if p.requires_grad]
+    blob = json.dumps([settings, seed, lengths, labels, shapes, num_processes], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def has_state(out_dir: Path) -> bool:
+    """True when `out_dir` holds a resumable state (an unfinished run)."""
+    recover_folder(out_dir / RESUME_DIR)
+    return (out_dir / RESUME_DIR / STATE_FILE).is_file()
+
+
+def rng_states() -> dict:
+    """Every random-number generator training draws from, in a form state.json can hold."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+        "torch": torch.get_rng_state().tolist(),
+        "cuda": [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(states: dict) -> None:
+    """Put back the generators saved by rng_states."""
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(states["torch"], dtype=torch.uint8))
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in states["cuda"]])
+
+
+def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_state(out_dir: Path, model: torch.nn.Module, optimizer, scheduler, progress, fp: str) -> None:
+    """Write the resumable state (main process; `model` unwrapped) and swap it in for the previous one."""
+    target = out_dir / RESUME_DIR
+    tmp = target.with_name(target.name + ".partial")
+    remove_folder(tmp)
+    tmp.mkdir(parents=True)
+    save_file({k: v.detach().cpu().contiguous() for k, v in _trainable(model).items()},
+              str(tmp / "trainable.safetensors"))
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+    write_json(tmp / STATE_FILE, {"fingerprint": fp, "progress": progress.as_dict(), "rng": rng_states()})
+    replace_folder(tmp, target)
+
+
+def load_state(out_dir: Path, model: torch.nn.Module, optimizer, scheduler, fp: str) -> dict | None:
+    """Restore weights, optimizer and scheduler from `out_dir`'s state; return its record (None: no state)."""
+    if not has_state(out_dir):
+        return None
+    folder = out_dir / RESUME_DIR
+    record = json.loads((folder / STATE_FILE).read_text())
+    if record["fingerprint"] != fp:
+        raise UserError(f"{out_dir} holds an unfinished run with other settings, data or model; rerun it with "
+                        "the same ones to continue it, or pass --overwrite to start over")
+    weights = load_file(str(folder / "trainable.safetensors"))
+    params = _trainable(model)
+    if set(weights) != set(params):
+        raise UserError(f"the resumable state in {folder} does not fit this model; pass --overwrite to start over")
+    with torch.no_grad():
+        for name, value in weights.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+    saved = torch.load(folder / "optim.pt", map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    return record
+
+
+def discard_state(out_dir: Path) -> None:
+    """Delete the resumable state once the run has finished (it is of no use any more)."""
+    remove_folder(out_dir / RESUME_DIR)
