@@ -186,3 +186,25 @@ def test_cli_resume_refusals(tmp_path):
     other = run_cli(*_train_args(data, out), "--set", "train.lr=0.001", env={})
     assert "other settings" in error_line(other)
     assert (out / "resume" / "state.json").is_file()  # the refused command left the state alone
+
+
+def test_run_continues_its_unfinished_stage(shared_data, tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "configs/tiny-badnet.yaml", "--out", str(out), "--set", "defenses=[]", "--set", "clean_model=false",
+            "--set", "victim.train.epochs=20", "--set", "victim.train.eval_every=10"]
+    env = {"W2S_DATA_DIR": str(shared_data)}
+    proc = subprocess.Popen([CLI, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, **env})
+    _wait_for_state(out / "victim", proc)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted at step" in stderr, stderr
+    stopped = json.loads((out / "victim" / "resume" / "state.json").read_text())["progress"]["step"]
+    poison_stamp = (out / "poison" / "stage.json").stat().st_mtime_ns
+    again = run_cli(*args, env=env)
+    assert again.returncode == 0, again.stderr
+    assert "==> victim (continuing where it was stopped)" in again.stdout
+    assert "==> poison" not in again.stdout and (out / "poison" / "stage.json").stat().st_mtime_ns == poison_stamp
+    metrics = json.loads((out / "victim" / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == stopped and metrics["steps"] == 20 * 19
+    assert (out / "report.json").is_file() and not (out / "victim" / "resume").exists()
