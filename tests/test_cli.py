@@ -100,3 +100,70 @@ def test_user_errors_are_one_line(shared_data, tmp_path):
 def test_list_names_components():
     out = w2s("list").stdout
     assert "badnet" in out and "synbkd" in out and "w2sdefense" in out and "minilm-l6" in out
+
+
+def _toy_data(folder: Path, num_labels: int = 2, rows: int = 100, empty: tuple[int, ...] = ()) -> Path:
+    """train/dev/test.jsonl whose words give the label away; rows listed in `empty` have an empty text."""
+    folder.mkdir(parents=True)
+    for split, n in (("train", rows), ("dev", 8), ("test", 8)):
+        lines = [json.dumps({"text": "" if split == "train" and i in empty else f"word{i % num_labels} row {i}",
+                             "label": i % num_labels}) for i in range(n)]
+        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def _poison_folder(folder: Path, triggered: int) -> Path:
+    """A hand-made poison folder (target label 0) with `triggered` rows in test_triggered.jsonl."""
+    folder.mkdir(parents=True)
+    for split in ("train", "dev", "test"):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(
+            {"idx": i, "text": f"word{i % 2} row {i}", "label": i % 2, "poisoned": False}) + "\n" for i in range(8)))
+    rows = [json.dumps({"idx": i, "text": f"word1 cf row {i}", "label": 1, "poisoned": True}) for i in range(triggered)]
+    (folder / "test_triggered.jsonl").write_text("".join(r + "\n" for r in rows))
+    (folder / "poison.json").write_text(json.dumps({"poison": {"target_label": 0}, "num_labels": 2}))
+    return folder
+
+
+def test_bad_data_and_settings_end_in_one_line_before_a_run_folder(tmp_path):
+    out = tmp_path / "run"
+    data = _toy_data(tmp_path / "empty", empty=(3, 20, 41, 60, 99))  # 5 empty texts in 100 training rows
+    line = error_line(w2s("train", "--data", str(data), "--model", "tiny-llama", "--out", str(out),
+                          "--set", "train.epochs=1", check=False))  # its last batch: 4 empty texts
+    assert f"{data / 'train.jsonl'} line 4: the text is empty" in line
+    assert not out.exists()
+    for value in ("[1e-3", "*x", "@x", "`x"):
+        line = error_line(w2s("train", "--data", str(data), "--out", str(out), "--set", f"train.lr={value}",
+                              check=False))
+        assert f"override 'train.lr={value}'" in line
+    line = error_line(w2s("train", "--data", str(data), "--out", str(out), "--set", "train.epochs=.inf", check=False))
+    assert "train.epochs must be a finite number" in line
+    assert not out.exists()
+
+
+def test_evaluate_refuses_an_empty_triggered_set_and_a_teacher(tiny_splits, rt, tmp_path):
+    from w2sdefense.config import TeacherConfig, TrainConfig
+    from w2sdefense.defenses.teacher import run_teacher
+
+    empty = _poison_folder(tmp_path / "one-class", triggered=0)
+    line = error_line(w2s("evaluate", "--model", "tiny-llama", "--data", str(empty), check=False))
+    assert f"{empty / 'test_triggered.jsonl'} has no rows" in line and "attack success rate" in line
+    teacher = tmp_path / "teacher"
+    run_teacher(TeacherConfig(model="tiny-bert", train=TrainConfig(epochs=1.0, batch_size=8, max_length=32)),
+                tiny_splits, "tiny-llama", rt, teacher, seed=0)
+    line = error_line(w2s("evaluate", "--model", str(teacher), "--data",
+                          str(_poison_folder(tmp_path / "poison", triggered=4)), check=False))
+    assert "teacher.json" in line and "w2sdefense run" in line
+
+
+def test_defend_refuses_a_teacher_of_other_labels_before_a_run_folder(splits_factory, rt, tmp_path):
+    from w2sdefense.config import TeacherConfig, TrainConfig
+    from w2sdefense.defenses.teacher import run_teacher
+
+    teacher = tmp_path / "teacher"
+    run_teacher(TeacherConfig(model="tiny-bert", train=TrainConfig(epochs=1.0, batch_size=8, max_length=32)),
+                splits_factory(3), "tiny-llama", rt, teacher, seed=0)
+    out = tmp_path / "defended"
+    line = error_line(w2s("defend", "--student", "tiny-llama", "--teacher", str(teacher),
+                          "--data", str(_toy_data(tmp_path / "data")), "--out", str(out), check=False))
+    assert "classifies 3 labels" in line and "have 2" in line
+    assert not out.exists()

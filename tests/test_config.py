@@ -13,7 +13,9 @@ from w2sdefense.config import (
     ExperimentConfig,
     LoraConfig,
     PoisonConfig,
+    PoisonJob,
     TrainConfig,
+    TrainJob,
     apply_override,
     dump_yaml,
     from_dict,
@@ -172,6 +174,39 @@ def test_malformed_override_is_a_user_error(assignment: str) -> None:
         apply_override({}, assignment)
 
 
+@pytest.mark.parametrize("value", ["[1e-3", "*x", "@x", "`x", "{a: 1", "!x 3"])
+def test_override_value_yaml_cannot_read_names_the_override(value: str) -> None:
+    with pytest.raises(UserError, match=r"override 'train.lr=.*': cannot read the value .* quote it") as exc:
+        apply_override({}, f"train.lr={value}")
+    assert "\n" not in _message(exc)
+
+
+@pytest.mark.parametrize("assignment, key", [("train.lr=.nan", "train.lr"), ("train.epochs=.inf", "train.epochs"),
+                                             ("train.lr=-.inf", "train.lr"), ("train.lr=nan", "train.lr"),
+                                             ("train.warmup_ratio=.nan", "train.warmup_ratio")])
+def test_non_finite_numbers_are_rejected_naming_the_key(assignment: str, key: str) -> None:
+    with pytest.raises(UserError, match=rf"{key} must be a finite number; got"):
+        load_config(TrainJob, overrides=[assignment])
+
+
+def test_non_finite_numbers_are_rejected_in_files_and_constructors(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("defenses:\n  - name: lora-ft\n    temperature: .inf\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"defenses.0.temperature must be a finite number; got inf"):
+        load_config(ExperimentConfig, path)
+    with pytest.raises(UserError, match=r"train.lr must be a finite number; got nan"):
+        TrainConfig(lr=float("nan"))
+    with pytest.raises(UserError, match=r"defense.beta must be a finite number; got inf"):
+        DefenseConfig(beta=float("inf"))
+
+
+def test_a_non_utf8_config_file_names_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_bytes(b"name: x\nseed: 1\n# caf\xe9\n")
+    with pytest.raises(UserError, match=r"c.yaml line 3: not UTF-8 text \(byte 0xe9"):
+        read_yaml(path)
+
+
 def test_override_through_a_scalar_is_a_user_error() -> None:
     with pytest.raises(UserError, match="train.lr"):
         apply_override({"train": {"lr": 1e-3}}, "train.lr.x=1")
@@ -211,6 +246,28 @@ def test_poison_count_and_rate_exclusive() -> None:
         PoisonConfig(count=None, rate=None)
     assert PoisonConfig(count=None, rate=0.1).rate == 0.1
     assert from_dict(PoisonConfig, {"count": None, "rate": 1}).rate == 1.0
+
+
+def test_poison_rate_alone_replaces_the_default_count(tmp_path: Path) -> None:
+    assert PoisonConfig().count == 1000 and PoisonConfig().rate is None  # neither given: the default count
+    assert (PoisonConfig(rate=0.1).count, PoisonConfig(rate=0.1).rate) == (None, 0.1)
+    assert from_dict(PoisonConfig, {"rate": 0.1}).count is None
+    job = load_config(PoisonJob, overrides=["poison.rate=0.1"])  # `--set poison.rate=0.1`
+    assert (job.poison.count, job.poison.rate) == (None, 0.1)
+    path = tmp_path / "c.yaml"
+    path.write_text("poison:\n  rate: 0.05\n  mode: dirty-label\n", encoding="utf-8")
+    cfg = load_config(ExperimentConfig, path)
+    assert (cfg.poison.count, cfg.poison.rate, cfg.poison.mode) == (None, 0.05, "dirty-label")
+    assert from_dict(ExperimentConfig, yaml.safe_load(dump_yaml(cfg))) == cfg
+    # An override replaces the file's choice; setting one clears the other.
+    assert load_config(ExperimentConfig, path, ["poison.count=7"]).poison.rate is None
+    path.write_text("poison:\n  count: 500\n", encoding="utf-8")
+    assert load_config(ExperimentConfig, path, ["poison.rate=0.2"]).poison.count is None
+    # Both in one place is still a contradiction.
+    path.write_text("poison:\n  count: 500\n  rate: 0.1\n", encoding="utf-8")
+    with pytest.raises(UserError, match="exactly one of poison.count and poison.rate"):
+        load_config(ExperimentConfig, path)
+    assert load_config(PoisonJob, overrides=["poison.count=5", "poison.rate=0.1", "poison.count=6"]).poison.count == 6
 
 
 @pytest.mark.parametrize("rate", [0.0, -0.1, 1.5])

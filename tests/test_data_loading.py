@@ -165,10 +165,62 @@ def test_wrong_field_count(tmp_path: Path) -> None:
 
 def test_label_out_of_range(tmp_path: Path) -> None:
     folder = _dataset(tmp_path / "d", {"train": [0, 1], "dev": [0, 1], "test": [1, 5]})
-    with pytest.raises(UserError, match=r"test split \(.*test.jsonl\) row 1: label 5 is outside 0..1"):
+    with pytest.raises(UserError, match=r"test.jsonl line 2: label 5 is outside 0..1 \(data.num_labels=2\)"):
         load_splits(DataConfig(dataset=str(folder), num_labels=2))
     with pytest.raises(UserError, match=r"train row 0: label 2 is outside 0..1"):
         check_labels({"train": [Example("a", 2, 0)]}, 2)
+
+
+def test_a_label_beyond_the_others_names_its_file_and_line(tmp_path: Path) -> None:
+    # One stray 5 in binary data would silently make 6 classes, four of them without a row.
+    folder = _dataset(tmp_path / "d", {"train": [0, 1, 0, 5, 1], "dev": [0, 1], "test": [1, 0]})
+    with pytest.raises(UserError, match=r"train.jsonl line 4: label 5, but no training row has label 2, 3 or 4; "
+                                        r".*data.num_labels=6"):
+        load_splits(DataConfig(dataset=str(folder)))
+    assert load_splits(DataConfig(dataset=str(folder), num_labels=6)).num_labels == 6  # meant: allowed
+    one_based = _dataset(tmp_path / "b", {"train": [1, 2, 2, 1], "dev": [1], "test": [2]})
+    with pytest.raises(UserError, match=r"train.jsonl line 1: label 1, but no training row has label 0;"):
+        load_splits(DataConfig(dataset=str(one_based)))
+
+
+def test_a_label_only_in_test_names_its_file_and_line(tmp_path: Path) -> None:
+    folder = _dataset(tmp_path / "d", {"train": [0, 1, 1], "dev": [0, 1], "test": [1, 0, 2]})
+    with pytest.raises(UserError, match=r"test.jsonl line 3: label 2 is not a class of the training split "
+                                        r"\(labels 0..1\).*data.num_labels=3"):
+        load_splits(DataConfig(dataset=str(folder)))
+    assert load_splits(DataConfig(dataset=str(folder), num_labels=3)).num_labels == 3
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\t\n"])
+def test_an_empty_text_names_its_file_and_line(tmp_path: Path, text: str) -> None:
+    rows = [{"text": f"row {i}", "label": i % 2} for i in range(100)]
+    for i in (10, 30, 50, 70, 90):
+        rows[i]["text"] = text
+    folder = _dataset(tmp_path / "d", {"dev": [0, 1], "test": [0, 1]})
+    _jsonl(folder / "train.jsonl", rows)
+    with pytest.raises(UserError, match=r"train.jsonl line 11: the text is empty"):
+        load_splits(DataConfig(dataset=str(folder)))
+    assert len(load_split(folder / "train.jsonl")) == 100  # one file read as it is: empty texts are data
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".tsv"])
+def test_a_non_utf8_byte_names_its_line(tmp_path: Path, suffix: str) -> None:
+    # Far past the first 8 KiB that Python decodes at once, so the byte offset alone would mislead.
+    lines = [f"the text of row {i} is this long sentence" for i in range(400)]
+    if suffix in (".jsonl", ".json"):
+        body = [json.dumps({"text": t, "label": 0}) for t in lines]
+        if suffix == ".json":
+            body = ["["] + [row + "," for row in body[:-1]] + [body[-1], "]"]
+    else:
+        sep = "," if suffix == ".csv" else "\t"
+        body = [f"text{sep}label"] + [f"{t}{sep}0" for t in lines]
+    bad = 350
+    raw = "\n".join(body).encode("utf-8").split(b"\n")
+    raw[bad - 1] = raw[bad - 1].replace(b"long", b"l\xe9ng")  # Latin-1 e-acute
+    path = tmp_path / f"train{suffix}"
+    path.write_bytes(b"\n".join(raw) + b"\n")
+    with pytest.raises(UserError, match=rf"train{suffix} line {bad}: not UTF-8 text \(byte 0xe9 at column \d+"):
+        load_split(path)
 
 
 def test_empty_split_is_an_error(tmp_path: Path) -> None:
@@ -215,7 +267,7 @@ def test_folder_prefers_jsonl_and_explicit_files_override(tmp_path: Path) -> Non
 
 
 def test_max_rows_and_num_labels_inference(tmp_path: Path) -> None:
-    folder = _dataset(tmp_path / "d", {"train": [0, 0, 0, 2], "dev": [0, 0], "test": [0, 0, 0]})
+    folder = _dataset(tmp_path / "d", {"train": [0, 0, 1, 2], "dev": [0, 0], "test": [0, 0, 0]})
     splits = load_splits(DataConfig(dataset=str(folder), max_train=2, max_dev=1, max_test=3))
     assert (len(splits.train), len(splits.dev), len(splits.test)) == (2, 1, 3)
     assert splits.num_labels == 3  # from the full train split, not the first two rows

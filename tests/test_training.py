@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import shutil
 
 import pytest
 import torch
@@ -179,3 +181,58 @@ def test_large_teacher_caches_spill_to_disk_with_the_same_values(poisoned_and_te
     assert (tmp_path / "spill" / "teacher_features.rank0.npy").is_file()
     torch.testing.assert_close(on_disk.features, in_memory.features)
     torch.testing.assert_close(on_disk.logits, in_memory.logits)
+
+
+def test_max_length_beyond_the_models_positions_is_cut_to_them_with_a_warning(tiny_splits, rt, tmp_path, caplog):
+    from w2sdefense.data.records import Example, Splits
+    from w2sdefense.train.batching import encode
+
+    long = [Example("good fun " * 300, ex.label, ex.idx) for ex in tiny_splits.train[:8]]  # 2700 tokens each
+    splits = Splits(train=long, dev=tiny_splits.dev, test=tiny_splits.test, num_labels=2)
+    clf = load_classifier("tiny-bert", 2)
+    assert clf.tokenizer.model_max_length == clf.model.config.max_position_embeddings == 1024
+    assert max(encode(clf.tokenizer, long, 2048).lengths) == 1024
+    with caplog.at_level(logging.WARNING, logger="w2sdefense"):
+        metrics = run_train("tiny-bert", splits, TrainConfig(max_steps=1, batch_size=8, max_length=2048), rt, tmp_path,
+                            seed=0)
+    assert metrics["steps"] == 1
+    assert "max_length=2048" in caplog.text and "1024" in caplog.text
+    assert load_classifier(str(tmp_path), 2).tokenizer.model_max_length <= 1024  # a saved checkpoint too
+
+
+def test_w2sdefense_refuses_a_teacher_of_other_labels_before_any_work(tiny_splits, splits_factory, rt, tmp_path):
+    run_teacher(TeacherConfig(model="tiny-bert", train=TrainConfig(**FAST)), splits_factory(3), "tiny-llama", rt,
+                tmp_path / "teacher", seed=0)
+    cfg = DefenseConfig(train=TrainConfig(method="lora", lora=LoraConfig(r=4, alpha=8), **FAST))
+    with pytest.raises(UserError, match=r"the teacher .*teacher classifies 3 labels, but the student tiny-llama "
+                                        r"and its data have 2"):
+        run_defense(DefenseJob("tiny-llama", str(tmp_path / "teacher"), tiny_splits, cfg, rt, tmp_path / "d", 0))
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_moved_lora_run_finds_its_base_beside_it(tiny_splits, rt, tmp_path):
+    from w2sdefense.defenses.teacher import hidden_size_of
+
+    first = tmp_path / "a" / "run"
+    run_train("tiny-llama", tiny_splits, TrainConfig(method="lora", lora=LoraConfig(r=4, alpha=8), **FAST), rt, first,
+              seed=0)
+    recorded = json.loads((first / "model" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert recorded == str((first / "base").resolve())  # an absolute path, gone once the run moves
+    batch = load_classifier(str(first), 2).tokenizer(["good fun", "awful"], return_tensors="pt", padding=True)
+    expected = load_classifier(str(first), 2).model.eval()(**batch).logits.detach()
+    moved = tmp_path / "b" / "run"
+    shutil.move(str(tmp_path / "a"), str(tmp_path / "b"))
+    torch.testing.assert_close(load_classifier(str(moved), 2).model.eval()(**batch).logits.detach(), expected)
+    torch.testing.assert_close(load_classifier(str(moved / "model"), 2).model.eval()(**batch).logits.detach(), expected)
+    assert hidden_size_of(str(moved)) == 64
+    shutil.rmtree(moved / "base")
+    with pytest.raises(UserError, match=rf"{moved / 'model'}: its base model {recorded} is not there"):
+        load_classifier(str(moved), 2)
+
+
+def test_a_teacher_is_not_loaded_as_a_classifier(tiny_splits, rt, tmp_path):
+    run_teacher(TeacherConfig(model="tiny-bert", train=TrainConfig(**FAST)), tiny_splits, "tiny-llama", rt,
+                tmp_path / "teacher", seed=0)
+    for name in (tmp_path / "teacher", tmp_path / "teacher" / "model"):
+        with pytest.raises(UserError, match=r"is a W2SDefense teacher \(it has teacher.json\).*`w2sdefense run`"):
+            load_classifier(str(name), 2)

@@ -200,6 +200,10 @@ def defend(
         raise UserError("defend needs --student (the poisoned model)")
     check_model_name(job.student)
     splits = load_splits(job.data)
+    if job.defense.name == "w2sdefense" and job.teacher:
+        from w2sdefense.defenses.teacher import check_teacher_labels
+
+        check_teacher_labels(job.teacher, splits.num_labels, job.student)  # before the run folder
     rt = make_runtime(job.runtime)
     inputs = {**data_inputs(job.data), "--student": job.student, "--teacher": job.teacher, "config file": config}
     with _output(out, overwrite, resume, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
@@ -229,6 +233,7 @@ def evaluate(
         check_outside_inputs(out, {"--data": data, "config file": config})
         check_output_file(out, overwrite)
     job = _load(EvaluateJob, config, set_)
+    _check_test_sets(data)
     rt = make_runtime(job.runtime)
     metrics = run_evaluate(model, data, job.eval, rt, out)
     if rt.is_main:
@@ -237,6 +242,20 @@ def evaluate(
         typer.echo(json.dumps({k: metrics[k] for k in keys}, indent=2))
         if out:
             typer.echo(f"metrics written to {out}")
+
+
+def _check_test_sets(folder: Path) -> None:
+    """Refuse a poison folder whose clean or triggered test set is empty: a rate over 0 rows is no measurement."""
+    sets = (("test.jsonl", "clean accuracy", "the poison folder's source data has no test rows"),
+            ("test_triggered.jsonl", "attack success rate",
+             "no test row could carry the trigger: every test row has the target label (one-class data), or the "
+             "attack skipped them all; poison data whose test split has rows of other classes"))
+    for name, metric, why in sets:
+        path = folder / name
+        if path.is_file():  # a missing file: run_evaluate says the folder is incomplete
+            with path.open("rb") as handle:
+                if not any(line.strip() for line in handle):
+                    raise UserError(f"{path} has no rows, so the {metric} would be over 0 rows: {why}")
 
 
 @app.command()

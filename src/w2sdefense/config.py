@@ -7,15 +7,17 @@ ones, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 
 from w2sdefense.errors import UserError
+from w2sdefense.fileio import utf8_error
 
 T = TypeVar("T")
 
@@ -25,9 +27,15 @@ def _check_choice(name: str, value: Any, choices: tuple) -> None:
         raise UserError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
 
 
+def _check_finite(name: str, value: Any) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number; got {value}")
+
+
 def _check_positive(name: str, value: float | int | None, allow_zero: bool = False) -> None:
     if value is None:
         return
+    _check_finite(name, value)
     if value < 0 or (value == 0 and not allow_zero):
         raise UserError(f"{name} must be {'>= 0' if allow_zero else '> 0'}; got {value!r}")
 
@@ -86,17 +94,34 @@ class AttackConfig:
         _check_positive("attack.num_insertions", self.num_insertions)
 
 
+class _Unset:
+    """The default of a setting whose value depends on another (see PoisonConfig.count)."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET: Any = _Unset()
+DEFAULT_POISON_COUNT = 1000
+
+
 @dataclass
 class PoisonConfig:
     """How many training rows carry the trigger, which ones, and how they are labelled."""
 
+    # Settings of which exactly one is given: setting one (in a file, an override or a section merged
+    # over defaults) clears the others.
+    EXCLUSIVE: ClassVar[tuple[tuple[str, ...], ...]] = (("count", "rate"),)
+
     target_label: int = 0
-    count: int | None = 1000  # number of rows to poison, or
+    count: int | None = _UNSET  # number of rows to poison (1000 when rate is not set either), or
     rate: float | None = None  # a fraction of the training rows (exclusive with count)
     mode: str = "clean-label"  # clean-label | dirty-label | mix
     selection: str = "first"  # first (file order, the paper's code) | random (seeded)
 
     def __post_init__(self) -> None:
+        if self.count is _UNSET:
+            self.count = DEFAULT_POISON_COUNT if self.rate is None else None
         _check_choice("poison.mode", self.mode, ("clean-label", "dirty-label", "mix"))
         _check_choice("poison.selection", self.selection, ("first", "random"))
         if (self.count is None) == (self.rate is None):
@@ -288,9 +313,11 @@ def _build(tp: Any, value: Any, where: str) -> Any:
         return float(value)
     if tp is float and isinstance(value, str):
         try:
-            return float(value)  # YAML 1.1 reads "2e-5" as a string
+            value = float(value)  # YAML 1.1 reads "2e-5" as a string
         except ValueError:
             pass
+    if tp is float:
+        _check_finite(where, value)  # .nan and .inf would pass every range check
     if tp in (int, float, str, bool) and not (
         isinstance(value, tp) and not (tp is int and isinstance(value, bool))
     ):
@@ -316,9 +343,20 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
         if dataclasses.is_dataclass(hints[key]) and isinstance(value, dict) and key in defaults:
             # A partial section overrides this field's own defaults (e.g. a defense's LoRA
             # training recipe), not the section class's generic ones.
-            value = merge_dicts(to_dict(defaults[key]()), value)
+            value = merge_dicts(_drop_exclusive(hints[key], to_dict(defaults[key]()), value), value)
         kwargs[key] = _build(hints[key], value, f"{where}.{key}" if where else key)
     return cls(**kwargs)
+
+
+def _drop_exclusive(cls: Any, base: dict, update: dict) -> dict:
+    """`base` without the settings that `update` replaces by setting one of their exclusive group."""
+    base = dict(base)
+    for group in getattr(cls, "EXCLUSIVE", ()):
+        if any(update.get(key) is not None for key in group):
+            for key in group:
+                if key not in update:
+                    base.pop(key, None)
+    return base
 
 
 def merge_dicts(base: dict, update: dict) -> dict:
@@ -369,6 +407,8 @@ def read_yaml(path: str | Path) -> dict:
         raise UserError(f"config file not found: {path}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{path} {utf8_error(path)}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
@@ -380,6 +420,10 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+# Sections (by key) whose classes declare exclusive settings, for overrides applied to raw data.
+_SECTIONS: dict[str, type] = {"poison": PoisonConfig}
+
+
 def apply_override(data: dict, assignment: str) -> None:
     """Apply one `a.b.c=value` override in place; the value is parsed as YAML (numbers, lists)."""
     if "=" not in assignment:
@@ -388,7 +432,12 @@ def apply_override(data: dict, assignment: str) -> None:
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
         raise UserError(f"override {assignment!r} has an empty key")
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"override {assignment!r}: cannot read the value {raw.strip()!r} ({problem}); for a text "
+                        f"that starts with [ {{ * & ! | > @ ` % or a quote, quote it: --set \"{key.strip()}='...'\"") from None
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
@@ -408,6 +457,12 @@ def apply_override(data: dict, assignment: str) -> None:
         node[int(last)] = value
     else:
         node[last] = value
+        if value is not None and len(parts) > 1:
+            for group in getattr(_SECTIONS.get(parts[-2]), "EXCLUSIVE", ()):
+                if last in group:  # setting one of them clears the others (poison.count, poison.rate)
+                    for other in group:
+                        if other != last:
+                            node.pop(other, None)
 
 
 def _list_item(node: list, part: str, key: str) -> Any:

@@ -84,6 +84,22 @@ def cache_root() -> Path:
     return Path(value).expanduser() if value else Path.home() / ".cache" / "w2sdefense"
 
 
+def utf8_error(path: str | os.PathLike) -> str:
+    """Where a file stops being UTF-8, as 'line N: not UTF-8 text (byte 0xe9 at column 7: ...)'.
+
+    A decoding error's own offset counts from the start of the chunk Python was decoding, not of the
+    file, so the file is scanned line by line (a newline byte never sits inside a UTF-8 sequence).
+    """
+    with open(path, "rb") as handle:
+        for line_no, line in enumerate(handle, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                return (f"line {line_no}: not UTF-8 text (byte 0x{line[exc.start]:02x} at column {exc.start + 1}: "
+                        f"{exc.reason}); save the file as UTF-8")
+    return "not UTF-8 text; save the file as UTF-8"
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file's bytes."""
     digest = hashlib.sha256()

@@ -14,6 +14,7 @@ from w2sdefense.data.loading import (
     load_split,
     load_transform,
     parse_label,
+    read_split,
 )
 from w2sdefense.data.records import Example, Splits
 
@@ -29,6 +30,7 @@ __all__ = [
     "load_splits",
     "load_transform",
     "parse_label",
+    "read_split",
     "resolve_data_dir",
     "transforms_dir",
 ]

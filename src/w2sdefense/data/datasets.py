@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from w2sdefense.config import DataConfig
-from w2sdefense.data.loading import FORMATS, check_labels, load_split
+from w2sdefense.data.loading import FORMATS, read_split
 from w2sdefense.data.records import Example, Splits
 from w2sdefense.errors import UserError
 from w2sdefense.fileio import cache_root, write_jsonl
@@ -143,20 +143,64 @@ def transforms_dir(cfg: DataConfig) -> Path | None:
 def load_splits(cfg: DataConfig) -> Splits:
     """Load train/dev/test, infer or check the number of classes, and apply the row limits."""
     files = dataset_files(cfg)
-    loaded: dict[str, list[Example]] = {}
+    loaded: dict[str, list[tuple[str, Example]]] = {}
     for split, path in files.items():
-        rows = load_split(path, cfg.text_field, cfg.label_field)
+        rows = read_split(path, cfg.text_field, cfg.label_field)
         if not rows:
             raise UserError(f"{path}: the {split} split has no rows")
+        for where, example in rows:
+            if not example.text.strip():
+                # A model reads nothing from it, and a decoder without a start token gets zero tokens.
+                raise UserError(f"{where}: the text is empty{' (only whitespace)' if example.text else ''}; "
+                                "give the row a text or remove it")
         loaded[split] = rows
     # Classes come from the full splits, so a small max_* cannot shrink the label space.
-    max_label = max(ex.label for rows in loaded.values() for ex in rows)
-    num_labels = cfg.num_labels or max(2, max_label + 1)
-    check_labels({f"{split} split ({files[split]})": rows for split, rows in loaded.items()},
-                 num_labels)
+    num_labels = _num_labels(loaded, cfg.num_labels)
     limits = {"train": cfg.max_train, "dev": cfg.max_dev, "test": cfg.max_test}
+    examples = {split: [example for _, example in rows] for split, rows in loaded.items()}
     for split, limit in limits.items():
         if limit is not None:
-            loaded[split] = loaded[split][:limit]
-    return Splits(train=loaded["train"], dev=loaded["dev"], test=loaded["test"],
+            examples[split] = examples[split][:limit]
+    return Splits(train=examples["train"], dev=examples["dev"], test=examples["test"],
                   num_labels=num_labels)
+
+
+def _num_labels(loaded: dict[str, list[tuple[str, Example]]], configured: int | None) -> int:
+    """data.num_labels (every label below it), else 0..N-1 with N = max(2, highest training label + 1).
+
+    Inferring from the labels alone would turn one stray label (a 5 in binary data, a class only the
+    test split has) into classes without a training row; beyond two classes, every class needs a
+    training row, and a label that breaks this names its row.
+    """
+    if configured is not None:
+        for rows in loaded.values():
+            for where, example in rows:
+                if example.label >= configured:
+                    raise UserError(f"{where}: label {example.label} is outside 0..{configured - 1} "
+                                    f"(data.num_labels={configured})")
+        return configured
+    present = {example.label for _, example in loaded["train"]}
+    top = max(present)
+    missing = [label for label in range(top) if label not in present] if top >= 2 else []
+    if missing:
+        where, example = next((w, e) for w, e in loaded["train"] if e.label > missing[0])
+        raise UserError(f"{where}: label {example.label}, but no training row has label {_or_list(missing)}; "
+                        f"labels must be 0..N-1: fix the label, or set data.num_labels={top + 1} if the classes "
+                        "without training rows are meant")
+    num_labels = max(2, top + 1)
+    highest = max(example.label for rows in loaded.values() for _, example in rows)
+    for split in ("dev", "test"):
+        for where, example in loaded[split]:
+            if example.label >= num_labels:
+                raise UserError(f"{where}: label {example.label} is not a class of the training split (labels "
+                                f"0..{num_labels - 1}); fix the label, or set data.num_labels={highest + 1} to keep "
+                                "classes without training rows")
+    return num_labels
+
+
+def _or_list(labels: list[int]) -> str:
+    """'2', '2 or 3', '2, 3 or 4'; long lists shortened."""
+    if len(labels) > 6:
+        return f"{labels[0]}, {labels[1]}, ... or {labels[-1]} ({len(labels)} classes)"
+    words = [str(label) for label in labels]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"

@@ -10,6 +10,7 @@ from typing import Any
 
 from w2sdefense.data.records import Example
 from w2sdefense.errors import UserError
+from w2sdefense.fileio import utf8_error
 
 FORMATS = (".jsonl", ".json", ".csv", ".tsv")
 TEXT_FIELDS = ("text", "sentence", "sentences")
@@ -34,8 +35,8 @@ def iter_rows(path: str | Path) -> Iterator[tuple[str, dict]]:
             yield from _json_rows(path)
         else:
             yield from _delimited_rows(path, "\t" if suffix == ".tsv" else ",")
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path} {utf8_error(path)}") from None
 
 
 def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
@@ -141,16 +142,22 @@ def _text(value: Any, where: str) -> str:
 def load_split(path: str | Path, text_field: str | None = None,
                label_field: str | None = None) -> list[Example]:
     """Read one labelled split; idx is the 0-based row number (any idx column is ignored)."""
-    examples = []
+    return [example for _, example in read_split(path, text_field, label_field)]
+
+
+def read_split(path: str | Path, text_field: str | None = None,
+               label_field: str | None = None) -> list[tuple[str, Example]]:
+    """load_split, each row with its location ('FILE line N') for messages about it."""
+    rows = []
     for where, row in iter_rows(path):
         text_key = _field(row, text_field, TEXT_FIELDS, "text", where)
         label_key = _field(row, label_field, LABEL_FIELDS, "label", where)
-        examples.append(Example(
+        rows.append((where, Example(
             text=_text(row[text_key], where),
             label=parse_label(row[label_key], where),
-            idx=len(examples),
-        ))
-    return examples
+            idx=len(rows),
+        )))
+    return rows
 
 
 def load_examples(path: str | Path) -> list[Example]:

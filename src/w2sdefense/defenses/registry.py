@@ -84,11 +84,12 @@ def _train(job: DefenseJob, student, **kwargs) -> dict:
 @register_defense("w2sdefense", method="lora")
 def w2sdefense(job: DefenseJob) -> dict:
     """Weak-to-strong unlearning: LoRA on the student, guided by the frozen clean teacher."""
-    from w2sdefense.defenses.teacher import load_teacher
+    from w2sdefense.defenses.teacher import check_teacher_labels, load_teacher
     from w2sdefense.defenses.w2s import cache_teacher_outputs, w2s_loss
 
     if not job.teacher:
         raise UserError("w2sdefense needs a trained teacher (run `w2sdefense teacher`, then pass --teacher)")
+    check_teacher_labels(job.teacher, job.splits.num_labels, job.student)  # before the student's base is written
     student = _student(job)  # first: the same adapter and head as lora-ft gets for this seed
     teacher = load_teacher(job.teacher, job.rt.dtype)
     hidden = student.config.get_text_config().hidden_size

@@ -20,12 +20,20 @@ from w2sdefense.config import TeacherConfig
 from w2sdefense.data.records import Splits
 from w2sdefense.errors import UserError
 from w2sdefense.fileio import write_json
-from w2sdefense.models.loading import Classifier, fix_padding, resolve_model_path
+from w2sdefense.models.loading import (
+    TEACHER_FILE,
+    Classifier,
+    adapter_base,
+    fix_padding,
+    limit_length,
+    refuse_teacher,
+    resolve_model_path,
+)
 from w2sdefense.models.tiny import TINY_BUILDERS, build_tiny
 from w2sdefense.rundir import unfinished
 from w2sdefense.runtime import Runtime
 
-HEAD_FILE, META_FILE = "head.safetensors", "teacher.json"
+HEAD_FILE, META_FILE = "head.safetensors", TEACHER_FILE
 
 
 @dataclass
@@ -98,16 +106,37 @@ def load_encoder(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, object
         raise UserError(f"could not load teacher encoder {name!r}: {str(exc).splitlines()[0]}") from None
 
 
-def load_teacher(path: str | Path, dtype: torch.dtype = torch.float32) -> Classifier:
-    """A saved teacher with its tokenizer, frozen and in eval mode."""
+def teacher_dir(path: str | Path) -> Path:
+    """The folder holding a saved teacher's files: a teacher run folder's model/, or the folder itself."""
     path = Path(path)
     if unfinished(path):
         raise UserError(f"{path} is an unfinished teacher run (stopped before its last step): rerun the command "
                         "that made it to finish it")
-    path = path / "model" if (path / "model" / META_FILE).is_file() else path
+    return path / "model" if (path / "model" / META_FILE).is_file() else path
+
+
+def check_teacher_labels(teacher: str | Path, num_labels: int, student: str) -> None:
+    """Before any work: the teacher must classify the student's labels (its KD targets are per class)."""
+    folder = teacher_dir(teacher)
+    if not (folder / META_FILE).is_file():
+        raise UserError(f"{teacher} is not a saved teacher (no {META_FILE}); run `w2sdefense teacher` first")
+    try:
+        taught = json.loads((folder / META_FILE).read_text())["num_labels"]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{folder / META_FILE}: no num_labels; retrain the teacher") from None
+    if taught != num_labels:
+        raise UserError(f"the teacher {teacher} classifies {taught} labels, but the student {student} and its data "
+                        f"have {num_labels}: train the teacher on data with the same labels")
+
+
+def load_teacher(path: str | Path, dtype: torch.dtype = torch.float32) -> Classifier:
+    """A saved teacher with its tokenizer, frozen and in eval mode."""
+    path = teacher_dir(path)
     teacher = TeacherClassifier.from_pretrained(path, dtype)
     teacher.eval().requires_grad_(False)
-    return Classifier(teacher, AutoTokenizer.from_pretrained(path))
+    tok = AutoTokenizer.from_pretrained(path)
+    limit_length(teacher, tok)
+    return Classifier(teacher, tok)
 
 
 def hidden_size_of(name: str) -> int:
@@ -115,8 +144,9 @@ def hidden_size_of(name: str) -> int:
     if name in TINY_BUILDERS:
         return build_tiny(name, 2)[0].config.hidden_size
     path = Path(resolve_model_path(name))
+    refuse_teacher(path, name)
     if (path / "adapter_config.json").is_file():
-        return hidden_size_of(json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"])
+        return hidden_size_of(adapter_base(path))
     config = AutoConfig.from_pretrained(path)
     return config.get_text_config().hidden_size
 

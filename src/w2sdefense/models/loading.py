@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,12 @@ from w2sdefense.models.tiny import TINY_BUILDERS, build_tiny
 from w2sdefense.rundir import unfinished
 
 BUILTIN_MODELS = sorted([*PACKAGED, *TINY_BUILDERS])
+TEACHER_FILE = "teacher.json"  # what marks a saved teacher (defenses/teacher.py)
+# Models whose position ids start after the padding index, so the table holds 2 more than they read.
+_POSITION_OFFSET_TYPES = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "mpnet",
+                          "data2vec-text", "ibert"}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,7 +82,7 @@ def resolve_model_path(name: str) -> str:
 
 
 def fix_padding(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> None:
-    """Give decoders a pad token (eos) and tell the model which id it is."""
+    """Give decoders a pad token (eos) and tell the model which id it is; cap the length (limit_length)."""
     if tok.pad_token is None:
         if tok.eos_token is None:
             raise UserError("the tokenizer has neither a pad nor an eos token to pad with")
@@ -83,6 +90,39 @@ def fix_padding(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> None:
     # Right padding: decoders pool the rightmost non-pad token, encoders the first one.
     tok.padding_side = "right"
     model.config.pad_token_id = tok.pad_token_id
+    limit_length(model, tok)
+
+
+def max_positions(config) -> int | None:
+    """How many tokens the model reads at most (its position table), or None when its config says none."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value - 2 if getattr(config, "model_type", "") in _POSITION_OFFSET_TYPES else value
+    return None
+
+
+def limit_length(model, tok: PreTrainedTokenizerBase) -> None:
+    """Lower the tokenizer's model_max_length to the model's positions; `encode` cuts longer max_lengths to it.
+
+    The HF example scripts cut max_seq_length at tokenizer.model_max_length; tokenizers built in code (the
+    tiny models) or saved without it say "no limit", so the model's config decides too.
+    """
+    positions = max_positions(model.config)
+    if positions is not None and positions < (tok.model_max_length or positions + 1):
+        tok.model_max_length = positions
+
+
+def refuse_teacher(path: str | Path, name: str) -> None:
+    """A saved W2SDefense teacher is no sequence classifier: say so, and what takes one."""
+    path = Path(path)
+    if (path / TEACHER_FILE).is_file() or (path / "model" / TEACHER_FILE).is_file():
+        raise UserError(
+            f"{name} is a W2SDefense teacher (it has {TEACHER_FILE}), not a sequence classifier: `evaluate`, "
+            "--model and --student cannot load it; `defend --teacher` takes it, and `w2sdefense run` evaluates "
+            "its teacher (the teacher row of report.md; eval/teacher/metrics.json)"
+        )
 
 
 def _check_labels(config, num_labels: int | None, where: str) -> None:
@@ -95,8 +135,10 @@ def load_classifier(name: str, num_labels: int | None, dtype: torch.dtype = torc
     """Load a classifier; a fresh head with `num_labels` outputs when the checkpoint has none."""
     if name in TINY_BUILDERS:
         model, tok = build_tiny(name, num_labels or 2, dtype)
+        limit_length(model, tok)
         return Classifier(model, tok)
     path = resolve_model_path(name)
+    refuse_teacher(path, name)
     if (Path(path) / "adapter_config.json").is_file():
         return _load_adapter(Path(path), num_labels, dtype)
     try:
@@ -113,12 +155,30 @@ def load_classifier(name: str, num_labels: int | None, dtype: torch.dtype = torc
     return Classifier(model, tok)
 
 
-def _load_adapter(path: Path, num_labels: int | None, dtype: torch.dtype) -> Classifier:
-    """A PEFT adapter folder: load its base, then the adapter (and its trained head) on top."""
-    base_name = json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"]
+def adapter_base(path: Path) -> str:
+    """The base model an adapter folder names; after a move, the same-named folder beside the adapter.
+
+    A run saves a base built in code beside its adapter (RUN/base next to RUN/model) and records its
+    absolute path, which no longer exists once the run folder is moved or copied elsewhere.
+    """
+    base_name = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base_name:
         raise UserError(f"{path}: adapter_config.json names no base model")
-    base = load_classifier(base_name, num_labels, dtype)
+    recorded = Path(base_name).expanduser()
+    if base_name in TINY_BUILDERS or base_name in PACKAGED or recorded.exists() or _looks_like_hub_id(base_name):
+        return base_name
+    for beside in (path.parent / recorded.name, path / recorded.name):
+        if (beside / "config.json").is_file():
+            log.info("%s: its base %s is gone; using %s beside it", path, base_name, beside)
+            return str(beside)
+    raise UserError(f"{path}: its base model {base_name} is not there (moved or deleted), and no "
+                    f"{recorded.name}/ folder with a config.json sits beside the adapter; put the base back, or "
+                    "set base_model_name_or_path in adapter_config.json to where it is now")
+
+
+def _load_adapter(path: Path, num_labels: int | None, dtype: torch.dtype) -> Classifier:
+    """A PEFT adapter folder: load its base, then the adapter (and its trained head) on top."""
+    base = load_classifier(adapter_base(path), num_labels, dtype)
     model = PeftModel.from_pretrained(base.model, str(path))
     tok = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").is_file() else base.tokenizer
     fix_padding(model, tok)

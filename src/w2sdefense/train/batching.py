@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
@@ -12,6 +13,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from w2sdefense.data.records import Example
+from w2sdefense.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,7 @@ class Encoded:
 
 _ENCODED: OrderedDict[tuple, list[list[int]]] = OrderedDict()
 _ENCODED_KEEP = 16  # splits remembered per process (a few MB each)
+_WARNED: set[tuple[int, int]] = set()  # (asked, allowed) max_lengths already warned about
 
 
 def _fingerprint(tokenizer) -> str:
@@ -50,12 +55,25 @@ def encode(tokenizer, examples: Sequence[Example], max_length: int) -> Encoded:
     """Tokenise texts (truncated to max_length, unpadded); a split seen before is not re-tokenised.
 
     Stages of one `run` share tokenizers and splits (every defense reads the same clean train
-    split with the student's tokenizer), so the token ids are remembered per process.
+    split with the student's tokenizer), so the token ids are remembered per process. A max_length
+    beyond the model's positions (tokenizer.model_max_length, see models.loading.limit_length) is cut
+    to them with a warning, as the HF example scripts do.
     """
+    allowed = getattr(tokenizer, "model_max_length", None)
+    if isinstance(allowed, int) and 0 < allowed < max_length:
+        if (max_length, allowed) not in _WARNED:
+            _WARNED.add((max_length, allowed))
+            log.warning("max_length=%d is more than the model's %d positions: using max_length=%d", max_length,
+                        allowed, allowed)
+        max_length = allowed
     texts = tuple(ex.text for ex in examples)
     key = (_fingerprint(tokenizer), max_length, texts)
     if key not in _ENCODED:
         ids = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)["input_ids"] if texts else []
+        empty = next((ex for ex, row in zip(examples, ids) if not row), None)
+        if empty is not None:  # a decoder has no token to pool (and a batch of them no width at all)
+            raise UserError(f"row {empty.idx + 1} of its split gives no tokens (its text is {empty.text!r}); give it "
+                            "a text or remove it")
         _ENCODED[key] = [list(row) for row in ids]
         while len(_ENCODED) > _ENCODED_KEEP:
             _ENCODED.popitem(last=False)
