@@ -41,11 +41,11 @@ MAIN_DEFENSES = ("w2sdefense", "lora-ft")  # the rows of the main table, when pr
 
 
 def experiment(attack: str, runs: Path, seeds: list[int], variants: list[dict],
-               only: list[str] | None = None) -> tuple[ExperimentConfig, dict]:
+               only: list[str] | None = None, sets: list[str] = ()) -> tuple[ExperimentConfig, dict]:
     """The preset for `attack` (its defenses named in `only`, or all) with each defense repeated per seed,
     plus the variant rows (first seed). Returns the config and, per row label, its variant name and seed.
     """
-    cfg = load_config(ExperimentConfig, HERE.parent / "configs" / f"sst2-{attack}.yaml")
+    cfg = load_config(ExperimentConfig, HERE.parent / "configs" / f"sst2-{attack}.yaml", sets)
     cfg = dataclasses.replace(cfg, output_dir=str(runs / cfg.name))
     presets = cfg.defenses
     cfg = dataclasses.replace(cfg, defenses=[d for d in presets if only is None or d.row_name in only])
@@ -76,11 +76,11 @@ def share(stages_from: Path | None, to: Path) -> None:
 
 
 def run_attack(attack: str, runs: Path, seeds: list[int], variants: list[dict], first_run: Path | None,
-               only: list[str] | None = None) -> Path:
+               only: list[str] | None = None, sets: list[str] = ()) -> Path:
     """Run one attack's experiment and record its results JSON (merged with rows recorded earlier)."""
     from w2sdefense.pipeline import run_experiment
 
-    cfg, meta = experiment(attack, runs, seeds, variants, only)
+    cfg, meta = experiment(attack, runs, seeds, variants, only, sets)
     out = Path(cfg.output_dir)
     share(first_run, out)
     run_experiment(cfg)
@@ -312,6 +312,8 @@ def main() -> None:
     parser.add_argument("--defenses", nargs="+", help="the preset's defense rows to run (default: all)")
     parser.add_argument("--merge", help="another invocation's results JSON whose rows to add (same victim)")
     parser.add_argument("--rename", nargs="*", default=[], help="with --merge: old=new row labels")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a dotted override of every preset, as the CLI's --set (e.g. runtime.precision=fp32)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     from w2sdefense.cli import _quiet_libraries
@@ -323,7 +325,7 @@ def main() -> None:
         variants = yaml.safe_load(Path(args.variants).read_text()) if args.variants else []
         first = None
         for attack in args.attacks:
-            out = run_attack(attack, Path(args.runs), args.seeds, variants, first, args.defenses)
+            out = run_attack(attack, Path(args.runs), args.seeds, variants, first, args.defenses, args.set)
             first = first or out
     for path in RESULTS.glob("*.json"):
         if path.stem in ATTACKS:
