@@ -69,6 +69,11 @@ def poison(
     out: OutOpt,
     data: DataOpt = None,
     attack: Annotated[Optional[str], typer.Option(help="Attack name: badnet, insent, synbkd, stylebkd.")] = None,
+    target_label: Annotated[Optional[int], typer.Option(min=0, help="The label triggered inputs get (poison.target_label).")] = None,
+    count: Annotated[Optional[int], typer.Option(min=1, help="How many training rows to poison (poison.count).")] = None,
+    rate: Annotated[Optional[float], typer.Option(help="Or the share of training rows, in (0, 1] (poison.rate).")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="clean-label, dirty-label or mix (poison.mode).")] = None,
+    selection: Annotated[Optional[str], typer.Option(help="first (file order) or random (poison.selection).")] = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -78,8 +83,13 @@ def poison(
     from w2sdefense.attacks.poison import poison_dataset
     from w2sdefense.rundir import check_outside_inputs, claim_run_dir, data_inputs
 
-    job = _load(PoisonJob, config, set_, **{"data.dataset": data, "attack.name": attack,
-                                             "data.data_dir": _str(data_dir)})
+    if count is not None and rate is not None:
+        raise UserError("give one of --count and --rate, not both")
+    options = {"target_label": target_label, "count": count, "rate": rate, "mode": mode, "selection": selection}
+    # As overrides (before --set, which wins), so --rate clears a count from the config file and vice versa.
+    flags = [f"poison.{key}={value}" for key, value in options.items() if value is not None]
+    job = _load(PoisonJob, config, flags + (set_ or []), **{"data.dataset": data, "attack.name": attack,
+                                                             "data.data_dir": _str(data_dir)})
     check_outside_inputs(out, {**data_inputs(job.data), "config file": config})
     with claim_run_dir(out, overwrite) as folder:
         poison_dataset(job.data, job.attack, job.poison, job.seed, folder, overwrite)

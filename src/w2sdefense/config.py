@@ -60,6 +60,8 @@ class DataConfig:
     """Which labelled splits to read: a named dataset, a folder, or explicit files."""
 
     dataset: str | None = "sst2"  # a name under data_dir, or a folder with train/dev/test files
+    hub: str | None = None  # a Hugging Face hub dataset id (org/name); replaces `dataset` when set
+    hub_config: str | None = None  # the hub dataset's configuration name, if it has several
     data_dir: str | None = None  # default: $W2S_DATA_DIR
     train_file: str | None = None  # explicit files override the dataset's
     dev_file: str | None = None
@@ -77,6 +79,8 @@ class DataConfig:
             _check_positive(f"data.{name}", getattr(self, name))
         if self.num_labels is not None and self.num_labels < 2:
             raise UserError(f"data.num_labels must be >= 2; got {self.num_labels}")
+        if self.hub_config is not None and self.hub is None:
+            raise UserError("data.hub_config names a configuration of data.hub; set data.hub too")
 
 
 @dataclass

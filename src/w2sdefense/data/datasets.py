@@ -6,13 +6,15 @@ import os
 from pathlib import Path
 
 from w2sdefense.config import DataConfig
-from w2sdefense.data.loading import FORMATS, read_split
+from w2sdefense.data.loading import ARROW_STATE, FORMATS, HUB_EXTRA, read_split
 from w2sdefense.data.records import Example, Splits
 from w2sdefense.errors import UserError
 from w2sdefense.fileio import cache_root, write_jsonl
 
 SPLIT_NAMES = ("train", "dev", "test")
 ENV_DATA_DIR = "W2S_DATA_DIR"
+# The names a split goes by: ours first, then the Hugging Face ones (hub datasets say "validation").
+SPLIT_ALIASES = {"train": ("train",), "dev": ("dev", "validation", "valid"), "test": ("test",)}
 # Datasets that may come from the hub when no local copy exists: hub id and split names.
 HUB_DATASETS = {"sst2": ("SetFit/sst2", {"train": "train", "dev": "validation", "test": "test"})}
 
@@ -28,11 +30,24 @@ def resolve_data_dir(data_dir: str | None) -> Path | None:
 
 
 def _split_file(folder: Path, split: str) -> Path | None:
-    """The folder's file for `split`, preferring .jsonl over .json, .csv and .tsv."""
-    for ext in FORMATS:
-        path = folder / f"{split}{ext}"
-        if path.is_file():
-            return path
+    """The folder's source for `split`: a file named after it or an alias (dev: validation, valid),
+    preferring .jsonl over .json, .csv, .tsv and .parquet; a single Parquet shard
+    (`train-00000-of-00001.parquet`, also under `data/`, the hub's layout); or a subfolder written by
+    `DatasetDict.save_to_disk`."""
+    for name in SPLIT_ALIASES[split]:
+        for ext in FORMATS:
+            path = folder / f"{name}{ext}"
+            if path.is_file():
+                return path
+        if (folder / name / ARROW_STATE).is_file():
+            return folder / name
+        for where in (folder, folder / "data"):
+            shards = sorted(where.glob(f"{name}-*.parquet"))
+            if len(shards) > 1:
+                raise UserError(f"{where}: the {split} split is in {len(shards)} Parquet shards "
+                                f"({shards[0].name}, ...); join them into one file or set data.{split}_file")
+            if shards:
+                return shards[0]
     return None
 
 
@@ -40,8 +55,47 @@ def _hub_cache(name: str) -> Path:
     return cache_root() / "datasets" / name
 
 
+def _hub_folder(hub_id: str, config: str | None) -> Path:
+    """Where a `data.hub` dataset is kept once downloaded (a DatasetDict.save_to_disk folder)."""
+    name = hub_id.replace("/", "--") + (f"--{config}" if config else "")
+    return cache_root() / "datasets" / "hub" / name
+
+
+def _from_hub(cfg: DataConfig) -> Path:
+    """Download `data.hub` once (any hub dataset, its config and splits as they are) and keep it as a
+    save_to_disk folder; text and label columns are chosen when reading (data.text_field/label_field)."""
+    folder = _hub_folder(cfg.hub, cfg.hub_config)
+    if (folder / "dataset_dict.json").is_file():
+        return folder
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(f"data.hub needs the optional `datasets` package ({HUB_EXTRA})") from None
+    try:
+        loaded = datasets.load_dataset(cfg.hub, cfg.hub_config)
+    except Exception as exc:  # offline, unknown name, auth, a config needed: say which in one line
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(f"could not load the hub dataset {cfg.hub}"
+                        f"{f' ({cfg.hub_config})' if cfg.hub_config else ''}: {type(exc).__name__}: {detail}") from None
+    if not isinstance(loaded, datasets.DatasetDict):
+        raise UserError(f"the hub dataset {cfg.hub} came back as one table, not named splits")
+    missing = [split for split in SPLIT_NAMES
+               if getattr(cfg, f"{split}_file") is None and not any(a in loaded for a in SPLIT_ALIASES[split])]
+    if missing:
+        raise UserError(f"the hub dataset {cfg.hub} has the splits {', '.join(loaded)}; none for "
+                        f"{', '.join(missing)} (looked for {', '.join(a for m in missing for a in SPLIT_ALIASES[m])}); "
+                        f"set {', '.join(f'data.{m}_file' for m in missing)}")
+    partial = folder.with_name(folder.name + ".partial")
+    loaded.save_to_disk(str(partial))
+    partial.replace(folder)
+    return folder
+
+
 def _local_dataset_folder(cfg: DataConfig) -> Path | None:
     """The dataset's folder on disk: a folder path, a name under the data dir, or the hub cache."""
+    if cfg.hub is not None:
+        folder = _hub_folder(cfg.hub, cfg.hub_config)
+        return folder if (folder / "dataset_dict.json").is_file() else None
     if cfg.dataset is None:
         return None
     as_path = Path(cfg.dataset).expanduser()
@@ -98,6 +152,8 @@ def _dataset_folder(cfg: DataConfig, needed: list[str]) -> Path:
     folder = _local_dataset_folder(cfg)
     if folder is not None:
         return folder
+    if cfg.hub is not None:
+        return _from_hub(cfg)
     if cfg.dataset is None:
         raise UserError(
             f"no file for the {', '.join(needed)} split(s): set data.dataset or "
@@ -125,8 +181,9 @@ def dataset_files(cfg: DataConfig) -> dict[str, Path]:
         for split in needed:
             path = _split_file(folder, split)
             if path is None:
-                names = ", ".join(f"{split}{ext}" for ext in FORMATS)
-                raise UserError(f"{folder}: no {split} split file (looked for {names})")
+                names = ", ".join(f"{name}{ext}" for name in SPLIT_ALIASES[split] for ext in FORMATS)
+                raise UserError(f"{folder}: no {split} split (looked for {names}, a {split}-*.parquet "
+                                f"shard, or a save_to_disk subfolder {split}/); set data.{split}_file")
             files[split] = path
     return {split: files[split] for split in SPLIT_NAMES}
 

@@ -1,4 +1,4 @@
-"""Reading labelled split files (JSONL, JSON, CSV, TSV) and transform files into records."""
+"""Reading labelled split files (JSONL, JSON, CSV, TSV, Parquet, `datasets` folders) and transform files."""
 
 from __future__ import annotations
 
@@ -12,16 +12,29 @@ from w2sdefense.data.records import Example
 from w2sdefense.errors import UserError
 from w2sdefense.fileio import utf8_error
 
-FORMATS = (".jsonl", ".json", ".csv", ".tsv")
+FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
+ARROW_STATE = "state.json"  # marks a folder written by datasets' Dataset.save_to_disk
+HUB_EXTRA = "pip install 'w2sdefense[hub]'"
 TEXT_FIELDS = ("text", "sentence", "sentences")
 LABEL_FIELDS = ("label", "labels")
 
 
 def iter_rows(path: str | Path) -> Iterator[tuple[str, dict]]:
-    """Yield (location, row) for every data row of a file; location reads 'FILE line N'."""
+    """Yield (location, row) for every data row of a file; location reads 'FILE line N' ('row N' for
+    Parquet files and folders saved with `datasets`' save_to_disk, which have no lines)."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"data file not found: {path}")
+    if path.is_dir():
+        if (path / ARROW_STATE).is_file():
+            yield from _saved_dataset_rows(path)
+            return
+        if (path / "dataset_dict.json").is_file():  # DatasetDict.save_to_disk: one subfolder per split
+            names = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+            raise UserError(f"{path} holds the splits {', '.join(names)}; give the folder as data.dataset, "
+                            "or one split's subfolder as a file")
+        raise UserError(f"{path} is a folder, not a data file (a split saved with datasets' save_to_disk "
+                        f"holds {ARROW_STATE})")
     if not path.is_file():
         raise UserError(f"{path} is not a file")
     suffix = path.suffix.lower()
@@ -29,7 +42,9 @@ def iter_rows(path: str | Path) -> Iterator[tuple[str, dict]]:
         kind = suffix or "(no extension)"
         raise UserError(f"{path}: unknown file type {kind}; use one of {', '.join(FORMATS)}")
     try:
-        if suffix == ".jsonl":
+        if suffix == ".parquet":
+            yield from _parquet_rows(path)
+        elif suffix == ".jsonl":
             yield from _jsonl_rows(path)
         elif suffix == ".json":
             yield from _json_rows(path)
@@ -53,6 +68,41 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
                     f"{path} line {line_no}: expected a JSON object, got {type(row).__name__}"
                 )
             yield f"{path} line {line_no}", row
+
+
+def _table_rows(path: Path, table: Any) -> Iterator[tuple[str, dict]]:
+    """Rows of an Arrow table (or a `datasets.Dataset`), located as 'PATH row N' (1-based)."""
+    for i, row in enumerate(table.to_pylist() if hasattr(table, "to_pylist") else table, 1):
+        yield f"{path} row {i}", row
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise UserError(f"{path}: reading Parquet needs pyarrow ({HUB_EXTRA})") from None
+    try:
+        table = pq.read_table(path)
+    except Exception as exc:  # pyarrow raises its own error types for a damaged or non-Parquet file
+        raise UserError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+    yield from _table_rows(path, table)
+
+
+def _saved_dataset_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(f"{path}: reading a folder saved with save_to_disk needs `datasets` ({HUB_EXTRA})") from None
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable save_to_disk folder ({_first_line(exc)})") from None
+    yield from _table_rows(path, loaded)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _json_rows(path: Path) -> Iterator[tuple[str, dict]]:
