@@ -17,7 +17,7 @@ from w2sdefense.attacks import (
     register_attack,
 )
 from w2sdefense.attacks.badnet import BadNet
-from w2sdefense.attacks.base import _ALIASES, _ATTACKS
+from w2sdefense.attacks.base import ATTACKS
 from w2sdefense.attacks.insent import InSent
 from w2sdefense.attacks.stylebkd import StyleBkd
 from w2sdefense.attacks.synbkd import SynBkd
@@ -122,7 +122,7 @@ def test_unknown_attack_lists_known_names() -> None:
 
 
 def test_new_attack_is_one_registration() -> None:
-    @register_attack("upper-test")
+    @register_attack("upper-test", "upper-alias")
     class Upper(Attack):
         def apply(self, example: Example, split: str, rng: random.Random) -> str | None:
             return example.text.upper()
@@ -130,11 +130,14 @@ def test_new_attack_is_one_registration() -> None:
     try:
         assert get_attack(AttackConfig(name="upper-test")).apply(Example("ab", 0, 0), "train",
                                                                  random.Random(0)) == "AB"
+        assert type(get_attack(AttackConfig(name="Upper-Alias"))) is Upper
         with pytest.raises(ValueError, match="registered twice"):
             register_attack("upper-test")(Upper)
+        with pytest.raises(ValueError, match="'upper-alias' is registered twice"):
+            register_attack("other", "upper-alias")(Upper)
     finally:
-        _ATTACKS.pop("upper-test")
-    assert "upper-test" not in available_attacks() and "upper-test" not in _ALIASES
+        ATTACKS.remove("upper-test")
+    assert "upper-test" not in available_attacks() and "upper-alias" not in ATTACKS
 
 
 @pytest.mark.parametrize("name,trigger", [("badnet", "mn"), ("insent", "I watched this 3D movie")])

@@ -11,6 +11,7 @@ from typing import ClassVar, TypeVar
 from w2sdefense.config import AttackConfig
 from w2sdefense.data.records import Example
 from w2sdefense.errors import UserError
+from w2sdefense.registry import Registry
 
 A = TypeVar("A", bound="type[Attack]")
 
@@ -33,45 +34,27 @@ class Attack(ABC):
         return {}
 
 
-_ATTACKS: dict[str, type[Attack]] = {}
-_ALIASES: dict[str, str] = {}
+ATTACKS: Registry[type[Attack]] = Registry("attack", "attack.name")
 
 
 def register_attack(name: str, *aliases: str) -> Callable[[A], A]:
     """Class decorator: make an Attack subclass available under `name` (and `aliases`)."""
 
     def decorator(cls: A) -> A:
-        for key in (name, *aliases):
-            if key in _ATTACKS or key in _ALIASES:
-                raise ValueError(f"attack name {key!r} is registered twice")
         cls.name = name
-        _ATTACKS[name] = cls
-        _ALIASES.update({alias: name for alias in aliases})
-        return cls
+        return ATTACKS.add(name, cls, aliases)
 
     return decorator
 
 
 def available_attacks() -> list[str]:
     """Registered attack names (aliases not included), sorted."""
-    return sorted(_ATTACKS)
-
-
-def _known_attacks() -> str:
-    parts = []
-    for name in available_attacks():
-        aliases = sorted(a for a, target in _ALIASES.items() if target == name)
-        parts.append(f"{name} (alias {', '.join(aliases)})" if aliases else name)
-    return ", ".join(parts)
+    return ATTACKS.names()
 
 
 def get_attack(cfg: AttackConfig, transforms_dir: Path | None = None) -> Attack:
     """Build the attack named by `cfg.name` (case-insensitive; aliases accepted)."""
-    key = cfg.name.strip().lower()
-    key = _ALIASES.get(key, key)
-    if key not in _ATTACKS:
-        raise UserError(f"unknown attack {cfg.name!r} (attack.name); known: {_known_attacks()}")
-    return _ATTACKS[key](cfg, transforms_dir)
+    return ATTACKS.get(cfg.name)(cfg, transforms_dir)
 
 
 def _slot(num_words: int, position: str, rng: random.Random) -> int:
