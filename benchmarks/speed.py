@@ -45,6 +45,7 @@ def _load(setup: Setup):
     """Student wrapped with the default LoRA, an (untrained) teacher of matching width, the data."""
     from w2sdefense.config import DataConfig, DefenseConfig, RuntimeConfig, TeacherConfig, TrainConfig
     from w2sdefense.data.datasets import load_splits
+    from w2sdefense.defenses import resolve
     from w2sdefense.defenses.teacher import build_teacher
     from w2sdefense.runtime import make_runtime
     from w2sdefense.train.job import prepare_student
@@ -52,8 +53,9 @@ def _load(setup: Setup):
     rt = make_runtime(RuntimeConfig())
     splits = load_splits(DataConfig(dataset="sst2", data_dir=setup.data_dir, max_train=setup.rows,
                                     max_test=setup.eval_rows))
-    cfg = DefenseConfig(train=TrainConfig(method="lora", epochs=1.0, lr=2e-4, batch_size=setup.batch_size,
-                                          max_length=setup.max_length, eval_batch_size=setup.eval_batch_size))
+    # The default W2SDefense settings (cfg.settings) with this benchmark's recipe (cfg.train).
+    cfg = resolve(DefenseConfig(train=TrainConfig(method="lora", epochs=1.0, lr=2e-4, batch_size=setup.batch_size,
+                                                  max_length=setup.max_length, eval_batch_size=setup.eval_batch_size)))
     student = prepare_student(setup.student, 2, cfg.train, rt, Path(os.environ["W2S_BENCH_TMP"]), setup.seed)
     hidden = student.config.get_text_config().hidden_size
     teacher = build_teacher(TeacherConfig(model=setup.teacher), 2, hidden, rt, setup.seed)
@@ -76,14 +78,14 @@ def _naive_terms(student, teacher, rows, cfg, device, decoder):
     out = student.model(input_ids=s_in["input_ids"], attention_mask=s_in["attention_mask"], output_hidden_states=True)
     logits = out.logits.float()
     ce = F.cross_entropy(logits, labels)
-    kd = kd_loss(logits, t_out.logits, cfg.temperature)
+    kd = kd_loss(logits, t_out.logits, cfg.settings.temperature)
     fa = feature_alignment_per_sample(t_out.feature, pool(out.hidden_states[-1], s_in["attention_mask"], decoder))
-    return w2s_total(ce, kd, fa, cfg.alpha, cfg.beta, cfg.gamma), {"ce": ce.item(), "kd": kd.item(), "fa": fa.item()}
+    return w2s_total(ce, kd, fa, cfg.settings.alpha, cfg.settings.beta, cfg.settings.gamma), {"ce": ce.item(), "kd": kd.item(), "fa": fa.item()}
 
 
 def arm_ours(setup: Setup) -> dict:
     """One epoch of our defend loop (teacher cache included in the time) and our evaluation."""
-    from w2sdefense.defenses.w2s import cache_teacher_outputs, w2s_loss
+    from w2sdefense.defenses.w2sdefense import cache_teacher_outputs, w2s_loss
     from w2sdefense.eval.predict import predict_logits
     from w2sdefense.models import is_decoder
     from w2sdefense.train.batching import Encoded, encode
@@ -99,7 +101,7 @@ def arm_ours(setup: Setup) -> dict:
     train = encode(student.tokenizer, splits.train, cfg.train.max_length)
     fit(student.model, train, Encoded([], []), cfg.train, rt, save=lambda model, path, state: path.mkdir(),
         out_dir=Path(os.environ["W2S_BENCH_TMP"]), seed=setup.seed, pad_id=student.tokenizer.pad_token_id,
-        loss_fn=w2s_loss(cfg, cache, is_decoder(student.config), rt.device), desc="ours: defend")
+        loss_fn=w2s_loss(cfg.settings, cache, is_decoder(student.config), rt.device), desc="ours: defend")
     defend_s = time.perf_counter() - start
     return {"defend_s": defend_s, "eval_s": eval_s, "predictions": logits.argmax(-1).tolist()}
 
@@ -144,7 +146,7 @@ def arm_naive(setup: Setup) -> dict:
 
 def check_first_batch(setup: Setup) -> dict:
     """Loss terms of the first file-order batch: cached teacher + our collation vs the straightforward step."""
-    from w2sdefense.defenses.w2s import cache_teacher_outputs, w2s_loss
+    from w2sdefense.defenses.w2sdefense import cache_teacher_outputs, w2s_loss
     from w2sdefense.models import is_decoder
     from w2sdefense.train.batching import encode, file_order_batches, make_collate
 
@@ -157,7 +159,7 @@ def check_first_batch(setup: Setup) -> dict:
     batch = make_collate(student.tokenizer.pad_token_id)(
         [{"input_ids": encoded.input_ids[i], "label": encoded.labels[i], "position": i} for i in first])
     with torch.no_grad():
-        ours = w2s_loss(cfg, cache, is_decoder(student.config), rt.device)(student.model, batch).terms
+        ours = w2s_loss(cfg.settings, cache, is_decoder(student.config), rt.device)(student.model, batch).terms
         _, naive = _naive_terms(student, teacher, rows, cfg, rt.device, is_decoder(student.config))
     return {"ours": ours, "straightforward": naive,
             "max_abs_diff": max(abs(ours[k] - naive[k]) for k in naive),

@@ -22,6 +22,8 @@ from w2sdefense.config import (
     load_config,
     read_yaml,
 )
+from w2sdefense.defenses import resolve
+from w2sdefense.defenses.base import check_defenses
 from w2sdefense.errors import UserError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.y*ml"))  # experiments; configs/accelerate/ holds launcher files
@@ -56,8 +58,10 @@ def test_unknown_nested_key_names_the_dotted_path_and_its_valid_keys() -> None:
 
 
 def test_unknown_key_inside_a_list_item_names_its_index() -> None:
-    with pytest.raises(UserError, match=r"defenses\.1\.betta"):
-        from_dict(ExperimentConfig, {"defenses": [{"name": "lora-ft"}, {"betta": 0.1}]})
+    cfg = from_dict(ExperimentConfig, {"defenses": [{"name": "lora-ft"}, {"betta": 0.1}]})
+    with pytest.raises(UserError, match=r"^unknown setting defenses\.1\.betta; w2sdefense takes alpha, beta, gamma, "
+                                        r"temperature, alignment beside name, label, seed and train$"):
+        check_defenses(cfg.defenses)
 
 
 def test_string_for_int_names_the_dotted_key() -> None:
@@ -191,13 +195,13 @@ def test_non_finite_numbers_are_rejected_naming_the_key(assignment: str, key: st
 
 def test_non_finite_numbers_are_rejected_in_files_and_constructors(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
-    path.write_text("defenses:\n  - name: lora-ft\n    temperature: .inf\n", encoding="utf-8")
-    with pytest.raises(UserError, match=r"defenses.0.temperature must be a finite number; got inf"):
-        load_config(ExperimentConfig, path)
+    path.write_text("defenses:\n  - name: w2sdefense\n    temperature: .inf\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"defense w2sdefense.temperature must be a finite number; got inf"):
+        resolve(load_config(ExperimentConfig, path).defenses[0])
     with pytest.raises(UserError, match=r"train.lr must be a finite number; got nan"):
         TrainConfig(lr=float("nan"))
-    with pytest.raises(UserError, match=r"defense.beta must be a finite number; got inf"):
-        DefenseConfig(beta=float("inf"))
+    with pytest.raises(UserError, match=r"defense x.beta must be a finite number; got inf"):
+        resolve(DefenseConfig(label="x", settings={"beta": float("inf")}))
 
 
 def test_a_non_utf8_config_file_names_its_line(tmp_path: Path) -> None:
@@ -293,15 +297,51 @@ def test_lora_dropout_range(dropout: float, ok: bool) -> None:
             LoraConfig(dropout=dropout)
 
 
+def _w2s(**settings):
+    return resolve(DefenseConfig(settings=settings)).settings
+
+
 def test_defense_alignment_choices_and_weights() -> None:
-    assert DefenseConfig(alignment="reference").alignment == "reference"
+    assert _w2s(alignment="reference").alignment == "reference"
     with pytest.raises(UserError, match=r"defense\.alignment must be one of per-sample, normalized, reference"):
-        DefenseConfig(alignment="mean")
+        _w2s(alignment="mean")
     with pytest.raises(UserError, match=r"defense\.beta must be >= 0"):
-        DefenseConfig(beta=-1.0)
-    assert DefenseConfig(gamma=0.0).gamma == 0.0
+        _w2s(beta=-1.0)
+    assert _w2s(gamma=0.0).gamma == 0.0
     with pytest.raises(UserError, match=r"defense\.temperature must be > 0"):
-        DefenseConfig(temperature=0.0)
+        _w2s(temperature=0.0)
+
+
+def test_each_defense_checks_its_own_settings_and_method() -> None:
+    # Flat YAML keys beside `name` are the defense's own settings.
+    cfg = from_dict(ExperimentConfig, {"defenses": [{"name": "lora-ft", "beta": 0.5}]})
+    assert cfg.defenses[0].settings == {"beta": 0.5}
+    with pytest.raises(UserError, match=r"^unknown setting defense lora-ft.beta; lora-ft has no settings of its own "
+                                        r"\(only name, label, seed and train\)$"):
+        resolve(cfg.defenses[0])
+    with pytest.raises(UserError, match=r"unknown setting defense w2sdefense.gama; w2sdefense takes alpha, beta, gamma, "
+                                        r"temperature, alignment"):
+        resolve(DefenseConfig(settings={"gama": 0.1}))
+    with pytest.raises(UserError, match=r"defenses.0: full-ft fine-tunes with train.method=full; the config "
+                                        r"says train.method=lora"):
+        check_defenses([DefenseConfig(name="full-ft", train={"method": "lora"})])
+    with pytest.raises(UserError, match=r"defense full-ft: full-ft fine-tunes with train.method=full"):
+        resolve(DefenseConfig(name="full-ft", train={"method": "lora"}))
+    with pytest.raises(UserError, match=r"unknown defense 'nad' \(defenses\[\].name\); known: full-ft, lora-ft "
+                                        r"\(alias lora\), w2sdefense \(alias w2s\)"):
+        resolve(DefenseConfig(name="nad"))
+    with pytest.raises(UserError, match=r"unknown setting defense w2sdefense.train.lrr"):
+        resolve(DefenseConfig(train={"lrr": 1.0}))
+
+
+def test_no_defense_inherits_another_recipe() -> None:
+    full, lora, w2s = (resolve(DefenseConfig(name=n)).train for n in ("full-ft", "lora-ft", "w2sdefense"))
+    assert (full.method, full.lr, full.epochs) == ("full", 2e-5, 3.0)
+    assert (lora.method, lora.lr, lora.epochs, lora.batch_size) == ("lora", 2e-4, 5.0, 32)
+    assert lora == w2s  # the fair comparison: the same recipe
+    # A partial train section changes only its keys of the defense's own recipe.
+    tuned = resolve(from_dict(DefenseConfig, {"name": "full-ft", "train": {"epochs": 1}})).train
+    assert (tuned.method, tuned.lr, tuned.epochs) == ("full", 2e-5, 1.0)
 
 
 def test_validation_runs_when_built_from_data() -> None:
@@ -316,21 +356,21 @@ def test_duplicate_defense_labels_are_rejected() -> None:
         ExperimentConfig(defenses=[DefenseConfig(), DefenseConfig()])
     with pytest.raises(UserError, match="defenses share a name: x"):
         from_dict(ExperimentConfig, {"defenses": [{"name": "lora-ft", "label": "x"}, {"label": "x"}]})
-    cfg = ExperimentConfig(defenses=[DefenseConfig(), DefenseConfig(label="w2s-ref", alignment="reference")])
+    cfg = ExperimentConfig(defenses=[DefenseConfig(), DefenseConfig(label="w2s-ref", settings={"alignment": "reference"})])
     assert [d.row_name for d in cfg.defenses] == ["w2sdefense", "w2s-ref"]
 
 
 def test_section_defaults_are_kept() -> None:
     cfg = ExperimentConfig()
     assert cfg.teacher.train.lr == pytest.approx(5e-5)
-    d = DefenseConfig()
-    assert (d.train.method, d.train.lr, d.train.epochs, d.train.batch_size) == ("lora", 2e-4, 5.0, 32)
+    d = resolve(DefenseConfig()).train
+    assert (d.method, d.lr, d.epochs, d.batch_size) == ("lora", 2e-4, 5.0, 32)
 
 
 def test_partial_nested_section_keeps_the_section_defaults() -> None:
     cfg = from_dict(ExperimentConfig, {"teacher": {"train": {"epochs": 1}}, "defenses": [{"train": {"epochs": 1}}]})
     assert cfg.teacher.train.lr == pytest.approx(5e-5)
-    assert cfg.defenses[0].train.lr == pytest.approx(2e-4)
+    assert resolve(cfg.defenses[0]).train.lr == pytest.approx(2e-4)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -344,8 +384,8 @@ def test_dump_yaml_round_trip_with_two_defenses() -> None:
         attack=AttackConfig(name="insent", triggers=["I watched this movie", "x"], num_insertions=2),
         poison=PoisonConfig(count=None, rate=0.25, mode="mix", selection="random", target_label=1),
         defenses=[
-            DefenseConfig(beta=0.5, temperature=3.0),
-            DefenseConfig(label="ref", alignment="reference",
+            DefenseConfig(settings={"beta": 0.5, "temperature": 3.0}),
+            DefenseConfig(label="ref", settings={"alignment": "reference"},
                           train=TrainConfig(method="lora", lr=2e-5, head_lr=1e-3,
                                             lora=LoraConfig(r=4, alpha=8, target_modules=["q_proj"]))),
         ],
@@ -354,7 +394,8 @@ def test_dump_yaml_round_trip_with_two_defenses() -> None:
     assert text.index("name:") < text.index("seed:") < text.index("defenses:")  # declaration order
     back = from_dict(ExperimentConfig, yaml.safe_load(text))
     assert back == cfg
-    assert back.defenses[1].train.lr == 2e-5 and back.defenses[1].train.lora.target_modules == ["q_proj"]
+    ref = resolve(back.defenses[1])
+    assert ref.train.lr == 2e-5 and ref.train.lora.target_modules == ["q_proj"] and ref.settings.alignment == "reference"
 
 
 def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:

@@ -123,7 +123,8 @@ def poisoned_and_teacher(tiny_splits, rt, tmp_path):
 @pytest.mark.parametrize("alignment", ["per-sample", "reference"])
 def test_w2sdefense_changes_only_adapter_and_head(poisoned_and_teacher, tiny_splits, rt, tmp_path, alignment):
     victim, teacher = poisoned_and_teacher
-    cfg = DefenseConfig(alignment=alignment, train=TrainConfig(method="lora", lora=LoraConfig(r=4, alpha=8), **FAST))
+    cfg = DefenseConfig(settings={"alignment": alignment},
+                        train=TrainConfig(method="lora", lora=LoraConfig(r=4, alpha=8), **FAST))
     student_before = load_classifier(str(victim), 2).model
     metrics = run_defense(DefenseJob(str(victim), str(teacher), tiny_splits, cfg, rt, tmp_path / "d", 0))
     assert {"ce", "kd", "fa", "loss"} <= set(metrics["history"][0])
@@ -137,7 +138,7 @@ def test_w2sdefense_changes_only_adapter_and_head(poisoned_and_teacher, tiny_spl
         torch.testing.assert_close(base_after[name], param, msg=f"frozen weight {name} changed")
     trained_head = dict(defended.named_parameters())["base_model.model.score.modules_to_save.default.weight"]
     assert not torch.equal(trained_head, student_before.score.weight)
-    assert metrics["alignment"] == alignment and metrics["trainable_params"] < metrics["total_params"]
+    assert metrics["settings"]["alignment"] == alignment and metrics["trainable_params"] < metrics["total_params"]
 
 
 def test_w2sdefense_needs_a_teacher(poisoned_and_teacher, tiny_splits, rt, tmp_path):
@@ -170,7 +171,7 @@ def test_teacher_width_follows_a_saved_student_of_another_width(tiny_splits, rt,
 
 def test_large_teacher_caches_spill_to_disk_with_the_same_values(poisoned_and_teacher, tiny_splits, rt, tmp_path,
                                                                   monkeypatch):
-    from w2sdefense.defenses import w2s
+    from w2sdefense.defenses import w2sdefense as w2s
 
     _, teacher_dir = poisoned_and_teacher
     teacher = load_teacher(teacher_dir)

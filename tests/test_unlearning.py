@@ -19,7 +19,7 @@ from w2sdefense.config import (
 )
 from w2sdefense.data.records import Example
 from w2sdefense.defenses import DefenseJob, run_defense
-from w2sdefense.defenses.w2s import TeacherCache
+from w2sdefense.defenses.w2sdefense import TeacherCache
 from w2sdefense.eval.probe import make_probe, probe_diagnostic, write_curves
 from w2sdefense.eval.report import add_residuals, plain_summary
 from w2sdefense.train.batching import LengthGroupedBatches, encode, make_loader
@@ -47,7 +47,7 @@ def test_w2s_with_ce_only_trains_exactly_the_lora_ft_adapter(victim_and_teacher,
     # Same seed, same data: W2SDefense with alpha=1, beta=gamma=0 is lora-ft, down to the bit, even though
     # it loads (and runs) its teacher first, and LoRA dropout draws random numbers every step.
     victim, teacher = victim_and_teacher
-    ce_only = DefenseConfig(alpha=1.0, beta=0.0, gamma=0.0, train=LORA)
+    ce_only = DefenseConfig(settings={"alpha": 1.0, "beta": 0.0, "gamma": 0.0}, train=LORA)
     run_defense(DefenseJob(victim, teacher, tiny_splits, ce_only, rt, tmp_path / "w2s", seed=3))
     run_defense(DefenseJob(victim, None, tiny_splits, DefenseConfig(name="lora-ft", train=LORA), rt,
                            tmp_path / "ft", seed=3))
@@ -56,7 +56,8 @@ def test_w2s_with_ce_only_trains_exactly_the_lora_ft_adapter(victim_and_teacher,
     for key in w2s:
         assert torch.equal(w2s[key], ft[key]), key
     # ... and the KD/FA terms really change the adapter when they are on (the test can fail).
-    run_defense(DefenseJob(victim, teacher, tiny_splits, DefenseConfig(alpha=1.0, beta=1.0, gamma=1.0, train=LORA),
+    run_defense(DefenseJob(victim, teacher, tiny_splits, DefenseConfig(settings={"alpha": 1.0, "beta": 1.0, "gamma": 1.0},
+                                                                       train=LORA),
                            rt, tmp_path / "w2s-full", seed=3))
     assert any(not torch.equal(t, ft[k]) for k, t in _adapter(tmp_path / "w2s-full").items())
 
@@ -105,9 +106,14 @@ def test_checkpoint_rules_pick_by_dev_accuracy(rule, delta, history, kept):
 
 def test_changed_settings_hashes_only_what_differs_from_defaults():
     assert changed_settings(ExperimentConfig()) == {}
-    cfg = ExperimentConfig(seed=7, defenses=[DefenseConfig(gamma=0.5, train=dataclasses.replace(
-        DefenseConfig().train, lora=LoraConfig(r=8)))])
-    assert changed_settings(cfg) == {"seed": 7, "defenses": [{"gamma": 0.5, "train": {"lora": {"r": 8}}}]}
+    cfg = ExperimentConfig(seed=7, defenses=[DefenseConfig(settings={"gamma": 0.5}, train={"lora": {"r": 8}})])
+    assert changed_settings(cfg) == {"seed": 7, "defenses": [{"settings": {"gamma": 0.5}, "train": {"lora": {"r": 8}}}]}
+    # A defense stage's key holds what the defense runs with: its own recipe's non-defaults included.
+    from w2sdefense.defenses.base import resolved_dict
+
+    key = resolved_dict(cfg.defenses[0])
+    assert key["settings"] == {"gamma": 0.5} and key["train"]["lora"] == {"r": 8}
+    assert key["train"]["method"] == "lora" and key["train"]["epochs"] == 5.0
 
 
 def _ex(idx: int, label: int, text: str = "x") -> Example:

@@ -189,7 +189,7 @@ def defend(
     out: OutOpt,
     student: Annotated[Optional[str], typer.Option(help="The poisoned classifier (run folder, checkpoint, hub id).")] = None,
     teacher: Annotated[Optional[str], typer.Option(help="A folder written by `w2sdefense teacher`.")] = None,
-    defense: Annotated[Optional[str], typer.Option(help="w2sdefense (default), lora-ft or full-ft.")] = None,
+    defense: Annotated[Optional[str], typer.Option(help="A defense from `w2sdefense list` (default w2sdefense).")] = None,
     data: DataOpt = None,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
@@ -199,7 +199,7 @@ def defend(
 ) -> None:
     """Unlearn a backdoor with clean data only: W2SDefense or a fine-tuning baseline."""
     from w2sdefense.data.datasets import load_splits
-    from w2sdefense.defenses import DefenseJob, run_defense
+    from w2sdefense.defenses import DefenseJob, resolve, run_defense
     from w2sdefense.models import check_model_name
     from w2sdefense.rundir import data_inputs, log_to
     from w2sdefense.runtime import make_runtime
@@ -208,9 +208,12 @@ def defend(
                                              "data.dataset": data, "data.data_dir": _str(data_dir)})
     if not job.student:
         raise UserError("defend needs --student (the poisoned model)")
+    spec = resolve(job.defense).spec  # unknown names and settings fail before any work
+    if spec.needs_teacher and not job.teacher:
+        raise UserError(f"{spec.name} needs a trained teacher: run `w2sdefense teacher`, then pass --teacher")
     check_model_name(job.student)
     splits = load_splits(job.data)
-    if job.defense.name == "w2sdefense" and job.teacher:
+    if spec.needs_teacher:
         from w2sdefense.defenses.teacher import check_teacher_labels
 
         check_teacher_labels(job.teacher, splits.num_labels, job.student)  # before the run folder
@@ -218,7 +221,7 @@ def defend(
     inputs = {**data_inputs(job.data), "--student": job.student, "--teacher": job.teacher, "config file": config}
     with _output(out, overwrite, resume, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
         metrics = run_defense(DefenseJob(job.student, job.teacher, splits, job.defense, rt, folder, job.seed))
-    typer.echo(f"{job.defense.name}: clean dev accuracy {metrics['best_dev_accuracy']:.4f}; adapter in {folder / 'model'}")
+    typer.echo(f"{spec.name}: clean dev accuracy {metrics['best_dev_accuracy']:.4f}; adapter in {folder / 'model'}")
 
 
 @app.command()
@@ -302,13 +305,21 @@ def run(
 @app.command(name="list")
 def list_components() -> None:
     """List the built-in attacks, models and defenses."""
-    from w2sdefense.attacks import available_attacks
-    from w2sdefense.defenses import available_defenses
+    import dataclasses
+
+    from w2sdefense.attacks.base import ATTACKS
+    from w2sdefense.defenses import DEFENSES
     from w2sdefense.models import BUILTIN_MODELS
 
-    typer.echo(f"attacks:  {', '.join(available_attacks())}")
+    typer.echo(f"attacks:  {ATTACKS.describe()}")
     typer.echo(f"models:   {', '.join(BUILTIN_MODELS)} (or any local folder / hub id)")
-    typer.echo(f"defenses: {', '.join(available_defenses())}")
+    typer.echo("defenses:")
+    for name, spec in DEFENSES:
+        aliases = ", ".join(DEFENSES.aliases_of(name))
+        traits = [spec.kind, f"fine-tunes: {spec.method or 'nothing'}"] + (["needs a teacher"] if spec.needs_teacher else [])
+        settings = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(spec.settings)) or "none"
+        typer.echo(f"  {name}{f' (alias {aliases})' if aliases else ''}: {spec.summary}")
+        typer.echo(f"      {'; '.join(traits)}; settings: {settings}")
 
 
 def _quiet_libraries() -> None:

@@ -22,7 +22,7 @@ from w2sdefense.fileio import utf8_error
 T = TypeVar("T")
 
 
-def _check_choice(name: str, value: Any, choices: tuple) -> None:
+def check_choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
         raise UserError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
 
@@ -32,7 +32,7 @@ def _check_finite(name: str, value: Any) -> None:
         raise UserError(f"{name} must be a finite number; got {value}")
 
 
-def _check_positive(name: str, value: float | int | None, allow_zero: bool = False) -> None:
+def check_positive(name: str, value: float | int | None, allow_zero: bool = False) -> None:
     if value is None:
         return
     _check_finite(name, value)
@@ -50,9 +50,9 @@ class RuntimeConfig:
     gradient_checkpointing: bool = False  # trade compute for memory on large students
 
     def __post_init__(self) -> None:
-        _check_choice("runtime.device", self.device, ("auto", "cpu", "cuda"))
-        _check_choice("runtime.precision", self.precision, ("auto", "fp32", "bf16"))
-        _check_positive("runtime.num_threads", self.num_threads)
+        check_choice("runtime.device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("runtime.precision", self.precision, ("auto", "fp32", "bf16"))
+        check_positive("runtime.num_threads", self.num_threads)
 
 
 @dataclass
@@ -76,7 +76,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         for name in ("num_labels", "max_train", "max_dev", "max_test"):
-            _check_positive(f"data.{name}", getattr(self, name))
+            check_positive(f"data.{name}", getattr(self, name))
         if self.num_labels is not None and self.num_labels < 2:
             raise UserError(f"data.num_labels must be >= 2; got {self.num_labels}")
         if self.hub_config is not None and self.hub is None:
@@ -94,8 +94,8 @@ class AttackConfig:
     transform: str | None = None  # transform attacks: folder under <dataset>/transforms
 
     def __post_init__(self) -> None:
-        _check_choice("attack.position", self.position, ("interior", "any"))
-        _check_positive("attack.num_insertions", self.num_insertions)
+        check_choice("attack.position", self.position, ("interior", "any"))
+        check_positive("attack.num_insertions", self.num_insertions)
 
 
 class _Unset:
@@ -126,14 +126,14 @@ class PoisonConfig:
     def __post_init__(self) -> None:
         if self.count is _UNSET:
             self.count = DEFAULT_POISON_COUNT if self.rate is None else None
-        _check_choice("poison.mode", self.mode, ("clean-label", "dirty-label", "mix"))
-        _check_choice("poison.selection", self.selection, ("first", "random"))
+        check_choice("poison.mode", self.mode, ("clean-label", "dirty-label", "mix"))
+        check_choice("poison.selection", self.selection, ("first", "random"))
         if (self.count is None) == (self.rate is None):
             raise UserError("set exactly one of poison.count and poison.rate")
-        _check_positive("poison.count", self.count)
+        check_positive("poison.count", self.count)
         if self.rate is not None and not 0 < self.rate <= 1:
             raise UserError(f"poison.rate must be in (0, 1]; got {self.rate}")
-        _check_positive("poison.target_label", self.target_label, allow_zero=True)
+        check_positive("poison.target_label", self.target_label, allow_zero=True)
 
 
 @dataclass
@@ -146,8 +146,8 @@ class LoraConfig:
     target_modules: list[str] | None = None  # None: peft's default for the architecture; [all-linear]: every linear layer
 
     def __post_init__(self) -> None:
-        _check_positive("lora.r", self.r)
-        _check_positive("lora.alpha", self.alpha)
+        check_positive("lora.r", self.r)
+        check_positive("lora.alpha", self.alpha)
         if not 0 <= self.dropout < 1:
             raise UserError(f"lora.dropout must be in [0, 1); got {self.dropout}")
 
@@ -176,14 +176,14 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
 
     def __post_init__(self) -> None:
-        _check_choice("train.method", self.method, ("full", "lora"))
-        _check_choice("train.select", self.select, ("best", "latest-within"))
+        check_choice("train.method", self.method, ("full", "lora"))
+        check_choice("train.select", self.select, ("best", "latest-within"))
         if not 0 <= self.select_delta < 1:
             raise UserError(f"train.select_delta must be in [0, 1); got {self.select_delta}")
         for name in ("epochs", "lr", "batch_size", "grad_accum", "max_length", "eval_batch_size"):
-            _check_positive(f"train.{name}", getattr(self, name))
+            check_positive(f"train.{name}", getattr(self, name))
         for name in ("max_steps", "head_lr", "eval_every", "max_train_rows"):
-            _check_positive(f"train.{name}", getattr(self, name))
+            check_positive(f"train.{name}", getattr(self, name))
         if not 0 <= self.warmup_ratio < 1:
             raise UserError(f"train.warmup_ratio must be in [0, 1); got {self.warmup_ratio}")
 
@@ -197,18 +197,9 @@ class EvalConfig:
     probe_rows: int = 200  # `run`: triggered test rows whose ASR-cc is logged at every dev evaluation (0: off)
 
     def __post_init__(self) -> None:
-        _check_positive("eval.batch_size", self.batch_size)
-        _check_positive("eval.max_length", self.max_length)
-        _check_positive("eval.probe_rows", self.probe_rows, allow_zero=True)
-
-
-def _lora_train(**overrides: Any) -> TrainConfig:
-    # Defenses keep the last checkpoint within 2 dev points of the best: the best-dev rule stops
-    # unlearning at its first evaluation (benchmarks/RESULTS.md, "Variants").
-    base = dict(method="lora", epochs=5.0, lr=2e-4, batch_size=32, max_length=128, select="latest-within",
-                select_delta=0.02)
-    base.update(overrides)
-    return TrainConfig(**base)
+        check_positive("eval.batch_size", self.batch_size)
+        check_positive("eval.max_length", self.max_length)
+        check_positive("eval.probe_rows", self.probe_rows, allow_zero=True)
 
 
 @dataclass
@@ -228,28 +219,29 @@ class TeacherConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, lr=5e-5))
 
 
-ALIGNMENTS = ("per-sample", "normalized", "reference")
-
-
 @dataclass
 class DefenseConfig:
-    """One defense to run on the poisoned model; `name` picks it from the registry."""
+    """One defense to run on the poisoned model; `name` picks it from the registry (`w2sdefense list`).
 
-    name: str = "w2sdefense"  # w2sdefense | lora-ft | full-ft
+    In YAML a defense's own settings sit beside `name` (`{name: w2sdefense, beta: 0.01}`); they land in
+    `settings` and the defense checks them (w2sdefense.defenses.resolve). `train` holds only the keys
+    that change the defense's own recipe.
+    """
+
+    EXTRA: ClassVar[str] = "settings"  # where keys not declared here go
+
+    name: str = "w2sdefense"
     label: str | None = None  # the row name in reports; default: name
     seed: int | None = None  # `run`: this defense's seed (adapter init, batch order); None: the experiment's
-    alpha: float = 5.0  # cross-entropy weight
-    beta: float = 0.001  # KD weight (multiplied by T^2)
-    gamma: float = 0.001  # feature-alignment weight
-    temperature: float = 2.0
-    alignment: str = "per-sample"  # per-sample | normalized (scale-free, on unit vectors) | reference (the authors' code)
-    train: TrainConfig = field(default_factory=_lora_train)
+    train: dict = field(default_factory=dict)  # over the defense's own recipe, e.g. {lr: 1.0e-3}
+    settings: dict = field(default_factory=dict)  # the defense's own, e.g. {alpha: 5, beta: 0.001}
 
     def __post_init__(self) -> None:
-        _check_choice("defense.alignment", self.alignment, ALIGNMENTS)
-        for name in ("alpha", "beta", "gamma"):
-            _check_positive(f"defense.{name}", getattr(self, name), allow_zero=True)
-        _check_positive("defense.temperature", self.temperature)
+        # Python callers may pass dataclasses (a TrainConfig, a defense's settings): keep plain data.
+        if dataclasses.is_dataclass(self.train):
+            self.train = to_dict(self.train)
+        if dataclasses.is_dataclass(self.settings):
+            self.settings = to_dict(self.settings)
 
     @property
     def row_name(self) -> str:
@@ -333,6 +325,13 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
     """Build dataclass `cls` from a mapping; unknown keys are an error listing the valid ones."""
     hints = typing.get_type_hints(cls)
     valid = [f.name for f in dataclasses.fields(cls) if f.init]
+    extra = getattr(cls, "EXTRA", None)
+    if extra is not None:
+        # Undeclared keys belong to the EXTRA mapping (a defense's own settings, checked by it).
+        loose = {k: v for k, v in data.items() if k not in valid}
+        data = {k: v for k, v in data.items() if k in valid}
+        if loose:
+            data[extra] = {**(data.get(extra) or {}), **loose}
     unknown = sorted(set(data) - set(valid))
     if unknown:
         prefix = f"{where}." if where else ""

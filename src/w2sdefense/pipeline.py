@@ -19,7 +19,8 @@ from w2sdefense.attacks.poison import load_poison_folder, poison_dataset
 from w2sdefense.config import ExperimentConfig, changed_settings, dump_yaml, to_dict
 from w2sdefense.data.datasets import load_splits
 from w2sdefense.data.records import Splits
-from w2sdefense.defenses import DefenseJob, run_defense
+from w2sdefense.defenses import DefenseJob, resolve, run_defense
+from w2sdefense.defenses.base import check_defenses, resolved_dict
 from w2sdefense.defenses.teacher import load_teacher, run_teacher
 from w2sdefense.eval.evaluate import evaluate_classifier, target_label
 from w2sdefense.eval.probe import TriggerProbe, make_probe, probe_diagnostic, write_curves
@@ -160,9 +161,10 @@ class Experiment:
     def defense(self, index: int, victim: Stage, teacher: Stage | None, poison: Stage) -> tuple[Stage, dict]:
         """Run one configured defense on the poisoned model with clean data."""
         c, d = self.cfg, self.cfg.defenses[index]
-        teacher_key = teacher.key if (teacher and d.name == "w2sdefense") else None
+        teacher_key = teacher.key if (teacher and resolve(d).spec.needs_teacher) else None
+        # The key holds the settings the defense runs with (its own recipe included), not only the config's.
         stage = Stage.of(f"defense {d.row_name}", self.out / "defenses" / d.row_name, victim.key, teacher_key,
-                         d, c.data, c.seed)
+                         resolved_dict(d), d.seed, c.data, c.seed)
 
         def work() -> dict:
             job = DefenseJob(student=str(victim.folder / "model"),
@@ -200,6 +202,7 @@ def _as_splits(data) -> Splits:
 
 def run_experiment(cfg: ExperimentConfig, overwrite: bool = False, rt: Runtime | None = None) -> Path:
     """Run every stage of `cfg` (re-using finished ones) and write report.json and report.md."""
+    check_defenses(cfg.defenses)  # an unknown defense or setting fails before the first stage
     rt = rt or make_runtime(cfg.runtime)
     out = Path(cfg.output_dir)
     models = {"victim model": cfg.victim.model, "teacher model": cfg.teacher.model}
@@ -227,7 +230,7 @@ def _run_stages(exp: Experiment) -> list[dict]:
     victim, victim_train = exp.victim(poison)
     rows.append(_row("poisoned", exp.evaluate("poisoned", victim, poison), victim_train))
     teacher = None
-    if any(d.name == "w2sdefense" for d in cfg.defenses):
+    if any(resolve(d).spec.needs_teacher for d in cfg.defenses):
         teacher, teacher_train = exp.teacher()
         rows.append(_row("teacher", exp.evaluate("teacher", teacher, poison, teacher=True), teacher_train))
     for i, d in enumerate(cfg.defenses):

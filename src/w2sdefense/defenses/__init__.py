@@ -1,5 +1,18 @@
-"""Defenses: weak-to-strong unlearning (W2SDefense), its losses and teacher, and baselines."""
+"""Defenses, one file each: W2SDefense (with its losses and teacher) and the fine-tuning baselines.
 
-from w2sdefense.defenses.registry import DefenseJob, available_defenses, register_defense, run_defense
+A new defense is one file that calls `register_defense` and one import line here.
+"""
 
-__all__ = ["DefenseJob", "available_defenses", "register_defense", "run_defense"]
+from w2sdefense.defenses import full_ft, lora_ft, w2sdefense  # noqa: F401  (registers them)
+from w2sdefense.defenses.base import (
+    DEFENSES,
+    DefenseJob,
+    DefenseSpec,
+    available_defenses,
+    register_defense,
+    resolve,
+    run_defense,
+)
+
+__all__ = ["DEFENSES", "DefenseJob", "DefenseSpec", "available_defenses", "register_defense", "resolve",
+           "run_defense"]

@@ -1,4 +1,4 @@
-"""Weak-to-strong unlearning: a frozen clean teacher guides a LoRA-wrapped poisoned student.
+"""W2SDefense (Zhao et al., 2025): a frozen small clean teacher guides the LoRA-wrapped poisoned student.
 
 Loss = alpha * CE + beta * T^2 * KL(teacher || student) + gamma * FA, on clean data only.
 """
@@ -6,6 +6,7 @@ Loss = alpha * CE + beta * T^2 * KL(teacher || student) + gamma * FA, on clean d
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from w2sdefense.config import DefenseConfig
+from w2sdefense.config import check_choice, check_positive
 from w2sdefense.data.records import Example
+from w2sdefense.defenses.base import DefenseJob, fine_tune, prepare, register_defense
 from w2sdefense.errors import UserError
 from w2sdefense.defenses.losses import (
     feature_alignment_normalized,
@@ -31,6 +33,56 @@ from w2sdefense.train.batching import encode, make_loader, model_inputs, sorted_
 from w2sdefense.train.loop import LossFn, StepOutput
 
 log = logging.getLogger(__name__)
+
+ALIGNMENTS = ("per-sample", "normalized", "reference")
+# The LoRA recipe W2SDefense and lora-ft share (same adapter, data and steps: a fair comparison). The
+# last checkpoint within 2 dev points of the best is kept: the best-dev rule stops unlearning at its
+# first evaluation (benchmarks/RESULTS.md, "Variants").
+LORA_RECIPE = {"method": "lora", "epochs": 5.0, "lr": 2e-4, "batch_size": 32, "max_length": 128,
+               "select": "latest-within", "select_delta": 0.02}
+
+
+@dataclass(frozen=True)
+class W2SSettings:
+    """The loss weights: alpha * CE + beta * T^2 * KL + gamma * FA (the authors' BadNet values)."""
+
+    alpha: float = 5.0  # cross-entropy weight
+    beta: float = 0.001  # KD weight (multiplied by T^2)
+    gamma: float = 0.001  # feature-alignment weight
+    temperature: float = 2.0
+    alignment: str = "per-sample"  # per-sample | normalized (scale-free, on unit vectors) | reference (the authors' code)
+
+    def __post_init__(self) -> None:
+        check_choice("defense.alignment", self.alignment, ALIGNMENTS)
+        for name in ("alpha", "beta", "gamma"):
+            check_positive(f"defense.{name}", getattr(self, name), allow_zero=True)
+        check_positive("defense.temperature", self.temperature)
+
+
+@register_defense("w2sdefense", "w2s", kind="repair", method="lora", needs_teacher=True, settings=W2SSettings,
+                  train=LORA_RECIPE)
+def w2sdefense(job: DefenseJob) -> dict:
+    """Weak-to-strong unlearning: LoRA on the student, guided by the frozen clean teacher."""
+    from w2sdefense.defenses.teacher import check_teacher_labels, load_teacher
+    from w2sdefense.models import is_decoder
+    from w2sdefense.train.job import limit
+
+    settings, train = job.settings, job.train
+    check_teacher_labels(job.teacher, job.splits.num_labels, job.student)  # before the student's base is written
+    student = prepare(job)  # first: the same adapter and head as lora-ft gets for this seed
+    teacher = load_teacher(job.teacher, job.rt.dtype)
+    hidden = student.config.get_text_config().hidden_size
+    if teacher.model.feature_dim != hidden and settings.gamma:
+        raise UserError(f"the teacher's feature size {teacher.model.feature_dim} differs from the student's "
+                        f"hidden size {hidden}: train the teacher for this student")
+    rows = limit(job.splits.train, train.max_train_rows)
+    spill = job.out_dir / "teacher_cache"
+    cache = cache_teacher_outputs(teacher, rows, train.max_length, train.eval_batch_size, job.rt, spill_dir=spill)
+    loss = w2s_loss(settings, cache, is_decoder(student.config), job.rt.device)
+    metrics = fine_tune(job, student, loss_fn=loss)
+    del cache, loss
+    shutil.rmtree(spill, ignore_errors=True)  # a disk cache only lives as long as the run
+    return metrics
 
 
 @dataclass(frozen=True)
@@ -83,7 +135,7 @@ def cache_teacher_outputs(teacher: Classifier, rows: list[Example], max_length: 
     return TeacherCache(logits, features, row_of)
 
 
-def w2s_loss(cfg: DefenseConfig, cache: TeacherCache, decoder: bool, device: torch.device) -> LossFn:
+def w2s_loss(cfg: W2SSettings, cache: TeacherCache, decoder: bool, device: torch.device) -> LossFn:
     """The W2SDefense step loss; teacher outputs are looked up by each example's identity."""
 
     def step(model: torch.nn.Module, batch: dict) -> StepOutput:

@@ -1,0 +1,165 @@
+"""What a defense is: its declaration (kind, fine-tuning method, teacher, settings, recipe), the
+registry it is chosen from, and the job it is given. One file per defense registers one.
+
+A `repair` defense produces a model, evaluated like any other; an `input-filter` defense leaves the
+model alone and decides per input at inference time. The pipeline reads these declarations and never
+a defense's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from w2sdefense.config import DefenseConfig, TrainConfig, changed_settings, from_dict, merge_dicts, to_dict
+from w2sdefense.data.records import Splits
+from w2sdefense.errors import UserError
+from w2sdefense.fileio import write_json
+from w2sdefense.registry import Registry
+from w2sdefense.runtime import Runtime
+from w2sdefense.train.job import Diagnostics, prepare_student, train_classifier
+
+KINDS = ("repair", "input-filter")
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    """A defense with no settings of its own (its training recipe is under `train`)."""
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    """A defense's declaration; `run` does the work on a DefenseJob and returns its metrics."""
+
+    name: str
+    kind: str  # repair | input-filter
+    run: Callable[["DefenseJob"], dict]
+    method: str | None  # the fine-tuning it does: lora | full | None (none)
+    needs_teacher: bool = False
+    settings: type = NoSettings  # a dataclass of its own settings, validated on construction
+    train: dict = field(default_factory=dict)  # its own training recipe; a config's `train` overrides keys
+    summary: str = ""
+
+
+DEFENSES: Registry[DefenseSpec] = Registry("defense", "defenses[].name")
+
+
+def register_defense(name: str, *aliases: str, kind: str, method: str | None, needs_teacher: bool = False,
+                     settings: type = NoSettings, train: dict | None = None) -> Callable:
+    """Decorator for a defense's run function: declares it and adds it to the registry."""
+    if kind not in KINDS:
+        raise ValueError(f"defense {name}: kind must be one of {KINDS}; got {kind!r}")
+    if method is not None and (train or {}).get("method", method) != method:
+        raise ValueError(f"defense {name}: its recipe's train.method contradicts method={method}")
+
+    def wrap(fn: Callable[["DefenseJob"], dict]) -> Callable[["DefenseJob"], dict]:
+        recipe = {**(train or {}), **({"method": method} if method else {})}
+        summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
+        DEFENSES.add(name, DefenseSpec(name, kind, fn, method, needs_teacher, settings, recipe, summary), aliases)
+        return fn
+
+    return wrap
+
+
+def available_defenses() -> list[str]:
+    """Registered defense names."""
+    return DEFENSES.names()
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A configured defense checked against its declaration: its spec, settings and full recipe."""
+
+    spec: DefenseSpec
+    settings: Any
+    train: TrainConfig
+
+
+def resolve(cfg: DefenseConfig, where: str | None = None) -> Resolved:
+    """Check `cfg` against its defense: known name, its own settings only, a recipe whose method fits.
+
+    The recipe is the defense's own `train` defaults with the config's keys over them, so no defense
+    inherits another's (a bare `{name: full-ft}` fine-tunes at full-ft's learning rate). `where` names
+    the config entry in messages (e.g. "defenses.1"); default "defense <label>".
+    """
+    spec = DEFENSES.get(cfg.name)
+    where = where or f"defense {cfg.row_name}"
+    valid = [f.name for f in dataclasses.fields(spec.settings)]
+    unknown = sorted(set(cfg.settings) - set(valid))
+    if unknown:
+        takes = (f"takes {', '.join(valid)} beside name, label, seed and train" if valid
+                 else "has no settings of its own (only name, label, seed and train)")
+        raise UserError(f"unknown setting {', '.join(f'{where}.{k}' for k in unknown)}; {spec.name} {takes}")
+    settings = from_dict(spec.settings, dict(cfg.settings), where)
+    train = from_dict(TrainConfig, merge_dicts(spec.train, cfg.train), f"{where}.train")
+    if spec.method is not None and train.method != spec.method:
+        raise UserError(f"{where}: {spec.name} fine-tunes with train.method={spec.method}; the config says "
+                        f"train.method={train.method} (remove it, or choose a defense that does that)")
+    return Resolved(spec, settings, train)
+
+
+def check_defenses(defenses: list[DefenseConfig]) -> list[Resolved]:
+    """resolve() every configured defense, naming each by its place in the list."""
+    return [resolve(d, f"defenses.{i}") for i, d in enumerate(defenses)]
+
+
+def resolved_dict(cfg: DefenseConfig) -> dict:
+    """What a configured defense runs with, for stage keys: its name and, of its settings and its full
+    recipe, those that differ from the classes' defaults (a new setting with a default keeps keys)."""
+    r = resolve(cfg)
+    return {"name": r.spec.name, "settings": changed_settings(r.settings), "train": changed_settings(r.train)}
+
+
+@dataclass(frozen=True)
+class DefenseJob:
+    """Everything a defense needs: the poisoned student, the teacher, clean data, where to write."""
+
+    student: str  # a run folder, checkpoint folder or hub id of the poisoned classifier
+    teacher: str | None  # a saved teacher folder (defenses that declare needs_teacher)
+    splits: Splits  # CLEAN data: the defender never sees the trigger
+    cfg: DefenseConfig
+    rt: Runtime
+    out_dir: Path
+    seed: int
+    diagnostics: Diagnostics | None = None  # e.g. a trigger probe logged per evaluation (never selects)
+
+    @property
+    def resolved(self) -> Resolved:
+        return resolve(self.cfg)
+
+    @property
+    def settings(self) -> Any:
+        return self.resolved.settings
+
+    @property
+    def train(self) -> TrainConfig:
+        return self.resolved.train
+
+
+def run_defense(job: DefenseJob) -> dict:
+    """Run the configured defense and write its metrics.json once."""
+    r = resolve(job.cfg)
+    if r.spec.needs_teacher and not job.teacher:
+        raise UserError(f"{r.spec.name} needs a trained teacher (run `w2sdefense teacher`, then pass --teacher)")
+    start = time.perf_counter()
+    metrics = r.spec.run(job)
+    metrics.update(defense=r.spec.name, seed=job.seed, defense_wall_time_s=time.perf_counter() - start,
+                   settings=to_dict(r.settings))
+    if job.rt.is_main:
+        write_json(job.out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def prepare(job: DefenseJob):
+    """The poisoned student ready for the defense's fine-tuning (LoRA adapter or full), seeded."""
+    return prepare_student(job.student, job.splits.num_labels, job.train, job.rt, job.out_dir, job.seed)
+
+
+def fine_tune(job: DefenseJob, student, **kwargs) -> dict:
+    """The shared fine-tuning loop on the defender's clean rows."""
+    return train_classifier(student, job.splits, job.train, job.rt, job.out_dir, job.seed,
+                            desc=job.cfg.row_name, diagnostics=job.diagnostics, **kwargs)
