@@ -46,7 +46,7 @@ def _load(setup: Setup):
     from w2sdefense.config import DataConfig, DefenseConfig, RuntimeConfig, TeacherConfig, TrainConfig
     from w2sdefense.data.datasets import load_splits
     from w2sdefense.defenses import resolve
-    from w2sdefense.defenses.teacher import build_teacher
+    from w2sdefense.models.teacher import build_teacher
     from w2sdefense.runtime import make_runtime
     from w2sdefense.train.job import prepare_student
 

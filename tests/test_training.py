@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 
 from w2sdefense.config import DefenseConfig, LoraConfig, TeacherConfig, TrainConfig
 from w2sdefense.defenses import DefenseJob, run_defense
-from w2sdefense.defenses.teacher import TeacherClassifier, build_teacher, load_teacher, run_teacher
+from w2sdefense.defenses.teacher import run_teacher
+from w2sdefense.models.teacher import TeacherClassifier, build_teacher, load_teacher
 from w2sdefense.errors import UserError
 from w2sdefense.models import load_classifier
 from w2sdefense.train.job import prepare_student, run_train, train_classifier
@@ -212,7 +213,7 @@ def test_w2sdefense_refuses_a_teacher_of_other_labels_before_any_work(tiny_split
 
 
 def test_a_moved_lora_run_finds_its_base_beside_it(tiny_splits, rt, tmp_path):
-    from w2sdefense.defenses.teacher import hidden_size_of
+    from w2sdefense.models.teacher import hidden_size_of
 
     first = tmp_path / "a" / "run"
     run_train("tiny-llama", tiny_splits, TrainConfig(method="lora", lora=LoraConfig(r=4, alpha=8), **FAST), rt, first,

@@ -214,7 +214,7 @@ def defend(
     check_model_name(job.student)
     splits = load_splits(job.data)
     if spec.needs_teacher:
-        from w2sdefense.defenses.teacher import check_teacher_labels
+        from w2sdefense.models.teacher import check_teacher_labels
 
         check_teacher_labels(job.teacher, splits.num_labels, job.student)  # before the run folder
     rt = make_runtime(job.runtime)

@@ -21,7 +21,8 @@ from w2sdefense.data.datasets import load_splits
 from w2sdefense.data.records import Splits
 from w2sdefense.defenses import DefenseJob, resolve, run_defense
 from w2sdefense.defenses.base import check_defenses, resolved_dict
-from w2sdefense.defenses.teacher import load_teacher, run_teacher
+from w2sdefense.defenses.teacher import run_teacher
+from w2sdefense.models.teacher import load_teacher
 from w2sdefense.eval.evaluate import evaluate_classifier, target_label
 from w2sdefense.eval.probe import TriggerProbe, make_probe, probe_diagnostic, write_curves
 from w2sdefense.eval.report import write_report

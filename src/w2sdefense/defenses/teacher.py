@@ -1,169 +1,22 @@
-"""The small clean teacher: an encoder, [CLS] -> Linear(H, D) -> ReLU = feature -> Linear(D, K) = logits.
-
-D is the student's hidden size, so the teacher's feature can be aligned with the student's.
-"""
+"""`w2sdefense teacher`: the small clean teacher fully fine-tuned on clean data (its model is in
+models/teacher.py), its feature as wide as the student's hidden state."""
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
-from transformers import AutoConfig, AutoModel, AutoTokenizer, PreTrainedModel, set_seed
-from transformers.utils import ModelOutput
 
 from w2sdefense.config import TeacherConfig
 from w2sdefense.data.records import Splits
 from w2sdefense.errors import UserError
 from w2sdefense.fileio import write_json
-from w2sdefense.models.loading import (
-    TEACHER_FILE,
-    Classifier,
-    adapter_base,
-    fix_padding,
-    limit_length,
-    refuse_teacher,
-    resolve_model_path,
-)
-from w2sdefense.models.tiny import TINY_BUILDERS, build_tiny
-from w2sdefense.rundir import unfinished
+from w2sdefense.models.teacher import build_teacher, hidden_size_of
 from w2sdefense.runtime import Runtime
-
-HEAD_FILE, META_FILE = "head.safetensors", TEACHER_FILE
-
-
-@dataclass
-class TeacherOutput(ModelOutput):
-    """The teacher's logits [B, K] and feature [B, D]."""
-
-    logits: torch.Tensor | None = None
-    feature: torch.Tensor | None = None
-
-
-class TeacherHead(nn.Module):
-    """Projection to the student's width, ReLU (the feature), then the classifier."""
-
-    def __init__(self, hidden: int, feature_dim: int, num_labels: int) -> None:
-        super().__init__()
-        self.proj = nn.Linear(hidden, feature_dim)
-        self.out = nn.Linear(feature_dim, num_labels)
-
-    def forward(self, cls: torch.Tensor) -> TeacherOutput:
-        feature = torch.relu(self.proj(cls))
-        return TeacherOutput(logits=self.out(feature), feature=feature)
-
-
-class TeacherClassifier(nn.Module):
-    """Encoder + TeacherHead; saves and reloads without the student present."""
-
-    def __init__(self, encoder: PreTrainedModel, feature_dim: int, num_labels: int) -> None:
-        super().__init__()
-        if getattr(encoder, "pooler", None) is not None:
-            encoder.pooler = None  # unused (the head reads [CLS]); unused weights would stall DDP
-        self.encoder = encoder
-        self.config = encoder.config
-        self.head = TeacherHead(encoder.config.hidden_size, feature_dim, num_labels)
-        self.feature_dim, self.num_labels = feature_dim, num_labels
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_: object) -> TeacherOutput:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.head(hidden[:, 0])
-
-    def save_pretrained(self, path: str | Path, state_dict: dict | None = None) -> None:
-        """encoder/ (HF format), head.safetensors and teacher.json."""
-        path = Path(path)
-        state = state_dict if state_dict is not None else self.state_dict()
-        part = lambda prefix: {k[len(prefix):]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}  # noqa: E731
-        self.encoder.save_pretrained(path / "encoder", state_dict=part("encoder."))
-        save_file(part("head."), str(path / HEAD_FILE))
-        write_json(path / META_FILE, {"feature_dim": self.feature_dim, "num_labels": self.num_labels})
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> TeacherClassifier:
-        """Reload a saved teacher."""
-        path = Path(path)
-        if not (path / META_FILE).is_file():
-            raise UserError(f"{path} is not a saved teacher (no {META_FILE}); run `w2sdefense teacher` first")
-        meta = json.loads((path / META_FILE).read_text())
-        teacher = cls(AutoModel.from_pretrained(path / "encoder", dtype=dtype), meta["feature_dim"], meta["num_labels"])
-        teacher.head.load_state_dict(load_file(str(path / HEAD_FILE)))
-        return teacher.to(dtype)
-
-
-def load_encoder(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, object]:
-    """A bare encoder and its tokenizer (built-in name, folder or hub id)."""
-    if name in TINY_BUILDERS:
-        model, tok = build_tiny(name, 2, dtype)
-        return model.base_model, tok
-    path = resolve_model_path(name)
-    try:
-        return AutoModel.from_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError) as exc:
-        raise UserError(f"could not load teacher encoder {name!r}: {str(exc).splitlines()[0]}") from None
-
-
-def teacher_dir(path: str | Path) -> Path:
-    """The folder holding a saved teacher's files: a teacher run folder's model/, or the folder itself."""
-    path = Path(path)
-    if unfinished(path):
-        raise UserError(f"{path} is an unfinished teacher run (stopped before its last step): rerun the command "
-                        "that made it to finish it")
-    return path / "model" if (path / "model" / META_FILE).is_file() else path
-
-
-def check_teacher_labels(teacher: str | Path, num_labels: int, student: str) -> None:
-    """Before any work: the teacher must classify the student's labels (its KD targets are per class)."""
-    folder = teacher_dir(teacher)
-    if not (folder / META_FILE).is_file():
-        raise UserError(f"{teacher} is not a saved teacher (no {META_FILE}); run `w2sdefense teacher` first")
-    try:
-        taught = json.loads((folder / META_FILE).read_text())["num_labels"]
-    except (ValueError, KeyError, TypeError):
-        raise UserError(f"{folder / META_FILE}: no num_labels; retrain the teacher") from None
-    if taught != num_labels:
-        raise UserError(f"the teacher {teacher} classifies {taught} labels, but the student {student} and its data "
-                        f"have {num_labels}: train the teacher on data with the same labels")
-
-
-def load_teacher(path: str | Path, dtype: torch.dtype = torch.float32) -> Classifier:
-    """A saved teacher with its tokenizer, frozen and in eval mode."""
-    path = teacher_dir(path)
-    teacher = TeacherClassifier.from_pretrained(path, dtype)
-    teacher.eval().requires_grad_(False)
-    tok = AutoTokenizer.from_pretrained(path)
-    limit_length(teacher, tok)
-    return Classifier(teacher, tok)
-
-
-def hidden_size_of(name: str) -> int:
-    """The hidden size of a student given by name, folder, run folder, adapter or hub id."""
-    if name in TINY_BUILDERS:
-        return build_tiny(name, 2)[0].config.hidden_size
-    path = Path(resolve_model_path(name))
-    refuse_teacher(path, name)
-    if (path / "adapter_config.json").is_file():
-        return hidden_size_of(adapter_base(path))
-    config = AutoConfig.from_pretrained(path)
-    return config.get_text_config().hidden_size
-
-
-def build_teacher(cfg: TeacherConfig, num_labels: int, feature_dim: int, rt: Runtime, seed: int) -> Classifier:
-    """A fresh teacher: pretrained encoder + randomly initialised head of width `feature_dim`."""
-    set_seed(seed)
-    encoder, tok = load_encoder(cfg.model, rt.dtype)
-    teacher = TeacherClassifier(encoder, feature_dim, num_labels).to(rt.dtype)
-    fix_padding(teacher, tok)
-    return Classifier(teacher, tok)
+from w2sdefense.train.job import train_classifier
 
 
 def run_teacher(cfg: TeacherConfig, splits: Splits, student: str, rt: Runtime, out_dir: Path, seed: int) -> dict:
     """`w2sdefense teacher`: full fine-tuning of the small encoder on clean data."""
-    from w2sdefense.train.job import train_classifier  # the shared loop
-
     if cfg.train.method != "full":
         raise UserError("teacher.train.method must be full: the teacher is fully fine-tuned")
     start = time.perf_counter()

@@ -63,7 +63,7 @@ class W2SSettings:
                   train=LORA_RECIPE)
 def w2sdefense(job: DefenseJob) -> dict:
     """Weak-to-strong unlearning: LoRA on the student, guided by the frozen clean teacher."""
-    from w2sdefense.defenses.teacher import check_teacher_labels, load_teacher
+    from w2sdefense.models.teacher import check_teacher_labels, load_teacher
     from w2sdefense.models import is_decoder
     from w2sdefense.train.job import limit
 
