@@ -221,7 +221,11 @@ def defend(
     inputs = {**data_inputs(job.data), "--student": job.student, "--teacher": job.teacher, "config file": config}
     with _output(out, overwrite, resume, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
         metrics = run_defense(DefenseJob(job.student, job.teacher, splits, job.defense, rt, folder, job.seed))
-    typer.echo(f"{spec.name}: clean dev accuracy {metrics['best_dev_accuracy']:.4f}; adapter in {folder / 'model'}")
+    if spec.kind == "input-filter":
+        typer.echo(f"{spec.name}: filter calibrated on clean dev data; `w2sdefense evaluate --model {folder}` "
+                   "measures the model behind it")
+    else:
+        typer.echo(f"{spec.name}: clean dev accuracy {metrics['best_dev_accuracy']:.4f}; model in {folder / 'model'}")
 
 
 @app.command()
@@ -237,6 +241,7 @@ def evaluate(
     """Clean accuracy and attack success rate of a model on a poison folder's test sets."""
     import json
 
+    from w2sdefense.defenses.filtering import is_filter_run
     from w2sdefense.eval.evaluate import run_evaluate
     from w2sdefense.rundir import check_output_file, check_outside_inputs
     from w2sdefense.runtime import make_runtime
@@ -248,13 +253,32 @@ def evaluate(
     job = _load(EvaluateJob, config, set_)
     _check_test_sets(data)
     rt = make_runtime(job.runtime)
-    metrics = run_evaluate(model, data, job.eval, rt, out)
+    metrics = (_evaluate_filter if is_filter_run(model) else run_evaluate)(model, data, job.eval, rt, out)
     if rt.is_main:
         keys = ("clean_accuracy", "attack_success_rate", "attack_success_rate_clean_correct", "clean_total",
                 "triggered_total")
         typer.echo(json.dumps({k: metrics[k] for k in keys}, indent=2))
         if out:
             typer.echo(f"metrics written to {out}")
+
+
+def _evaluate_filter(folder: str, data: Path, cfg, rt, out: Path | None) -> dict:
+    """`evaluate` on an input-filter run: the model it guards, behind the filter."""
+    from w2sdefense.attacks.poison import load_poison_folder
+    from w2sdefense.defenses import open_filter
+    from w2sdefense.defenses.filtering import evaluate_filtered
+    from w2sdefense.eval.evaluate import target_label
+    from w2sdefense.fileio import write_json
+    from w2sdefense.models import load_classifier
+
+    flt, record = open_filter(folder)
+    poisoned = load_poison_folder(data)
+    clf = load_classifier(record["student"], poisoned.num_labels, rt.dtype)
+    metrics = evaluate_filtered(clf, flt, poisoned.test, poisoned.test_triggered, target_label(data), cfg, rt)
+    metrics.update(model=str(folder), defense=record["defense"], student=record["student"], poison_dir=str(data))
+    if out is not None and rt.is_main:
+        write_json(out, metrics)
+    return metrics
 
 
 def _check_test_sets(folder: Path) -> None:

@@ -19,7 +19,8 @@ from w2sdefense.attacks.poison import load_poison_folder, poison_dataset
 from w2sdefense.config import ExperimentConfig, changed_settings, dump_yaml, to_dict
 from w2sdefense.data.datasets import load_splits
 from w2sdefense.data.records import Splits
-from w2sdefense.defenses import DefenseJob, resolve, run_defense
+from w2sdefense.defenses import DefenseJob, open_filter, resolve, run_defense
+from w2sdefense.defenses.filtering import evaluate_filtered, is_filter_run
 from w2sdefense.defenses.base import check_defenses, resolved_dict
 from w2sdefense.defenses.teacher import run_teacher
 from w2sdefense.models.teacher import load_teacher
@@ -187,9 +188,17 @@ class Experiment:
 
         def work() -> dict:
             data = load_poison_folder(poison.folder)
+            target = target_label(poison.folder)
+            if is_filter_run(model_stage.folder):  # an input filter: the model it guards, behind it
+                flt, record = open_filter(model_stage.folder)
+                clf = load_classifier(record["student"], data.num_labels, self.rt.dtype)
+                metrics = evaluate_filtered(clf, flt, data.test, data.test_triggered, target, c.eval, self.rt)
+                if self.rt.is_main:
+                    write_json(stage.folder / "metrics.json", metrics)
+                return metrics
             path = model_stage.folder / "model"
             clf = load_teacher(path, self.rt.dtype) if teacher else load_classifier(str(path), data.num_labels, self.rt.dtype)
-            metrics = evaluate_classifier(clf, data.test, data.test_triggered, target_label(poison.folder), c.eval, self.rt)
+            metrics = evaluate_classifier(clf, data.test, data.test_triggered, target, c.eval, self.rt)
             if self.rt.is_main:
                 write_json(stage.folder / "metrics.json", metrics)
             return metrics

@@ -1,11 +1,13 @@
-"""Defenses, one file each: W2SDefense (with its losses and teacher) and the fine-tuning baselines.
+"""Defenses, one file each: W2SDefense (with its losses and teacher), the fine-tuning baselines, and the
+input filters ONION and STRIP.
 
 A new defense is one file that calls `register_defense` and one import line here.
 """
 
-from w2sdefense.defenses import full_ft, lora_ft, w2sdefense  # noqa: F401  (registers them)
+from w2sdefense.defenses import full_ft, lora_ft, onion, strip, w2sdefense  # noqa: F401  (registers them)
 from w2sdefense.defenses.base import (
     DEFENSES,
+    open_filter,
     DefenseJob,
     DefenseSpec,
     available_defenses,
@@ -14,5 +16,5 @@ from w2sdefense.defenses.base import (
     run_defense,
 )
 
-__all__ = ["DEFENSES", "DefenseJob", "DefenseSpec", "available_defenses", "register_defense", "resolve",
+__all__ = ["DEFENSES", "open_filter", "DefenseJob", "DefenseSpec", "available_defenses", "register_defense", "resolve",
            "run_defense"]

@@ -17,6 +17,7 @@ from typing import Any
 
 from w2sdefense.config import DefenseConfig, TrainConfig, changed_settings, from_dict, merge_dicts, to_dict
 from w2sdefense.data.records import Splits
+from w2sdefense.defenses.filtering import InputFilter, read_filter
 from w2sdefense.errors import UserError
 from w2sdefense.fileio import write_json
 from w2sdefense.registry import Registry
@@ -43,23 +44,33 @@ class DefenseSpec:
     settings: type = NoSettings  # a dataclass of its own settings, validated on construction
     train: dict = field(default_factory=dict)  # its own training recipe; a config's `train` overrides keys
     summary: str = ""
+    # input filters: rebuilds the calibrated filter from (settings, saved state)
+    load_filter: Callable[[Any, dict], InputFilter] | None = None
 
 
 DEFENSES: Registry[DefenseSpec] = Registry("defense", "defenses[].name")
 
 
 def register_defense(name: str, *aliases: str, kind: str, method: str | None, needs_teacher: bool = False,
-                     settings: type = NoSettings, train: dict | None = None) -> Callable:
-    """Decorator for a defense's run function: declares it and adds it to the registry."""
+                     settings: type = NoSettings, train: dict | None = None,
+                     load_filter: Callable[[Any, dict], InputFilter] | None = None) -> Callable:
+    """Decorator for a defense's run function: declares it and adds it to the registry.
+
+    A repair defense's run writes a model to the job's `model/`; an input filter's run calibrates the
+    filter and saves it with `write_filter`, and `load_filter` rebuilds it for evaluation.
+    """
     if kind not in KINDS:
         raise ValueError(f"defense {name}: kind must be one of {KINDS}; got {kind!r}")
+    if (kind == "input-filter") != (load_filter is not None):
+        raise ValueError(f"defense {name}: an input filter, and only one, declares load_filter")
     if method is not None and (train or {}).get("method", method) != method:
         raise ValueError(f"defense {name}: its recipe's train.method contradicts method={method}")
 
     def wrap(fn: Callable[["DefenseJob"], dict]) -> Callable[["DefenseJob"], dict]:
         recipe = {**(train or {}), **({"method": method} if method else {})}
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        DEFENSES.add(name, DefenseSpec(name, kind, fn, method, needs_teacher, settings, recipe, summary), aliases)
+        DEFENSES.add(name, DefenseSpec(name, kind, fn, method, needs_teacher, settings, recipe, summary, load_filter),
+                     aliases)
         return fn
 
     return wrap
@@ -163,3 +174,13 @@ def fine_tune(job: DefenseJob, student, **kwargs) -> dict:
     """The shared fine-tuning loop on the defender's clean rows."""
     return train_classifier(student, job.splits, job.train, job.rt, job.out_dir, job.seed,
                             desc=job.cfg.row_name, diagnostics=job.diagnostics, **kwargs)
+
+
+def open_filter(path: str | Path) -> tuple[InputFilter, dict]:
+    """A saved input filter (a filter run folder) and its record (defense, student, settings, state)."""
+    record = read_filter(path)
+    spec = DEFENSES.get(record.get("defense", "?"))
+    if spec.load_filter is None:
+        raise UserError(f"{path}: {spec.name} is not an input filter")
+    settings = from_dict(spec.settings, record.get("settings") or {}, f"{path} settings")
+    return spec.load_filter(settings, record.get("state") or {}), record

@@ -80,6 +80,9 @@ def plain_summary(rows: list[dict]) -> list[str]:
         else:
             lines.append(f"{r['model']}: ASR-cc {r['attack_success_rate_clean_correct']:.1%}, CA {ca:+.1f} points "
                          "(no clean model in this run, so no floor: set clean_model: true).")
+        if "false_rejection_rate" in r:  # an input filter: what it turned away
+            lines[-1] = (lines[-1][:-1] + f"; it rejects {r['false_rejection_rate']:.1%} of clean inputs and "
+                         f"{r['detection_rate']:.1%} of triggered ones.")
     return lines
 
 

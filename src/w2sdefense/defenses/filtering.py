@@ -1,0 +1,92 @@
+"""The input-filter side of defenses: a filter decides per input (reject, or let through, possibly edited)
+in front of a model it does not change. Calibrated by `defend` on clean dev data and saved as a run
+folder holding `filter.json`; `evaluate` and `run` measure the model behind it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import json
+
+from w2sdefense.config import EvalConfig
+from w2sdefense.data.records import Example
+from w2sdefense.errors import UserError
+from w2sdefense.eval.filtering import filtered_metrics
+from w2sdefense.eval.predict import predict_logits
+from w2sdefense.fileio import write_json
+from w2sdefense.models import Classifier
+from w2sdefense.runtime import Runtime, peak_memory_mb, reset_peak_memory
+from w2sdefense.train.batching import encode
+
+FILTER_FILE = "filter.json"
+
+
+@dataclass
+class Screened:
+    """A filter's decision on each input: the text the model gets, whether it is rejected, a score."""
+
+    texts: list[str]
+    rejected: list[bool]
+    scores: list[float]
+
+
+class InputFilter(Protocol):
+    def screen(self, clf: Classifier, texts: list[str], rt: Runtime) -> Screened:
+        """Decide on every text (the model is the one behind the filter)."""
+
+    def state(self) -> dict:
+        """JSON-able state the defense's `load_filter` rebuilds the filter from (threshold, ...)."""
+
+
+def classify(clf: Classifier, texts: list[str], cfg: EvalConfig, rt: Runtime, desc: str) -> list[int]:
+    """The model's predicted label for each text."""
+    rows = [Example(text=t, label=0, idx=i) for i, t in enumerate(texts)]
+    logits = predict_logits(clf.model, encode(clf.tokenizer, rows, cfg.max_length), clf.tokenizer.pad_token_id,
+                            cfg.batch_size, rt, desc)
+    return logits.argmax(-1).tolist() if len(rows) else []
+
+
+def write_filter(out_dir: Path, defense: str, student: str, settings: dict, flt: InputFilter, rt: Runtime) -> None:
+    """Save a calibrated filter: which defense, the model it guards, its settings and state."""
+    if rt.is_main:
+        student_path = Path(student).expanduser()
+        write_json(out_dir / FILTER_FILE, {"defense": defense,
+                                           "student": str(student_path.resolve()) if student_path.exists() else student,
+                                           "settings": settings, "state": flt.state()})
+
+
+def is_filter_run(path: str | Path) -> bool:
+    return (Path(path) / FILTER_FILE).is_file()
+
+
+def read_filter(path: str | Path) -> dict:
+    """The saved filter record of a filter run folder."""
+    file = Path(path) / FILTER_FILE
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{file}: not a readable filter record ({exc})") from None
+
+
+def evaluate_filtered(clf: Classifier, flt: InputFilter, test: list[Example], triggered: list[Example],
+                      target: int, cfg: EvalConfig, rt: Runtime) -> dict:
+    """CA, ASR and ASR-cc of the model behind `flt`, its false-rejection and detection rates, its cost."""
+    reset_peak_memory(rt.device)
+    start = time.perf_counter()
+    screened_clean = flt.screen(clf, [e.text for e in test], rt)
+    screened_trig = flt.screen(clf, [e.text for e in triggered], rt)
+    screen_time = time.perf_counter() - start
+    clean_preds = classify(clf, screened_clean.texts, cfg, rt, "clean test")
+    trig_preds = classify(clf, screened_trig.texts, cfg, rt, "triggered test")
+    wall = time.perf_counter() - start
+    metrics = filtered_metrics(clean_preds, [e.label for e in test], [e.idx for e in test], screened_clean.rejected,
+                               trig_preds, [e.idx for e in triggered], screened_trig.rejected, target)
+    rows = len(test) + len(triggered)
+    metrics.update(filter_seconds_per_input=screen_time / rows if rows else 0.0, eval_wall_time_s=wall,
+                   eval_examples_per_s=rows / wall if wall else 0.0,
+                   **{f"eval_{k}": v for k, v in peak_memory_mb(rt.device).items()})
+    return metrics

@@ -1,0 +1,83 @@
+"""`onion` (Qi et al., 2021): an input filter that edits instead of rejecting. A word whose removal lowers a
+language model's perplexity of the text by more than `threshold` is an outlier (a rare-word trigger
+reads as one) and is deleted before the model classifies the text. The language model is any causal LM
+by name, by default the packaged SmolLM2 with its LM head (no GPT-2 weights ship offline). It runs the
+LM once per word of every input: its cost per input is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from w2sdefense.config import check_positive, to_dict
+from w2sdefense.defenses.base import DefenseJob, register_defense
+from w2sdefense.defenses.filtering import Screened, write_filter
+from w2sdefense.models import Classifier
+from w2sdefense.models.language import LanguageModel, load_language_model, perplexities
+from w2sdefense.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class OnionSettings:
+    lm: str = "smollm2-135m"  # the causal LM that scores fluency
+    threshold: float = 0.0  # remove words whose removal lowers perplexity by more than this (the paper's 0)
+    max_words: int = 64  # words considered per input (the rest are kept as they are)
+    batch_size: int = 32
+    max_length: int = 128
+
+    def __post_init__(self) -> None:
+        for name in ("max_words", "batch_size", "max_length"):
+            check_positive(f"onion.{name}", getattr(self, name))
+
+
+class OnionFilter:
+    def __init__(self, settings: OnionSettings, lm: LanguageModel | None = None):
+        self.settings, self._lm = settings, lm
+
+    @property
+    def lm(self) -> LanguageModel:
+        if self._lm is None:
+            self._lm = load_language_model(self.settings.lm)
+        return self._lm
+
+    def suspicion(self, texts: list[str], rt: Runtime) -> list[list[float]]:
+        """Per input, per word (up to max_words): perplexity of the text minus that without the word."""
+        candidates, spans = [], []
+        for text in texts:
+            words = text.split()
+            n = min(len(words), self.settings.max_words) if len(words) > 1 else 0
+            spans.append((len(candidates), n))
+            candidates.append(text)
+            candidates += [" ".join(words[:i] + words[i + 1:]) for i in range(n)]
+        ppl = perplexities(self.lm, candidates, self.settings.batch_size, self.settings.max_length, rt.device)
+        return [[ppl[start] - ppl[start + 1 + i] for i in range(n)] for start, n in spans]
+
+    def screen(self, clf: Classifier, texts: list[str], rt: Runtime) -> Screened:
+        edited, scores = [], []
+        for text, suspicion in zip(texts, self.suspicion(texts, rt)):
+            words = text.split()
+            drop = {i for i, s in enumerate(suspicion) if s > self.settings.threshold}
+            if len(drop) >= len(words):
+                drop = set()  # never leave the model an empty input
+            edited.append(" ".join(w for i, w in enumerate(words) if i not in drop) if drop else text)
+            scores.append(max(suspicion, default=0.0))
+        return Screened(edited, [False] * len(texts), scores)
+
+    def state(self) -> dict:
+        return {}
+
+
+def _load(settings: OnionSettings, state: dict) -> OnionFilter:
+    return OnionFilter(settings)
+
+
+@register_defense("onion", kind="input-filter", method=None, settings=OnionSettings, load_filter=_load)
+def onion(job: DefenseJob) -> dict:
+    """Delete the words whose removal makes a language model find the text more fluent."""
+    settings = job.settings
+    flt = OnionFilter(settings)
+    dev = job.splits.dev[:50]  # a sample to measure how much ONION edits clean text
+    screened = flt.screen(None, [e.text for e in dev], job.rt)
+    changed = sum(a != b for a, b in zip(screened.texts, (e.text for e in dev)))
+    write_filter(job.out_dir, "onion", job.student, to_dict(settings), flt, job.rt)
+    return {"dev_rows_edited": changed, "dev_rows_checked": len(dev), "steps": 0, "trainable_params": 0}

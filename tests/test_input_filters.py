@@ -1,0 +1,175 @@
+"""Input-filter defenses (STRIP, ONION): their metrics by hand, their decisions on a model whose backdoor
+is known exactly, the perplexity they rest on against the library's own loss, and the real CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+import torch
+from types import SimpleNamespace
+
+from cli_helpers import error_line, run_cli
+from w2sdefense.config import DefenseConfig, RuntimeConfig
+from w2sdefense.data.records import Example, Splits
+from w2sdefense.defenses import DefenseJob, open_filter, resolve, run_defense
+from w2sdefense.defenses.filtering import evaluate_filtered
+from w2sdefense.defenses.onion import OnionFilter, OnionSettings
+from w2sdefense.defenses.strip import StripFilter, StripSettings
+from w2sdefense.config import EvalConfig
+from w2sdefense.eval.filtering import filtered_metrics
+from w2sdefense.models import Classifier
+from w2sdefense.models.language import load_language_model, perplexities
+from w2sdefense.models.tiny import byte_tokenizer
+
+
+def test_filtered_metrics_by_hand():
+    # 4 clean rows: row 0 right, row 1 right but rejected, row 2 wrong, row 3 right.
+    # 3 triggered rows (clean versions 0, 1, 3): hit, hit (its clean row was rejected), rejected.
+    m = filtered_metrics(clean_preds=[1, 1, 0, 1], clean_labels=[1, 1, 1, 1], clean_idx=[0, 1, 2, 3],
+                         clean_rejected=[False, True, False, False], trig_preds=[0, 0, 0], trig_idx=[0, 1, 3],
+                         trig_rejected=[False, False, True], target=0)
+    assert m["clean_accuracy"] == 2 / 4 and m["clean_accuracy_accepted"] == 2 / 3
+    assert m["attack_success_rate"] == 2 / 3 and m["attack_hits"] == 2
+    # Served right: clean rows 0 and 3; their triggered versions: a hit and a rejection.
+    assert m["attack_success_rate_clean_correct"] == 1 / 2 and m["triggered_clean_correct_total"] == 2
+    assert m["false_rejection_rate"] == 1 / 4 and m["detection_rate"] == 1 / 3
+
+
+class KeywordModel(torch.nn.Module):
+    """A classifier with a known backdoor: any 'z' byte sends it to class 0 with certainty; without one it
+    cannot decide (equal logits, entropy ln 2)."""
+
+    def __init__(self, z_id: int):
+        super().__init__()
+        self.z_id = z_id
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, input_ids, attention_mask, **_):
+        has_z = ((input_ids == self.z_id) & attention_mask.bool()).any(-1).float()
+        return SimpleNamespace(logits=torch.stack([20.0 * has_z, torch.zeros_like(has_z)], -1))
+
+
+@pytest.fixture
+def keyword_classifier():
+    tok = byte_tokenizer(["<pad>"], pad_token="<pad>")
+    return Classifier(KeywordModel(tok.convert_tokens_to_ids("z")), tok)
+
+
+CLEAN = ["a fine and lovely film", "the plot was dull", "good acting in every scene", "a boring story",
+         "fun for the whole family", "weak and slow", "great music", "the ending felt long"]
+
+
+def _splits(texts: list[str]) -> Splits:
+    rows = [Example(text=t, label=i % 2, idx=i) for i, t in enumerate(texts)]
+    return Splits(train=rows, dev=rows, test=rows, num_labels=2)
+
+
+def test_strip_rejects_inputs_whose_prediction_survives_blending(keyword_classifier, rt, tmp_path):
+    cfg = DefenseConfig(name="strip", settings={"copies": 8, "frr": 0.1})
+    settings = resolve(cfg).settings
+    flt = StripFilter(settings, CLEAN, seed=1)
+    clean_entropy = flt.entropies(keyword_classifier, CLEAN, rt)
+    assert clean_entropy == pytest.approx([math.log(2)] * len(CLEAN))
+    flt.threshold = float(torch.quantile(torch.tensor(clean_entropy), settings.frr))
+    triggered = [t.replace(" ", " zz ", 1) for t in CLEAN]
+    screened = flt.screen(keyword_classifier, triggered + CLEAN, rt)
+    assert screened.rejected == [True] * len(CLEAN) + [False] * len(CLEAN)
+    # Each copy keeps the trigger word with probability 1 - replace_ratio: the mean entropy shows it.
+    assert all(0 < s < math.log(2) for s in screened.scores[:len(CLEAN)])
+    # The same copies for the same input, whatever else is screened with it.
+    assert flt.blended(triggered[0]) == flt.blended(triggered[0])
+
+
+def test_strip_calibrates_on_clean_dev_at_the_stated_false_rejection_rate(rt, tmp_path):
+    from w2sdefense.train.job import run_train
+    from w2sdefense.config import TrainConfig
+
+    rng = random.Random(0)
+    words = "good bad fine dull great weak fun slow lovely boring".split()
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(3, 9))) for _ in range(60)]
+    splits = _splits(texts)
+    run_train("tiny-llama", splits, TrainConfig(method="full", epochs=1.0, batch_size=8, max_length=32), rt,
+              tmp_path / "victim", seed=0)
+    cfg = DefenseConfig(name="strip", settings={"copies": 4, "frr": 0.2})
+    metrics = run_defense(DefenseJob(str(tmp_path / "victim"), None, splits, cfg, rt, tmp_path / "strip", seed=3))
+    assert metrics["dev_false_rejection_rate"] <= 0.2 and metrics["dev_rows"] == 60
+    flt, record = open_filter(tmp_path / "strip")
+    assert record["defense"] == "strip" and flt.threshold == pytest.approx(metrics["threshold"])
+    assert record["student"] == str((tmp_path / "victim").resolve())
+
+
+def test_onion_deletes_the_words_whose_removal_makes_the_text_more_fluent(monkeypatch, rt):
+    import w2sdefense.defenses.onion as onion
+
+    text = "a lovely mn film"
+    fluency = {text: 100.0, "lovely mn film": 120.0, "a mn film": 130.0, "a lovely film": 20.0,
+               "a lovely mn": 140.0, "short": float("inf")}
+    monkeypatch.setattr(onion, "perplexities", lambda lm, texts, *a, **k: [fluency[t] for t in texts])
+    flt = OnionFilter(OnionSettings(threshold=0.0), lm=object())
+    screened = flt.screen(None, [text, "short"], rt)
+    assert screened.texts == ["a lovely film", "short"] and screened.rejected == [False, False]
+    assert screened.scores[0] == pytest.approx(80.0)
+    # A threshold above the gain keeps every word.
+    assert OnionFilter(OnionSettings(threshold=90.0), lm=object()).screen(None, [text], rt).texts == [text]
+
+
+def test_perplexity_matches_the_library_loss_and_ignores_padding(rt):
+    lm = load_language_model("tiny-llama")
+    texts = ["a lovely film", "the plot was dull and far too long for what it was"]
+    alone = [perplexities(lm, [t], 8, 64, rt.device)[0] for t in texts]
+    together = perplexities(lm, texts, 8, 64, rt.device)
+    assert together == pytest.approx(alone, rel=1e-5)
+    enc = lm.tokenizer(texts[0], return_tensors="pt")
+    with torch.no_grad():
+        loss = lm.model(**enc, labels=enc["input_ids"]).loss  # the library's own next-token loss
+    assert alone[0] == pytest.approx(math.exp(loss.item()), rel=1e-5)
+
+
+def test_evaluate_filtered_counts_rejections_as_the_metrics_say(keyword_classifier, rt):
+    flt = StripFilter(StripSettings(copies=8), CLEAN, seed=0, threshold=math.log(2) - 1e-6)
+    test = [Example(text=t, label=1, idx=i) for i, t in enumerate(CLEAN)]
+    triggered = [Example(text=t.replace(" ", " zz ", 1), label=1, idx=i) for i, t in enumerate(CLEAN)]
+    m = evaluate_filtered(keyword_classifier, flt, test, triggered, 0, EvalConfig(batch_size=4, max_length=32), rt)
+    # Clean rows: undecided logits (argmax 0 = the wrong label), none rejected; triggered: all rejected.
+    assert m["false_rejection_rate"] == 0.0 and m["detection_rate"] == 1.0
+    assert m["attack_success_rate"] == 0.0 and m["clean_accuracy"] == 0.0 and m["filter_seconds_per_input"] > 0
+
+
+def test_input_filters_from_the_cli_and_a_run_config(shared_data, tmp_path):
+    env = {"W2S_DATA_DIR": str(shared_data)}
+    config = tmp_path / "filters.yaml"
+    config.write_text(
+        "name: filters\nseed: 3\n"
+        "data: {dataset: sst2, max_train: 120, max_dev: 24, max_test: 24}\n"
+        "attack: {name: badnet}\npoison: {count: 30}\n"
+        "victim: {model: tiny-llama, train: {method: full, epochs: 1, batch_size: 16, max_length: 32}}\n"
+        "clean_model: true\n"
+        "defenses:\n  - {name: strip, copies: 2}\n  - {name: onion, lm: tiny-llama, max_words: 8}\n"
+        "eval: {batch_size: 32, max_length: 32, probe_rows: 8}\n")
+    proc = run_cli("run", str(config), "--out", str(tmp_path / "run"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    rows = {r["model"]: r for r in report["rows"]}
+    assert set(rows) == {"clean model", "poisoned", "strip", "onion"}  # no teacher: no defense needs one
+    for name in ("strip", "onion"):
+        assert 0 <= rows[name]["false_rejection_rate"] <= 1 and rows[name]["clean_total"] == 24
+        assert "residual_backdoor" in rows[name]
+    assert rows["onion"]["false_rejection_rate"] == 0.0  # ONION edits, never rejects
+    # The single commands: defend writes a filter run, evaluate measures the victim behind it.
+    victim, poison = tmp_path / "run" / "victim", tmp_path / "run" / "poison"
+    proc = run_cli("defend", "--student", str(victim), "--defense", "strip", "--data", "sst2", "--set",
+                   "data.max_dev=24", "--set", "defense.copies=2", "--out", str(tmp_path / "strip"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    proc = run_cli("evaluate", "--model", str(tmp_path / "strip"), "--data", str(poison), "--out",
+                   str(tmp_path / "m.json"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["defense"] == "strip" and "detection_rate" in m and m["triggered_total"] > 0
+    bad = run_cli("defend", "--student", str(victim), "--defense", "strip", "--data", "sst2",
+                  "--set", "defense.alpha=1", "--out", str(tmp_path / "bad"), env=env)
+    assert error_line(bad) == ("error: unknown setting defense strip.alpha; strip takes copies, replace_ratio, frr, "
+                               "blend_rows, max_length, batch_size beside name, label, seed and train")
+    assert not (tmp_path / "bad").exists()
