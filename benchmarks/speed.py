@@ -86,9 +86,9 @@ def _naive_terms(student, teacher, rows, cfg, device, decoder):
 def arm_ours(setup: Setup) -> dict:
     """One epoch of our defend loop (teacher cache included in the time) and our evaluation."""
     from w2sdefense.defenses.w2sdefense import cache_teacher_outputs, w2s_loss
-    from w2sdefense.eval.predict import predict_logits
+    from w2sdefense.models.predict import predict_logits
     from w2sdefense.models import is_decoder
-    from w2sdefense.train.batching import Encoded, encode
+    from w2sdefense.models.batching import Encoded, encode
     from w2sdefense.train.loop import fit
 
     rt, splits, cfg, student, teacher = _load(setup)
@@ -148,7 +148,7 @@ def check_first_batch(setup: Setup) -> dict:
     """Loss terms of the first file-order batch: cached teacher + our collation vs the straightforward step."""
     from w2sdefense.defenses.w2sdefense import cache_teacher_outputs, w2s_loss
     from w2sdefense.models import is_decoder
-    from w2sdefense.train.batching import encode, file_order_batches, make_collate
+    from w2sdefense.models.batching import encode, file_order_batches, make_collate
 
     rt, splits, cfg, student, teacher = _load(setup)
     student.model.eval()  # dropout off: both sides must see the same network

@@ -9,7 +9,7 @@ import torch
 
 from w2sdefense.data.records import Example
 from w2sdefense.models.tiny import byte_tokenizer
-from w2sdefense.train.batching import (
+from w2sdefense.models.batching import (
     Encoded,
     LengthGroupedBatches,
     encode,

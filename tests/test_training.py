@@ -187,7 +187,7 @@ def test_large_teacher_caches_spill_to_disk_with_the_same_values(poisoned_and_te
 
 def test_max_length_beyond_the_models_positions_is_cut_to_them_with_a_warning(tiny_splits, rt, tmp_path, caplog):
     from w2sdefense.data.records import Example, Splits
-    from w2sdefense.train.batching import encode
+    from w2sdefense.models.batching import encode
 
     long = [Example("good fun " * 300, ex.label, ex.idx) for ex in tiny_splits.train[:8]]  # 2700 tokens each
     splits = Splits(train=long, dev=tiny_splits.dev, test=tiny_splits.test, num_labels=2)

@@ -22,7 +22,7 @@ from w2sdefense.defenses import DefenseJob, run_defense
 from w2sdefense.defenses.w2sdefense import TeacherCache
 from w2sdefense.eval.probe import make_probe, probe_diagnostic, write_curves
 from w2sdefense.eval.report import add_residuals, plain_summary
-from w2sdefense.train.batching import LengthGroupedBatches, encode, make_loader
+from w2sdefense.models.batching import LengthGroupedBatches, encode, make_loader
 from w2sdefense.train.job import run_train
 from w2sdefense.train.loop import selects
 from w2sdefense.defenses.teacher import run_teacher

@@ -81,7 +81,8 @@ def poison(
 ) -> None:
     """Poison a dataset: writes train/dev/test/test_triggered.jsonl and poison.json."""
     from w2sdefense.attacks.poison import poison_dataset
-    from w2sdefense.rundir import check_outside_inputs, claim_run_dir, data_inputs
+    from w2sdefense.data.datasets import data_inputs
+    from w2sdefense.rundir import check_outside_inputs, claim_run_dir
 
     if count is not None and rate is not None:
         raise UserError("give one of --count and --rate, not both")
@@ -114,7 +115,8 @@ def train(
     """Fine-tune a classifier (full or LoRA) on a dataset or a poisoned folder."""
     from w2sdefense.data.datasets import load_splits
     from w2sdefense.models import check_model_name
-    from w2sdefense.rundir import data_inputs, log_to
+    from w2sdefense.data.datasets import data_inputs
+    from w2sdefense.rundir import log_to
     from w2sdefense.runtime import make_runtime
     from w2sdefense.train.job import run_train
 
@@ -169,7 +171,8 @@ def teacher(
     from w2sdefense.data.datasets import load_splits
     from w2sdefense.defenses.teacher import run_teacher
     from w2sdefense.models import check_model_name
-    from w2sdefense.rundir import data_inputs, log_to
+    from w2sdefense.data.datasets import data_inputs
+    from w2sdefense.rundir import log_to
     from w2sdefense.runtime import make_runtime
 
     job = _load(TeacherJob, config, set_, **{"data.dataset": data, "student": student, "teacher.model": model,
@@ -201,7 +204,8 @@ def defend(
     from w2sdefense.data.datasets import load_splits
     from w2sdefense.defenses import DefenseJob, resolve, run_defense
     from w2sdefense.models import check_model_name
-    from w2sdefense.rundir import data_inputs, log_to
+    from w2sdefense.data.datasets import data_inputs
+    from w2sdefense.rundir import log_to
     from w2sdefense.runtime import make_runtime
 
     job = _load(DefendJob, config, set_, **{"student": student, "teacher": teacher, "defense.name": defense,

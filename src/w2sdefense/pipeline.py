@@ -17,7 +17,7 @@ from pathlib import Path
 
 from w2sdefense.attacks.poison import load_poison_folder, poison_dataset
 from w2sdefense.config import ExperimentConfig, changed_settings, dump_yaml, to_dict
-from w2sdefense.data.datasets import load_splits
+from w2sdefense.data.datasets import data_inputs, load_splits
 from w2sdefense.data.records import Splits
 from w2sdefense.defenses import DefenseJob, open_filter, resolve, run_defense
 from w2sdefense.defenses.filtering import evaluate_filtered, is_filter_run
@@ -29,7 +29,7 @@ from w2sdefense.eval.probe import TriggerProbe, make_probe, probe_diagnostic, wr
 from w2sdefense.eval.report import write_report
 from w2sdefense.fileio import atomic_write_text, write_json
 from w2sdefense.models import load_classifier
-from w2sdefense.rundir import check_outside_inputs, claim_run_dir, data_inputs, log_to, prepare_run_dir, unfinished
+from w2sdefense.rundir import check_outside_inputs, claim_run_dir, log_to, prepare_run_dir, unfinished
 from w2sdefense.runtime import Runtime, make_runtime
 from w2sdefense.train.job import run_train
 

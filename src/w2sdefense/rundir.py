@@ -84,23 +84,6 @@ def check_outside_inputs(out: str | Path, inputs: Mapping[str, str | Path | None
                             "choose an output outside its inputs")
 
 
-def data_inputs(cfg: DataConfig, missing_ok: bool = False) -> dict[str, Path]:
-    """The split files a DataConfig reads and, unless the files are explicit, the dataset folder."""
-    # missing_ok: data that cannot be found has nothing to protect, and a `run` whose stages are
-    # all finished must still work where the data is gone.
-    from w2sdefense.data.datasets import dataset_files
-
-    try:
-        files = dataset_files(cfg)
-    except UserError:
-        if missing_ok:
-            return {}
-        raise
-    folders = {"data folder": path.parent for split, path in files.items()
-               if getattr(cfg, f"{split}_file") is None}  # explicit files: not their whole folder
-    return {**folders, **{f"{split} data file": path for split, path in files.items()}}
-
-
 def check_output_file(path: str | Path, overwrite: bool) -> Path:
     """Refuse a folder, an existing file without `overwrite`, and ever a file of a run folder."""
     path = Path(path)

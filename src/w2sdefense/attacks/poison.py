@@ -13,12 +13,12 @@ from pathlib import Path
 
 from w2sdefense.attacks.base import Attack, get_attack
 from w2sdefense.config import AttackConfig, DataConfig, PoisonConfig
-from w2sdefense.data.datasets import dataset_files, load_splits, transforms_dir
+from w2sdefense.data.datasets import data_inputs, dataset_files, load_splits, transforms_dir
 from w2sdefense.data.loading import load_examples
 from w2sdefense.data.records import Example, Splits
 from w2sdefense.errors import UserError
 from w2sdefense.fileio import sha256_file, write_json, write_jsonl
-from w2sdefense.rundir import check_outside_inputs, check_run_dir, data_inputs
+from w2sdefense.rundir import check_outside_inputs, check_run_dir
 
 SPLIT_FILES = ("train.jsonl", "dev.jsonl", "test.jsonl", "test_triggered.jsonl")
 META_FILE = "poison.json"

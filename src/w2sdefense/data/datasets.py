@@ -188,6 +188,21 @@ def dataset_files(cfg: DataConfig) -> dict[str, Path]:
     return {split: files[split] for split in SPLIT_NAMES}
 
 
+def data_inputs(cfg: DataConfig, missing_ok: bool = False) -> dict[str, Path]:
+    """The split files a DataConfig reads and, unless the files are explicit, the dataset folder."""
+    # missing_ok: data that cannot be found has nothing to protect, and a `run` whose stages are
+    # all finished must still work where the data is gone.
+    try:
+        files = dataset_files(cfg)
+    except UserError:
+        if missing_ok:
+            return {}
+        raise
+    folders = {"data folder": path.parent for split, path in files.items()
+               if getattr(cfg, f"{split}_file") is None}  # explicit files: not their whole folder
+    return {**folders, **{f"{split} data file": path for split, path in files.items()}}
+
+
 def transforms_dir(cfg: DataConfig) -> Path | None:
     """The `<dataset folder>/transforms` folder (it may not exist), or None with no folder."""
     if all(getattr(cfg, f"{split}_file") for split in SPLIT_NAMES):

@@ -17,10 +17,10 @@ from w2sdefense.data.records import Example
 from w2sdefense.defenses.base import DefenseJob, register_defense
 from w2sdefense.defenses.filtering import Screened, write_filter
 from w2sdefense.errors import UserError
-from w2sdefense.eval.predict import predict_logits
+from w2sdefense.models.predict import predict_logits
 from w2sdefense.models import Classifier, load_classifier
 from w2sdefense.runtime import Runtime
-from w2sdefense.train.batching import encode
+from w2sdefense.models.batching import encode
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from w2sdefense.defenses.losses import (
 from w2sdefense.models.features import pool
 from w2sdefense.models.loading import Classifier
 from w2sdefense.runtime import Runtime
-from w2sdefense.train.batching import encode, make_loader, model_inputs, sorted_batches
+from w2sdefense.models.batching import encode, make_loader, model_inputs, sorted_batches
 from w2sdefense.train.loop import LossFn, StepOutput
 
 log = logging.getLogger(__name__)

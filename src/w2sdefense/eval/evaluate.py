@@ -10,11 +10,11 @@ from w2sdefense.attacks.poison import META_FILE, load_poison_folder
 from w2sdefense.config import EvalConfig
 from w2sdefense.data.records import Example
 from w2sdefense.eval.metrics import backdoor_metrics
-from w2sdefense.eval.predict import predict_logits
+from w2sdefense.models.predict import predict_logits
 from w2sdefense.fileio import write_json
 from w2sdefense.models import Classifier, load_classifier
 from w2sdefense.runtime import Runtime, peak_memory_mb, reset_peak_memory
-from w2sdefense.train.batching import encode
+from w2sdefense.models.batching import encode
 
 
 def target_label(poison_dir: str | Path) -> int:

@@ -17,9 +17,9 @@ import torch
 from w2sdefense.config import EvalConfig
 from w2sdefense.data.records import Example
 from w2sdefense.eval.metrics import backdoor_metrics
-from w2sdefense.eval.predict import predict_logits
+from w2sdefense.models.predict import predict_logits
 from w2sdefense.runtime import Runtime
-from w2sdefense.train.batching import encode
+from w2sdefense.models.batching import encode
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from w2sdefense.models import (
     wrap_lora,
 )
 from w2sdefense.runtime import Runtime
-from w2sdefense.train.batching import encode
+from w2sdefense.models.batching import encode
 from w2sdefense.train.loop import Diagnose, LossFn, cross_entropy_step, fit
 
 # Given the model's tokenizer, the per-evaluation diagnostic (see eval/probe.py).

@@ -22,11 +22,11 @@ from transformers import get_linear_schedule_with_warmup, set_seed
 
 from w2sdefense.config import TrainConfig, to_dict
 from w2sdefense.errors import Interrupted
-from w2sdefense.eval.predict import predict_logits
+from w2sdefense.models.predict import predict_logits
 from w2sdefense.fileio import recover_folder, remove_folder, replace_folder
 from w2sdefense.rundir import RESUME_DIR
 from w2sdefense.runtime import Runtime, peak_memory_mb, reset_peak_memory
-from w2sdefense.train.batching import Encoded, LengthGroupedBatches, ShardedBatches, make_loader, model_inputs
+from w2sdefense.models.batching import Encoded, LengthGroupedBatches, ShardedBatches, make_loader, model_inputs
 from w2sdefense.train.interrupt import stop_on_sigint
 from w2sdefense.train.resume import discard_state, fingerprint, load_state, restore_rng, save_state
 

@@ -6,7 +6,7 @@ import torch
 from tqdm.auto import tqdm
 
 from w2sdefense.runtime import Runtime
-from w2sdefense.train.batching import Encoded, ShardedBatches, make_loader, model_inputs, sorted_batches
+from w2sdefense.models.batching import Encoded, ShardedBatches, make_loader, model_inputs, sorted_batches
 
 
 def predict_logits(model, encoded: Encoded, pad_id: int, batch_size: int, rt: Runtime,
