@@ -344,7 +344,8 @@ def list_components() -> None:
     typer.echo("defenses:")
     for name, spec in DEFENSES:
         aliases = ", ".join(DEFENSES.aliases_of(name))
-        traits = [spec.kind, f"fine-tunes: {spec.method or 'nothing'}"] + (["needs a teacher"] if spec.needs_teacher else [])
+        method = {"any": "lora or full (train.method)", None: "nothing"}.get(spec.method, spec.method)
+        traits = [spec.kind, f"fine-tunes: {method}"] + (["needs a teacher"] if spec.needs_teacher else [])
         settings = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(spec.settings)) or "none"
         typer.echo(f"  {name}{f' (alias {aliases})' if aliases else ''}: {spec.summary}")
         typer.echo(f"      {'; '.join(traits)}; settings: {settings}")

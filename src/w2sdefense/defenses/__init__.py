@@ -4,7 +4,7 @@ input filters ONION and STRIP.
 A new defense is one file that calls `register_defense` and one import line here.
 """
 
-from w2sdefense.defenses import full_ft, lora_ft, onion, strip, w2sdefense  # noqa: F401  (registers them)
+from w2sdefense.defenses import fine_pruning, full_ft, lora_ft, onion, strip, w2sdefense  # noqa: F401  (registers)
 from w2sdefense.defenses.base import (
     DEFENSES,
     open_filter,

@@ -25,6 +25,7 @@ from w2sdefense.runtime import Runtime
 from w2sdefense.train.job import Diagnostics, prepare_student, train_classifier
 
 KINDS = ("repair", "input-filter")
+METHODS = ("lora", "full", "any", None)
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class DefenseSpec:
     name: str
     kind: str  # repair | input-filter
     run: Callable[["DefenseJob"], dict]
-    method: str | None  # the fine-tuning it does: lora | full | None (none)
+    method: str | None  # the fine-tuning it does: lora | full | any (train.method decides) | None (none)
     needs_teacher: bool = False
     settings: type = NoSettings  # a dataclass of its own settings, validated on construction
     train: dict = field(default_factory=dict)  # its own training recipe; a config's `train` overrides keys
@@ -63,11 +64,13 @@ def register_defense(name: str, *aliases: str, kind: str, method: str | None, ne
         raise ValueError(f"defense {name}: kind must be one of {KINDS}; got {kind!r}")
     if (kind == "input-filter") != (load_filter is not None):
         raise ValueError(f"defense {name}: an input filter, and only one, declares load_filter")
-    if method is not None and (train or {}).get("method", method) != method:
+    if method not in METHODS:
+        raise ValueError(f"defense {name}: method must be one of {METHODS}; got {method!r}")
+    if method in ("lora", "full") and (train or {}).get("method", method) != method:
         raise ValueError(f"defense {name}: its recipe's train.method contradicts method={method}")
 
     def wrap(fn: Callable[["DefenseJob"], dict]) -> Callable[["DefenseJob"], dict]:
-        recipe = {**(train or {}), **({"method": method} if method else {})}
+        recipe = {**(train or {}), **({"method": method} if method in ("lora", "full") else {})}
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
         DEFENSES.add(name, DefenseSpec(name, kind, fn, method, needs_teacher, settings, recipe, summary, load_filter),
                      aliases)
@@ -107,7 +110,7 @@ def resolve(cfg: DefenseConfig, where: str | None = None) -> Resolved:
         raise UserError(f"unknown setting {', '.join(f'{where}.{k}' for k in unknown)}; {spec.name} {takes}")
     settings = from_dict(spec.settings, dict(cfg.settings), where)
     train = from_dict(TrainConfig, merge_dicts(spec.train, cfg.train), f"{where}.train")
-    if spec.method is not None and train.method != spec.method:
+    if spec.method in ("lora", "full") and train.method != spec.method:
         raise UserError(f"{where}: {spec.name} fine-tunes with train.method={spec.method}; the config says "
                         f"train.method={train.method} (remove it, or choose a defense that does that)")
     return Resolved(spec, settings, train)
@@ -165,9 +168,10 @@ def run_defense(job: DefenseJob) -> dict:
     return metrics
 
 
-def prepare(job: DefenseJob):
-    """The poisoned student ready for the defense's fine-tuning (LoRA adapter or full), seeded."""
-    return prepare_student(job.student, job.splits.num_labels, job.train, job.rt, job.out_dir, job.seed)
+def prepare(job: DefenseJob, modify: Callable | None = None):
+    """The poisoned student ready for the defense's fine-tuning (LoRA adapter or full), seeded; `modify`
+    changes its weights in place first (see train.job.prepare_student)."""
+    return prepare_student(job.student, job.splits.num_labels, job.train, job.rt, job.out_dir, job.seed, modify)
 
 
 def fine_tune(job: DefenseJob, student, **kwargs) -> dict:

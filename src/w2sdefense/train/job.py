@@ -33,12 +33,13 @@ log = logging.getLogger(__name__)
 
 
 def prepare_student(model_name: str, num_labels: int, cfg: TrainConfig, rt: Runtime, out_dir: Path,
-                    seed: int) -> Classifier:
+                    seed: int, modify: Callable[[Classifier], None] | None = None) -> Classifier:
     """Load the model and, for LoRA, wrap it with a fresh adapter (its base saved if built in code).
 
     The seed is set here, right before anything random is drawn (a new head, the adapter's
     initialisation), so every defense that builds the same student gets the same starting weights
-    whatever it loaded before (W2SDefense loads its teacher first).
+    whatever it loaded before (W2SDefense loads its teacher first). `modify` changes the loaded
+    weights in place before any adapter (fine-pruning's surgery); the changed model is then the base.
     """
     set_seed(seed)
     clf = load_classifier(model_name, num_labels, rt.dtype)
@@ -47,6 +48,10 @@ def prepare_student(model_name: str, num_labels: int, cfg: TrainConfig, rt: Runt
         # fresh adapter's base is then that merged model, saved below, not the original base.
         clf = Classifier(clf.model.merge_and_unload(), clf.tokenizer)
         clf.model.config._name_or_path = ""
+    if modify is not None:
+        modify(clf)
+        clf.model.config._name_or_path = ""  # no longer the weights on disk: a LoRA base is saved anew
+        set_seed(seed)  # the adapter starts as it would without the surgery
     if rt.gradient_checkpointing:
         # Non-reentrant checkpointing also works when the embeddings are frozen (LoRA).
         clf.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

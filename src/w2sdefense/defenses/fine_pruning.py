@@ -1,0 +1,125 @@
+"""`fine-pruning` (Liu et al., 2018): prune the MLP neurons of the last layers that are least active on
+clean data (a backdoor tends to live in neurons clean inputs leave dormant), then fine-tune on clean data,
+with LoRA (default: the same recipe as lora-ft) or every weight (`train.method: full`).
+
+A neuron is an input channel of a layer's MLP output projection (Llama's `down_proj`, BERT's
+`output.dense`); its activity is the mean absolute value of that input over the clean rows' real tokens.
+Pruning zeroes its column of the projection, and a gradient mask keeps it zero under full fine-tuning.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from w2sdefense.config import check_positive
+from w2sdefense.defenses.base import DefenseJob, fine_tune, prepare, register_defense
+from w2sdefense.defenses.w2sdefense import LORA_RECIPE
+from w2sdefense.errors import UserError
+from w2sdefense.models import Classifier
+from w2sdefense.models.batching import encode, make_loader, model_inputs, sorted_batches
+from w2sdefense.runtime import Runtime
+from w2sdefense.train.job import limit
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinePruningSettings:
+    ratio: float = 0.2  # share of each pruned layer's MLP neurons removed
+    layers: int = 2  # the last N transformer layers are pruned
+    rows: int = 256  # clean training rows whose activations rank the neurons
+    batch_size: int = 32
+
+    def __post_init__(self) -> None:
+        if not 0 < self.ratio < 1:
+            raise UserError(f"fine-pruning.ratio must be in (0, 1); got {self.ratio}")
+        for name in ("layers", "rows", "batch_size"):
+            check_positive(f"fine-pruning.{name}", getattr(self, name))
+
+
+def transformer_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The model's stack of transformer layers (the ModuleList as long as config.num_hidden_layers)."""
+    count = model.config.get_text_config().num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == count:
+            return list(module)
+    raise UserError(f"fine-pruning found no stack of {count} transformer layers in {type(model).__name__}")
+
+
+def mlp_output(layer: torch.nn.Module, hidden: int) -> torch.nn.Linear:
+    """A layer's MLP output projection: the Linear from the intermediate width down to the hidden size."""
+    found = [m for m in layer.modules() if isinstance(m, torch.nn.Linear) and m.out_features == hidden
+             and m.in_features > hidden]
+    if len(found) != 1:
+        raise UserError(f"fine-pruning needs one MLP output projection per layer; found {len(found)} in "
+                        f"{type(layer).__name__}")
+    return found[0]
+
+
+def neuron_activity(clf: Classifier, projections: list[torch.nn.Linear], rows: list, max_length: int,
+                    batch_size: int, rt: Runtime) -> list[torch.Tensor]:
+    """Per projection, the mean |input| of each input channel over the real tokens of `rows` (Examples)."""
+    sums = [torch.zeros(p.in_features) for p in projections]
+    count = [0]
+    mask_now = {}
+
+    def hook(i):
+        def record(module, args):
+            x = args[0].float().abs() * mask_now["mask"]
+            sums[i].add_(x.sum(dim=(0, 1)).cpu())
+        return record
+
+    handles = [p.register_forward_pre_hook(hook(i)) for i, p in enumerate(projections)]
+    model = clf.model.to(rt.device).eval()
+    encoded = encode(clf.tokenizer, rows, max_length)
+    try:
+        with torch.inference_mode():
+            for batch in make_loader(encoded, sorted_batches(encoded.lengths, batch_size), clf.tokenizer.pad_token_id):
+                inputs = {k: v.to(rt.device) for k, v in model_inputs(batch).items()}
+                mask_now["mask"] = inputs["attention_mask"].unsqueeze(-1).float()
+                count[0] += int(inputs["attention_mask"].sum())
+                model(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return [s / max(count[0], 1) for s in sums]
+
+
+def prune(clf: Classifier, settings: FinePruningSettings, rows: list, max_length: int, rt: Runtime) -> dict:
+    """Zero the least active MLP neurons of the last layers in place; returns what was pruned."""
+    hidden = clf.config.get_text_config().hidden_size
+    layers = transformer_layers(clf.model)[-settings.layers:]
+    projections = [mlp_output(layer, hidden) for layer in layers]
+    activity = neuron_activity(clf, projections, rows, max_length, settings.batch_size, rt)
+    pruned = []
+    for proj, act in zip(projections, activity):
+        k = int(settings.ratio * proj.in_features)
+        idx = torch.argsort(act)[:k]  # the most dormant on clean data
+        keep = torch.ones(proj.in_features, dtype=proj.weight.dtype)
+        keep[idx] = 0
+        with torch.no_grad():
+            proj.weight.mul_(keep.to(proj.weight.device))
+        # Full fine-tuning must not revive them: their gradient is masked too (a hook stays on the
+        # tensor whatever its requires_grad later becomes).
+        frozen = not proj.weight.requires_grad
+        proj.weight.requires_grad_(True)
+        proj.weight.register_hook(lambda grad, keep=keep: grad * keep.to(grad.device))
+        proj.weight.requires_grad_(not frozen)
+        pruned.append(k)
+    log.info("fine-pruning: %s neurons pruned in the last %d layers", pruned, len(layers))
+    return {"pruned_neurons": pruned, "pruned_layers": len(layers)}
+
+
+@register_defense("fine-pruning", kind="repair", method="any", settings=FinePruningSettings, train=LORA_RECIPE)
+def fine_pruning(job: DefenseJob) -> dict:
+    """Prune the MLP neurons clean data leaves dormant in the last layers, then fine-tune on clean data."""
+    settings, train = job.settings, job.train
+    rows = limit(job.splits.train, settings.rows)
+    record = {}
+    student = prepare(job, modify=lambda clf: record.update(prune(clf, settings, rows, train.max_length, job.rt)))
+    metrics = fine_tune(job, student)
+    metrics.update(record)
+    return metrics
