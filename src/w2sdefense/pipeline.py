@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from w2sdefense.attacks.poison import load_poison_folder, poison_dataset
+from w2sdefense.attacks.poison import poison_dataset
+from w2sdefense.data.poisoned import load_poison_folder, target_label
 from w2sdefense.config import ExperimentConfig, changed_settings, dump_yaml, to_dict
 from w2sdefense.data.datasets import data_inputs, load_splits
 from w2sdefense.data.records import Splits
@@ -24,7 +25,7 @@ from w2sdefense.defenses.filtering import evaluate_filtered, is_filter_run
 from w2sdefense.defenses.base import check_defenses, resolved_dict
 from w2sdefense.defenses.teacher import run_teacher
 from w2sdefense.models.teacher import load_teacher
-from w2sdefense.eval.evaluate import evaluate_classifier, target_label
+from w2sdefense.eval.evaluate import evaluate_classifier
 from w2sdefense.eval.probe import TriggerProbe, make_probe, probe_diagnostic, write_curves
 from w2sdefense.eval.report import write_report
 from w2sdefense.fileio import atomic_write_text, write_json

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
-from w2sdefense.attacks.poison import META_FILE, load_poison_folder
 from w2sdefense.config import EvalConfig
+from w2sdefense.data.poisoned import load_poison_folder, target_label
 from w2sdefense.data.records import Example
 from w2sdefense.eval.metrics import backdoor_metrics
 from w2sdefense.models.predict import predict_logits
@@ -15,11 +14,6 @@ from w2sdefense.fileio import write_json
 from w2sdefense.models import Classifier, load_classifier
 from w2sdefense.runtime import Runtime, peak_memory_mb, reset_peak_memory
 from w2sdefense.models.batching import encode
-
-
-def target_label(poison_dir: str | Path) -> int:
-    """The attack's target label, from the poison folder's poison.json."""
-    return int(json.loads((Path(poison_dir) / META_FILE).read_text(encoding="utf-8"))["poison"]["target_label"])
 
 
 def evaluate_classifier(clf: Classifier, test: list[Example], triggered: list[Example], target: int,

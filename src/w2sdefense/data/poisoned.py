@@ -1,0 +1,74 @@
+"""The poison folder: poisoned train, clean dev/test, the triggered test set, and poison.json.
+
+Written by `w2sdefense poison` (attacks/), read by training, evaluation and the defenses; it lives
+here, below all of them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from w2sdefense.data.loading import load_examples
+from w2sdefense.data.records import Example
+from w2sdefense.errors import UserError
+from w2sdefense.fileio import write_json, write_jsonl
+from w2sdefense.rundir import check_run_dir
+
+SPLIT_FILES = ("train.jsonl", "dev.jsonl", "test.jsonl", "test_triggered.jsonl")
+META_FILE = "poison.json"
+
+
+@dataclass
+class PoisonedData:
+    """Poisoned train, clean dev/test, the triggered test set (original labels) and the counts."""
+
+    train: list[Example]
+    dev: list[Example]
+    test: list[Example]
+    test_triggered: list[Example]
+    num_labels: int
+    summary: dict = field(default_factory=dict)
+
+
+def write_poison_folder(out_dir: str | Path, data: PoisonedData, meta: Mapping,
+                        overwrite: bool = False) -> Path:
+    """Write the four split files and poison.json (meta plus counts) atomically."""
+    out = Path(out_dir)
+    check_run_dir(out, overwrite)
+    splits = {"train.jsonl": data.train, "dev.jsonl": data.dev, "test.jsonl": data.test,
+              "test_triggered.jsonl": data.test_triggered}
+    for name, rows in splits.items():
+        write_jsonl(out / name, (ex.to_row() for ex in rows))
+    # Written last: a folder with poison.json is a complete one.
+    write_json(out / META_FILE, {**meta, "num_labels": data.num_labels, "counts": data.summary})
+    return out
+
+
+def load_poison_folder(path: str | Path) -> PoisonedData:
+    """Read a folder written by write_poison_folder back into PoisonedData."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise UserError(f"poison folder not found: {folder}")
+    missing = [name for name in (*SPLIT_FILES, META_FILE) if not (folder / name).is_file()]
+    if missing:
+        raise UserError(f"{folder} is not a complete poison folder: missing {', '.join(missing)}")
+    try:
+        meta = json.loads((folder / META_FILE).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        where = f"{folder / META_FILE} line {exc.lineno}"
+        raise UserError(f"{where}: invalid JSON ({exc.msg})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("num_labels"), int):
+        raise UserError(f"{folder / META_FILE}: no integer num_labels")
+    train, dev, test, triggered = (load_examples(folder / name) for name in SPLIT_FILES)
+    return PoisonedData(train=train, dev=dev, test=test, test_triggered=triggered,
+                        num_labels=meta["num_labels"], summary=meta.get("counts", {}))
+
+
+
+
+def target_label(poison_dir: str | Path) -> int:
+    """The attack's target label, from the poison folder's poison.json."""
+    return int(json.loads((Path(poison_dir) / META_FILE).read_text(encoding="utf-8"))["poison"]["target_label"])
