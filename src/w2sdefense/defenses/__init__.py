@@ -1,10 +1,19 @@
 """Defenses, one file each: W2SDefense (with its losses and teacher), the fine-tuning baselines, and the
-input filters ONION and STRIP.
+input filters ONION, STRIP and RAP; fine-pruning and NAD.
 
 A new defense is one file that calls `register_defense` and one import line here.
 """
 
-from w2sdefense.defenses import fine_pruning, full_ft, lora_ft, onion, strip, w2sdefense  # noqa: F401  (registers)
+from w2sdefense.defenses import (  # noqa: F401  (importing a defense's file registers it)
+    fine_pruning,
+    full_ft,
+    lora_ft,
+    nad,
+    onion,
+    rap,
+    strip,
+    w2sdefense,
+)
 from w2sdefense.defenses.base import (
     DEFENSES,
     open_filter,
