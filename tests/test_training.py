@@ -41,7 +41,36 @@ def test_full_finetune_changes_every_weight_and_saves_hf_format(tiny_splits, rt,
     assert 0.0 <= metrics["best_dev_accuracy"] <= 1.0 and metrics["history"]
     reloaded = load_classifier(str(tmp_path), 2)  # a run folder loads through its model/
     assert reloaded.model.config.num_labels == 2
-    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 8
+    assert not (tmp_path / "metrics.json").exists()  # the stage that trains records it (StageRecord)
+
+
+def test_each_stage_writes_its_metrics_once_with_one_wall_time(tiny_splits, rt, tmp_path, monkeypatch):
+    import w2sdefense.fileio as fileio
+    from w2sdefense.config import DefenseConfig, TeacherConfig
+    from w2sdefense.defenses import DefenseJob, run_defense
+    from w2sdefense.defenses.teacher import run_teacher
+
+    writes: list[str] = []
+    real = fileio.atomic_write_text
+    monkeypatch.setattr(fileio, "atomic_write_text", lambda path, text: (writes.append(str(path)), real(path, text)))
+    cfg = TrainConfig(method="full", **FAST)
+    run_train("tiny-llama", tiny_splits, cfg, rt, tmp_path / "victim", seed=0)
+    run_teacher(TeacherConfig(model="tiny-bert", train=cfg), tiny_splits, str(tmp_path / "victim"), rt,
+                tmp_path / "teacher", seed=0)
+    lora = TrainConfig(method="lora", lora=LoraConfig(r=4, alpha=8), **FAST)
+    for name in ("lora-ft", "w2sdefense", "nad"):
+        run_defense(DefenseJob(str(tmp_path / "victim"), str(tmp_path / "teacher"), tiny_splits,
+                               DefenseConfig(name=name, train=lora, settings={"layers": 1} if name == "nad" else {}),
+                               rt, tmp_path / name, seed=0))
+    stages = {"victim": "train", "teacher": "teacher", "lora-ft": "defense", "w2sdefense": "defense",
+              "nad": "defense", "nad/teacher": "nad teacher"}
+    for folder, kind in stages.items():
+        path = tmp_path / folder / "metrics.json"
+        assert writes.count(str(path)) == 1, folder
+        record = json.loads(path.read_text())
+        assert record["stage"] == kind and record["wall_time_s"] >= record["train_wall_time_s"] > 0
+        assert not {k for k in record if k.endswith("wall_time_s")} - {"wall_time_s", "train_wall_time_s",
+                                                                       "teacher_wall_time_s"}
 
 
 def test_lora_changes_only_adapter_and_head(tiny_splits, rt, tmp_path):

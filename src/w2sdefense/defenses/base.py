@@ -19,10 +19,9 @@ from w2sdefense.config import DefenseConfig, TrainConfig, changed_settings, from
 from w2sdefense.data.records import Splits
 from w2sdefense.defenses.filtering import InputFilter, read_filter
 from w2sdefense.errors import UserError
-from w2sdefense.fileio import write_json
 from w2sdefense.registry import Registry
 from w2sdefense.runtime import Runtime
-from w2sdefense.train.job import Diagnostics, prepare_student, train_classifier
+from w2sdefense.train.job import Diagnostics, StageRecord, prepare_student, train_classifier
 
 KINDS = ("repair", "input-filter")
 METHODS = ("lora", "full", "any", None)
@@ -155,17 +154,14 @@ class DefenseJob:
 
 
 def run_defense(job: DefenseJob) -> dict:
-    """Run the configured defense and write its metrics.json once."""
+    """Run the configured defense and record its metrics.json, once."""
     r = resolve(job.cfg)
     if r.spec.needs_teacher and not job.teacher:
         raise UserError(f"{r.spec.name} needs a trained teacher (run `w2sdefense teacher`, then pass --teacher)")
     start = time.perf_counter()
     metrics = r.spec.run(job)
-    metrics.update(defense=r.spec.name, seed=job.seed, defense_wall_time_s=time.perf_counter() - start,
-                   settings=to_dict(r.settings))
-    if job.rt.is_main:
-        write_json(job.out_dir / "metrics.json", metrics)
-    return metrics
+    metrics.update(defense=r.spec.name, seed=job.seed, settings=to_dict(r.settings))
+    return StageRecord("defense", metrics, time.perf_counter() - start).write(job.out_dir, job.rt)
 
 
 def prepare(job: DefenseJob, modify: Callable | None = None):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from dataclasses import dataclass
 
 import torch
@@ -30,7 +31,7 @@ from w2sdefense.errors import UserError
 from w2sdefense.models import Classifier, load_classifier
 from w2sdefense.models.batching import encode, make_loader, model_inputs, sorted_batches
 from w2sdefense.runtime import Runtime
-from w2sdefense.train.job import limit, prepare_student, train_classifier
+from w2sdefense.train.job import StageRecord, limit, prepare_student, train_classifier
 from w2sdefense.train.loop import LossFn, StepOutput
 
 log = logging.getLogger(__name__)
@@ -121,8 +122,11 @@ def nad(job: DefenseJob) -> dict:
     else:
         clf = prepare_student(job.student, job.splits.num_labels, teacher_train, job.rt, teacher_dir, job.seed)
         _check_layers(settings, clf.model)
+        start = time.perf_counter()
         teacher_metrics = train_classifier(clf, job.splits, teacher_train, job.rt, teacher_dir, job.seed,
                                            desc=f"{job.cfg.row_name} teacher")
+        teacher_metrics = StageRecord("nad teacher", teacher_metrics, time.perf_counter() - start).write(
+            teacher_dir, job.rt)
         del clf
     teacher = load_classifier(str(teacher_dir / "model"), job.splits.num_labels, job.rt.dtype)
     _check_layers(settings, teacher.model)
@@ -132,5 +136,6 @@ def nad(job: DefenseJob) -> dict:
     student = prepare(job)  # the same adapter and head lora-ft gets for this seed
     metrics = fine_tune(job, student, loss_fn=nad_loss(settings, maps, job.rt.device))
     metrics.update(teacher_steps=teacher_metrics.get("steps"),
-                   teacher_dev_accuracy=teacher_metrics.get("selected_dev_accuracy"))
+                   teacher_dev_accuracy=teacher_metrics.get("selected_dev_accuracy"),
+                   teacher_wall_time_s=teacher_metrics.get("wall_time_s"))
     return metrics

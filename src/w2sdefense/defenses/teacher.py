@@ -9,10 +9,9 @@ from pathlib import Path
 from w2sdefense.config import TeacherConfig
 from w2sdefense.data.records import Splits
 from w2sdefense.errors import UserError
-from w2sdefense.fileio import write_json
 from w2sdefense.models.teacher import build_teacher, hidden_size_of
 from w2sdefense.runtime import Runtime
-from w2sdefense.train.job import train_classifier
+from w2sdefense.train.job import StageRecord, train_classifier
 
 
 def run_teacher(cfg: TeacherConfig, splits: Splits, student: str, rt: Runtime, out_dir: Path, seed: int) -> dict:
@@ -23,7 +22,5 @@ def run_teacher(cfg: TeacherConfig, splits: Splits, student: str, rt: Runtime, o
     feature_dim = cfg.feature_dim or hidden_size_of(student)
     clf = build_teacher(cfg, splits.num_labels, feature_dim, rt, seed)
     metrics = train_classifier(clf, splits, cfg.train, rt, out_dir, seed, desc="teacher")
-    metrics.update(feature_dim=feature_dim, teacher_wall_time_s=time.perf_counter() - start)
-    if rt.is_main:
-        write_json(out_dir / "metrics.json", metrics)
-    return metrics
+    metrics.update(feature_dim=feature_dim)
+    return StageRecord("teacher", metrics, time.perf_counter() - start).write(out_dir, rt)

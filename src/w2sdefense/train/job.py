@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from peft import PeftModel
@@ -69,11 +70,36 @@ def limit(rows: list[Example], n: int | None) -> list[Example]:
     return rows if n is None else rows[:n]
 
 
+@dataclass(frozen=True)
+class StageRecord:
+    """What a training stage (train, teacher, a defense) records in its folder: its metrics, written once
+    by the function that runs the whole stage, with one time: `wall_time_s`, the stage's work from
+    loading to saving. (`train_wall_time_s` inside is the training loop alone; evaluation has its own
+    `eval_wall_time_s`.)"""
+
+    stage: str  # train | teacher | defense
+    metrics: dict
+    wall_time_s: float
+
+    def as_dict(self) -> dict:
+        return {**self.metrics, "stage": self.stage, "wall_time_s": self.wall_time_s}
+
+    def write(self, out_dir: Path, rt: Runtime) -> dict:
+        """metrics.json, on the main process; returns what was written."""
+        record = self.as_dict()
+        if rt.is_main:
+            write_json(Path(out_dir) / METRICS_FILE, record)
+        return record
+
+
+METRICS_FILE = "metrics.json"
+
+
 def train_classifier(clf: Classifier, splits: Splits, cfg: TrainConfig, rt: Runtime, out_dir: Path,
                      seed: int, loss_fn: LossFn = cross_entropy_step, desc: str = "train",
                      diagnostics: Diagnostics | None = None) -> dict:
-    """Fine-tune `clf` on splits.train, select by clean dev accuracy, write model/ and metrics.json."""
-    start = time.perf_counter()
+    """Fine-tune `clf` on splits.train, select by clean dev accuracy, write model/; returns the metrics
+    (the stage that called it records them, once: StageRecord)."""
     train = encode(clf.tokenizer, limit(splits.train, cfg.max_train_rows), cfg.max_length)
     dev = encode(clf.tokenizer, splits.dev, cfg.max_length)
     params = count_parameters(clf.model)
@@ -85,17 +111,17 @@ def train_classifier(clf: Classifier, splits: Splits, cfg: TrainConfig, rt: Runt
         out_dir=out_dir, seed=seed, pad_id=clf.tokenizer.pad_token_id, loss_fn=loss_fn, desc=desc,
         diagnose=diagnostics(clf.tokenizer) if diagnostics else None,
     )
-    metrics.update(params, wall_time_s=time.perf_counter() - start, train_rows=len(train))
-    if rt.is_main:
-        if cfg.merge and cfg.method == "lora":
-            merge_adapter(out_dir / "model", out_dir / "merged", splits.num_labels)
-        write_json(out_dir / "metrics.json", metrics)
+    metrics.update(params, train_rows=len(train))
+    if rt.is_main and cfg.merge and cfg.method == "lora":
+        merge_adapter(out_dir / "model", out_dir / "merged", splits.num_labels)
     rt.accelerator.wait_for_everyone()
     return metrics
 
 
 def run_train(model_name: str, splits: Splits, cfg: TrainConfig, rt: Runtime, out_dir: Path, seed: int,
               diagnostics: Diagnostics | None = None) -> dict:
-    """Load, wrap and train a classifier; the whole `train` stage."""
+    """Load, wrap and train a classifier; the whole `train` stage, recorded in metrics.json."""
+    start = time.perf_counter()
     clf = prepare_student(model_name, splits.num_labels, cfg, rt, out_dir, seed)
-    return train_classifier(clf, splits, cfg, rt, out_dir, seed, diagnostics=diagnostics)
+    metrics = train_classifier(clf, splits, cfg, rt, out_dir, seed, diagnostics=diagnostics)
+    return StageRecord("train", metrics, time.perf_counter() - start).write(out_dir, rt)
