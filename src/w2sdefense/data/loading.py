@@ -211,7 +211,7 @@ def read_split(path: str | Path, text_field: str | None = None,
 
 
 def load_examples(path: str | Path) -> list[Example]:
-    """Read a split file written by this tool (Example.to_row rows), keeping idx and poisoned."""
+    """Read a split file written by this tool (Example.to_row rows), keeping idx, poisoned and trigger_spans."""
     examples = []
     for where, row in iter_rows(path):
         for key in ("idx", "text", "label"):
@@ -225,8 +225,21 @@ def load_examples(path: str | Path) -> list[Example]:
             label=parse_label(row["label"], where),
             idx=_index(row["idx"], where),
             poisoned=bool(poisoned),
+            trigger_spans=_spans(row.get("trigger_spans"), where),
         ))
     return examples
+
+
+def _spans(value: Any, where: str) -> tuple[tuple[int, int], ...] | None:
+    """A row's trigger_spans ([[start, end], ...] character offsets), or None when absent."""
+    if value is None:
+        return None
+    ok = isinstance(value, list) and all(
+        isinstance(s, list) and len(s) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in s)
+        and 0 <= s[0] <= s[1] for s in value)
+    if not ok:
+        raise UserError(f"{where}: trigger_spans must be a list of [start, end] character offsets; got {value!r}")
+    return tuple((s[0], s[1]) for s in value)
 
 
 def _index(value: Any, where: str) -> int:
