@@ -34,9 +34,10 @@ def survival_by_tokens(tokenizer, examples: Sequence[Example], max_length: int) 
     return out
 
 
-def count_cut_by_tokens(tokenizer, examples: Sequence[Example], max_length: int, split: str) -> TriggerCut:
-    """The trigger-cut counts of `examples` at the tokenizer's max_length, warning when over 1 %."""
-    counts = count_cut(survival_by_tokens(tokenizer, examples, max_length),
-                       f"{effective_max_length(tokenizer, max_length)} tokens")
+def cut_by_tokens(tokenizer, examples: Sequence[Example], max_length: int,
+                  split: str) -> tuple[list[Survival], TriggerCut]:
+    """Per-row survival and the trigger-cut counts of `examples` at max_length, warning when over 1 %."""
+    survival = survival_by_tokens(tokenizer, examples, max_length)
+    counts = count_cut(survival, f"{effective_max_length(tokenizer, max_length)} tokens")
     warn_if_cut(split, counts)
-    return counts
+    return survival, counts
