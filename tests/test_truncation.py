@@ -268,3 +268,14 @@ def test_report_rows_without_truncation_counts_render() -> None:
     table = markdown_table([filtered, measured]).splitlines()
     assert "triggers cut" in table[0] and "ASR (trigger kept)" in table[0]
     assert "| 50.00% | 3 |" in table[3] and "| 10.00% | – | – |" in table[2]
+
+
+def test_a_poison_folder_given_as_data_keeps_its_trigger_marks(tmp_path: Path) -> None:
+    from w2sdefense.config import DataConfig
+    from w2sdefense.data import load_splits
+
+    data = poison_splits(_long_splits(), get_attack(AttackConfig()), PoisonConfig(count=3), 0)
+    out = write_poison_folder(tmp_path / "p", data, {})
+    train = load_splits(DataConfig(dataset=str(out))).train  # what `w2sdefense train --data` reads
+    assert [ex.idx for ex in train if ex.poisoned] == [0, 2, 4]
+    assert [ex.trigger_spans for ex in train] == [ex.trigger_spans for ex in data.train]

@@ -206,6 +206,7 @@ def read_split(path: str | Path, text_field: str | None = None,
             text=_text(row[text_key], where),
             label=parse_label(row[label_key], where),
             idx=len(rows),
+            **_trigger_marks(row, where),  # a poison folder given as data (`train --data`) keeps them
         )))
     return rows
 
@@ -217,17 +218,21 @@ def load_examples(path: str | Path) -> list[Example]:
         for key in ("idx", "text", "label"):
             if key not in row:
                 raise UserError(f"{where}: missing {key!r}; columns found: {', '.join(row)}")
-        poisoned = row.get("poisoned", False)
-        if isinstance(poisoned, str):
-            poisoned = poisoned.strip().lower() in ("true", "1")
         examples.append(Example(
             text=_text(row["text"], where),
             label=parse_label(row["label"], where),
             idx=_index(row["idx"], where),
-            poisoned=bool(poisoned),
-            trigger_spans=_spans(row.get("trigger_spans"), where),
+            **_trigger_marks(row, where),
         ))
     return examples
+
+
+def _trigger_marks(row: Mapping, where: str) -> dict:
+    """The row's `poisoned` flag and `trigger_spans` (Example.to_row columns), defaults when absent."""
+    poisoned = row.get("poisoned", False)
+    if isinstance(poisoned, str):
+        poisoned = poisoned.strip().lower() in ("true", "1")
+    return {"poisoned": bool(poisoned), "trigger_spans": _spans(row.get("trigger_spans"), where)}
 
 
 def _spans(value: Any, where: str) -> tuple[tuple[int, int], ...] | None:
