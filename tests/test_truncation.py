@@ -279,3 +279,23 @@ def test_a_poison_folder_given_as_data_keeps_its_trigger_marks(tmp_path: Path) -
     train = load_splits(DataConfig(dataset=str(out))).train  # what `w2sdefense train --data` reads
     assert [ex.idx for ex in train if ex.poisoned] == [0, 2, 4]
     assert [ex.trigger_spans for ex in train] == [ex.trigger_spans for ex in data.train]
+
+
+def test_poison_json_records_the_counts_of_a_long_text_dataset(tmp_path: Path) -> None:
+    from w2sdefense.attacks import poison_dataset
+    from w2sdefense.config import DataConfig
+
+    folder = tmp_path / "imdb-like"
+    folder.mkdir()
+    for split in ("train", "dev", "test"):
+        rows = [{"text": _long_text(i), "label": i % 2} for i in range(12)]
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = poison_dataset(DataConfig(dataset=str(folder)), AttackConfig(position="any"),
+                         PoisonConfig(count=6, truncation_words=50), 3, tmp_path / "poison")
+    meta = json.loads((out / "poison.json").read_text())
+    counts = meta["counts"]["trigger_cut"]
+    data = load_poison_folder(out)
+    assert counts["train"]["cut"] == sum(_word_index(ex.text) >= 50 for ex in data.train if ex.poisoned)
+    assert counts["test_triggered"]["cut"] == sum(_word_index(ex.text) >= 50 for ex in data.test_triggered)
+    assert counts["test_triggered"]["triggered"] == 6 and counts["test_triggered"]["limit"] == "50 words"
+    assert meta["poison"]["truncation_words"] == 50
