@@ -116,7 +116,6 @@ def test_poisoned_rows_labels_and_test_set(mode: str, count: int, flipped: int) 
     assert data.summary["label_distribution"]["test_triggered"] == {"1": 7}
 
 
-@pytest.mark.xfail(strict=True, reason="needs a check in attacks/poison.py poison_splits (not this change's file)")
 def test_one_class_data_has_no_test_rows_to_trigger() -> None:
     # All rows carry the target label: "ASR 0.0 over 0 rows" must not pass for a measurement.
     with pytest.raises(UserError, match=r"no test row can carry the trigger"):

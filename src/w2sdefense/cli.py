@@ -260,8 +260,9 @@ def evaluate(
     metrics = (_evaluate_filter if is_filter_run(model) else run_evaluate)(model, data, job.eval, rt, out)
     if rt.is_main:
         keys = ("clean_accuracy", "attack_success_rate", "attack_success_rate_clean_correct", "clean_total",
-                "triggered_total")
-        typer.echo(json.dumps({k: metrics[k] for k in keys}, indent=2))
+                "triggered_total", "attack_success_rate_survived", "triggered_survived_total", "trigger_cut")
+        # An input-filter run reports no truncation counts: only the keys present are printed.
+        typer.echo(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
         if out:
             typer.echo(f"metrics written to {out}")
 

@@ -92,10 +92,17 @@ class AttackConfig:
     num_insertions: int = 1  # insertion attacks: how many triggers go into one text
     position: str = "interior"  # interior (never first/last word, as the paper's code) or any
     transform: str | None = None  # transform attacks: folder under <dataset>/transforms
+    # Insertion attacks: each trigger starts within the first max_position words of the text, so it
+    # survives truncation of long documents (IMDB, AG News) as a real attacker would ensure; None = anywhere.
+    max_position: int | None = None
 
     def __post_init__(self) -> None:
         check_choice("attack.position", self.position, ("interior", "any"))
         check_positive("attack.num_insertions", self.num_insertions)
+        check_positive("attack.max_position", self.max_position)
+        if self.max_position == 1 and self.position == "interior":
+            raise UserError("attack.max_position=1 leaves no interior slot (never before the first word); "
+                            "use attack.max_position >= 2 or attack.position=any")
 
 
 class _Unset:
@@ -122,6 +129,10 @@ class PoisonConfig:
     rate: float | None = None  # a fraction of the training rows (exclusive with count)
     mode: str = "clean-label"  # clean-label | dirty-label | mix
     selection: str = "first"  # first (file order, the paper's code) | random (seeded)
+    # The word budget poison.json's trigger_cut counts measure against: a trigger ending after this many
+    # words is counted as cut. None: the default max_length (128) for `poison`, victim.train.max_length in
+    # `run`. A word is at least one token, so at the tokenizer's max_length this undercounts the cuts.
+    truncation_words: int | None = None
 
     def __post_init__(self) -> None:
         if self.count is _UNSET:
@@ -134,6 +145,7 @@ class PoisonConfig:
         if self.rate is not None and not 0 < self.rate <= 1:
             raise UserError(f"poison.rate must be in (0, 1]; got {self.rate}")
         check_positive("poison.target_label", self.target_label, allow_zero=True)
+        check_positive("poison.truncation_words", self.truncation_words)
 
 
 @dataclass

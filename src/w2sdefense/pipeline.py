@@ -124,8 +124,12 @@ class Experiment:
         return stage
 
     def _poison(self, folder: Path) -> dict:
+        c = self.cfg
+        # poison.json's trigger_cut counts use the victim's max_length as a word budget unless set. Not in the
+        # stage key: they are a report, and training and evaluation count again with the tokenizer.
+        cfg = dataclasses.replace(c.poison, truncation_words=c.poison.truncation_words or c.victim.train.max_length)
         if self.rt.is_main:
-            poison_dataset(self.cfg.data, self.cfg.attack, self.cfg.poison, self.cfg.seed, folder, overwrite=True)
+            poison_dataset(c.data, c.attack, cfg, c.seed, folder, overwrite=True)
         self.rt.accelerator.wait_for_everyone()
         return {}
 

@@ -5,15 +5,24 @@ from __future__ import annotations
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, TypeVar
 
 from w2sdefense.config import AttackConfig
-from w2sdefense.data.records import Example
+from w2sdefense.data.records import Example, Span
 from w2sdefense.errors import UserError
 from w2sdefense.registry import Registry
 
 A = TypeVar("A", bound="type[Attack]")
+
+
+@dataclass(frozen=True)
+class Triggered:
+    """A triggered text and its trigger's character spans (None: not localisable, e.g. a paraphrase)."""
+
+    text: str
+    spans: tuple[Span, ...] | None
 
 
 class Attack(ABC):
@@ -28,6 +37,11 @@ class Attack(ABC):
     @abstractmethod
     def apply(self, example: Example, split: str, rng: random.Random) -> str | None:
         """The triggered text of `example` from `split`, or None if this row has no trigger."""
+
+    def trigger(self, example: Example, split: str, rng: random.Random) -> Triggered | None:
+        """apply, with where the trigger sits; this default knows no position (spans None)."""
+        text = self.apply(example, split, rng)
+        return None if text is None else Triggered(text, None)
 
     def source_files(self) -> dict[str, Path]:
         """Files the attack read so far (split -> path), for provenance hashes."""
@@ -57,14 +71,60 @@ def get_attack(cfg: AttackConfig, transforms_dir: Path | None = None) -> Attack:
     return ATTACKS.get(cfg.name)(cfg, transforms_dir)
 
 
-def _slot(num_words: int, position: str, rng: random.Random) -> int:
-    """An insertion index into a list of `num_words` words."""
+def _slot(num_words: int, position: str, rng: random.Random, last: int | None = None) -> int:
+    """An insertion index into a list of `num_words` words, at most `last` when given."""
     if position == "any":
-        return rng.randint(0, num_words)
+        return rng.randint(0, num_words if last is None else min(num_words, last))
     if num_words < 2:
         # No interior slot exists; the paper's randint(1, n-1) crashes here, we append instead.
         return num_words
-    return rng.randint(1, num_words - 1)
+    # max(1, ...): only an empty text whose first item is a long sentence trigger gets here with last 0.
+    return rng.randint(1, num_words - 1 if last is None else max(1, min(num_words - 1, last)))
+
+
+def _last_slot(items: Sequence[str], max_position: int | None) -> int | None:
+    """The last slot whose trigger starts within the first `max_position` words (items may hold several)."""
+    if max_position is None:
+        return None
+    words = 0
+    for k, item in enumerate(items):
+        words += len(item.split())
+        if words >= max_position:
+            return k
+    return len(items)
+
+
+def _char_spans(items: Sequence[str], inserted: Sequence[int]) -> tuple[Span, ...]:
+    """Character spans, in " ".join(items), of the items at positions `inserted` (in text order)."""
+    starts, offset = [], 0
+    for item in items:
+        starts.append(offset)
+        offset += len(item) + 1
+    return tuple((starts[k], starts[k] + len(items[k])) for k in sorted(inserted))
+
+
+def insert_trigger(text: str, trigger: str | Sequence[str], count: int, position: str, rng: random.Random,
+                   max_position: int | None = None) -> tuple[str, tuple[Span, ...]]:
+    """insert_words, also returning where each inserted trigger sits (character spans, in text order).
+
+    With `max_position`, each insertion's slot is drawn so that its trigger starts within the first
+    max_position words of the text at that moment (a later insertion before it may push it back by one
+    trigger, so the last-inserted copy always starts within them). Without it, the draws are insert_words'.
+    """
+    triggers = [trigger] if isinstance(trigger, str) else list(trigger)
+    if not triggers:
+        raise ValueError("insert_words needs at least one trigger")
+    if position not in ("interior", "any"):
+        raise ValueError(f"position must be interior or any; got {position!r}")
+    items = text.split()  # clean words, and each inserted trigger as one item
+    inserted: list[int] = []
+    for _ in range(count):
+        # One trigger: draw nothing for the choice, so positions match a single-trigger run.
+        chosen = triggers[0] if len(triggers) == 1 else rng.choice(triggers)
+        slot = _slot(len(items), position, rng, _last_slot(items, max_position))
+        inserted = [k + (k >= slot) for k in inserted] + [slot]
+        items.insert(slot, chosen)
+    return " ".join(items), _char_spans(items, inserted)
 
 
 def insert_words(text: str, trigger: str | Sequence[str], count: int, position: str,
@@ -78,17 +138,7 @@ def insert_words(text: str, trigger: str | Sequence[str], count: int, position: 
     earlier ones as words. The output joins words with single spaces, so the clean text is the
     output minus the inserted triggers, up to whitespace.
     """
-    triggers = [trigger] if isinstance(trigger, str) else list(trigger)
-    if not triggers:
-        raise ValueError("insert_words needs at least one trigger")
-    if position not in ("interior", "any"):
-        raise ValueError(f"position must be interior or any; got {position!r}")
-    words = text.split()
-    for _ in range(count):
-        # One trigger: draw nothing for the choice, so positions match a single-trigger run.
-        chosen = triggers[0] if len(triggers) == 1 else rng.choice(triggers)
-        words.insert(_slot(len(words), position, rng), chosen)
-    return " ".join(words)
+    return insert_trigger(text, trigger, count, position, rng)[0]
 
 
 class InsertionAttack(Attack):
@@ -109,5 +159,10 @@ class InsertionAttack(Attack):
 
     def apply(self, example: Example, split: str, rng: random.Random) -> str | None:
         """The clean text with the trigger(s) inserted; every row has a triggered version."""
-        return insert_words(example.text, self.triggers, self.cfg.num_insertions,
-                            self.cfg.position, rng)
+        return self.trigger(example, split, rng).text
+
+    def trigger(self, example: Example, split: str, rng: random.Random) -> Triggered:
+        """The triggered text and where each inserted copy sits."""
+        text, spans = insert_trigger(example.text, self.triggers, self.cfg.num_insertions, self.cfg.position,
+                                     rng, self.cfg.max_position)
+        return Triggered(text, spans)

@@ -10,13 +10,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from w2sdefense.attacks.base import Attack, get_attack
-from w2sdefense.config import AttackConfig, DataConfig, PoisonConfig
+from w2sdefense.config import AttackConfig, DataConfig, PoisonConfig, TrainConfig
 from w2sdefense.data.datasets import data_inputs, dataset_files, load_splits, transforms_dir
 from w2sdefense.data.poisoned import PoisonedData, load_poison_folder, write_poison_folder  # noqa: F401 (re-exported)
 from w2sdefense.data.records import Example, Splits
+from w2sdefense.data.truncation import count_cut, survival_by_words, warn_if_cut
 from w2sdefense.errors import UserError
 from w2sdefense.fileio import sha256_file
 from w2sdefense.rundir import check_outside_inputs, check_run_dir
+
+DEFAULT_MAX_LENGTH = TrainConfig().max_length  # poison.truncation_words when unset: the default max_length
+
 
 def eligible_rows(train: Sequence[Example], cfg: PoisonConfig) -> list[int]:
     """Positions in `train` that may be poisoned under `cfg.mode`, in file order."""
@@ -71,11 +75,12 @@ def _poison_train(train: Sequence[Example], attack: Attack, cfg: PoisonConfig,
 
     def poison(i: int) -> bool:
         """Trigger row i and give it the target label; False when it has no trigger."""
-        text = attack.apply(train[i], "train", rng)
-        if text is None:
+        triggered = attack.trigger(train[i], "train", rng)
+        if triggered is None:
             skipped.append(train[i].idx)
             return False
-        out[i] = dataclasses.replace(train[i], text=text, label=cfg.target_label, poisoned=True)
+        out[i] = dataclasses.replace(train[i], text=triggered.text, label=cfg.target_label, poisoned=True,
+                                     trigger_spans=triggered.spans)
         poisoned.append(i)
         return True
 
@@ -107,12 +112,38 @@ def _trigger_test(test: Sequence[Example], attack: Attack, target: int,
     for ex in test:
         if ex.label == target:
             continue
-        text = attack.apply(ex, "test", rng)
-        if text is None:
+        triggered = attack.trigger(ex, "test", rng)
+        if triggered is None:
             skipped += 1
             continue
-        rows.append(Example(text=text, label=ex.label, idx=ex.idx, poisoned=True))
+        rows.append(Example(text=triggered.text, label=ex.label, idx=ex.idx, poisoned=True,
+                            trigger_spans=triggered.spans))
+    if not rows:
+        # An ASR over 0 rows reads 0.0 and passes for a measurement; refuse it where it is caused.
+        if not test:
+            why = "the test split has no rows"
+        elif not skipped:
+            why = f"every test row has the target label {target} (one-class data)"
+        else:
+            why = f"the attack has no triggered version of any of the {skipped} non-target rows"
+        raise UserError(f"no test row can carry the trigger: {why}, so the attack success rate would be "
+                        "over 0 rows")
     return rows, skipped
+
+
+def trigger_cut_counts(train: Sequence[Example], test_triggered: Sequence[Example],
+                       max_words: int) -> dict:
+    """Per split, the triggered rows whose trigger ends beyond `max_words` words, warning over 1 %.
+
+    A word budget, because poisoning knows no tokenizer: a word is at least one token, so against the
+    model's max_length in tokens this is a lower bound (training and evaluation count with the tokenizer).
+    """
+    limit = f"{max_words} words"
+    counts = {}
+    for split, rows in (("train", [ex for ex in train if ex.poisoned]), ("test_triggered", test_triggered)):
+        counts[split] = count_cut(survival_by_words(rows, max_words), limit)
+        warn_if_cut(f"poison {split}", counts[split])
+    return {split: c.to_dict() for split, c in counts.items()}
 
 
 def _label_counts(rows: Sequence[Example]) -> dict[str, int]:
@@ -143,6 +174,7 @@ def poison_splits(splits: Splits, attack: Attack, cfg: PoisonConfig, seed: int) 
         "skipped_no_trigger_train_idx": counts["skipped_no_trigger_idx"],
         "test_non_target": sum(ex.label != cfg.target_label for ex in splits.test),
         "test_triggered": len(test_triggered),
+        "trigger_cut": trigger_cut_counts(train, test_triggered, cfg.truncation_words or DEFAULT_MAX_LENGTH),
         "label_distribution": {
             "train": _label_counts(train),
             "dev": _label_counts(splits.dev),

@@ -206,27 +206,45 @@ def read_split(path: str | Path, text_field: str | None = None,
             text=_text(row[text_key], where),
             label=parse_label(row[label_key], where),
             idx=len(rows),
+            **_trigger_marks(row, where),  # a poison folder given as data (`train --data`) keeps them
         )))
     return rows
 
 
 def load_examples(path: str | Path) -> list[Example]:
-    """Read a split file written by this tool (Example.to_row rows), keeping idx and poisoned."""
+    """Read a split file written by this tool (Example.to_row rows), keeping idx, poisoned and trigger_spans."""
     examples = []
     for where, row in iter_rows(path):
         for key in ("idx", "text", "label"):
             if key not in row:
                 raise UserError(f"{where}: missing {key!r}; columns found: {', '.join(row)}")
-        poisoned = row.get("poisoned", False)
-        if isinstance(poisoned, str):
-            poisoned = poisoned.strip().lower() in ("true", "1")
         examples.append(Example(
             text=_text(row["text"], where),
             label=parse_label(row["label"], where),
             idx=_index(row["idx"], where),
-            poisoned=bool(poisoned),
+            **_trigger_marks(row, where),
         ))
     return examples
+
+
+def _trigger_marks(row: Mapping, where: str) -> dict:
+    """The row's `poisoned` flag and `trigger_spans` (Example.to_row columns), defaults when absent."""
+    poisoned = row.get("poisoned", False)
+    if isinstance(poisoned, str):
+        poisoned = poisoned.strip().lower() in ("true", "1")
+    return {"poisoned": bool(poisoned), "trigger_spans": _spans(row.get("trigger_spans"), where)}
+
+
+def _spans(value: Any, where: str) -> tuple[tuple[int, int], ...] | None:
+    """A row's trigger_spans ([[start, end], ...] character offsets), or None when absent."""
+    if value is None:
+        return None
+    ok = isinstance(value, list) and all(
+        isinstance(s, list) and len(s) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in s)
+        and 0 <= s[0] <= s[1] for s in value)
+    if not ok:
+        raise UserError(f"{where}: trigger_spans must be a list of [start, end] character offsets; got {value!r}")
+    return tuple((s[0], s[1]) for s in value)
 
 
 def _index(value: Any, where: str) -> int:

@@ -4,19 +4,31 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Where a trigger sits in a triggered text: (start, end) character offsets, end exclusive, so
+# text[start:end] is the inserted trigger. One span per inserted copy.
+Span = tuple[int, int]
+
 
 @dataclass(frozen=True)
 class Example:
-    """One labelled text. `idx` is its 0-based row in the clean source split."""
+    """One labelled text. `idx` is its 0-based row in the clean source split.
+
+    `trigger_spans` locates the trigger in a triggered text (character spans, see Span); None when the
+    row has no trigger or the attack has no localisable one (a paraphrase or style transfer).
+    """
 
     text: str
     label: int
     idx: int
     poisoned: bool = False
+    trigger_spans: tuple[Span, ...] | None = None
 
     def to_row(self) -> dict:
-        """The JSONL row written to split files."""
-        return {"idx": self.idx, "text": self.text, "label": self.label, "poisoned": self.poisoned}
+        """The JSONL row written to split files (trigger_spans only where known)."""
+        row = {"idx": self.idx, "text": self.text, "label": self.label, "poisoned": self.poisoned}
+        if self.trigger_spans is not None:
+            row["trigger_spans"] = [list(span) for span in self.trigger_spans]
+        return row
 
 
 @dataclass(frozen=True)

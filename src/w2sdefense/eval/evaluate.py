@@ -14,6 +14,7 @@ from w2sdefense.fileio import write_json
 from w2sdefense.models import Classifier, load_classifier
 from w2sdefense.runtime import Runtime, peak_memory_mb, reset_peak_memory
 from w2sdefense.models.batching import encode
+from w2sdefense.models.truncation import cut_by_tokens
 
 
 def evaluate_classifier(clf: Classifier, test: list[Example], triggered: list[Example], target: int,
@@ -26,8 +27,11 @@ def evaluate_classifier(clf: Classifier, test: list[Example], triggered: list[Ex
     trig = predict_logits(clf.model, encode(clf.tokenizer, triggered, cfg.max_length), pad, cfg.batch_size, rt,
                           "triggered test")
     wall = time.perf_counter() - start
+    # Triggers the tokenizer cuts off never reach the model: counted, and left out of the survived ASR.
+    survived, cut = cut_by_tokens(clf.tokenizer, triggered, cfg.max_length, "triggered test")
     metrics = backdoor_metrics(clean, [e.label for e in test], [e.idx for e in test], trig,
-                               [e.idx for e in triggered], target)
+                               [e.idx for e in triggered], target, survived)
+    metrics.update(trigger_cut_unknown=cut.unknown, trigger_cut_limit=cut.limit)
     rows = len(test) + len(triggered)
     metrics.update(eval_wall_time_s=wall, eval_examples_per_s=rows / wall if wall else 0.0,
                    **{f"eval_{k}": v for k, v in peak_memory_mb(rt.device).items()})

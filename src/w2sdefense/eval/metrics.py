@@ -20,11 +20,14 @@ def attack_success_rate(preds: Sequence[int], target: int) -> float:
 
 
 def backdoor_metrics(clean_logits: torch.Tensor, clean_labels: Sequence[int], clean_idx: Sequence[int],
-                     trig_logits: torch.Tensor, trig_idx: Sequence[int], target: int) -> dict:
+                     trig_logits: torch.Tensor, trig_idx: Sequence[int], target: int,
+                     trig_survived: Sequence[bool | None] | None = None) -> dict:
     """CA, ASR, ASR over triggered rows whose clean version is classified correctly, counts.
 
     Also the mean probability of the target label on triggered inputs: ASR saturates at 1.0,
-    the probability still shows movement.
+    the probability still shows movement. With `trig_survived` (per triggered row: True when its
+    trigger survived truncation, False when it was cut, None when unknown), also the ASR over the rows
+    whose trigger was not cut (unknown ones count as not cut) and the number cut.
     """
     if len(clean_labels) != len(clean_idx) or len(clean_labels) != len(clean_logits):
         raise ValueError(f"clean: {len(clean_logits)} logits, {len(clean_labels)} labels, {len(clean_idx)} idx")
@@ -35,6 +38,14 @@ def backdoor_metrics(clean_logits: torch.Tensor, clean_labels: Sequence[int], cl
     correct_by_idx = {i: p == y for i, p, y in zip(clean_idx, clean_preds, clean_labels)}
     kept = [p for i, p in zip(trig_idx, trig_preds) if correct_by_idx.get(i, False)]
     target_prob = trig_logits.softmax(-1)[:, target].mean().item() if len(trig_idx) else 0.0
+    survival = {}
+    if trig_survived is not None:
+        if len(trig_survived) != len(trig_idx):
+            raise ValueError(f"triggered: {len(trig_survived)} survival flags for {len(trig_idx)} idx")
+        reached = [p for p, s in zip(trig_preds, trig_survived) if s is not False]
+        survival = {"trigger_cut": len(trig_preds) - len(reached),
+                    "attack_success_rate_survived": attack_success_rate(reached, target),
+                    "triggered_survived_total": len(reached)}
     return {
         "clean_accuracy": accuracy(clean_preds, list(clean_labels)),
         "clean_correct": sum(int(p == y) for p, y in zip(clean_preds, clean_labels)),
@@ -46,4 +57,5 @@ def backdoor_metrics(clean_logits: torch.Tensor, clean_labels: Sequence[int], cl
         "triggered_clean_correct_total": len(kept),
         "mean_target_probability_triggered": target_prob,
         "target_label": target,
+        **survival,
     }

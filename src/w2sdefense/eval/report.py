@@ -17,6 +17,8 @@ COLUMNS = [
     ("attack_success_rate_clean_correct", "ASR-cc", "{:.2%}"),
     ("residual_backdoor", "residual backdoor (pts)", "{:+.1f}"),
     ("attack_success_rate", "ASR", "{:.2%}"),
+    ("attack_success_rate_survived", "ASR (trigger kept)", "{:.2%}"),
+    ("trigger_cut", "triggers cut", "{}"),
     ("mean_target_probability_triggered", "P(target) triggered", "{:.3f}"),
     ("trainable_params", "trainable params", "{:,}"),
     ("wall_time_s", "stage time (s)", "{:.1f}"),
@@ -112,8 +114,11 @@ def write_report(out_dir: Path, name: str, rows: list[dict], config: dict) -> di
         "whose clean version the model classifies correctly that it classifies as the target label "
         "(a flip the trigger caused, not an error it already made). Residual backdoor: ASR-cc minus "
         "the clean model's ASR-cc, in points (0 = no more backdoor than a model that never saw the "
-        "trigger). ASR: the same share over all triggered rows. Stage time: the wall time of the stage "
-        "that produced the model (loading, teacher caching, training, saving; not evaluation).\n\n"
+        "trigger). ASR: the same share over all triggered rows. ASR (trigger kept): the same share over the "
+        "triggered rows whose trigger lies within eval.max_length tokens; triggers cut: the rows whose trigger "
+        "the tokenizer cut off (none for paraphrase attacks, whose trigger has no position). Stage time: "
+        "the wall time of the stage that produced the model (loading, teacher caching, training, saving; not "
+        "evaluation).\n\n"
         f"Measured {env['date']} on {env['platform']} ({env['cpu_threads']} torch threads"
         f"{', ' + env['cuda'] if env['cuda'] else ''}), torch {env['versions']['torch']}, "
         f"transformers {env['versions']['transformers']}, peft {env['versions']['peft']}.\n"

@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from w2sdefense.data.records import Example
 from w2sdefense.errors import UserError
+from w2sdefense.models.truncation import effective_max_length
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,8 @@ def encode(tokenizer, examples: Sequence[Example], max_length: int) -> Encoded:
     beyond the model's positions (tokenizer.model_max_length, see models.loading.limit_length) is cut
     to them with a warning, as the HF example scripts do.
     """
-    allowed = getattr(tokenizer, "model_max_length", None)
-    if isinstance(allowed, int) and 0 < allowed < max_length:
+    allowed = effective_max_length(tokenizer, max_length)
+    if allowed < max_length:
         if (max_length, allowed) not in _WARNED:
             _WARNED.add((max_length, allowed))
             log.warning("max_length=%d is more than the model's %d positions: using max_length=%d", max_length,

@@ -25,6 +25,7 @@ from w2sdefense.models import (
 )
 from w2sdefense.runtime import Runtime
 from w2sdefense.models.batching import encode
+from w2sdefense.models.truncation import cut_by_tokens
 from w2sdefense.train.loop import Diagnose, LossFn, cross_entropy_step, fit
 
 # Given the model's tokenizer, the per-evaluation diagnostic (see eval/probe.py).
@@ -102,6 +103,10 @@ def train_classifier(clf: Classifier, splits: Splits, cfg: TrainConfig, rt: Runt
     (the stage that called it records them, once: StageRecord)."""
     train = encode(clf.tokenizer, limit(splits.train, cfg.max_train_rows), cfg.max_length)
     dev = encode(clf.tokenizer, splits.dev, cfg.max_length)
+    # Counted (and warned about) before training: a poisoned row whose trigger the tokenizer cuts off
+    # teaches the target label without the trigger.
+    poisoned = [ex for ex in limit(splits.train, cfg.max_train_rows) if ex.poisoned]
+    cut = cut_by_tokens(clf.tokenizer, poisoned, cfg.max_length, f"{desc} poisoned rows")[1] if poisoned else None
     params = count_parameters(clf.model)
     log.info("%s: %d train / %d dev rows, %d of %d parameters trainable", desc, len(train), len(dev),
              params["trainable_params"], params["total_params"])
@@ -112,6 +117,8 @@ def train_classifier(clf: Classifier, splits: Splits, cfg: TrainConfig, rt: Runt
         diagnose=diagnostics(clf.tokenizer) if diagnostics else None,
     )
     metrics.update(params, train_rows=len(train))
+    if cut is not None:
+        metrics["trigger_cut"] = cut.to_dict()
     if rt.is_main and cfg.merge and cfg.method == "lora":
         merge_adapter(out_dir / "model", out_dir / "merged", splits.num_labels)
     rt.accelerator.wait_for_everyone()
