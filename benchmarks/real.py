@@ -249,6 +249,70 @@ def _differences(preset: dict, row: dict, prefix: str = "") -> str:
     return ", ".join(parts)
 
 
+def comparison_rows(result: dict) -> list[tuple[str, dict, dict]]:
+    """(defense name, report row, row meta) of each preset defense at the preset's seed, in preset order."""
+    rows = {r["model"]: r for r in result["rows"]}
+    order = [d["name"] for d in result["config"]["defenses"]]
+    found = [(meta["defense"], rows[label], meta) for label, meta in result["row_meta"].items()
+             if label in rows and not meta["is_variant"] and meta["seed"] == result["config"]["seed"]]
+    return sorted(found, key=lambda f: order.index(f[0]) if f[0] in order else len(order))
+
+
+def _cell(value, fmt: str) -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def comparison_table(results: dict[str, dict]) -> str:
+    """Every defense family on the same victim: CA, ASR-cc, residual, what a filter rejects, and the cost."""
+    lines = ["| attack | defense | kind | CA | ASR-cc | residual (pts) | false rejections / detected | "
+             "steps | trainable params | stage time (s) | filter s/input |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for attack, result in results.items():
+        rows = {r["model"]: r for r in result["rows"]}
+        floor = rows["clean model"]["attack_success_rate_clean_correct"] if "clean model" in rows else 0.0
+        for name, r, meta in [("poisoned (no defense)", rows["poisoned"], {})] + comparison_rows(result):
+            is_filter = "false_rejection_rate" in r
+            kind = "input filter" if is_filter else ("repair" if meta else "–")
+            rejects = (f"{100 * r['false_rejection_rate']:.1f} % / {100 * r['detection_rate']:.1f} %"
+                       if is_filter else "–")
+            lines.append(
+                f"| {attack} | {name} | {kind} | {100 * r['clean_accuracy']:.1f} | "
+                f"{100 * r['attack_success_rate_clean_correct']:.1f} | "
+                f"{100 * (r['attack_success_rate_clean_correct'] - floor):+.1f} | {rejects} | "
+                f"{_cell(r.get('steps') if meta else None, '{}')} | "
+                f"{_cell(r.get('trainable_params') if meta else None, '{:,}')} | "
+                f"{_cell(r.get('wall_time_s') if meta else None, '{:.0f}')} | "
+                f"{_cell(r.get('filter_seconds_per_input'), '{:.3f}')} |")
+    return "\n".join(lines)
+
+
+def comparison_chart(results: dict[str, dict], path: Path) -> None:
+    """Residual backdoor and CA of every defense family, per attack (the preset's seed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(max(7.0, 6.0 * len(results)), 4.4), squeeze=False)
+    for ax, (attack, result) in zip(axes[0], results.items()):
+        rows = {r["model"]: r for r in result["rows"]}
+        floor = rows["clean model"]["attack_success_rate_clean_correct"] if "clean model" in rows else 0.0
+        bars = [("poisoned", rows["poisoned"])] + [(n, r) for n, r, _ in comparison_rows(result)]
+        xs = range(len(bars))
+        ax.bar([x - 0.2 for x in xs], [100 * r["clean_accuracy"] for _, r in bars], 0.4, label="CA")
+        ax.bar([x + 0.2 for x in xs], [100 * (r["attack_success_rate_clean_correct"] - floor) for _, r in bars], 0.4,
+               label="residual backdoor (ASR-cc − clean model's)")
+        ax.set_xticks(list(xs), [n for n, _ in bars], rotation=30, ha="right")
+        ax.set_ylim(min(0, *(100 * (r["attack_success_rate_clean_correct"] - floor) for _, r in bars)) - 2, 112)
+        ax.set_title(f"SST-2, {attack}: one victim, seed {result['config']['seed']}")
+        ax.set_ylabel("points")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend(loc="upper center", ncol=2, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def chart(summ: dict, path: Path) -> None:
     """CA and ASR-cc (means over seeds, sd as error bars) per attack; the clean model's ASR-cc as the floor line."""
     import matplotlib
@@ -295,6 +359,10 @@ def write_results_md(results: dict[str, dict], summ: dict) -> None:
     update_section("real", f"{table}\n\n![CA and ASR-cc per attack](results/chart.png)\n\n{provenance} "
                            "(per-attack JSON and `summary.json` in `results/`).")
     update_section("variants", variant_table(results))
+    update_section("comparison", f"{comparison_table(results)}\n\n![residual and CA per defense](results/comparison.png)"
+                                 f"\n\n{provenance}. One seed (the preset's) per defense; input filters are scored "
+                                 "as served systems (a rejected clean row counts as wrong, a rejected triggered row as "
+                                 "a failed attack). Stage time is wall time on 2 shared cores.")
     update_section("attack", attack_table(results))
     update_section("real", f"{table}\n\n![CA and ASR-cc per attack](benchmarks/results/chart.png)\n\n{provenance}; "
                            "the CPU scaling of each run is stated in `configs/sst2-<attack>.yaml`.", path=README)
@@ -335,12 +403,15 @@ def main() -> None:
         summ = summary(results)
         write_json(RESULTS / "summary.json", summ)
         chart(summ, RESULTS / "chart.png")
+        comparison_chart(results, RESULTS / "comparison.png")
         write_results_md(results, summ)
         print(attack_table(results))
         print()
         print(main_table(summ))
         print()
         print(variant_table(results))
+        print()
+        print(comparison_table(results))
 
 
 if __name__ == "__main__":
