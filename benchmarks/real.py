@@ -366,6 +366,8 @@ def write_results_md(results: dict[str, dict], summ: dict) -> None:
     update_section("attack", attack_table(results))
     update_section("real", f"{table}\n\n![CA and ASR-cc per attack](benchmarks/results/chart.png)\n\n{provenance}; "
                            "the CPU scaling of each run is stated in `configs/sst2-<attack>.yaml`.", path=README)
+    update_section("comparison", f"{comparison_table(results)}\n\n![residual and CA per defense]"
+                                 "(benchmarks/results/comparison.png)", path=README)
 
 
 def main() -> None:

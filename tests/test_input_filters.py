@@ -150,17 +150,20 @@ def test_input_filters_from_the_cli_and_a_run_config(shared_data, tmp_path):
         "defenses:\n  - {name: strip, copies: 2}\n  - {name: onion, lm: tiny-llama, max_words: 8}\n"
         "  - {name: rap, epochs: 1, rows: 32, max_length: 32}\n"
         "  - {name: nad, layers: 1, train: {epochs: 1, batch_size: 16, max_length: 32}}\n"
+        "  - {name: fine-pruning, layers: 1, rows: 32, train: {method: full, epochs: 1, batch_size: 16, max_length: 32}}\n"
         "eval: {batch_size: 32, max_length: 32, probe_rows: 8}\n")
     proc = run_cli("run", str(config), "--out", str(tmp_path / "run"), env=env)
     assert proc.returncode == 0, proc.stderr
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     rows = {r["model"]: r for r in report["rows"]}
-    assert set(rows) == {"clean model", "poisoned", "strip", "onion", "rap", "nad"}  # no defense needs a teacher
+    assert set(rows) == {"clean model", "poisoned", "strip", "onion", "rap", "nad", "fine-pruning"}  # no defense needs a teacher
     for name in ("strip", "onion", "rap"):
         assert 0 <= rows[name]["false_rejection_rate"] <= 1 and rows[name]["clean_total"] == 24
         assert "residual_backdoor" in rows[name]
     assert rows["onion"]["false_rejection_rate"] == 0.0  # ONION edits, never rejects
-    assert "false_rejection_rate" not in rows["nad"] and 0 <= rows["nad"]["clean_accuracy"] <= 1  # a repaired model
+    for name in ("nad", "fine-pruning"):  # repaired models, evaluated like any model
+        assert "false_rejection_rate" not in rows[name] and 0 <= rows[name]["clean_accuracy"] <= 1
+        assert rows[name]["steps"] > 0
     # The single commands: defend writes a filter run, evaluate measures the victim behind it.
     victim, poison = tmp_path / "run" / "victim", tmp_path / "run" / "poison"
     proc = run_cli("defend", "--student", str(victim), "--defense", "strip", "--data", "sst2", "--set",
