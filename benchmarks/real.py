@@ -252,7 +252,9 @@ def _differences(preset: dict, row: dict, prefix: str = "") -> str:
 def comparison_rows(result: dict) -> list[tuple[str, dict, dict]]:
     """(defense name, report row, row meta) of each preset defense at the preset's seed, in preset order."""
     rows = {r["model"]: r for r in result["rows"]}
-    order = [d["name"] for d in result["config"]["defenses"]]
+    # The preset's order (the results' config holds only the last invocation's rows).
+    preset = yaml.safe_load((HERE.parent / "configs" / f"sst2-{result['attack']}.yaml").read_text())
+    order = [d["name"] for d in preset["defenses"]]
     found = [(meta["defense"], rows[label], meta) for label, meta in result["row_meta"].items()
              if label in rows and not meta["is_variant"] and meta["seed"] == result["config"]["seed"]]
     return sorted(found, key=lambda f: order.index(f[0]) if f[0] in order else len(order))
