@@ -219,8 +219,7 @@ def variant_table(results: dict[str, dict]) -> str:
     lines = ["| attack | row | what differs from the preset's defense | CA | ASR-cc | residual (pts) | "
              "selected step / steps |", "|---|---|---|---|---|---|---|"]
     for attack, result in results.items():
-        rows = {r["model"]: r for r in result["rows"]}
-        floor = rows["clean model"]["attack_success_rate_clean_correct"] if "clean model" in rows else 0.0
+        rows, floor = rows_and_floor(result)
         # Compared with today's preset (rows merged from an earlier invocation may predate it).
         presets = {d["name"]: d for d in reversed(result["config"]["defenses"])}
         for label, meta in result["row_meta"].items():
@@ -249,6 +248,12 @@ def _differences(preset: dict, row: dict, prefix: str = "") -> str:
     return ", ".join(parts)
 
 
+def rows_and_floor(result: dict) -> tuple[dict[str, dict], float]:
+    """A results JSON's report rows by model, and the clean model's ASR-cc (0 when there is none)."""
+    rows = {r["model"]: r for r in result["rows"]}
+    return rows, rows["clean model"]["attack_success_rate_clean_correct"] if "clean model" in rows else 0.0
+
+
 def comparison_rows(result: dict) -> list[tuple[str, dict, dict]]:
     """(defense name, report row, row meta) of each preset defense at the preset's seed, in preset order."""
     rows = {r["model"]: r for r in result["rows"]}
@@ -269,8 +274,7 @@ def comparison_table(results: dict[str, dict]) -> str:
     lines = ["| attack | defense | kind | CA | ASR-cc | residual (pts) | false rejections / detected | "
              "steps | trainable params | stage time (s) | filter s/input |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for attack, result in results.items():
-        rows = {r["model"]: r for r in result["rows"]}
-        floor = rows["clean model"]["attack_success_rate_clean_correct"] if "clean model" in rows else 0.0
+        rows, floor = rows_and_floor(result)
         for name, r, meta in [("poisoned (no defense)", rows["poisoned"], {})] + comparison_rows(result):
             is_filter = "false_rejection_rate" in r
             kind = "input filter" if is_filter else ("repair" if meta else "–")
@@ -296,8 +300,7 @@ def comparison_chart(results: dict[str, dict], path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(results), figsize=(max(7.0, 6.0 * len(results)), 4.4), squeeze=False)
     for ax, (attack, result) in zip(axes[0], results.items()):
-        rows = {r["model"]: r for r in result["rows"]}
-        floor = rows["clean model"]["attack_success_rate_clean_correct"] if "clean model" in rows else 0.0
+        rows, floor = rows_and_floor(result)
         bars = [("poisoned", rows["poisoned"])] + [(n, r) for n, r, _ in comparison_rows(result)]
         xs = range(len(bars))
         ax.bar([x - 0.2 for x in xs], [100 * r["clean_accuracy"] for _, r in bars], 0.4, label="CA")

@@ -73,9 +73,10 @@ def test_nad_pulls_the_students_maps_towards_its_teachers(victim, tiny_splits, r
 
 def test_rap_word_slots_and_the_embedding_hook(victim):
     clf = load_classifier(victim, 2)
-    start, count = word_slots(clf.tokenizer, "cf")
+    start, word_ids = word_slots(clf.tokenizer, "cf")
+    count = len(word_ids)
     ids = clf.tokenizer("cf a good film", return_tensors="pt")["input_ids"]
-    word_ids = clf.tokenizer("cf", add_special_tokens=False)["input_ids"]
+    assert word_ids == clf.tokenizer("cf", add_special_tokens=False)["input_ids"]
     assert ids[0, start:start + count].tolist() == word_ids
     model = clf.model.eval()
     emb = model.get_input_embeddings()

@@ -269,10 +269,9 @@ def evaluate(
 
 def _evaluate_filter(folder: str, data: Path, cfg, rt, out: Path | None) -> dict:
     """`evaluate` on an input-filter run: the model it guards, behind the filter."""
-    from w2sdefense.data.poisoned import load_poison_folder
+    from w2sdefense.data.poisoned import load_poison_folder, target_label
     from w2sdefense.defenses import open_filter
     from w2sdefense.defenses.filtering import evaluate_filtered
-    from w2sdefense.data.poisoned import target_label
     from w2sdefense.fileio import write_json
     from w2sdefense.models import load_classifier
 

@@ -67,8 +67,6 @@ def load_poison_folder(path: str | Path) -> PoisonedData:
                         num_labels=meta["num_labels"], summary=meta.get("counts", {}))
 
 
-
-
 def target_label(poison_dir: str | Path) -> int:
     """The attack's target label, from the poison folder's poison.json."""
     return int(json.loads((Path(poison_dir) / META_FILE).read_text(encoding="utf-8"))["poison"]["target_label"])

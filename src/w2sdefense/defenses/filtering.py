@@ -12,6 +12,8 @@ from typing import Protocol
 
 import json
 
+import torch
+
 from w2sdefense.config import EvalConfig
 from w2sdefense.data.records import Example
 from w2sdefense.errors import UserError
@@ -48,6 +50,22 @@ def classify(clf: Classifier, texts: list[str], cfg: EvalConfig, rt: Runtime, de
     logits = predict_logits(clf.model, encode(clf.tokenizer, rows, cfg.max_length), clf.tokenizer.pad_token_id,
                             cfg.batch_size, rt, desc)
     return logits.argmax(-1).tolist() if len(rows) else []
+
+
+def calibration_rows(job, name: str) -> list[Example]:
+    """The clean dev rows an input filter calibrates its threshold on (at least two)."""
+    if len(job.splits.dev) < 2:
+        raise UserError(f"{name} calibrates its threshold on clean dev rows; the dev split has fewer than 2")
+    return job.splits.dev
+
+
+def frr_threshold(scores: list[float], frr: float) -> tuple[float | None, int]:
+    """The threshold that rejects about `frr` of clean rows scoring below it (their frr-quantile), and
+    how many of `scores` fall under it; None (nothing rejected) when frr is 0."""
+    if frr <= 0:
+        return None, 0
+    threshold = float(torch.quantile(torch.tensor(scores), frr))
+    return threshold, sum(s < threshold for s in scores)
 
 
 def write_filter(out_dir: Path, defense: str, student: str, settings: dict, flt: InputFilter, rt: Runtime) -> None:

@@ -31,7 +31,7 @@ from w2sdefense.errors import UserError
 from w2sdefense.models import Classifier, load_classifier
 from w2sdefense.models.batching import encode, make_loader, model_inputs, sorted_batches
 from w2sdefense.runtime import Runtime
-from w2sdefense.train.job import StageRecord, limit, prepare_student, train_classifier
+from w2sdefense.train.job import METRICS_FILE, StageRecord, limit, prepare_student, train_classifier
 from w2sdefense.train.loop import LossFn, StepOutput
 
 log = logging.getLogger(__name__)
@@ -116,8 +116,8 @@ def nad(job: DefenseJob) -> dict:
     settings, train = job.settings, job.train
     teacher_dir = job.out_dir / TEACHER_DIR
     teacher_train = dataclasses.replace(train, epochs=settings.teacher_epochs)
-    if (teacher_dir / "metrics.json").is_file():  # a resumed run keeps its finished teacher
-        teacher_metrics = json.loads((teacher_dir / "metrics.json").read_text(encoding="utf-8"))
+    if (teacher_dir / METRICS_FILE).is_file():  # a resumed run keeps its finished teacher
+        teacher_metrics = json.loads((teacher_dir / METRICS_FILE).read_text(encoding="utf-8"))
         log.info("nad: re-using the teacher in %s", teacher_dir)
     else:
         clf = prepare_student(job.student, job.splits.num_labels, teacher_train, job.rt, teacher_dir, job.seed)

@@ -23,7 +23,7 @@ import torch
 from w2sdefense.config import check_positive, to_dict
 from w2sdefense.data.records import Example
 from w2sdefense.defenses.base import DefenseJob, register_defense
-from w2sdefense.defenses.filtering import Screened, write_filter
+from w2sdefense.defenses.filtering import Screened, calibration_rows, frr_threshold, write_filter
 from w2sdefense.errors import UserError
 from w2sdefense.models import Classifier, load_classifier
 from w2sdefense.models.batching import encode, make_loader, model_inputs
@@ -55,13 +55,13 @@ class RapSettings:
             raise UserError(f"rap.word must be one word; got {self.word!r}")
 
 
-def word_slots(tokenizer, word: str) -> tuple[int, int]:
-    """Where the word's tokens sit when it opens a text: (first position, token count)."""
+def word_slots(tokenizer, word: str) -> tuple[int, list[int]]:
+    """Where the word's tokens sit when it opens a text: (first position, the word's token ids)."""
     word_ids = tokenizer(word, add_special_tokens=False)["input_ids"]
     text_ids = tokenizer(f"{word} placeholder")["input_ids"]
     for start in range(min(3, len(text_ids))):  # after the special tokens in front (BOS, [CLS])
         if word_ids and text_ids[start:start + len(word_ids)] == word_ids:
-            return start, len(word_ids)
+            return start, word_ids
     raise UserError(f"rap.word {word!r} is not tokenised the same at the start of a text; choose another word")
 
 
@@ -136,8 +136,7 @@ def train_perturbation(clf: Classifier, rows: list[Example], settings: RapSettin
     model = clf.model.to(rt.device).eval()
     for param in model.parameters():
         param.requires_grad_(False)
-    start, count = word_slots(clf.tokenizer, settings.word)
-    ids = clf.tokenizer(f"{settings.word} placeholder")["input_ids"][start:start + count]
+    start, ids = word_slots(clf.tokenizer, settings.word)
     vectors = model.get_input_embeddings().weight[ids].detach().float().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([vectors], lr=settings.lr)
     pad = clf.tokenizer.pad_token_id
@@ -177,21 +176,17 @@ def train_perturbation(clf: Classifier, rows: list[Example], settings: RapSettin
 def rap(job: DefenseJob) -> dict:
     """Reject inputs whose prediction a trained perturbation word barely moves (backdoored ones hold)."""
     settings = job.settings
-    dev = job.splits.dev
-    if len(dev) < 2:
-        raise UserError("rap calibrates its threshold on clean dev rows; the dev split has fewer than 2")
+    dev = calibration_rows(job, "rap")
     clf = load_classifier(job.student, job.splits.num_labels, job.rt.dtype)
     torch.manual_seed(job.seed)
     vectors, start, losses, steps = train_perturbation(clf, job.splits.train[: settings.rows], settings, job.seed, job.rt)
     flt = RapFilter(settings, vectors, start)
     drop, screened = flt.drops(clf, [e.text for e in dev], job.rt)
-    calib = torch.tensor([d for d, s in zip(drop, screened) if s])
+    calib = [d for d, s in zip(drop, screened) if s]
     if len(calib) < 2:
         raise UserError("rap: fewer than 2 clean dev rows are predicted as a protected label")
-    # Reject below the frr-quantile of clean drops: about frr of screened clean rows fall under it.
-    flt.threshold = float(torch.quantile(calib, settings.frr)) if settings.frr > 0 else None
-    rejected = sum(d < flt.threshold for d in calib.tolist()) if flt.threshold is not None else 0
+    flt.threshold, rejected = frr_threshold(calib, settings.frr)  # about frr of screened clean rows fall under it
     write_filter(job.out_dir, "rap", job.student, to_dict(settings), flt, job.rt)
     return {"threshold": flt.threshold, "dev_false_rejection_rate": rejected / len(dev), "dev_rows": len(dev),
-            "dev_drop_mean": float(calib.mean()), "rap_loss_per_epoch": losses, "steps": steps,
+            "dev_drop_mean": sum(calib) / len(calib), "rap_loss_per_epoch": losses, "steps": steps,
             "trainable_params": int(vectors.numel())}

@@ -15,7 +15,7 @@ import torch
 from w2sdefense.config import check_positive, to_dict
 from w2sdefense.data.records import Example
 from w2sdefense.defenses.base import DefenseJob, register_defense
-from w2sdefense.defenses.filtering import Screened, write_filter
+from w2sdefense.defenses.filtering import Screened, calibration_rows, frr_threshold, write_filter
 from w2sdefense.errors import UserError
 from w2sdefense.models.predict import predict_logits
 from w2sdefense.models import Classifier, load_classifier
@@ -86,18 +86,14 @@ def _load(settings: StripSettings, state: dict) -> StripFilter:
 def strip(job: DefenseJob) -> dict:
     """Reject inputs whose prediction survives blending with clean text (low entropy)."""
     settings = job.settings
-    dev = job.splits.dev
-    if len(dev) < 2:
-        raise UserError("strip calibrates its threshold on clean dev rows; the dev split has fewer than 2")
+    dev = calibration_rows(job, "strip")
     clf = load_classifier(job.student, job.splits.num_labels, job.rt.dtype)
     rng = random.Random(job.seed)
     blend = [e.text for e in rng.sample(dev, min(settings.blend_rows, len(dev)))]
     flt = StripFilter(settings, blend, job.seed)
-    entropies = torch.tensor(flt.entropies(clf, [e.text for e in dev], job.rt))
-    # Reject below the frr-quantile of clean entropies: about frr of clean rows fall under it.
-    flt.threshold = float(torch.quantile(entropies, settings.frr)) if settings.frr > 0 else None
-    rejected = sum(e < flt.threshold for e in entropies.tolist()) if flt.threshold is not None else 0
+    entropies = flt.entropies(clf, [e.text for e in dev], job.rt)
+    flt.threshold, rejected = frr_threshold(entropies, settings.frr)
     dev_frr = rejected / len(dev)
     write_filter(job.out_dir, "strip", job.student, to_dict(settings), flt, job.rt)
     return {"threshold": flt.threshold, "dev_false_rejection_rate": dev_frr, "dev_rows": len(dev),
-            "dev_entropy_mean": float(entropies.mean()), "steps": 0, "trainable_params": 0}
+            "dev_entropy_mean": sum(entropies) / len(entropies), "steps": 0, "trainable_params": 0}

@@ -101,11 +101,12 @@ def train_classifier(clf: Classifier, splits: Splits, cfg: TrainConfig, rt: Runt
                      diagnostics: Diagnostics | None = None) -> dict:
     """Fine-tune `clf` on splits.train, select by clean dev accuracy, write model/; returns the metrics
     (the stage that called it records them, once: StageRecord)."""
-    train = encode(clf.tokenizer, limit(splits.train, cfg.max_train_rows), cfg.max_length)
+    rows = limit(splits.train, cfg.max_train_rows)
+    train = encode(clf.tokenizer, rows, cfg.max_length)
     dev = encode(clf.tokenizer, splits.dev, cfg.max_length)
     # Counted (and warned about) before training: a poisoned row whose trigger the tokenizer cuts off
     # teaches the target label without the trigger.
-    poisoned = [ex for ex in limit(splits.train, cfg.max_train_rows) if ex.poisoned]
+    poisoned = [ex for ex in rows if ex.poisoned]
     cut = cut_by_tokens(clf.tokenizer, poisoned, cfg.max_length, f"{desc} poisoned rows")[1] if poisoned else None
     params = count_parameters(clf.model)
     log.info("%s: %d train / %d dev rows, %d of %d parameters trainable", desc, len(train), len(dev),
