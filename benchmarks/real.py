@@ -4,6 +4,7 @@ every defense over several seeds, floor-aware.
     python benchmarks/real.py --attacks badnet --seeds 42 43 44     # one attack, three defense seeds
     python benchmarks/real.py                                       # all three attacks (hours on 2 cores)
     python benchmarks/real.py --attacks badnet --variants benchmarks/variants-badnet.yaml --seeds 42
+    python benchmarks/real.py --attacks badnet --variants benchmarks/variants-badnet.yaml --pick w2s-beta0 --seeds 42
     python benchmarks/real.py --report-only                         # rebuild RESULTS.md, summary.json, charts
 
 Each attack runs `configs/sst2-<attack>.yaml` through `w2sdefense run` (finished stages are re-used,
@@ -220,18 +221,32 @@ def variant_table(results: dict[str, dict]) -> str:
              "selected step / steps |", "|---|---|---|---|---|---|---|"]
     for attack, result in results.items():
         rows, floor = rows_and_floor(result)
-        # Compared with today's preset (rows merged from an earlier invocation may predate it).
-        presets = {d["name"]: d for d in reversed(result["config"]["defenses"])}
+        # Compared with today's preset (rows merged from an earlier invocation may predate it): the full
+        # settings of each defense's latest preset row at the preset's seed.
+        presets = {meta["defense"]: meta["settings"] for meta in result["row_meta"].values()
+                   if not meta["is_variant"] and meta["seed"] == result["config"]["seed"]}
         for label, meta in result["row_meta"].items():
             if label not in rows or meta["seed"] != result["config"]["seed"]:
                 continue
             r = rows[label]
-            diff = _differences(presets.get(meta["defense"], meta["preset"]), meta["settings"])
+            diff = _differences(_resolved(presets.get(meta["defense"], meta["preset"])), _resolved(meta["settings"]))
             lines.append(f"| {attack} | {label} | {diff or '(the preset)'} | {100 * r['clean_accuracy']:.1f} | "
                          f"{100 * r['attack_success_rate_clean_correct']:.1f} | "
                          f"{100 * (r['attack_success_rate_clean_correct'] - floor):+.1f} | "
                          f"{r.get('selected_step', '–')} / {r['steps']} |")
     return "\n".join(lines)
+
+
+def _resolved(settings: dict) -> dict:
+    """A row's defense settings in full (its defense's defaults filled in), whichever form its results JSON
+    stored them in (the whole dataclass, or only what the preset spelled out)."""
+    from w2sdefense.defenses import DEFENSES, resolve
+
+    cfg = from_dict(DefenseConfig, {k: v for k, v in settings.items() if k not in ("label", "seed")}, "row")
+    # Early results stored W2SDefense's loss weights on every row; keep the settings this defense takes.
+    own = {f.name for f in dataclasses.fields(DEFENSES.get(cfg.name).settings)}
+    r = resolve(dataclasses.replace(cfg, settings={k: v for k, v in cfg.settings.items() if k in own}))
+    return {**dataclasses.asdict(r.settings), "train": dataclasses.asdict(r.train)}
 
 
 def _differences(preset: dict, row: dict, prefix: str = "") -> str:
@@ -384,6 +399,7 @@ def main() -> None:
     parser.add_argument("--runs", default="runs", help="where the run folders go")
     parser.add_argument("--variants", help="YAML list of extra defense rows (each with a `label`), run at the "
                         "first seed, e.g. benchmarks/variants-badnet.yaml")
+    parser.add_argument("--pick", nargs="+", metavar="LABEL", help="with --variants: run only these of its rows")
     parser.add_argument("--defenses", nargs="+", help="the preset's defense rows to run (default: all)")
     parser.add_argument("--merge", help="another invocation's results JSON whose rows to add (same victim)")
     parser.add_argument("--rename", nargs="*", default=[], help="with --merge: old=new row labels")
@@ -398,6 +414,11 @@ def main() -> None:
         merge_rows(Path(args.merge), args.rename)
     elif not args.report_only:
         variants = yaml.safe_load(Path(args.variants).read_text()) if args.variants else []
+        if args.pick:
+            unknown = set(args.pick) - {v.get("label") for v in variants}
+            if unknown:
+                raise SystemExit(f"--pick: {', '.join(sorted(unknown))} not in {args.variants}")
+            variants = [v for v in variants if v.get("label") in args.pick]
         first = None
         for attack in args.attacks:
             out = run_attack(attack, Path(args.runs), args.seeds, variants, first, args.defenses, args.set)
