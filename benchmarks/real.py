@@ -223,13 +223,14 @@ def variant_table(results: dict[str, dict]) -> str:
         rows, floor = rows_and_floor(result)
         # Compared with today's preset (rows merged from an earlier invocation may predate it): the full
         # settings of each defense's latest preset row at the preset's seed.
-        presets = {meta["defense"]: meta["settings"] for meta in result["row_meta"].values()
+        presets = {meta["defense"]: _resolved(meta["settings"]) for meta in result["row_meta"].values()
                    if not meta["is_variant"] and meta["seed"] == result["config"]["seed"]}
         for label, meta in result["row_meta"].items():
             if label not in rows or meta["seed"] != result["config"]["seed"]:
                 continue
             r = rows[label]
-            diff = _differences(_resolved(presets.get(meta["defense"], meta["preset"])), _resolved(meta["settings"]))
+            preset = presets.get(meta["defense"]) or _resolved(meta["preset"])
+            diff = _differences(preset, _resolved(meta["settings"]))
             lines.append(f"| {attack} | {label} | {diff or '(the preset)'} | {100 * r['clean_accuracy']:.1f} | "
                          f"{100 * r['attack_success_rate_clean_correct']:.1f} | "
                          f"{100 * (r['attack_success_rate_clean_correct'] - floor):+.1f} | "
@@ -250,11 +251,9 @@ def _resolved(settings: dict) -> dict:
 
 
 def _differences(preset: dict, row: dict, prefix: str = "") -> str:
-    """`key=value` for the settings where `row` differs from `preset` (label and seed aside)."""
+    """`key=value` for the settings where `row` differs from `preset` (both as `_resolved` gives them)."""
     parts = []
     for key, value in row.items():
-        if key in ("label", "seed", "name"):
-            continue
         if isinstance(value, dict):
             sub = _differences(preset.get(key, {}), value, f"{prefix}{key}.")
             parts += [sub] if sub else []
