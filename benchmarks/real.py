@@ -95,11 +95,31 @@ def run_attack(attack: str, runs: Path, seeds: list[int], variants: list[dict], 
         meta = {**old.get("row_meta", {}), **meta}
     write_json(path, {"attack": attack, "run_dir": str(out), "victim": _victim_key(out), "row_meta": meta, **report})
     add_victim_history(path)
-    for row in ("w2sdefense", "lora-ft"):
-        curves = out / "defenses" / f"{row}-s{seeds[0]}" / "curves.png"
-        if curves.is_file():
-            shutil.copyfile(curves, RESULTS / f"curves-{attack}-{row}.png")
     return out
+
+
+def draw_curves(path: Path) -> None:
+    """curves-<attack>-<row>.png: the first seed's W2SDefense and lora-ft curves, step 0 being the poisoned model.
+
+    Drawn from the run folder's metrics (so runs made before the step-0 point existed get it); an attack whose
+    run folder is not on this machine keeps its committed PNG.
+    """
+    from w2sdefense.eval.probe import start_point, write_curves
+
+    results = json.loads(path.read_text())
+    run_dir = Path(results.get("run_dir", ""))
+    victim = run_dir / "victim" / "metrics.json"
+    if not victim.is_file():
+        return
+    start = start_point(json.loads(victim.read_text()))
+    for row in ("w2sdefense", "lora-ft"):
+        seeded = sorted((m["seed"], label) for label, m in results.get("row_meta", {}).items()
+                        if m.get("variant") == row and not m.get("is_variant"))
+        record = run_dir / "defenses" / seeded[0][1] / "metrics.json" if seeded else None
+        if record and record.is_file():
+            metrics = json.loads(record.read_text())
+            write_curves(metrics.get("history", []), RESULTS / f"curves-{path.stem}-{row}.png",
+                         f"sst2-{path.stem}: {seeded[0][1]}", metrics.get("selected_step"), start=start)
 
 
 def _victim_key(run_dir: Path) -> str | None:
@@ -425,6 +445,7 @@ def main() -> None:
     for path in RESULTS.glob("*.json"):
         if path.stem in ATTACKS:
             add_victim_history(path)
+            draw_curves(path)
     results = load_results()
     if results:
         summ = summary(results)

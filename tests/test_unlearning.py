@@ -20,7 +20,7 @@ from w2sdefense.config import (
 from w2sdefense.data.records import Example
 from w2sdefense.defenses import DefenseJob, run_defense
 from w2sdefense.defenses.w2sdefense import TeacherCache
-from w2sdefense.eval.probe import make_probe, probe_diagnostic, write_curves
+from w2sdefense.eval.probe import curve_points, make_probe, probe_diagnostic, start_point, write_curves
 from w2sdefense.eval.report import add_residuals, plain_summary
 from w2sdefense.models.batching import LengthGroupedBatches, encode, make_loader
 from w2sdefense.train.job import run_train
@@ -157,6 +157,23 @@ def test_curves_png_is_written_only_with_a_probe(tmp_path):
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not write_curves([{"step": 1, "dev_accuracy": 0.5}], tmp_path / "none.png", "t")
     assert not (tmp_path / "none.png").exists()
+
+
+def test_a_defense_curve_starts_at_the_checkpoint_the_victim_kept():
+    victim = {"selected_step": 20, "history": [
+        {"step": 10, "dev_accuracy": 0.7, "probe_asr_cc": 0.5, "probe_rows": 5},
+        {"step": 20, "dev_accuracy": 0.8, "probe_asr_cc": 0.95, "probe_rows": 5},
+        {"step": 30, "dev_accuracy": 0.78, "probe_asr_cc": 0.97, "probe_rows": 5}]}
+    start = start_point(victim)
+    assert (start["step"], start["dev_accuracy"], start["probe_asr_cc"]) == (0, 0.8, 0.95)
+    defense = [{"step": 40, "dev_accuracy": 0.81, "probe_asr_cc": 0.1, "probe_rows": 5}]
+    assert [p["step"] for p in curve_points(defense, start)] == [0, 40]
+    assert curve_points(defense, None) == defense
+    # another probe (a different row count) or a run that already measured step 0 keeps its own points
+    assert curve_points(defense, {**start, "probe_rows": 7}) == defense
+    assert curve_points([{**defense[0], "step": 0}], start) == [{**defense[0], "step": 0}]
+    # no step-0 point when the kept step was not evaluated with a probe
+    assert start_point({"selected_step": 25, "history": victim["history"]}) is None
 
 
 def _row(model: str, ca: float, asr_cc: float) -> dict:

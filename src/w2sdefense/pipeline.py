@@ -26,7 +26,7 @@ from w2sdefense.defenses.base import check_defenses, resolved_dict
 from w2sdefense.defenses.teacher import run_teacher
 from w2sdefense.models.teacher import load_teacher
 from w2sdefense.eval.evaluate import evaluate_classifier
-from w2sdefense.eval.probe import TriggerProbe, make_probe, probe_diagnostic, write_curves
+from w2sdefense.eval.probe import TriggerProbe, make_probe, probe_diagnostic, start_point, write_curves
 from w2sdefense.eval.report import write_report
 from w2sdefense.fileio import atomic_write_text, write_json
 from w2sdefense.models import load_classifier
@@ -160,10 +160,13 @@ class Experiment:
 
         return stage, stage.run(self.rt, work)
 
-    def _curves(self, metrics: dict, stage: Stage, title: str) -> None:
+    def _curves(self, metrics: dict, stage: Stage, title: str, start_from: Stage | None = None) -> None:
+        """curves.png of a training stage; `start_from`: the stage whose kept model it began with (step 0)."""
         if self.rt.is_main:
+            record = start_from.folder / "metrics.json" if start_from else None
+            start = start_point(json.loads(record.read_text())) if record and record.is_file() else None
             write_curves(metrics.get("history", []), stage.folder / "curves.png", f"{self.cfg.name}: {title}",
-                         metrics.get("selected_step"))
+                         metrics.get("selected_step"), start=start)
 
     def defense(self, index: int, victim: Stage, teacher: Stage | None, poison: Stage) -> tuple[Stage, dict]:
         """Run one configured defense on the poisoned model with clean data."""
@@ -181,7 +184,7 @@ class Experiment:
                              diagnostics=self.diagnostics(poison))
             with log_to(stage.folder / "train.log", self.rt.is_main):
                 metrics = run_defense(job)
-            self._curves(metrics, stage, d.row_name)
+            self._curves(metrics, stage, d.row_name, start_from=victim if resolve(d).spec.starts_from_victim else None)
             return metrics
 
         return stage, stage.run(self.rt, work)

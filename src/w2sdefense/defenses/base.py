@@ -46,6 +46,9 @@ class DefenseSpec:
     summary: str = ""
     # input filters: rebuilds the calibrated filter from (settings, saved state)
     load_filter: Callable[[Any, dict], InputFilter] | None = None
+    # a repair that trains the poisoned model as it is (False: it changes the model first, e.g. pruning),
+    # so the poisoned model's own evaluation is its step 0
+    starts_from_victim: bool = True
 
 
 DEFENSES: Registry[DefenseSpec] = Registry("defense", "defenses[].name")
@@ -53,7 +56,8 @@ DEFENSES: Registry[DefenseSpec] = Registry("defense", "defenses[].name")
 
 def register_defense(name: str, *aliases: str, kind: str, method: str | None, needs_teacher: bool = False,
                      settings: type = NoSettings, train: dict | None = None,
-                     load_filter: Callable[[Any, dict], InputFilter] | None = None) -> Callable:
+                     load_filter: Callable[[Any, dict], InputFilter] | None = None,
+                     starts_from_victim: bool = True) -> Callable:
     """Decorator for a defense's run function: declares it and adds it to the registry.
 
     A repair defense's run writes a model to the job's `model/`; an input filter's run calibrates the
@@ -71,7 +75,8 @@ def register_defense(name: str, *aliases: str, kind: str, method: str | None, ne
     def wrap(fn: Callable[["DefenseJob"], dict]) -> Callable[["DefenseJob"], dict]:
         recipe = {**(train or {}), **({"method": method} if method in ("lora", "full") else {})}
         summary = (fn.__doc__ or "").strip().splitlines()[0] if fn.__doc__ else ""
-        DEFENSES.add(name, DefenseSpec(name, kind, fn, method, needs_teacher, settings, recipe, summary, load_filter),
+        DEFENSES.add(name, DefenseSpec(name, kind, fn, method, needs_teacher, settings, recipe, summary, load_filter,
+                                       starts_from_victim),
                      aliases)
         return fn
 

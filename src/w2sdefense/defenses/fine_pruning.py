@@ -113,7 +113,8 @@ def prune(clf: Classifier, settings: FinePruningSettings, rows: list, max_length
     return {"pruned_neurons": pruned, "pruned_layers": len(layers)}
 
 
-@register_defense("fine-pruning", kind="repair", method="any", settings=FinePruningSettings, train=LORA_RECIPE)
+@register_defense("fine-pruning", kind="repair", method="any", settings=FinePruningSettings, train=LORA_RECIPE,
+                  starts_from_victim=False)
 def fine_pruning(job: DefenseJob) -> dict:
     """Prune the MLP neurons clean data leaves dormant in the last layers, then fine-tune on clean data."""
     settings, train = job.settings, job.train

@@ -63,9 +63,34 @@ def probe_diagnostic(probe: TriggerProbe, cfg: EvalConfig, rt: Runtime) -> Calla
     return for_tokenizer
 
 
-def write_curves(history: list[dict], path: Path, title: str, kept_step: int | None = None) -> bool:
-    """Dev accuracy and probe ASR-cc against the step (and the kept checkpoint), as a PNG; False without a probe."""
+def start_point(metrics: dict) -> dict | None:
+    """The evaluation of the checkpoint a training run kept, as the step-0 point of a run that starts from it.
+
+    A defense starts from the poisoned model the victim stage kept (a fresh LoRA adapter changes nothing until
+    it trains), on the same dev rows and probe rows, so that stage's evaluation is the defense's step 0 for free.
+    """
+    kept = metrics.get("selected_step")
+    for h in metrics.get("history", []):
+        if h.get("step") == kept and "probe_asr_cc" in h and "dev_accuracy" in h:
+            return {**h, "step": 0}
+    return None
+
+
+def curve_points(history: list[dict], start: dict | None = None) -> list[dict]:
+    """The evaluations a curve draws: those with a probe, after `start` at step 0 when it measured the same rows."""
     points = [h for h in history if "probe_asr_cc" in h]
+    if points and start is not None and points[0]["step"] > 0 and start.get("probe_rows") == points[0]["probe_rows"]:
+        points = [{**start, "step": 0}, *points]
+    return points
+
+
+def write_curves(history: list[dict], path: Path, title: str, kept_step: int | None = None,
+                 start: dict | None = None) -> bool:
+    """Dev accuracy and probe ASR-cc against the step (and the kept checkpoint), as a PNG; False without a probe.
+
+    `start`, when given, is drawn at step 0: the model the run started from (see `start_point`).
+    """
+    points = curve_points(history, start)
     if not points:
         return False
     import matplotlib
