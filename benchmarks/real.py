@@ -119,7 +119,7 @@ def draw_curves(path: Path) -> None:
         if record and record.is_file():
             metrics = json.loads(record.read_text())
             write_curves(metrics.get("history", []), RESULTS / f"curves-{path.stem}-{row}.png",
-                         f"sst2-{path.stem}: {seeded[0][1]}", metrics.get("selected_step"), start=start)
+                         f"{results['config']['name']}: {seeded[0][1]}", metrics.get("selected_step"), start=start)
 
 
 def _victim_key(run_dir: Path) -> str | None:

@@ -77,10 +77,11 @@ def start_point(metrics: dict) -> dict | None:
 
 
 def curve_points(history: list[dict], start: dict | None = None) -> list[dict]:
-    """The evaluations a curve draws: those with a probe, after `start` at step 0 when it measured the same rows."""
+    """The evaluations a curve draws: those with a probe, after `start` (a `start_point`, at step 0) when it
+    measured the same rows."""
     points = [h for h in history if "probe_asr_cc" in h]
     if points and start is not None and points[0]["step"] > 0 and start.get("probe_rows") == points[0]["probe_rows"]:
-        points = [{**start, "step": 0}, *points]
+        points = [start, *points]
     return points
 
 
