@@ -1,0 +1,110 @@
+"""The attacker's side: poisoning recipes tried for a stronger backdoor, each a victim alone.
+
+    python benchmarks/attack_arms.py                       # every arm of benchmarks/variants-attack.yaml
+    python benchmarks/attack_arms.py --pick lr1e4-e3       # only these arms
+    python benchmarks/attack_arms.py --report-only         # rebuild the table from results/attack-arms.json
+
+An arm is `configs/sst2-<attack>.yaml` with its dotted overrides, run through `w2sdefense run` without
+defenses and without a clean model of its own, into `<runs>/attack-arms/<attack>-<label>` (a finished
+victim is re-used). The floor and the clean model's CA are the benchmark's (`results/<attack>.json`).
+Writes `results/attack-arms.json` (one record per arm) and the section "attack-arms" of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from w2sdefense.config import ExperimentConfig, load_config
+from w2sdefense.fileio import write_json
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+ARMS = HERE / "variants-attack.yaml"
+RECORDS = RESULTS / "attack-arms.json"
+
+
+def run_arm(arm: dict, runs: Path) -> dict:
+    """Train (or re-use) the arm's victim, evaluate it, and return its record."""
+    from w2sdefense.pipeline import run_experiment
+
+    sets = [*arm.get("set", []), "defenses=[]", "clean_model=false"]
+    cfg = load_config(ExperimentConfig, HERE.parent / "configs" / f"sst2-{arm['attack']}.yaml", sets)
+    out = runs / "attack-arms" / f"{arm['attack']}-{arm['label']}"
+    run_experiment(dataclasses.replace(cfg, output_dir=str(out)))
+    return record(arm, out)
+
+
+def record(arm: dict, out: Path) -> dict:
+    """What the arm planted: the poisoned row of its report and the victim's per-evaluation history."""
+    report = json.loads((out / "report.json").read_text())
+    victim = json.loads((out / "victim" / "metrics.json").read_text())
+    poisoned = next(r for r in report["rows"] if r["model"] == "poisoned")
+    return {"label": arm["label"], "attack": arm["attack"], "set": arm.get("set", []), "run_dir": str(out),
+            "poisoned": poisoned, "history": victim["history"], "selected_step": victim.get("selected_step"),
+            "steps": victim.get("steps"), "wall_time_s": victim.get("wall_time_s"),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+
+
+def reference(attack: str) -> tuple[dict | None, dict | None]:
+    """The benchmark's clean model and poisoned (the preset's recipe) rows for `attack`, when recorded."""
+    path = RESULTS / f"{attack}.json"
+    if not path.is_file():
+        return None, None
+    rows = {r["model"]: r for r in json.loads(path.read_text())["rows"]}
+    return rows.get("clean model"), rows.get("poisoned")
+
+
+def table(records: list[dict]) -> str:
+    """One line per arm: CA against the clean model's, ASR-cc against the target, the probe by step."""
+    lines = ["| attack | arm | overrides of the preset | CA (clean model's) | ASR-cc / ASR | ASR-cc ≥ 95 and CA within 1? | "
+             "probe ASR-cc by step (dev acc) | kept step | victim time (min) |", "|---|---|---|---|---|---|---|---|---|"]
+    for rec in records:
+        clean, _ = reference(rec["attack"])
+        p = rec["poisoned"]
+        ca, asr_cc = 100 * p["clean_accuracy"], 100 * p["attack_success_rate_clean_correct"]
+        clean_ca = 100 * clean["clean_accuracy"] if clean else None
+        met = ("yes" if asr_cc >= 95 and clean_ca is not None and ca >= clean_ca - 1 else "no")
+        probe = ", ".join(f"{h['step']}: {100 * h['probe_asr_cc']:.1f} ({100 * h['dev_accuracy']:.1f})"
+                          for h in rec["history"] if "probe_asr_cc" in h)
+        wall = f"{rec['wall_time_s'] / 60:.0f}" if rec.get("wall_time_s") else "–"
+        lines.append(f"| {rec['attack']} | {rec['label']} | {', '.join(rec['set']) or '–'} | {ca:.2f} "
+                     f"({'–' if clean_ca is None else f'{clean_ca:.2f}'}) | {asr_cc:.2f} / "
+                     f"{100 * p['attack_success_rate']:.2f} | {met} | {probe or '–'} | {rec['selected_step']} | {wall} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pick", nargs="+", metavar="LABEL", help="run only these arms")
+    parser.add_argument("--runs", default="runs", help="where the run folders go (arms in <runs>/attack-arms)")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    arms = yaml.safe_load(ARMS.read_text())
+    if args.pick:
+        unknown = set(args.pick) - {a["label"] for a in arms}
+        if unknown:
+            raise SystemExit(f"--pick: {', '.join(sorted(unknown))} not in {ARMS.name}")
+        arms = [a for a in arms if a["label"] in args.pick]
+    records = {r["label"]: r for r in json.loads(RECORDS.read_text())} if RECORDS.is_file() else {}
+    if not args.report_only:
+        from w2sdefense.cli import _quiet_libraries
+
+        _quiet_libraries()
+        for arm in arms:
+            records[arm["label"]] = run_arm(arm, Path(args.runs))
+            write_json(RECORDS, list(records.values()))  # each arm lands before the next starts
+    from results_md import update_section
+
+    text = table(list(records.values()))
+    update_section("attack-arms", text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
