@@ -1,12 +1,14 @@
 """The attacker's side: poisoning recipes tried for a stronger backdoor, each a victim alone.
 
     python benchmarks/attack_arms.py                       # every arm of benchmarks/variants-attack.yaml
-    python benchmarks/attack_arms.py --pick lr1e4-e3       # only these arms
+    python benchmarks/attack_arms.py --pick badnet-lr1e4-e3   # only these arms (<attack>-<label>)
     python benchmarks/attack_arms.py --report-only         # rebuild the table from results/attack-arms.json
 
 An arm is `configs/sst2-<attack>.yaml` with its dotted overrides, run through `w2sdefense run` without
-defenses and without a clean model of its own, into `<runs>/attack-arms/<attack>-<label>` (a finished
-victim is re-used). The floor and the clean model's CA are the benchmark's (`results/<attack>.json`).
+defenses, into `<runs>/attack-arms/<attack>-<label>` (a finished victim is re-used). With `clean_model:
+true` it also trains a clean model with the same recipe (shared between arms whose recipes match: its
+stage key decides) and judges the arm against it; otherwise against the benchmark's clean model
+(`results/<attack>.json`).
 Writes `results/attack-arms.json` (one record per arm) and the section "attack-arms" of RESULTS.md.
 """
 
@@ -15,12 +17,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
-from w2sdefense.config import ExperimentConfig, load_config
+from w2sdefense.config import ExperimentConfig, load_config, to_dict
 from w2sdefense.fileio import write_json
 
 HERE = Path(__file__).resolve().parent
@@ -33,20 +36,34 @@ def run_arm(arm: dict, runs: Path) -> dict:
     """Train (or re-use) the arm's victim, evaluate it, and return its record."""
     from w2sdefense.pipeline import run_experiment
 
-    sets = [*arm.get("set", []), "defenses=[]", "clean_model=false"]
+    sets = [*arm.get("set", []), "defenses=[]", f"clean_model={str(bool(arm.get('clean_model'))).lower()}"]
     cfg = load_config(ExperimentConfig, HERE.parent / "configs" / f"sst2-{arm['attack']}.yaml", sets)
-    out = runs / "attack-arms" / f"{arm['attack']}-{arm['label']}"
+    out = runs / "attack-arms" / _name(arm)
+    if cfg.clean_model and not (out / "clean").exists():
+        # A clean model another arm trained with this recipe (its stage key still decides re-use).
+        mine = {k: to_dict(cfg)[k] for k in ("seed", "data", "victim")}
+        for other in sorted(out.parent.glob("*/clean/stage.json")):
+            theirs = yaml.safe_load((other.parent.parent / "config.yaml").read_text())
+            if {k: theirs.get(k) for k in mine} == mine:
+                shutil.copytree(other.parent, out / "clean")
+                break
     run_experiment(dataclasses.replace(cfg, output_dir=str(out)))
     return record(arm, out)
+
+
+def _name(arm: dict) -> str:
+    """An arm's name and run folder: a label may recur for another attack."""
+    return f"{arm['attack']}-{arm['label']}"
 
 
 def record(arm: dict, out: Path) -> dict:
     """What the arm planted: the poisoned row of its report and the victim's per-evaluation history."""
     report = json.loads((out / "report.json").read_text())
     victim = json.loads((out / "victim" / "metrics.json").read_text())
-    poisoned = next(r for r in report["rows"] if r["model"] == "poisoned")
+    rows = {r["model"]: r for r in report["rows"]}
     return {"label": arm["label"], "attack": arm["attack"], "set": arm.get("set", []), "run_dir": str(out),
-            "poisoned": poisoned, "history": victim["history"], "selected_step": victim.get("selected_step"),
+            "poisoned": rows["poisoned"], "clean": rows.get("clean model"), "history": victim["history"],
+            "selected_step": victim.get("selected_step"),
             "steps": victim.get("steps"), "wall_time_s": victim.get("wall_time_s"),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
 
@@ -61,11 +78,17 @@ def reference(attack: str) -> tuple[dict | None, dict | None]:
 
 
 def table(records: list[dict]) -> str:
-    """One line per arm: CA against the clean model's, ASR-cc against the target, the probe by step."""
-    lines = ["| attack | arm | overrides of the preset | CA (clean model's) | ASR-cc / ASR | ASR-cc ≥ 95 and CA within 1? | "
-             "probe ASR-cc by step (dev acc) | kept step | victim time (min) |", "|---|---|---|---|---|---|---|---|---|"]
+    """One line per arm: CA against the clean model's, ASR-cc against the target, the probe by step.
+
+    The clean model is the arm's own (same recipe) when it trained one, else the benchmark's (marked *).
+    """
+    lines = ["| attack | arm | overrides of the preset | CA (clean model's) | ASR-cc / ASR (clean model's ASR-cc) | "
+             "ASR-cc ≥ 95 and CA within 1? | probe ASR-cc by step (dev acc) | kept step | victim time (min) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for rec in records:
-        clean, _ = reference(rec["attack"])
+        clean, star = rec.get("clean"), ""
+        if clean is None:
+            (clean, _), star = reference(rec["attack"]), "*"
         p = rec["poisoned"]
         ca, asr_cc = 100 * p["clean_accuracy"], 100 * p["attack_success_rate_clean_correct"]
         clean_ca = 100 * clean["clean_accuracy"] if clean else None
@@ -73,9 +96,10 @@ def table(records: list[dict]) -> str:
         probe = ", ".join(f"{h['step']}: {100 * h['probe_asr_cc']:.1f} ({100 * h['dev_accuracy']:.1f})"
                           for h in rec["history"] if "probe_asr_cc" in h)
         wall = f"{rec['wall_time_s'] / 60:.0f}" if rec.get("wall_time_s") else "–"
+        floor = f"{100 * clean['attack_success_rate_clean_correct']:.2f}{star}" if clean else "–"
         lines.append(f"| {rec['attack']} | {rec['label']} | {', '.join(rec['set']) or '–'} | {ca:.2f} "
-                     f"({'–' if clean_ca is None else f'{clean_ca:.2f}'}) | {asr_cc:.2f} / "
-                     f"{100 * p['attack_success_rate']:.2f} | {met} | {probe or '–'} | {rec['selected_step']} | {wall} |")
+                     f"({'–' if clean_ca is None else f'{clean_ca:.2f}{star}'}) | {asr_cc:.2f} / "
+                     f"{100 * p['attack_success_rate']:.2f} ({floor}) | {met} | {probe or '–'} | {rec['selected_step']} | {wall} |")
     return "\n".join(lines)
 
 
@@ -87,17 +111,17 @@ def main() -> None:
     args = parser.parse_args()
     arms = yaml.safe_load(ARMS.read_text())
     if args.pick:
-        unknown = set(args.pick) - {a["label"] for a in arms}
+        unknown = set(args.pick) - {_name(a) for a in arms}
         if unknown:
-            raise SystemExit(f"--pick: {', '.join(sorted(unknown))} not in {ARMS.name}")
-        arms = [a for a in arms if a["label"] in args.pick]
-    records = {r["label"]: r for r in json.loads(RECORDS.read_text())} if RECORDS.is_file() else {}
+            raise SystemExit(f"--pick: {', '.join(sorted(unknown))} not in {ARMS.name} (names are <attack>-<label>)")
+        arms = [a for a in arms if _name(a) in args.pick]
+    records = {_name(r): r for r in json.loads(RECORDS.read_text())} if RECORDS.is_file() else {}
     if not args.report_only:
         from w2sdefense.cli import _quiet_libraries
 
         _quiet_libraries()
         for arm in arms:
-            records[arm["label"]] = run_arm(arm, Path(args.runs))
+            records[_name(arm)] = run_arm(arm, Path(args.runs))
             write_json(RECORDS, list(records.values()))  # each arm lands before the next starts
     from results_md import update_section
 
