@@ -36,6 +36,7 @@ from w2sdefense.fileio import write_json
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+EARLIER = RESULTS / "earlier"  # results JSONs of victims the presets no longer train
 ATTACKS = ["badnet", "insent", "synbkd"]
 SHARED_STAGES = ("clean", "teacher")  # their inputs do not include the attack
 MAIN_DEFENSES = ("w2sdefense", "lora-ft")  # the rows of the main table, when present
@@ -88,6 +89,9 @@ def run_attack(attack: str, runs: Path, seeds: list[int], variants: list[dict], 
     report = json.loads((out / "report.json").read_text())
     path = RESULTS / f"{attack}.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
+    if old and old.get("victim") != _victim_key(out):
+        retire(path)
+        old = {}
     if old.get("victim") == _victim_key(out):
         # The same victim: keep rows of earlier invocations (other seeds or variants) not rerun now.
         kept = [r for r in old.get("rows", []) if r["model"] not in {row["model"] for row in report["rows"]}]
@@ -96,6 +100,25 @@ def run_attack(attack: str, runs: Path, seeds: list[int], variants: list[dict], 
     write_json(path, {"attack": attack, "run_dir": str(out), "victim": _victim_key(out), "row_meta": meta, **report})
     add_victim_history(path)
     return out
+
+
+def retire(path: Path) -> Path:
+    """Move a results JSON whose victim the preset no longer trains to results/earlier/ (its rows stay
+    reported, under "Earlier victims"), named by attack and the date it was last measured."""
+    result = json.loads(path.read_text())
+    dest = EARLIER / f"{result['attack']}-{result['environment']['date'][:10]}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        raise SystemExit(f"{dest} exists already: move it aside before retiring {path}")
+    path.rename(dest)
+    return dest
+
+
+def load_earlier() -> dict[str, dict]:
+    """Retired results JSONs, by a label naming the attack and when its rows were last measured."""
+    found = sorted(EARLIER.glob("*.json"))
+    return {f"{p.stem.split('-', 1)[0]} (earlier victim, measured to {p.stem.split('-', 1)[1]})": json.loads(p.read_text())
+            for p in found}
 
 
 def draw_curves(path: Path) -> None:
@@ -403,6 +426,13 @@ def write_results_md(results: dict[str, dict], summ: dict) -> None:
                                  "as served systems (a rejected clean row counts as wrong, a rejected triggered row as "
                                  "a failed attack). Stage time is wall time on 2 shared cores.")
     update_section("attack", attack_table(results))
+    earlier = load_earlier()
+    if earlier:
+        update_section("earlier", "\n\n".join([
+            "The attacker's recipe:", attack_table(earlier),
+            "The main rows (mean ± sd over defense seeds):", main_table(summary(earlier)),
+            "Every defense family (the preset's seed):", comparison_table(earlier),
+            "Every first-seed row, variants and comparison families included:", variant_table(earlier)]))
     update_section("real", f"{table}\n\n![CA and ASR-cc per attack](benchmarks/results/chart.png)\n\n{provenance}; "
                            "the CPU scaling of each run is stated in `configs/sst2-<attack>.yaml`.", path=README)
     update_section("comparison", f"{comparison_table(results)}\n\n![residual and CA per defense]"

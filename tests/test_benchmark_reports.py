@@ -1,0 +1,59 @@
+"""The benchmark scripts' bookkeeping: results of a victim the preset no longer trains are kept, and an
+attack arm is judged against the right clean model."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import attack_arms  # noqa: E402
+import real  # noqa: E402
+
+
+def _result(attack: str, date: str, victim: str) -> dict:
+    return {"attack": attack, "victim": victim, "environment": {"date": f"{date}T10:00:00+00:00"}, "rows": []}
+
+
+def test_a_retired_results_file_moves_to_earlier_under_its_date_and_is_never_overwritten(tmp_path, monkeypatch):
+    monkeypatch.setattr(real, "EARLIER", tmp_path / "earlier")
+    path = tmp_path / "badnet.json"
+    path.write_text(json.dumps(_result("badnet", "2026-12-01", "key-a")))
+    dest = real.retire(path)
+    assert dest == tmp_path / "earlier" / "badnet-2026-12-01.json"
+    assert not path.exists() and json.loads(dest.read_text())["victim"] == "key-a"
+    assert list(real.load_earlier()) == ["badnet (earlier victim, measured to 2026-12-01)"]
+
+    path.write_text(json.dumps(_result("badnet", "2026-12-01", "key-b")))
+    with pytest.raises(SystemExit, match="exists already"):
+        real.retire(path)
+    assert json.loads(dest.read_text())["victim"] == "key-a" and path.is_file()
+
+
+def _arm(ca: float, asr_cc: float, clean_ca: float | None) -> dict:
+    poisoned = {"clean_accuracy": ca, "attack_success_rate_clean_correct": asr_cc, "attack_success_rate": asr_cc}
+    clean = None if clean_ca is None else {"clean_accuracy": clean_ca, "attack_success_rate_clean_correct": 0.02}
+    return {"label": "x", "attack": "nosuchattack", "set": ["victim.train.lr=1e-4"], "poisoned": poisoned,
+            "clean": clean, "history": [{"step": 63, "dev_accuracy": 0.85, "probe_asr_cc": 1.0}],
+            "selected_step": 63, "wall_time_s": 420.0}
+
+
+@pytest.mark.parametrize("ca, asr_cc, clean_ca, verdict", [
+    (0.8825, 0.994, 0.8900, "yes"),   # 0.75 points under its own clean model
+    (0.8825, 0.994, 0.8995, "no"),    # 1.7 points under
+    (0.8990, 0.949, 0.8995, "no"),    # ASR-cc under 95
+])
+def test_an_attack_arm_meets_the_target_only_with_asr_cc_95_and_ca_within_a_point(ca, asr_cc, clean_ca, verdict):
+    line = attack_arms.table([_arm(ca, asr_cc, clean_ca)]).splitlines()[-1]
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[5] == verdict
+    assert cells[3] == f"{100 * ca:.2f} ({100 * clean_ca:.2f})"
+    assert cells[6] == "63: 100.0 (85.0)" and cells[8] == "7"
+
+
+def test_an_attack_arm_without_a_clean_model_of_its_own_says_whose_it_borrows():
+    line = attack_arms.table([_arm(0.88, 0.99, None)]).splitlines()[-1]
+    assert "(–)" in line and "| no |" in line  # no benchmark results for this attack: nothing to judge against
