@@ -4,8 +4,8 @@
     python benchmarks/attack_arms.py --pick badnet-lr1e4-e3   # only these arms (<attack>-<label>)
     python benchmarks/attack_arms.py --report-only         # rebuild the table from results/attack-arms.json
 
-An arm is `configs/sst2-<attack>.yaml` with its dotted overrides, run through `w2sdefense run` without
-defenses, into `<runs>/attack-arms/<attack>-<label>` (a finished victim is re-used). With `clean_model:
+An arm is `configs/sst2-<attack>.yaml` with its dotted overrides, run through `w2sdefense run` with
+only the preset's defense rows the arm names in `defenses` (none by default), into `<runs>/attack-arms/<attack>-<label>` (a finished victim is re-used). With `clean_model:
 true` it also trains a clean model with the same recipe (shared between arms whose recipes match: its
 stage key decides) and judges the arm against it; otherwise against the benchmark's clean model
 (`results/<attack>.json`).
@@ -36,9 +36,17 @@ def run_arm(arm: dict, runs: Path) -> dict:
     """Train (or re-use) the arm's victim, evaluate it, and return its record."""
     from w2sdefense.pipeline import run_experiment
 
-    sets = [*arm.get("set", []), "defenses=[]", f"clean_model={str(bool(arm.get('clean_model'))).lower()}"]
+    sets = [*arm.get("set", []), f"clean_model={str(bool(arm.get('clean_model'))).lower()}"]
     cfg = load_config(ExperimentConfig, HERE.parent / "configs" / f"sst2-{arm['attack']}.yaml", sets)
+    wanted = arm.get("defenses", [])
+    unknown = set(wanted) - {d.row_name for d in cfg.defenses}
+    if unknown:
+        raise SystemExit(f"arm {_name(arm)}: defenses {', '.join(sorted(unknown))} are not rows of the preset")
+    cfg = dataclasses.replace(cfg, defenses=[d for d in cfg.defenses if d.row_name in wanted])
     out = runs / "attack-arms" / _name(arm)
+    teacher = runs / f"sst2-{arm['attack']}" / "teacher"
+    if wanted and (teacher / "stage.json").is_file() and not (out / "teacher").exists():
+        shutil.copytree(teacher, out / "teacher")  # the benchmark's teacher: it does not depend on the attack
     if cfg.clean_model and not (out / "clean").exists():
         # A clean model another arm trained with this recipe (its stage key still decides re-use).
         mine = {k: to_dict(cfg)[k] for k in ("seed", "data", "victim")}
@@ -63,6 +71,7 @@ def record(arm: dict, out: Path) -> dict:
     rows = {r["model"]: r for r in report["rows"]}
     return {"label": arm["label"], "attack": arm["attack"], "set": arm.get("set", []), "run_dir": str(out),
             "poisoned": rows["poisoned"], "clean": rows.get("clean model"), "history": victim["history"],
+            "defenses": {name: rows[name] for name in arm.get("defenses", []) if name in rows},
             "selected_step": victim.get("selected_step"),
             "steps": victim.get("steps"), "wall_time_s": victim.get("wall_time_s"),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
@@ -83,8 +92,8 @@ def table(records: list[dict]) -> str:
     The clean model is the arm's own (same recipe) when it trained one, else the benchmark's (marked *).
     """
     lines = ["| attack | arm | overrides of the preset | CA (clean model's) | ASR-cc / ASR (clean model's ASR-cc) | "
-             "ASR-cc ≥ 95 and CA within 1? | probe ASR-cc by step (dev acc) | kept step | victim time (min) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "ASR-cc ≥ 95 and CA within 1? | probe ASR-cc by step (dev acc) | kept step | victim time (min) | "
+             "defenses (preset seed): CA / residual |", "|---|---|---|---|---|---|---|---|---|---|"]
     for rec in records:
         clean, star = rec.get("clean"), ""
         if clean is None:
@@ -99,8 +108,16 @@ def table(records: list[dict]) -> str:
         floor = f"{100 * clean['attack_success_rate_clean_correct']:.2f}{star}" if clean else "–"
         lines.append(f"| {rec['attack']} | {rec['label']} | {', '.join(rec['set']) or '–'} | {ca:.2f} "
                      f"({'–' if clean_ca is None else f'{clean_ca:.2f}{star}'}) | {asr_cc:.2f} / "
-                     f"{100 * p['attack_success_rate']:.2f} ({floor}) | {met} | {probe or '–'} | {rec['selected_step']} | {wall} |")
+                     f"{100 * p['attack_success_rate']:.2f} ({floor}) | {met} | {probe or '–'} | {rec['selected_step']} | {wall} | "
+                     f"{_defended(rec, clean)} |")
     return "\n".join(lines)
+
+
+def _defended(rec: dict, clean: dict | None) -> str:
+    """`name: CA / residual` of each defense the arm ran (residual against the arm's clean model)."""
+    floor = clean["attack_success_rate_clean_correct"] if clean else 0.0
+    return "; ".join(f"{name}: {100 * r['clean_accuracy']:.1f} / {100 * (r['attack_success_rate_clean_correct'] - floor):+.1f}"
+                     for name, r in rec.get("defenses", {}).items()) or "–"
 
 
 def main() -> None:

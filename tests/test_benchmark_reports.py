@@ -51,7 +51,14 @@ def test_an_attack_arm_meets_the_target_only_with_asr_cc_95_and_ca_within_a_poin
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[5] == verdict
     assert cells[3] == f"{100 * ca:.2f} ({100 * clean_ca:.2f})"
-    assert cells[6] == "63: 100.0 (85.0)" and cells[8] == "7"
+    assert cells[6] == "63: 100.0 (85.0)" and cells[8] == "7" and cells[9] == "–"
+
+
+def test_an_attack_arms_defense_residual_is_against_the_arms_clean_model():
+    rec = {**_arm(0.88, 0.99, 0.90), "defenses": {"w2sdefense": {"clean_accuracy": 0.885,
+                                                                "attack_success_rate_clean_correct": 0.07}}}
+    cells = [c.strip() for c in attack_arms.table([rec]).splitlines()[-1].strip("|").split("|")]
+    assert cells[9] == "w2sdefense: 88.5 / +5.0"  # 7 % ASR-cc minus the clean model's 2 %
 
 
 def test_an_attack_arm_without_a_clean_model_of_its_own_says_whose_it_borrows():
