@@ -5,11 +5,12 @@
     python benchmarks/attack_arms.py --report-only         # rebuild the table from results/attack-arms.json
 
 An arm is `configs/sst2-<attack>.yaml` with its dotted overrides, run through `w2sdefense run` with
-only the preset's defense rows the arm names in `defenses` (none by default), into `<runs>/attack-arms/<attack>-<label>` (a finished victim is re-used). With `clean_model:
-true` it also trains a clean model with the same recipe (shared between arms whose recipes match: its
-stage key decides) and judges the arm against it; otherwise against the benchmark's clean model
-(`results/<attack>.json`).
-Writes `results/attack-arms.json` (one record per arm) and the section "attack-arms" of RESULTS.md.
+only the preset's defense rows the arm names in `defenses` (none by default), into
+`<runs>/attack-arms/<attack>-<label>` (a finished victim is re-used). With `clean_model: true` it also
+trains a clean model with the same recipe (shared between arms whose recipes match: its stage key
+decides) and judges the arm against it; otherwise against the benchmark's clean model
+(`results/<attack>.json`). Writes `results/attack-arms.json` (one record per arm) and the section
+"attack-arms" of RESULTS.md.
 """
 
 from __future__ import annotations
@@ -77,13 +78,12 @@ def record(arm: dict, out: Path) -> dict:
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
 
 
-def reference(attack: str) -> tuple[dict | None, dict | None]:
-    """The benchmark's clean model and poisoned (the preset's recipe) rows for `attack`, when recorded."""
+def benchmark_clean(attack: str) -> dict | None:
+    """The benchmark's clean model row for `attack` (the preset's recipe), when recorded."""
     path = RESULTS / f"{attack}.json"
     if not path.is_file():
-        return None, None
-    rows = {r["model"]: r for r in json.loads(path.read_text())["rows"]}
-    return rows.get("clean model"), rows.get("poisoned")
+        return None
+    return next((r for r in json.loads(path.read_text())["rows"] if r["model"] == "clean model"), None)
 
 
 def table(records: list[dict]) -> str:
@@ -97,11 +97,11 @@ def table(records: list[dict]) -> str:
     for rec in records:
         clean, star = rec.get("clean"), ""
         if clean is None:
-            (clean, _), star = reference(rec["attack"]), "*"
+            clean, star = benchmark_clean(rec["attack"]), "*"
         p = rec["poisoned"]
         ca, asr_cc = 100 * p["clean_accuracy"], 100 * p["attack_success_rate_clean_correct"]
         clean_ca = 100 * clean["clean_accuracy"] if clean else None
-        met = ("yes" if asr_cc >= 95 and clean_ca is not None and ca >= clean_ca - 1 else "no")
+        met = "yes" if asr_cc >= 95 and clean_ca is not None and ca >= clean_ca - 1 else "no"
         probe = ", ".join(f"{h['step']}: {100 * h['probe_asr_cc']:.1f} ({100 * h['dev_accuracy']:.1f})"
                           for h in rec["history"] if "probe_asr_cc" in h)
         wall = f"{rec['wall_time_s'] / 60:.0f}" if rec.get("wall_time_s") else "–"
@@ -122,7 +122,7 @@ def _defended(rec: dict, clean: dict | None) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pick", nargs="+", metavar="LABEL", help="run only these arms")
+    parser.add_argument("--pick", nargs="+", metavar="NAME", help="run only these arms (<attack>-<label>)")
     parser.add_argument("--runs", default="runs", help="where the run folders go (arms in <runs>/attack-arms)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()

@@ -89,15 +89,15 @@ def run_attack(attack: str, runs: Path, seeds: list[int], variants: list[dict], 
     report = json.loads((out / "report.json").read_text())
     path = RESULTS / f"{attack}.json"
     old = json.loads(path.read_text()) if path.is_file() else {}
-    if old and old.get("victim") != _victim_key(out):
-        retire(path)
-        old = {}
-    if old.get("victim") == _victim_key(out):
+    victim = _victim_key(out)
+    if old.get("victim") == victim:
         # The same victim: keep rows of earlier invocations (other seeds or variants) not rerun now.
         kept = [r for r in old.get("rows", []) if r["model"] not in {row["model"] for row in report["rows"]}]
         report["rows"] += kept
         meta = {**old.get("row_meta", {}), **meta}
-    write_json(path, {"attack": attack, "run_dir": str(out), "victim": _victim_key(out), "row_meta": meta, **report})
+    elif old:
+        retire(path)
+    write_json(path, {"attack": attack, "run_dir": str(out), "victim": victim, "row_meta": meta, **report})
     add_victim_history(path)
     return out
 

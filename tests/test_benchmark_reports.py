@@ -61,6 +61,6 @@ def test_an_attack_arms_defense_residual_is_against_the_arms_clean_model():
     assert cells[9] == "w2sdefense: 88.5 / +5.0"  # 7 % ASR-cc minus the clean model's 2 %
 
 
-def test_an_attack_arm_without_a_clean_model_of_its_own_says_whose_it_borrows():
+def test_an_attack_arm_with_no_clean_model_to_compare_with_is_not_met():
     line = attack_arms.table([_arm(0.88, 0.99, None)]).splitlines()[-1]
     assert "(–)" in line and "| no |" in line  # no benchmark results for this attack: nothing to judge against
