@@ -5,7 +5,8 @@
     python benchmarks/attack_arms.py --report-only         # rebuild the table from results/attack-arms.json
 
 An arm is `configs/sst2-<attack>.yaml` with its dotted overrides, run through `w2sdefense run` with
-only the preset's defense rows the arm names in `defenses` (none by default), into
+only the preset's defense rows the arm names in `defenses` (none by default; at each seed of
+`defense_seeds`, rows `<row>-s<seed>` beside the preset seed's `<row>`, sharing the victim), into
 `<runs>/attack-arms/<attack>-<label>` (a finished victim is re-used). With `clean_model: true` it also
 trains a clean model with the same recipe (shared between arms whose recipes match: its stage key
 decides) and judges the arm against it; otherwise against the benchmark's clean model
@@ -19,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import statistics
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -43,7 +45,7 @@ def run_arm(arm: dict, runs: Path) -> dict:
     unknown = set(wanted) - {d.row_name for d in cfg.defenses}
     if unknown:
         raise SystemExit(f"arm {_name(arm)}: defenses {', '.join(sorted(unknown))} are not rows of the preset")
-    cfg = dataclasses.replace(cfg, defenses=[d for d in cfg.defenses if d.row_name in wanted])
+    cfg = dataclasses.replace(cfg, defenses=defense_rows(cfg, wanted, arm.get("defense_seeds", [cfg.seed])))
     out = runs / "attack-arms" / _name(arm)
     teacher = runs / f"sst2-{arm['attack']}" / "teacher"
     if wanted and (teacher / "stage.json").is_file() and not (out / "teacher").exists():
@@ -60,6 +62,18 @@ def run_arm(arm: dict, runs: Path) -> dict:
     return record(arm, out)
 
 
+def defense_rows(cfg: ExperimentConfig, wanted: list[str], seeds: list[int]) -> list:
+    """The preset's rows named in `wanted`, once per seed; a row at a seed other than the preset's is
+    labelled `<row>-s<seed>` (the preset's seed keeps the bare name, so earlier rows are re-used)."""
+    return [d if seed == cfg.seed else dataclasses.replace(d, label=f"{d.row_name}-s{seed}", seed=seed)
+            for d in cfg.defenses if d.row_name in wanted for seed in seeds]
+
+
+def _row_defense(label: str, arm: dict) -> str:
+    """The preset row a report row belongs to (`w2sdefense-s43` -> `w2sdefense`)."""
+    return next((name for name in arm.get("defenses", []) if label == name or label.startswith(f"{name}-s")), label)
+
+
 def _name(arm: dict) -> str:
     """An arm's name and run folder: a label may recur for another attack."""
     return f"{arm['attack']}-{arm['label']}"
@@ -70,9 +84,11 @@ def record(arm: dict, out: Path) -> dict:
     report = json.loads((out / "report.json").read_text())
     victim = json.loads((out / "victim" / "metrics.json").read_text())
     rows = {r["model"]: r for r in report["rows"]}
+    of_row = {label: _row_defense(label, arm) for label in rows}  # report row -> the preset row it repeats
+    of_row = {label: name for label, name in of_row.items() if name in arm.get("defenses", [])}
     return {"label": arm["label"], "attack": arm["attack"], "set": arm.get("set", []), "run_dir": str(out),
             "poisoned": rows["poisoned"], "clean": rows.get("clean model"), "history": victim["history"],
-            "defenses": {name: rows[name] for name in arm.get("defenses", []) if name in rows},
+            "defenses": {label: rows[label] for label in of_row}, "defense_of_row": of_row,
             "selected_step": victim.get("selected_step"),
             "steps": victim.get("steps"), "wall_time_s": victim.get("wall_time_s"),
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
@@ -114,10 +130,23 @@ def table(records: list[dict]) -> str:
 
 
 def _defended(rec: dict, clean: dict | None) -> str:
-    """`name: CA / residual` of each defense the arm ran (residual against the arm's clean model)."""
+    """`name: CA / residual` of each defense the arm ran (residual against the arm's clean model); a defense
+    run at several seeds (rows `<name>-s<seed>`) gives the mean ± sd and n."""
     floor = clean["attack_success_rate_clean_correct"] if clean else 0.0
-    return "; ".join(f"{name}: {100 * r['clean_accuracy']:.1f} / {100 * (r['attack_success_rate_clean_correct'] - floor):+.1f}"
-                     for name, r in rec.get("defenses", {}).items()) or "–"
+    grouped: dict[str, list[dict]] = {}
+    for label, row in rec.get("defenses", {}).items():
+        grouped.setdefault(rec.get("defense_of_row", {}).get(label, label), []).append(row)
+    cells = []
+    for name, rows in grouped.items():
+        ca = [100 * r["clean_accuracy"] for r in rows]
+        residual = [100 * (r["attack_success_rate_clean_correct"] - floor) for r in rows]
+        if len(rows) == 1:
+            cells.append(f"{name}: {ca[0]:.1f} / {residual[0]:+.1f}")
+        else:
+            cells.append(f"{name}: {statistics.mean(ca):.1f} ± {statistics.stdev(ca):.1f} / "
+                         f"{statistics.mean(residual):+.1f} ± {statistics.stdev(residual):.1f} (n={len(rows)}; "
+                         f"{', '.join(f'{r:+.1f}' for r in residual)})")
+    return "; ".join(cells) or "–"
 
 
 def main() -> None:
