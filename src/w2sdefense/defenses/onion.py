@@ -49,7 +49,8 @@ class OnionFilter:
             spans.append((len(candidates), n))
             candidates.append(text)
             candidates += [" ".join(words[:i] + words[i + 1:]) for i in range(n)]
-        ppl = perplexities(self.lm, candidates, self.settings.batch_size, self.settings.max_length, rt.device)
+        ppl = perplexities(self.lm, candidates, self.settings.batch_size, self.settings.max_length, rt.device,
+                           desc=f"onion: {len(candidates)} texts" if rt.is_main else None)
         return [[ppl[start] - ppl[start + 1 + i] for i in range(n)] for start, n in spans]
 
     def screen(self, clf: Classifier, texts: list[str], rt: Runtime) -> Screened:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedModel
 
 from w2sdefense.errors import UserError
@@ -44,13 +45,14 @@ def load_language_model(name: str, dtype: torch.dtype = torch.float32) -> Langua
 
 
 def perplexities(lm: LanguageModel, texts: list[str], batch_size: int, max_length: int,
-                 device: torch.device) -> list[float]:
-    """exp(mean next-token NLL) of each text (padding excluded), batched by length; inf for < 2 tokens."""
+                 device: torch.device, desc: str | None = None) -> list[float]:
+    """exp(mean next-token NLL) of each text (padding excluded), batched by length; inf for < 2 tokens.
+    With `desc`, a progress bar over the batches (ONION scores tens of thousands of texts)."""
     model, tok = lm.model.to(device), lm.tokenizer
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     result = [float("inf")] * len(texts)
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=desc is None):
             chunk = order[start:start + batch_size]
             enc = tok([texts[i] for i in chunk], return_tensors="pt", padding=True, truncation=True,
                       max_length=max_length).to(device)
