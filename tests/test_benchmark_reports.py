@@ -64,3 +64,26 @@ def test_an_attack_arms_defense_residual_is_against_the_arms_clean_model():
 def test_an_attack_arm_with_no_clean_model_to_compare_with_is_not_met():
     line = attack_arms.table([_arm(0.88, 0.99, None)]).splitlines()[-1]
     assert "(–)" in line and "| no |" in line  # no benchmark results for this attack: nothing to judge against
+
+
+def test_an_arms_defense_at_several_seeds_is_labelled_by_seed_and_reported_as_mean_sd_and_n():
+    from w2sdefense.config import DefenseConfig, ExperimentConfig
+
+    cfg = ExperimentConfig(seed=42, defenses=[DefenseConfig(name="w2sdefense"), DefenseConfig(name="lora-ft"),
+                                               DefenseConfig(name="full-ft")])
+    rows = attack_arms.defense_rows(cfg, ["w2sdefense", "lora-ft"], [42, 43])
+    assert [(d.row_name, d.seed) for d in rows] == [("w2sdefense", None), ("w2sdefense-s43", 43),
+                                                   ("lora-ft", None), ("lora-ft-s43", 43)]
+    arm = {"defenses": ["w2sdefense", "lora-ft"]}
+    assert [attack_arms._row_defense(r, arm) for r in ("w2sdefense-s43", "lora-ft", "poisoned")] == \
+        ["w2sdefense", "lora-ft", "poisoned"]
+
+    def row(ca, asr_cc):
+        return {"clean_accuracy": ca, "attack_success_rate_clean_correct": asr_cc}
+
+    rec = {**_arm(0.88, 0.99, 0.90),
+           "defenses": {"w2sdefense": row(0.88, 0.07), "w2sdefense-s43": row(0.86, 0.05), "lora-ft": row(0.87, 0.95)},
+           "defense_of_row": {"w2sdefense": "w2sdefense", "w2sdefense-s43": "w2sdefense", "lora-ft": "lora-ft"}}
+    cells = [c.strip() for c in attack_arms.table([rec]).splitlines()[-1].strip("|").split("|")]
+    # residuals 5 and 3 points over the 2 % floor: mean 4, sd sqrt(2); CA mean 87, sd sqrt(2)
+    assert cells[9] == "w2sdefense: 87.0 ± 1.4 / +4.0 ± 1.4 (n=2; +5.0, +3.0); lora-ft: 87.0 / +93.0"
