@@ -70,8 +70,11 @@ def defense_rows(cfg: ExperimentConfig, wanted: list[str], seeds: list[int]) -> 
 
 
 def _row_defense(label: str, arm: dict) -> str:
-    """The preset row a report row belongs to (`w2sdefense-s43` -> `w2sdefense`)."""
-    return next((name for name in arm.get("defenses", []) if label == name or label.startswith(f"{name}-s")), label)
+    """The preset row a report row repeats (`w2sdefense-s43` -> `w2sdefense`): the labels `defense_rows`
+    gives the arm's rows and seeds, matched exactly (a prefix would also claim a row named `w2sdefense-strong`)."""
+    seeds = arm.get("defense_seeds", [])
+    return next((name for name in arm.get("defenses", [])
+                 if label == name or label in {f"{name}-s{seed}" for seed in seeds}), label)
 
 
 def _name(arm: dict) -> str:

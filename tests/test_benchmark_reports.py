@@ -74,9 +74,10 @@ def test_an_arms_defense_at_several_seeds_is_labelled_by_seed_and_reported_as_me
     rows = attack_arms.defense_rows(cfg, ["w2sdefense", "lora-ft"], [42, 43])
     assert [(d.row_name, d.seed) for d in rows] == [("w2sdefense", None), ("w2sdefense-s43", 43),
                                                    ("lora-ft", None), ("lora-ft-s43", 43)]
-    arm = {"defenses": ["w2sdefense", "lora-ft"]}
+    arm = {"defenses": ["w2sdefense", "lora-ft"], "defense_seeds": [42, 43]}
     assert [attack_arms._row_defense(r, arm) for r in ("w2sdefense-s43", "lora-ft", "poisoned")] == \
         ["w2sdefense", "lora-ft", "poisoned"]
+    assert attack_arms._row_defense("lora-ft-s44", arm) == "lora-ft-s44"  # not a seed of this arm
 
     def row(ca, asr_cc):
         return {"clean_accuracy": ca, "attack_success_rate_clean_correct": asr_cc}
