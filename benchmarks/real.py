@@ -337,6 +337,9 @@ def comparison_table(results: dict[str, dict]) -> str:
             kind = "input filter" if is_filter else ("repair" if meta else "–")
             rejects = (f"{100 * r['false_rejection_rate']:.1f} % / {100 * r['detection_rate']:.1f} %"
                        if is_filter else "–")
+            sampled = r.get("test_rows_sampled")
+            if sampled:  # a costly filter measured on a seeded sample of the test set
+                name = f"{name} ({sampled} of {r['test_rows_of']:,} test rows)"
             lines.append(
                 f"| {attack} | {name} | {kind} | {100 * r['clean_accuracy']:.1f} | "
                 f"{100 * r['attack_success_rate_clean_correct']:.1f} | "
@@ -345,6 +348,11 @@ def comparison_table(results: dict[str, dict]) -> str:
                 f"{_cell(r.get('trainable_params') if meta else None, '{:,}')} | "
                 f"{_cell(r.get('wall_time_s') if meta else None, '{:.0f}')} | "
                 f"{_cell(r.get('filter_seconds_per_input'), '{:.3f}')} |")
+            if sampled:  # the same model without the filter, on the same rows: the sample's own baseline
+                cc = r["unfiltered_attack_success_rate_clean_correct"]
+                lines.append(f"| {attack} | poisoned, the same {sampled} rows | – | "
+                             f"{100 * r['unfiltered_clean_accuracy']:.1f} | {100 * cc:.1f} | {100 * (cc - floor):+.1f} | "
+                             "– | – | – | – | – |")
     return "\n".join(lines)
 
 

@@ -88,3 +88,18 @@ def test_an_arms_defense_at_several_seeds_is_labelled_by_seed_and_reported_as_me
     cells = [c.strip() for c in attack_arms.table([rec]).splitlines()[-1].strip("|").split("|")]
     # residuals 5 and 3 points over the 2 % floor: mean 4, sd sqrt(2); CA mean 87, sd sqrt(2)
     assert cells[9] == "w2sdefense: 87.0 ± 1.4 / +4.0 ± 1.4 (n=2; +5.0, +3.0); lora-ft: 87.0 / +93.0"
+
+
+def test_a_filter_measured_on_a_sample_is_named_so_and_shown_beside_the_model_without_it_on_those_rows():
+    rows = [{"model": "clean model", "clean_accuracy": 0.9, "attack_success_rate_clean_correct": 0.02},
+            {"model": "poisoned", "clean_accuracy": 0.89, "attack_success_rate_clean_correct": 0.8},
+            {"model": "onion-s42", "clean_accuracy": 0.85, "attack_success_rate_clean_correct": 0.30,
+             "false_rejection_rate": 0.0, "detection_rate": 0.0, "filter_seconds_per_input": 1.5,
+             "test_rows_sampled": 600, "test_rows_of": 1821, "unfiltered_clean_accuracy": 0.88,
+             "unfiltered_attack_success_rate_clean_correct": 0.75}]
+    result = {"attack": "badnet", "rows": rows, "config": {"seed": 42},
+              "row_meta": {"onion-s42": {"defense": "onion", "is_variant": False, "seed": 42}}}
+    lines = real.comparison_table({"badnet": result}).splitlines()[2:]
+    assert lines[1].startswith("| badnet | onion (600 of 1,821 test rows) | input filter | 85.0 | 30.0 | +28.0 |")
+    assert lines[2].startswith("| badnet | poisoned, the same 600 rows | – | 88.0 | 75.0 | +73.0 |")
+    assert len(lines) == 3

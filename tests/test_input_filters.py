@@ -15,7 +15,7 @@ from cli_helpers import error_line, run_cli
 from w2sdefense.config import DefenseConfig, RuntimeConfig
 from w2sdefense.data.records import Example, Splits
 from w2sdefense.defenses import DefenseJob, open_filter, resolve, run_defense
-from w2sdefense.defenses.filtering import evaluate_filtered
+from w2sdefense.defenses.filtering import Screened, evaluate_filtered, sample_test
 from w2sdefense.defenses.onion import OnionFilter, OnionSettings
 from w2sdefense.defenses.strip import StripFilter, StripSettings
 from w2sdefense.config import EvalConfig
@@ -136,6 +136,44 @@ def test_evaluate_filtered_counts_rejections_as_the_metrics_say(keyword_classifi
     # Clean rows: undecided logits (argmax 0 = the wrong label), none rejected; triggered: all rejected.
     assert m["false_rejection_rate"] == 0.0 and m["detection_rate"] == 1.0
     assert m["attack_success_rate"] == 0.0 and m["clean_accuracy"] == 0.0 and m["filter_seconds_per_input"] > 0
+
+
+def test_sample_test_keeps_the_triggered_versions_of_the_sampled_rows():
+    test = [Example(text=t, label=0, idx=10 + i) for i, t in enumerate(CLEAN)]
+    triggered = [Example(text="zz " + t, label=0, idx=10 + i) for i, t in enumerate(CLEAN) if i % 3]
+    clean, trig = sample_test(test, triggered, 5)
+    assert len(clean) == 5 and [e.idx for e in clean] == sorted(e.idx for e in clean)  # in the test set's order
+    assert {e.idx for e in trig} == {e.idx for e in clean} & {e.idx for e in triggered}
+    assert sample_test(test, triggered, 5) == (clean, trig)  # seeded: the same rows every time
+    assert sample_test(test, triggered, 5, seed=1) != (clean, trig)
+    assert sample_test(test, triggered, 0) == (test, triggered) == sample_test(test, triggered, 8)
+
+
+class RejectZZ:
+    """A filter that rejects every input with the word 'zz', measured on a sample of the test set."""
+
+    def __init__(self, test_rows: int):
+        self.test_rows = test_rows
+
+    def screen(self, clf, texts, rt):
+        return Screened(list(texts), ["zz" in t.split() for t in texts], [0.0] * len(texts))
+
+    def state(self):
+        return {}
+
+
+def test_a_sampled_filter_is_measured_beside_the_unfiltered_model_on_the_same_rows(keyword_classifier, rt):
+    test = [Example(text=t, label=0, idx=i) for i, t in enumerate(CLEAN)]
+    triggered = [Example(text="zz " + t, label=0, idx=i) for i, t in enumerate(CLEAN)]
+    cfg = EvalConfig(batch_size=4, max_length=32)
+    m = evaluate_filtered(keyword_classifier, RejectZZ(3), test, triggered, 0, cfg, rt)
+    assert m["clean_total"] == m["triggered_total"] == m["test_rows_sampled"] == 3 and m["test_rows_of"] == 8
+    # Behind the filter every triggered row is rejected; without it the 'z' sends each to the target.
+    assert m["attack_success_rate"] == 0.0 and m["detection_rate"] == 1.0 and m["clean_accuracy"] == 1.0
+    assert m["unfiltered_attack_success_rate"] == m["unfiltered_attack_success_rate_clean_correct"] == 1.0
+    assert m["unfiltered_clean_accuracy"] == 1.0
+    whole = evaluate_filtered(keyword_classifier, RejectZZ(0), test, triggered, 0, cfg, rt)
+    assert whole["clean_total"] == 8 and "test_rows_sampled" not in whole and "unfiltered_clean_accuracy" not in whole
 
 
 def test_input_filters_from_the_cli_and_a_run_config(shared_data, tmp_path):

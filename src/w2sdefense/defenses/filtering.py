@@ -5,6 +5,7 @@ folder holding `filter.json`; `evaluate` and `run` measure the model behind it.
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,10 @@ class Screened:
 
 
 class InputFilter(Protocol):
+    # Evaluate on a seeded sample of this many clean test rows and the triggered rows made from them
+    # (0: all). For a filter too costly for the whole test set on the user's hardware (ONION).
+    test_rows: int
+
     def screen(self, clf: Classifier, texts: list[str], rt: Runtime) -> Screened:
         """Decide on every text (the model is the one behind the filter)."""
 
@@ -90,9 +95,24 @@ def read_filter(path: str | Path) -> dict:
         raise UserError(f"{file}: not a readable filter record ({exc})") from None
 
 
+def sample_test(test: list[Example], triggered: list[Example], rows: int,
+                seed: int = 0) -> tuple[list[Example], list[Example]]:
+    """A seeded sample of `rows` clean test rows (in their order) and the triggered rows made from them
+    (the same `idx`); both sets whole when `rows` is 0 or not below the clean set's size."""
+    if not rows or rows >= len(test):
+        return test, triggered
+    picked = set(random.Random(seed).sample(sorted({e.idx for e in test}), rows))
+    return [e for e in test if e.idx in picked], [e for e in triggered if e.idx in picked]
+
+
 def evaluate_filtered(clf: Classifier, flt: InputFilter, test: list[Example], triggered: list[Example],
                       target: int, cfg: EvalConfig, rt: Runtime) -> dict:
-    """CA, ASR and ASR-cc of the model behind `flt`, its false-rejection and detection rates, its cost."""
+    """CA, ASR and ASR-cc of the model behind `flt`, its false-rejection and detection rates, its cost.
+
+    A filter with `test_rows` is measured on that seeded sample; the model without the filter is then
+    measured on the same rows too (`unfiltered_*`), the fair baseline for a sampled result."""
+    rows_of = len(test)
+    test, triggered = sample_test(test, triggered, flt.test_rows)
     reset_peak_memory(rt.device)
     start = time.perf_counter()
     screened_clean = flt.screen(clf, [e.text for e in test], rt)
@@ -107,4 +127,12 @@ def evaluate_filtered(clf: Classifier, flt: InputFilter, test: list[Example], tr
     metrics.update(filter_seconds_per_input=screen_time / rows if rows else 0.0, eval_wall_time_s=wall,
                    eval_examples_per_s=rows / wall if wall else 0.0,
                    **{f"eval_{k}": v for k, v in peak_memory_mb(rt.device).items()})
+    if len(test) < rows_of:
+        plain = filtered_metrics(classify(clf, [e.text for e in test], cfg, rt, "clean test, unfiltered"),
+                                 [e.label for e in test], [e.idx for e in test], [False] * len(test),
+                                 classify(clf, [e.text for e in triggered], cfg, rt, "triggered test, unfiltered"),
+                                 [e.idx for e in triggered], [False] * len(triggered), target)
+        metrics.update(test_rows_sampled=len(test), test_rows_of=rows_of,
+                       **{f"unfiltered_{k}": plain[k] for k in ("clean_accuracy", "attack_success_rate",
+                                                                "attack_success_rate_clean_correct")})
     return metrics

@@ -2,7 +2,8 @@
 language model's perplexity of the text by more than `threshold` is an outlier (a rare-word trigger
 reads as one) and is deleted before the model classifies the text. The language model is any causal LM
 by name, by default the packaged SmolLM2 with its LM head (no GPT-2 weights ship offline). It runs the
-LM once per word of every input: its cost per input is reported.
+LM once per word of every input: its cost per input is reported, and `test_rows` measures it on a seeded
+sample of the test set where the whole set would take hours (a 135M LM on a 2-core CPU scores ~15 texts a second, ~20 texts per input).
 """
 
 from __future__ import annotations
@@ -24,15 +25,20 @@ class OnionSettings:
     max_words: int = 64  # words considered per input (the rest are kept as they are)
     batch_size: int = 32
     max_length: int = 128
+    # Evaluate on a seeded sample of this many clean test rows and their triggered versions (0: all);
+    # the model without the filter is measured on the same rows beside it.
+    test_rows: int = 0
 
     def __post_init__(self) -> None:
         for name in ("max_words", "batch_size", "max_length"):
             check_positive(f"onion.{name}", getattr(self, name))
+        check_positive("onion.test_rows", self.test_rows, allow_zero=True)
 
 
 class OnionFilter:
     def __init__(self, settings: OnionSettings, lm: LanguageModel | None = None):
         self.settings, self._lm = settings, lm
+        self.test_rows = settings.test_rows
 
     @property
     def lm(self) -> LanguageModel:

@@ -86,6 +86,8 @@ def with_word(word: str, texts: list[str]) -> list[Example]:
 
 
 class RapFilter:
+    test_rows = 0  # cheap enough for the whole test set
+
     def __init__(self, settings: RapSettings, vectors: torch.Tensor, start: int, threshold: float | None = None):
         self.settings, self.vectors, self.start, self.threshold = settings, vectors, start, threshold
 
