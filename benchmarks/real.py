@@ -311,14 +311,23 @@ def rows_and_floor(result: dict) -> tuple[dict[str, dict], float]:
     return rows, rows["clean model"]["attack_success_rate_clean_correct"] if "clean model" in rows else 0.0
 
 
-def comparison_rows(result: dict) -> list[tuple[str, dict, dict]]:
-    """(defense name, report row, row meta) of each preset defense at the preset's seed, in preset order."""
+def comparison_rows(result: dict) -> list[tuple[str, list[dict], dict]]:
+    """(defense name, its report rows over the seeds it ran at (the preset's seed first), the preset seed's
+    row meta) of each preset defense that ran at the preset's seed, in preset order."""
     rows = {r["model"]: r for r in result["rows"]}
     # The preset's order (the results' config holds only the last invocation's rows).
     preset = yaml.safe_load((HERE.parent / "configs" / f"sst2-{result['attack']}.yaml").read_text())
     order = [d["name"] for d in preset["defenses"]]
-    found = [(meta["defense"], rows[label], meta) for label, meta in result["row_meta"].items()
-             if label in rows and not meta["is_variant"] and meta["seed"] == result["config"]["seed"]]
+    seed = result["config"]["seed"]
+    by_defense: dict[str, list] = {}
+    for label, meta in result["row_meta"].items():
+        if label in rows and not meta["is_variant"]:
+            by_defense.setdefault(meta["defense"], []).append((meta["seed"] != seed, meta["seed"], rows[label], meta))
+    found = []
+    for name, runs in by_defense.items():
+        runs.sort(key=lambda run: run[:2])
+        if not runs[0][0]:  # it ran at the preset's seed
+            found.append((name, [run[2] for run in runs], runs[0][3]))
     return sorted(found, key=lambda f: order.index(f[0]) if f[0] in order else len(order))
 
 
@@ -326,13 +335,23 @@ def _cell(value, fmt: str) -> str:
     return "–" if value is None else fmt.format(value)
 
 
+def _points(rows: list[dict], key: str, floor: float = 0.0, sign: str = "") -> str:
+    """One row's value in points, or mean ± sd (n) over several seeds' rows."""
+    points = [100 * (r[key] - floor) for r in rows]
+    if len(points) == 1:
+        return f"{points[0]:{sign}.1f}"
+    return f"{statistics.fmean(points):{sign}.1f} ± {statistics.stdev(points):.1f} (n={len(points)})"
+
+
 def comparison_table(results: dict[str, dict]) -> str:
-    """Every defense family on the same victim: CA, ASR-cc, residual, what a filter rejects, and the cost."""
+    """Every defense family on the same victim: CA, ASR-cc, residual (mean ± sd where it ran at several
+    seeds), what a filter rejects, and the cost (at the preset's seed)."""
     lines = ["| attack | defense | kind | CA | ASR-cc | residual (pts) | false rejections / detected | "
              "steps | trainable params | stage time (s) | filter s/input |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for attack, result in results.items():
         rows, floor = rows_and_floor(result)
-        for name, r, meta in [("poisoned (no defense)", rows["poisoned"], {})] + comparison_rows(result):
+        for name, runs, meta in [("poisoned (no defense)", [rows["poisoned"]], {})] + comparison_rows(result):
+            r = runs[0]
             is_filter = "false_rejection_rate" in r
             kind = "input filter" if is_filter else ("repair" if meta else "–")
             rejects = (f"{100 * r['false_rejection_rate']:.1f} % / {100 * r['detection_rate']:.1f} %"
@@ -340,10 +359,10 @@ def comparison_table(results: dict[str, dict]) -> str:
             sampled = r.get("test_rows_sampled")
             if sampled:  # a costly filter measured on a seeded sample of the test set
                 name = f"{name} ({sampled} of {r['test_rows_of']:,} test rows)"
+            key = "attack_success_rate_clean_correct"
             lines.append(
-                f"| {attack} | {name} | {kind} | {100 * r['clean_accuracy']:.1f} | "
-                f"{100 * r['attack_success_rate_clean_correct']:.1f} | "
-                f"{100 * (r['attack_success_rate_clean_correct'] - floor):+.1f} | {rejects} | "
+                f"| {attack} | {name} | {kind} | {_points(runs, 'clean_accuracy')} | {_points(runs, key)} | "
+                f"{_points(runs, key, floor, '+')} | {rejects} | "
                 f"{_cell(r.get('steps') if meta else None, '{}')} | "
                 f"{_cell(r.get('trainable_params') if meta else None, '{:,}')} | "
                 f"{_cell(r.get('wall_time_s') if meta else None, '{:.0f}')} | "
@@ -357,7 +376,7 @@ def comparison_table(results: dict[str, dict]) -> str:
 
 
 def comparison_chart(results: dict[str, dict], path: Path) -> None:
-    """Residual backdoor and CA of every defense family, per attack (the preset's seed)."""
+    """Residual backdoor and CA of every defense family, per attack (means over seeds, sd as error bars)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -366,14 +385,22 @@ def comparison_chart(results: dict[str, dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(max(7.0, 6.0 * len(results)), 4.4), squeeze=False)
     for ax, (attack, result) in zip(axes[0], results.items()):
         rows, floor = rows_and_floor(result)
-        bars = [("poisoned", rows["poisoned"])] + [(n, r) for n, r, _ in comparison_rows(result)]
+        bars = [("poisoned", [rows["poisoned"]])] + [(n, runs) for n, runs, _ in comparison_rows(result)]
         xs = range(len(bars))
-        ax.bar([x - 0.2 for x in xs], [100 * r["clean_accuracy"] for _, r in bars], 0.4, label="CA")
-        ax.bar([x + 0.2 for x in xs], [100 * (r["attack_success_rate_clean_correct"] - floor) for _, r in bars], 0.4,
-               label="residual backdoor (ASR-cc − clean model's)")
-        ax.set_xticks(list(xs), [n for n, _ in bars], rotation=30, ha="right")
-        ax.set_ylim(min(0, *(100 * (r["attack_success_rate_clean_correct"] - floor) for _, r in bars)) - 2, 112)
-        ax.set_title(f"SST-2, {attack}: one victim, seed {result['config']['seed']}")
+        lowest = 0.0
+        for offset, label, values in (
+                (-0.2, "CA", lambda runs: [100 * r["clean_accuracy"] for r in runs]),
+                (0.2, "residual backdoor (ASR-cc − clean model's)",
+                 lambda runs: [100 * (r["attack_success_rate_clean_correct"] - floor) for r in runs])):
+            points = [values(runs) for _, runs in bars]
+            means = [statistics.fmean(p) for p in points]
+            sds = [statistics.stdev(p) if len(p) > 1 else float("nan") for p in points]  # no cap for one seed
+            ax.bar([x + offset for x in xs], means, 0.4, yerr=sds, capsize=3, label=label)
+            lowest = min(lowest, *means)
+        ax.set_xticks(list(xs), [n if len(runs) == 1 else f"{n} (n={len(runs)})" for n, runs in bars],
+                     rotation=30, ha="right")
+        ax.set_ylim(lowest - 2, 112)
+        ax.set_title(f"SST-2, {attack}: one victim, seed {result['config']['seed']} (more where n says)")
         ax.set_ylabel("points")
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(loc="upper center", ncol=2, fontsize=8)
@@ -430,7 +457,9 @@ def write_results_md(results: dict[str, dict], summ: dict) -> None:
                            "(per-attack JSON and `summary.json` in `results/`).")
     update_section("variants", variant_table(results))
     update_section("comparison", f"{comparison_table(results)}\n\n![residual and CA per defense](results/comparison.png)"
-                                 f"\n\n{provenance}. One seed (the preset's) per defense; input filters are scored "
+                                 f"\n\n{provenance}. CA, ASR-cc and residual are means ± sd where a "
+                                 "defense ran at several seeds (n), its other columns at the preset's seed; input "
+                                 "filters are scored "
                                  "as served systems (a rejected clean row counts as wrong, a rejected triggered row as "
                                  "a failed attack). Stage time is wall time on 2 shared cores.")
     update_section("attack", attack_table(results))

@@ -103,3 +103,24 @@ def test_a_filter_measured_on_a_sample_is_named_so_and_shown_beside_the_model_wi
     assert lines[1].startswith("| badnet | onion (600 of 1,821 test rows) | input filter | 85.0 | 30.0 | +28.0 |")
     assert lines[2].startswith("| badnet | poisoned, the same 600 rows | – | 88.0 | 75.0 | +73.0 |")
     assert len(lines) == 3
+
+
+def test_a_defense_run_at_several_seeds_is_compared_by_mean_sd_and_n_with_its_cost_at_the_preset_seed():
+    rows = [{"model": "clean model", "clean_accuracy": 0.9, "attack_success_rate_clean_correct": 0.02},
+            {"model": "poisoned", "clean_accuracy": 0.89, "attack_success_rate_clean_correct": 0.8}]
+    meta = {}
+    for seed, ca, cc, steps in ((43, 0.88, 0.10, 81), (42, 0.90, 0.06, 80), (44, 0.89, 0.08, 82)):
+        rows.append({"model": f"w2sdefense-s{seed}", "clean_accuracy": ca, "attack_success_rate_clean_correct": cc,
+                     "steps": steps, "trainable_params": 1000, "wall_time_s": 10.0})
+        meta[f"w2sdefense-s{seed}"] = {"defense": "w2sdefense", "is_variant": False, "seed": seed}
+    # A variant and a defense that never ran at the preset's seed stay out.
+    rows += [{"model": "w2s-g01", "clean_accuracy": 0.5, "attack_success_rate_clean_correct": 0.0},
+             {"model": "nad-s43", "clean_accuracy": 0.5, "attack_success_rate_clean_correct": 0.0}]
+    meta.update({"w2s-g01": {"defense": "w2sdefense", "is_variant": True, "seed": 42},
+                 "nad-s43": {"defense": "nad", "is_variant": False, "seed": 43}})
+    result = {"attack": "badnet", "rows": rows, "config": {"seed": 42}, "row_meta": meta}
+    lines = real.comparison_table({"badnet": result}).splitlines()[2:]
+    assert len(lines) == 2
+    # CA 90, 88, 89 -> 89.0 ± 1.0; ASR-cc 6, 10, 8 -> 8.0 ± 2.0; residual 6.0 ± 2.0; steps from seed 42.
+    assert lines[1] == ("| badnet | w2sdefense | repair | 89.0 ± 1.0 (n=3) | 8.0 ± 2.0 (n=3) | +6.0 ± 2.0 (n=3) | – | "
+                        "80 | 1,000 | 10 | – |")
