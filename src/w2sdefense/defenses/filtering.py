@@ -18,6 +18,7 @@ import torch
 from w2sdefense.config import EvalConfig
 from w2sdefense.data.records import Example
 from w2sdefense.errors import UserError
+from w2sdefense.eval.evaluate import evaluate_classifier
 from w2sdefense.eval.filtering import filtered_metrics
 from w2sdefense.models.predict import predict_logits
 from w2sdefense.fileio import write_json
@@ -127,11 +128,8 @@ def evaluate_filtered(clf: Classifier, flt: InputFilter, test: list[Example], tr
     metrics.update(filter_seconds_per_input=screen_time / rows if rows else 0.0, eval_wall_time_s=wall,
                    eval_examples_per_s=rows / wall if wall else 0.0,
                    **{f"eval_{k}": v for k, v in peak_memory_mb(rt.device).items()})
-    if len(test) < rows_of:
-        plain = filtered_metrics(classify(clf, [e.text for e in test], cfg, rt, "clean test, unfiltered"),
-                                 [e.label for e in test], [e.idx for e in test], [False] * len(test),
-                                 classify(clf, [e.text for e in triggered], cfg, rt, "triggered test, unfiltered"),
-                                 [e.idx for e in triggered], [False] * len(triggered), target)
+    if len(test) < rows_of:  # the model alone on the same rows, measured as any model is
+        plain = evaluate_classifier(clf, test, triggered, target, cfg, rt)
         metrics.update(test_rows_sampled=len(test), test_rows_of=rows_of,
                        **{f"unfiltered_{k}": plain[k] for k in ("clean_accuracy", "attack_success_rate",
                                                                 "attack_success_rate_clean_correct")})
