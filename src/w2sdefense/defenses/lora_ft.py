@@ -4,7 +4,7 @@ steps): what PEFT fine-tuning alone removes. The authors' code offers only this.
 from __future__ import annotations
 
 from w2sdefense.defenses.base import DefenseJob, fine_tune, prepare, register_defense
-from w2sdefense.defenses.w2sdefense import LORA_RECIPE
+from w2sdefense.defenses.recipes import LORA_RECIPE
 
 
 @register_defense("lora-ft", "lora", kind="repair", method="lora", train=LORA_RECIPE)

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from w2sdefense.config import check_positive
 from w2sdefense.data.records import Example
 from w2sdefense.defenses.base import DefenseJob, fine_tune, prepare, register_defense
-from w2sdefense.defenses.w2sdefense import LORA_RECIPE
+from w2sdefense.defenses.recipes import LORA_RECIPE
 from w2sdefense.errors import UserError
 from w2sdefense.models import Classifier, load_classifier
 from w2sdefense.models.batching import encode, make_loader, model_inputs, sorted_batches

@@ -16,8 +16,10 @@ import torch
 import torch.nn.functional as F
 
 from w2sdefense.config import check_choice, check_positive
+from w2sdefense.models.reset import check_reset, reset_classifier
 from w2sdefense.data.records import Example
 from w2sdefense.defenses.base import DefenseJob, fine_tune, prepare, register_defense
+from w2sdefense.defenses.recipes import LORA_RECIPE
 from w2sdefense.errors import UserError
 from w2sdefense.defenses.losses import (
     feature_alignment_normalized,
@@ -35,11 +37,7 @@ from w2sdefense.train.loop import LossFn, StepOutput
 log = logging.getLogger(__name__)
 
 ALIGNMENTS = ("per-sample", "normalized", "reference")
-# The LoRA recipe W2SDefense and lora-ft share (same adapter, data and steps: a fair comparison). The
-# last checkpoint within 2 dev points of the best is kept: the best-dev rule stops unlearning at its
-# first evaluation (benchmarks/RESULTS.md, "Variants").
-LORA_RECIPE = {"method": "lora", "epochs": 5.0, "lr": 2e-4, "batch_size": 32, "max_length": 128,
-               "select": "latest-within", "select_delta": 0.02}
+TEACHER_MODES = ("trained", "zeros", "random")
 
 
 @dataclass(frozen=True)
@@ -51,9 +49,19 @@ class W2SSettings:
     gamma: float = 0.001  # feature-alignment weight
     temperature: float = 2.0
     alignment: str = "per-sample"  # per-sample | normalized (scale-free, on unit vectors) | reference (the authors' code)
+    # Controls: trained (the method) | zeros (no teacher: its feature replaced by zeros and no KD, so the
+    # alignment is a pure norm penalty gamma * ||h||^2) | random (the teacher's encoder and projection at a
+    # seeded random initialisation, never trained)
+    teacher_mode: str = "trained"
+    # A weight reset toward the public base before unlearning (as fine-mixing's): none when base_model is unset
+    base_model: str | None = None
+    rho: float = 0.5
+    mix: str = "mask"
 
     def __post_init__(self) -> None:
         check_choice("defense.alignment", self.alignment, ALIGNMENTS)
+        check_choice("defense.teacher_mode", self.teacher_mode, TEACHER_MODES)
+        check_reset("defense", self.base_model, self.rho, self.mix)
         for name in ("alpha", "beta", "gamma"):
             check_positive(f"defense.{name}", getattr(self, name), allow_zero=True)
         check_positive("defense.temperature", self.temperature)
@@ -69,29 +77,38 @@ def w2sdefense(job: DefenseJob) -> dict:
 
     settings, train = job.settings, job.train
     check_teacher_labels(job.teacher, job.splits.num_labels, job.student)  # before the student's base is written
-    student = prepare(job)  # first: the same adapter and head as lora-ft gets for this seed
-    teacher = load_teacher(job.teacher, job.rt.dtype)
+    record = {}
+    reset = None
+    if settings.base_model is not None:
+        reset = lambda clf: record.update(reset_classifier(  # noqa: E731
+            clf.model, settings.base_model, settings.rho, settings.mix, job.seed, job.rt.dtype))
+    student = prepare(job, modify=reset)  # first: the same adapter and head as lora-ft gets for this seed
     hidden = student.config.get_text_config().hidden_size
-    if teacher.model.feature_dim != hidden and settings.gamma:
-        raise UserError(f"the teacher's feature size {teacher.model.feature_dim} differs from the student's "
-                        f"hidden size {hidden}: train the teacher for this student")
     rows = limit(job.splits.train, train.max_train_rows)
-    spill = job.out_dir / "teacher_cache"
-    cache = cache_teacher_outputs(teacher, rows, train.max_length, train.eval_batch_size, job.rt, spill_dir=spill)
+    if settings.teacher_mode == "zeros":
+        cache = zero_cache(rows, hidden)
+    else:
+        teacher = load_teacher(job.teacher, job.rt.dtype, random_init_seed=job.seed if settings.teacher_mode == "random"
+                               else None)
+        if teacher.model.feature_dim != hidden and settings.gamma:
+            raise UserError(f"the teacher's feature size {teacher.model.feature_dim} differs from the student's "
+                            f"hidden size {hidden}: train the teacher for this student")
+        spill = job.out_dir / "teacher_cache"
+        cache = cache_teacher_outputs(teacher, rows, train.max_length, train.eval_batch_size, job.rt, spill_dir=spill)
     loss = w2s_loss(settings, cache, is_decoder(student.config), job.rt.device)
     metrics = fine_tune(job, student, loss_fn=loss)
     del cache, loss
-    shutil.rmtree(spill, ignore_errors=True)  # a disk cache only lives as long as the run
-    return metrics
+    shutil.rmtree(job.out_dir / "teacher_cache", ignore_errors=True)  # a disk cache only lives as long as the run
+    return {**metrics, **record}
 
 
 @dataclass(frozen=True)
 class TeacherCache:
     """The frozen teacher's logits [N, K] and features [N, D] for every training example, found by the
     example's identity (`Example.idx`), so pairing never depends on batch order or on two places
-    agreeing about positions."""
+    agreeing about positions. No logits: no KD term (the zero-teacher control)."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     features: torch.Tensor
     row_of: dict[int, int]  # example id -> row of logits/features
 
@@ -135,6 +152,14 @@ def cache_teacher_outputs(teacher: Classifier, rows: list[Example], max_length: 
     return TeacherCache(logits, features, row_of)
 
 
+def zero_cache(rows: list[Example], dim: int) -> TeacherCache:
+    """The zero-teacher control: every feature 0 (the alignment becomes ||h||^2) and no logits (no KD)."""
+    row_of = {ex.idx: i for i, ex in enumerate(rows)}
+    if len(row_of) != len(rows):
+        raise UserError("the defender's training rows repeat an example id (idx); give each row its own")
+    return TeacherCache(None, torch.zeros((len(rows), dim)), row_of)
+
+
 def w2s_loss(cfg: W2SSettings, cache: TeacherCache, decoder: bool, device: torch.device) -> LossFn:
     """The W2SDefense step loss; teacher outputs are looked up by each example's identity."""
 
@@ -142,9 +167,10 @@ def w2s_loss(cfg: W2SSettings, cache: TeacherCache, decoder: bool, device: torch
         out = model(**model_inputs(batch), output_hidden_states=True)
         logits, hidden = out.logits.float(), out.hidden_states[-1]
         pos = cache.rows(batch["example_id"].cpu())  # the cache stays on the CPU; only the batch's rows move
-        t_logits, t_features = cache.logits[pos].to(device), cache.features[pos].to(device)
+        t_features = cache.features[pos].to(device)
         ce = F.cross_entropy(logits, batch["labels"])
-        kd = kd_loss(logits, t_logits, cfg.temperature)
+        kd = logits.new_zeros(()) if cache.logits is None else kd_loss(logits, cache.logits[pos].to(device),
+                                                                          cfg.temperature)
         if cfg.alignment == "reference":
             fa = feature_alignment_reference(t_features, hidden)
         else:

@@ -127,10 +127,26 @@ def check_teacher_labels(teacher: str | Path, num_labels: int, student: str) -> 
                         f"have {num_labels}: train the teacher on data with the same labels")
 
 
-def load_teacher(path: str | Path, dtype: torch.dtype = torch.float32) -> Classifier:
-    """A saved teacher with its tokenizer, frozen and in eval mode."""
+def random_teacher(path: str | Path, dtype: torch.dtype, seed: int) -> TeacherClassifier:
+    """A saved teacher's architecture (encoder and head) at a seeded random initialisation, never trained:
+    the control that tells what the trained teacher adds. The global random state is left as it was."""
+    meta = json.loads((Path(path) / META_FILE).read_text())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        encoder = AutoModel.from_config(AutoConfig.from_pretrained(Path(path) / "encoder"), dtype=dtype)
+        teacher = TeacherClassifier(encoder, meta["feature_dim"], meta["num_labels"])
+    return teacher.to(dtype)
+
+
+def load_teacher(path: str | Path, dtype: torch.dtype = torch.float32,
+                 random_init_seed: int | None = None) -> Classifier:
+    """A saved teacher with its tokenizer, frozen and in eval mode; with `random_init_seed`, its architecture
+    at random initialisation instead of its trained weights (see random_teacher)."""
     path = teacher_dir(path)
-    teacher = TeacherClassifier.from_pretrained(path, dtype)
+    if random_init_seed is None:
+        teacher = TeacherClassifier.from_pretrained(path, dtype)
+    else:
+        teacher = random_teacher(path, dtype, random_init_seed)
     teacher.eval().requires_grad_(False)
     tok = AutoTokenizer.from_pretrained(path)
     limit_length(teacher, tok)

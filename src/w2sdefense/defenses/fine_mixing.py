@@ -1,0 +1,36 @@
+"""`fine-mixing` (Zhang et al., 2022): reset the suspect model's backbone toward the public model it was
+fine-tuned from, keeping a seeded share `rho` of the fine-tuning change (or interpolating by `rho`), then
+fine-tune on clean data with lora-ft's recipe. The trigger never has to fire for its weights to move:
+a pathway clean gradients barely reach is reset all the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from w2sdefense.defenses.base import DefenseJob, fine_tune, prepare, register_defense
+from w2sdefense.defenses.recipes import LORA_RECIPE
+from w2sdefense.errors import UserError
+from w2sdefense.models.reset import check_reset, reset_classifier
+
+
+@dataclass(frozen=True)
+class FineMixingSettings:
+    base_model: str | None = None  # the public model the suspect was fine-tuned from (any name --model takes)
+    rho: float = 0.5  # share of the fine-tuning change kept (1: the suspect as it is, 0: the base's backbone)
+    mix: str = "mask"  # mask (a seeded Bernoulli(rho) mask per weight) | interpolate (base + rho * change)
+
+    def __post_init__(self) -> None:
+        if self.base_model is None:
+            raise UserError("fine-mixing needs base_model: the public model the suspect was fine-tuned from "
+                            "(e.g. base_model: smollm2-135m)")
+        check_reset("fine-mixing", self.base_model, self.rho, self.mix)
+
+
+@register_defense("fine-mixing", kind="repair", method="lora", settings=FineMixingSettings, train=LORA_RECIPE,
+                  starts_from_victim=False)
+def fine_mixing(job: DefenseJob) -> dict:
+    """Reset the backbone toward the public base (keep a share rho of the change), then lora-ft's recipe."""
+    s, record = job.settings, {}
+    reset = lambda clf: record.update(reset_classifier(clf.model, s.base_model, s.rho, s.mix, job.seed, job.rt.dtype))  # noqa: E731
+    return {**fine_tune(job, prepare(job, modify=reset)), **record}

@@ -1,0 +1,93 @@
+"""Weight reset toward a public base model (Fine-mixing, Zhang et al., 2022): keep a share `rho` of what
+fine-tuning changed in the backbone and put the rest back to the public weights, without the trigger
+ever having to fire. The victim's classification head is kept (the base has none of its own).
+
+    mask:        theta = where(m, theta_victim, theta_base), m ~ Bernoulli(rho) per weight, seeded
+    interpolate: theta = theta_base + rho * (theta_victim - theta_base)
+
+rho = 1 is the victim bit for bit, rho = 0 the base's backbone.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from w2sdefense.errors import UserError
+
+MIXES = ("mask", "interpolate")
+
+
+def check_reset(where: str, base_model: str | None, rho: float, mix: str) -> None:
+    """The reset settings (fine-mixing's, W2SDefense's reset): a known mix, rho in [0, 1], a named base."""
+    if mix not in MIXES:
+        raise UserError(f"{where}.mix must be one of {', '.join(MIXES)}; got {mix!r}")
+    if not 0 <= rho <= 1:
+        raise UserError(f"{where}.rho must be in [0, 1] (the share of the fine-tuning change kept); got {rho}")
+    if base_model is not None and not str(base_model).strip():
+        raise UserError(f"{where}.base_model is empty: give the public model the suspect was fine-tuned from")
+
+
+def backbone(model: nn.Module) -> nn.Module:
+    """The part of a sequence classifier the public base also has (`model.<base_model_prefix>`)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    inner = getattr(model, prefix, None) if prefix else None
+    if not isinstance(inner, nn.Module):
+        raise UserError(f"{type(model).__name__} has no backbone under base_model_prefix {prefix!r}: "
+                        "a weight reset needs a Hugging Face classifier")
+    return inner
+
+
+def check_same_backbone(victim: nn.Module, base: nn.Module, base_name: str) -> None:
+    """The base must have the victim's architecture and every backbone weight's shape."""
+    v, b = backbone(victim), backbone(base)
+    if type(v) is not type(b):
+        raise UserError(f"base_model {base_name!r} is a {type(b).__name__}, the suspect model a {type(v).__name__}: "
+                        "give the public model the suspect was fine-tuned from")
+    vp, bp = dict(v.named_parameters()), dict(b.named_parameters())
+    missing = sorted(set(vp) ^ set(bp))
+    shapes = [f"{n} {tuple(vp[n].shape)} vs {tuple(bp[n].shape)}" for n in vp if n in bp and vp[n].shape != bp[n].shape]
+    if missing or shapes:
+        what = f"weights only one of them has: {', '.join(missing[:3])}" if missing else f"shapes differ: {shapes[0]}"
+        raise UserError(f"base_model {base_name!r} does not match the suspect model ({what}"
+                        f"{', ...' if len(missing) > 3 or len(shapes) > 1 else ''}): give the public model it was "
+                        "fine-tuned from")
+
+
+def reset_toward_base(victim: nn.Module, base: nn.Module, rho: float, mix: str,
+                      generator: torch.Generator) -> dict:
+    """Mix the victim's backbone with the base's in place (see the module docstring); returns a record of it."""
+    if mix not in MIXES:
+        raise UserError(f"mix must be one of {', '.join(MIXES)}; got {mix!r}")
+    base_params = dict(backbone(base).named_parameters())
+    changed = kept = total = 0
+    with torch.no_grad():
+        for name, param in backbone(victim).named_parameters():
+            ref = base_params[name].to(param.device, param.dtype)
+            changed += int((param != ref).sum())
+            if mix == "interpolate":
+                mixed = torch.lerp(ref, param, rho)  # exact at rho 0 and 1
+            else:
+                # Drawn on the CPU from the seeded generator: the same mask on any device.
+                keep = torch.rand(param.shape, generator=generator) < rho
+                kept += int(keep.sum())
+                mixed = torch.where(keep.to(param.device), param, ref)
+            param.copy_(mixed)
+            total += param.numel()
+    record = {"reset_mix": mix, "reset_rho": rho, "reset_weights": total, "reset_changed_by_fine_tuning": changed}
+    if mix == "mask":
+        record["reset_kept_share"] = kept / max(total, 1)
+    return record
+
+
+def reset_classifier(model: nn.Module, base_name: str, rho: float, mix: str, seed: int,
+                     dtype: torch.dtype = torch.float32) -> dict:
+    """Load the public base `base_name` (any name --model takes) and reset `model`'s backbone toward it."""
+    from w2sdefense.models.loading import load_classifier
+
+    num_labels = getattr(model.config, "num_labels", None)
+    base = load_classifier(base_name, num_labels, dtype).model
+    check_same_backbone(model, base, base_name)
+    record = reset_toward_base(model, base, rho, mix, torch.Generator().manual_seed(seed))
+    del base
+    return {**record, "reset_base": base_name}
