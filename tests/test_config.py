@@ -60,7 +60,8 @@ def test_unknown_nested_key_names_the_dotted_path_and_its_valid_keys() -> None:
 def test_unknown_key_inside_a_list_item_names_its_index() -> None:
     cfg = from_dict(ExperimentConfig, {"defenses": [{"name": "lora-ft"}, {"betta": 0.1}]})
     with pytest.raises(UserError, match=r"^unknown setting defenses\.1\.betta; w2sdefense takes alpha, beta, gamma, "
-                                        r"temperature, alignment beside name, label, seed and train$"):
+                                        r"temperature, alignment, depths, gamma_final, teacher_mode, base_model, rho, mix beside "
+                                        r"name, label, seed and train$"):
         check_defenses(cfg.defenses)
 
 
@@ -303,7 +304,7 @@ def _w2s(**settings):
 
 def test_defense_alignment_choices_and_weights() -> None:
     assert _w2s(alignment="reference").alignment == "reference"
-    with pytest.raises(UserError, match=r"defense\.alignment must be one of per-sample, normalized, reference"):
+    with pytest.raises(UserError, match=r"defense\.alignment must be one of per-sample, normalized, relational, reference"):
         _w2s(alignment="mean")
     with pytest.raises(UserError, match=r"defense\.beta must be >= 0"):
         _w2s(beta=-1.0)

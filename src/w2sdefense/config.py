@@ -10,6 +10,7 @@ import dataclasses
 import math
 import types
 import typing
+from types import SimpleNamespace
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -396,7 +397,12 @@ def changed_settings(config: Any, default: Any = None) -> dict:
     Stage keys hash this, so adding a new setting with a default does not invalidate finished
     stages; list items (defenses) are compared with their own class's defaults.
     """
-    default = default if default is not None else type(config)()
+    if default is None:
+        try:
+            default = type(config)()
+        except UserError:  # a class with a required setting (e.g. fine-mixing's base_model): its field defaults
+            default = SimpleNamespace(**{f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING
+                                         else f.default for f in dataclasses.fields(config)})
     changed = {}
     for f in dataclasses.fields(config):
         value, base = getattr(config, f.name), getattr(default, f.name)

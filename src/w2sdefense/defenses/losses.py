@@ -49,3 +49,24 @@ def w2s_total(ce: torch.Tensor, kd: torch.Tensor, fa: torch.Tensor, alpha: float
               gamma: float) -> torch.Tensor:
     """alpha * CE + beta * KD + gamma * FA (KD already carries its T^2)."""
     return alpha * ce + beta * kd + gamma * fa
+
+
+def feature_alignment_relational(teacher_feature: torch.Tensor, student_pooled: torch.Tensor) -> torch.Tensor:
+    """Similarity-preserving alignment (Tung & Mori, 2019): the batch's cosine-similarity matrix of the
+    student's states against the teacher's, mean squared difference over the B x B entries, in [0, 4].
+
+    Scale-free and width-free: no projection is needed, so it can be asked of any layer of the student,
+    and shrinking the student's norm cannot satisfy it.
+    """
+    t = F.normalize(teacher_feature.float(), dim=-1)
+    s = F.normalize(student_pooled.float(), dim=-1)
+    return (s @ s.T - t @ t.T).pow(2).mean()
+
+
+def layer_consistency(hidden_states: tuple[torch.Tensor, ...], attention_mask: torch.Tensor) -> torch.Tensor:
+    """CROW's internal-consistency term (Min et al., 2025): mean over adjacent pairs of hidden states
+    (embeddings included) and over real tokens of 1 - cos(h_l, h_{l+1})."""
+    mask = attention_mask.float()
+    pairs = [1 - F.cosine_similarity(a.float(), b.float(), dim=-1) for a, b in zip(hidden_states, hidden_states[1:])]
+    per_token = torch.stack(pairs).mean(dim=0)  # [B, L]
+    return (per_token * mask).sum() / mask.sum().clamp(min=1)

@@ -25,6 +25,7 @@ from w2sdefense.defenses.losses import (
     feature_alignment_normalized,
     feature_alignment_per_sample,
     feature_alignment_reference,
+    feature_alignment_relational,
     kd_loss,
     w2s_total,
 )
@@ -36,7 +37,7 @@ from w2sdefense.train.loop import LossFn, StepOutput
 
 log = logging.getLogger(__name__)
 
-ALIGNMENTS = ("per-sample", "normalized", "reference")
+ALIGNMENTS = ("per-sample", "normalized", "relational", "reference")
 TEACHER_MODES = ("trained", "zeros", "random")
 
 
@@ -48,7 +49,13 @@ class W2SSettings:
     beta: float = 0.001  # KD weight (multiplied by T^2)
     gamma: float = 0.001  # feature-alignment weight
     temperature: float = 2.0
-    alignment: str = "per-sample"  # per-sample | normalized (scale-free, on unit vectors) | reference (the authors' code)
+    # per-sample | normalized (scale-free, on unit vectors) | relational (the batch's cosine-similarity matrix,
+    # scale- and width-free) | reference (the authors' code)
+    alignment: str = "per-sample"
+    # Where the student is aligned: fractions of its depth (e.g. [0.33, 0.67, 1.0]: layers round(d * L), the
+    # term averaged over them); unset: the last layer only
+    depths: list[float] | None = None
+    gamma_final: float | None = None  # gamma decays linearly from `gamma` to this over the steps (unlearn, then repair)
     # Controls: trained (the method) | zeros (no teacher: its feature replaced by zeros and no KD, so the
     # alignment is a pure norm penalty gamma * ||h||^2) | random (the teacher's encoder and projection at a
     # seeded random initialisation, never trained)
@@ -65,6 +72,13 @@ class W2SSettings:
         for name in ("alpha", "beta", "gamma"):
             check_positive(f"defense.{name}", getattr(self, name), allow_zero=True)
         check_positive("defense.temperature", self.temperature)
+        check_positive("defense.gamma_final", self.gamma_final, allow_zero=True)
+        if self.depths is not None:
+            if not self.depths or any(not 0 < d <= 1 for d in self.depths):
+                raise UserError(f"defense.depths must be fractions of the student's depth in (0, 1]; got {self.depths}")
+            if self.alignment == "reference":
+                raise UserError("defense.depths needs an alignment other than reference (the authors' term reads "
+                                "the last layer only)")
 
 
 @register_defense("w2sdefense", "w2s", kind="repair", method="lora", needs_teacher=True, settings=W2SSettings,
@@ -160,12 +174,35 @@ def zero_cache(rows: list[Example], dim: int) -> TeacherCache:
     return TeacherCache(None, torch.zeros((len(rows), dim)), row_of)
 
 
+ALIGN = {"per-sample": feature_alignment_per_sample, "normalized": feature_alignment_normalized,
+         "relational": feature_alignment_relational, "reference": feature_alignment_reference}
+
+
+def depth_layers(depths: list[float] | None, num_layers: int) -> list[int]:
+    """Indices into hidden_states (0: the embeddings, num_layers: the last layer) of the aligned depths."""
+    if depths is None:
+        return [num_layers]
+    return sorted({min(num_layers, max(1, round(d * num_layers))) for d in depths})
+
+
+def scheduled(start: float, final: float | None, batch: dict) -> float:
+    """A weight at this step: `start`, or linear from `start` to `final` over training (the loop's
+    `progress`, the share of the steps done before this one)."""
+    if final is None:
+        return start
+    done = float(batch["progress"]) if "progress" in batch else 0.0
+    return start + (final - start) * done
+
+
 def w2s_loss(cfg: W2SSettings, cache: TeacherCache, decoder: bool, device: torch.device) -> LossFn:
     """The W2SDefense step loss; teacher outputs are looked up by each example's identity."""
+
+    align = ALIGN[cfg.alignment]
 
     def step(model: torch.nn.Module, batch: dict) -> StepOutput:
         out = model(**model_inputs(batch), output_hidden_states=True)
         logits, hidden = out.logits.float(), out.hidden_states[-1]
+        layers = depth_layers(cfg.depths, len(out.hidden_states) - 1)
         pos = cache.rows(batch["example_id"].cpu())  # the cache stays on the CPU; only the batch's rows move
         t_features = cache.features[pos].to(device)
         ce = F.cross_entropy(logits, batch["labels"])
@@ -174,10 +211,11 @@ def w2s_loss(cfg: W2SSettings, cache: TeacherCache, decoder: bool, device: torch
         if cfg.alignment == "reference":
             fa = feature_alignment_reference(t_features, hidden)
         else:
-            pooled = pool(hidden, batch["attention_mask"], decoder)
-            align = feature_alignment_normalized if cfg.alignment == "normalized" else feature_alignment_per_sample
-            fa = align(t_features, pooled)
-        total = w2s_total(ce, kd, fa, cfg.alpha, cfg.beta, cfg.gamma)
-        return StepOutput(total, {"loss": total.item(), "ce": ce.item(), "kd": kd.item(), "fa": fa.item()})
+            fa = torch.stack([align(t_features, pool(out.hidden_states[i], batch["attention_mask"], decoder))
+                              for i in layers]).mean()
+        gamma = scheduled(cfg.gamma, cfg.gamma_final, batch)
+        total = w2s_total(ce, kd, fa, cfg.alpha, cfg.beta, gamma)
+        return StepOutput(total, {"loss": total.item(), "ce": ce.item(), "kd": kd.item(), "fa": fa.item(),
+                                  **({"gamma": gamma} if cfg.gamma_final is not None else {})})
 
     return step

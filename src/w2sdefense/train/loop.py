@@ -209,6 +209,7 @@ def _run_epoch(model, batches, num_batches, optimizer, scheduler, cfg, rt, loss_
         if i < progress.batches_done:
             continue
         batch = {k: v.to(acc.device) for k, v in batch.items()}
+        batch["progress"] = torch.tensor(progress.step / total)  # share of the steps done (scheduled loss weights)
         sync = (i + 1) % cfg.grad_accum == 0 or i + 1 == num_batches
         with contextlib.nullcontext() if sync else acc.no_sync(model):
             out = loss_fn(model, batch)
