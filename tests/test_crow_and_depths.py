@@ -63,6 +63,8 @@ def test_depths_pick_layers_and_gamma_decays_linearly():
     assert scheduled(0.1, 0.0, {"progress": torch.tensor(0.75)}) == pytest.approx(0.025)
     with pytest.raises(UserError, match="depths must be fractions"):
         resolve(DefenseConfig(settings={"depths": [0.0, 1.0]}))
+    with pytest.raises(UserError, match="teacher_mode zeros .the norm-penalty control. needs alignment per-sample"):
+        resolve(DefenseConfig(settings={"teacher_mode": "zeros", "alignment": "normalized"}))
     with pytest.raises(UserError, match="needs an alignment other than reference"):
         resolve(DefenseConfig(settings={"depths": [0.5], "alignment": "reference"}))
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import extract_model_from_parallel
 
 from w2sdefense.config import check_positive
 from w2sdefense.defenses.base import DefenseJob, fine_tune, prepare, register_defense
@@ -37,8 +38,10 @@ class CrowSettings:
 
 @contextlib.contextmanager
 def embeddings_plus(model: torch.nn.Module, delta):
-    """Add `delta(output)` to the input embeddings' output during the block."""
-    handle = model.get_input_embeddings().register_forward_hook(lambda module, args, output: output + delta(output))
+    """Add `delta(output)` to the input embeddings' output during the block (on the model inside a DDP
+    wrapper, which does not pass attributes through; the forward still goes through the wrapper)."""
+    inner = extract_model_from_parallel(model)
+    handle = inner.get_input_embeddings().register_forward_hook(lambda module, args, output: output + delta(output))
     try:
         yield
     finally:

@@ -56,7 +56,8 @@ def feature_alignment_relational(teacher_feature: torch.Tensor, student_pooled: 
     student's states against the teacher's, mean squared difference over the B x B entries, in [0, 4].
 
     Scale-free and width-free: no projection is needed, so it can be asked of any layer of the student,
-    and shrinking the student's norm cannot satisfy it.
+    and shrinking the student's norm cannot satisfy it. Under several processes each compares its own
+    share of the batch (a smaller matrix), so its value depends on the process count.
     """
     t = F.normalize(teacher_feature.float(), dim=-1)
     s = F.normalize(student_pooled.float(), dim=-1)

@@ -69,6 +69,9 @@ class W2SSettings:
         check_choice("defense.alignment", self.alignment, ALIGNMENTS)
         check_choice("defense.teacher_mode", self.teacher_mode, TEACHER_MODES)
         check_reset("defense", self.base_model, self.rho, self.mix)
+        if self.teacher_mode == "zeros" and self.alignment != "per-sample":
+            # A zero vector has no direction: normalized would be a constant, relational a push apart.
+            raise UserError("defense.teacher_mode zeros (the norm-penalty control) needs alignment per-sample")
         for name in ("alpha", "beta", "gamma"):
             check_positive(f"defense.{name}", getattr(self, name), allow_zero=True)
         check_positive("defense.temperature", self.temperature)
@@ -104,7 +107,8 @@ def w2sdefense(job: DefenseJob) -> dict:
     else:
         teacher = load_teacher(job.teacher, job.rt.dtype, random_init_seed=job.seed if settings.teacher_mode == "random"
                                else None)
-        if teacher.model.feature_dim != hidden and settings.gamma:
+        aligned = (settings.gamma or settings.gamma_final) and settings.alignment != "relational"  # relational: any width
+        if teacher.model.feature_dim != hidden and aligned:
             raise UserError(f"the teacher's feature size {teacher.model.feature_dim} differs from the student's "
                             f"hidden size {hidden}: train the teacher for this student")
         spill = job.out_dir / "teacher_cache"

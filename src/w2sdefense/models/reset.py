@@ -5,7 +5,10 @@ ever having to fire. The victim's classification head is kept (the base has none
     mask:        theta = where(m, theta_victim, theta_base), m ~ Bernoulli(rho) per weight, seeded
     interpolate: theta = theta_base + rho * (theta_victim - theta_base)
 
-rho = 1 is the victim bit for bit, rho = 0 the base's backbone.
+rho = 1 is the victim bit for bit, rho = 0 the base's backbone. The backbone is what the model keeps
+under `base_model_prefix`: for BERT-class models that includes the pooler the head reads, which is reset
+with the rest. A base checkpoint that lacks some backbone weights (transformers fills them at random) is
+not detected here.
 """
 
 from __future__ import annotations
