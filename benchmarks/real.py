@@ -39,7 +39,9 @@ RESULTS = HERE / "results"
 EARLIER = RESULTS / "earlier"  # results JSONs of victims the presets no longer train
 ATTACKS = ["badnet", "insent", "synbkd"]
 SHARED_STAGES = ("clean", "teacher")  # their inputs do not include the attack
-MAIN_DEFENSES = ("w2sdefense", "lora-ft")  # the rows of the main table, when present
+# The rows of the main table, when present: the method, the full reset to the public base without and with the
+# teacher, the no-teacher control, and PEFT alone.
+MAIN_DEFENSES = ("w2sdefense", "fine-mixing-r0", "w2s-reset-r0", "w2s-shrink", "lora-ft")
 
 
 def experiment(attack: str, runs: Path, seeds: list[int], variants: list[dict],
@@ -418,7 +420,7 @@ def chart(summ: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     attacks = summ["attacks"]
-    fig, axes = plt.subplots(1, len(attacks), figsize=(max(6.5, 5.0 * len(attacks)), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(attacks), figsize=(max(6.5, 5.5 * len(attacks)), 5.0), squeeze=False)
     for ax, (attack, e) in zip(axes[0], attacks.items()):
         bars = [("poisoned", e["poisoned"])] + [(n, e["defenses"][n]) for n in MAIN_DEFENSES if n in e["defenses"]]
         xs = range(len(bars))
@@ -428,7 +430,7 @@ def chart(summ: dict, path: Path) -> None:
             ax.bar([x + offset for x in xs], means, 0.4, yerr=sds, capsize=3, label=label)
         if e["clean"]:
             ax.axhline(100 * e["clean"]["asr_cc"][0], color="k", ls="--", lw=1, label="clean model's ASR-cc")
-        ax.set_xticks(list(xs), [f"{n}\n(n={len(b['ca'])})" for n, b in bars])
+        ax.set_xticks(list(xs), [f"{n}\n(n={len(b['ca'])})" for n, b in bars], rotation=35, ha="right", fontsize=7)
         ax.set_ylim(0, 112)
         ax.set_title(f"SST-2, {attack}")
         ax.set_ylabel("%")
