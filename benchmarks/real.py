@@ -314,17 +314,18 @@ def rows_and_floor(result: dict) -> tuple[dict[str, dict], float]:
 
 
 def comparison_rows(result: dict) -> list[tuple[str, list[dict], dict]]:
-    """(defense name, its report rows over the seeds it ran at (the preset's seed first), the preset seed's
-    row meta) of each preset defense that ran at the preset's seed, in preset order."""
+    """(row name, its report rows over the seeds it ran at (the preset's seed first), the preset seed's
+    row meta) of each preset defense row that ran at the preset's seed, in preset order. Rows of one defense
+    with different labels (a control, a reset) stay apart."""
     rows = {r["model"]: r for r in result["rows"]}
     # The preset's order (the results' config holds only the last invocation's rows).
     preset = yaml.safe_load((HERE.parent / "configs" / f"sst2-{result['attack']}.yaml").read_text())
-    order = [d["name"] for d in preset["defenses"]]
+    order = [d.get("label") or d["name"] for d in preset["defenses"]]
     seed = result["config"]["seed"]
     by_defense: dict[str, list] = {}
     for label, meta in result["row_meta"].items():
         if label in rows and not meta["is_variant"]:
-            by_defense.setdefault(meta["defense"], []).append((meta["seed"] != seed, meta["seed"], rows[label], meta))
+            by_defense.setdefault(meta.get("variant", meta["defense"]), []).append((meta["seed"] != seed, meta["seed"], rows[label], meta))
     found = []
     for name, runs in by_defense.items():
         runs.sort(key=lambda run: run[:2])

@@ -124,3 +124,17 @@ def test_a_defense_run_at_several_seeds_is_compared_by_mean_sd_and_n_with_its_co
     # CA 90, 88, 89 -> 89.0 ± 1.0; ASR-cc 6, 10, 8 -> 8.0 ± 2.0; residual 6.0 ± 2.0; steps from seed 42.
     assert lines[1] == ("| badnet | w2sdefense | repair | 89.0 ± 1.0 (n=3) | 8.0 ± 2.0 (n=3) | +6.0 ± 2.0 (n=3) | – | "
                         "80 | 1,000 | 10 | – |")
+
+
+def test_rows_of_one_defense_under_different_labels_are_compared_apart():
+    rows = [{"model": "clean model", "clean_accuracy": 0.9, "attack_success_rate_clean_correct": 0.02},
+            {"model": "poisoned", "clean_accuracy": 0.89, "attack_success_rate_clean_correct": 0.8},
+            {"model": "w2sdefense-s42", "clean_accuracy": 0.88, "attack_success_rate_clean_correct": 0.06},
+            {"model": "w2s-shrink-s42", "clean_accuracy": 0.87, "attack_success_rate_clean_correct": 0.12}]
+    meta = {"w2sdefense-s42": {"defense": "w2sdefense", "variant": "w2sdefense", "is_variant": False, "seed": 42},
+            "w2s-shrink-s42": {"defense": "w2sdefense", "variant": "w2s-shrink", "is_variant": False, "seed": 42}}
+    result = {"attack": "badnet", "rows": rows, "config": {"seed": 42}, "row_meta": meta}
+    lines = real.comparison_table({"badnet": result}).splitlines()[3:]
+    # The preset lists w2sdefense before w2s-shrink; each keeps its own numbers (residual 4.0 and 10.0).
+    assert [line.split(" | ")[1] for line in lines] == ["w2sdefense", "w2s-shrink"]
+    assert lines[0].split(" | ")[5] == "+4.0" and lines[1].split(" | ")[5] == "+10.0"
