@@ -4,7 +4,9 @@ with LoRA (default: the same recipe as lora-ft) or every weight (`train.method: 
 
 A neuron is an input channel of a layer's MLP output projection (Llama's `down_proj`, BERT's
 `output.dense`); its activity is the mean absolute value of that input over the clean rows' real tokens.
-Pruning zeroes its column of the projection, and a gradient mask keeps it zero under full fine-tuning.
+Pruning zeroes its column of the projection, and a gradient mask keeps it zero under full fine-tuning; under
+LoRA, an adapter on that projection gets the same columns of its A matrix zeroed and masked (until 2026-12-03
+it did not, so LoRA on every linear layer could revive the pruned neurons).
 """
 
 from __future__ import annotations
@@ -108,9 +110,27 @@ def prune(clf: Classifier, settings: FinePruningSettings, rows: list, max_length
         proj.weight.requires_grad_(True)
         proj.weight.register_hook(lambda grad, keep=keep: grad * keep.to(grad.device))
         proj.weight.requires_grad_(not frozen)
+        proj.w2s_prune_keep = keep  # for keep_pruned_under_lora, once an adapter wraps the projection
         pruned.append(k)
     log.info("fine-pruning: %s neurons pruned in the last %d layers", pruned, len(layers))
     return {"pruned_neurons": pruned, "pruned_layers": len(layers)}
+
+
+def keep_pruned_under_lora(model: torch.nn.Module) -> int:
+    """A LoRA adapter on a pruned projection would revive its neurons through its own path (B @ A x): zero the
+    pruned input channels of A and mask their gradient too. Returns how many adapters were masked."""
+    masked = 0
+    for module in model.modules():
+        keep = getattr(getattr(module, "base_layer", None), "w2s_prune_keep", None)
+        if keep is None or not hasattr(module, "lora_A"):
+            continue
+        for adapter in module.lora_A.values():
+            mask = keep.to(adapter.weight.device, adapter.weight.dtype)
+            with torch.no_grad():
+                adapter.weight.mul_(mask)
+            adapter.weight.register_hook(lambda grad, mask=mask: grad * mask)
+            masked += 1
+    return masked
 
 
 @register_defense("fine-pruning", kind="repair", method="any", settings=FinePruningSettings, train=LORA_RECIPE,
@@ -121,6 +141,8 @@ def fine_pruning(job: DefenseJob) -> dict:
     rows = limit(job.splits.train, settings.rows)
     record = {}
     student = prepare(job, modify=lambda clf: record.update(prune(clf, settings, rows, train.max_length, job.rt)))
+    if train.method == "lora":
+        record["pruned_adapters_masked"] = keep_pruned_under_lora(student.model)
     metrics = fine_tune(job, student)
     metrics.update(record)
     return metrics
