@@ -26,7 +26,8 @@ from w2sdefense.defenses import resolve
 from w2sdefense.defenses.base import check_defenses
 from w2sdefense.errors import UserError
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.y*ml"))  # experiments; configs/accelerate/ holds launcher files
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.y*ml"))  # experiments; configs/accelerate/ holds launcher files
 
 
 def _message(excinfo: pytest.ExceptionInfo) -> str:
@@ -338,7 +339,7 @@ def test_each_defense_checks_its_own_settings_and_method() -> None:
 def test_no_defense_inherits_another_recipe() -> None:
     full, lora, w2s = (resolve(DefenseConfig(name=n)).train for n in ("full-ft", "lora-ft", "w2sdefense"))
     assert (full.method, full.lr, full.epochs) == ("full", 2e-5, 3.0)
-    assert (lora.method, lora.lr, lora.epochs, lora.batch_size) == ("lora", 2e-4, 5.0, 32)
+    assert (lora.method, lora.lr, lora.epochs, lora.batch_size) == ("lora", 1e-3, 1.0, 16)
     assert lora == w2s  # the fair comparison: the same recipe
     # A partial train section changes only its keys of the defense's own recipe.
     tuned = resolve(from_dict(DefenseConfig, {"name": "full-ft", "train": {"epochs": 1}})).train
@@ -365,13 +366,13 @@ def test_section_defaults_are_kept() -> None:
     cfg = ExperimentConfig()
     assert cfg.teacher.train.lr == pytest.approx(5e-5)
     d = resolve(DefenseConfig()).train
-    assert (d.method, d.lr, d.epochs, d.batch_size) == ("lora", 2e-4, 5.0, 32)
+    assert (d.method, d.lr, d.epochs, d.batch_size) == ("lora", 1e-3, 1.0, 16)
 
 
 def test_partial_nested_section_keeps_the_section_defaults() -> None:
     cfg = from_dict(ExperimentConfig, {"teacher": {"train": {"epochs": 1}}, "defenses": [{"train": {"epochs": 1}}]})
     assert cfg.teacher.train.lr == pytest.approx(5e-5)
-    assert resolve(cfg.defenses[0]).train.lr == pytest.approx(2e-4)
+    assert resolve(cfg.defenses[0]).train.lr == pytest.approx(1e-3)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -443,3 +444,43 @@ def test_preset_builds(path: Path) -> None:
         assert cfg.name == raw["name"]
     assert len(cfg.defenses) == len(raw.get("defenses") or [])
     assert from_dict(ExperimentConfig, yaml.safe_load(dump_yaml(cfg))) == cfg
+
+
+@pytest.mark.parametrize("attack", ["badnet", "insent", "synbkd"])
+def test_the_code_defaults_are_the_recipe_the_readme_measured(attack: str) -> None:
+    """`defend` and `teacher` with no config run exactly the presets' main rows (the README's table)."""
+    from w2sdefense.config import TeacherJob
+
+    cfg = load_config(ExperimentConfig, REPO / "configs" / f"sst2-{attack}.yaml")
+    rows = {d.row_name: d for d in cfg.defenses}
+    for label in ("w2sdefense", "lora-ft"):
+        measured, bare = resolve(rows[label]), resolve(DefenseConfig(name=rows[label].name))
+        assert (measured.settings, measured.train) == (bare.settings, bare.train), label
+    # fine-mixing needs its base named; the rest of the full reset is the default.
+    reset = rows["fine-mixing-r0"]
+    bare = resolve(DefenseConfig(name="fine-mixing", settings={"base_model": reset.settings["base_model"]}))
+    assert (resolve(reset).settings, resolve(reset).train) == (bare.settings, bare.train)
+    assert cfg.teacher == TeacherJob().teacher
+
+
+def test_extends_lays_a_file_over_its_base_and_merges_defense_rows_by_name(tmp_path: Path) -> None:
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "b.yaml").write_text(
+        "seed: 1\nvictim: {train: {epochs: 1, lr: 1.0e-4}}\n"
+        "defenses:\n  - {name: w2sdefense}\n  - {name: w2sdefense, label: auth, alpha: 5.0, beta: 0.001}\n")
+    top = tmp_path / "top.yaml"
+    top.write_text("extends: base/b.yaml\nvictim: {train: {epochs: 2}}\n"
+                   "defenses:\n  - {name: w2sdefense, label: auth, alpha: 3.0}\n  - {name: lora-ft}\n")
+    data = read_yaml(top)
+    assert data["seed"] == 1 and data["victim"]["train"] == {"epochs": 2, "lr": 1.0e-4}
+    assert data["defenses"] == [{"name": "w2sdefense"}, {"name": "w2sdefense", "label": "auth", "alpha": 3.0,
+                                                         "beta": 0.001}, {"name": "lora-ft"}]
+    assert "extends" not in data
+    loop = tmp_path / "loop.yaml"
+    loop.write_text("extends: loop.yaml\n")
+    with pytest.raises(UserError, match="comes back to it"):
+        read_yaml(loop)
+    missing = tmp_path / "orphan.yaml"
+    missing.write_text("extends: nowhere.yaml\n")
+    with pytest.raises(UserError, match="config file not found: .*nowhere.yaml"):
+        read_yaml(missing)

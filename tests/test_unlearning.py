@@ -112,8 +112,8 @@ def test_changed_settings_hashes_only_what_differs_from_defaults():
     from w2sdefense.defenses.base import resolved_dict
 
     key = resolved_dict(cfg.defenses[0])
-    assert key["settings"] == {"gamma": 0.5} and key["train"]["lora"] == {"r": 8}
-    assert key["train"]["method"] == "lora" and key["train"]["epochs"] == 5.0
+    assert key["settings"] == {"gamma": 0.5} and key["train"]["lora"] == {"r": 8, "target_modules": ["all-linear"]}
+    assert key["train"]["method"] == "lora" and key["train"]["epochs"] == 1.0 and key["train"]["lr"] == 1e-3
 
 
 def _ex(idx: int, label: int, text: str = "x") -> Example:

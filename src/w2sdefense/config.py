@@ -229,7 +229,8 @@ class TeacherConfig:
 
     model: str = "minilm-l6"
     feature_dim: int | None = None  # None: the student's hidden size, read from its config
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3.0, lr=5e-5))
+    # The presets' measured teacher recipe (configs/sst2-*.yaml)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2.0, lr=5e-5, head_lr=1e-3, max_length=64))
 
 
 @dataclass
@@ -421,8 +422,8 @@ def changed_settings(config: Any, default: Any = None) -> dict:
 # YAML files and dotted overrides
 
 
-def read_yaml(path: str | Path) -> dict:
-    """Read a YAML mapping, with one-line errors for missing or malformed files."""
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
+    """Read a YAML mapping, with one-line errors for missing or malformed files (`extends`: see _extend)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
@@ -438,7 +439,41 @@ def read_yaml(path: str | Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: the top level must be a mapping of settings")
-    return data
+    return _extend(path, data, _seen)
+
+
+def _extend(path: Path, data: dict, seen: tuple[Path, ...]) -> dict:
+    """A file with `extends: OTHER.yaml` (relative to its own folder) is that file's settings with its own over
+    them: mappings merge, `defenses` merge row by row (a row of the same label, or name when it has none,
+    takes the new keys; other rows are added at the end), anything else replaces."""
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str) or not parent.strip():
+        raise UserError(f"{path}: extends must name a YAML file; got {parent!r}")
+    if path.resolve() in seen:
+        raise UserError(f"{path}: its extends chain comes back to it ({' -> '.join(str(p) for p in seen)})")
+    base = read_yaml(path.parent / parent, (*seen, path.resolve()))
+    merged = merge_dicts(base, {k: v for k, v in data.items() if k != "defenses"})
+    if "defenses" in data:
+        merged["defenses"] = merge_rows(base.get("defenses") or [], data["defenses"] or [], path)
+    return merged
+
+
+def merge_rows(base: list, update: list, where: Path | str) -> list:
+    """Defense rows of `update` merged into those of `base` by row name (label, else name), new ones appended."""
+    def row_name(row: Any) -> str:
+        if not isinstance(row, dict) or not row.get("name"):
+            raise UserError(f"{where}: every defenses item needs a name; got {row!r}")
+        return row.get("label") or row["name"]
+
+    rows = {row_name(r): dict(r) for r in base}
+    if len(rows) != len(base):
+        raise UserError(f"{where}: the file it extends has two defenses rows of one name (give each a label)")
+    for item in update:
+        name = row_name(item)
+        rows[name] = merge_dicts(rows[name], item) if name in rows else dict(item)
+    return list(rows.values())
 
 
 # Sections (by key) whose classes declare exclusive settings, for overrides applied to raw data.
@@ -551,6 +586,31 @@ class DefendJob:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     data: DataConfig = field(default_factory=DataConfig)
     defense: DefenseConfig = field(default_factory=DefenseConfig)
+
+
+@dataclass
+class CleanJob:
+    """`w2sdefense clean`: a suspect classifier and clean data in, a standalone cleaned model and a report out."""
+
+    seed: int = 42
+    model: str = ""  # the suspect classifier (any name --model takes)
+    # The public model the suspect was fine-tuned from. Given, the default defense is the full reset toward it
+    # (fine-mixing, rho 0); unset, W2SDefense (which removed the token trigger only: README, Results).
+    base_model: str | None = None
+    defense: DefenseConfig | None = None  # another defense (a repair one); None: the default above
+    triggers: list[str] = field(default_factory=list)  # candidate triggers whose ASR-cc is measured before and after
+    target_label: int | None = None  # the triggers' target; None: every label, the highest reported
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)  # trained only for a defense that needs one
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        bad = [t for t in self.triggers if not isinstance(t, str) or not t.strip()]
+        if bad:
+            raise UserError(f"triggers must be non-empty texts; got {bad!r}")
+        if self.target_label is not None and self.target_label < 0:
+            raise UserError(f"target_label must be >= 0; got {self.target_label}")
 
 
 @dataclass

@@ -17,7 +17,9 @@ from w2sdefense.models.reset import check_reset, reset_classifier
 @dataclass(frozen=True)
 class FineMixingSettings:
     base_model: str | None = None  # the public model the suspect was fine-tuned from (any name --model takes)
-    rho: float = 0.5  # share of the fine-tuning change kept (1: the suspect as it is, 0: the base's backbone)
+    # Share of the fine-tuning change kept (1: the suspect as it is, 0: the base's backbone). 0, the measured
+    # default: rho 0.5 left +49.6 of InSent's +90.9 points (benchmarks/RESULTS.md)
+    rho: float = 0.0
     mix: str = "mask"  # mask (a seeded Bernoulli(rho) mask per weight) | interpolate (base + rho * change)
 
     def __post_init__(self) -> None:
