@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -15,6 +16,7 @@ import click
 import typer
 
 from w2sdefense.config import (
+    CleanJob,
     DefendJob,
     EvaluateJob,
     ExperimentConfig,
@@ -330,11 +332,46 @@ def run(
             typer.echo(f"per-step curves (dev accuracy, ASR-cc): {', '.join(curves)} under {folder}")
 
 
+@app.command()
+def clean(
+    out: OutOpt,
+    model: Annotated[Optional[str], typer.Option(help="The suspect classifier (run folder, checkpoint, adapter, hub id).")] = None,
+    data: DataOpt = None,
+    base: Annotated[Optional[str], typer.Option(help="The public model it was fine-tuned from: the default defense "
+                                                "then resets toward it (fine-mixing, rho 0).")] = None,
+    defense: Annotated[Optional[str], typer.Option(help="Another repair defense from `w2sdefense list`.")] = None,
+    trigger: Annotated[Optional[list[str]], typer.Option(help="A candidate trigger to measure before and after "
+                                                         "(repeatable).")] = None,
+    triggers: Annotated[Optional[Path], typer.Option(help="A file of candidate triggers, one per line.")] = None,
+    target_label: Annotated[Optional[int], typer.Option(min=0, help="The triggers' target label (default: every "
+                                                        "label, the highest reported).")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Start from scratch instead of re-using finished "
+                                            "stages.")] = False,
+) -> None:
+    """Clean a suspect model: defense, a standalone merged model in OUT/model, CA and trigger ASR-cc before/after."""
+    from w2sdefense.clean import read_triggers, run_clean, summary_lines
+    from w2sdefense.runtime import make_runtime
+
+    flags = [f"target_label={target_label}"] if target_label is not None else []
+    job = _load(CleanJob, config, flags + (set_ or []), **{"model": model, "base_model": base, "defense.name": defense,
+                                                            "data.dataset": data, "data.data_dir": _str(data_dir)})
+    extra = list(trigger or []) + (read_triggers(triggers) if triggers else [])
+    if extra:
+        job = dataclasses.replace(job, triggers=[*job.triggers, *extra])
+    rt = make_runtime(job.runtime)
+    report = run_clean(job, out, rt, overwrite, config)
+    if rt.is_main:
+        for line in summary_lines(report):
+            typer.echo(line)
+        typer.echo(f"report: {out / 'report.md'} (and report.json)")
+
+
 @app.command(name="list")
 def list_components() -> None:
     """List the built-in attacks, models and defenses."""
-    import dataclasses
-
     from w2sdefense.attacks.base import ATTACKS
     from w2sdefense.defenses import DEFENSES
     from w2sdefense.models import BUILTIN_MODELS

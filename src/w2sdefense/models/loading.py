@@ -192,10 +192,12 @@ def save_classifier(clf: Classifier, out_dir: Path, state_dict: dict | None = No
     clf.tokenizer.save_pretrained(out_dir)
 
 
-def merge_adapter(adapter_dir: Path, out_dir: Path, num_labels: int | None) -> None:
-    """Fold a saved adapter into its base and save the plain model (what `from_pretrained` loads)."""
-    clf = load_classifier(str(adapter_dir), num_labels)
-    save_classifier(Classifier(clf.model.merge_and_unload(), clf.tokenizer), out_dir)
+def merge_adapter(adapter_dir: Path, out_dir: Path, num_labels: int | None, dtype: torch.dtype = torch.float32) -> None:
+    """Fold a saved adapter into its base and save the plain model (what `from_pretrained` loads); a folder of
+    full weights is saved as it is."""
+    clf = load_classifier(str(adapter_dir), num_labels, dtype)
+    model = clf.model.merge_and_unload() if isinstance(clf.model, PeftModel) else clf.model
+    save_classifier(Classifier(model, clf.tokenizer), out_dir)
 
 
 def ensure_base_on_disk(clf: Classifier, folder: Path, write: bool = True) -> None:

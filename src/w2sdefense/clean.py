@@ -1,0 +1,203 @@
+"""`w2sdefense clean`: the practitioner's one command. A suspect classifier and clean data in; a standalone
+cleaned model (`DIR/model/`, plain weights and tokenizer, no PEFT needed) and a report out.
+
+Stages, each re-used when it finished with the same inputs (as in `run`), an unfinished one continued:
+the teacher (only for a defense that needs one), the defense, the merged model, and the evaluation of
+the suspect and of the cleaned model on the clean test split: clean accuracy and, per candidate trigger,
+its ASR-cc (the share of test rows of other labels, classified correctly without the trigger, that the
+trigger sends to the label). The defender does not know the target, so without `target_label` every
+label is measured and the highest reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+
+import torch
+
+from w2sdefense.config import CleanJob, DefenseConfig, dump_yaml, to_dict
+from w2sdefense.attacks.base import insert_trigger
+from w2sdefense.data.datasets import data_inputs, load_splits
+from w2sdefense.data.records import Example, Splits
+from w2sdefense.defenses import DEFENSES, DefenseJob, resolve, run_defense
+from w2sdefense.defenses.base import resolved_dict
+from w2sdefense.defenses.teacher import run_teacher
+from w2sdefense.errors import UserError
+from w2sdefense.eval.metrics import backdoor_metrics
+from w2sdefense.eval.report import environment
+from w2sdefense.fileio import atomic_write_text, write_json
+from w2sdefense.models import check_model_name, load_classifier
+from w2sdefense.models.batching import encode
+from w2sdefense.models.loading import merge_adapter, resolve_model_path
+from w2sdefense.models.predict import predict_logits
+from w2sdefense.pipeline import STAGE_FILE, Stage
+from w2sdefense.rundir import check_outside_inputs, claim_run_dir, log_to
+from w2sdefense.runtime import Runtime
+
+MODEL_DIR = "model"  # DIR/model: the cleaned model, what the user ships
+
+
+def default_defense(job: CleanJob) -> DefenseConfig:
+    """The job's defense: its own, else the full reset toward the public base when known, else W2SDefense."""
+    if job.defense is not None:
+        d = job.defense
+        takes_base = any(f.name == "base_model" for f in dataclasses.fields(DEFENSES.get(d.name).settings))
+        if job.base_model and takes_base and "base_model" not in d.settings:
+            d = dataclasses.replace(d, settings={**d.settings, "base_model": job.base_model})  # e.g. W2SDefense's reset
+        return d
+    if job.base_model:
+        return DefenseConfig(name="fine-mixing", settings={"base_model": job.base_model, "rho": 0.0})
+    return DefenseConfig(name="w2sdefense")
+
+
+def read_triggers(path: Path) -> list[str]:
+    """A triggers file: one candidate per line; blank lines and lines starting with # are skipped."""
+    if not path.is_file():
+        raise UserError(f"triggers file not found: {path}")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    found = [line for line in lines if line and not line.startswith("#")]
+    if not found:
+        raise UserError(f"{path} holds no trigger (one per line; # starts a comment)")
+    return found
+
+
+def model_fingerprint(name: str) -> object:
+    """What identifies the suspect for re-use: its name and, for a local folder, its files' sizes and times."""
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        return name
+    folder = Path(resolve_model_path(name))
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != STAGE_FILE)
+    return [str(path.resolve()), [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]]
+
+
+def run_clean(job: CleanJob, out: Path, rt: Runtime, overwrite: bool = False, config_file: Path | None = None) -> dict:
+    """Every stage of `clean` in `out` (finished ones re-used); writes report.json and report.md."""
+    if not job.model:
+        raise UserError("clean needs --model (the suspect classifier)")
+    defense = default_defense(job)
+    spec = resolve(defense, "defense").spec  # an unknown defense or setting fails before any work
+    if spec.kind != "repair":
+        raise UserError(f"{spec.name} is an input filter: it leaves the model as it is, so there is no cleaned "
+                        "model to write; `w2sdefense defend` calibrates it, `evaluate` measures it")
+    for name in filter(None, (job.model, job.base_model)):
+        check_model_name(name)
+    splits = load_splits(job.data)
+    models = {"--model": job.model, "--base": job.base_model, "teacher model": job.teacher.model}
+    check_outside_inputs(out, {**data_inputs(job.data), **models, "config file": config_file})
+    with claim_run_dir(out, overwrite, rt.accelerator, stage_file=STAGE_FILE) as folder:
+        if rt.is_main:
+            atomic_write_text(folder / "config.yaml", dump_yaml(job))
+        with log_to(folder / "run.log", rt.is_main):
+            report = _stages(job, defense, splits, folder, rt)
+        if rt.is_main:
+            write_report(folder, report)
+        rt.accelerator.wait_for_everyone()
+    return report
+
+
+def _stages(job: CleanJob, defense: DefenseConfig, splits: Splits, out: Path, rt: Runtime) -> dict:
+    suspect = model_fingerprint(job.model)
+    teacher = None
+    if resolve(defense).spec.needs_teacher:
+        teacher = Stage.of("teacher", out / "teacher", job.data, job.teacher, suspect, job.seed)
+        teacher.run(rt, lambda: run_teacher(job.teacher, splits, job.model, rt, teacher.folder, job.seed))
+    stage = Stage.of(f"defense {defense.row_name}", out / "defense", suspect, teacher and teacher.key,
+                     resolved_dict(defense), job.data, job.seed)
+    trained = stage.run(rt, lambda: run_defense(DefenseJob(
+        student=job.model, teacher=str(teacher.folder / "model") if teacher else None, splits=splits, cfg=defense,
+        rt=rt, out_dir=stage.folder, seed=job.seed)))
+    merged = Stage.of("model (merged, standalone)", out / MODEL_DIR, stage.key)
+    merged.run(rt, lambda: _merge(stage.folder / "model", merged.folder, splits.num_labels, rt))
+    before = Stage.of("evaluate the suspect", out / "eval" / "before", suspect, job.triggers, job.target_label,
+                      job.eval, job.data, job.seed)
+    after = Stage.of("evaluate the cleaned model", out / "eval" / "after", merged.key, job.triggers,
+                     job.target_label, job.eval, job.data, job.seed)
+    measured = {}
+    for name, evaluation, model in (("before", before, job.model), ("after", after, str(out / MODEL_DIR))):
+        measured[name] = evaluation.run(rt, lambda e=evaluation, m=model: _evaluate(m, job, splits, e.folder, rt))
+    return {"model": job.model, "base_model": job.base_model, "defense": to_dict(defense),
+            "defense_stage_time_s": trained.get("stage_wall_time_s"), "selected_step": trained.get("selected_step"),
+            "before": _strip(measured["before"]), "after": _strip(measured["after"]),
+            "cleaned_model": str(out / MODEL_DIR), "environment": environment()}
+
+
+def _strip(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k != "stage_wall_time_s"}
+
+
+def _merge(trained: Path, out: Path, num_labels: int, rt: Runtime) -> dict:
+    """The defense's model as plain weights: an adapter folded into its base, full weights saved as they are."""
+    if rt.is_main:
+        merge_adapter(trained, out, num_labels, rt.dtype)
+    rt.accelerator.wait_for_everyone()
+    return {}
+
+
+def _evaluate(model: str, job: CleanJob, splits: Splits, folder: Path, rt: Runtime) -> dict:
+    """CA on the clean test split and, per candidate trigger, its ASR-cc toward each label."""
+    clf = load_classifier(model, splits.num_labels, rt.dtype)
+    test, cfg = splits.test, job.eval
+    pad = clf.tokenizer.pad_token_id
+    clean = predict_logits(clf.model, encode(clf.tokenizer, test, cfg.max_length), pad, cfg.batch_size, rt, "clean test")
+    labels, idx = [e.label for e in test], [e.idx for e in test]
+    metrics = {"clean_accuracy": backdoor_metrics(clean, labels, idx, clean[:0], [], 0)["clean_accuracy"],
+               "clean_total": len(test), "triggers": []}
+    targets = range(splits.num_labels) if job.target_label is None else [job.target_label]
+    for trigger in job.triggers:
+        rng = random.Random(job.seed)  # the same positions before and after
+        triggered = [Example(insert_trigger(e.text, trigger, 1, "interior", rng)[0], e.label, e.idx) for e in test]
+        logits = predict_logits(clf.model, encode(clf.tokenizer, triggered, cfg.max_length), pad, cfg.batch_size, rt,
+                                f"with {trigger[:20]!r}")
+        metrics["triggers"].append({"trigger": trigger, **_per_target(clean, labels, idx, logits, targets)})
+    if rt.is_main:
+        write_json(folder / "metrics.json", metrics)
+    return metrics
+
+
+def _per_target(clean: torch.Tensor, labels: list[int], idx: list[int], logits: torch.Tensor, targets) -> dict:
+    """ASR-cc toward each candidate target (over the rows of other labels), and the highest."""
+    by_label = {}
+    for target in targets:
+        keep = [i for i, y in enumerate(labels) if y != target]
+        m = backdoor_metrics(clean, labels, idx, logits[keep], [idx[i] for i in keep], target)
+        by_label[str(target)] = {"asr_cc": m["attack_success_rate_clean_correct"],
+                                 "rows": m["triggered_clean_correct_total"]}
+    top = max(by_label, key=lambda k: by_label[k]["asr_cc"])
+    return {"asr_cc": by_label[top]["asr_cc"], "target_label": int(top), "by_label": by_label}
+
+
+def summary_lines(report: dict) -> list[str]:
+    """What the command did, in words; the last line is the one a user reads."""
+    before, after = report["before"], report["after"]
+    lines = [f"{report['defense']['name']} on {report['model']}: clean accuracy {before['clean_accuracy']:.1%} -> "
+             f"{after['clean_accuracy']:.1%} on {after['clean_total']} clean test rows."]
+    for b, a in zip(before["triggers"], after["triggers"]):
+        lines.append(f"trigger {b['trigger']!r}: ASR-cc {b['asr_cc']:.1%} (label {b['target_label']}) -> "
+                     f"{a['asr_cc']:.1%} (label {a['target_label']}).")
+    if not before["triggers"]:
+        lines.append("no candidate trigger given (--trigger, --triggers): the backdoor itself was not measured.")
+    lines.append(f"cleaned model: {report['cleaned_model']} (plain weights and tokenizer: "
+                 "AutoModelForSequenceClassification.from_pretrained loads it).")
+    return lines
+
+
+def write_report(out: Path, report: dict) -> None:
+    """report.json (everything) and report.md (the lines and a table)."""
+    lines = summary_lines(report)
+    write_json(out / "report.json", {**report, "summary": lines})
+    rows = ["| | CA | " + " | ".join(f"ASR-cc {t['trigger'][:30]!r}" for t in report["before"]["triggers"]) + " |",
+            "|---|---|" + "---|" * len(report["before"]["triggers"])]
+    for name in ("before", "after"):
+        m = report[name]
+        cells = [f"{t['asr_cc']:.2%} (label {t['target_label']})" for t in m["triggers"]]
+        rows.append(f"| {'suspect' if name == 'before' else 'cleaned'} | {m['clean_accuracy']:.2%} | "
+                    + " | ".join(cells) + " |")
+    text = ("# w2sdefense clean\n\n" + "".join(f"- {line}\n" for line in lines) + "\n" + "\n".join(rows) + "\n\n"
+            "ASR-cc: of the clean test rows of other labels that the model classifies correctly, the share the "
+            "trigger (inserted once, at a seeded interior position) sends to the label. Without a clean "
+            "reference model there is no floor: a model that never saw a trigger also flips a few percent "
+            "(README, Results). Settings: config.yaml; every stage's log: run.log and its folder.\n")
+    atomic_write_text(out / "report.md", text)
