@@ -31,7 +31,7 @@ from pathlib import Path
 
 import yaml
 
-from w2sdefense.config import DefenseConfig, ExperimentConfig, from_dict, load_config, merge_dicts, to_dict
+from w2sdefense.config import DefenseConfig, ExperimentConfig, from_dict, load_config, merge_dicts, read_yaml, to_dict
 from w2sdefense.fileio import write_json
 
 HERE = Path(__file__).resolve().parent
@@ -319,7 +319,7 @@ def comparison_rows(result: dict) -> list[tuple[str, list[dict], dict]]:
     with different labels (a control, a reset) stay apart."""
     rows = {r["model"]: r for r in result["rows"]}
     # The preset's order (the results' config holds only the last invocation's rows).
-    preset = yaml.safe_load((HERE.parent / "configs" / f"sst2-{result['attack']}.yaml").read_text())
+    preset = read_yaml(HERE.parent / "configs" / f"sst2-{result['attack']}.yaml")  # its base's rows included
     order = [d.get("label") or d["name"] for d in preset["defenses"]]
     seed = result["config"]["seed"]
     by_defense: dict[str, list] = {}

@@ -65,8 +65,9 @@ def make_runtime(cfg: RuntimeConfig) -> Runtime:
     set_threads(cfg.num_threads)
     # `batch_size` is the global batch: train/batching.ShardedBatches cuts it across processes.
     accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_bf16 else "no")
-    # Weights load in bf16 on GPUs (an 8B student must); on CPU fp32 is faster and exact.
-    dtype = torch.bfloat16 if (use_bf16 and use_cuda) else torch.float32
+    # Weights load in bf16 on GPUs (an 8B student must). On CPU `auto` stays fp32 (faster and exact there), and
+    # an explicit `precision: bf16` takes the GPU's path: bf16 weights under bf16 autocast (the tests run it).
+    dtype = torch.bfloat16 if use_bf16 else torch.float32
     return Runtime(accelerator, dtype, cfg.gradient_checkpointing)
 
 

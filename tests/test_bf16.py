@@ -1,0 +1,86 @@
+"""The bf16 path every GPU run takes, on CPU: `runtime.precision=bf16` loads weights in bf16 under bf16
+autocast. Every stage and every defense runs on tiny models, with gradient checkpointing off and on, and
+what they save is in bf16 (adapters in the dtype PEFT gives them); losses and metrics stay finite."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors import safe_open
+
+from cli_helpers import run_cli
+
+LORA = {"epochs": 1, "lr": 1.0e-3, "batch_size": 16, "max_length": 32, "lora": {"r": 4, "alpha": 8}}
+DEFENSES = [
+    {"name": "w2sdefense", "train": LORA},
+    {"name": "w2sdefense", "label": "w2s-depths", "alignment": "relational", "depths": [0.5, 1.0], "train": LORA},
+    {"name": "w2sdefense", "label": "w2s-reference", "alignment": "reference", "train": LORA},
+    {"name": "lora-ft", "train": LORA},
+    {"name": "fine-mixing", "base_model": "tiny-llama", "rho": 0.3, "train": LORA},
+    {"name": "crow", "train": LORA},
+    {"name": "nad", "teacher_epochs": 1, "layers": 2, "train": LORA},
+    {"name": "fine-pruning", "rows": 32, "train": LORA},
+    {"name": "full-ft", "train": {"epochs": 1, "lr": 1.0e-3, "batch_size": 16, "max_length": 32}},
+    {"name": "strip", "copies": 2, "max_length": 32},
+    {"name": "rap", "epochs": 1, "rows": 32, "max_length": 32},
+]
+
+
+def _data(folder: Path) -> Path:
+    rng = random.Random(0)
+    words = {0: ["bad", "dull", "awful", "weak"], 1: ["good", "fine", "great", "fun"]}
+    folder.mkdir()
+    for split, n in (("train", 160), ("dev", 32), ("test", 48)):
+        rows = [{"text": " ".join(rng.choice(words[i % 2]) for _ in range(5)), "label": i % 2} for i in range(n)]
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return folder
+
+
+def _dtypes(folder: Path) -> set[str]:
+    found = set()
+    for path in folder.glob("*.safetensors"):
+        with safe_open(str(path), "pt") as f:
+            found |= {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+    return found
+
+
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "checkpointing"])
+def test_every_stage_and_defense_runs_in_bf16(tmp_path, checkpointing):
+    config = {
+        "name": "tiny-bf16", "output_dir": str(tmp_path / "run"), "seed": 3,
+        "runtime": {"device": "cpu", "precision": "bf16", "gradient_checkpointing": checkpointing},
+        "data": {"dataset": str(_data(tmp_path / "data"))},
+        "attack": {"name": "badnet"}, "poison": {"target_label": 0, "count": 24},
+        "victim": {"model": "tiny-llama", "train": {"method": "full", "epochs": 2, "lr": 3.0e-3, "batch_size": 16,
+                                                    "max_length": 32}},
+        "clean_model": True,
+        "teacher": {"model": "tiny-bert", "train": {"epochs": 1, "lr": 1.0e-3, "max_length": 32}},
+        "defenses": DEFENSES,
+        "eval": {"batch_size": 32, "max_length": 32, "probe_rows": 16},
+    }
+    path = tmp_path / "bf16.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = run_cli("run", str(path), env={"W2S_DATA_DIR": "/nonexistent"})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = tmp_path / "run"
+    report = json.loads((run / "report.json").read_text())
+    names = [r["model"] for r in report["rows"]]
+    assert names == ["clean model", "poisoned", "teacher", *[d.get("label") or d["name"] for d in DEFENSES]]
+    for row in report["rows"]:
+        for key in ("clean_accuracy", "attack_success_rate"):
+            assert row[key] is not None and math.isfinite(row[key]), (row["model"], key)
+    # Full weights are saved in bf16; an adapter keeps the dtype PEFT gives it (its base in bf16).
+    assert _dtypes(run / "victim" / "model") == {"BF16"}
+    assert _dtypes(run / "defenses" / "full-ft" / "model") == {"BF16"}
+    assert _dtypes(run / "defenses" / "fine-mixing" / "base") == {"BF16"}  # the reset model, the adapter's base
+    assert _dtypes(run / "defenses" / "w2sdefense" / "model") <= {"BF16", "F32"}
+    assert _dtypes(run / "defenses" / "w2sdefense" / "model")
+    for name in ("w2sdefense", "w2s-depths", "crow", "nad"):
+        history = json.loads((run / "defenses" / name / "metrics.json").read_text())["history"]
+        assert history and all(math.isfinite(v) for h in history for k, v in h.items()
+                               if isinstance(v, float) and k != "lr"), name
