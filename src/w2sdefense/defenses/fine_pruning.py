@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from transformers.pytorch_utils import Conv1D
 
 from w2sdefense.config import check_positive
 from w2sdefense.defenses.base import DefenseJob, fine_tune, prepare, register_defense
@@ -51,26 +52,36 @@ def transformer_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     raise UserError(f"fine-pruning found no stack of {count} transformer layers in {type(model).__name__}")
 
 
-def mlp_output(layer: torch.nn.Module, hidden: int) -> torch.nn.Linear:
-    """A layer's MLP output projection: the Linear from the intermediate width down to the hidden size."""
-    found = [m for m in layer.modules() if isinstance(m, torch.nn.Linear) and m.out_features == hidden
-             and m.in_features > hidden]
+def in_out(module: torch.nn.Module) -> tuple[int, int] | None:
+    """(input, output) width of a linear map: nn.Linear, or GPT-2's Conv1D (its weight is [in, out])."""
+    if isinstance(module, torch.nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, Conv1D):
+        return tuple(module.weight.shape)
+    return None
+
+
+def mlp_output(layer: torch.nn.Module, hidden: int) -> torch.nn.Module:
+    """A layer's MLP output projection: the linear map from the intermediate width down to the hidden size."""
+    found = [m for m in layer.modules() if (io := in_out(m)) and io[1] == hidden and io[0] > hidden]
     if len(found) != 1:
         raise UserError(f"fine-pruning needs one MLP output projection per layer; found {len(found)} in "
                         f"{type(layer).__name__}")
     return found[0]
 
 
-def neuron_activity(clf: Classifier, projections: list[torch.nn.Linear], rows: list, max_length: int,
+def neuron_activity(clf: Classifier, projections: list[torch.nn.Module], rows: list, max_length: int,
                     batch_size: int, rt: Runtime) -> list[torch.Tensor]:
     """Per projection, the mean |input| of each input channel over the real tokens of `rows` (Examples)."""
-    sums = [torch.zeros(p.in_features) for p in projections]
+    sums = [torch.zeros(in_out(p)[0]) for p in projections]
     count = [0]
     mask_now = {}
 
     def hook(i):
         def record(module, args):
-            x = args[0].float().abs() * mask_now["mask"]
+            mask = mask_now["mask"]
+            x = args[0].float().abs().reshape(*mask.shape[:2], -1)  # OPT feeds its MLP [batch * length, width]
+            x = x * mask
             sums[i].add_(x.sum(dim=(0, 1)).cpu())
         return record
 
@@ -98,17 +109,20 @@ def prune(clf: Classifier, settings: FinePruningSettings, rows: list, max_length
     activity = neuron_activity(clf, projections, rows, max_length, settings.batch_size, rt)
     pruned = []
     for proj, act in zip(projections, activity):
-        k = int(settings.ratio * proj.in_features)
+        width = in_out(proj)[0]
+        k = int(settings.ratio * width)
         idx = torch.argsort(act)[:k]  # the most dormant on clean data
-        keep = torch.ones(proj.in_features, dtype=proj.weight.dtype)
+        keep = torch.ones(width, dtype=proj.weight.dtype)
         keep[idx] = 0
+        # The input channels are the columns of a Linear's weight, the rows of a Conv1D's.
+        shaped = keep if isinstance(proj, torch.nn.Linear) else keep[:, None]
         with torch.no_grad():
-            proj.weight.mul_(keep.to(proj.weight.device))
+            proj.weight.mul_(shaped.to(proj.weight.device))
         # Full fine-tuning must not revive them: their gradient is masked too (a hook stays on the
         # tensor whatever its requires_grad later becomes).
         frozen = not proj.weight.requires_grad
         proj.weight.requires_grad_(True)
-        proj.weight.register_hook(lambda grad, keep=keep: grad * keep.to(grad.device))
+        proj.weight.register_hook(lambda grad, shaped=shaped: grad * shaped.to(grad.device))
         proj.weight.requires_grad_(not frozen)
         proj.w2s_prune_keep = keep  # for keep_pruned_under_lora, once an adapter wraps the projection
         pruned.append(k)
