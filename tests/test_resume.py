@@ -208,3 +208,34 @@ def test_run_continues_its_unfinished_stage(shared_data, tmp_path):
     metrics = json.loads((out / "victim" / "metrics.json").read_text())
     assert metrics["resumed_from_step"] == stopped and metrics["steps"] == 20 * 19
     assert (out / "report.json").is_file() and not (out / "victim" / "resume").exists()
+
+
+def test_cli_train_killed_before_its_first_state_starts_over_with_the_same_command(tmp_path):
+    data = _data(tmp_path)
+    rows = (data / "train.jsonl").read_text().splitlines()
+    (data / "train.jsonl").write_text("\n".join(rows * 40) + "\n")  # a long first epoch: no state before its end
+    out = tmp_path / "cut"
+    args = _train_args(data, out)
+    args[args.index("train.eval_every=4")] = "train.eval_every=100000"
+    args[args.index("train.epochs=40")] = "train.epochs=1"
+    proc = _start(args)
+    deadline = time.monotonic() + 300
+    while not (out / "train.log").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(1.5)  # into training, long before its end
+    assert proc.poll() is None, "the run finished before it could be stopped"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert (out / "config.yaml").is_file() and not (out / "resume" / "state.json").exists()
+    assert not (out / "metrics.json").exists()
+    again = run_cli(*args, env={})  # the same command, no flag
+    assert again.returncode == 0, again.stderr
+    assert "stopped before its first saved state; starting it over" in again.stderr
+    assert (out / "metrics.json").is_file()
+    # Other settings on that folder are still refused, and a user's file in it is never replaced.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    refused = run_cli(*_train_args(data, other), env={})
+    assert "--overwrite" in error_line(refused) and (other / "notes.txt").read_text() == "mine"

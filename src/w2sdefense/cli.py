@@ -140,11 +140,16 @@ def _output(out: Path, overwrite: bool, resume: bool, job, rt, inputs: dict) -> 
     """
     from w2sdefense.config import dump_yaml
     from w2sdefense.fileio import atomic_write_text
-    from w2sdefense.rundir import check_outside_inputs, claim_run_dir, made_by_tool, unfinished
+    from w2sdefense.rundir import (check_outside_inputs, claim_run_dir, made_by_tool, stopped_before_any_state,
+                                   unfinished)
 
     check_outside_inputs(out, inputs)
     settings = dump_yaml(job)
     continuing = not overwrite and made_by_tool(out) and unfinished(out)
+    if not overwrite and not continuing and stopped_before_any_state(out, settings):
+        # Killed before its first dev evaluation: nothing to continue and nothing of anyone's to lose.
+        typer.echo(f"{out}: a run of these settings stopped before its first saved state; starting it over", err=True)
+        overwrite = True
     if resume and not continuing:
         raise UserError(f"nothing to resume in {out}: it holds no unfinished run"
                         + (" (--overwrite starts over)" if overwrite else ""))

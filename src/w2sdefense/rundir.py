@@ -39,6 +39,21 @@ def unfinished(path: str | Path) -> bool:
     return (state / RESUME_STATE).is_file() or state.with_name(RESUME_DIR + ".old").is_dir()
 
 
+# What `train`, `teacher` and `defend` write before their first dev evaluation saves a resumable state.
+_BEFORE_STATE = {*BOOKKEEPING, "config.yaml", "train.log", RESUME_DIR, "base"}
+
+
+def stopped_before_any_state(path: str | Path, settings: str) -> bool:
+    """True for a folder this tool made for a run of exactly `settings` that was stopped before it saved any
+    state: only its config, log and bookkeeping (an empty resume/, a LoRA base) are there, no model, no metrics."""
+    path = Path(path)
+    if not made_by_tool(path) or unfinished(path) or not (path / "config.yaml").is_file():
+        return False
+    if (path / "config.yaml").read_text(encoding="utf-8") != settings:
+        return False
+    return all(entry.name in _BEFORE_STATE and not entry.is_symlink() for entry in path.iterdir())
+
+
 def made_by_tool(path: str | Path) -> bool:
     """True when `path` is a folder this tool made (it carries the marker file)."""
     return (Path(path) / MARKER).is_file()
