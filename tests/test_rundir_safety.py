@@ -209,6 +209,37 @@ def test_commands_on_a_folder_in_use_fail_at_once_naming_the_process(tmp_path):
         assert sorted(p.name for p in folder.iterdir()) == sorted([MARKER, LOCK_FILE, "checkpoint"])
 
 
+@pytest.mark.parametrize("target", ["a file of the user's", "a name nothing has yet"])
+def test_a_lock_that_is_a_link_is_refused_and_what_it_names_is_left_alone(tmp_path, target):
+    mine = tmp_path / "notes.txt"
+    if target == "a file of the user's":
+        mine.write_text("my notes\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / LOCK_FILE
+    lock.symlink_to(mine)
+    with pytest.raises(UserError, match="is not a regular file"):
+        with claim_run_dir(out, overwrite=False):
+            pytest.fail("a folder whose lock is a link was claimed")
+    data = make_dataset(tmp_path / "ds")
+    line = error_line(w2s("poison", "--data", str(data), "--out", str(out), "--overwrite", "--set", "poison.count=2"))
+    assert f"{lock} is not a regular file" in line
+    if target == "a file of the user's":
+        assert mine.read_text() == "my notes\n"  # not truncated, no pid written into it
+    else:
+        assert not mine.exists()  # not created through the link
+    assert lock.is_symlink() and [p.name for p in out.iterdir()] == [LOCK_FILE]
+
+
+def test_a_folder_in_the_locks_place_is_refused_in_one_line(tmp_path):
+    out = tmp_path / "out"
+    (out / LOCK_FILE).mkdir(parents=True)
+    with pytest.raises(UserError, match="is not a regular file"):
+        with claim_run_dir(out, overwrite=False):
+            pytest.fail("a folder whose lock is a folder was claimed")
+    assert (out / LOCK_FILE).is_dir()
+
+
 # ------------------------------------------------------------------------------------------------
 # 3. A failed command leaves no folder it made
 

@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
 import shutil
+import stat
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -244,7 +246,7 @@ def _mark(path: Path) -> None:
 
 def _lock(path: Path) -> int:
     """Take the folder's exclusive lock and record our pid in it; refuse at once if it is held."""
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open_lock(path / LOCK_FILE, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -257,6 +259,26 @@ def _lock(path: Path) -> int:
     return fd
 
 
+def _open_lock(lock: Path, flags: int) -> int:
+    """Open the lock file itself: never the file a link names, never a folder, pipe or device.
+
+    A link planted as the lock would otherwise have its target truncated (or created) and our pid
+    written into it; O_NONBLOCK keeps a pipe there from hanging the open.
+    """
+    try:
+        fd = os.open(lock, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise
+        fd = None
+    if fd is not None and stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    if fd is not None:
+        os.close(fd)
+    raise UserError(f"{lock} is not a regular file (a link, a folder, a pipe or a device), so it is no w2sdefense "
+                    "lock and is never opened or written through; remove it, or choose another output folder")
+
+
 def _unlock(path: Path, fd: int) -> None:
     _held.pop(path.resolve(), None)
     os.close(fd)  # closing releases the lock; the file stays, so no waiter locks a deleted inode
@@ -264,9 +286,9 @@ def _unlock(path: Path, fd: int) -> None:
 
 def _refuse_if_locked(lock: Path) -> None:
     """Refuse when another command holds `lock` (a lock this process holds is fine)."""
-    if lock.parent.resolve() in _held or not lock.is_file():
-        return
-    fd = os.open(lock, os.O_RDONLY)
+    if lock.parent.resolve() in _held or lock.is_symlink() or not lock.is_file():
+        return  # the tool never makes a lock that is a link: nobody holds it
+    fd = _open_lock(lock, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
