@@ -16,7 +16,8 @@ from w2sdefense.errors import UserError
 from cli_helpers import error_line, run_cli
 from w2sdefense.fileio import sha256_file, write_json
 from w2sdefense.pipeline import run_experiment
-from w2sdefense.rundir import LOCK_FILE, MARKER, check_outside_inputs, claim_run_dir, prepare_run_dir
+from w2sdefense.rundir import (LOCK_FILE, MARKER, check_outside_inputs, check_outside_models, claim_run_dir,
+                               prepare_run_dir)
 
 TINY_TRAIN = ("--set", "train.epochs=1", "--set", "train.max_length=16", "--set", "train.batch_size=8")
 
@@ -302,6 +303,50 @@ def test_evaluate_checks_its_output_before_any_work(tmp_path, poison_dir):
         proc = w2s(*base, "--out", str(run / "eval.json"), *flags)
         assert proc.returncode == 0, proc.stderr
     assert (run / "metrics.json").read_bytes() == before
+
+
+def test_an_output_file_inside_the_model_read_is_refused_and_one_beside_it_is_not(tmp_path):
+    run = prepare_run_dir(tmp_path / "victim", overwrite=False)
+    (run / "model").mkdir()
+    (run / "model" / "config.json").write_text("{}")
+    for out in (run / "model" / "model.safetensors", run / "model" / "eval.json", run / "base" / "eval.json"):
+        with pytest.raises(UserError, match=r"lies inside the model folder .* \(--model\), which this command reads"):
+            check_outside_models(out, {"--model": str(run)})
+    check_outside_models(run / "eval.json", {"--model": str(run)})  # beside the model, as the README shows
+    check_outside_models(tmp_path / "eval.json", {"--model": str(run)})
+    # A checkpoint folder given itself: none of its files, and the run around it is fine.
+    with pytest.raises(UserError, match="lies inside the model folder"):
+        check_outside_models(run / "model" / "eval.json", {"--model": str(run / "model")})
+    check_outside_models(run / "eval.json", {"--model": str(run / "model")})
+    check_outside_models(tmp_path / "tiny-bert" / "eval.json", {"--model": "tiny-bert", "--student": None})
+    weights = run / "model" / "model.safetensors"
+    weights.write_bytes(b"weights")
+    with pytest.raises(UserError, match=r"is the model .* \(--model\), which this command reads"):
+        check_outside_models(weights, {"--model": str(weights)})
+    # A run folder the tool did not mark still counts as one when it holds model/.
+    legacy = tmp_path / "legacy"
+    (legacy / "model").mkdir(parents=True)
+    check_outside_models(legacy / "eval.json", {"--model": str(legacy)})
+    with pytest.raises(UserError, match="lies inside the model folder"):
+        check_outside_models(legacy / "model" / "model.safetensors", {"--model": str(legacy)})
+
+
+def test_evaluate_never_writes_its_metrics_over_the_weights_it_measures(tmp_path, poison_dir):
+    run = prepare_run_dir(tmp_path / "victim", overwrite=False)
+    weights = run / "model" / "model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"the run's weights")
+    base = ("evaluate", "--data", str(poison_dir), "--set", "eval.max_length=16", "--overwrite")
+    line = error_line(w2s(*base, "--model", str(run), "--out", str(weights)))
+    assert f"lies inside the model folder {run} (--model)" in line
+    # The model behind an input filter is read too (the filter's record names it).
+    flt = prepare_run_dir(tmp_path / "strip", overwrite=False)
+    write_json(flt / "filter.json", {"defense": "strip", "student": str(run), "settings": {}, "state": {}})
+    line = error_line(w2s(*base, "--model", str(flt), "--out", str(weights)))
+    assert f"lies inside the model folder {run} (the model behind the filter)" in line
+    assert "run folder" in error_line(w2s(*base, "--model", str(flt), "--out", str(flt / "filter.json")))
+    assert weights.read_bytes() == b"the run's weights"
+    assert json.loads((flt / "filter.json").read_text())["student"] == str(run)
 
 
 # ------------------------------------------------------------------------------------------------

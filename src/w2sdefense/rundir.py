@@ -71,14 +71,18 @@ def check_replaceable(path: str | Path, overwrite: bool) -> Path:
     return path
 
 
+def _paths(inputs: Mapping[str, str | Path | None]) -> Iterator[tuple[str, Path, Path]]:
+    """(label, path as given, resolved path) of each input that exists on disk."""
+    for label, value in inputs.items():
+        source = Path(value).expanduser() if value else None
+        if source is not None and source.exists():  # else a built-in model or hub name, not a path
+            yield label, source, source.resolve()
+
+
 def check_outside_inputs(out: str | Path, inputs: Mapping[str, str | Path | None]) -> None:
     """Refuse an output that is, contains or lies inside an input (labelled: "--data", "config file")."""
     target = Path(out).expanduser().resolve()
-    for label, value in inputs.items():
-        source = Path(value).expanduser() if value else None
-        if source is None or not source.exists():
-            continue  # a built-in model or hub name, not a path
-        real = source.resolve()
+    for label, source, real in _paths(inputs):
         relation = ("is" if real == target else "contains" if target in real.parents
                     else "lies inside" if real in target.parents else None)
         if relation:
@@ -100,6 +104,23 @@ def check_output_file(path: str | Path, overwrite: bool) -> Path:
     return path
 
 
+def check_outside_models(out: str | Path, models: Mapping[str, str | None]) -> None:
+    """Refuse an output file that is a model given as input (labelled: "--model") or lies inside its folder.
+
+    A run folder's top level may take a metrics file beside its model (RUN/eval.json; check_output_file
+    keeps the run's records); everything below it (model/, base/, resume/) and every file of a checkpoint
+    folder belong to the model the command loads.
+    """
+    target = Path(out).expanduser().resolve()
+    for label, source, real in _paths(models):
+        run = real.is_dir() and (made_by_tool(real) or (real / "model").is_dir())
+        if real == target:
+            raise UserError(f"the output {out} is the model {source} ({label}), which this command reads")
+        if real in target.parents and not (run and target.parent == real):
+            raise UserError(f"the output {out} lies inside the model folder {source} ({label}), which this command "
+                            "reads; choose an output outside it" + (f", e.g. {source / 'eval.json'}" if run else ""))
+
+
 def _refuse_file_parent(path: Path) -> None:
     blocker = next((p for p in path.parents if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
@@ -107,7 +128,7 @@ def _refuse_file_parent(path: Path) -> None:
 
 
 RUN_RECORDS = ("metrics.json", "stage.json", "config.yaml", "report.json", "report.md", "poison.json",
-               "train.jsonl", "dev.jsonl", "test.jsonl", "test_triggered.jsonl")
+               "train.jsonl", "dev.jsonl", "test.jsonl", "test_triggered.jsonl", "filter.json")
 
 
 def _belongs_to_run(path: Path) -> bool:
