@@ -213,6 +213,25 @@ def test_a_non_utf8_config_file_names_its_line(tmp_path: Path) -> None:
         read_yaml(path)
 
 
+def test_an_override_of_an_aliased_section_changes_that_section_only(tmp_path: Path) -> None:
+    path = tmp_path / "shared.yaml"
+    path.write_text("victim:\n  train: &t {epochs: 1, lora: {r: 4}}\nteacher:\n  train: *t\n", encoding="utf-8")
+    cfg = load_config(ExperimentConfig, path, ["victim.train.epochs=3", "victim.train.lora.r=8"])
+    assert (cfg.victim.train.epochs, cfg.victim.train.lora.r) == (3, 8)
+    assert (cfg.teacher.train.epochs, cfg.teacher.train.lora.r) == (1, 4)
+    data = read_yaml(path)
+    assert data["victim"]["train"] == data["teacher"]["train"]
+    assert data["victim"]["train"]["lora"] is not data["teacher"]["train"]["lora"]
+    # A merge key (<<) and aliases inside an override's own value load as copies too.
+    path.write_text("victim:\n  train: &t {lora: {r: 4}}\nteacher:\n  train: {<<: *t, epochs: 2}\n", encoding="utf-8")
+    cfg = load_config(ExperimentConfig, path, ["teacher.train.lora.r=16"])
+    assert (cfg.victim.train.lora.r, cfg.teacher.train.lora.r, cfg.teacher.train.epochs) == (4, 16, 2)
+    data = {}
+    apply_override(data, "defenses=[{name: lora-ft, train: &d {lr: 1.0e-3}}, {name: full-ft, train: *d}]")
+    apply_override(data, "defenses.1.train.lr=1.0e-4")
+    assert [d["train"]["lr"] for d in data["defenses"]] == [1.0e-3, 1.0e-4]
+
+
 def test_override_through_a_scalar_is_a_user_error() -> None:
     with pytest.raises(UserError, match="train.lr"):
         apply_override({"train": {"lr": 1e-3}}, "train.lr.x=1")

@@ -460,11 +460,25 @@ def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int])
 
 
 def load_yaml_text(text: str) -> Any:
-    """yaml.safe_load, refusing alias expansion past MAX_YAML_VALUES (yaml.YAMLError, as any malformed text)."""
+    """yaml.safe_load, refusing alias expansion past MAX_YAML_VALUES (yaml.YAMLError, as any malformed text);
+    every alias loads as a copy of its anchor's value."""
     try:
-        return yaml.load(text, Loader=_BoundedLoader)
+        return _unshared(yaml.load(text, Loader=_BoundedLoader))
     except RecursionError:
         raise yaml.YAMLError("nested too deeply") from None
+
+
+def _unshared(value: Any) -> Any:
+    """YAML data in which no mapping or list sits in two places.
+
+    An alias (`train: *t`, a `<<: *t` merge) loads as the very object of its anchor, so an override of
+    one section would change the other too. copy.deepcopy would keep that sharing (its memo).
+    """
+    if isinstance(value, dict):
+        return {key: _unshared(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_unshared(item) for item in value]
+    return value
 
 
 def read_yaml(path: str | Path) -> dict:
