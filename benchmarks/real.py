@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import shutil
 import statistics
 from pathlib import Path
@@ -32,6 +33,7 @@ from pathlib import Path
 import yaml
 
 from w2sdefense.config import DefenseConfig, ExperimentConfig, from_dict, load_config, merge_dicts, read_yaml, to_dict
+from w2sdefense.eval.metrics import NOT_DEFINED
 from w2sdefense.fileio import write_json
 
 HERE = Path(__file__).resolve().parent
@@ -216,12 +218,30 @@ def summary(results: dict[str, dict]) -> dict:
     return out
 
 
-def _stat(values: list[float], floor: float = 0.0) -> str:
-    """mean ± sd (n) in points; sd needs two values."""
-    points = [100 * (v - floor) for v in values]
-    mean = statistics.fmean(points)
+def _in_points(values: list[float | None], floor: float | None = 0.0) -> list[float]:
+    """The values in points above `floor`, leaving out rates over zero rows (None; all of them when the floor
+    is one)."""
+    return [] if floor is None else [100 * (v - floor) for v in values if v is not None]
+
+
+def _pts(value: float | None, floor: float | None = 0.0, spec: str = ".1f") -> str:
+    """One rate in points above `floor`, or n/a when it or the floor is over zero rows."""
+    points = _in_points([value], floor)
+    return format(points[0], spec) if points else NOT_DEFINED
+
+
+def _mean_sd(points: list[float], of: int, sign: str = "") -> str:
+    """mean ± sd (n) of `points` (sd needs two), saying how many of the `of` values were n/a; n/a for none."""
+    if not points:
+        return NOT_DEFINED
     sd = f" ± {statistics.stdev(points):.1f}" if len(points) > 1 else ""
-    return f"{mean:.1f}{sd} (n={len(points)})"
+    missing = f", {of - len(points)} {NOT_DEFINED}" if of > len(points) else ""
+    return f"{statistics.fmean(points):{sign}.1f}{sd} (n={len(points)}{missing})"
+
+
+def _stat(values: list[float | None], floor: float | None = 0.0) -> str:
+    """mean ± sd (n) in points; rates over zero rows are left out."""
+    return _mean_sd(_in_points(values, floor), len(values))
 
 
 def main_table(summ: dict) -> str:
@@ -232,8 +252,8 @@ def main_table(summ: dict) -> str:
     for attack, e in summ["attacks"].items():
         floor = e["clean"]["asr_cc"][0] if e["clean"] else 0.0
         p = e["poisoned"]
-        head = (f"{100 * e['clean']['ca'][0]:.1f} / {100 * floor:.1f}" if e["clean"] else "–",
-                f"{100 * p['ca'][0]:.1f} / {100 * p['asr_cc'][0]:.1f} ({100 * (p['asr_cc'][0] - floor):+.1f})")
+        head = (f"{100 * e['clean']['ca'][0]:.1f} / {_pts(floor)}" if e["clean"] else "–",
+                f"{100 * p['ca'][0]:.1f} / {_pts(p['asr_cc'][0])} ({_pts(p['asr_cc'][0], floor, '+.1f')})")
         for name in [n for n in MAIN_DEFENSES if n in e["defenses"]]:
             d = e["defenses"][name]
             lines.append(f"| {attack} | {head[0]} | {head[1]} | {name} ({d['steps']} steps) | {_stat(d['ca'])} | "
@@ -249,13 +269,13 @@ def attack_table(results: dict[str, dict]) -> str:
         cfg, rows = result["config"], {r["model"]: r for r in result["rows"]}
         t, clean, p = cfg["victim"]["train"], rows.get("clean model"), rows["poisoned"]
         recipe = f"{t['method']}, {t['epochs']:g} epochs, lr {t['lr']:g}, {t['select']}"
-        probe = ", ".join(f"{h['step']}: {100 * h['probe_asr_cc']:.1f} ({100 * h['dev_accuracy']:.1f})"
+        probe = ", ".join(f"{h['step']}: {_pts(h['probe_asr_cc'])} ({100 * h['dev_accuracy']:.1f})"
                           for h in result.get("victim_history", []) if "probe_asr_cc" in h)
+        floor = _pts(clean["attack_success_rate_clean_correct"], spec=".2f") if clean else None
         lines.append(
             f"| {attack} | {cfg['poison']['count']} of {cfg['data']['max_train']} ({cfg['poison']['mode']}) | {recipe} | "
-            + (f"{100 * clean['clean_accuracy']:.2f} / {100 * clean['attack_success_rate_clean_correct']:.2f} | "
-               if clean else "– | ")
-            + f"{100 * p['clean_accuracy']:.2f} / {100 * p['attack_success_rate_clean_correct']:.2f} / "
+            + (f"{100 * clean['clean_accuracy']:.2f} / {floor} | " if clean else "– | ")
+            + f"{100 * p['clean_accuracy']:.2f} / {_pts(p['attack_success_rate_clean_correct'], spec='.2f')} / "
               f"{100 * p['attack_success_rate']:.2f} | {probe or '–'} | {result.get('victim_selected_step', '–')} |")
     return "\n".join(lines)
 
@@ -277,8 +297,8 @@ def variant_table(results: dict[str, dict]) -> str:
             preset = presets.get(meta["defense"]) or _resolved(meta["preset"])
             diff = _differences(preset, _resolved(meta["settings"]))
             lines.append(f"| {attack} | {label} | {diff or '(the preset)'} | {100 * r['clean_accuracy']:.1f} | "
-                         f"{100 * r['attack_success_rate_clean_correct']:.1f} | "
-                         f"{100 * (r['attack_success_rate_clean_correct'] - floor):+.1f} | "
+                         f"{_pts(r['attack_success_rate_clean_correct'])} | "
+                         f"{_pts(r['attack_success_rate_clean_correct'], floor, '+.1f')} | "
                          f"{r.get('selected_step', '–')} / {r['steps']} |")
     return "\n".join(lines)
 
@@ -307,8 +327,9 @@ def _differences(preset: dict, row: dict, prefix: str = "") -> str:
     return ", ".join(parts)
 
 
-def rows_and_floor(result: dict) -> tuple[dict[str, dict], float]:
-    """A results JSON's report rows by model, and the clean model's ASR-cc (0 when there is none)."""
+def rows_and_floor(result: dict) -> tuple[dict[str, dict], float | None]:
+    """A results JSON's report rows by model, and the clean model's ASR-cc (0 when there is none, None when
+    it is over zero rows)."""
     rows = {r["model"]: r for r in result["rows"]}
     return rows, rows["clean model"]["attack_success_rate_clean_correct"] if "clean model" in rows else 0.0
 
@@ -338,12 +359,11 @@ def _cell(value, fmt: str) -> str:
     return "–" if value is None else fmt.format(value)
 
 
-def _points(rows: list[dict], key: str, floor: float = 0.0, sign: str = "") -> str:
-    """One row's value in points, or mean ± sd (n) over several seeds' rows."""
-    points = [100 * (r[key] - floor) for r in rows]
-    if len(points) == 1:
-        return f"{points[0]:{sign}.1f}"
-    return f"{statistics.fmean(points):{sign}.1f} ± {statistics.stdev(points):.1f} (n={len(points)})"
+def _points(rows: list[dict], key: str, floor: float | None = 0.0, sign: str = "") -> str:
+    """One row's value in points, or mean ± sd (n) over several seeds' rows (n/a ones left out)."""
+    if len(rows) == 1:
+        return _pts(rows[0][key], floor, f"{sign}.1f")
+    return _mean_sd(_in_points([r[key] for r in rows], floor), len(rows), sign)
 
 
 def comparison_table(results: dict[str, dict]) -> str:
@@ -373,7 +393,7 @@ def comparison_table(results: dict[str, dict]) -> str:
             if sampled:  # the same model without the filter, on the same rows: the sample's own baseline
                 cc = r["unfiltered_attack_success_rate_clean_correct"]
                 lines.append(f"| {attack} | poisoned, the same {sampled} rows | – | "
-                             f"{100 * r['unfiltered_clean_accuracy']:.1f} | {100 * cc:.1f} | {100 * (cc - floor):+.1f} | "
+                             f"{100 * r['unfiltered_clean_accuracy']:.1f} | {_pts(cc)} | {_pts(cc, floor, '+.1f')} | "
                              "– | – | – | – | – |")
     return "\n".join(lines)
 
@@ -394,12 +414,11 @@ def comparison_chart(results: dict[str, dict], path: Path) -> None:
         for offset, label, values in (
                 (-0.2, "CA", lambda runs: [100 * r["clean_accuracy"] for r in runs]),
                 (0.2, "residual backdoor (ASR-cc − clean model's)",
-                 lambda runs: [100 * (r["attack_success_rate_clean_correct"] - floor) for r in runs])):
+                 lambda runs: _in_points([r["attack_success_rate_clean_correct"] for r in runs], floor))):
             points = [values(runs) for _, runs in bars]
-            means = [statistics.fmean(p) for p in points]
-            sds = [statistics.stdev(p) if len(p) > 1 else float("nan") for p in points]  # no cap for one seed
+            means, sds = _bar_heights(points)
             ax.bar([x + offset for x in xs], means, 0.4, yerr=sds, capsize=3, label=label)
-            lowest = min(lowest, *means)
+            lowest = min([lowest, *(m for m in means if not math.isnan(m))])
         ax.set_xticks(list(xs), [n if len(runs) == 1 else f"{n} (n={len(runs)})" for n, runs in bars],
                      rotation=30, ha="right")
         ax.set_ylim(lowest - 2, 112)
@@ -411,6 +430,12 @@ def comparison_chart(results: dict[str, dict], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _bar_heights(points: list[list[float]]) -> tuple[list[float], list[float]]:
+    """Means and sds of each bar's values (no bar where all were n/a, no cap for one value)."""
+    means = [statistics.fmean(p) if p else float("nan") for p in points]
+    return means, [statistics.stdev(p) if len(p) > 1 else float("nan") for p in points]
 
 
 def chart(summ: dict, path: Path) -> None:
@@ -426,10 +451,9 @@ def chart(summ: dict, path: Path) -> None:
         bars = [("poisoned", e["poisoned"])] + [(n, e["defenses"][n]) for n in MAIN_DEFENSES if n in e["defenses"]]
         xs = range(len(bars))
         for offset, key, label in ((-0.2, "ca", "CA"), (0.2, "asr_cc", "ASR-cc")):
-            means = [100 * statistics.fmean(b[key]) for _, b in bars]
-            sds = [100 * statistics.stdev(b[key]) if len(b[key]) > 1 else 0 for _, b in bars]
+            means, sds = _bar_heights([_in_points(b[key]) for _, b in bars])
             ax.bar([x + offset for x in xs], means, 0.4, yerr=sds, capsize=3, label=label)
-        if e["clean"]:
+        if e["clean"] and e["clean"]["asr_cc"][0] is not None:
             ax.axhline(100 * e["clean"]["asr_cc"][0], color="k", ls="--", lw=1, label="clean model's ASR-cc")
         ax.set_xticks(list(xs), [f"{n}\n(n={len(b['ca'])})" for n, b in bars], rotation=35, ha="right", fontsize=7)
         ax.set_ylim(0, 112)

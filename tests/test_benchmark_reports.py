@@ -138,3 +138,31 @@ def test_rows_of_one_defense_under_different_labels_are_compared_apart():
     # The preset lists w2sdefense before w2s-shrink; each keeps its own numbers (residual 4.0 and 10.0).
     assert [line.split(" | ")[1] for line in lines] == ["w2sdefense", "w2s-shrink"]
     assert lines[0].split(" | ")[5] == "+4.0" and lines[1].split(" | ")[5] == "+10.0"
+
+
+def test_an_asr_cc_over_zero_rows_is_na_in_the_tables_and_left_out_of_means():
+    rows = [{"model": "clean model", "clean_accuracy": 0.9, "attack_success_rate_clean_correct": 0.02},
+            {"model": "poisoned", "clean_accuracy": 0.89, "attack_success_rate_clean_correct": None}]
+    meta = {}
+    for seed, cc in ((42, None), (43, 0.06), (44, 0.10)):
+        rows.append({"model": f"w2sdefense-s{seed}", "clean_accuracy": 0.9, "attack_success_rate_clean_correct": cc,
+                     "steps": 80, "trainable_params": 1000, "wall_time_s": 10.0})
+        meta[f"w2sdefense-s{seed}"] = {"defense": "w2sdefense", "is_variant": False, "seed": seed,
+                                       "settings": {"name": "w2sdefense"}}
+    result = {"attack": "badnet", "rows": rows, "config": {"seed": 42}, "row_meta": meta}
+    lines = real.comparison_table({"badnet": result}).splitlines()[2:]
+    assert lines[0].startswith("| badnet | poisoned (no defense) | – | 89.0 | n/a | n/a |")
+    # ASR-cc 6 and 10 (seed 42 has none) -> 8.0 ± 2.8 over 2; residual 4 and 8 -> +6.0 ± 2.8
+    assert lines[1].startswith("| badnet | w2sdefense | repair | 90.0 ± 0.0 (n=3) | 8.0 ± 2.8 (n=2, 1 n/a) | "
+                               "+6.0 ± 2.8 (n=2, 1 n/a) |")
+    variant = real.variant_table({"badnet": result}).splitlines()[2:]
+    assert [line.split(" | ")[1:6] for line in variant] == [["w2sdefense-s42", "(the preset)", "90.0", "n/a", "n/a"]]
+    # An undefined floor: no residual anywhere, and the rest still shown.
+    summ = {"attacks": {"badnet": {
+        "clean": {"ca": [0.9], "asr_cc": [None]},
+        "poisoned": {"ca": [0.89], "asr_cc": [0.8], "asr": [0.85]},
+        "defenses": {"w2sdefense": {"ca": [0.9, 0.88], "asr_cc": [0.1, None], "asr": [0.1, 0.2], "steps": 80,
+                                    "seeds": [42, 43], "is_variant": False}}}}}
+    assert real.main_table(summ).splitlines()[-1] == (
+        "| badnet | 90.0 / n/a | 89.0 / 80.0 (n/a) | w2sdefense (80 steps) | 89.0 ± 1.4 (n=2) | "
+        "10.0 (n=1, 1 n/a) | n/a | 15.0 ± 7.1 (n=2) |")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -213,6 +214,25 @@ def test_a_non_utf8_config_file_names_its_line(tmp_path: Path) -> None:
         read_yaml(path)
 
 
+def test_an_override_of_an_aliased_section_changes_that_section_only(tmp_path: Path) -> None:
+    path = tmp_path / "shared.yaml"
+    path.write_text("victim:\n  train: &t {epochs: 1, lora: {r: 4}}\nteacher:\n  train: *t\n", encoding="utf-8")
+    cfg = load_config(ExperimentConfig, path, ["victim.train.epochs=3", "victim.train.lora.r=8"])
+    assert (cfg.victim.train.epochs, cfg.victim.train.lora.r) == (3, 8)
+    assert (cfg.teacher.train.epochs, cfg.teacher.train.lora.r) == (1, 4)
+    data = read_yaml(path)
+    assert data["victim"]["train"] == data["teacher"]["train"]
+    assert data["victim"]["train"]["lora"] is not data["teacher"]["train"]["lora"]
+    # A merge key (<<) and aliases inside an override's own value load as copies too.
+    path.write_text("victim:\n  train: &t {lora: {r: 4}}\nteacher:\n  train: {<<: *t, epochs: 2}\n", encoding="utf-8")
+    cfg = load_config(ExperimentConfig, path, ["teacher.train.lora.r=16"])
+    assert (cfg.victim.train.lora.r, cfg.teacher.train.lora.r, cfg.teacher.train.epochs) == (4, 16, 2)
+    data = {}
+    apply_override(data, "defenses=[{name: lora-ft, train: &d {lr: 1.0e-3}}, {name: full-ft, train: *d}]")
+    apply_override(data, "defenses.1.train.lr=1.0e-4")
+    assert [d["train"]["lr"] for d in data["defenses"]] == [1.0e-3, 1.0e-4]
+
+
 def test_override_through_a_scalar_is_a_user_error() -> None:
     with pytest.raises(UserError, match="train.lr"):
         apply_override({"train": {"lr": 1e-3}}, "train.lr.x=1")
@@ -409,6 +429,53 @@ def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:
     assert str(path) in msg and "line 3" in msg and "invalid YAML" in msg
     with pytest.raises(UserError, match="line 3"):
         load_config(ExperimentConfig, path)
+
+
+def _bomb(levels: int, width: int = 9) -> str:
+    """A "billion laughs" in flow style: `levels` lists, each of `width` aliases of the one before."""
+    items = [f"&l0 [{','.join(['lol'] * width)}]"]
+    items += [f"&l{i} [{','.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels)]
+    return f"[{','.join(items)}]"
+
+
+def test_a_yaml_bomb_is_refused_at_once_in_one_short_line(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(f"victim: {_bomb(9)}\n", encoding="utf-8")  # over 9**8 values expanded
+    assert len(path.read_bytes()) < 400
+    start = time.perf_counter()
+    with pytest.raises(UserError, match=r"bomb\.yaml line 1: invalid YAML \(its aliases expand it to more than "
+                                        r"100,000 values") as exc:
+        load_config(ExperimentConfig, path)
+    assert time.perf_counter() - start < 5
+    assert len(_message(exc)) < 300 and "\n" not in _message(exc)
+    with pytest.raises(UserError, match=r"override 'victim=.*': cannot read the value .*aliases expand it") as exc:
+        apply_override({}, f"victim={_bomb(9)}")
+    assert len(_message(exc)) < 1000
+    assert time.perf_counter() - start < 10
+
+
+def test_an_alias_that_contains_itself_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "loop.yaml"
+    path.write_text("name: x\nvictim: &v {train: *v}\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"loop\.yaml line 2: invalid YAML \(an alias refers to a value that "
+                                        r"contains it"):
+        read_yaml(path)
+
+
+def test_error_messages_cut_the_values_they_quote(tmp_path: Path) -> None:
+    # 9**5 values stay under the expansion bound, but their whole repr would be about 400 kB.
+    path = tmp_path / "wide.yaml"
+    path.write_text(f"victim: {_bomb(5)}\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"^victim must be a mapping; got \[\['lol', ") as exc:
+        load_config(ExperimentConfig, path)
+    assert len(_message(exc)) <= len("victim must be a mapping; got ") + 200
+    with pytest.raises(UserError, match="poison.mode must be one of") as exc:
+        from_dict(PoisonJob, {"poison": {"mode": "x" * 10_000}})
+    assert len(_message(exc)) < 300 and "xxx...xxx'" in _message(exc)  # head and tail of the text, cut between
+    with pytest.raises(UserError, match="unknown setting") as exc:
+        from_dict(ExperimentConfig, {"y" * 10_000: 1, 3: 4})  # a key that is no string names itself too
+    assert "3, " in _message(exc) or ", 3;" in _message(exc)
+    assert len(_message(exc)) < 600
 
 
 def test_missing_file_is_a_user_error(tmp_path: Path) -> None:

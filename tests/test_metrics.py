@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
 import torch
 
-from w2sdefense.eval.metrics import accuracy, attack_success_rate, backdoor_metrics
+from w2sdefense.eval.filtering import filtered_metrics
+from w2sdefense.eval.metrics import accuracy, attack_success_rate, backdoor_metrics, clean_correct_asr
 
 
 def _one_hot_logits(preds: list[int], num_classes: int = 2) -> torch.Tensor:
@@ -128,7 +130,7 @@ def test_empty_triggered_set() -> None:
     assert m["clean_accuracy"] == pytest.approx(0.5)
     assert m["attack_success_rate"] == 0.0
     assert m["attack_hits"] == 0 and m["triggered_total"] == 0
-    assert m["attack_success_rate_clean_correct"] == 0.0 and m["triggered_clean_correct_total"] == 0
+    assert m["attack_success_rate_clean_correct"] is None and m["triggered_clean_correct_total"] == 0
     assert m["mean_target_probability_triggered"] == 0.0
 
 
@@ -137,6 +139,30 @@ def test_empty_clean_set() -> None:
     assert m["clean_accuracy"] == 0.0 and m["clean_total"] == 0
     assert m["attack_success_rate"] == pytest.approx(2 / 3)
     assert m["triggered_clean_correct_total"] == 0  # no clean row is known to be correct
+
+
+def test_asr_cc_over_no_clean_correct_row_is_no_number_and_warns(caplog: pytest.LogCaptureFixture) -> None:
+    # Both clean rows (label 1) are classified 0, the target: no triggered row has a clean version that is right.
+    with caplog.at_level(logging.WARNING, logger="w2sdefense"):
+        m = backdoor_metrics(_one_hot_logits([0, 0]), [1, 1], [0, 1], _one_hot_logits([0, 0]), [0, 1], target=0)
+    assert m["attack_success_rate"] == 1.0 and m["clean_accuracy"] == 0.0
+    assert m["attack_success_rate_clean_correct"] is None and m["triggered_clean_correct_total"] == 0
+    assert "ASR-cc is not defined" in caplog.text and "n/a" in caplog.text
+    caplog.clear()
+    # Behind a filter: both clean rows rejected, so none is served right.
+    with caplog.at_level(logging.WARNING, logger="w2sdefense"):
+        m = filtered_metrics(clean_preds=[1, 1], clean_labels=[1, 1], clean_idx=[0, 1], clean_rejected=[True, True],
+                             trig_preds=[0, 0], trig_idx=[0, 1], trig_rejected=[False, False], target=0)
+    assert m["attack_success_rate"] == 1.0
+    assert m["attack_success_rate_clean_correct"] is None and m["triggered_clean_correct_total"] == 0
+    assert "ASR-cc is not defined" in caplog.text
+
+
+def test_asr_cc_over_clean_correct_rows_is_a_number_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="w2sdefense"):
+        assert clean_correct_asr([False]) == 0.0
+        assert clean_correct_asr([True, False, True, True]) == 0.75
+    assert not caplog.records
 
 
 def test_clean_length_mismatch_raises() -> None:

@@ -16,7 +16,8 @@ from w2sdefense.errors import UserError
 from cli_helpers import error_line, run_cli
 from w2sdefense.fileio import sha256_file, write_json
 from w2sdefense.pipeline import run_experiment
-from w2sdefense.rundir import LOCK_FILE, MARKER, check_outside_inputs, claim_run_dir, prepare_run_dir
+from w2sdefense.rundir import (LOCK_FILE, MARKER, check_outside_inputs, check_outside_models, claim_run_dir,
+                               prepare_run_dir)
 
 TINY_TRAIN = ("--set", "train.epochs=1", "--set", "train.max_length=16", "--set", "train.batch_size=8")
 
@@ -209,6 +210,37 @@ def test_commands_on_a_folder_in_use_fail_at_once_naming_the_process(tmp_path):
         assert sorted(p.name for p in folder.iterdir()) == sorted([MARKER, LOCK_FILE, "checkpoint"])
 
 
+@pytest.mark.parametrize("target", ["a file of the user's", "a name nothing has yet"])
+def test_a_lock_that_is_a_link_is_refused_and_what_it_names_is_left_alone(tmp_path, target):
+    mine = tmp_path / "notes.txt"
+    if target == "a file of the user's":
+        mine.write_text("my notes\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    lock = out / LOCK_FILE
+    lock.symlink_to(mine)
+    with pytest.raises(UserError, match="is not a regular file"):
+        with claim_run_dir(out, overwrite=False):
+            pytest.fail("a folder whose lock is a link was claimed")
+    data = make_dataset(tmp_path / "ds")
+    line = error_line(w2s("poison", "--data", str(data), "--out", str(out), "--overwrite", "--set", "poison.count=2"))
+    assert f"{lock} is not a regular file" in line
+    if target == "a file of the user's":
+        assert mine.read_text() == "my notes\n"  # not truncated, no pid written into it
+    else:
+        assert not mine.exists()  # not created through the link
+    assert lock.is_symlink() and [p.name for p in out.iterdir()] == [LOCK_FILE]
+
+
+def test_a_folder_in_the_locks_place_is_refused_in_one_line(tmp_path):
+    out = tmp_path / "out"
+    (out / LOCK_FILE).mkdir(parents=True)
+    with pytest.raises(UserError, match="is not a regular file"):
+        with claim_run_dir(out, overwrite=False):
+            pytest.fail("a folder whose lock is a folder was claimed")
+    assert (out / LOCK_FILE).is_dir()
+
+
 # ------------------------------------------------------------------------------------------------
 # 3. A failed command leaves no folder it made
 
@@ -271,6 +303,50 @@ def test_evaluate_checks_its_output_before_any_work(tmp_path, poison_dir):
         proc = w2s(*base, "--out", str(run / "eval.json"), *flags)
         assert proc.returncode == 0, proc.stderr
     assert (run / "metrics.json").read_bytes() == before
+
+
+def test_an_output_file_inside_the_model_read_is_refused_and_one_beside_it_is_not(tmp_path):
+    run = prepare_run_dir(tmp_path / "victim", overwrite=False)
+    (run / "model").mkdir()
+    (run / "model" / "config.json").write_text("{}")
+    for out in (run / "model" / "model.safetensors", run / "model" / "eval.json", run / "base" / "eval.json"):
+        with pytest.raises(UserError, match=r"lies inside the model folder .* \(--model\), which this command reads"):
+            check_outside_models(out, {"--model": str(run)})
+    check_outside_models(run / "eval.json", {"--model": str(run)})  # beside the model, as the README shows
+    check_outside_models(tmp_path / "eval.json", {"--model": str(run)})
+    # A checkpoint folder given itself: none of its files, and the run around it is fine.
+    with pytest.raises(UserError, match="lies inside the model folder"):
+        check_outside_models(run / "model" / "eval.json", {"--model": str(run / "model")})
+    check_outside_models(run / "eval.json", {"--model": str(run / "model")})
+    check_outside_models(tmp_path / "tiny-bert" / "eval.json", {"--model": "tiny-bert", "--student": None})
+    weights = run / "model" / "model.safetensors"
+    weights.write_bytes(b"weights")
+    with pytest.raises(UserError, match=r"is the model .* \(--model\), which this command reads"):
+        check_outside_models(weights, {"--model": str(weights)})
+    # A run folder the tool did not mark still counts as one when it holds model/.
+    legacy = tmp_path / "legacy"
+    (legacy / "model").mkdir(parents=True)
+    check_outside_models(legacy / "eval.json", {"--model": str(legacy)})
+    with pytest.raises(UserError, match="lies inside the model folder"):
+        check_outside_models(legacy / "model" / "model.safetensors", {"--model": str(legacy)})
+
+
+def test_evaluate_never_writes_its_metrics_over_the_weights_it_measures(tmp_path, poison_dir):
+    run = prepare_run_dir(tmp_path / "victim", overwrite=False)
+    weights = run / "model" / "model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"the run's weights")
+    base = ("evaluate", "--data", str(poison_dir), "--set", "eval.max_length=16", "--overwrite")
+    line = error_line(w2s(*base, "--model", str(run), "--out", str(weights)))
+    assert f"lies inside the model folder {run} (--model)" in line
+    # The model behind an input filter is read too (the filter's record names it).
+    flt = prepare_run_dir(tmp_path / "strip", overwrite=False)
+    write_json(flt / "filter.json", {"defense": "strip", "student": str(run), "settings": {}, "state": {}})
+    line = error_line(w2s(*base, "--model", str(flt), "--out", str(weights)))
+    assert f"lies inside the model folder {run} (the model behind the filter)" in line
+    assert "run folder" in error_line(w2s(*base, "--model", str(flt), "--out", str(flt / "filter.json")))
+    assert weights.read_bytes() == b"the run's weights"
+    assert json.loads((flt / "filter.json").read_text())["student"] == str(run)
 
 
 # ------------------------------------------------------------------------------------------------

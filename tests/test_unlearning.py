@@ -21,7 +21,7 @@ from w2sdefense.data.records import Example
 from w2sdefense.defenses import DefenseJob, run_defense
 from w2sdefense.defenses.w2sdefense import TeacherCache
 from w2sdefense.eval.probe import curve_points, make_probe, probe_diagnostic, start_point, write_curves
-from w2sdefense.eval.report import add_residuals, plain_summary
+from w2sdefense.eval.report import add_residuals, markdown_table, plain_summary
 from w2sdefense.models.batching import LengthGroupedBatches, encode, make_loader
 from w2sdefense.train.job import run_train
 from w2sdefense.train.loop import selects
@@ -176,7 +176,7 @@ def test_a_defense_curve_starts_at_the_checkpoint_the_victim_kept():
     assert start_point({"selected_step": 25, "history": victim["history"]}) is None
 
 
-def _row(model: str, ca: float, asr_cc: float) -> dict:
+def _row(model: str, ca: float, asr_cc: float | None) -> dict:
     return {"model": model, "clean_accuracy": ca, "attack_success_rate_clean_correct": asr_cc}
 
 
@@ -192,6 +192,31 @@ def test_residual_backdoor_is_asr_cc_above_the_clean_models():
     # Without a clean model there is no floor: rows stay as they are, and the summary says so.
     bare = add_residuals([_row("poisoned", 0.9, 0.9), _row("lora-ft", 0.9, 0.5)])
     assert "residual_backdoor" not in bare[0] and "no floor" in plain_summary(bare)[1]
+
+
+def test_an_asr_cc_over_zero_rows_is_reported_as_na_never_as_a_number():
+    rows = add_residuals([_row("clean model", 0.88, 0.04), _row("poisoned", 0.875, None),
+                          _row("w2sdefense", 0.88, 0.07)])
+    residual = {r["model"]: r["residual_backdoor"] for r in rows}
+    assert residual["poisoned"] is None and residual["w2sdefense"] == pytest.approx(3.0)
+    lines = plain_summary(rows)
+    assert lines[0] == "The attack: ASR-cc n/a on the poisoned model (a clean model: 4.0%), CA 87.5%."
+    assert lines[1] == "w2sdefense: residual backdoor n/a -> 3.0 points (n/a removed), CA +0.5 points."
+    poisoned = [c.strip() for c in markdown_table(rows).splitlines()[3].strip("|").split("|")]
+    assert poisoned[:4] == ["poisoned", "87.50%", "n/a", "n/a"]
+    assert poisoned[4] == "–"  # ASR is absent from these rows: no value (–), which is not a rate over 0 rows
+    # An undefined floor leaves every residual undefined.
+    floorless = add_residuals([_row("clean model", 0.5, None), _row("poisoned", 0.9, 0.9)])
+    assert [r["residual_backdoor"] for r in floorless] == [None, None]
+    assert plain_summary(floorless) == [
+        "The attack: ASR-cc 90.0% on the poisoned model (a clean model: n/a), CA 90.0%."]
+
+
+def test_curves_leave_a_gap_where_the_probes_asr_cc_is_over_zero_rows(tmp_path):
+    history = [{"step": 10, "dev_accuracy": 0.5, "probe_asr_cc": None, "probe_rows": 5},
+               {"step": 20, "dev_accuracy": 0.8, "probe_asr_cc": 0.3, "probe_rows": 5}]
+    assert write_curves(history, tmp_path / "c.png", "t", kept_step=20)
+    assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_all_linear_lora_targets_every_linear_layer_but_not_the_head():

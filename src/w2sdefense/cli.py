@@ -254,13 +254,14 @@ def evaluate(
 
     from w2sdefense.defenses.filtering import is_filter_run
     from w2sdefense.eval.evaluate import run_evaluate
-    from w2sdefense.rundir import check_output_file, check_outside_inputs
+    from w2sdefense.rundir import check_output_file, check_outside_inputs, check_outside_models
     from w2sdefense.runtime import make_runtime
 
     if out is not None:  # before any work: a refused --out must not cost a whole evaluation
-        # A metrics file may go beside the model it measures (run/eval.json): writing it deletes nothing.
         check_outside_inputs(out, {"--data": data, "config file": config})
         check_output_file(out, overwrite)
+        # A metrics file may go beside the model it measures (run/eval.json), never into its weights.
+        check_outside_models(out, _models_read(model))
     job = _load(EvaluateJob, config, set_)
     _check_test_sets(data)
     rt = make_runtime(job.runtime)
@@ -272,6 +273,15 @@ def evaluate(
         typer.echo(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
         if out:
             typer.echo(f"metrics written to {out}")
+
+
+def _models_read(model: str) -> dict[str, str | None]:
+    """The models `evaluate` loads: --model, and the model behind an input-filter run."""
+    from w2sdefense.defenses.filtering import is_filter_run, read_filter
+
+    if not is_filter_run(model):
+        return {"--model": model}
+    return {"--model": model, "the model behind the filter": read_filter(model).get("student")}
 
 
 def _evaluate_filter(folder: str, data: Path, cfg, rt, out: Path | None) -> dict:

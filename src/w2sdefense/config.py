@@ -17,7 +17,7 @@ from typing import Any, ClassVar, TypeVar
 
 import yaml
 
-from w2sdefense.errors import UserError
+from w2sdefense.errors import UserError, cut, shown
 from w2sdefense.fileio import utf8_error
 
 T = TypeVar("T")
@@ -25,7 +25,7 @@ T = TypeVar("T")
 
 def check_choice(name: str, value: Any, choices: tuple) -> None:
     if value not in choices:
-        raise UserError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+        raise UserError(f"{name} must be one of {', '.join(map(str, choices))}; got {shown(value)}")
 
 
 def _check_finite(name: str, value: Any) -> None:
@@ -38,7 +38,7 @@ def check_positive(name: str, value: float | int | None, allow_zero: bool = Fals
         return
     _check_finite(name, value)
     if value < 0 or (value == 0 and not allow_zero):
-        raise UserError(f"{name} must be {'>= 0' if allow_zero else '> 0'}; got {value!r}")
+        raise UserError(f"{name} must be {'>= 0' if allow_zero else '> 0'}; got {shown(value)}")
 
 
 @dataclass
@@ -308,16 +308,16 @@ def _build(tp: Any, value: Any, where: str) -> Any:
         if value is None:
             value = {}
         if not isinstance(value, dict):
-            raise UserError(f"{where or 'config'} must be a mapping; got {value!r}")
+            raise UserError(f"{where or 'config'} must be a mapping; got {shown(value)}")
         return from_dict(tp, value, where)
     if origin is list:
         if not isinstance(value, list):
-            raise UserError(f"{where} must be a list; got {value!r}")
+            raise UserError(f"{where} must be a list; got {shown(value)}")
         (item,) = typing.get_args(tp)
         return [_build(item, v, f"{where}.{i}") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise UserError(f"{where} must be a mapping; got {value!r}")
+            raise UserError(f"{where} must be a mapping; got {shown(value)}")
         return dict(value)
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -331,7 +331,7 @@ def _build(tp: Any, value: Any, where: str) -> Any:
     if tp in (int, float, str, bool) and not (
         isinstance(value, tp) and not (tp is int and isinstance(value, bool))
     ):
-        raise UserError(f"{where} must be {_type_name(tp)}; got {value!r}")
+        raise UserError(f"{where} must be {_type_name(tp)}; got {shown(value)}")
     return value
 
 
@@ -346,11 +346,11 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
         data = {k: v for k, v in data.items() if k in valid}
         if loose:
             data[extra] = {**(data.get(extra) or {}), **loose}
-    unknown = sorted(set(data) - set(valid))
+    unknown = sorted(set(data) - set(valid), key=str)
     if unknown:
         prefix = f"{where}." if where else ""
         raise UserError(
-            f"unknown setting {', '.join(prefix + k for k in unknown)}; "
+            f"unknown setting {', '.join(cut(prefix + str(k)) for k in unknown)}; "
             f"valid keys{' under ' + where if where else ''}: {', '.join(valid)}"
         )
     defaults = {f.name: f.default_factory for f in dataclasses.fields(cls)
@@ -422,19 +422,79 @@ def changed_settings(config: Any, default: Any = None) -> dict:
 # YAML files and dotted overrides
 
 
+# How many values a YAML text may stand for once its aliases are expanded: a config has a few hundred,
+# and a few nested aliases ("billion laughs") would otherwise stand for billions.
+MAX_YAML_VALUES = 100_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a document whose aliases expand it past MAX_YAML_VALUES, or loop."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        _expanded_size(node, {}, set())
+        return node
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """How many values `node` stands for with every alias expanded (each distinct node visited once)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:
+        raise yaml.composer.ComposerError(None, None, "an alias refers to a value that contains it (a loop)",
+                                          node.start_mark)
+    open_nodes.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = node.value if isinstance(node, yaml.SequenceNode) else []
+    size = 1
+    for child in children:
+        size += _expanded_size(child, sizes, open_nodes)
+        if size > MAX_YAML_VALUES:
+            raise yaml.composer.ComposerError(
+                None, None, f"its aliases expand it to more than {MAX_YAML_VALUES:,} values (a config has a few "
+                "hundred); write the settings out instead of nesting aliases", node.start_mark)
+    open_nodes.discard(id(node))
+    sizes[id(node)] = size
+    return size
+
+
+def load_yaml_text(text: str) -> Any:
+    """yaml.safe_load, refusing alias expansion past MAX_YAML_VALUES (yaml.YAMLError, as any malformed text);
+    every alias loads as a copy of its anchor's value."""
+    try:
+        return _unshared(yaml.load(text, Loader=_BoundedLoader))
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply") from None
+
+
+def _unshared(value: Any) -> Any:
+    """YAML data in which no mapping or list sits in two places.
+
+    An alias (`train: *t`, a `<<: *t` merge) loads as the very object of its anchor, so an override of
+    one section would change the other too. copy.deepcopy would keep that sharing (its memo).
+    """
+    if isinstance(value, dict):
+        return {key: _unshared(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_unshared(item) for item in value]
+    return value
+
+
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict:
     """Read a YAML mapping, with one-line errors for missing or malformed files (`extends`: see _extend)."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml_text(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
         raise UserError(f"{path} {utf8_error(path)}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+        raise UserError(f"{path}{line}: invalid YAML ({cut(str(getattr(exc, 'problem', exc)))})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -483,31 +543,32 @@ _SECTIONS: dict[str, type] = {"poison": PoisonConfig}
 def apply_override(data: dict, assignment: str) -> None:
     """Apply one `a.b.c=value` override in place; the value is parsed as YAML (numbers, lists)."""
     if "=" not in assignment:
-        raise UserError(f"override {assignment!r} must look like key.path=value")
+        raise UserError(f"override {shown(assignment)} must look like key.path=value")
     key, raw = assignment.split("=", 1)
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise UserError(f"override {assignment!r} has an empty key")
+        raise UserError(f"override {shown(assignment)} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_yaml_text(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"override {assignment!r}: cannot read the value {raw.strip()!r} ({problem}); for a text "
-                        f"that starts with [ {{ * & ! | > @ ` % or a quote, quote it: --set \"{key.strip()}='...'\"") from None
+        problem = cut(getattr(exc, "problem", None) or str(exc).splitlines()[0])
+        raise UserError(f"override {shown(assignment)}: cannot read the value {shown(raw.strip())} ({problem}); "
+                        "for a text that starts with [ { * & ! | > @ ` % or a quote, quote it: "
+                        f"--set \"{cut(key.strip())}='...'\"") from None
     node: Any = data
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
             node = _list_item(node, part, ".".join(parts[: i + 1]))
             continue
         if not isinstance(node, dict):
-            raise UserError(f"override {key}: {'.'.join(parts[:i])} is a value, not a section")
+            raise UserError(f"override {cut(key)}: {cut('.'.join(parts[:i]))} is a value, not a section")
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         node = child
     last = parts[-1]
     if not isinstance(node, (dict, list)):
-        raise UserError(f"override {key}: {'.'.join(parts[:-1])} is a value, not a section")
+        raise UserError(f"override {cut(key)}: {cut('.'.join(parts[:-1]))} is a value, not a section")
     if isinstance(node, list):
         _list_item(node, last, key)
         node[int(last)] = value
@@ -523,7 +584,7 @@ def apply_override(data: dict, assignment: str) -> None:
 
 def _list_item(node: list, part: str, key: str) -> Any:
     if not part.isdigit() or int(part) >= len(node):
-        raise UserError(f"override {key}: no list item {part!r} (the list has {len(node)})")
+        raise UserError(f"override {cut(key)}: no list item {shown(part)} (the list has {len(node)})")
     return node[int(part)]
 
 
@@ -608,7 +669,7 @@ class CleanJob:
     def __post_init__(self) -> None:
         bad = [t for t in self.triggers if not isinstance(t, str) or not t.strip()]
         if bad:
-            raise UserError(f"triggers must be non-empty texts; got {bad!r}")
+            raise UserError(f"triggers must be non-empty texts; got {shown(bad)}")
         if self.target_label is not None and self.target_label < 0:
             raise UserError(f"target_label must be >= 0; got {self.target_label}")
 

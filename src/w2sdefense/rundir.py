@@ -6,10 +6,12 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
 import shutil
+import stat
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,14 +86,18 @@ def check_replaceable(path: str | Path, overwrite: bool) -> Path:
     return path
 
 
+def _paths(inputs: Mapping[str, str | Path | None]) -> Iterator[tuple[str, Path, Path]]:
+    """(label, path as given, resolved path) of each input that exists on disk."""
+    for label, value in inputs.items():
+        source = Path(value).expanduser() if value else None
+        if source is not None and source.exists():  # else a built-in model or hub name, not a path
+            yield label, source, source.resolve()
+
+
 def check_outside_inputs(out: str | Path, inputs: Mapping[str, str | Path | None]) -> None:
     """Refuse an output that is, contains or lies inside an input (labelled: "--data", "config file")."""
     target = Path(out).expanduser().resolve()
-    for label, value in inputs.items():
-        source = Path(value).expanduser() if value else None
-        if source is None or not source.exists():
-            continue  # a built-in model or hub name, not a path
-        real = source.resolve()
+    for label, source, real in _paths(inputs):
         relation = ("is" if real == target else "contains" if target in real.parents
                     else "lies inside" if real in target.parents else None)
         if relation:
@@ -113,6 +119,23 @@ def check_output_file(path: str | Path, overwrite: bool) -> Path:
     return path
 
 
+def check_outside_models(out: str | Path, models: Mapping[str, str | None]) -> None:
+    """Refuse an output file that is a model given as input (labelled: "--model") or lies inside its folder.
+
+    A run folder's top level may take a metrics file beside its model (RUN/eval.json; check_output_file
+    keeps the run's records); everything below it (model/, base/, resume/) and every file of a checkpoint
+    folder belong to the model the command loads.
+    """
+    target = Path(out).expanduser().resolve()
+    for label, source, real in _paths(models):
+        run = real.is_dir() and (made_by_tool(real) or (real / "model").is_dir())
+        if real == target:
+            raise UserError(f"the output {out} is the model {source} ({label}), which this command reads")
+        if real in target.parents and not (run and target.parent == real):
+            raise UserError(f"the output {out} lies inside the model folder {source} ({label}), which this command "
+                            "reads; choose an output outside it" + (f", e.g. {source / 'eval.json'}" if run else ""))
+
+
 def _refuse_file_parent(path: Path) -> None:
     blocker = next((p for p in path.parents if p.exists()), None)
     if blocker is not None and not blocker.is_dir():
@@ -120,7 +143,7 @@ def _refuse_file_parent(path: Path) -> None:
 
 
 RUN_RECORDS = ("metrics.json", "stage.json", "config.yaml", "report.json", "report.md", "poison.json",
-               "train.jsonl", "dev.jsonl", "test.jsonl", "test_triggered.jsonl")
+               "train.jsonl", "dev.jsonl", "test.jsonl", "test_triggered.jsonl", "filter.json")
 
 
 def _belongs_to_run(path: Path) -> bool:
@@ -259,7 +282,7 @@ def _mark(path: Path) -> None:
 
 def _lock(path: Path) -> int:
     """Take the folder's exclusive lock and record our pid in it; refuse at once if it is held."""
-    fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    fd = _open_lock(path / LOCK_FILE, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -272,6 +295,26 @@ def _lock(path: Path) -> int:
     return fd
 
 
+def _open_lock(lock: Path, flags: int) -> int:
+    """Open the lock file itself: never the file a link names, never a folder, pipe or device.
+
+    A link planted as the lock would otherwise have its target truncated (or created) and our pid
+    written into it; O_NONBLOCK keeps a pipe there from hanging the open.
+    """
+    try:
+        fd = os.open(lock, flags | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+            raise
+        fd = None
+    if fd is not None and stat.S_ISREG(os.fstat(fd).st_mode):
+        return fd
+    if fd is not None:
+        os.close(fd)
+    raise UserError(f"{lock} is not a regular file (a link, a folder, a pipe or a device), so it is no w2sdefense "
+                    "lock and is never opened or written through; remove it, or choose another output folder")
+
+
 def _unlock(path: Path, fd: int) -> None:
     _held.pop(path.resolve(), None)
     os.close(fd)  # closing releases the lock; the file stays, so no waiter locks a deleted inode
@@ -279,9 +322,9 @@ def _unlock(path: Path, fd: int) -> None:
 
 def _refuse_if_locked(lock: Path) -> None:
     """Refuse when another command holds `lock` (a lock this process holds is fine)."""
-    if lock.parent.resolve() in _held or not lock.is_file():
-        return
-    fd = os.open(lock, os.O_RDONLY)
+    if lock.parent.resolve() in _held or lock.is_symlink() or not lock.is_file():
+        return  # the tool never makes a lock that is a link: nobody holds it
+    fd = _open_lock(lock, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:

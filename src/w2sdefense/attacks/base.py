@@ -11,7 +11,7 @@ from typing import ClassVar, TypeVar
 
 from w2sdefense.config import AttackConfig
 from w2sdefense.data.records import Example, Span
-from w2sdefense.errors import UserError
+from w2sdefense.errors import UserError, shown
 from w2sdefense.registry import Registry
 
 A = TypeVar("A", bound="type[Attack]")
@@ -153,7 +153,7 @@ class InsertionAttack(Attack):
         triggers = list(cfg.triggers) if cfg.triggers else list(self.default_triggers)
         bad = [t for t in triggers if not isinstance(t, str) or not t.strip()]
         if bad:
-            raise UserError(f"attack.triggers must be non-empty strings; got {bad!r}")
+            raise UserError(f"attack.triggers must be non-empty strings; got {shown(bad)}")
         # Single spaces inside a sentence trigger, so it reads back token for token.
         self.triggers = [" ".join(t.split()) for t in triggers]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from w2sdefense.data.records import Example
-from w2sdefense.errors import UserError
+from w2sdefense.errors import UserError, cut, shown
 from w2sdefense.fileio import utf8_error
 
 FORMATS = (".jsonl", ".json", ".csv", ".tsv", ".parquet")
@@ -149,11 +149,11 @@ def _delimited_rows(path: Path, delimiter: str) -> Iterator[tuple[str, dict]]:
 def _field(row: Mapping, explicit: str | None, candidates: Sequence[str], kind: str,
            where: str) -> str:
     """The name of the row's `kind` column: the explicit one, else the first candidate present."""
-    found = ", ".join(map(str, row)) or "(none)"
+    found = cut(", ".join(map(str, row))) or "(none)"
     if explicit is not None:
         if explicit in row:
             return explicit
-        raise UserError(f"{where}: no {kind} column {explicit!r}; columns found: {found}")
+        raise UserError(f"{where}: no {kind} column {shown(explicit)}; columns found: {found}")
     for name in candidates:
         if name in row:
             return name
@@ -177,7 +177,7 @@ def parse_label(value: Any, where: str) -> int:
         except ValueError:
             label = None
     if label is None:
-        raise UserError(f"{where}: label must be an integer; got {value!r}")
+        raise UserError(f"{where}: label must be an integer; got {shown(value)}")
     if label < 0:
         raise UserError(f"{where}: label must be >= 0; got {label}")
     return label
@@ -185,7 +185,7 @@ def parse_label(value: Any, where: str) -> int:
 
 def _text(value: Any, where: str) -> str:
     if not isinstance(value, str):
-        raise UserError(f"{where}: text must be a string; got {value!r}")
+        raise UserError(f"{where}: text must be a string; got {shown(value)}")
     return value
 
 
@@ -217,7 +217,7 @@ def load_examples(path: str | Path) -> list[Example]:
     for where, row in iter_rows(path):
         for key in ("idx", "text", "label"):
             if key not in row:
-                raise UserError(f"{where}: missing {key!r}; columns found: {', '.join(row)}")
+                raise UserError(f"{where}: missing {key!r}; columns found: {cut(', '.join(map(str, row)))}")
         examples.append(Example(
             text=_text(row["text"], where),
             label=parse_label(row["label"], where),
@@ -243,7 +243,7 @@ def _spans(value: Any, where: str) -> tuple[tuple[int, int], ...] | None:
         isinstance(s, list) and len(s) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in s)
         and 0 <= s[0] <= s[1] for s in value)
     if not ok:
-        raise UserError(f"{where}: trigger_spans must be a list of [start, end] character offsets; got {value!r}")
+        raise UserError(f"{where}: trigger_spans must be a list of [start, end] character offsets; got {shown(value)}")
     return tuple((s[0], s[1]) for s in value)
 
 
@@ -251,7 +251,7 @@ def _index(value: Any, where: str) -> int:
     try:
         return parse_label(value, where)
     except UserError:
-        raise UserError(f"{where}: idx must be a non-negative integer; got {value!r}") from None
+        raise UserError(f"{where}: idx must be a non-negative integer; got {shown(value)}") from None
 
 
 def load_transform(path: str | Path) -> dict[int, str]:
@@ -260,7 +260,7 @@ def load_transform(path: str | Path) -> dict[int, str]:
     for where, row in iter_rows(path):
         for key in ("idx", "text"):
             if key not in row:
-                raise UserError(f"{where}: missing {key!r}; columns found: {', '.join(row)}")
+                raise UserError(f"{where}: missing {key!r}; columns found: {cut(', '.join(map(str, row)))}")
         idx = _index(row["idx"], where)
         if idx in table:
             raise UserError(f"{where}: idx {idx} appears twice")

@@ -24,7 +24,7 @@ from w2sdefense.config import check_positive, to_dict
 from w2sdefense.data.records import Example
 from w2sdefense.defenses.base import DefenseJob, register_defense
 from w2sdefense.defenses.filtering import Screened, calibration_rows, frr_threshold, write_filter
-from w2sdefense.errors import UserError
+from w2sdefense.errors import UserError, shown
 from w2sdefense.models import Classifier, load_classifier
 from w2sdefense.models.batching import encode, make_loader, model_inputs
 from w2sdefense.models.predict import predict_logits
@@ -52,7 +52,7 @@ class RapSettings:
         if not 0 <= self.frr < 1:
             raise UserError(f"rap.frr must be in [0, 1); got {self.frr}")
         if not self.word.strip() or len(self.word.split()) != 1:
-            raise UserError(f"rap.word must be one word; got {self.word!r}")
+            raise UserError(f"rap.word must be one word; got {shown(self.word)}")
 
 
 def word_slots(tokenizer, word: str) -> tuple[int, list[int]]:
@@ -62,7 +62,7 @@ def word_slots(tokenizer, word: str) -> tuple[int, list[int]]:
     for start in range(min(3, len(text_ids))):  # after the special tokens in front (BOS, [CLS])
         if word_ids and text_ids[start:start + len(word_ids)] == word_ids:
             return start, word_ids
-    raise UserError(f"rap.word {word!r} is not tokenised the same at the start of a text; choose another word")
+    raise UserError(f"rap.word {shown(word)} is not tokenised the same at the start of a text; choose another word")
 
 
 @contextlib.contextmanager

@@ -6,7 +6,7 @@ rejected input counts:
     accepted over all clean rows (the accepted-only accuracy is reported beside it);
   - a rejected triggered row is an attack that failed: ASR after filtering is target AND accepted;
   - ASR-cc keeps the triggered rows whose clean version the filtered system gets right (accepted and
-    correct), the same floor-aware rule as for a repaired model.
+    correct), the same floor-aware rule as for a repaired model (None when there are none).
 False-rejection rate: rejected clean rows / clean rows. Detection rate: rejected triggered rows /
 triggered rows.
 """
@@ -14,6 +14,8 @@ triggered rows.
 from __future__ import annotations
 
 from collections.abc import Sequence
+
+from w2sdefense.eval.metrics import clean_correct_asr
 
 
 def _share(hits: int, total: int) -> float:
@@ -41,7 +43,7 @@ def filtered_metrics(clean_preds: Sequence[int], clean_labels: Sequence[int], cl
         "attack_success_rate": _share(sum(hits), len(trig_preds)),
         "attack_hits": sum(hits),
         "triggered_total": len(trig_preds),
-        "attack_success_rate_clean_correct": _share(sum(kept), len(kept)),
+        "attack_success_rate_clean_correct": clean_correct_asr(kept),
         "triggered_clean_correct_total": len(kept),
         "false_rejection_rate": _share(sum(map(bool, clean_rejected)), len(clean_rejected)),
         "detection_rate": _share(sum(map(bool, trig_rejected)), len(trig_rejected)),

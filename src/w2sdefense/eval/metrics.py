@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import torch
+
+log = logging.getLogger(__name__)
+NOT_DEFINED = "n/a"  # how reports show a rate over zero rows: no number, not 0
+
+
+def rate_or_na(value: float | None, fmt: str = "{:.1%}") -> str:
+    """`value` formatted with `fmt`, or n/a for a rate over zero rows (None)."""
+    return NOT_DEFINED if value is None else fmt.format(value)
 
 
 def accuracy(preds: Sequence[int], labels: Sequence[int]) -> float:
@@ -19,10 +28,23 @@ def attack_success_rate(preds: Sequence[int], target: int) -> float:
     return sum(int(p == target) for p in preds) / len(preds) if preds else 0.0
 
 
+def clean_correct_asr(hits: Sequence[bool]) -> float | None:
+    """ASR-cc from the hits of the triggered rows whose clean version is classified correctly.
+
+    None, with a warning, when there are no such rows: a share of zero rows is no measurement, and 0
+    would read as "no backdoor".
+    """
+    if not hits:
+        log.warning("ASR-cc is not defined: no triggered row's clean version is classified correctly (0 rows), "
+                    "so it is reported as %s, not as a number", NOT_DEFINED)
+        return None
+    return sum(map(bool, hits)) / len(hits)
+
+
 def backdoor_metrics(clean_logits: torch.Tensor, clean_labels: Sequence[int], clean_idx: Sequence[int],
                      trig_logits: torch.Tensor, trig_idx: Sequence[int], target: int,
                      trig_survived: Sequence[bool | None] | None = None) -> dict:
-    """CA, ASR, ASR over triggered rows whose clean version is classified correctly, counts.
+    """CA, ASR, ASR over triggered rows whose clean version is classified correctly (None over none), counts.
 
     Also the mean probability of the target label on triggered inputs: ASR saturates at 1.0,
     the probability still shows movement. With `trig_survived` (per triggered row: True when its
@@ -53,7 +75,7 @@ def backdoor_metrics(clean_logits: torch.Tensor, clean_labels: Sequence[int], cl
         "attack_success_rate": attack_success_rate(trig_preds, target),
         "attack_hits": sum(int(p == target) for p in trig_preds),
         "triggered_total": len(trig_preds),
-        "attack_success_rate_clean_correct": attack_success_rate(kept, target),
+        "attack_success_rate_clean_correct": clean_correct_asr([p == target for p in kept]),
         "triggered_clean_correct_total": len(kept),
         "mean_target_probability_triggered": target_prob,
         "target_label": target,

@@ -102,7 +102,9 @@ def write_curves(history: list[dict], path: Path, title: str, kept_step: int | N
     steps = [h["step"] for h in points]
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
     ax.plot(steps, [100 * h["dev_accuracy"] for h in points], marker="o", label="clean dev accuracy")
-    ax.plot(steps, [100 * h["probe_asr_cc"] for h in points], marker="s",
+    # An ASR-cc over zero rows (None: no probe row's clean version right) is a gap in the line, not a 0.
+    asr_cc = [float("nan") if h["probe_asr_cc"] is None else 100 * h["probe_asr_cc"] for h in points]
+    ax.plot(steps, asr_cc, marker="s",
             label=f"ASR-cc on {points[0]['probe_rows']} triggered probe rows")
     if kept_step is not None:
         ax.axvline(kept_step, color="gray", ls="--", lw=1, label=f"kept checkpoint (step {kept_step})")

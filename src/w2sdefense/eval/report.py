@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from w2sdefense.eval.metrics import NOT_DEFINED, rate_or_na
 from w2sdefense.fileio import atomic_write_text, write_json
 
 COLUMNS = [
@@ -24,6 +25,8 @@ COLUMNS = [
     ("wall_time_s", "stage time (s)", "{:.1f}"),
     ("peak_memory_mb", "peak mem (MB)", "{:.0f}"),
 ]
+# Columns whose None means a rate over zero rows (n/a), not a value the row lacks (–).
+UNDEFINED_WHEN_NONE = ("attack_success_rate_clean_correct", "residual_backdoor")
 
 
 def environment() -> dict:
@@ -51,14 +54,19 @@ def add_residuals(rows: list[dict]) -> list[dict]:
 
     The clean model's ASR-cc is the floor: a model that never saw the trigger already sends that
     share of triggered rows to the target (e.g. the SCPN paraphrase itself flips sentiment). Rows
-    are left as they are when the report has no clean model.
+    are left as they are when the report has no clean model. A residual is None (n/a) when its ASR-cc or
+    the floor is over zero rows.
     """
     clean = next((r for r in rows if r["model"] == CLEAN_ROW), None)
     if clean is None:
         return rows
     floor = clean["attack_success_rate_clean_correct"]
-    return [{**r, "asr_cc_floor": floor, "residual_backdoor": 100 * (r["attack_success_rate_clean_correct"] - floor)}
-            for r in rows]
+    return [{**r, "asr_cc_floor": floor,
+             "residual_backdoor": _points_above(r["attack_success_rate_clean_correct"], floor)} for r in rows]
+
+
+def _points_above(value: float | None, floor: float | None) -> float | None:
+    return None if value is None or floor is None else 100 * (value - floor)
 
 
 def plain_summary(rows: list[dict]) -> list[str]:
@@ -68,8 +76,8 @@ def plain_summary(rows: list[dict]) -> list[str]:
     if poisoned is None:
         return []
     floor_known = "residual_backdoor" in poisoned
-    lines = [f"The attack: ASR-cc {poisoned['attack_success_rate_clean_correct']:.1%} on the poisoned model"
-             + (f" (a clean model: {poisoned['asr_cc_floor']:.1%}), CA {poisoned['clean_accuracy']:.1%}."
+    lines = [f"The attack: ASR-cc {rate_or_na(poisoned['attack_success_rate_clean_correct'])} on the poisoned model"
+             + (f" (a clean model: {rate_or_na(poisoned['asr_cc_floor'])}), CA {poisoned['clean_accuracy']:.1%}."
                 if floor_known else f", CA {poisoned['clean_accuracy']:.1%}.")]
     for r in rows:
         if r["model"] in (CLEAN_ROW, POISONED_ROW, TEACHER_ROW):
@@ -77,10 +85,13 @@ def plain_summary(rows: list[dict]) -> list[str]:
         ca = 100 * (r["clean_accuracy"] - poisoned["clean_accuracy"])
         if floor_known:
             before, after = poisoned["residual_backdoor"], r["residual_backdoor"]
-            lines.append(f"{r['model']}: residual backdoor {before:.1f} -> {after:.1f} points ({before - after:.1f} "
-                         f"removed), CA {ca:+.1f} points.")
+            removed = None if before is None or after is None else before - after
+            lines.append(f"{r['model']}: residual backdoor {rate_or_na(before, '{:.1f}')} -> "
+                         f"{rate_or_na(after, '{:.1f}')} points ({rate_or_na(removed, '{:.1f}')} removed), "
+                         f"CA {ca:+.1f} points.")
         else:
-            lines.append(f"{r['model']}: ASR-cc {r['attack_success_rate_clean_correct']:.1%}, CA {ca:+.1f} points "
+            asr_cc = rate_or_na(r["attack_success_rate_clean_correct"])
+            lines.append(f"{r['model']}: ASR-cc {asr_cc}, CA {ca:+.1f} points "
                          "(no clean model in this run, so no floor: set clean_model: true).")
         if "false_rejection_rate" in r:  # an input filter: what it turned away
             lines[-1] = (lines[-1][:-1] + f"; it rejects {r['false_rejection_rate']:.1%} of clean inputs and "
@@ -90,7 +101,9 @@ def plain_summary(rows: list[dict]) -> list[str]:
 
 def _cell(row: dict, key: str, fmt: str) -> str:
     value = row.get(key)
-    return "–" if value is None else fmt.format(value)
+    if value is None:
+        return NOT_DEFINED if key in row and key in UNDEFINED_WHEN_NONE else "–"
+    return fmt.format(value)
 
 
 def markdown_table(rows: list[dict]) -> str:
@@ -114,7 +127,8 @@ def write_report(out_dir: Path, name: str, rows: list[dict], config: dict) -> di
         "whose clean version the model classifies correctly that it classifies as the target label "
         "(a flip the trigger caused, not an error it already made). Residual backdoor: ASR-cc minus "
         "the clean model's ASR-cc, in points (0 = no more backdoor than a model that never saw the "
-        "trigger). ASR: the same share over all triggered rows. ASR (trigger kept): the same share over the "
+        f"trigger). {NOT_DEFINED}: a share over zero rows (no triggered input's clean version classified correctly), "
+        "which is no number. ASR: the same share over all triggered rows. ASR (trigger kept): the same share over the "
         "triggered rows whose trigger lies within eval.max_length tokens; triggers cut: the rows whose trigger "
         "the tokenizer cut off (none for paraphrase attacks, whose trigger has no position). Stage time: "
         "the wall time of the stage that produced the model (loading, teacher caching, training, saving; not "

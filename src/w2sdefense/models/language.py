@@ -33,8 +33,8 @@ def load_language_model(name: str, dtype: torch.dtype = torch.float32) -> Langua
         check_model_name(name)
         path = resolve_model_path(name)
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-            tok = AutoTokenizer.from_pretrained(path)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise UserError(f"could not load the language model {name!r} (a causal LM with its head is needed): "
                             f"{str(exc).splitlines()[0]}") from None

@@ -142,11 +142,11 @@ def load_classifier(name: str, num_labels: int | None, dtype: torch.dtype = torc
     if (Path(path) / "adapter_config.json").is_file():
         return _load_adapter(Path(path), num_labels, dtype)
     try:
-        config = AutoConfig.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path, trust_remote_code=False)
         _check_labels(config, num_labels, name)
         kwargs = {} if num_labels is None else {"num_labels": num_labels}
-        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, **kwargs)
-        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, trust_remote_code=False, **kwargs)
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except UserError:
         raise
     except (OSError, ValueError) as exc:
@@ -180,7 +180,8 @@ def _load_adapter(path: Path, num_labels: int | None, dtype: torch.dtype) -> Cla
     """A PEFT adapter folder: load its base, then the adapter (and its trained head) on top."""
     base = load_classifier(adapter_base(path), num_labels, dtype)
     model = PeftModel.from_pretrained(base.model, str(path))
-    tok = AutoTokenizer.from_pretrained(path) if (path / "tokenizer_config.json").is_file() else base.tokenizer
+    own = (path / "tokenizer_config.json").is_file()
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False) if own else base.tokenizer
     fix_padding(model, tok)
     return Classifier(model, tok)
 

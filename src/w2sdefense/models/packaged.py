@@ -74,8 +74,8 @@ def _convert_gguf(spec: PackagedModel, source: Path, target: Path) -> None:
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tok = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-        model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name)
+        tok = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, trust_remote_code=False)
     except ImportError as exc:
         raise UserError(f"converting {spec.name} needs the `gguf` package ({exc}); pip install gguf") from None
     except Exception as exc:  # a corrupt or unsupported file: say which and why

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from w2sdefense.errors import UserError
+from w2sdefense.errors import UserError, shown
 
 MIXES = ("mask", "interpolate")
 
@@ -24,7 +24,7 @@ MIXES = ("mask", "interpolate")
 def check_reset(where: str, base_model: str | None, rho: float, mix: str) -> None:
     """The reset settings (fine-mixing's, W2SDefense's reset): a known mix, rho in [0, 1], a named base."""
     if mix not in MIXES:
-        raise UserError(f"{where}.mix must be one of {', '.join(MIXES)}; got {mix!r}")
+        raise UserError(f"{where}.mix must be one of {', '.join(MIXES)}; got {shown(mix)}")
     if not 0 <= rho <= 1:
         raise UserError(f"{where}.rho must be in [0, 1] (the share of the fine-tuning change kept); got {rho}")
     if base_model is not None and not str(base_model).strip():
@@ -61,7 +61,7 @@ def reset_toward_base(victim: nn.Module, base: nn.Module, rho: float, mix: str,
                       generator: torch.Generator) -> dict:
     """Mix the victim's backbone with the base's in place (see the module docstring); returns a record of it."""
     if mix not in MIXES:
-        raise UserError(f"mix must be one of {', '.join(MIXES)}; got {mix!r}")
+        raise UserError(f"mix must be one of {', '.join(MIXES)}; got {shown(mix)}")
     base_params = dict(backbone(base).named_parameters())
     changed = kept = total = 0
     with torch.no_grad():

@@ -87,7 +87,8 @@ class TeacherClassifier(nn.Module):
         if not (path / META_FILE).is_file():
             raise UserError(f"{path} is not a saved teacher (no {META_FILE}); run `w2sdefense teacher` first")
         meta = json.loads((path / META_FILE).read_text())
-        teacher = cls(AutoModel.from_pretrained(path / "encoder", dtype=dtype), meta["feature_dim"], meta["num_labels"])
+        encoder = AutoModel.from_pretrained(path / "encoder", dtype=dtype, trust_remote_code=False)
+        teacher = cls(encoder, meta["feature_dim"], meta["num_labels"])
         teacher.head.load_state_dict(load_file(str(path / HEAD_FILE)))
         return teacher.to(dtype)
 
@@ -99,7 +100,8 @@ def load_encoder(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, object
         return model.base_model, tok
     path = resolve_model_path(name)
     try:
-        return AutoModel.from_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(path)
+        return (AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=False),
+                AutoTokenizer.from_pretrained(path, trust_remote_code=False))
     except (OSError, ValueError) as exc:
         raise UserError(f"could not load teacher encoder {name!r}: {str(exc).splitlines()[0]}") from None
 
@@ -133,7 +135,8 @@ def random_teacher(path: str | Path, dtype: torch.dtype, seed: int) -> TeacherCl
     meta = json.loads((Path(path) / META_FILE).read_text())
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        encoder = AutoModel.from_config(AutoConfig.from_pretrained(Path(path) / "encoder"), dtype=dtype)
+        config = AutoConfig.from_pretrained(Path(path) / "encoder", trust_remote_code=False)
+        encoder = AutoModel.from_config(config, dtype=dtype, trust_remote_code=False)
         teacher = TeacherClassifier(encoder, meta["feature_dim"], meta["num_labels"])
     return teacher.to(dtype)
 
@@ -148,7 +151,7 @@ def load_teacher(path: str | Path, dtype: torch.dtype = torch.float32,
     else:
         teacher = random_teacher(path, dtype, random_init_seed)
     teacher.eval().requires_grad_(False)
-    tok = AutoTokenizer.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     limit_length(teacher, tok)
     return Classifier(teacher, tok)
 
@@ -161,7 +164,7 @@ def hidden_size_of(name: str) -> int:
     refuse_teacher(path, name)
     if (path / "adapter_config.json").is_file():
         return hidden_size_of(adapter_base(path))
-    config = AutoConfig.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     return config.get_text_config().hidden_size
 
 
