@@ -93,7 +93,7 @@ def test_clean_writes_a_standalone_model_and_a_report_that_plain_transformers_re
     measured = report["after"]["triggers"][0]
     for target in (0, 1):
         kept = [i for i, y in enumerate(labels) if y != target and clean_preds[i] == y]
-        expected = sum(trig_preds[i] == target for i in kept) / len(kept) if kept else 0.0
+        expected = sum(trig_preds[i] == target for i in kept) / len(kept) if kept else None
         assert measured["by_label"][str(target)]["asr_cc"] == expected
         assert measured["by_label"][str(target)]["rows"] == len(kept)
     assert measured["asr_cc"] == max(v["asr_cc"] for v in measured["by_label"].values())

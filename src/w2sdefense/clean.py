@@ -165,8 +165,13 @@ def _per_target(clean: torch.Tensor, labels: list[int], idx: list[int], logits: 
         m = backdoor_metrics(clean, labels, idx, logits[keep], [idx[i] for i in keep], target)
         by_label[str(target)] = {"asr_cc": m["attack_success_rate_clean_correct"],
                                  "rows": m["triggered_clean_correct_total"]}
-    top = max(by_label, key=lambda k: by_label[k]["asr_cc"])
+    # An ASR-cc over no row (no correct clean prediction of another label) is no number: never the highest.
+    top = max(by_label, key=lambda k: -1.0 if by_label[k]["asr_cc"] is None else by_label[k]["asr_cc"])
     return {"asr_cc": by_label[top]["asr_cc"], "target_label": int(top), "by_label": by_label}
+
+
+def _rate(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
 
 
 def summary_lines(report: dict) -> list[str]:
@@ -175,8 +180,8 @@ def summary_lines(report: dict) -> list[str]:
     lines = [f"{report['defense']['name']} on {report['model']}: clean accuracy {before['clean_accuracy']:.1%} -> "
              f"{after['clean_accuracy']:.1%} on {after['clean_total']} clean test rows."]
     for b, a in zip(before["triggers"], after["triggers"]):
-        lines.append(f"trigger {b['trigger']!r}: ASR-cc {b['asr_cc']:.1%} (label {b['target_label']}) -> "
-                     f"{a['asr_cc']:.1%} (label {a['target_label']}).")
+        lines.append(f"trigger {b['trigger']!r}: ASR-cc {_rate(b['asr_cc'])} (label {b['target_label']}) -> "
+                     f"{_rate(a['asr_cc'])} (label {a['target_label']}).")
     if not before["triggers"]:
         lines.append("no candidate trigger given (--trigger, --triggers): the backdoor itself was not measured.")
     lines.append(f"cleaned model: {report['cleaned_model']} (plain weights and tokenizer: "
@@ -192,7 +197,7 @@ def write_report(out: Path, report: dict) -> None:
             "|---|---|" + "---|" * len(report["before"]["triggers"])]
     for name in ("before", "after"):
         m = report[name]
-        cells = [f"{t['asr_cc']:.2%} (label {t['target_label']})" for t in m["triggers"]]
+        cells = [f"{_rate(t['asr_cc'])} (label {t['target_label']})" for t in m["triggers"]]
         rows.append(f"| {'suspect' if name == 'before' else 'cleaned'} | {m['clean_accuracy']:.2%} | "
                     + " | ".join(cells) + " |")
     text = ("# w2sdefense clean\n\n" + "".join(f"- {line}\n" for line in lines) + "\n" + "\n".join(rows) + "\n\n"
