@@ -21,11 +21,10 @@ from w2sdefense.defenses.base import (
     open_filter,
     DefenseJob,
     DefenseSpec,
-    available_defenses,
     register_defense,
     resolve,
     run_defense,
 )
 
-__all__ = ["DEFENSES", "open_filter", "DefenseJob", "DefenseSpec", "available_defenses", "register_defense", "resolve",
+__all__ = ["DEFENSES", "open_filter", "DefenseJob", "DefenseSpec", "register_defense", "resolve",
            "run_defense"]
