@@ -200,7 +200,8 @@ def defend(
     overwrite: OverwriteOpt = False,
     resume: ResumeOpt = False,
 ) -> None:
-    """Unlearn a backdoor with clean data only: W2SDefense or a fine-tuning baseline."""
+    """Defend a poisoned classifier with clean data only: any defense `w2sdefense list` shows (repairs and input
+    filters)."""
     from w2sdefense.data.datasets import load_splits
     from w2sdefense.defenses import DefenseJob, resolve, run_defense
     from w2sdefense.models import check_model_name

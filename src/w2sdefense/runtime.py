@@ -63,7 +63,7 @@ def make_runtime(cfg: RuntimeConfig) -> Runtime:
     """Create the Accelerator (single process, torchrun or `accelerate launch`) and the dtype."""
     use_cuda, use_bf16 = _resolve(cfg)
     set_threads(cfg.num_threads)
-    # `batch_size` is the global batch: train/batching.ShardedBatches cuts it across processes.
+    # `batch_size` is the global batch: models/batching.ShardedBatches cuts it across processes.
     accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_bf16 else "no")
     # Weights load in bf16 on GPUs (an 8B student must); on CPU fp32 is faster and exact.
     dtype = torch.bfloat16 if (use_bf16 and use_cuda) else torch.float32
