@@ -279,7 +279,8 @@ def _evaluate_filter(folder: str, data: Path, cfg, rt, out: Path | None) -> dict
     flt, record = open_filter(folder)
     poisoned = load_poison_folder(data)
     clf = load_classifier(record["student"], poisoned.num_labels, rt.dtype)
-    metrics = evaluate_filtered(clf, flt, poisoned.test, poisoned.test_triggered, target_label(data), cfg, rt)
+    metrics = evaluate_filtered(clf, flt, poisoned.test, poisoned.test_triggered, target_label(data), cfg, rt,
+                                record["seed"])
     metrics.update(model=str(folder), defense=record["defense"], student=record["student"], poison_dir=str(data))
     if out is not None and rt.is_main:
         write_json(out, metrics)
