@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
 
 import pytest
 import torch
@@ -19,6 +21,7 @@ from w2sdefense.defenses.filtering import Screened, evaluate_filtered, read_filt
 from w2sdefense.defenses.onion import OnionFilter, OnionSettings
 from w2sdefense.defenses.strip import StripFilter, StripSettings
 from w2sdefense.config import EvalConfig
+from w2sdefense.errors import UserError
 from w2sdefense.eval.filtering import filtered_metrics
 from w2sdefense.models import Classifier
 from w2sdefense.models.language import load_language_model, perplexities
@@ -164,6 +167,28 @@ def test_a_filter_keeps_the_defense_seed_for_its_sample(tmp_path):
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "filter.json").write_text(json.dumps(old))
     assert read_filter(tmp_path / "old")["seed"] == 0
+
+
+def test_a_filter_run_moved_with_its_model_still_finds_it(tmp_path):
+    exp = tmp_path / "exp"
+    (exp / "victim" / "model").mkdir(parents=True)
+    write_filter(exp / "defenses" / "onion", "onion", str(exp / "victim" / "model"), {}, RejectZZ(0),
+                 SimpleNamespace(is_main=True), 0)
+    saved = json.loads((exp / "defenses" / "onion" / "filter.json").read_text())
+    assert saved["student_relative"] == os.path.join("..", "..", "victim", "model")
+    moved = exp.rename(tmp_path / "moved")  # the recorded absolute path is gone
+    assert read_filter(moved / "defenses" / "onion")["student"] == str((moved / "victim" / "model").resolve())
+    # A record from before relative paths keeps its absolute one; a name stays a name.
+    old = {"defense": "onion", "student": str(moved / "victim" / "model"), "settings": {}, "state": {}}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "filter.json").write_text(json.dumps(old))
+    assert read_filter(tmp_path / "old")["student"] == str(moved / "victim" / "model")
+    write_filter(tmp_path / "named", "onion", "tiny-llama", {}, RejectZZ(0), SimpleNamespace(is_main=True), 0)
+    assert "student_relative" not in json.loads((tmp_path / "named" / "filter.json").read_text())
+    assert read_filter(tmp_path / "named")["student"] == "tiny-llama"
+    shutil.rmtree(moved / "victim")  # gone from both places: said in one sentence
+    with pytest.raises(UserError, match=r"filter.json: the model it guards is neither at .* nor at "):
+        read_filter(moved / "defenses" / "onion")
 
 
 class RejectZZ:

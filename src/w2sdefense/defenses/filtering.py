@@ -5,6 +5,7 @@ folder holding `filter.json`; `evaluate` and `run` measure the model behind it.
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -79,10 +80,18 @@ def write_filter(out_dir: Path, defense: str, student: str, settings: dict, flt:
     """Save a calibrated filter: which defense, the model it guards, its settings and state, and the seed
     its evaluation sample is drawn with (the defense's)."""
     if rt.is_main:
-        student_path = Path(student).expanduser()
-        write_json(out_dir / FILTER_FILE, {"defense": defense,
-                                           "student": str(student_path.resolve()) if student_path.exists() else student,
-                                           "settings": settings, "state": flt.state(), "seed": seed})
+        write_json(Path(out_dir) / FILTER_FILE, {"defense": defense, **_student_paths(student, Path(out_dir)),
+                                                 "settings": settings, "state": flt.state(), "seed": seed})
+
+
+def _student_paths(student: str, out_dir: Path) -> dict:
+    """Where the guarded model is: a local folder both absolute and relative to the filter's folder (what
+    a moved or copied run finds it by), a built-in name or hub id as it is."""
+    path = Path(student).expanduser()
+    if not path.exists():
+        return {"student": student}
+    absolute = path.resolve()
+    return {"student": str(absolute), "student_relative": os.path.relpath(absolute, out_dir.resolve())}
 
 
 def is_filter_run(path: str | Path) -> bool:
@@ -90,8 +99,8 @@ def is_filter_run(path: str | Path) -> bool:
 
 
 def read_filter(path: str | Path) -> dict:
-    """The saved filter record of a filter run folder, with its `seed` (0 in records written before filters
-    kept theirs: the seed their samples were drawn with)."""
+    """The saved filter record of a filter run folder: its `student` where that model is now, and its
+    `seed` (0 in records written before filters kept theirs: the seed their samples were drawn with)."""
     file = Path(path) / FILTER_FILE
     try:
         record = json.loads(file.read_text(encoding="utf-8"))
@@ -99,8 +108,27 @@ def read_filter(path: str | Path) -> dict:
         raise UserError(f"{file}: not a readable filter record ({exc})") from None
     if not isinstance(record, dict):
         raise UserError(f"{file}: not a readable filter record (expected a JSON object)")
+    record["student"] = _guarded_model(file, record)
     record.setdefault("seed", 0)
     return record
+
+
+def _guarded_model(file: Path, record: dict) -> str:
+    """The model a filter guards: relative to the filter's folder when it is there (the run was moved or
+    copied with its model), else as recorded (an absolute path, as older records hold, a name, a hub id)."""
+    student = record.get("student")
+    if not isinstance(student, str) or not student:
+        raise UserError(f"{file}: names no student (the model the filter guards)")
+    relative = record.get("student_relative")
+    if not isinstance(relative, str):
+        return student
+    here = (file.parent / relative).resolve()
+    if here.exists():
+        return str(here)
+    if not Path(student).exists():
+        raise UserError(f"{file}: the model it guards is neither at {here} nor at {student} (moved or deleted); "
+                        f"put it back, or set student in {FILTER_FILE} to where it is now")
+    return student
 
 
 def sample_test(test: list[Example], triggered: list[Example], rows: int,
