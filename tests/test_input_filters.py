@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import shutil
 
 import pytest
 import torch
@@ -15,10 +17,11 @@ from cli_helpers import error_line, run_cli
 from w2sdefense.config import DefenseConfig, RuntimeConfig
 from w2sdefense.data.records import Example, Splits
 from w2sdefense.defenses import DefenseJob, open_filter, resolve, run_defense
-from w2sdefense.defenses.filtering import Screened, evaluate_filtered, sample_test
+from w2sdefense.defenses.filtering import Screened, evaluate_filtered, read_filter, sample_test, write_filter
 from w2sdefense.defenses.onion import OnionFilter, OnionSettings
 from w2sdefense.defenses.strip import StripFilter, StripSettings
 from w2sdefense.config import EvalConfig
+from w2sdefense.errors import UserError
 from w2sdefense.eval.filtering import filtered_metrics
 from w2sdefense.models import Classifier
 from w2sdefense.models.language import load_language_model, perplexities
@@ -98,7 +101,7 @@ def test_strip_calibrates_on_clean_dev_at_the_stated_false_rejection_rate(rt, tm
     assert metrics["dev_false_rejection_rate"] <= 0.2 and metrics["dev_rows"] == 60
     flt, record = open_filter(tmp_path / "strip")
     assert record["defense"] == "strip" and flt.threshold == pytest.approx(metrics["threshold"])
-    assert record["student"] == str((tmp_path / "victim").resolve())
+    assert record["student"] == str((tmp_path / "victim").resolve()) and record["seed"] == 3
 
 
 def test_onion_deletes_the_words_whose_removal_makes_the_text_more_fluent(monkeypatch, rt):
@@ -132,7 +135,8 @@ def test_evaluate_filtered_counts_rejections_as_the_metrics_say(keyword_classifi
     flt = StripFilter(StripSettings(copies=8), CLEAN, seed=0, threshold=math.log(2) - 1e-6)
     test = [Example(text=t, label=1, idx=i) for i, t in enumerate(CLEAN)]
     triggered = [Example(text=t.replace(" ", " zz ", 1), label=1, idx=i) for i, t in enumerate(CLEAN)]
-    m = evaluate_filtered(keyword_classifier, flt, test, triggered, 0, EvalConfig(batch_size=4, max_length=32), rt)
+    m = evaluate_filtered(keyword_classifier, flt, test, triggered, 0, EvalConfig(batch_size=4, max_length=32), rt,
+                          seed=0)
     # Clean rows: undecided logits (argmax 0 = the wrong label), none rejected; triggered: all rejected.
     assert m["false_rejection_rate"] == 0.0 and m["detection_rate"] == 1.0
     assert m["attack_success_rate"] == 0.0 and m["clean_accuracy"] == 0.0 and m["filter_seconds_per_input"] > 0
@@ -141,12 +145,50 @@ def test_evaluate_filtered_counts_rejections_as_the_metrics_say(keyword_classifi
 def test_sample_test_keeps_the_triggered_versions_of_the_sampled_rows():
     test = [Example(text=t, label=0, idx=10 + i) for i, t in enumerate(CLEAN)]
     triggered = [Example(text="zz " + t, label=0, idx=10 + i) for i, t in enumerate(CLEAN) if i % 3]
-    clean, trig = sample_test(test, triggered, 5)
+    clean, trig = sample_test(test, triggered, 5, seed=0)
     assert len(clean) == 5 and [e.idx for e in clean] == sorted(e.idx for e in clean)  # in the test set's order
     assert {e.idx for e in trig} == {e.idx for e in clean} & {e.idx for e in triggered}
-    assert sample_test(test, triggered, 5) == (clean, trig)  # seeded: the same rows every time
-    assert sample_test(test, triggered, 5, seed=1) != (clean, trig)
-    assert sample_test(test, triggered, 0) == (test, triggered) == sample_test(test, triggered, 8)
+    assert sample_test(test, triggered, 0, seed=0) == (test, triggered) == sample_test(test, triggered, 8, seed=0)
+
+
+def test_the_evaluation_sample_follows_the_seed():
+    test = [Example(text=f"row {i}", label=0, idx=i) for i in range(40)]
+    triggered = [Example(text=f"zz row {i}", label=0, idx=i) for i in range(40)]
+    picked = {seed: [e.idx for e in sample_test(test, triggered, 10, seed)[0]] for seed in (0, 1, 42)}
+    assert all(picked[seed] == [e.idx for e in sample_test(test, triggered, 10, seed)[0]] for seed in picked)
+    assert len({tuple(rows) for rows in picked.values()}) == 3  # each seed its own sample of the 40 rows
+
+
+def test_a_filter_keeps_the_defense_seed_for_its_sample(tmp_path):
+    write_filter(tmp_path / "new", "onion", "tiny-llama", {}, RejectZZ(3), SimpleNamespace(is_main=True), 43)
+    assert read_filter(tmp_path / "new")["seed"] == 43
+    # A record written before filters kept their seed was sampled with 0: it still reads so.
+    old = {"defense": "onion", "student": "tiny-llama", "settings": {}, "state": {}}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "filter.json").write_text(json.dumps(old))
+    assert read_filter(tmp_path / "old")["seed"] == 0
+
+
+def test_a_filter_run_moved_with_its_model_still_finds_it(tmp_path):
+    exp = tmp_path / "exp"
+    (exp / "victim" / "model").mkdir(parents=True)
+    write_filter(exp / "defenses" / "onion", "onion", str(exp / "victim" / "model"), {}, RejectZZ(0),
+                 SimpleNamespace(is_main=True), 0)
+    saved = json.loads((exp / "defenses" / "onion" / "filter.json").read_text())
+    assert saved["student_relative"] == os.path.join("..", "..", "victim", "model")
+    moved = exp.rename(tmp_path / "moved")  # the recorded absolute path is gone
+    assert read_filter(moved / "defenses" / "onion")["student"] == str((moved / "victim" / "model").resolve())
+    # A record from before relative paths keeps its absolute one; a name stays a name.
+    old = {"defense": "onion", "student": str(moved / "victim" / "model"), "settings": {}, "state": {}}
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "filter.json").write_text(json.dumps(old))
+    assert read_filter(tmp_path / "old")["student"] == str(moved / "victim" / "model")
+    write_filter(tmp_path / "named", "onion", "tiny-llama", {}, RejectZZ(0), SimpleNamespace(is_main=True), 0)
+    assert "student_relative" not in json.loads((tmp_path / "named" / "filter.json").read_text())
+    assert read_filter(tmp_path / "named")["student"] == "tiny-llama"
+    shutil.rmtree(moved / "victim")  # gone from both places: said in one sentence
+    with pytest.raises(UserError, match=r"filter.json: the model it guards is neither at .* nor at "):
+        read_filter(moved / "defenses" / "onion")
 
 
 class RejectZZ:
@@ -166,13 +208,14 @@ def test_a_sampled_filter_is_measured_beside_the_unfiltered_model_on_the_same_ro
     test = [Example(text=t, label=0, idx=i) for i, t in enumerate(CLEAN)]
     triggered = [Example(text="zz " + t, label=0, idx=i) for i, t in enumerate(CLEAN)]
     cfg = EvalConfig(batch_size=4, max_length=32)
-    m = evaluate_filtered(keyword_classifier, RejectZZ(3), test, triggered, 0, cfg, rt)
+    m = evaluate_filtered(keyword_classifier, RejectZZ(3), test, triggered, 0, cfg, rt, seed=5)
     assert m["clean_total"] == m["triggered_total"] == m["test_rows_sampled"] == 3 and m["test_rows_of"] == 8
+    assert m["test_rows_seed"] == 5
     # Behind the filter every triggered row is rejected; without it the 'z' sends each to the target.
     assert m["attack_success_rate"] == 0.0 and m["detection_rate"] == 1.0 and m["clean_accuracy"] == 1.0
     assert m["unfiltered_attack_success_rate"] == m["unfiltered_attack_success_rate_clean_correct"] == 1.0
     assert m["unfiltered_clean_accuracy"] == 1.0
-    whole = evaluate_filtered(keyword_classifier, RejectZZ(0), test, triggered, 0, cfg, rt)
+    whole = evaluate_filtered(keyword_classifier, RejectZZ(0), test, triggered, 0, cfg, rt, seed=5)
     assert whole["clean_total"] == 8 and "test_rows_sampled" not in whole and "unfiltered_clean_accuracy" not in whole
 
 

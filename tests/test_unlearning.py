@@ -45,7 +45,8 @@ def _adapter(folder) -> dict[str, torch.Tensor]:
 
 def test_w2s_with_ce_only_trains_exactly_the_lora_ft_adapter(victim_and_teacher, tiny_splits, rt, tmp_path):
     # Same seed, same data: W2SDefense with alpha=1, beta=gamma=0 is lora-ft, down to the bit, even though
-    # it loads (and runs) its teacher first, and LoRA dropout draws random numbers every step.
+    # it loads (and runs) its teacher between building the student and training it, and LoRA dropout
+    # draws random numbers every step.
     victim, teacher = victim_and_teacher
     ce_only = DefenseConfig(settings={"alpha": 1.0, "beta": 0.0, "gamma": 0.0}, train=LORA)
     run_defense(DefenseJob(victim, teacher, tiny_splits, ce_only, rt, tmp_path / "w2s", seed=3))

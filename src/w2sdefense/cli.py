@@ -207,7 +207,8 @@ def defend(
     overwrite: OverwriteOpt = False,
     resume: ResumeOpt = False,
 ) -> None:
-    """Unlearn a backdoor with clean data only: W2SDefense or a fine-tuning baseline."""
+    """Defend a poisoned classifier with clean data only: any defense `w2sdefense list` shows (repairs and input
+    filters)."""
     from w2sdefense.data.datasets import load_splits
     from w2sdefense.defenses import DefenseJob, resolve, run_defense
     from w2sdefense.models import check_model_name
@@ -295,7 +296,8 @@ def _evaluate_filter(folder: str, data: Path, cfg, rt, out: Path | None) -> dict
     flt, record = open_filter(folder)
     poisoned = load_poison_folder(data)
     clf = load_classifier(record["student"], poisoned.num_labels, rt.dtype)
-    metrics = evaluate_filtered(clf, flt, poisoned.test, poisoned.test_triggered, target_label(data), cfg, rt)
+    metrics = evaluate_filtered(clf, flt, poisoned.test, poisoned.test_triggered, target_label(data), cfg, rt,
+                                record["seed"])
     metrics.update(model=str(folder), defense=record["defense"], student=record["student"], poison_dir=str(data))
     if out is not None and rt.is_main:
         write_json(out, metrics)

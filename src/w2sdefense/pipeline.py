@@ -200,7 +200,8 @@ class Experiment:
             if is_filter_run(model_stage.folder):  # an input filter: the model it guards, behind it
                 flt, record = open_filter(model_stage.folder)
                 clf = load_classifier(record["student"], data.num_labels, self.rt.dtype)
-                metrics = evaluate_filtered(clf, flt, data.test, data.test_triggered, target, c.eval, self.rt)
+                metrics = evaluate_filtered(clf, flt, data.test, data.test_triggered, target, c.eval, self.rt,
+                                            record["seed"])
                 if self.rt.is_main:
                     write_json(stage.folder / "metrics.json", metrics)
                 return metrics

@@ -63,7 +63,7 @@ def make_runtime(cfg: RuntimeConfig) -> Runtime:
     """Create the Accelerator (single process, torchrun or `accelerate launch`) and the dtype."""
     use_cuda, use_bf16 = _resolve(cfg)
     set_threads(cfg.num_threads)
-    # `batch_size` is the global batch: train/batching.ShardedBatches cuts it across processes.
+    # `batch_size` is the global batch: models/batching.ShardedBatches cuts it across processes.
     accelerator = Accelerator(cpu=not use_cuda, mixed_precision="bf16" if use_bf16 else "no")
     # Weights load in bf16 on GPUs (an 8B student must). On CPU `auto` stays fp32 (faster and exact there), and
     # an explicit `precision: bf16` takes the GPU's path: bf16 weights under bf16 autocast (the tests run it).

@@ -8,7 +8,6 @@ from w2sdefense.data.datasets import (
     transforms_dir,
 )
 from w2sdefense.data.loading import (
-    check_labels,
     iter_rows,
     load_examples,
     load_split,
@@ -22,7 +21,6 @@ __all__ = [
     "SPLIT_NAMES",
     "Example",
     "Splits",
-    "check_labels",
     "dataset_files",
     "iter_rows",
     "load_examples",

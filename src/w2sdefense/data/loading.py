@@ -267,13 +267,3 @@ def load_transform(path: str | Path) -> dict[int, str]:
         table[idx] = _text(row["text"], where)
     return table
 
-
-def check_labels(splits: Mapping[str, Sequence[Example]], num_labels: int) -> None:
-    """Fail on any label outside 0..num_labels-1; `splits` maps a name (split or file) to rows."""
-    for name, examples in splits.items():
-        for example in examples:
-            if not 0 <= example.label < num_labels:
-                raise UserError(
-                    f"{name} row {example.idx}: label {example.label} is outside "
-                    f"0..{num_labels - 1} (num_labels={num_labels})"
-                )

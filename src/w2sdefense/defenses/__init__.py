@@ -1,5 +1,5 @@
-"""Defenses, one file each: W2SDefense (with its losses and teacher), the fine-tuning baselines, and the
-input filters ONION, STRIP and RAP; fine-pruning and NAD.
+"""Defenses, one file each (`w2sdefense list` shows them): W2SDefense (with its losses and teacher), the repair
+baselines and the input filters.
 
 A new defense is one file that calls `register_defense` and one import line here.
 """
@@ -21,11 +21,10 @@ from w2sdefense.defenses.base import (
     open_filter,
     DefenseJob,
     DefenseSpec,
-    available_defenses,
     register_defense,
     resolve,
     run_defense,
 )
 
-__all__ = ["DEFENSES", "open_filter", "DefenseJob", "DefenseSpec", "available_defenses", "register_defense", "resolve",
+__all__ = ["DEFENSES", "open_filter", "DefenseJob", "DefenseSpec", "register_defense", "resolve",
            "run_defense"]

@@ -83,11 +83,6 @@ def register_defense(name: str, *aliases: str, kind: str, method: str | None, ne
     return wrap
 
 
-def available_defenses() -> list[str]:
-    """Registered defense names."""
-    return DEFENSES.names()
-
-
 @dataclass(frozen=True)
 class Resolved:
     """A configured defense checked against its declaration: its spec, settings and full recipe."""

@@ -87,5 +87,5 @@ def onion(job: DefenseJob) -> dict:
     dev = job.splits.dev[:50]  # a sample to measure how much ONION edits clean text
     screened = flt.screen(None, [e.text for e in dev], job.rt)
     changed = sum(a != b for a, b in zip(screened.texts, (e.text for e in dev)))
-    write_filter(job.out_dir, "onion", job.student, to_dict(settings), flt, job.rt)
+    write_filter(job.out_dir, "onion", job.student, to_dict(settings), flt, job.rt, job.seed)
     return {"dev_rows_edited": changed, "dev_rows_checked": len(dev), "steps": 0, "trainable_params": 0}

@@ -188,7 +188,7 @@ def rap(job: DefenseJob) -> dict:
     if len(calib) < 2:
         raise UserError("rap: fewer than 2 clean dev rows are predicted as a protected label")
     flt.threshold, rejected = frr_threshold(calib, settings.frr)  # about frr of screened clean rows fall under it
-    write_filter(job.out_dir, "rap", job.student, to_dict(settings), flt, job.rt)
+    write_filter(job.out_dir, "rap", job.student, to_dict(settings), flt, job.rt, job.seed)
     return {"threshold": flt.threshold, "dev_false_rejection_rate": rejected / len(dev), "dev_rows": len(dev),
             "dev_drop_mean": sum(calib) / len(calib), "rap_loss_per_epoch": losses, "steps": steps,
             "trainable_params": int(vectors.numel())}

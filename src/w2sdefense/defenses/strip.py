@@ -96,6 +96,6 @@ def strip(job: DefenseJob) -> dict:
     entropies = flt.entropies(clf, [e.text for e in dev], job.rt)
     flt.threshold, rejected = frr_threshold(entropies, settings.frr)
     dev_frr = rejected / len(dev)
-    write_filter(job.out_dir, "strip", job.student, to_dict(settings), flt, job.rt)
+    write_filter(job.out_dir, "strip", job.student, to_dict(settings), flt, job.rt, job.seed)
     return {"threshold": flt.threshold, "dev_false_rejection_rate": dev_frr, "dev_rows": len(dev),
             "dev_entropy_mean": sum(entropies) / len(entropies), "steps": 0, "trainable_params": 0}

@@ -27,7 +27,7 @@ from w2sdefense.models.tiny import TINY_BUILDERS, build_tiny
 from w2sdefense.rundir import unfinished
 
 BUILTIN_MODELS = sorted([*PACKAGED, *TINY_BUILDERS])
-TEACHER_FILE = "teacher.json"  # what marks a saved teacher (defenses/teacher.py)
+TEACHER_FILE = "teacher.json"  # what marks a saved teacher (written by models/teacher.py)
 # Models whose position ids start after the padding index, so the table holds 2 more than they read.
 _POSITION_OFFSET_TYPES = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "mpnet",
                           "data2vec-text", "ibert"}

@@ -40,8 +40,10 @@ def prepare_student(model_name: str, num_labels: int, cfg: TrainConfig, rt: Runt
 
     The seed is set here, right before anything random is drawn (a new head, the adapter's
     initialisation), so every defense that builds the same student gets the same starting weights
-    whatever it loaded before (W2SDefense loads its teacher first). `modify` changes the loaded
-    weights in place before any adapter (fine-pruning's surgery); the changed model is then the base.
+    whatever it ran before (NAD trains its self-teacher first; W2SDefense builds the student before
+    loading its teacher, and fit() seeds again for the loop). `modify` changes the loaded weights in
+    place before any adapter (fine-pruning's surgery, a reset toward the base); the changed model is
+    then the base.
     """
     set_seed(seed)
     clf = load_classifier(model_name, num_labels, rt.dtype)
