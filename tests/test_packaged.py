@@ -25,7 +25,8 @@ def test_real_models_run_a_few_steps_end_to_end(shared_data, tmp_path, rt):
         "poison": {"count": 8},
         "victim": {"model": "smollm2-135m", "train": {"method": "lora", "merge": True, **STEPS}},
         "teacher": {"model": "minilm-l6", "train": STEPS},
-        "defenses": [{"name": "w2sdefense", "train": {"lora": {"r": 4, "alpha": 8}, **STEPS}}],
+        "defenses": [{"name": "w2sdefense", "train": {"lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+                                                      **STEPS}}],
         "eval": {"batch_size": 32, "max_length": 32},
     })
     out = run_experiment(cfg, rt=rt)
@@ -36,5 +37,5 @@ def test_real_models_run_a_few_steps_end_to_end(shared_data, tmp_path, rt):
     w2s = json.loads((out / "defenses" / "w2sdefense" / "metrics.json").read_text())
     assert w2s["steps"] == 2 and w2s["history"][-1]["fa"] > 0
     assert rows["w2sdefense"]["clean_total"] == 24
-    # Both are LoRA here: the defense's r=4 adapter is smaller than the victim's default r=16.
+    # Both are LoRA on q/v here: the defense's r=4 adapter is smaller than the victim's default r=16.
     assert 0 < rows["w2sdefense"]["trainable_params"] < rows["poisoned"]["trainable_params"]
