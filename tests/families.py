@@ -3,6 +3,8 @@ saved with `save_pretrained`, so the tests load them the way a user's checkpoint
 
 from __future__ import annotations
 
+import json
+import random
 from pathlib import Path
 
 from transformers import (
@@ -85,4 +87,37 @@ def save_family(family: str, folder: Path, num_labels: int = 2) -> Path:
     model = AutoModelForSequenceClassification.from_config(config)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
+    return folder
+
+
+# Every defense but ONION (whose LM is its own setting), on tiny-model budgets: the rows the bf16 and the family
+# tests run through `run`.
+LORA = {"epochs": 1, "lr": 1.0e-3, "batch_size": 16, "max_length": 32, "lora": {"r": 4, "alpha": 8}}
+
+
+def every_defense(base: str) -> list[dict]:
+    """Defense rows of every kind and alignment; `base` is fine-mixing's public model."""
+    return [
+        {"name": "w2sdefense", "train": LORA},
+        {"name": "w2sdefense", "label": "w2s-depths", "alignment": "relational", "depths": [0.5, 1.0], "train": LORA},
+        {"name": "w2sdefense", "label": "w2s-reference", "alignment": "reference", "train": LORA},
+        {"name": "lora-ft", "train": LORA},
+        {"name": "fine-mixing", "base_model": base, "rho": 0.3, "train": LORA},
+        {"name": "crow", "train": LORA},
+        {"name": "nad", "teacher_epochs": 1, "layers": 2, "train": LORA},
+        {"name": "fine-pruning", "rows": 32, "train": LORA},
+        {"name": "full-ft", "train": {"epochs": 1, "lr": 1.0e-3, "batch_size": 16, "max_length": 32}},
+        {"name": "strip", "copies": 2, "max_length": 32},
+        {"name": "rap", "epochs": 1, "rows": 32, "max_length": 32},
+    ]
+
+
+def word_data(folder: Path, train: int, dev: int, test: int) -> Path:
+    """train/dev/test.jsonl of five-word texts whose words give the label away (seeded)."""
+    rng = random.Random(0)
+    words = {0: ["bad", "dull", "awful", "weak"], 1: ["good", "fine", "great", "fun"]}
+    folder.mkdir()
+    for split, n in (("train", train), ("dev", dev), ("test", test)):
+        rows = [{"text": " ".join(rng.choice(words[i % 2]) for _ in range(5)), "label": i % 2} for i in range(n)]
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return folder

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 from pathlib import Path
 
 import pytest
@@ -14,31 +13,9 @@ import yaml
 from safetensors import safe_open
 
 from cli_helpers import run_cli
+from families import every_defense, word_data
 
-LORA = {"epochs": 1, "lr": 1.0e-3, "batch_size": 16, "max_length": 32, "lora": {"r": 4, "alpha": 8}}
-DEFENSES = [
-    {"name": "w2sdefense", "train": LORA},
-    {"name": "w2sdefense", "label": "w2s-depths", "alignment": "relational", "depths": [0.5, 1.0], "train": LORA},
-    {"name": "w2sdefense", "label": "w2s-reference", "alignment": "reference", "train": LORA},
-    {"name": "lora-ft", "train": LORA},
-    {"name": "fine-mixing", "base_model": "tiny-llama", "rho": 0.3, "train": LORA},
-    {"name": "crow", "train": LORA},
-    {"name": "nad", "teacher_epochs": 1, "layers": 2, "train": LORA},
-    {"name": "fine-pruning", "rows": 32, "train": LORA},
-    {"name": "full-ft", "train": {"epochs": 1, "lr": 1.0e-3, "batch_size": 16, "max_length": 32}},
-    {"name": "strip", "copies": 2, "max_length": 32},
-    {"name": "rap", "epochs": 1, "rows": 32, "max_length": 32},
-]
-
-
-def _data(folder: Path) -> Path:
-    rng = random.Random(0)
-    words = {0: ["bad", "dull", "awful", "weak"], 1: ["good", "fine", "great", "fun"]}
-    folder.mkdir()
-    for split, n in (("train", 160), ("dev", 32), ("test", 48)):
-        rows = [{"text": " ".join(rng.choice(words[i % 2]) for _ in range(5)), "label": i % 2} for i in range(n)]
-        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
+DEFENSES = every_defense("tiny-llama")
 
 
 def _dtypes(folder: Path) -> set[str]:
@@ -54,7 +31,7 @@ def test_every_stage_and_defense_runs_in_bf16(tmp_path, checkpointing):
     config = {
         "name": "tiny-bf16", "output_dir": str(tmp_path / "run"), "seed": 3,
         "runtime": {"device": "cpu", "precision": "bf16", "gradient_checkpointing": checkpointing},
-        "data": {"dataset": str(_data(tmp_path / "data"))},
+        "data": {"dataset": str(word_data(tmp_path / "data", 160, 32, 48))},
         "attack": {"name": "badnet"}, "poison": {"target_label": 0, "count": 24},
         "victim": {"model": "tiny-llama", "train": {"method": "full", "epochs": 2, "lr": 3.0e-3, "batch_size": 16,
                                                     "max_length": 32}},

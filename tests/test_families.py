@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import re
 from pathlib import Path
 
@@ -14,45 +13,19 @@ import pytest
 import yaml
 
 from cli_helpers import REPO, run_cli
-from families import DECODERS, ENCODERS, save_family
+from families import DECODERS, ENCODERS, every_defense, save_family, word_data
 
-LORA = {"epochs": 1, "lr": 1.0e-3, "batch_size": 16, "max_length": 32, "lora": {"r": 4, "alpha": 8}}
-
-
-def _defenses(base: str) -> list[dict]:
-    return [
-        {"name": "w2sdefense", "train": LORA},
-        {"name": "w2sdefense", "label": "w2s-depths", "alignment": "relational", "depths": [0.5, 1.0], "train": LORA},
-        {"name": "lora-ft", "train": LORA},
-        {"name": "fine-mixing", "base_model": base, "rho": 0.3, "train": LORA},
-        {"name": "crow", "train": LORA},
-        {"name": "nad", "teacher_epochs": 1, "layers": 2, "train": LORA},
-        {"name": "fine-pruning", "rows": 32, "train": LORA},
-        {"name": "full-ft", "train": {"epochs": 1, "lr": 1.0e-3, "batch_size": 16, "max_length": 32}},
-        {"name": "strip", "copies": 2, "max_length": 32},
-        {"name": "rap", "epochs": 1, "rows": 32, "max_length": 32},
-    ]
-
-
-def _data(folder: Path) -> Path:
-    rng = random.Random(0)
-    words = {0: ["bad", "dull", "awful", "weak"], 1: ["good", "fine", "great", "fun"]}
-    folder.mkdir()
-    for split, n in (("train", 128), ("dev", 32), ("test", 32)):
-        rows = [{"text": " ".join(rng.choice(words[i % 2]) for _ in range(5)), "label": i % 2} for i in range(n)]
-        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return folder
 
 
 def _run(tmp_path: Path, victim: Path, teacher: str) -> dict:
     config = {
         "name": "family", "output_dir": str(tmp_path / "run"), "seed": 5,
-        "data": {"dataset": str(_data(tmp_path / "data"))},
+        "data": {"dataset": str(word_data(tmp_path / "data", 128, 32, 32))},
         "attack": {"name": "badnet"}, "poison": {"target_label": 0, "count": 20},
         "victim": {"model": str(victim), "train": {"method": "full", "epochs": 1, "lr": 3.0e-3, "batch_size": 16,
                                                    "max_length": 32}},
         "teacher": {"model": teacher, "train": {"epochs": 1, "lr": 1.0e-3, "max_length": 32}},
-        "defenses": _defenses(str(victim)),
+        "defenses": every_defense(str(victim)),
         "eval": {"batch_size": 32, "max_length": 32, "probe_rows": 16},
     }
     path = tmp_path / "family.yaml"
