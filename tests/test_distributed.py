@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from w2sdefense.fileio import write_jsonl
 
@@ -89,3 +90,34 @@ def test_crow_runs_under_two_processes_as_under_one(tmp_path, splits_factory):
         # the gradients, and the trajectory, differ slightly from one process's.
         for key in ("ce", "consistency", "consistency_adv"):
             assert a[key] == pytest.approx(b[key], rel=5e-2), key
+
+
+def test_full_fine_tuning_sharded_with_fsdp_matches_one_process(tmp_path, splits_factory):
+    # runtime.fsdp: torch's fully_shard over gloo (accelerate's FSDP plugin is GPU-only); the student and
+    # the teacher (an encoder inside the projection module) each train sharded, and save whole weights.
+    from safetensors.torch import load_file
+
+    data = _data(tmp_path / "data", splits_factory(train=64, held_out=16))
+    runs = {}
+    for procs in (1, 2):
+        root = tmp_path / f"p{procs}"
+        shard = ["--set", "runtime.fsdp=true"]
+        _launch(["train", "--data", str(data), "--model", "tiny-llama", "--out", str(root / "victim"), *COMMON,
+                 *shard], procs)
+        _launch(["teacher", "--data", str(data), "--student", str(root / "victim"), "--model", "tiny-bert",
+                 "--out", str(root / "teacher"), *[c.replace("train.", "teacher.train.") for c in COMMON], *shard],
+                procs)
+        runs[procs] = root
+    for stage in ("victim", "teacher"):
+        one, two = runs[1] / stage, runs[2] / stage
+        # No resume/ state is kept under FSDP, and none is left after a finished run either way.
+        assert _files(one) == _files(two), stage
+        _assert_same_metrics(json.loads((one / "metrics.json").read_text()),
+                             json.loads((two / "metrics.json").read_text()))
+        for weights in sorted((one / "model").rglob("*.safetensors")):
+            a, b = load_file(weights), load_file(two / "model" / weights.relative_to(one / "model"))
+            assert a.keys() == b.keys(), weights
+            for key in a:
+                assert torch.allclose(a[key], b[key], atol=1e-4), (weights.name, key)
+    log = (runs[2] / "victim" / "train.log").read_text()
+    assert "FSDP: 2 blocks sharded across 2 processes" in log

@@ -49,6 +49,10 @@ class RuntimeConfig:
     precision: str = "auto"  # auto: bf16 on a CUDA device that supports it, else fp32
     num_threads: int | None = None  # torch CPU threads; None = all available cores
     gradient_checkpointing: bool = False  # trade compute for memory on large students
+    # Full fine-tuning under several processes (torchrun): shard weights, gradients and optimizer state
+    # with torch's FSDP2 (fully_shard), on CPU over gloo too, where accelerate's FSDP plugin does not
+    # apply. LoRA stages keep data parallelism; a sharded stage keeps no resumable state.
+    fsdp: bool = False
 
     def __post_init__(self) -> None:
         check_choice("runtime.device", self.device, ("auto", "cpu", "cuda"))

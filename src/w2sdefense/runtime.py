@@ -20,6 +20,7 @@ class Runtime:
     accelerator: Accelerator
     dtype: torch.dtype
     gradient_checkpointing: bool = False
+    fsdp: bool = False  # shard full fine-tuning across processes (train/sharding.py)
 
     @property
     def device(self) -> torch.device:
@@ -68,7 +69,9 @@ def make_runtime(cfg: RuntimeConfig) -> Runtime:
     # Weights load in bf16 on GPUs (an 8B student must). On CPU `auto` stays fp32 (faster and exact there), and
     # an explicit `precision: bf16` takes the GPU's path: bf16 weights under bf16 autocast (the tests run it).
     dtype = torch.bfloat16 if use_bf16 else torch.float32
-    return Runtime(accelerator, dtype, cfg.gradient_checkpointing)
+    # One process has nothing to shard; accelerate's own FSDP (an `accelerate launch` config) shards already.
+    fsdp = cfg.fsdp and accelerator.num_processes > 1 and getattr(accelerator.state, "fsdp_plugin", None) is None
+    return Runtime(accelerator, dtype, cfg.gradient_checkpointing, fsdp)
 
 
 def _peak_rss_kb() -> int | None:

@@ -28,6 +28,7 @@ from w2sdefense.rundir import RESUME_DIR
 from w2sdefense.runtime import Runtime, peak_memory_mb, reset_peak_memory
 from w2sdefense.models.batching import Encoded, LengthGroupedBatches, ShardedBatches, make_loader, model_inputs
 from w2sdefense.train.interrupt import stop_on_sigint
+from w2sdefense.train.sharding import full_state_dict, is_sharded, shard_model
 from w2sdefense.train.resume import discard_state, fingerprint, load_state, restore_rng, save_state
 
 log = logging.getLogger(__name__)
@@ -120,16 +121,19 @@ def fit(model: torch.nn.Module, train: Encoded, dev: Encoded, cfg: TrainConfig, 
     # Batches are sharded here, not by accelerate: its splitting drops batches that are not full,
     # and length-grouped batches of different sizes occur anywhere in an epoch.
     loader = make_loader(train, ShardedBatches(sampler, acc.process_index, acc.num_processes), pad_id)
+    fp = fingerprint(to_dict(cfg), seed, train.lengths, list(train.labels), model, acc.num_processes)
+    sharded = rt.fsdp and cfg.method == "full"
+    if sharded:  # before the optimizer, which must hold the shards
+        shard_model(model, rt)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr)
     _configure_deepspeed(acc, cfg)
-    fp = fingerprint(to_dict(cfg), seed, train.lengths, list(train.labels), model, acc.num_processes)
-    model, optimizer = acc.prepare(model, optimizer)
+    model, optimizer = (model, acc.prepare(optimizer)) if sharded else acc.prepare(model, optimizer)
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     # Stepped by hand once per optimizer step, so the count is right under any process count.
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     recover_folder(out_dir / "model")
-    resumable = _resumable(acc)
+    resumable = _resumable(acc) and not sharded
     saved = load_state(out_dir, acc.unwrap_model(model), optimizer, scheduler, fp) if resumable else None
     progress, pending_rng = _Progress(), None
     if saved:
@@ -211,7 +215,8 @@ def _run_epoch(model, batches, num_batches, optimizer, scheduler, cfg, rt, loss_
         batch = {k: v.to(acc.device) for k, v in batch.items()}
         batch["progress"] = torch.tensor(progress.step / total)  # share of the steps done (scheduled loss weights)
         sync = (i + 1) % cfg.grad_accum == 0 or i + 1 == num_batches
-        with contextlib.nullcontext() if sync else acc.no_sync(model):
+        # FSDP2 has no no_sync (its shards reduce every backward): accumulation stays correct, only slower.
+        with contextlib.nullcontext() if sync or is_sharded(model) else acc.no_sync(model):
             out = loss_fn(model, batch)
             acc.backward(out.loss / cfg.grad_accum)
         progress.seen += batch["labels"].shape[0] * acc.num_processes
@@ -290,7 +295,7 @@ def _save_atomically(model, rt: Runtime, save, target: Path) -> None:
     acc = rt.accelerator
     acc.wait_for_everyone()
     # Every process joins: under ZeRO-3 or FSDP this gathers the sharded weights.
-    state_dict = acc.get_state_dict(model)
+    state_dict = full_state_dict(model) if is_sharded(model) else acc.get_state_dict(model)
     if rt.is_main:
         tmp = target.with_name(target.name + ".partial")
         remove_folder(tmp)
