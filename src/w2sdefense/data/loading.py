@@ -207,6 +207,7 @@ def read_split(path: str | Path, text_field: str | None = None,
             label=parse_label(row[label_key], where),
             idx=len(rows),
             **_trigger_marks(row, where),  # a poison folder given as data (`train --data`) keeps them
+            where=where,
         )))
     return rows
 
@@ -223,6 +224,7 @@ def load_examples(path: str | Path) -> list[Example]:
             label=parse_label(row["label"], where),
             idx=_index(row["idx"], where),
             **_trigger_marks(row, where),
+            where=where,
         ))
     return examples
 
