@@ -267,3 +267,17 @@ def test_a_teacher_is_not_loaded_as_a_classifier(tiny_splits, rt, tmp_path):
     for name in (tmp_path / "teacher", tmp_path / "teacher" / "model"):
         with pytest.raises(UserError, match=r"is a W2SDefense teacher \(it has teacher.json\).*`w2sdefense run`"):
             load_classifier(str(name), 2)
+
+
+def test_a_copied_lora_run_keeps_its_own_base_when_the_original_changes(tiny_splits, rt, tmp_path):
+    lora = TrainConfig(method="lora", lora=LoraConfig(r=4, alpha=8), **FAST)
+    original, copy = tmp_path / "run", tmp_path / "copy"
+    run_train("tiny-llama", tiny_splits, lora, rt, original, seed=0)
+    shutil.copytree(original, copy)
+    batch = load_classifier(str(copy), 2).tokenizer(["good fun", "awful"], return_tensors="pt", padding=True)
+    expected = load_classifier(str(copy), 2).model.eval()(**batch).logits.detach()
+    # The original is trained again from another seed: its base/ (a tiny model built in code) changes.
+    run_train("tiny-llama", tiny_splits, lora, rt, tmp_path / "other", seed=1)
+    shutil.rmtree(original / "base")
+    shutil.copytree(tmp_path / "other" / "base", original / "base")
+    torch.testing.assert_close(load_classifier(str(copy), 2).model.eval()(**batch).logits.detach(), expected)

@@ -156,21 +156,25 @@ def load_classifier(name: str, num_labels: int | None, dtype: torch.dtype = torc
 
 
 def adapter_base(path: Path) -> str:
-    """The base model an adapter folder names; after a move, the same-named folder beside the adapter.
+    """The base model an adapter folder names; a same-named folder beside the adapter comes first.
 
     A run saves a base built in code beside its adapter (RUN/base next to RUN/model) and records its
-    absolute path, which no longer exists once the run folder is moved or copied elsewhere.
+    absolute path. A moved or copied run must use its own copy: the recorded path is gone after a move,
+    and after a copy it is the original's base, which a rerun of the original replaces.
     """
     base_name = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base_name:
         raise UserError(f"{path}: adapter_config.json names no base model")
     recorded = Path(base_name).expanduser()
-    if base_name in TINY_BUILDERS or base_name in PACKAGED or recorded.exists() or _looks_like_hub_id(base_name):
-        return base_name
+    if base_name in TINY_BUILDERS or base_name in PACKAGED or (_looks_like_hub_id(base_name) and not recorded.exists()):
+        return base_name  # never saved beside the adapter
     for beside in (path.parent / recorded.name, path / recorded.name):
         if (beside / "config.json").is_file():
-            log.info("%s: its base %s is gone; using %s beside it", path, base_name, beside)
+            if beside.resolve() != recorded.resolve():
+                log.info("%s: using the base %s beside it, not the recorded %s", path, beside, base_name)
             return str(beside)
+    if recorded.exists():
+        return base_name
     raise UserError(f"{path}: its base model {base_name} is not there (moved or deleted), and no "
                     f"{recorded.name}/ folder with a config.json sits beside the adapter; put the base back, or "
                     "set base_model_name_or_path in adapter_config.json to where it is now")
