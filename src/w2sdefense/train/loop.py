@@ -122,7 +122,7 @@ def fit(model: torch.nn.Module, train: Encoded, dev: Encoded, cfg: TrainConfig, 
     loader = make_loader(train, ShardedBatches(sampler, acc.process_index, acc.num_processes), pad_id)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr)
     _configure_deepspeed(acc, cfg)
-    fp = fingerprint(to_dict(cfg), seed, train.lengths, list(train.labels), model, acc.num_processes)
+    fp = fingerprint(to_dict(cfg), seed, [train, dev], model, acc.num_processes)  # the texts as tokens, not lengths
     model, optimizer = acc.prepare(model, optimizer)
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))

@@ -3,7 +3,8 @@
 `<out>/resume/` holds the trainable weights (`trainable.safetensors`: the adapter and head under
 LoRA, every weight under full fine-tuning), the optimizer and scheduler (`optim.pt`) and, in
 `state.json`, the step, the epoch and how many of its batches were used, the best-so-far record,
-the history, the random-number states and a fingerprint of the settings and data. It is written
+the history, the random-number states and a fingerprint of the settings and data (every train and dev
+row's tokens and label, so an edited text is refused, not mixed in). It is written
 under a temporary name and swapped in, so a kill at any moment leaves one complete state, and only
 the latest is kept. A finished run deletes it.
 """
@@ -21,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from w2sdefense.errors import UserError
+from w2sdefense.models.batching import Encoded
 from w2sdefense.fileio import recover_folder, remove_folder, replace_folder, write_json
 from w2sdefense.rundir import RESUME_DIR, RESUME_STATE
 
@@ -28,12 +30,21 @@ log = logging.getLogger(__name__)
 STATE_FILE = RESUME_STATE
 
 
-def fingerprint(settings: dict, seed: int, lengths: list[int], labels: list[int], model: torch.nn.Module,
+def fingerprint(settings: dict, seed: int, splits: list[Encoded], model: torch.nn.Module,
                 num_processes: int) -> str:
     """What must be equal for a saved state to continue this run: settings, data, trainable shapes."""
     shapes = [(name, list(p.shape)) for name, p in model.named_parameters() if p.requires_grad]
-    blob = json.dumps([settings, seed, lengths, labels, shapes, num_processes], sort_keys=True, default=str)
+    blob = json.dumps([settings, seed, [data_digest(s) for s in splits], shapes, num_processes], sort_keys=True,
+                      default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def data_digest(split: Encoded) -> str:
+    """A digest of every row's token ids and label: an edited text (even of the same length) changes it."""
+    digest = hashlib.sha256()
+    for ids, label in zip(split.input_ids, split.labels):
+        digest.update(json.dumps([label, ids]).encode() + b"\n")
+    return digest.hexdigest()
 
 
 def has_state(out_dir: Path) -> bool:
