@@ -23,6 +23,7 @@ from transformers import get_linear_schedule_with_warmup, set_seed
 from w2sdefense.config import TrainConfig, to_dict
 from w2sdefense.errors import Interrupted
 from w2sdefense.models.predict import predict_logits
+from w2sdefense.progress import progress_bar
 from w2sdefense.fileio import recover_folder, remove_folder, replace_folder
 from w2sdefense.rundir import RESUME_DIR
 from w2sdefense.runtime import Runtime, peak_memory_mb, reset_peak_memory
@@ -149,7 +150,7 @@ def fit(model: torch.nn.Module, train: Encoded, dev: Encoded, cfg: TrainConfig, 
 
     reset_peak_memory(rt.device)
     start = time.perf_counter()
-    bar = tqdm(total=total, initial=progress.step, desc=desc, disable=not rt.is_main, dynamic_ncols=True)
+    bar = progress_bar(total=total, initial=progress.step, desc=desc, disable=not rt.is_main, unit="step")
     model.train()
     evaluate = lambda: _evaluate(model, dev, cfg, rt, save, out_dir, pad_id, progress, diagnose)  # noqa: E731
     with stop_on_sigint() as stop:
@@ -227,8 +228,8 @@ def _run_epoch(model, batches, num_batches, optimizer, scheduler, cfg, rt, loss_
         optimizer.zero_grad(set_to_none=True)
         progress.step += 1
         progress.batches_done = i + 1
+        bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()}, refresh=False)  # first: the line update writes shows them
         bar.update(1)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()}, refresh=False)
         if cfg.eval_every and progress.step % cfg.eval_every == 0:
             evaluate()
             checkpoint()
