@@ -70,3 +70,41 @@ def test_a_full_disk_at_the_lock_leaves_no_folder(tmp_path, monkeypatch, capsys)
     line = _main(monkeypatch, capsys, "poison", "--data", str(data), "--out", str(out), "--set", "poison.count=2")
     assert line.startswith("error: no space left on device; free some space")
     assert not (tmp_path / "full").exists()
+
+
+def _train_args(data: Path, out: Path) -> list[str]:
+    """A 6-step tiny-llama run (3 batches an epoch) that saves its resumable state after every step."""
+    return ["train", "--data", str(data), "--model", "tiny-llama", "--out", str(out), "--set", "train.epochs=2",
+            "--set", "train.eval_every=1", "--set", "train.batch_size=8", "--set", "train.max_length=32"]
+
+
+@pytest.mark.parametrize("writer", ["save_file", "torch.save"])
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_state(tmp_path, monkeypatch, capsys, writer):
+    import shutil
+
+    import torch
+
+    from w2sdefense.train import resume
+
+    data, out = _data(tmp_path / "data"), tmp_path / "run"
+    calls = {"n": 0}
+    real = {"save_file": resume.save_file, "torch.save": torch.save}[writer]
+
+    def fills_the_disk(obj, path, *args, **kwargs):  # the 2nd state save finds the disk full
+        calls["n"] += 1
+        if calls["n"] < 2:
+            return real(obj, path, *args, **kwargs)
+        if writer == "save_file":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 451776 vs 451728")
+
+    if writer == "save_file":
+        monkeypatch.setattr(resume, "save_file", fills_the_disk)
+    else:  # torch reports a full disk in its own words: the free space says what happened
+        monkeypatch.setattr(resume.torch, "save", fills_the_disk)
+        usage = shutil.disk_usage(tmp_path)
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=4096) if calls["n"] >= 2 else usage)
+    line = _main(monkeypatch, capsys, *_train_args(data, out))
+    assert line.startswith(f"error: {out / 'resume'}: no space left on device; free some space")
+    assert json.loads((out / "resume" / "state.json").read_text())["progress"]["step"] == 1
+    assert not (out / "resume.partial").exists() and not (out / "model.partial").exists()

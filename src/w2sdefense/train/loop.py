@@ -24,7 +24,7 @@ from w2sdefense.config import TrainConfig, to_dict
 from w2sdefense.errors import Interrupted
 from w2sdefense.models.predict import predict_logits
 from w2sdefense.progress import progress_bar
-from w2sdefense.fileio import recover_folder, remove_folder, replace_folder
+from w2sdefense.fileio import recover_folder, write_folder
 from w2sdefense.rundir import RESUME_DIR
 from w2sdefense.runtime import Runtime, peak_memory_mb, reset_peak_memory
 from w2sdefense.models.batching import Encoded, LengthGroupedBatches, ShardedBatches, make_loader, model_inputs
@@ -293,8 +293,6 @@ def _save_atomically(model, rt: Runtime, save, target: Path) -> None:
     # Every process joins: under ZeRO-3 or FSDP this gathers the sharded weights.
     state_dict = acc.get_state_dict(model)
     if rt.is_main:
-        tmp = target.with_name(target.name + ".partial")
-        remove_folder(tmp)
-        save(acc.unwrap_model(model), tmp, state_dict)
-        replace_folder(tmp, target)
+        with write_folder(target) as tmp:
+            save(acc.unwrap_model(model), tmp, state_dict)
     acc.wait_for_everyone()

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from w2sdefense.errors import UserError
 from w2sdefense.models.batching import Encoded
-from w2sdefense.fileio import recover_folder, remove_folder, replace_folder, write_json
+from w2sdefense.fileio import recover_folder, remove_folder, write_folder, write_json
 from w2sdefense.rundir import RESUME_DIR, RESUME_STATE
 
 log = logging.getLogger(__name__)
@@ -82,15 +82,11 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 def save_state(out_dir: Path, model: torch.nn.Module, optimizer, scheduler, progress, fp: str) -> None:
     """Write the resumable state (main process; `model` unwrapped) and swap it in for the previous one."""
-    target = out_dir / RESUME_DIR
-    tmp = target.with_name(target.name + ".partial")
-    remove_folder(tmp)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in _trainable(model).items()},
-              str(tmp / "trainable.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
-    write_json(tmp / STATE_FILE, {"fingerprint": fp, "progress": progress.as_dict(), "rng": rng_states()})
-    replace_folder(tmp, target)
+    with write_folder(out_dir / RESUME_DIR) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in _trainable(model).items()},
+                  str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+        write_json(tmp / STATE_FILE, {"fingerprint": fp, "progress": progress.as_dict(), "rng": rng_states()})
 
 
 def load_state(out_dir: Path, model: torch.nn.Module, optimizer, scheduler, fp: str) -> dict | None:
