@@ -108,3 +108,31 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_state(tmp_pa
     assert line.startswith(f"error: {out / 'resume'}: no space left on device; free some space")
     assert json.loads((out / "resume" / "state.json").read_text())["progress"]["step"] == 1
     assert not (out / "resume.partial").exists() and not (out / "model.partial").exists()
+
+
+def _poison_folder(folder: Path) -> Path:
+    """A hand-made poison folder (target label 0) with 4 triggered test rows."""
+    folder.mkdir(parents=True)
+    for split in ("train", "dev", "test"):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(
+            {"idx": i, "text": f"word{i % 2} row {i}", "label": i % 2, "poisoned": False}) + "\n" for i in range(8)))
+    (folder / "test_triggered.jsonl").write_text("".join(json.dumps(
+        {"idx": i, "text": f"word1 cf row {i}", "label": 1, "poisoned": True}) + "\n" for i in (1, 3, 5, 7)))
+    (folder / "poison.json").write_text(json.dumps({"poison": {"target_label": 0}, "num_labels": 2}))
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["cut", "garbage header", "8 random bytes"])
+def test_a_corrupt_safetensors_model_is_one_line(tmp_path, monkeypatch, capsys, damage):
+    from w2sdefense.models.tiny import build_tiny
+
+    model, tok = build_tiny("tiny-llama", 2)
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    raw = weights.read_bytes()
+    weights.write_bytes({"cut": raw[:1000], "garbage header": raw[:8] + b"{not json" + raw[17:],
+                         "8 random bytes": os.urandom(8)}[damage])
+    line = _main(monkeypatch, capsys, "evaluate", "--model", str(folder), "--data", str(_poison_folder(tmp_path / "p")))
+    assert f"could not load model '{folder}' from {folder}: a weights file is damaged or not safetensors" in line

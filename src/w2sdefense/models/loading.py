@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -131,6 +132,18 @@ def _check_labels(config, num_labels: int | None, where: str) -> None:
         raise UserError(f"{where} classifies {config.num_labels} labels but the data has {num_labels}")
 
 
+# What a damaged or foreign checkpoint raises: missing files, bad configs, a corrupt safetensors header.
+_LOAD_ERRORS = (OSError, ValueError, SafetensorError)
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of a loader's error, with a corrupt weights file said in plain words."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, SafetensorError):
+        return f"a weights file is damaged or not safetensors ({first})"
+    return first
+
+
 def load_classifier(name: str, num_labels: int | None, dtype: torch.dtype = torch.float32) -> Classifier:
     """Load a classifier; a fresh head with `num_labels` outputs when the checkpoint has none."""
     if name in TINY_BUILDERS:
@@ -149,8 +162,8 @@ def load_classifier(name: str, num_labels: int | None, dtype: torch.dtype = torc
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except UserError:
         raise
-    except (OSError, ValueError) as exc:
-        raise UserError(f"could not load model {name!r} from {path}: {str(exc).splitlines()[0]}") from None
+    except _LOAD_ERRORS as exc:
+        raise UserError(f"could not load model {name!r} from {path}: {_reason(exc)}") from None
     fix_padding(model, tok)
     return Classifier(model, tok)
 
@@ -183,7 +196,10 @@ def adapter_base(path: Path) -> str:
 def _load_adapter(path: Path, num_labels: int | None, dtype: torch.dtype) -> Classifier:
     """A PEFT adapter folder: load its base, then the adapter (and its trained head) on top."""
     base = load_classifier(adapter_base(path), num_labels, dtype)
-    model = PeftModel.from_pretrained(base.model, str(path))
+    try:
+        model = PeftModel.from_pretrained(base.model, str(path))
+    except _LOAD_ERRORS as exc:
+        raise UserError(f"could not load the adapter {path}: {_reason(exc)}") from None
     own = (path / "tokenizer_config.json").is_file()
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False) if own else base.tokenizer
     fix_padding(model, tok)
