@@ -136,3 +136,10 @@ def test_a_corrupt_safetensors_model_is_one_line(tmp_path, monkeypatch, capsys, 
                          "8 random bytes": os.urandom(8)}[damage])
     line = _main(monkeypatch, capsys, "evaluate", "--model", str(folder), "--data", str(_poison_folder(tmp_path / "p")))
     assert f"could not load model '{folder}' from {folder}: a weights file is damaged or not safetensors" in line
+
+
+def test_epochs_beyond_counting_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    data, out = _data(tmp_path / "data"), tmp_path / "run"
+    line = _main(monkeypatch, capsys, *_train_args(data, out), "--set", "train.epochs=1e308")
+    assert "train.epochs=1e+308 (train: 3 steps an epoch) makes inf optimizer steps" in line
+    assert not out.exists()

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup, set_seed
 
 from w2sdefense.config import TrainConfig, to_dict
-from w2sdefense.errors import Interrupted
+from w2sdefense.errors import Interrupted, UserError
 from w2sdefense.models.predict import predict_logits
 from w2sdefense.progress import progress_bar
 from w2sdefense.fileio import recover_folder, write_folder
@@ -126,7 +126,7 @@ def fit(model: torch.nn.Module, train: Encoded, dev: Encoded, cfg: TrainConfig, 
     fp = fingerprint(to_dict(cfg), seed, [train, dev], model, acc.num_processes)  # the texts as tokens, not lengths
     model, optimizer = acc.prepare(model, optimizer)
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    total = _total_steps(cfg, steps_per_epoch, desc)
     # Stepped by hand once per optimizer step, so the count is right under any process count.
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     recover_folder(out_dir / "model")
@@ -183,6 +183,20 @@ def fit(model: torch.nn.Module, train: Encoded, dev: Encoded, cfg: TrainConfig, 
         "train_examples_per_s": progress.seen / wall if wall else 0.0, "resumed_from_step": saved and
         saved["progress"]["step"], **peak_memory_mb(rt.device),
     }
+
+
+_MAX_STEPS = 2**53  # beyond this a float step count is no longer exact (and no run gets there)
+
+
+def _total_steps(cfg: TrainConfig, steps_per_epoch: int, desc: str) -> int:
+    """Optimizer steps of the run: max_steps, else epochs x steps an epoch, refused when beyond counting."""
+    if cfg.max_steps:
+        return cfg.max_steps
+    steps = cfg.epochs * steps_per_epoch
+    if not steps < _MAX_STEPS:  # 1e308 epochs: an infinite float, which ceil cannot make an int
+        raise UserError(f"train.epochs={cfg.epochs:g} ({desc}: {steps_per_epoch} steps an epoch) makes {steps:.3g} "
+                        "optimizer steps, more than a run can count; give fewer epochs, or set train.max_steps")
+    return max(1, math.ceil(steps))
 
 
 def _resumable(acc) -> bool:
