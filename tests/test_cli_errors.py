@@ -143,3 +143,12 @@ def test_epochs_beyond_counting_is_one_line_and_leaves_no_folder(tmp_path, monke
     line = _main(monkeypatch, capsys, *_train_args(data, out), "--set", "train.epochs=1e308")
     assert "train.epochs=1e+308 (train: 3 steps an epoch) makes inf optimizer steps" in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command, seed", [("train", "-1"), ("train", str(10**23)), ("poison", str(2**32))])
+def test_a_seed_outside_what_generators_take_is_one_line(tmp_path, monkeypatch, capsys, command, seed):
+    data, out = _data(tmp_path / "data"), tmp_path / "out"
+    args = _train_args(data, out) if command == "train" else ["poison", "--data", str(data), "--out", str(out)]
+    line = _main(monkeypatch, capsys, *args, "--set", f"seed={seed}")
+    assert line == f"error: seed must be in 0..4294967295; got {seed}"
+    assert not out.exists()

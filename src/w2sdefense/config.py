@@ -362,7 +362,18 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
             # training recipe), not the section class's generic ones.
             value = merge_dicts(_drop_exclusive(hints[key], to_dict(defaults[key]()), value), value)
         kwargs[key] = _build(hints[key], value, f"{where}.{key}" if where else key)
+        if key == "seed":
+            check_seed(f"{where}.{key}" if where else key, kwargs[key])
     return cls(**kwargs)
+
+
+SEED_MAX = 2**32 - 1  # numpy's generators, which transformers.set_seed seeds, take 0..2**32-1
+
+
+def check_seed(name: str, value: int | None) -> None:
+    """Refuse a seed the random-number generators cannot take (every config's `seed` field)."""
+    if value is not None and not 0 <= value <= SEED_MAX:
+        raise UserError(f"{name} must be in 0..{SEED_MAX}; got {shown(value)}")
 
 
 def _drop_exclusive(cls: Any, base: dict, update: dict) -> dict:
