@@ -152,3 +152,19 @@ def test_a_seed_outside_what_generators_take_is_one_line(tmp_path, monkeypatch, 
     line = _main(monkeypatch, capsys, *args, "--set", f"seed={seed}")
     assert line == f"error: seed must be in 0..4294967295; got {seed}"
     assert not out.exists()
+
+
+def test_a_linked_resume_folder_is_one_line_and_its_target_is_kept(tmp_path, monkeypatch, capsys):
+    from w2sdefense.rundir import MARKER, MARKER_TEXT
+
+    data, out, mine = _data(tmp_path / "data"), tmp_path / "run", tmp_path / "mine"
+    mine.mkdir()
+    (mine / "state.json").write_text("{}")
+    (mine / "canary.txt").write_text("mine")
+    out.mkdir()
+    (out / MARKER).write_text(MARKER_TEXT)
+    (out / "resume").symlink_to(mine)
+    line = _main(monkeypatch, capsys, *_train_args(data, out))
+    assert f"{out / 'resume'} is a link (to {mine})" in line and "--overwrite" in line
+    assert sorted(p.name for p in mine.iterdir()) == ["canary.txt", "state.json"]
+    assert (mine / "state.json").read_text() == "{}" and (out / "resume").is_symlink()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 from pathlib import Path
 
@@ -48,8 +49,14 @@ def data_digest(split: Encoded) -> str:
 
 
 def has_state(out_dir: Path) -> bool:
-    """True when `out_dir` holds a resumable state (an unfinished run)."""
-    recover_folder(out_dir / RESUME_DIR)
+    """True when `out_dir` holds a resumable state (an unfinished run); a linked resume/ is refused."""
+    folder = out_dir / RESUME_DIR
+    if folder.is_symlink():
+        # The state is swapped by renames, which a link would turn into writes into someone else's folder.
+        raise UserError(f"{folder} is a link (to {os.readlink(folder)}), not the run's own folder, so the run is "
+                        "never continued from it or written through it; pass --overwrite to start over (the link "
+                        "is removed, what it points at is kept)")
+    recover_folder(folder)
     return (out_dir / RESUME_DIR / STATE_FILE).is_file()
 
 
