@@ -446,6 +446,21 @@ class _BoundedLoader(yaml.SafeLoader):
         _expanded_size(node, {}, set())
         return node
 
+    def construct_mapping(self, node, deep=False):
+        """Refuse a key given twice in one mapping (PyYAML keeps the last silently); `<<` merges may repeat."""
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                if key in lines:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {shown(key)} is given twice (first on line {lines[key]}); keep one",
+                        key_node.start_mark)
+                lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
+
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
     """How many values `node` stands for with every alias expanded (each distinct node visited once)."""
