@@ -141,7 +141,7 @@ def test_missing_column_lists_columns(tmp_path: Path) -> None:
         load_split(path, text_field="body")
 
 
-@pytest.mark.parametrize("bad", ["pos", 1.5, True, None, [1]])
+@pytest.mark.parametrize("bad", ["pos", 1.5, True, None, [1], "1_0", "\u0661"])  # int() reads the last two
 def test_non_integer_label(tmp_path: Path, bad: object) -> None:
     path = _jsonl(tmp_path / "a.jsonl", [{"text": "x", "label": 0}, {"text": "y", "label": bad}])
     with pytest.raises(UserError, match=r"a.jsonl line 2: label must be an integer"):
@@ -324,3 +324,4 @@ def test_hub_failure_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(UserError, match="not found") as err:
         load_splits(DataConfig(dataset="sst2", hub_fallback=False))
     assert "hub" not in str(err.value)
+
