@@ -325,3 +325,13 @@ def test_hub_failure_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
         load_splits(DataConfig(dataset="sst2", hub_fallback=False))
     assert "hub" not in str(err.value)
 
+
+def test_one_split_in_two_formats_is_refused_naming_both(tmp_path: Path) -> None:
+    for split in ("train", "dev", "test"):
+        _jsonl(tmp_path / f"{split}.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": 1}])
+    (tmp_path / "train.csv").write_text("text,label\na,1\nb,0\n")  # the same rows, labels flipped
+    with pytest.raises(UserError, match=rf"^{tmp_path}: the train split is in 2 files \(train.jsonl, train.csv\); "
+                                        r"keep one, or set data.train_file to the one meant$"):
+        dataset_files(DataConfig(dataset=str(tmp_path)))
+    chosen = dataset_files(DataConfig(dataset=str(tmp_path), train_file=str(tmp_path / "train.csv")))
+    assert chosen["train"] == tmp_path / "train.csv"
