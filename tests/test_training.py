@@ -302,3 +302,14 @@ def test_progress_goes_to_a_log_as_whole_lines(tiny_splits, rt, tmp_path, capsys
     assert [line.split(",")[0] for line in lines[1:-1]] == [f"train: step {i}/8" for i in range(1, 9)]
     assert "ce=" in lines[1] and "step/s" in lines[1]
     assert lines[-1].startswith("train: step 8/8, ce=") and lines[-1].endswith("; done")
+
+
+def test_a_mistyped_local_path_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    from w2sdefense.models import check_model_name
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "victim").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"^unknown model 'runs/victimm': not a local folder \(runs/ has no victimm\), "
+                                        r"and not a hub id cached here, so nothing was downloaded"):
+        load_classifier("runs/victimm", 2)
+    check_model_name("someorg/somemodel")  # no local someorg/: a hub id, which loading may download

@@ -57,12 +57,36 @@ def is_decoder(config) -> bool:
 
 def check_model_name(name: str) -> None:
     """Fail early (before any work) on a name that is neither built in, a folder, nor a hub id."""
-    if name in TINY_BUILDERS or name in PACKAGED or Path(name).expanduser().is_dir() or _looks_like_hub_id(name):
+    if name in TINY_BUILDERS or name in PACKAGED or Path(name).expanduser().is_dir():
+        return
+    if _looks_like_hub_id(name):
+        _refuse_mistyped_path(name)
         return
     raise UserError(
         f"unknown model {name!r}: not a folder; built-in models: {', '.join(BUILTIN_MODELS)} "
         "(or a local checkpoint folder, a run folder, or a hub id like org/name)"
     )
+
+
+def _refuse_mistyped_path(name: str) -> None:
+    """`runs/victimm` has the form of a hub id, but a local folder `runs/` says a mistyped path is meant:
+    refuse it unless the hub id is cached here, rather than ask the hub (and wait out its retries)."""
+    path = Path(name).expanduser()
+    if not path.parent.is_dir() or _hub_cached(name):
+        return
+    raise UserError(f"unknown model {name!r}: not a local folder ({path.parent}/ has no {path.name}), and not a hub "
+                    "id cached here, so nothing was downloaded; check the path (for the hub model of that name, "
+                    f"download it first: huggingface-cli download {name})")
+
+
+def _hub_cached(repo_id: str) -> bool:
+    """Whether the hub model `repo_id` has a config in the local hub cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # a name the hub would not accept: not cached
+        return False
 
 
 def resolve_model_path(name: str) -> str:
