@@ -249,13 +249,13 @@ def test_named_dataset_under_data_dir_arg_and_env(tmp_path: Path,
     assert transforms_dir(DataConfig(dataset="toy")) == tmp_path / "data" / "toy" / "transforms"
 
 
-def test_folder_prefers_jsonl_and_explicit_files_override(tmp_path: Path) -> None:
+def test_folder_reads_any_format_and_explicit_files_override(tmp_path: Path) -> None:
     folder = _dataset(tmp_path / "d", {"train": [0, 1, 1], "dev": [0], "test": [1]})
-    (folder / "dev.csv").write_text("text,label\ncsv row,1\n")
+    (folder / "dev.csv").write_text("text,label\ncsv row,1\n")  # beside dev.jsonl: data.dev_file says which
     (folder / "test.jsonl").unlink()
     (folder / "test.tsv").write_text("text\tlabel\ntsv row\t0\n")
     other = _jsonl(tmp_path / "other_train.jsonl", [{"text": "mine", "label": 1}] * 2)
-    cfg = DataConfig(dataset=str(folder), train_file=str(other))
+    cfg = DataConfig(dataset=str(folder), train_file=str(other), dev_file=str(folder / "dev.jsonl"))
     files = dataset_files(cfg)
     assert files == {"train": other, "dev": folder / "dev.jsonl", "test": folder / "test.tsv"}
     splits = load_splits(cfg)
