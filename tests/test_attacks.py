@@ -199,3 +199,25 @@ def test_transform_attack_without_transforms_dir() -> None:
     attack = get_attack(AttackConfig(name="stylebkd"), None)
     with pytest.raises(UserError, match="stylebkd needs precomputed transforms.*transforms/bible"):
         attack.apply(Example("x", 0, 0), "train", random.Random(0))
+
+
+def test_an_empty_transform_is_skipped_and_counted_when_poisoning(tmp_path: Path) -> None:
+    # As in sst2's Bible-style test transform: some rows' transforms are empty strings. Each must count
+    # as a row without a transform when poisoning, not reach a model (which reads no tokens from it).
+    from w2sdefense.attacks.poison import poison_dataset
+    from w2sdefense.config import DataConfig, PoisonConfig
+
+    data = tmp_path / "toy"
+    for split in ("train", "dev", "test"):
+        rows = [{"text": f"word{i % 2} row {i}", "label": i % 2} for i in range(10)]
+        data.mkdir(exist_ok=True)
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _transforms(data / "transforms", "bible", "train", {i: "" if i == 2 else f"lo, row {i}" for i in range(10)})
+    _transforms(data / "transforms", "bible", "test", {i: "  " if i in (1, 5) else f"lo, row {i}" for i in range(10)})
+    out = poison_dataset(DataConfig(dataset=str(data)), AttackConfig(name="stylebkd"),
+                         PoisonConfig(count=3, mode="clean-label"), 0, tmp_path / "p")
+    counts = json.loads((out / "poison.json").read_text())["counts"]
+    assert counts["skipped_no_trigger"] == {"train": 1, "test": 2}
+    assert counts["skipped_no_trigger_train_idx"] == [2] and counts["poisoned"] == 3
+    triggered = [json.loads(line) for line in (out / "test_triggered.jsonl").read_text().splitlines()]
+    assert [r["idx"] for r in triggered] == [3, 7, 9] and all(r["text"].strip() for r in triggered)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import random
+import re
 
 import pytest
 import torch
@@ -187,3 +189,16 @@ def test_encode_with_specials_keeps_them_when_truncating() -> None:
 def test_encode_empty() -> None:
     out = encode(_tokenizer(), [], max_length=8)
     assert out.input_ids == [] and out.labels == [] and len(out) == 0
+
+
+def test_a_row_without_tokens_is_named_by_its_file_and_line(tmp_path) -> None:
+    from w2sdefense.data.loading import load_examples
+    from w2sdefense.errors import UserError
+
+    path = tmp_path / "test_triggered.jsonl"  # idx 251 on line 2: the message must say line 2, not row 252
+    path.write_text(json.dumps({"idx": 7, "text": "ok", "label": 1}) + "\n"
+                    + json.dumps({"idx": 251, "text": "", "label": 1}) + "\n")
+    with pytest.raises(UserError, match=rf"^{re.escape(str(path))} line 2: the text gives no tokens"):
+        encode(_tokenizer(), load_examples(path), max_length=8)
+    with pytest.raises(UserError, match=r"^the row with idx 3: the text gives no tokens"):
+        encode(_tokenizer(), [Example("", 0, 3)], max_length=8)  # a row made in code has no file

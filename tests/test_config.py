@@ -551,3 +551,17 @@ def test_extends_lays_a_file_over_its_base_and_merges_defense_rows_by_name(tmp_p
     missing.write_text("extends: nowhere.yaml\n")
     with pytest.raises(UserError, match="config file not found: .*nowhere.yaml"):
         read_yaml(missing)
+
+
+def test_a_key_given_twice_is_refused_naming_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "dup.yaml"
+    path.write_text("victim:\n  train:\n    epochs: 1\n    lr: 1.0e-3\n    epochs: 5\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"^.*dup\.yaml line 5: invalid YAML \(the key 'epochs' is given twice "
+                                        r"\(first on line 3\); keep one\)$"):
+        load_config(ExperimentConfig, path)
+    path.write_text("seed: 1\nname: x\nseed: 2\n", encoding="utf-8")
+    with pytest.raises(UserError, match=r"line 3: invalid YAML \(the key 'seed' is given twice"):
+        read_yaml(path)
+    # A merge key's values may be overridden beside it: that is what `<<` is for, not a repeat.
+    path.write_text("a: &x {lr: 1, r: 2}\nb:\n  <<: *x\n  lr: 3\n", encoding="utf-8")
+    assert read_yaml(path) == {"a": {"lr": 1, "r": 2}, "b": {"lr": 3, "r": 2}}

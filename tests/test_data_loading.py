@@ -141,7 +141,7 @@ def test_missing_column_lists_columns(tmp_path: Path) -> None:
         load_split(path, text_field="body")
 
 
-@pytest.mark.parametrize("bad", ["pos", 1.5, True, None, [1]])
+@pytest.mark.parametrize("bad", ["pos", 1.5, True, None, [1], "1_0", "\u0661"])  # int() reads the last two
 def test_non_integer_label(tmp_path: Path, bad: object) -> None:
     path = _jsonl(tmp_path / "a.jsonl", [{"text": "x", "label": 0}, {"text": "y", "label": bad}])
     with pytest.raises(UserError, match=r"a.jsonl line 2: label must be an integer"):
@@ -249,13 +249,13 @@ def test_named_dataset_under_data_dir_arg_and_env(tmp_path: Path,
     assert transforms_dir(DataConfig(dataset="toy")) == tmp_path / "data" / "toy" / "transforms"
 
 
-def test_folder_prefers_jsonl_and_explicit_files_override(tmp_path: Path) -> None:
+def test_folder_reads_any_format_and_explicit_files_override(tmp_path: Path) -> None:
     folder = _dataset(tmp_path / "d", {"train": [0, 1, 1], "dev": [0], "test": [1]})
-    (folder / "dev.csv").write_text("text,label\ncsv row,1\n")
+    (folder / "dev.csv").write_text("text,label\ncsv row,1\n")  # beside dev.jsonl: data.dev_file says which
     (folder / "test.jsonl").unlink()
     (folder / "test.tsv").write_text("text\tlabel\ntsv row\t0\n")
     other = _jsonl(tmp_path / "other_train.jsonl", [{"text": "mine", "label": 1}] * 2)
-    cfg = DataConfig(dataset=str(folder), train_file=str(other))
+    cfg = DataConfig(dataset=str(folder), train_file=str(other), dev_file=str(folder / "dev.jsonl"))
     files = dataset_files(cfg)
     assert files == {"train": other, "dev": folder / "dev.jsonl", "test": folder / "test.tsv"}
     splits = load_splits(cfg)
@@ -324,3 +324,14 @@ def test_hub_failure_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(UserError, match="not found") as err:
         load_splits(DataConfig(dataset="sst2", hub_fallback=False))
     assert "hub" not in str(err.value)
+
+
+def test_one_split_in_two_formats_is_refused_naming_both(tmp_path: Path) -> None:
+    for split in ("train", "dev", "test"):
+        _jsonl(tmp_path / f"{split}.jsonl", [{"text": "a", "label": 0}, {"text": "b", "label": 1}])
+    (tmp_path / "train.csv").write_text("text,label\na,1\nb,0\n")  # the same rows, labels flipped
+    with pytest.raises(UserError, match=rf"^{tmp_path}: the train split is in 2 files \(train.jsonl, train.csv\); "
+                                        r"keep one, or set data.train_file to the one meant$"):
+        dataset_files(DataConfig(dataset=str(tmp_path)))
+    chosen = dataset_files(DataConfig(dataset=str(tmp_path), train_file=str(tmp_path / "train.csv")))
+    assert chosen["train"] == tmp_path / "train.csv"

@@ -239,3 +239,20 @@ def test_cli_train_killed_before_its_first_state_starts_over_with_the_same_comma
     (other / "notes.txt").write_text("mine")
     refused = run_cli(*_train_args(data, other), env={})
     assert "--overwrite" in error_line(refused) and (other / "notes.txt").read_text() == "mine"
+
+
+def test_a_run_resumed_on_edited_texts_of_the_same_lengths_is_refused(tiny_splits, rt, tmp_path):
+    import dataclasses
+
+    from w2sdefense.errors import UserError
+
+    with pytest.raises(Killed):
+        _train(tiny_splits, rt, tmp_path / "cut", _killing_loss(13))
+    # Same token lengths, same labels, other texts (the probe's a<->e swap): the old state must not continue.
+    swap = str.maketrans("ae", "ea")
+    edited = dataclasses.replace(tiny_splits, train=[dataclasses.replace(ex, text=ex.text.translate(swap))
+                                                     for ex in tiny_splits.train])
+    assert [len(a.text) for a in edited.train] == [len(b.text) for b in tiny_splits.train]
+    assert edited.train != tiny_splits.train
+    with pytest.raises(UserError, match="holds an unfinished run with other settings, data or model"):
+        _train(edited, rt, tmp_path / "cut")

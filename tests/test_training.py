@@ -267,3 +267,49 @@ def test_a_teacher_is_not_loaded_as_a_classifier(tiny_splits, rt, tmp_path):
     for name in (tmp_path / "teacher", tmp_path / "teacher" / "model"):
         with pytest.raises(UserError, match=r"is a W2SDefense teacher \(it has teacher.json\).*`w2sdefense run`"):
             load_classifier(str(name), 2)
+
+
+def test_a_copied_lora_run_keeps_its_own_base_when_the_original_changes(tiny_splits, rt, tmp_path):
+    lora = TrainConfig(method="lora", lora=LoraConfig(r=4, alpha=8), **FAST)
+    original, copy = tmp_path / "run", tmp_path / "copy"
+    run_train("tiny-llama", tiny_splits, lora, rt, original, seed=0)
+    shutil.copytree(original, copy)
+    batch = load_classifier(str(copy), 2).tokenizer(["good fun", "awful"], return_tensors="pt", padding=True)
+    expected = load_classifier(str(copy), 2).model.eval()(**batch).logits.detach()
+    # The original is trained again from another seed: its base/ (a tiny model built in code) changes.
+    run_train("tiny-llama", tiny_splits, lora, rt, tmp_path / "other", seed=1)
+    shutil.rmtree(original / "base")
+    shutil.copytree(tmp_path / "other" / "base", original / "base")
+    torch.testing.assert_close(load_classifier(str(copy), 2).model.eval()(**batch).logits.detach(), expected)
+
+
+def test_progress_goes_to_a_log_as_whole_lines(tiny_splits, rt, tmp_path, capsys, monkeypatch):
+    # stderr is not a terminal here (captured), as under nohup or `2> log`: no tqdm frames, only lines.
+    import w2sdefense.progress
+
+    from transformers.utils import logging as hf_logging
+
+    monkeypatch.setattr(w2sdefense.progress, "EVERY_S", 0.0)  # a periodic line at every step
+    hf_logging.disable_progress_bar()  # as the CLI does (cli._quiet_libraries): transformers' own bars
+    try:
+        run_train("tiny-llama", tiny_splits, TrainConfig(**FAST), rt, tmp_path / "run", seed=0)
+    finally:
+        hf_logging.enable_progress_bar()
+    err = capsys.readouterr().err
+    assert "\r" not in err and "it/s" not in err
+    lines = [line for line in err.splitlines() if line.startswith("train: ")]
+    assert lines[0].startswith("train: step 0/8,") and lines[0].endswith("; started")
+    assert [line.split(",")[0] for line in lines[1:-1]] == [f"train: step {i}/8" for i in range(1, 9)]
+    assert "ce=" in lines[1] and "step/s" in lines[1]
+    assert lines[-1].startswith("train: step 8/8, ce=") and lines[-1].endswith("; done")
+
+
+def test_a_mistyped_local_path_is_not_sent_to_the_hub(tmp_path, monkeypatch):
+    from w2sdefense.models import check_model_name
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "victim").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"^unknown model 'runs/victimm': not a local folder \(runs/ has no victimm\), "
+                                        r"and not a hub id cached here, so nothing was downloaded"):
+        load_classifier("runs/victimm", 2)
+    check_model_name("someorg/somemodel")  # no local someorg/: a hub id, which loading may download

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import os
 import sys
@@ -417,6 +418,22 @@ def _quiet_libraries() -> None:
     logging.getLogger("w2sdefense").setLevel(logging.INFO)
 
 
+_OS_HINTS = {
+    errno.ENOSPC: "free some space, or choose an output on another disk; a training run continues from its last "
+                  "saved state when run again",
+    errno.EDQUOT: "free some of your quota, or choose an output on another disk",
+    errno.EROFS: "choose an output on a writable disk",
+}
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for a failed file operation: the path, the system's reason, and what to do."""
+    reason = (exc.strerror or os.strerror(exc.errno)).lower()
+    path = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p)
+    hint = _OS_HINTS.get(exc.errno)
+    return (f"{path}: {reason}" if path else reason) + (f"; {hint}" if hint else "")
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     _quiet_libraries()
@@ -425,6 +442,11 @@ def main() -> None:
         code = app(standalone_mode=False)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:  # the disk, not the code: a read-only or full disk, a path not allowed
+        if exc.errno is None:
+            raise
+        typer.echo(f"error: {os_error_line(exc)}", err=True)
         sys.exit(2)
     except Interrupted as exc:  # training stopped at a step boundary, its state saved
         typer.echo(str(exc), err=True)

@@ -366,7 +366,18 @@ def from_dict(cls: type[T], data: dict, where: str = "") -> T:
             # training recipe), not the section class's generic ones.
             value = merge_dicts(_drop_exclusive(hints[key], to_dict(defaults[key]()), value), value)
         kwargs[key] = _build(hints[key], value, f"{where}.{key}" if where else key)
+        if key == "seed":
+            check_seed(f"{where}.{key}" if where else key, kwargs[key])
     return cls(**kwargs)
+
+
+SEED_MAX = 2**32 - 1  # numpy's generators, which transformers.set_seed seeds, take 0..2**32-1
+
+
+def check_seed(name: str, value: int | None) -> None:
+    """Refuse a seed the random-number generators cannot take (every config's `seed` field)."""
+    if value is not None and not 0 <= value <= SEED_MAX:
+        raise UserError(f"{name} must be in 0..{SEED_MAX}; got {shown(value)}")
 
 
 def _drop_exclusive(cls: Any, base: dict, update: dict) -> dict:
@@ -438,6 +449,21 @@ class _BoundedLoader(yaml.SafeLoader):
         node = super().compose_document()
         _expanded_size(node, {}, set())
         return node
+
+    def construct_mapping(self, node, deep=False):
+        """Refuse a key given twice in one mapping (PyYAML keeps the last silently); `<<` merges may repeat."""
+        if isinstance(node, yaml.MappingNode):
+            lines: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(key_node, yaml.ScalarNode):
+                    continue
+                key = self.construct_object(key_node)
+                if key in lines:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {shown(key)} is given twice (first on line {lines[key]}); keep one",
+                        key_node.start_mark)
+                lines[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep)
 
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:

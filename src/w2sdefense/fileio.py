@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,44 @@ def replace_folder(tmp: Path, target: Path) -> None:
         target.rename(old)
     tmp.rename(target)
     remove_folder(old)
+
+
+_FULL_BYTES = 1 << 20  # a write that fails with less free space than this failed for want of space
+
+
+@contextmanager
+def write_folder(target: Path) -> Iterator[Path]:
+    """Yield an empty `target.partial` to write into, then swap it in for `target` (replace_folder).
+
+    A failed block leaves no partial folder and the previous `target` as it was. A failed write is raised
+    as an OSError naming `target`, a full disk as ENOSPC: torch and safetensors report one as
+    'basic_ios::clear: iostream error' or as their own error type.
+    """
+    tmp = target.with_name(target.name + ".partial")
+    remove_folder(tmp)
+    try:
+        tmp.mkdir(parents=True)
+        yield tmp
+    except BaseException as exc:  # Ctrl-C too: the previous copy stays
+        code = _write_errno(tmp, exc) if isinstance(exc, Exception) else None
+        remove_folder(tmp)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(target)) from exc
+    replace_folder(tmp, target)
+
+
+def _write_errno(folder: Path, exc: Exception) -> int | None:
+    """The errno of a failed write: an OSError's own; ENOSPC when a writer's own error is a full disk."""
+    if isinstance(exc, OSError):
+        return exc.errno
+    if "No space left on device" in str(exc) or "os error 28" in str(exc):
+        return errno.ENOSPC
+    try:
+        full = shutil.disk_usage(folder if folder.exists() else folder.parent).free < _FULL_BYTES
+    except OSError:
+        full = False
+    return errno.ENOSPC if full else None
 
 
 def recover_folder(target: Path) -> None:

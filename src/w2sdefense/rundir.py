@@ -116,6 +116,9 @@ def check_output_file(path: str | Path, overwrite: bool) -> Path:
     if path.exists() and not overwrite:
         raise UserError(f"{path} already exists; pass --overwrite to replace it")
     _refuse_file_parent(path)
+    folder = next((p for p in path.parents if p.exists()), Path("."))
+    if not os.access(folder, os.W_OK):  # before the work, not after a whole evaluation
+        raise UserError(f"cannot write {path}: {folder} is not writable (a read-only disk, or no permission)")
     return path
 
 
@@ -186,8 +189,9 @@ def claim_run_dir(path: str | Path, overwrite: bool, accelerator=None,
     _wait(accelerator)
     main = accelerator is None or accelerator.is_main_process
     created = _make(path) if main else None
-    fd = _lock(path) if main else None
+    fd = None
     try:
+        fd = _lock(path) if main else None  # inside: a lock that cannot be written (full disk) leaves no folder
         if main and not continuing:
             _fill_in(path, overwrite, stage_file)
         _wait(accelerator)

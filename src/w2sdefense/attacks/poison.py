@@ -79,8 +79,9 @@ def _poison_train(train: Sequence[Example], attack: Attack, cfg: PoisonConfig,
         if triggered is None:
             skipped.append(train[i].idx)
             return False
+        # where=None: the clean row's file line does not hold this text.
         out[i] = dataclasses.replace(train[i], text=triggered.text, label=cfg.target_label, poisoned=True,
-                                     trigger_spans=triggered.spans)
+                                     trigger_spans=triggered.spans, where=None)
         poisoned.append(i)
         return True
 

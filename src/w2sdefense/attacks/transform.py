@@ -47,8 +47,13 @@ class TransformAttack(Attack):
         return self._tables[split]
 
     def apply(self, example: Example, split: str, rng: random.Random) -> str | None:
-        """The precomputed transform of this row, or None when the file does not cover it."""
-        return self._table(split).get(example.idx)
+        """The precomputed transform of this row, or None when the file does not cover it.
+
+        An empty (or whitespace-only) transform counts as none: the transformer produced nothing, and a row
+        without text would only fail later, when a model reads it.
+        """
+        text = self._table(split).get(example.idx)
+        return text if text is not None and text.strip() else None
 
     def source_files(self) -> dict[str, Path]:
         """The transform files read so far, by split."""

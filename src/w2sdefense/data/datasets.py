@@ -30,15 +30,18 @@ def resolve_data_dir(data_dir: str | None) -> Path | None:
 
 
 def _split_file(folder: Path, split: str) -> Path | None:
-    """The folder's source for `split`: a file named after it or an alias (dev: validation, valid),
-    preferring .jsonl over .json, .csv, .tsv and .parquet; a single Parquet shard
-    (`train-00000-of-00001.parquet`, also under `data/`, the hub's layout); or a subfolder written by
+    """The folder's source for `split`: a file named after it or an alias (dev: validation, valid) in one
+    of FORMATS (two, e.g. train.jsonl and train.csv, are refused: which one is meant?); a single Parquet
+    shard (`train-00000-of-00001.parquet`, also under `data/`, the hub's layout); or a subfolder written by
     `DatasetDict.save_to_disk`."""
     for name in SPLIT_ALIASES[split]:
-        for ext in FORMATS:
-            path = folder / f"{name}{ext}"
-            if path.is_file():
-                return path
+        found = [folder / f"{name}{ext}" for ext in FORMATS if (folder / f"{name}{ext}").is_file()]
+        if len(found) > 1:
+            names = ", ".join(p.name for p in found)
+            raise UserError(f"{folder}: the {split} split is in {len(found)} files ({names}); keep one, or set "
+                            f"data.{split}_file to the one meant")
+        if found:
+            return found[0]
         if (folder / name / ARROW_STATE).is_file():
             return folder / name
         for where in (folder, folder / "data"):

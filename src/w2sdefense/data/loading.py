@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,9 @@ def _field(row: Mapping, explicit: str | None, candidates: Sequence[str], kind: 
     )
 
 
+_DIGITS = re.compile(r"[+-]?[0-9]+")
+
+
 def parse_label(value: Any, where: str) -> int:
     """A class label as a non-negative int; integer strings (CSV cells) are converted."""
     label: int | None = None
@@ -171,11 +175,9 @@ def parse_label(value: Any, where: str) -> int:
         label = value
     elif isinstance(value, float) and value.is_integer():
         label = int(value)
-    elif isinstance(value, str):
-        try:
-            label = int(value.strip())
-        except ValueError:
-            label = None
+    elif isinstance(value, str) and _DIGITS.fullmatch(value.strip()):
+        # Not int(): it reads "1_0" as 10 and other scripts' digits as numbers, a value not in the file.
+        label = int(value.strip())
     if label is None:
         raise UserError(f"{where}: label must be an integer; got {shown(value)}")
     if label < 0:
@@ -207,6 +209,7 @@ def read_split(path: str | Path, text_field: str | None = None,
             label=parse_label(row[label_key], where),
             idx=len(rows),
             **_trigger_marks(row, where),  # a poison folder given as data (`train --data`) keeps them
+            where=where,
         )))
     return rows
 
@@ -223,6 +226,7 @@ def load_examples(path: str | Path) -> list[Example]:
             label=parse_label(row["label"], where),
             idx=_index(row["idx"], where),
             **_trigger_marks(row, where),
+            where=where,
         ))
     return examples
 

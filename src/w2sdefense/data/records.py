@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # Where a trigger sits in a triggered text: (start, end) character offsets, end exclusive, so
 # text[start:end] is the inserted trigger. One span per inserted copy.
@@ -14,7 +14,8 @@ class Example:
     """One labelled text. `idx` is its 0-based row in the clean source split.
 
     `trigger_spans` locates the trigger in a triggered text (character spans, see Span); None when the
-    row has no trigger or the attack has no localisable one (a paraphrase or style transfer).
+    row has no trigger or the attack has no localisable one (a paraphrase or style transfer). `where`
+    locates the row in the file it was read from ('FILE line N'), for messages; None for rows made in code.
     """
 
     text: str
@@ -22,6 +23,11 @@ class Example:
     idx: int
     poisoned: bool = False
     trigger_spans: tuple[Span, ...] | None = None
+    where: str | None = field(default=None, compare=False, repr=False)
+
+    def located(self) -> str:
+        """Where the row is, for a message: its file and line, else its idx."""
+        return self.where or f"the row with idx {self.idx}"
 
     def to_row(self) -> dict:
         """The JSONL row written to split files (trigger_spans only where known)."""

@@ -73,8 +73,8 @@ def encode(tokenizer, examples: Sequence[Example], max_length: int) -> Encoded:
         ids = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False)["input_ids"] if texts else []
         empty = next((ex for ex, row in zip(examples, ids) if not row), None)
         if empty is not None:  # a decoder has no token to pool (and a batch of them no width at all)
-            raise UserError(f"row {empty.idx + 1} of its split gives no tokens (its text is {shown(empty.text)}); "
-                            "give it a text or remove it")
+            raise UserError(f"{empty.located()}: the text gives no tokens (it is {shown(empty.text)}); "
+                            "give the row a text or remove it")
         _ENCODED[key] = [list(row) for row in ids]
         while len(_ENCODED) > _ENCODED_KEEP:
             _ENCODED.popitem(last=False)

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, PreTrainedModel
 
 from w2sdefense.errors import UserError
+from w2sdefense.progress import progress_bar
 from w2sdefense.models.loading import check_model_name, resolve_model_path
 from w2sdefense.models.tiny import tiny_llama
 
@@ -52,7 +52,8 @@ def perplexities(lm: LanguageModel, texts: list[str], batch_size: int, max_lengt
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     result = [float("inf")] * len(texts)
     with torch.inference_mode():
-        for start in tqdm(range(0, len(order), batch_size), desc=desc, leave=False, disable=desc is None):
+        for start in progress_bar(range(0, len(order), batch_size), desc=desc, leave=False, disable=desc is None,
+                                  unit="batch"):
             chunk = order[start:start + batch_size]
             enc = tok([texts[i] for i in chunk], return_tensors="pt", padding=True, truncation=True,
                       max_length=max_length).to(device)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
+from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -56,12 +57,36 @@ def is_decoder(config) -> bool:
 
 def check_model_name(name: str) -> None:
     """Fail early (before any work) on a name that is neither built in, a folder, nor a hub id."""
-    if name in TINY_BUILDERS or name in PACKAGED or Path(name).expanduser().is_dir() or _looks_like_hub_id(name):
+    if name in TINY_BUILDERS or name in PACKAGED or Path(name).expanduser().is_dir():
+        return
+    if _looks_like_hub_id(name):
+        _refuse_mistyped_path(name)
         return
     raise UserError(
         f"unknown model {name!r}: not a folder; built-in models: {', '.join(BUILTIN_MODELS)} "
         "(or a local checkpoint folder, a run folder, or a hub id like org/name)"
     )
+
+
+def _refuse_mistyped_path(name: str) -> None:
+    """`runs/victimm` has the form of a hub id, but a local folder `runs/` says a mistyped path is meant:
+    refuse it unless the hub id is cached here, rather than ask the hub (and wait out its retries)."""
+    path = Path(name).expanduser()
+    if not path.parent.is_dir() or _hub_cached(name):
+        return
+    raise UserError(f"unknown model {name!r}: not a local folder ({path.parent}/ has no {path.name}), and not a hub "
+                    "id cached here, so nothing was downloaded; check the path (for the hub model of that name, "
+                    f"download it first: huggingface-cli download {name})")
+
+
+def _hub_cached(repo_id: str) -> bool:
+    """Whether the hub model `repo_id` has a config in the local hub cache (no network)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # a name the hub would not accept: not cached
+        return False
 
 
 def resolve_model_path(name: str) -> str:
@@ -131,6 +156,18 @@ def _check_labels(config, num_labels: int | None, where: str) -> None:
         raise UserError(f"{where} classifies {config.num_labels} labels but the data has {num_labels}")
 
 
+# What a damaged or foreign checkpoint raises: missing files, bad configs, a corrupt safetensors header.
+_LOAD_ERRORS = (OSError, ValueError, SafetensorError)
+
+
+def _reason(exc: Exception) -> str:
+    """The first line of a loader's error, with a corrupt weights file said in plain words."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, SafetensorError):
+        return f"a weights file is damaged or not safetensors ({first})"
+    return first
+
+
 def load_classifier(name: str, num_labels: int | None, dtype: torch.dtype = torch.float32) -> Classifier:
     """Load a classifier; a fresh head with `num_labels` outputs when the checkpoint has none."""
     if name in TINY_BUILDERS:
@@ -149,28 +186,32 @@ def load_classifier(name: str, num_labels: int | None, dtype: torch.dtype = torc
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except UserError:
         raise
-    except (OSError, ValueError) as exc:
-        raise UserError(f"could not load model {name!r} from {path}: {str(exc).splitlines()[0]}") from None
+    except _LOAD_ERRORS as exc:
+        raise UserError(f"could not load model {name!r} from {path}: {_reason(exc)}") from None
     fix_padding(model, tok)
     return Classifier(model, tok)
 
 
 def adapter_base(path: Path) -> str:
-    """The base model an adapter folder names; after a move, the same-named folder beside the adapter.
+    """The base model an adapter folder names; a same-named folder beside the adapter comes first.
 
     A run saves a base built in code beside its adapter (RUN/base next to RUN/model) and records its
-    absolute path, which no longer exists once the run folder is moved or copied elsewhere.
+    absolute path. A moved or copied run must use its own copy: the recorded path is gone after a move,
+    and after a copy it is the original's base, which a rerun of the original replaces.
     """
     base_name = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
     if not base_name:
         raise UserError(f"{path}: adapter_config.json names no base model")
     recorded = Path(base_name).expanduser()
-    if base_name in TINY_BUILDERS or base_name in PACKAGED or recorded.exists() or _looks_like_hub_id(base_name):
-        return base_name
+    if base_name in TINY_BUILDERS or base_name in PACKAGED or (_looks_like_hub_id(base_name) and not recorded.exists()):
+        return base_name  # never saved beside the adapter
     for beside in (path.parent / recorded.name, path / recorded.name):
         if (beside / "config.json").is_file():
-            log.info("%s: its base %s is gone; using %s beside it", path, base_name, beside)
+            if beside.resolve() != recorded.resolve():
+                log.info("%s: using the base %s beside it, not the recorded %s", path, beside, base_name)
             return str(beside)
+    if recorded.exists():
+        return base_name
     raise UserError(f"{path}: its base model {base_name} is not there (moved or deleted), and no "
                     f"{recorded.name}/ folder with a config.json sits beside the adapter; put the base back, or "
                     "set base_model_name_or_path in adapter_config.json to where it is now")
@@ -179,7 +220,10 @@ def adapter_base(path: Path) -> str:
 def _load_adapter(path: Path, num_labels: int | None, dtype: torch.dtype) -> Classifier:
     """A PEFT adapter folder: load its base, then the adapter (and its trained head) on top."""
     base = load_classifier(adapter_base(path), num_labels, dtype)
-    model = PeftModel.from_pretrained(base.model, str(path))
+    try:
+        model = PeftModel.from_pretrained(base.model, str(path))
+    except _LOAD_ERRORS as exc:
+        raise UserError(f"could not load the adapter {path}: {_reason(exc)}") from None
     own = (path / "tokenizer_config.json").is_file()
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False) if own else base.tokenizer
     fix_padding(model, tok)

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import torch
-from tqdm.auto import tqdm
 
+from w2sdefense.progress import progress_bar
 from w2sdefense.runtime import Runtime
 from w2sdefense.models.batching import Encoded, ShardedBatches, make_loader, model_inputs, sorted_batches
 
@@ -23,7 +23,7 @@ def predict_logits(model, encoded: Encoded, pad_id: int, batch_size: int, rt: Ru
     model.eval()
     positions, logits = [], []
     with torch.inference_mode():
-        for batch in tqdm(loader, desc=desc, leave=False, disable=not rt.is_main):
+        for batch in progress_bar(loader, desc=desc, leave=False, disable=not rt.is_main, unit="batch"):
             batch = {k: v.to(rt.device) for k, v in batch.items()}
             positions.append(batch["position"])
             logits.append(model(**model_inputs(batch)).logits.float())

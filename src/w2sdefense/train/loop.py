@@ -21,9 +21,10 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup, set_seed
 
 from w2sdefense.config import TrainConfig, to_dict
-from w2sdefense.errors import Interrupted
+from w2sdefense.errors import Interrupted, UserError
 from w2sdefense.models.predict import predict_logits
-from w2sdefense.fileio import recover_folder, remove_folder, replace_folder
+from w2sdefense.progress import progress_bar
+from w2sdefense.fileio import recover_folder, write_folder
 from w2sdefense.rundir import RESUME_DIR
 from w2sdefense.runtime import Runtime, peak_memory_mb, reset_peak_memory
 from w2sdefense.models.batching import Encoded, LengthGroupedBatches, ShardedBatches, make_loader, model_inputs
@@ -121,7 +122,7 @@ def fit(model: torch.nn.Module, train: Encoded, dev: Encoded, cfg: TrainConfig, 
     # Batches are sharded here, not by accelerate: its splitting drops batches that are not full,
     # and length-grouped batches of different sizes occur anywhere in an epoch.
     loader = make_loader(train, ShardedBatches(sampler, acc.process_index, acc.num_processes), pad_id)
-    fp = fingerprint(to_dict(cfg), seed, train.lengths, list(train.labels), model, acc.num_processes)
+    fp = fingerprint(to_dict(cfg), seed, [train, dev], model, acc.num_processes)  # the texts as tokens, not lengths
     sharded = rt.fsdp and cfg.method == "full"
     if sharded:  # before the optimizer, which must hold the shards
         shard_model(model, rt)
@@ -129,7 +130,7 @@ def fit(model: torch.nn.Module, train: Encoded, dev: Encoded, cfg: TrainConfig, 
     _configure_deepspeed(acc, cfg)
     model, optimizer = (model, acc.prepare(optimizer)) if sharded else acc.prepare(model, optimizer)
     steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
-    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    total = _total_steps(cfg, steps_per_epoch, desc)
     # Stepped by hand once per optimizer step, so the count is right under any process count.
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
     recover_folder(out_dir / "model")
@@ -153,7 +154,7 @@ def fit(model: torch.nn.Module, train: Encoded, dev: Encoded, cfg: TrainConfig, 
 
     reset_peak_memory(rt.device)
     start = time.perf_counter()
-    bar = tqdm(total=total, initial=progress.step, desc=desc, disable=not rt.is_main, dynamic_ncols=True)
+    bar = progress_bar(total=total, initial=progress.step, desc=desc, disable=not rt.is_main, unit="step")
     model.train()
     evaluate = lambda: _evaluate(model, dev, cfg, rt, save, out_dir, pad_id, progress, diagnose)  # noqa: E731
     with stop_on_sigint() as stop:
@@ -186,6 +187,20 @@ def fit(model: torch.nn.Module, train: Encoded, dev: Encoded, cfg: TrainConfig, 
         "train_examples_per_s": progress.seen / wall if wall else 0.0, "resumed_from_step": saved and
         saved["progress"]["step"], **peak_memory_mb(rt.device),
     }
+
+
+_MAX_STEPS = 2**53  # beyond this a float step count is no longer exact (and no run gets there)
+
+
+def _total_steps(cfg: TrainConfig, steps_per_epoch: int, desc: str) -> int:
+    """Optimizer steps of the run: max_steps, else epochs x steps an epoch, refused when beyond counting."""
+    if cfg.max_steps:
+        return cfg.max_steps
+    steps = cfg.epochs * steps_per_epoch
+    if not steps < _MAX_STEPS:  # 1e308 epochs: an infinite float, which ceil cannot make an int
+        raise UserError(f"train.epochs={cfg.epochs:g} ({desc}: {steps_per_epoch} steps an epoch) makes {steps:.3g} "
+                        "optimizer steps, more than a run can count; give fewer epochs, or set train.max_steps")
+    return max(1, math.ceil(steps))
 
 
 def _resumable(acc) -> bool:
@@ -232,8 +247,8 @@ def _run_epoch(model, batches, num_batches, optimizer, scheduler, cfg, rt, loss_
         optimizer.zero_grad(set_to_none=True)
         progress.step += 1
         progress.batches_done = i + 1
+        bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()}, refresh=False)  # first: the line update writes shows them
         bar.update(1)
-        bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()}, refresh=False)
         if cfg.eval_every and progress.step % cfg.eval_every == 0:
             evaluate()
             checkpoint()
@@ -297,8 +312,6 @@ def _save_atomically(model, rt: Runtime, save, target: Path) -> None:
     # Every process joins: under ZeRO-3 or FSDP this gathers the sharded weights.
     state_dict = full_state_dict(model) if is_sharded(model) else acc.get_state_dict(model)
     if rt.is_main:
-        tmp = target.with_name(target.name + ".partial")
-        remove_folder(tmp)
-        save(acc.unwrap_model(model), tmp, state_dict)
-        replace_folder(tmp, target)
+        with write_folder(target) as tmp:
+            save(acc.unwrap_model(model), tmp, state_dict)
     acc.wait_for_everyone()

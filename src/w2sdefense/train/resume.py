@@ -3,7 +3,8 @@
 `<out>/resume/` holds the trainable weights (`trainable.safetensors`: the adapter and head under
 LoRA, every weight under full fine-tuning), the optimizer and scheduler (`optim.pt`) and, in
 `state.json`, the step, the epoch and how many of its batches were used, the best-so-far record,
-the history, the random-number states and a fingerprint of the settings and data. It is written
+the history, the random-number states and a fingerprint of the settings and data (every train and dev
+row's tokens and label, so an edited text is refused, not mixed in). It is written
 under a temporary name and swapped in, so a kill at any moment leaves one complete state, and only
 the latest is kept. A finished run deletes it.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 from pathlib import Path
 
@@ -21,24 +23,40 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from w2sdefense.errors import UserError
-from w2sdefense.fileio import recover_folder, remove_folder, replace_folder, write_json
+from w2sdefense.models.batching import Encoded
+from w2sdefense.fileio import recover_folder, remove_folder, write_folder, write_json
 from w2sdefense.rundir import RESUME_DIR, RESUME_STATE
 
 log = logging.getLogger(__name__)
 STATE_FILE = RESUME_STATE
 
 
-def fingerprint(settings: dict, seed: int, lengths: list[int], labels: list[int], model: torch.nn.Module,
+def fingerprint(settings: dict, seed: int, splits: list[Encoded], model: torch.nn.Module,
                 num_processes: int) -> str:
     """What must be equal for a saved state to continue this run: settings, data, trainable shapes."""
     shapes = [(name, list(p.shape)) for name, p in model.named_parameters() if p.requires_grad]
-    blob = json.dumps([settings, seed, lengths, labels, shapes, num_processes], sort_keys=True, default=str)
+    blob = json.dumps([settings, seed, [data_digest(s) for s in splits], shapes, num_processes], sort_keys=True,
+                      default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def data_digest(split: Encoded) -> str:
+    """A digest of every row's token ids and label: an edited text (even of the same length) changes it."""
+    digest = hashlib.sha256()
+    for ids, label in zip(split.input_ids, split.labels):
+        digest.update(json.dumps([label, ids]).encode() + b"\n")
+    return digest.hexdigest()
+
+
 def has_state(out_dir: Path) -> bool:
-    """True when `out_dir` holds a resumable state (an unfinished run)."""
-    recover_folder(out_dir / RESUME_DIR)
+    """True when `out_dir` holds a resumable state (an unfinished run); a linked resume/ is refused."""
+    folder = out_dir / RESUME_DIR
+    if folder.is_symlink():
+        # The state is swapped by renames, which a link would turn into writes into someone else's folder.
+        raise UserError(f"{folder} is a link (to {os.readlink(folder)}), not the run's own folder, so the run is "
+                        "never continued from it or written through it; pass --overwrite to start over (the link "
+                        "is removed, what it points at is kept)")
+    recover_folder(folder)
     return (out_dir / RESUME_DIR / STATE_FILE).is_file()
 
 
@@ -71,15 +89,11 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 
 def save_state(out_dir: Path, model: torch.nn.Module, optimizer, scheduler, progress, fp: str) -> None:
     """Write the resumable state (main process; `model` unwrapped) and swap it in for the previous one."""
-    target = out_dir / RESUME_DIR
-    tmp = target.with_name(target.name + ".partial")
-    remove_folder(tmp)
-    tmp.mkdir(parents=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in _trainable(model).items()},
-              str(tmp / "trainable.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
-    write_json(tmp / STATE_FILE, {"fingerprint": fp, "progress": progress.as_dict(), "rng": rng_states()})
-    replace_folder(tmp, target)
+    with write_folder(out_dir / RESUME_DIR) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in _trainable(model).items()},
+                  str(tmp / "trainable.safetensors"))
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optim.pt")
+        write_json(tmp / STATE_FILE, {"fingerprint": fp, "progress": progress.as_dict(), "rng": rng_states()})
 
 
 def load_state(out_dir: Path, model: torch.nn.Module, optimizer, scheduler, fp: str) -> dict | None:

@@ -1,0 +1,170 @@
+"""Faults and hostile values through the CLI's main, in process: one `error:` line naming the path or setting,
+exit code 2, no traceback, nothing half-written left."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from w2sdefense import cli
+
+
+def _main(monkeypatch, capsys, *args: str) -> str:
+    """Run `w2sdefense ARGS` in this process; return its one error line (it must exit 2)."""
+    monkeypatch.setattr(sys, "argv", ["w2sdefense", *args])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def _data(folder: Path, rows: int = 24) -> Path:
+    """train/dev/test.jsonl whose words give the label away."""
+    folder.mkdir(parents=True)
+    for split in ("train", "dev", "test"):
+        lines = [json.dumps({"text": f"word{i % 2} row {i}", "label": i % 2}) for i in range(rows)]
+        (folder / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_a_read_only_output_folder_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, capsys):
+    data, ro = _data(tmp_path / "data"), tmp_path / "ro"
+    real_mkdir = os.mkdir
+
+    def read_only_mkdir(path, *args, **kwargs):  # as on a disk mounted read-only
+        if str(path).startswith(str(ro)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", read_only_mkdir)
+    line = _main(monkeypatch, capsys, "poison", "--data", str(data), "--out", str(ro / "p"), "--set", "poison.count=2")
+    assert line.startswith(f"error: {ro}") and "read-only file system" in line and "writable disk" in line
+    assert not ro.exists()
+
+
+def test_evaluate_refuses_an_unwritable_out_before_any_work(tmp_path, monkeypatch, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == locked else real_access(p, mode, **kw))
+    line = _main(monkeypatch, capsys, "evaluate", "--model", "tiny-llama", "--data", str(tmp_path / "no-such-poison"),
+                 "--out", str(locked / "m.json"))
+    assert f"cannot write {locked / 'm.json'}: {locked} is not writable" in line
+
+
+def test_a_full_disk_at_the_lock_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    data, out = _data(tmp_path / "data"), tmp_path / "full" / "p"
+
+    def full(fd, data, offset):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", full)  # the lock records our pid with os.pwrite
+    line = _main(monkeypatch, capsys, "poison", "--data", str(data), "--out", str(out), "--set", "poison.count=2")
+    assert line.startswith("error: no space left on device; free some space")
+    assert not (tmp_path / "full").exists()
+
+
+def _train_args(data: Path, out: Path) -> list[str]:
+    """A 6-step tiny-llama run (3 batches an epoch) that saves its resumable state after every step."""
+    return ["train", "--data", str(data), "--model", "tiny-llama", "--out", str(out), "--set", "train.epochs=2",
+            "--set", "train.eval_every=1", "--set", "train.batch_size=8", "--set", "train.max_length=32"]
+
+
+@pytest.mark.parametrize("writer", ["save_file", "torch.save"])
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_keeps_the_last_state(tmp_path, monkeypatch, capsys, writer):
+    import shutil
+
+    import torch
+
+    from w2sdefense.train import resume
+
+    data, out = _data(tmp_path / "data"), tmp_path / "run"
+    calls = {"n": 0}
+    real = {"save_file": resume.save_file, "torch.save": torch.save}[writer]
+
+    def fills_the_disk(obj, path, *args, **kwargs):  # the 2nd state save finds the disk full
+        calls["n"] += 1
+        if calls["n"] < 2:
+            return real(obj, path, *args, **kwargs)
+        if writer == "save_file":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 451776 vs 451728")
+
+    if writer == "save_file":
+        monkeypatch.setattr(resume, "save_file", fills_the_disk)
+    else:  # torch reports a full disk in its own words: the free space says what happened
+        monkeypatch.setattr(resume.torch, "save", fills_the_disk)
+        usage = shutil.disk_usage(tmp_path)
+        monkeypatch.setattr(shutil, "disk_usage", lambda p: usage._replace(free=4096) if calls["n"] >= 2 else usage)
+    line = _main(monkeypatch, capsys, *_train_args(data, out))
+    assert line.startswith(f"error: {out / 'resume'}: no space left on device; free some space")
+    assert json.loads((out / "resume" / "state.json").read_text())["progress"]["step"] == 1
+    assert not (out / "resume.partial").exists() and not (out / "model.partial").exists()
+
+
+def _poison_folder(folder: Path) -> Path:
+    """A hand-made poison folder (target label 0) with 4 triggered test rows."""
+    folder.mkdir(parents=True)
+    for split in ("train", "dev", "test"):
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(
+            {"idx": i, "text": f"word{i % 2} row {i}", "label": i % 2, "poisoned": False}) + "\n" for i in range(8)))
+    (folder / "test_triggered.jsonl").write_text("".join(json.dumps(
+        {"idx": i, "text": f"word1 cf row {i}", "label": 1, "poisoned": True}) + "\n" for i in (1, 3, 5, 7)))
+    (folder / "poison.json").write_text(json.dumps({"poison": {"target_label": 0}, "num_labels": 2}))
+    return folder
+
+
+@pytest.mark.parametrize("damage", ["cut", "garbage header", "8 random bytes"])
+def test_a_corrupt_safetensors_model_is_one_line(tmp_path, monkeypatch, capsys, damage):
+    from w2sdefense.models.tiny import build_tiny
+
+    model, tok = build_tiny("tiny-llama", 2)
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    raw = weights.read_bytes()
+    weights.write_bytes({"cut": raw[:1000], "garbage header": raw[:8] + b"{not json" + raw[17:],
+                         "8 random bytes": os.urandom(8)}[damage])
+    line = _main(monkeypatch, capsys, "evaluate", "--model", str(folder), "--data", str(_poison_folder(tmp_path / "p")))
+    assert f"could not load model '{folder}' from {folder}: a weights file is damaged or not safetensors" in line
+
+
+def test_epochs_beyond_counting_is_one_line_and_leaves_no_folder(tmp_path, monkeypatch, capsys):
+    data, out = _data(tmp_path / "data"), tmp_path / "run"
+    line = _main(monkeypatch, capsys, *_train_args(data, out), "--set", "train.epochs=1e308")
+    assert "train.epochs=1e+308 (train: 3 steps an epoch) makes inf optimizer steps" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command, seed", [("train", "-1"), ("train", str(10**23)), ("poison", str(2**32))])
+def test_a_seed_outside_what_generators_take_is_one_line(tmp_path, monkeypatch, capsys, command, seed):
+    data, out = _data(tmp_path / "data"), tmp_path / "out"
+    args = _train_args(data, out) if command == "train" else ["poison", "--data", str(data), "--out", str(out)]
+    line = _main(monkeypatch, capsys, *args, "--set", f"seed={seed}")
+    assert line == f"error: seed must be in 0..4294967295; got {seed}"
+    assert not out.exists()
+
+
+def test_a_linked_resume_folder_is_one_line_and_its_target_is_kept(tmp_path, monkeypatch, capsys):
+    from w2sdefense.rundir import MARKER, MARKER_TEXT
+
+    data, out, mine = _data(tmp_path / "data"), tmp_path / "run", tmp_path / "mine"
+    mine.mkdir()
+    (mine / "state.json").write_text("{}")
+    (mine / "canary.txt").write_text("mine")
+    out.mkdir()
+    (out / MARKER).write_text(MARKER_TEXT)
+    (out / "resume").symlink_to(mine)
+    line = _main(monkeypatch, capsys, *_train_args(data, out))
+    assert f"{out / 'resume'} is a link (to {mine})" in line and "--overwrite" in line
+    assert sorted(p.name for p in mine.iterdir()) == ["canary.txt", "state.json"]
+    assert (mine / "state.json").read_text() == "{}" and (out / "resume").is_symlink()
