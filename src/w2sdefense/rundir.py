@@ -27,6 +27,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 MARKER = ".w2sdefense"
 LOCK_FILE = ".w2sdefense.lock"
 BOOKKEEPING = (MARKER, LOCK_FILE)  # files that do not make a folder "not empty"
+MODEL_DIR = "model"  # a trained stage's selected checkpoint (train/loop.py writes it)
 RESUME_DIR = "resume"  # a training run's resumable state (train/resume.py): present while unfinished
 RESUME_STATE = "state.json"  # written last into RESUME_DIR
 RUN_FILES = ("config.yaml", "run.log", "report.json", "report.md")  # what `run` writes at its top

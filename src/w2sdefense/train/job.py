@@ -20,13 +20,12 @@ from w2sdefense.models import (
     ensure_base_on_disk,
     load_classifier,
     merge_adapter,
-    save_classifier,
     wrap_lora,
 )
 from w2sdefense.runtime import Runtime
 from w2sdefense.models.batching import encode
 from w2sdefense.models.truncation import cut_by_tokens
-from w2sdefense.train.loop import Diagnose, LossFn, cross_entropy_step, fit
+from w2sdefense.train.loop import Diagnose, FitTask, LossFn, cross_entropy_step, fit
 
 # Given the model's tokenizer, the per-evaluation diagnostic (see eval/probe.py).
 Diagnostics = Callable[[object], Diagnose]
@@ -113,12 +112,8 @@ def train_classifier(clf: Classifier, splits: Splits, cfg: TrainConfig, rt: Runt
     params = count_parameters(clf.model)
     log.info("%s: %d train / %d dev rows, %d of %d parameters trainable", desc, len(train), len(dev),
              params["trainable_params"], params["total_params"])
-    metrics = fit(
-        clf.model, train, dev, cfg, rt,
-        save=lambda model, path, state: save_classifier(Classifier(model, clf.tokenizer), path, state),
-        out_dir=out_dir, seed=seed, pad_id=clf.tokenizer.pad_token_id, loss_fn=loss_fn, desc=desc,
-        diagnose=diagnostics(clf.tokenizer) if diagnostics else None,
-    )
+    task = FitTask(train, dev, cfg, seed, loss_fn, desc, diagnostics(clf.tokenizer) if diagnostics else None)
+    metrics = fit(clf, task, rt, out_dir)
     metrics.update(params, train_rows=len(train))
     if cut is not None:
         metrics["trigger_cut"] = cut.to_dict()
