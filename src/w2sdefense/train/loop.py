@@ -233,13 +233,17 @@ def _run_epochs(loop: _Loop, pending_rng: dict | None) -> None:
         if pending_rng is not None:
             restore_rng(pending_rng)
             pending_rng = None
-        if _run_epoch(loop, batches):
+        stopped = _run_epoch(loop, batches)
+        # An epoch's last step is evaluated before anything else, also when Ctrl-C came in it: a resumed
+        # run starts the next epoch and would never evaluate it.
+        ended = not stopped or progress.batches_done >= len(loop.loader)
+        if ended and (not progress.history or progress.history[-1]["step"] != progress.step):
+            loop.evaluate()
+        if stopped:
             loop.bar.close()
             loop.checkpoint()
             raise Interrupted(f"interrupted at step {progress.step} of {loop.total}; the resumable state is in "
                               f"{loop.out_dir / RESUME_DIR}: run the same command again to continue")
-        if not progress.history or progress.history[-1]["step"] != progress.step:
-            loop.evaluate()
         if progress.step < loop.total:
             progress.epoch, progress.batches_done = progress.epoch + 1, 0
 
