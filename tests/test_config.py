@@ -510,7 +510,23 @@ def test_preset_builds(path: Path) -> None:
     if "name" in raw:
         assert cfg.name == raw["name"]
     assert len(cfg.defenses) == len(raw.get("defenses") or [])
+    # Every row's own settings and recipe are checked against its defense, as `run` does before it starts.
+    assert len(check_defenses(cfg.defenses)) == len(cfg.defenses)
     assert from_dict(ExperimentConfig, yaml.safe_load(dump_yaml(cfg))) == cfg
+
+
+@pytest.mark.parametrize("row, message", [
+    ("{name: w2sdefense, gama: 0.01}", "unknown setting defenses.0.gama"),
+    ("{name: strip, copies: 0}", "strip.copies"),
+    ("{name: lora-ft, train: {lr: fast}}", "defenses.0.train.lr"),
+])
+def test_a_preset_with_a_wrong_defense_setting_fails(tmp_path: Path, row: str, message: str) -> None:
+    """The check test_preset_builds makes on every preset catches a misspelt or impossible setting."""
+    path = tmp_path / "wrong.yaml"
+    path.write_text(f"name: wrong\ndefenses:\n  - {row}\n", encoding="utf-8")
+    cfg = load_config(ExperimentConfig, path)  # loading alone does not look inside a defense row
+    with pytest.raises(UserError, match=message):
+        check_defenses(cfg.defenses)
 
 
 @pytest.mark.parametrize("attack", ["badnet", "insent", "synbkd"])
