@@ -220,11 +220,11 @@ def test_cli_resume_refusals(tmp_path):
     assert (out / "resume" / "state.json").is_file()  # the refused command left the state alone
 
 
-def test_run_continues_its_unfinished_stage(shared_data, tmp_path):
+def test_run_continues_its_unfinished_stage(small_data, tmp_path):
     out = tmp_path / "run"
     args = ["run", "configs/tiny-badnet.yaml", "--out", str(out), "--set", "defenses=[]", "--set", "clean_model=false",
             "--set", "victim.train.epochs=20", "--set", "victim.train.eval_every=10"]
-    env = {"W2S_DATA_DIR": str(shared_data)}
+    env = {"W2S_DATA_DIR": str(small_data)}
     proc = subprocess.Popen([CLI, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **env})
     _wait_for_state(out / "victim", proc)
