@@ -567,3 +567,17 @@ def test_extends_lays_a_file_over_its_base_and_merges_defense_rows_by_name(tmp_p
     missing.write_text("extends: nowhere.yaml\n")
     with pytest.raises(UserError, match="config file not found: .*nowhere.yaml"):
         read_yaml(missing)
+
+
+def test_a_defense_job_resolves_its_row_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import w2sdefense.defenses.base as base
+
+    calls = []
+    real = base.resolve
+    monkeypatch.setattr(base, "resolve", lambda cfg, where=None: calls.append(cfg) or real(cfg, where))
+    job = base.DefenseJob("student", None, None, DefenseConfig(name="lora-ft", train={"lr": 0.5}), None, Path("."), 0)
+    assert job.train.lr == 0.5 and job.train is job.train and job.settings is job.settings
+    assert len(calls) == 1
+    given = real(DefenseConfig(name="lora-ft"))
+    again = base.DefenseJob("student", None, None, given.cfg, None, Path("."), 0, resolved=given)
+    assert again.train is given.train and len(calls) == 1  # a row resolved by its caller is not resolved again

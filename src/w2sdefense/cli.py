@@ -220,7 +220,8 @@ def defend(
                                              "data.dataset": data, "data.data_dir": _str(data_dir)})
     if not job.student:
         raise UserError("defend needs --student (the poisoned model)")
-    spec = resolve(job.defense).spec  # unknown names and settings fail before any work
+    resolved = resolve(job.defense)  # unknown names and settings fail before any work, once
+    spec = resolved.spec
     if spec.needs_teacher and not job.teacher:
         raise UserError(f"{spec.name} needs a trained teacher: run `w2sdefense teacher`, then pass --teacher")
     check_model_name(job.student)
@@ -232,7 +233,8 @@ def defend(
     rt = make_runtime(job.runtime)
     inputs = {**data_inputs(job.data), "--student": job.student, "--teacher": job.teacher, "config file": config}
     with _output(out, overwrite, resume, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
-        metrics = run_defense(DefenseJob(job.student, job.teacher, splits, job.defense, rt, folder, job.seed))
+        metrics = run_defense(DefenseJob(job.student, job.teacher, splits, job.defense, rt, folder, job.seed,
+                                         resolved=resolved))
     if spec.kind == "input-filter":
         typer.echo(f"{spec.name}: filter calibrated on clean dev data; `w2sdefense evaluate --model {folder}` "
                    "measures the model behind it")

@@ -21,11 +21,10 @@ from w2sdefense.data.records import Example
 from w2sdefense.errors import UserError
 from w2sdefense.eval.evaluate import evaluate_classifier
 from w2sdefense.eval.filtering import filtered_metrics
-from w2sdefense.models.predict import predict_logits
+from w2sdefense.models.predict import classify_rows
 from w2sdefense.fileio import write_json
 from w2sdefense.models import Classifier
 from w2sdefense.runtime import Runtime, peak_memory_mb, reset_peak_memory
-from w2sdefense.models.batching import encode
 
 FILTER_FILE = "filter.json"
 
@@ -54,8 +53,7 @@ class InputFilter(Protocol):
 def classify(clf: Classifier, texts: list[str], cfg: EvalConfig, rt: Runtime, desc: str) -> list[int]:
     """The model's predicted label for each text."""
     rows = [Example(text=t, label=0, idx=i) for i, t in enumerate(texts)]
-    logits = predict_logits(clf.model, encode(clf.tokenizer, rows, cfg.max_length), clf.tokenizer.pad_token_id,
-                            cfg.batch_size, rt, desc)
+    logits = classify_rows(clf, rows, cfg.max_length, cfg.batch_size, rt, desc)
     return logits.argmax(-1).tolist() if len(rows) else []
 
 

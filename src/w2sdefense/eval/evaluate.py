@@ -9,11 +9,10 @@ from w2sdefense.config import EvalConfig
 from w2sdefense.data.poisoned import load_poison_folder, target_label
 from w2sdefense.data.records import Example
 from w2sdefense.eval.metrics import backdoor_metrics
-from w2sdefense.models.predict import predict_logits
+from w2sdefense.models.predict import classify_rows
 from w2sdefense.fileio import write_json
 from w2sdefense.models import Classifier, load_classifier
 from w2sdefense.runtime import Runtime, peak_memory_mb, reset_peak_memory
-from w2sdefense.models.batching import encode
 from w2sdefense.models.truncation import cut_by_tokens
 
 
@@ -22,10 +21,8 @@ def evaluate_classifier(clf: Classifier, test: list[Example], triggered: list[Ex
     """Metrics of one model on the clean and triggered test sets, with throughput and memory."""
     reset_peak_memory(rt.device)
     start = time.perf_counter()
-    pad = clf.tokenizer.pad_token_id
-    clean = predict_logits(clf.model, encode(clf.tokenizer, test, cfg.max_length), pad, cfg.batch_size, rt, "clean test")
-    trig = predict_logits(clf.model, encode(clf.tokenizer, triggered, cfg.max_length), pad, cfg.batch_size, rt,
-                          "triggered test")
+    clean = classify_rows(clf, test, cfg.max_length, cfg.batch_size, rt, "clean test")
+    trig = classify_rows(clf, triggered, cfg.max_length, cfg.batch_size, rt, "triggered test")
     wall = time.perf_counter() - start
     # Triggers the tokenizer cuts off never reach the model: counted, and left out of the survived ASR.
     survived, cut = cut_by_tokens(clf.tokenizer, triggered, cfg.max_length, "triggered test")
