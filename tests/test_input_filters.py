@@ -17,12 +17,12 @@ from cli_helpers import error_line, run_cli
 from w2sdefense.config import DefenseConfig, RuntimeConfig
 from w2sdefense.data.records import Example, Splits
 from w2sdefense.defenses import DefenseJob, open_filter, resolve, run_defense
-from w2sdefense.defenses.filtering import Screened, evaluate_filtered, read_filter, sample_test, write_filter
+from w2sdefense.defenses.filtering import read_filter, write_filter
+from w2sdefense.eval.filtering import Screened, evaluate_filtered, filtered_metrics, sample_test
 from w2sdefense.defenses.onion import OnionFilter, OnionSettings
 from w2sdefense.defenses.strip import StripFilter, StripSettings
 from w2sdefense.config import EvalConfig
 from w2sdefense.errors import UserError
-from w2sdefense.eval.filtering import filtered_metrics
 from w2sdefense.models import Classifier
 from w2sdefense.models.language import load_language_model, perplexities
 from w2sdefense.models.tiny import byte_tokenizer

@@ -255,8 +255,9 @@ def evaluate(
     """Clean accuracy and attack success rate of a model on a poison folder's test sets."""
     import json
 
-    from w2sdefense.defenses.filtering import is_filter_run
-    from w2sdefense.eval.evaluate import run_evaluate
+    from w2sdefense.defenses import open_filter
+    from w2sdefense.eval.stage import evaluate_stage
+    from w2sdefense.models.loading import refuse_teacher
     from w2sdefense.rundir import check_output_file, check_outside_inputs, check_outside_models
     from w2sdefense.runtime import make_runtime
 
@@ -267,8 +268,10 @@ def evaluate(
         check_outside_models(out, _models_read(model))
     job = _load(EvaluateJob, config, set_)
     _check_test_sets(data)
+    # `run` evaluates its teacher, whose labels it has checked against the data; here a teacher is refused.
+    refuse_teacher(model, model)
     rt = make_runtime(job.runtime)
-    metrics = (_evaluate_filter if is_filter_run(model) else run_evaluate)(model, data, job.eval, rt, out)
+    metrics = evaluate_stage(model, data, job.eval, rt, out, open_filter, name_inputs=True)
     if rt.is_main:
         keys = ("clean_accuracy", "attack_success_rate", "attack_success_rate_clean_correct", "clean_total",
                 "triggered_total", "attack_success_rate_survived", "triggered_survived_total", "trigger_cut")
@@ -280,30 +283,12 @@ def evaluate(
 
 def _models_read(model: str) -> dict[str, str | None]:
     """The models `evaluate` loads: --model, and the model behind an input-filter run."""
-    from w2sdefense.defenses.filtering import is_filter_run, read_filter
+    from w2sdefense.defenses.filtering import read_filter
+    from w2sdefense.eval.stage import INPUT_FILTER, stage_kind
 
-    if not is_filter_run(model):
+    if stage_kind(model) != INPUT_FILTER:
         return {"--model": model}
     return {"--model": model, "the model behind the filter": read_filter(model).get("student")}
-
-
-def _evaluate_filter(folder: str, data: Path, cfg, rt, out: Path | None) -> dict:
-    """`evaluate` on an input-filter run: the model it guards, behind the filter."""
-    from w2sdefense.data.poisoned import load_poison_folder, target_label
-    from w2sdefense.defenses import open_filter
-    from w2sdefense.defenses.filtering import evaluate_filtered
-    from w2sdefense.fileio import write_json
-    from w2sdefense.models import load_classifier
-
-    flt, record = open_filter(folder)
-    poisoned = load_poison_folder(data)
-    clf = load_classifier(record["student"], poisoned.num_labels, rt.dtype)
-    metrics = evaluate_filtered(clf, flt, poisoned.test, poisoned.test_triggered, target_label(data), cfg, rt,
-                                record["seed"])
-    metrics.update(model=str(folder), defense=record["defense"], student=record["student"], poison_dir=str(data))
-    if out is not None and rt.is_main:
-        write_json(out, metrics)
-    return metrics
 
 
 def _check_test_sets(folder: Path) -> None:

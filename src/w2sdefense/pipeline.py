@@ -21,16 +21,13 @@ from w2sdefense.config import ExperimentConfig, changed_settings, dump_yaml, to_
 from w2sdefense.data.datasets import data_inputs, load_splits
 from w2sdefense.data.records import Splits
 from w2sdefense.defenses import DefenseJob, open_filter, run_defense
-from w2sdefense.defenses.filtering import evaluate_filtered, is_filter_run
 from w2sdefense.defenses.base import Resolved, check_defenses
 from w2sdefense.defenses.teacher import run_teacher
-from w2sdefense.models.teacher import load_teacher
-from w2sdefense.eval.evaluate import evaluate_classifier
+from w2sdefense.eval.stage import evaluate_stage
 from w2sdefense.eval.probe import TriggerProbe, make_probe, probe_diagnostic, start_point, write_curves
 from w2sdefense.eval.report import write_report
 from w2sdefense.fileio import atomic_write_text, write_json
-from w2sdefense.models import load_classifier
-from w2sdefense.rundir import check_outside_inputs, claim_run_dir, log_to, prepare_run_dir, unfinished
+from w2sdefense.rundir import METRICS_FILE, check_outside_inputs, claim_run_dir, log_to, prepare_run_dir, unfinished
 from w2sdefense.runtime import Runtime, make_runtime
 from w2sdefense.train.job import run_train
 
@@ -191,28 +188,14 @@ class Experiment:
 
         return stage, stage.run(self.rt, work)
 
-    def evaluate(self, label: str, model_stage: Stage, poison: Stage, teacher: bool = False) -> dict:
-        """CA and ASR of one model on the shared clean and triggered test sets (computed once)."""
+    def evaluate(self, label: str, model_stage: Stage, poison: Stage) -> dict:
+        """CA and ASR of one stage (a model, the teacher, a filter) on the shared clean and triggered test sets."""
         c = self.cfg
         stage = Stage.of(f"evaluate {label}", self.out / "eval" / label, model_stage.key, poison.key, c.eval)
 
         def work() -> dict:
-            data = load_poison_folder(poison.folder)
-            target = target_label(poison.folder)
-            if is_filter_run(model_stage.folder):  # an input filter: the model it guards, behind it
-                flt, record = open_filter(model_stage.folder)
-                clf = load_classifier(record["student"], data.num_labels, self.rt.dtype)
-                metrics = evaluate_filtered(clf, flt, data.test, data.test_triggered, target, c.eval, self.rt,
-                                            record["seed"])
-                if self.rt.is_main:
-                    write_json(stage.folder / "metrics.json", metrics)
-                return metrics
-            path = model_stage.folder / "model"
-            clf = load_teacher(path, self.rt.dtype) if teacher else load_classifier(str(path), data.num_labels, self.rt.dtype)
-            metrics = evaluate_classifier(clf, data.test, data.test_triggered, target, c.eval, self.rt)
-            if self.rt.is_main:
-                write_json(stage.folder / "metrics.json", metrics)
-            return metrics
+            return evaluate_stage(model_stage.folder, poison.folder, c.eval, self.rt, stage.folder / METRICS_FILE,
+                                  open_filter)
 
         return stage.run(self.rt, work)
 
@@ -253,7 +236,7 @@ def _run_stages(exp: Experiment) -> list[dict]:
     teacher = None
     if any(r.spec.needs_teacher for r in exp.defenses):
         teacher, teacher_train = exp.teacher()
-        rows.append(_row("teacher", exp.evaluate("teacher", teacher, poison, teacher=True), teacher_train))
+        rows.append(_row("teacher", exp.evaluate("teacher", teacher, poison), teacher_train))
     for i, d in enumerate(cfg.defenses):
         stage, train = exp.defense(i, victim, teacher, poison)
         rows.append(_row(d.row_name, exp.evaluate(d.row_name, stage, poison), train))

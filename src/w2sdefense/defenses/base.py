@@ -17,7 +17,8 @@ from typing import Any
 
 from w2sdefense.config import DefenseConfig, TrainConfig, changed_settings, from_dict, merge_dicts, to_dict
 from w2sdefense.data.records import Splits
-from w2sdefense.defenses.filtering import InputFilter, read_filter
+from w2sdefense.defenses.filtering import read_filter
+from w2sdefense.eval.filtering import InputFilter
 from w2sdefense.errors import UserError
 from w2sdefense.registry import Registry
 from w2sdefense.runtime import Runtime

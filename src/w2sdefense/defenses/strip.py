@@ -15,7 +15,8 @@ import torch
 from w2sdefense.config import check_positive, to_dict
 from w2sdefense.data.records import Example
 from w2sdefense.defenses.base import DefenseJob, register_defense
-from w2sdefense.defenses.filtering import Screened, calibration_rows, frr_threshold, write_filter
+from w2sdefense.defenses.filtering import calibration_rows, frr_threshold, write_filter
+from w2sdefense.eval.filtering import Screened
 from w2sdefense.errors import UserError
 from w2sdefense.models.predict import classify_rows
 from w2sdefense.models import Classifier, load_classifier

@@ -22,6 +22,7 @@ from w2sdefense.models import (
     merge_adapter,
     wrap_lora,
 )
+from w2sdefense.rundir import METRICS_FILE, MODEL_DIR
 from w2sdefense.runtime import Runtime
 from w2sdefense.models.batching import encode
 from w2sdefense.models.truncation import cut_by_tokens
@@ -94,8 +95,6 @@ class StageRecord:
         return record
 
 
-METRICS_FILE = "metrics.json"
-
 
 def train_classifier(clf: Classifier, splits: Splits, cfg: TrainConfig, rt: Runtime, out_dir: Path,
                      seed: int, loss_fn: LossFn = cross_entropy_step, desc: str = "train",
@@ -118,7 +117,7 @@ def train_classifier(clf: Classifier, splits: Splits, cfg: TrainConfig, rt: Runt
     if cut is not None:
         metrics["trigger_cut"] = cut.to_dict()
     if rt.is_main and cfg.merge and cfg.method == "lora":
-        merge_adapter(out_dir / "model", out_dir / "merged", splits.num_labels)
+        merge_adapter(out_dir / MODEL_DIR, out_dir / "merged", splits.num_labels)
     rt.accelerator.wait_for_everyone()
     return metrics
 
