@@ -581,3 +581,15 @@ def test_a_defense_job_resolves_its_row_once(monkeypatch: pytest.MonkeyPatch) ->
     given = real(DefenseConfig(name="lora-ft"))
     again = base.DefenseJob("student", None, None, given.cfg, None, Path("."), 0, resolved=given)
     assert again.train is given.train and len(calls) == 1  # a row resolved by its caller is not resolved again
+
+
+@pytest.mark.parametrize("label", ["poisoned", "clean", "teacher", "clean model"])
+def test_a_defense_named_like_a_report_row_is_a_config_error(tmp_path: Path, label: str) -> None:
+    """Its report row and eval/ folder would collide with the poisoned model's, the clean model's or the teacher's."""
+    path = tmp_path / "clash.yaml"
+    path.write_text(f"name: clash\ndefenses:\n  - {{name: lora-ft}}\n  - {{name: lora-ft, label: {label}}}\n",
+                    encoding="utf-8")
+    cfg = load_config(ExperimentConfig, path)
+    with pytest.raises(UserError, match=rf"defenses.1: '{label}' names one of the report's own rows"):
+        check_defenses(cfg.defenses)
+    assert len(check_defenses([DefenseConfig(name="lora-ft", label=f"{label}-2")])) == 1

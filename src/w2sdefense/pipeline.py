@@ -27,7 +27,8 @@ from w2sdefense.eval.stage import evaluate_stage
 from w2sdefense.eval.probe import TriggerProbe, make_probe, probe_diagnostic, start_point, write_curves
 from w2sdefense.eval.report import write_report
 from w2sdefense.fileio import atomic_write_text, write_json
-from w2sdefense.rundir import METRICS_FILE, check_outside_inputs, claim_run_dir, log_to, prepare_run_dir, unfinished
+from w2sdefense.rundir import (CLEAN_ROW, EVAL_FOLDERS, METRICS_FILE, POISONED_ROW, TEACHER_ROW, check_outside_inputs,
+                              claim_run_dir, log_to, prepare_run_dir, unfinished)
 from w2sdefense.runtime import Runtime, make_runtime
 from w2sdefense.train.job import run_train
 
@@ -230,13 +231,13 @@ def _run_stages(exp: Experiment) -> list[dict]:
     poison = exp.poison()
     if cfg.clean_model:
         clean, clean_train = exp.victim(poison, clean=True)
-        rows.append(_row("clean model", exp.evaluate("clean", clean, poison), clean_train))
+        rows.append(_row(CLEAN_ROW, exp.evaluate(EVAL_FOLDERS[CLEAN_ROW], clean, poison), clean_train))
     victim, victim_train = exp.victim(poison)
-    rows.append(_row("poisoned", exp.evaluate("poisoned", victim, poison), victim_train))
+    rows.append(_row(POISONED_ROW, exp.evaluate(EVAL_FOLDERS[POISONED_ROW], victim, poison), victim_train))
     teacher = None
     if any(r.spec.needs_teacher for r in exp.defenses):
         teacher, teacher_train = exp.teacher()
-        rows.append(_row("teacher", exp.evaluate("teacher", teacher, poison), teacher_train))
+        rows.append(_row(TEACHER_ROW, exp.evaluate(EVAL_FOLDERS[TEACHER_ROW], teacher, poison), teacher_train))
     for i, d in enumerate(cfg.defenses):
         stage, train = exp.defense(i, victim, teacher, poison)
         rows.append(_row(d.row_name, exp.evaluate(d.row_name, stage, poison), train))

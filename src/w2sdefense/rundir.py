@@ -30,6 +30,11 @@ BOOKKEEPING = (MARKER, LOCK_FILE)  # files that do not make a folder "not empty"
 MODEL_DIR = "model"  # a trained stage's selected checkpoint (train/loop.py writes it)
 METRICS_FILE = "metrics.json"  # a stage's record: what it measured, written once when it ends
 FILTER_FILE = "filter.json"  # what marks an input-filter run (defenses/filtering.py writes it)
+# The report rows of `run` beside its defenses, and the eval/ folder each is measured in: no defense may
+# take one of these names as its label (its row and its eval/ folder would collide with theirs).
+CLEAN_ROW, POISONED_ROW, TEACHER_ROW = "clean model", "poisoned", "teacher"
+EVAL_FOLDERS = {CLEAN_ROW: "clean", POISONED_ROW: "poisoned", TEACHER_ROW: "teacher"}
+RESERVED_ROWS = (*EVAL_FOLDERS, *(f for f in EVAL_FOLDERS.values() if f not in EVAL_FOLDERS))
 RESUME_DIR = "resume"  # a training run's resumable state (train/resume.py): present while unfinished
 RESUME_STATE = "state.json"  # written last into RESUME_DIR
 RUN_FILES = ("config.yaml", "run.log", "report.json", "report.md")  # what `run` writes at its top

@@ -21,6 +21,7 @@ from w2sdefense.defenses.filtering import read_filter
 from w2sdefense.eval.filtering import InputFilter
 from w2sdefense.errors import UserError
 from w2sdefense.registry import Registry
+from w2sdefense.rundir import RESERVED_ROWS
 from w2sdefense.runtime import Runtime
 from w2sdefense.train.job import Diagnostics, StageRecord, prepare_student, train_classifier
 
@@ -124,7 +125,12 @@ def resolve(cfg: DefenseConfig, where: str | None = None) -> Resolved:
 
 
 def check_defenses(defenses: list[DefenseConfig]) -> list[Resolved]:
-    """resolve() every configured defense, naming each by its place in the list."""
+    """resolve() every configured defense, naming each by its place in the list; none may take the name
+    of one of the report's own rows (rundir.RESERVED_ROWS)."""
+    for i, d in enumerate(defenses):
+        if d.row_name in RESERVED_ROWS:
+            raise UserError(f"defenses.{i}: {d.row_name!r} names one of the report's own rows or their eval/ "
+                            f"folders ({', '.join(RESERVED_ROWS)}); give this defense another label")
     return [resolve(d, f"defenses.{i}") for i, d in enumerate(defenses)]
 
 
