@@ -32,10 +32,9 @@ from w2sdefense.models import check_model_name, load_classifier
 from w2sdefense.models.loading import merge_adapter, resolve_model_path
 from w2sdefense.models.predict import classify_rows
 from w2sdefense.pipeline import STAGE_FILE, Stage
-from w2sdefense.rundir import check_outside_inputs, claim_run_dir, log_to
+from w2sdefense.rundir import MODEL_DIR, check_outside_inputs, claim_run_dir, log_to
 from w2sdefense.runtime import Runtime
 
-MODEL_DIR = "model"  # DIR/model: the cleaned model, what the user ships
 
 
 def default_defense(job: CleanJob) -> DefenseConfig:
@@ -108,10 +107,10 @@ def _stages(job: CleanJob, resolved: Resolved, splits: Splits, out: Path, rt: Ru
     stage = Stage.of(f"defense {defense.row_name}", out / "defense", suspect, teacher and teacher.key,
                      resolved.key(), job.data, job.seed)
     trained = stage.run(rt, lambda: run_defense(DefenseJob(
-        student=job.model, teacher=str(teacher.folder / "model") if teacher else None, splits=splits, cfg=defense,
+        student=job.model, teacher=str(teacher.folder / MODEL_DIR) if teacher else None, splits=splits, cfg=defense,
         rt=rt, out_dir=stage.folder, seed=job.seed, resolved=resolved)))
     merged = Stage.of("model (merged, standalone)", out / MODEL_DIR, stage.key)
-    merged.run(rt, lambda: _merge(stage.folder / "model", merged.folder, splits.num_labels, rt))
+    merged.run(rt, lambda: _merge(stage.folder / MODEL_DIR, merged.folder, splits.num_labels, rt))
     before = Stage.of("evaluate the suspect", out / "eval" / "before", suspect, job.triggers, job.target_label,
                       job.eval, job.data, job.seed)
     after = Stage.of("evaluate the cleaned model", out / "eval" / "after", merged.key, job.triggers,

@@ -213,7 +213,7 @@ def defend(
     from w2sdefense.defenses import DefenseJob, resolve, run_defense
     from w2sdefense.models import check_model_name
     from w2sdefense.data.datasets import data_inputs
-    from w2sdefense.rundir import log_to
+    from w2sdefense.rundir import MODEL_DIR, log_to
     from w2sdefense.runtime import make_runtime
 
     job = _load(DefendJob, config, set_, **{"student": student, "teacher": teacher, "defense.name": defense,
@@ -239,7 +239,7 @@ def defend(
         typer.echo(f"{spec.name}: filter calibrated on clean dev data; `w2sdefense evaluate --model {folder}` "
                    "measures the model behind it")
     else:
-        typer.echo(f"{spec.name}: clean dev accuracy {metrics['best_dev_accuracy']:.4f}; model in {folder / 'model'}")
+        typer.echo(f"{spec.name}: clean dev accuracy {metrics['best_dev_accuracy']:.4f}; model in {folder / MODEL_DIR}")
 
 
 @app.command()

@@ -27,8 +27,8 @@ from w2sdefense.eval.stage import evaluate_stage
 from w2sdefense.eval.probe import TriggerProbe, make_probe, probe_diagnostic, start_point, write_curves
 from w2sdefense.eval.report import write_report
 from w2sdefense.fileio import atomic_write_text, write_json
-from w2sdefense.rundir import (CLEAN_ROW, EVAL_FOLDERS, METRICS_FILE, POISONED_ROW, TEACHER_ROW, check_outside_inputs,
-                              claim_run_dir, log_to, prepare_run_dir, unfinished)
+from w2sdefense.rundir import (CLEAN_ROW, EVAL_FOLDERS, METRICS_FILE, MODEL_DIR, POISONED_ROW, TEACHER_ROW,
+                              check_outside_inputs, claim_run_dir, log_to, prepare_run_dir, unfinished)
 from w2sdefense.runtime import Runtime, make_runtime
 from w2sdefense.train.job import run_train
 
@@ -177,8 +177,8 @@ class Experiment:
                          r.key(), d.seed, c.data, c.seed)
 
         def work() -> dict:
-            job = DefenseJob(student=str(victim.folder / "model"),
-                             teacher=str(teacher.folder / "model") if teacher_key else None,
+            job = DefenseJob(student=str(victim.folder / MODEL_DIR),
+                             teacher=str(teacher.folder / MODEL_DIR) if teacher_key else None,
                              splits=self.clean_splits(), cfg=d, rt=self.rt, out_dir=stage.folder,
                              seed=c.seed if d.seed is None else d.seed,
                              diagnostics=self.diagnostics(poison), resolved=r)

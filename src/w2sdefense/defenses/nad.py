@@ -31,8 +31,9 @@ from w2sdefense.errors import UserError
 from w2sdefense.models import Classifier, load_classifier
 from w2sdefense.models.batching import encode, model_inputs
 from w2sdefense.models.predict import run_inference
+from w2sdefense.rundir import METRICS_FILE, MODEL_DIR
 from w2sdefense.runtime import Runtime
-from w2sdefense.train.job import METRICS_FILE, StageRecord, limit, prepare_student, train_classifier
+from w2sdefense.train.job import StageRecord, limit, prepare_student, train_classifier
 from w2sdefense.train.loop import LossFn, StepOutput
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ def nad(job: DefenseJob) -> dict:
         teacher_metrics = StageRecord("nad teacher", teacher_metrics, time.perf_counter() - start).write(
             teacher_dir, job.rt)
         del clf
-    teacher = load_classifier(str(teacher_dir / "model"), job.splits.num_labels, job.rt.dtype)
+    teacher = load_classifier(str(teacher_dir / MODEL_DIR), job.splits.num_labels, job.rt.dtype)
     _check_layers(settings, teacher.model)
     rows = limit(job.splits.train, train.max_train_rows)
     maps = cache_teacher_maps(teacher, rows, settings, train.max_length, train.eval_batch_size, job.rt)

@@ -22,7 +22,7 @@ from w2sdefense.models import (
     merge_adapter,
     wrap_lora,
 )
-from w2sdefense.rundir import METRICS_FILE, MODEL_DIR
+from w2sdefense.rundir import BASE_DIR, MERGED_DIR, METRICS_FILE, MODEL_DIR
 from w2sdefense.runtime import Runtime
 from w2sdefense.models.batching import encode
 from w2sdefense.models.truncation import cut_by_tokens
@@ -60,7 +60,7 @@ def prepare_student(model_name: str, num_labels: int, cfg: TrainConfig, rt: Runt
         # Non-reentrant checkpointing also works when the embeddings are frozen (LoRA).
         clf.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.method == "lora":
-        ensure_base_on_disk(clf, out_dir / "base", write=rt.is_main)
+        ensure_base_on_disk(clf, out_dir / BASE_DIR, write=rt.is_main)
         clf = wrap_lora(clf, cfg.lora)
     if cfg.method == "full":
         for param in clf.model.parameters():
@@ -117,7 +117,7 @@ def train_classifier(clf: Classifier, splits: Splits, cfg: TrainConfig, rt: Runt
     if cut is not None:
         metrics["trigger_cut"] = cut.to_dict()
     if rt.is_main and cfg.merge and cfg.method == "lora":
-        merge_adapter(out_dir / MODEL_DIR, out_dir / "merged", splits.num_labels)
+        merge_adapter(out_dir / MODEL_DIR, out_dir / MERGED_DIR, splits.num_labels)
     rt.accelerator.wait_for_everyone()
     return metrics
 
