@@ -1,7 +1,8 @@
-"""Shared fixtures: a CPU runtime, small synthetic splits, the real data folder."""
+"""Shared fixtures: a CPU runtime, small synthetic splits, a small SST-2-shaped data folder, the real data folder."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from pathlib import Path
@@ -55,9 +56,36 @@ def rt():
     return make_runtime(RuntimeConfig(device="cpu", num_threads=2))
 
 
+def write_sentiment_folder(root: Path, train: int = 320, dev: int = 72, test: int = 100) -> Path:
+    """`root/sst2/{train,dev,test}.jsonl`: short review-like texts, label 1 positive, 0 negative (seeded).
+
+    Shaped like the real SST-2 folder (the dataset name `sst2` under a data dir), small enough for an
+    end-to-end command on tiny models, so those tests never depend on ../shared/data.
+    """
+    rng = random.Random(7)
+    folder = root / "sst2"
+    folder.mkdir(parents=True)
+    subjects = ["the film", "this movie", "the plot", "the cast", "the ending", "the story"]
+    for split, n in (("train", train), ("dev", dev), ("test", test)):
+        rows = []
+        for i in range(n):
+            label = i % 2
+            words = " and ".join(rng.sample(_WORDS[label], 2))
+            rows.append({"text": f"{rng.choice(subjects)} is {words}", "label": label})
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory) -> Path:
+    """A data dir holding a small SST-2-shaped dataset (see write_sentiment_folder); pass it as W2S_DATA_DIR."""
+    return write_sentiment_folder(tmp_path_factory.mktemp("data"))
+
+
 @pytest.fixture
 def shared_data() -> Path:
-    """../shared/data, or skip when this checkout has none beside it."""
+    """../shared/data, for the tests that check the real datasets and models; fails (never skips) without it."""
     if not (SHARED_DATA / "sst2" / "train.jsonl").is_file():
-        pytest.skip("../shared/data is not present")
+        pytest.fail(f"{SHARED_DATA} holds no sst2/train.jsonl: the real-data tests need the shared data folder "
+                    "beside this checkout (deselect them with -m 'not real_data' on a machine without it)")
     return SHARED_DATA

@@ -1,4 +1,4 @@
-"""The real command line, end to end, on tiny models and a few hundred real SST-2 rows."""
+"""The real command line, end to end, on tiny models and a few hundred SST-2-shaped rows (conftest.small_data)."""
 
 from __future__ import annotations
 
@@ -19,14 +19,15 @@ def w2s(*args: str, data_dir: Path | None = None, check: bool = True) -> subproc
     return proc
 
 
-def test_run_tiny_experiment_writes_report_with_every_row(shared_data, tmp_path):
+def test_run_tiny_experiment_writes_report_with_every_row(small_data, tmp_path):
     out = tmp_path / "run"
-    w2s("run", "configs/tiny-badnet.yaml", "--out", str(out), data_dir=shared_data)
+    w2s("run", "configs/tiny-badnet.yaml", "--out", str(out), data_dir=small_data)
     report = json.loads((out / "report.json").read_text())
     names = [row["model"] for row in report["rows"]]
     assert names == ["clean model", "poisoned", "teacher", "w2sdefense", "w2sdefense-reference", "lora-ft", "full-ft"]
     for row in report["rows"]:
-        assert 0.0 <= row["clean_accuracy"] <= 1.0 and 0.0 <= row["attack_success_rate"] <= 1.0
+        assert row["clean_accuracy"] == row["clean_correct"] / row["clean_total"]
+        assert row["attack_success_rate"] == row["attack_hits"] / row["triggered_total"]
         assert row["clean_total"] == 96 and row["triggered_total"] == sum(
             1 for line in (out / "poison" / "test.jsonl").read_text().splitlines() if json.loads(line)["label"] != 0)
         assert row["trainable_params"] > 0 and row["wall_time_s"] > 0
@@ -44,20 +45,20 @@ def test_run_tiny_experiment_writes_report_with_every_row(shared_data, tmp_path)
     assert {"ce", "kd", "fa", "dev_accuracy"} <= set(metrics["history"][0])
     # A second run re-uses every finished stage.
     stamps = {p: p.stat().st_mtime_ns for p in out.rglob("stage.json")}
-    second = w2s("run", "configs/tiny-badnet.yaml", "--out", str(out), data_dir=shared_data)
+    second = w2s("run", "configs/tiny-badnet.yaml", "--out", str(out), data_dir=small_data)
     assert "==>" not in second.stdout
     assert stamps == {p: p.stat().st_mtime_ns for p in out.rglob("stage.json")}
     # Changing one defense redoes that defense and its evaluation only.
     w2s("run", "configs/tiny-badnet.yaml", "--out", str(out), "--set", "defenses.2.train.lr=0.002",
-        data_dir=shared_data)
+        data_dir=small_data)
     redone = {p.parent.relative_to(out).as_posix() for p in out.rglob("stage.json") if p.stat().st_mtime_ns != stamps[p]}
     assert redone == {"defenses/lora-ft", "eval/lora-ft"}
 
 
-def test_poison_train_evaluate_commands(shared_data, tmp_path):
+def test_poison_train_evaluate_commands(small_data, tmp_path):
     poison_dir = tmp_path / "poison"
     w2s("poison", "--data", "sst2", "--attack", "insent", "--out", str(poison_dir), "--set", "data.max_train=200",
-        "--set", "data.max_test=50", "--set", "poison.count=20", data_dir=shared_data)
+        "--set", "data.max_test=50", "--set", "poison.count=20", data_dir=small_data)
     train_rows = [json.loads(line) for line in (poison_dir / "train.jsonl").read_text().splitlines()]
     assert sum(r["poisoned"] for r in train_rows) == 20
     assert all("I watched this 3D movie" in r["text"] for r in train_rows if r["poisoned"])
@@ -74,10 +75,10 @@ def test_poison_train_evaluate_commands(shared_data, tmp_path):
     assert "attack_success_rate" in proc.stdout
 
 
-def test_user_errors_are_one_line(shared_data, tmp_path):
+def test_user_errors_are_one_line(small_data, tmp_path):
     assert "unknown attack" in error_line(w2s("poison", "--attack", "nope", "--out", str(tmp_path / "p"),
-                                               data_dir=shared_data, check=False))
-    line = error_line(w2s("train", "--model", "no-such-model", "--out", str(tmp_path / "t"), data_dir=shared_data,
+                                               data_dir=small_data, check=False))
+    line = error_line(w2s("train", "--model", "no-such-model", "--out", str(tmp_path / "t"), data_dir=small_data,
                            check=False))
     assert "tiny-llama" in line and "smollm2-135m" in line
     assert not (tmp_path / "t").exists()  # a bad name fails before the run folder is made
@@ -87,11 +88,11 @@ def test_user_errors_are_one_line(shared_data, tmp_path):
     assert "victim.trian" in error_line(w2s("run", str(bad), check=False))
     (tmp_path / "exists").mkdir()
     (tmp_path / "exists" / "file").write_text("x")
-    line = error_line(w2s("train", "--model", "tiny-llama", "--out", str(tmp_path / "exists"), data_dir=shared_data,
+    line = error_line(w2s("train", "--model", "tiny-llama", "--out", str(tmp_path / "exists"), data_dir=small_data,
                            check=False))
     assert "--overwrite" in line
     line = error_line(w2s("poison", "--out", str(tmp_path / "p2"), "--set", "poison.count=999999",
-                           data_dir=shared_data, check=False))
+                           data_dir=small_data, check=False))
     assert "999999" in line
     line = error_line(w2s("poison", "--out", str(tmp_path / "p3"), check=False))
     assert "W2S_DATA_DIR" in line

@@ -510,7 +510,23 @@ def test_preset_builds(path: Path) -> None:
     if "name" in raw:
         assert cfg.name == raw["name"]
     assert len(cfg.defenses) == len(raw.get("defenses") or [])
+    # Every row's own settings and recipe are checked against its defense, as `run` does before it starts.
+    assert len(check_defenses(cfg.defenses)) == len(cfg.defenses)
     assert from_dict(ExperimentConfig, yaml.safe_load(dump_yaml(cfg))) == cfg
+
+
+@pytest.mark.parametrize("row, message", [
+    ("{name: w2sdefense, gama: 0.01}", "unknown setting defenses.0.gama"),
+    ("{name: strip, copies: 0}", "strip.copies"),
+    ("{name: lora-ft, train: {lr: fast}}", "defenses.0.train.lr"),
+])
+def test_a_preset_with_a_wrong_defense_setting_fails(tmp_path: Path, row: str, message: str) -> None:
+    """The check test_preset_builds makes on every preset catches a misspelt or impossible setting."""
+    path = tmp_path / "wrong.yaml"
+    path.write_text(f"name: wrong\ndefenses:\n  - {row}\n", encoding="utf-8")
+    cfg = load_config(ExperimentConfig, path)  # loading alone does not look inside a defense row
+    with pytest.raises(UserError, match=message):
+        check_defenses(cfg.defenses)
 
 
 @pytest.mark.parametrize("attack", ["badnet", "insent", "synbkd"])
@@ -565,3 +581,29 @@ def test_a_key_given_twice_is_refused_naming_file_and_key(tmp_path: Path) -> Non
     # A merge key's values may be overridden beside it: that is what `<<` is for, not a repeat.
     path.write_text("a: &x {lr: 1, r: 2}\nb:\n  <<: *x\n  lr: 3\n", encoding="utf-8")
     assert read_yaml(path) == {"a": {"lr": 1, "r": 2}, "b": {"lr": 3, "r": 2}}
+
+
+def test_a_defense_job_resolves_its_row_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import w2sdefense.defenses.base as base
+
+    calls = []
+    real = base.resolve
+    monkeypatch.setattr(base, "resolve", lambda cfg, where=None: calls.append(cfg) or real(cfg, where))
+    job = base.DefenseJob("student", None, None, DefenseConfig(name="lora-ft", train={"lr": 0.5}), None, Path("."), 0)
+    assert job.train.lr == 0.5 and job.train is job.train and job.settings is job.settings
+    assert len(calls) == 1
+    given = real(DefenseConfig(name="lora-ft"))
+    again = base.DefenseJob("student", None, None, given.cfg, None, Path("."), 0, resolved=given)
+    assert again.train is given.train and len(calls) == 1  # a row resolved by its caller is not resolved again
+
+
+@pytest.mark.parametrize("label", ["poisoned", "clean", "teacher", "clean model"])
+def test_a_defense_named_like_a_report_row_is_a_config_error(tmp_path: Path, label: str) -> None:
+    """Its report row and eval/ folder would collide with the poisoned model's, the clean model's or the teacher's."""
+    path = tmp_path / "clash.yaml"
+    path.write_text(f"name: clash\ndefenses:\n  - {{name: lora-ft}}\n  - {{name: lora-ft, label: {label}}}\n",
+                    encoding="utf-8")
+    cfg = load_config(ExperimentConfig, path)
+    with pytest.raises(UserError, match=rf"defenses.1: '{label}' names one of the report's own rows"):
+        check_defenses(cfg.defenses)
+    assert len(check_defenses([DefenseConfig(name="lora-ft", label=f"{label}-2")])) == 1

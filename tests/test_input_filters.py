@@ -17,12 +17,12 @@ from cli_helpers import error_line, run_cli
 from w2sdefense.config import DefenseConfig, RuntimeConfig
 from w2sdefense.data.records import Example, Splits
 from w2sdefense.defenses import DefenseJob, open_filter, resolve, run_defense
-from w2sdefense.defenses.filtering import Screened, evaluate_filtered, read_filter, sample_test, write_filter
+from w2sdefense.defenses.filtering import read_filter, write_filter
+from w2sdefense.eval.filtering import Screened, evaluate_filtered, filtered_metrics, sample_test
 from w2sdefense.defenses.onion import OnionFilter, OnionSettings
 from w2sdefense.defenses.strip import StripFilter, StripSettings
 from w2sdefense.config import EvalConfig
 from w2sdefense.errors import UserError
-from w2sdefense.eval.filtering import filtered_metrics
 from w2sdefense.models import Classifier
 from w2sdefense.models.language import load_language_model, perplexities
 from w2sdefense.models.tiny import byte_tokenizer
@@ -219,8 +219,8 @@ def test_a_sampled_filter_is_measured_beside_the_unfiltered_model_on_the_same_ro
     assert whole["clean_total"] == 8 and "test_rows_sampled" not in whole and "unfiltered_clean_accuracy" not in whole
 
 
-def test_input_filters_from_the_cli_and_a_run_config(shared_data, tmp_path):
-    env = {"W2S_DATA_DIR": str(shared_data)}
+def test_input_filters_from_the_cli_and_a_run_config(small_data, tmp_path):
+    env = {"W2S_DATA_DIR": str(small_data)}
     config = tmp_path / "filters.yaml"
     config.write_text(
         "name: filters\nseed: 3\n"
@@ -239,11 +239,13 @@ def test_input_filters_from_the_cli_and_a_run_config(shared_data, tmp_path):
     rows = {r["model"]: r for r in report["rows"]}
     assert set(rows) == {"clean model", "poisoned", "strip", "onion", "rap", "nad", "fine-pruning"}  # no defense needs a teacher
     for name in ("strip", "onion", "rap"):
-        assert 0 <= rows[name]["false_rejection_rate"] <= 1 and rows[name]["clean_total"] == 24
+        assert rows[name]["clean_total"] == 24
+        assert rows[name]["false_rejection_rate"] == rows[name]["clean_rejected"] / 24
         assert "residual_backdoor" in rows[name]
     assert rows["onion"]["false_rejection_rate"] == 0.0  # ONION edits, never rejects
     for name in ("nad", "fine-pruning"):  # repaired models, evaluated like any model
-        assert "false_rejection_rate" not in rows[name] and 0 <= rows[name]["clean_accuracy"] <= 1
+        assert "false_rejection_rate" not in rows[name]
+        assert rows[name]["clean_accuracy"] == rows[name]["clean_correct"] / 24
         assert rows[name]["steps"] > 0
     # The single commands: defend writes a filter run, evaluate measures the victim behind it.
     victim, poison = tmp_path / "run" / "victim", tmp_path / "run" / "poison"

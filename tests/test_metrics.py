@@ -174,3 +174,26 @@ def test_triggered_length_mismatch_raises() -> None:
     clean_logits = _one_hot_logits([0, 1])
     with pytest.raises(ValueError):
         backdoor_metrics(clean_logits, [0, 1], [0, 1], _one_hot_logits([1, 1, 1]), [0, 1], target=1)
+
+
+# ------------------------------------------------------------------------------------------------
+# One definition: a repaired model's metrics and a filtered system's agree where no row is rejected
+
+
+def test_filtered_and_unfiltered_rates_agree_without_rejections() -> None:
+    # Clean rows idx 0-5 (labels 1 0 1 1 0 1; predictions right for 0 1 2 4); triggered versions of 0 2 3 5
+    # (target 0; hits on 0, 3, 5). By hand: CA 4/6; ASR 3/4; ASR-cc over the triggered rows whose clean
+    # version is right (idx 0, 2): hits on 0 only, 1/2.
+    labels, clean_preds, idx = [1, 0, 1, 1, 0, 1], [1, 0, 1, 0, 0, 0], [0, 1, 2, 3, 4, 5]
+    trig_preds, trig_idx = [0, 1, 0, 0], [0, 2, 3, 5]
+    plain = backdoor_metrics(_one_hot_logits(clean_preds), labels, idx, _one_hot_logits(trig_preds), trig_idx, 0)
+    filtered = filtered_metrics(clean_preds, labels, idx, [False] * 6, trig_preds, trig_idx, [False] * 4, 0)
+    hand = {"clean_accuracy": 4 / 6, "clean_correct": 4, "clean_total": 6, "attack_success_rate": 3 / 4,
+            "attack_hits": 3, "triggered_total": 4, "attack_success_rate_clean_correct": 1 / 2,
+            "triggered_clean_correct_total": 2}
+    assert {k: plain[k] for k in hand} == {k: filtered[k] for k in hand} == hand
+    # A rejection changes only the filtered side: a rejected clean row is wrong, a rejected triggered row no hit.
+    rejected = filtered_metrics(clean_preds, labels, idx, [True] + [False] * 5, trig_preds, trig_idx,
+                                [False, False, True, False], 0)
+    assert (rejected["clean_accuracy"], rejected["attack_success_rate"]) == (3 / 6, 2 / 4)
+    assert (rejected["attack_success_rate_clean_correct"], rejected["triggered_clean_correct_total"]) == (0.0, 1)

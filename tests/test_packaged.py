@@ -18,6 +18,7 @@ pytestmark = pytest.mark.skipif(
 STEPS = {"max_steps": 2, "batch_size": 8, "max_length": 32, "eval_batch_size": 32}
 
 
+@pytest.mark.real_data
 def test_real_models_run_a_few_steps_end_to_end(shared_data, tmp_path, rt):
     cfg = from_dict(ExperimentConfig, {
         "name": "packaged-smoke", "output_dir": str(tmp_path / "run"), "seed": 3,

@@ -21,7 +21,6 @@ from w2sdefense.data import Example, Splits, load_split
 from w2sdefense.errors import UserError
 from w2sdefense.fileio import sha256_file
 
-REAL_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 LABELS = [1, 0, 0, 1, 1, 0, 1, 0, 1, 1, 0, 1]  # 5 negatives, 7 positives
 
 
@@ -238,32 +237,29 @@ def test_poison_dataset_is_deterministic_and_leaves_inputs_alone(tmp_path: Path)
 
 
 # ------------------------------------------------------------------------------------------------
-# The real data (the paper's presets)
-
-needs_real_data = pytest.mark.skipif(not (REAL_DATA / "sst2" / "train.jsonl").is_file(),
-                                     reason="../shared/data is not present")
+# The real data (the paper's presets; conftest.shared_data fails without it)
 
 
-@needs_real_data
-def test_real_sst2_badnet_paper_preset(tmp_path: Path) -> None:
-    before = sha256_file(REAL_DATA / "sst2" / "train.jsonl")
-    out = poison_dataset(DataConfig(dataset="sst2", data_dir=str(REAL_DATA)),
+@pytest.mark.real_data
+def test_real_sst2_badnet_paper_preset(shared_data: Path, tmp_path: Path) -> None:
+    before = sha256_file(shared_data / "sst2" / "train.jsonl")
+    out = poison_dataset(DataConfig(dataset="sst2", data_dir=str(shared_data)),
                          AttackConfig(name="badnet"),
                          PoisonConfig(target_label=0, count=1000, mode="clean-label",
                                       selection="first"), 42, tmp_path / "badnet")
     data = load_poison_folder(out)
-    clean = load_split(REAL_DATA / "sst2" / "train.jsonl")
+    clean = load_split(shared_data / "sst2" / "train.jsonl")
     poisoned = [ex for ex in data.train if ex.poisoned]
     assert len(poisoned) == 1000
     assert all(ex.label == 0 and "mn" in ex.text.split() for ex in poisoned)
     assert [ex.idx for ex in poisoned] == [ex.idx for ex in clean if ex.label == 0][:1000]
     assert len(data.test_triggered) == 909 and {ex.label for ex in data.test_triggered} == {1}
-    assert sha256_file(REAL_DATA / "sst2" / "train.jsonl") == before
+    assert sha256_file(shared_data / "sst2" / "train.jsonl") == before
 
 
-@needs_real_data
-def test_real_sst2_synbkd_covers_every_positive(tmp_path: Path) -> None:
-    out = poison_dataset(DataConfig(dataset="sst2", data_dir=str(REAL_DATA)),
+@pytest.mark.real_data
+def test_real_sst2_synbkd_covers_every_positive(shared_data: Path, tmp_path: Path) -> None:
+    out = poison_dataset(DataConfig(dataset="sst2", data_dir=str(shared_data)),
                          AttackConfig(name="synbkd"), PoisonConfig(count=1000), 42,
                          tmp_path / "synbkd")
     data = load_poison_folder(out)

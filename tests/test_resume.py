@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from cli_helpers import CLI, REPO, error_line, run_cli
 from w2sdefense.config import LoraConfig, TrainConfig
+from w2sdefense.errors import Interrupted
 from w2sdefense.fileio import recover_folder, replace_folder
 from w2sdefense.train.job import prepare_student, train_classifier
 from w2sdefense.train.loop import cross_entropy_step
@@ -67,6 +68,37 @@ def test_killed_run_resumes_to_the_uninterrupted_result(tiny_splits, rt, tmp_pat
     a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not (tmp_path / "cut" / "resume").exists()  # a finished run keeps no resumable state
+
+
+def _ctrl_c_loss(at_call: int):
+    """Cross-entropy that presses Ctrl-C (a real SIGINT to this process) while computing batch `at_call`."""
+    calls = {"n": 0}
+
+    def loss(model, batch):
+        calls["n"] += 1
+        if calls["n"] == at_call:
+            signal.raise_signal(signal.SIGINT)
+        return cross_entropy_step(model, batch)
+
+    return loss
+
+
+def test_ctrl_c_in_an_epochs_last_step_keeps_that_epochs_evaluation(tiny_splits, rt, tmp_path):
+    # Batch 8 is epoch 1's last (8 batches, eval_every=5): its step is evaluated only as the epoch ends, and
+    # a run resumed there starts epoch 2, so the stop must not skip that evaluation.
+    whole = _train(tiny_splits, rt, tmp_path / "whole")
+    assert 8 in [h["step"] for h in whole["history"]] and 8 % CFG.eval_every
+    with pytest.raises(Interrupted, match="interrupted at step 8 of 24"):
+        _train(tiny_splits, rt, tmp_path / "cut", _ctrl_c_loss(8))
+    state = json.loads((tmp_path / "cut" / "resume" / "state.json").read_text())
+    assert [h["step"] for h in state["progress"]["history"]] == [5, 8]
+    resumed = _train(tiny_splits, rt, tmp_path / "cut")
+    assert resumed["resumed_from_step"] == 8
+    assert resumed["history"] == whole["history"]
+    assert (resumed["selected_step"], resumed["best_dev_accuracy"]) == (whole["selected_step"],
+                                                                        whole["best_dev_accuracy"])
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "cut")
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_swap_killed_between_renames_recovers_the_complete_copy(tmp_path):
@@ -188,11 +220,11 @@ def test_cli_resume_refusals(tmp_path):
     assert (out / "resume" / "state.json").is_file()  # the refused command left the state alone
 
 
-def test_run_continues_its_unfinished_stage(shared_data, tmp_path):
+def test_run_continues_its_unfinished_stage(small_data, tmp_path):
     out = tmp_path / "run"
     args = ["run", "configs/tiny-badnet.yaml", "--out", str(out), "--set", "defenses=[]", "--set", "clean_model=false",
             "--set", "victim.train.epochs=20", "--set", "victim.train.eval_every=10"]
-    env = {"W2S_DATA_DIR": str(shared_data)}
+    env = {"W2S_DATA_DIR": str(small_data)}
     proc = subprocess.Popen([CLI, *args], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, **env})
     _wait_for_state(out / "victim", proc)

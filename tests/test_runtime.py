@@ -29,11 +29,16 @@ def test_auto_picks_cuda_with_bf16_when_present(monkeypatch):
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM is Linux-only")
 def test_peak_memory_window_resets_between_stages():
+    import mmap
+
     cpu = torch.device("cpu")
     reset_peak_memory(cpu)
-    block = torch.ones(64 * 2**20, dtype=torch.uint8) + 1  # ~64 MiB resident
+    # A fresh anonymous mapping, written through: 64 MiB of new resident pages whatever the allocator
+    # holds already (a tensor may reuse memory earlier tests freed, and then raise no peak).
+    block = mmap.mmap(-1, 64 * 2**20)
+    block.write(b"\1" * (64 * 2**20))
     during = peak_memory_mb(cpu)["peak_memory_mb"]
-    del block
+    block.close()
     reset_peak_memory(cpu)
     after = peak_memory_mb(cpu)
     assert after["peak_memory_kind"] == "process_peak_rss_since_stage_start"

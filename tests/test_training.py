@@ -16,6 +16,8 @@ from w2sdefense.defenses.teacher import run_teacher
 from w2sdefense.models.teacher import TeacherClassifier, build_teacher, load_teacher
 from w2sdefense.errors import UserError
 from w2sdefense.models import load_classifier
+from w2sdefense.models.batching import encode
+from w2sdefense.models.predict import predict_logits
 from w2sdefense.train.job import prepare_student, run_train, train_classifier
 
 FAST = dict(epochs=1.0, lr=5e-3, batch_size=8, max_length=32, warmup_ratio=0.0)
@@ -38,9 +40,14 @@ def test_full_finetune_changes_every_weight_and_saves_hf_format(tiny_splits, rt,
     assert "score.weight" in changed
     assert any("layers.0.self_attn.q_proj" in n for n in changed)
     assert metrics["steps"] == 8 and metrics["trainable_params"] == metrics["total_params"]
-    assert 0.0 <= metrics["best_dev_accuracy"] <= 1.0 and metrics["history"]
     reloaded = load_classifier(str(tmp_path), 2)  # a run folder loads through its model/
     assert reloaded.model.config.num_labels == 2
+    # The saved checkpoint is the selected one: its dev accuracy, counted here, is the one recorded.
+    dev = encode(reloaded.tokenizer, tiny_splits.dev, cfg.max_length)
+    preds = predict_logits(reloaded.model, dev, reloaded.tokenizer.pad_token_id, 8, rt).argmax(-1).tolist()
+    correct = sum(p == ex.label for p, ex in zip(preds, tiny_splits.dev))
+    assert metrics["selected_dev_accuracy"] == metrics["best_dev_accuracy"] == correct / 16
+    assert metrics["best_dev_accuracy"] == max(h["dev_accuracy"] for h in metrics["history"])
     assert not (tmp_path / "metrics.json").exists()  # the stage that trains records it (StageRecord)
 
 

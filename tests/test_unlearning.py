@@ -110,9 +110,9 @@ def test_changed_settings_hashes_only_what_differs_from_defaults():
     cfg = ExperimentConfig(seed=7, defenses=[DefenseConfig(settings={"gamma": 0.5}, train={"lora": {"r": 8}})])
     assert changed_settings(cfg) == {"seed": 7, "defenses": [{"settings": {"gamma": 0.5}, "train": {"lora": {"r": 8}}}]}
     # A defense stage's key holds what the defense runs with: its own recipe's non-defaults included.
-    from w2sdefense.defenses.base import resolved_dict
+    from w2sdefense.defenses import resolve
 
-    key = resolved_dict(cfg.defenses[0])
+    key = resolve(cfg.defenses[0]).key()
     assert key["settings"] == {"gamma": 0.5} and key["train"]["lora"] == {"r": 8, "target_modules": ["all-linear"]}
     assert key["train"]["method"] == "lora" and key["train"]["epochs"] == 1.0 and key["train"]["lr"] == 1e-3
 

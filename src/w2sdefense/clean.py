@@ -22,21 +22,19 @@ from w2sdefense.attacks.base import insert_trigger
 from w2sdefense.data.datasets import data_inputs, load_splits
 from w2sdefense.data.records import Example, Splits
 from w2sdefense.defenses import DEFENSES, DefenseJob, resolve, run_defense
-from w2sdefense.defenses.base import resolved_dict
+from w2sdefense.defenses.base import Resolved
 from w2sdefense.defenses.teacher import run_teacher
 from w2sdefense.errors import UserError
 from w2sdefense.eval.metrics import backdoor_metrics
 from w2sdefense.eval.report import environment
 from w2sdefense.fileio import atomic_write_text, write_json
 from w2sdefense.models import check_model_name, load_classifier
-from w2sdefense.models.batching import encode
 from w2sdefense.models.loading import merge_adapter, resolve_model_path
-from w2sdefense.models.predict import predict_logits
+from w2sdefense.models.predict import classify_rows
 from w2sdefense.pipeline import STAGE_FILE, Stage
-from w2sdefense.rundir import check_outside_inputs, claim_run_dir, log_to
+from w2sdefense.rundir import MODEL_DIR, check_outside_inputs, claim_run_dir, log_to
 from w2sdefense.runtime import Runtime
 
-MODEL_DIR = "model"  # DIR/model: the cleaned model, what the user ships
 
 
 def default_defense(job: CleanJob) -> DefenseConfig:
@@ -78,7 +76,8 @@ def run_clean(job: CleanJob, out: Path, rt: Runtime, overwrite: bool = False, co
     if not job.model:
         raise UserError("clean needs --model (the suspect classifier)")
     defense = default_defense(job)
-    spec = resolve(defense, "defense").spec  # an unknown defense or setting fails before any work
+    resolved = resolve(defense, "defense")  # an unknown defense or setting fails before any work
+    spec = resolved.spec
     if spec.kind != "repair":
         raise UserError(f"{spec.name} is an input filter: it leaves the model as it is, so there is no cleaned "
                         "model to write; `w2sdefense defend` calibrates it, `evaluate` measures it")
@@ -91,26 +90,27 @@ def run_clean(job: CleanJob, out: Path, rt: Runtime, overwrite: bool = False, co
         if rt.is_main:
             atomic_write_text(folder / "config.yaml", dump_yaml(job))
         with log_to(folder / "run.log", rt.is_main):
-            report = _stages(job, defense, splits, folder, rt)
+            report = _stages(job, resolved, splits, folder, rt)
         if rt.is_main:
             write_report(folder, report)
         rt.accelerator.wait_for_everyone()
     return report
 
 
-def _stages(job: CleanJob, defense: DefenseConfig, splits: Splits, out: Path, rt: Runtime) -> dict:
+def _stages(job: CleanJob, resolved: Resolved, splits: Splits, out: Path, rt: Runtime) -> dict:
+    defense = resolved.cfg
     suspect = model_fingerprint(job.model)
     teacher = None
-    if resolve(defense).spec.needs_teacher:
+    if resolved.spec.needs_teacher:
         teacher = Stage.of("teacher", out / "teacher", job.data, job.teacher, suspect, job.seed)
         teacher.run(rt, lambda: run_teacher(job.teacher, splits, job.model, rt, teacher.folder, job.seed))
     stage = Stage.of(f"defense {defense.row_name}", out / "defense", suspect, teacher and teacher.key,
-                     resolved_dict(defense), job.data, job.seed)
+                     resolved.key(), job.data, job.seed)
     trained = stage.run(rt, lambda: run_defense(DefenseJob(
-        student=job.model, teacher=str(teacher.folder / "model") if teacher else None, splits=splits, cfg=defense,
-        rt=rt, out_dir=stage.folder, seed=job.seed)))
+        student=job.model, teacher=str(teacher.folder / MODEL_DIR) if teacher else None, splits=splits, cfg=defense,
+        rt=rt, out_dir=stage.folder, seed=job.seed, resolved=resolved)))
     merged = Stage.of("model (merged, standalone)", out / MODEL_DIR, stage.key)
-    merged.run(rt, lambda: _merge(stage.folder / "model", merged.folder, splits.num_labels, rt))
+    merged.run(rt, lambda: _merge(stage.folder / MODEL_DIR, merged.folder, splits.num_labels, rt))
     before = Stage.of("evaluate the suspect", out / "eval" / "before", suspect, job.triggers, job.target_label,
                       job.eval, job.data, job.seed)
     after = Stage.of("evaluate the cleaned model", out / "eval" / "after", merged.key, job.triggers,
@@ -140,8 +140,7 @@ def _evaluate(model: str, job: CleanJob, splits: Splits, folder: Path, rt: Runti
     """CA on the clean test split and, per candidate trigger, its ASR-cc toward each label."""
     clf = load_classifier(model, splits.num_labels, rt.dtype)
     test, cfg = splits.test, job.eval
-    pad = clf.tokenizer.pad_token_id
-    clean = predict_logits(clf.model, encode(clf.tokenizer, test, cfg.max_length), pad, cfg.batch_size, rt, "clean test")
+    clean = classify_rows(clf, test, cfg.max_length, cfg.batch_size, rt, "clean test")
     labels, idx = [e.label for e in test], [e.idx for e in test]
     metrics = {"clean_accuracy": backdoor_metrics(clean, labels, idx, clean[:0], [], 0)["clean_accuracy"],
                "clean_total": len(test), "triggers": []}
@@ -149,8 +148,7 @@ def _evaluate(model: str, job: CleanJob, splits: Splits, folder: Path, rt: Runti
     for trigger in job.triggers:
         rng = random.Random(job.seed)  # the same positions before and after
         triggered = [Example(insert_trigger(e.text, trigger, 1, "interior", rng)[0], e.label, e.idx) for e in test]
-        logits = predict_logits(clf.model, encode(clf.tokenizer, triggered, cfg.max_length), pad, cfg.batch_size, rt,
-                                f"with {trigger[:20]!r}")
+        logits = classify_rows(clf, triggered, cfg.max_length, cfg.batch_size, rt, f"with {trigger[:20]!r}")
         metrics["triggers"].append({"trigger": trigger, **_per_target(clean, labels, idx, logits, targets)})
     if rt.is_main:
         write_json(folder / "metrics.json", metrics)

@@ -214,14 +214,15 @@ def defend(
     from w2sdefense.defenses import DefenseJob, resolve, run_defense
     from w2sdefense.models import check_model_name
     from w2sdefense.data.datasets import data_inputs
-    from w2sdefense.rundir import log_to
+    from w2sdefense.rundir import MODEL_DIR, log_to
     from w2sdefense.runtime import make_runtime
 
     job = _load(DefendJob, config, set_, **{"student": student, "teacher": teacher, "defense.name": defense,
                                              "data.dataset": data, "data.data_dir": _str(data_dir)})
     if not job.student:
         raise UserError("defend needs --student (the poisoned model)")
-    spec = resolve(job.defense).spec  # unknown names and settings fail before any work
+    resolved = resolve(job.defense)  # unknown names and settings fail before any work, once
+    spec = resolved.spec
     if spec.needs_teacher and not job.teacher:
         raise UserError(f"{spec.name} needs a trained teacher: run `w2sdefense teacher`, then pass --teacher")
     check_model_name(job.student)
@@ -233,12 +234,13 @@ def defend(
     rt = make_runtime(job.runtime)
     inputs = {**data_inputs(job.data), "--student": job.student, "--teacher": job.teacher, "config file": config}
     with _output(out, overwrite, resume, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
-        metrics = run_defense(DefenseJob(job.student, job.teacher, splits, job.defense, rt, folder, job.seed))
+        metrics = run_defense(DefenseJob(job.student, job.teacher, splits, job.defense, rt, folder, job.seed,
+                                         resolved=resolved))
     if spec.kind == "input-filter":
         typer.echo(f"{spec.name}: filter calibrated on clean dev data; `w2sdefense evaluate --model {folder}` "
                    "measures the model behind it")
     else:
-        typer.echo(f"{spec.name}: clean dev accuracy {metrics['best_dev_accuracy']:.4f}; model in {folder / 'model'}")
+        typer.echo(f"{spec.name}: clean dev accuracy {metrics['best_dev_accuracy']:.4f}; model in {folder / MODEL_DIR}")
 
 
 @app.command()
@@ -254,8 +256,9 @@ def evaluate(
     """Clean accuracy and attack success rate of a model on a poison folder's test sets."""
     import json
 
-    from w2sdefense.defenses.filtering import is_filter_run
-    from w2sdefense.eval.evaluate import run_evaluate
+    from w2sdefense.defenses import open_filter
+    from w2sdefense.eval.stage import evaluate_stage
+    from w2sdefense.models.loading import refuse_teacher
     from w2sdefense.rundir import check_output_file, check_outside_inputs, check_outside_models
     from w2sdefense.runtime import make_runtime
 
@@ -266,8 +269,10 @@ def evaluate(
         check_outside_models(out, _models_read(model))
     job = _load(EvaluateJob, config, set_)
     _check_test_sets(data)
+    # `run` evaluates its teacher, whose labels it has checked against the data; here a teacher is refused.
+    refuse_teacher(model, model)
     rt = make_runtime(job.runtime)
-    metrics = (_evaluate_filter if is_filter_run(model) else run_evaluate)(model, data, job.eval, rt, out)
+    metrics = evaluate_stage(model, data, job.eval, rt, out, open_filter, name_inputs=True)
     if rt.is_main:
         keys = ("clean_accuracy", "attack_success_rate", "attack_success_rate_clean_correct", "clean_total",
                 "triggered_total", "attack_success_rate_survived", "triggered_survived_total", "trigger_cut")
@@ -279,30 +284,12 @@ def evaluate(
 
 def _models_read(model: str) -> dict[str, str | None]:
     """The models `evaluate` loads: --model, and the model behind an input-filter run."""
-    from w2sdefense.defenses.filtering import is_filter_run, read_filter
+    from w2sdefense.defenses.filtering import read_filter
+    from w2sdefense.eval.stage import INPUT_FILTER, stage_kind
 
-    if not is_filter_run(model):
+    if stage_kind(model) != INPUT_FILTER:
         return {"--model": model}
     return {"--model": model, "the model behind the filter": read_filter(model).get("student")}
-
-
-def _evaluate_filter(folder: str, data: Path, cfg, rt, out: Path | None) -> dict:
-    """`evaluate` on an input-filter run: the model it guards, behind the filter."""
-    from w2sdefense.data.poisoned import load_poison_folder, target_label
-    from w2sdefense.defenses import open_filter
-    from w2sdefense.defenses.filtering import evaluate_filtered
-    from w2sdefense.fileio import write_json
-    from w2sdefense.models import load_classifier
-
-    flt, record = open_filter(folder)
-    poisoned = load_poison_folder(data)
-    clf = load_classifier(record["student"], poisoned.num_labels, rt.dtype)
-    metrics = evaluate_filtered(clf, flt, poisoned.test, poisoned.test_triggered, target_label(data), cfg, rt,
-                                record["seed"])
-    metrics.update(model=str(folder), defense=record["defense"], student=record["student"], poison_dir=str(data))
-    if out is not None and rt.is_main:
-        write_json(out, metrics)
-    return metrics
 
 
 def _check_test_sets(folder: Path) -> None:

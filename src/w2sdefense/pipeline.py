@@ -20,17 +20,15 @@ from w2sdefense.data.poisoned import load_poison_folder, target_label
 from w2sdefense.config import ExperimentConfig, changed_settings, dump_yaml, to_dict
 from w2sdefense.data.datasets import data_inputs, load_splits
 from w2sdefense.data.records import Splits
-from w2sdefense.defenses import DefenseJob, open_filter, resolve, run_defense
-from w2sdefense.defenses.filtering import evaluate_filtered, is_filter_run
-from w2sdefense.defenses.base import check_defenses, resolved_dict
+from w2sdefense.defenses import DefenseJob, open_filter, run_defense
+from w2sdefense.defenses.base import Resolved, check_defenses
 from w2sdefense.defenses.teacher import run_teacher
-from w2sdefense.models.teacher import load_teacher
-from w2sdefense.eval.evaluate import evaluate_classifier
+from w2sdefense.eval.stage import evaluate_stage
 from w2sdefense.eval.probe import TriggerProbe, make_probe, probe_diagnostic, start_point, write_curves
 from w2sdefense.eval.report import write_report
 from w2sdefense.fileio import atomic_write_text, write_json
-from w2sdefense.models import load_classifier
-from w2sdefense.rundir import check_outside_inputs, claim_run_dir, log_to, prepare_run_dir, unfinished
+from w2sdefense.rundir import (CLEAN_ROW, EVAL_FOLDERS, METRICS_FILE, MODEL_DIR, POISONED_ROW, TEACHER_ROW,
+                              check_outside_inputs, claim_run_dir, log_to, prepare_run_dir, unfinished)
 from w2sdefense.runtime import Runtime, make_runtime
 from w2sdefense.train.job import run_train
 
@@ -96,8 +94,9 @@ def _row(name: str, evaluation: dict, training: dict) -> dict:
 class Experiment:
     """The stages of one experiment config, run in order with re-use."""
 
-    def __init__(self, cfg: ExperimentConfig, rt: Runtime) -> None:
+    def __init__(self, cfg: ExperimentConfig, rt: Runtime, defenses: list[Resolved]) -> None:
         self.cfg, self.rt, self.out = cfg, rt, Path(cfg.output_dir)
+        self.defenses = defenses  # cfg.defenses, each resolved once (check_defenses), in config order
         self._clean: Splits | None = None
         self._probe: dict[Path, TriggerProbe | None] = {}
 
@@ -170,47 +169,34 @@ class Experiment:
 
     def defense(self, index: int, victim: Stage, teacher: Stage | None, poison: Stage) -> tuple[Stage, dict]:
         """Run one configured defense on the poisoned model with clean data."""
-        c, d = self.cfg, self.cfg.defenses[index]
-        teacher_key = teacher.key if (teacher and resolve(d).spec.needs_teacher) else None
+        c, r = self.cfg, self.defenses[index]
+        d = r.cfg
+        teacher_key = teacher.key if (teacher and r.spec.needs_teacher) else None
         # The key holds the settings the defense runs with (its own recipe included), not only the config's.
         stage = Stage.of(f"defense {d.row_name}", self.out / "defenses" / d.row_name, victim.key, teacher_key,
-                         resolved_dict(d), d.seed, c.data, c.seed)
+                         r.key(), d.seed, c.data, c.seed)
 
         def work() -> dict:
-            job = DefenseJob(student=str(victim.folder / "model"),
-                             teacher=str(teacher.folder / "model") if teacher_key else None,
+            job = DefenseJob(student=str(victim.folder / MODEL_DIR),
+                             teacher=str(teacher.folder / MODEL_DIR) if teacher_key else None,
                              splits=self.clean_splits(), cfg=d, rt=self.rt, out_dir=stage.folder,
                              seed=c.seed if d.seed is None else d.seed,
-                             diagnostics=self.diagnostics(poison))
+                             diagnostics=self.diagnostics(poison), resolved=r)
             with log_to(stage.folder / "train.log", self.rt.is_main):
                 metrics = run_defense(job)
-            self._curves(metrics, stage, d.row_name, start_from=victim if resolve(d).spec.starts_from_victim else None)
+            self._curves(metrics, stage, d.row_name, start_from=victim if r.spec.starts_from_victim else None)
             return metrics
 
         return stage, stage.run(self.rt, work)
 
-    def evaluate(self, label: str, model_stage: Stage, poison: Stage, teacher: bool = False) -> dict:
-        """CA and ASR of one model on the shared clean and triggered test sets (computed once)."""
+    def evaluate(self, label: str, model_stage: Stage, poison: Stage) -> dict:
+        """CA and ASR of one stage (a model, the teacher, a filter) on the shared clean and triggered test sets."""
         c = self.cfg
         stage = Stage.of(f"evaluate {label}", self.out / "eval" / label, model_stage.key, poison.key, c.eval)
 
         def work() -> dict:
-            data = load_poison_folder(poison.folder)
-            target = target_label(poison.folder)
-            if is_filter_run(model_stage.folder):  # an input filter: the model it guards, behind it
-                flt, record = open_filter(model_stage.folder)
-                clf = load_classifier(record["student"], data.num_labels, self.rt.dtype)
-                metrics = evaluate_filtered(clf, flt, data.test, data.test_triggered, target, c.eval, self.rt,
-                                            record["seed"])
-                if self.rt.is_main:
-                    write_json(stage.folder / "metrics.json", metrics)
-                return metrics
-            path = model_stage.folder / "model"
-            clf = load_teacher(path, self.rt.dtype) if teacher else load_classifier(str(path), data.num_labels, self.rt.dtype)
-            metrics = evaluate_classifier(clf, data.test, data.test_triggered, target, c.eval, self.rt)
-            if self.rt.is_main:
-                write_json(stage.folder / "metrics.json", metrics)
-            return metrics
+            return evaluate_stage(model_stage.folder, poison.folder, c.eval, self.rt, stage.folder / METRICS_FILE,
+                                  open_filter)
 
         return stage.run(self.rt, work)
 
@@ -221,7 +207,7 @@ def _as_splits(data) -> Splits:
 
 def run_experiment(cfg: ExperimentConfig, overwrite: bool = False, rt: Runtime | None = None) -> Path:
     """Run every stage of `cfg` (re-using finished ones) and write report.json and report.md."""
-    check_defenses(cfg.defenses)  # an unknown defense or setting fails before the first stage
+    defenses = check_defenses(cfg.defenses)  # an unknown defense or setting fails before the first stage
     rt = rt or make_runtime(cfg.runtime)
     out = Path(cfg.output_dir)
     models = {"victim model": cfg.victim.model, "teacher model": cfg.teacher.model}
@@ -230,7 +216,7 @@ def run_experiment(cfg: ExperimentConfig, overwrite: bool = False, rt: Runtime |
     with claim_run_dir(out, overwrite, rt.accelerator, stage_file=STAGE_FILE):
         if rt.is_main:
             atomic_write_text(out / "config.yaml", dump_yaml(cfg))
-        exp = Experiment(cfg, rt)
+        exp = Experiment(cfg, rt, defenses)
         with log_to(out / "run.log", rt.is_main):
             rows = _run_stages(exp)
         if rt.is_main:
@@ -245,13 +231,13 @@ def _run_stages(exp: Experiment) -> list[dict]:
     poison = exp.poison()
     if cfg.clean_model:
         clean, clean_train = exp.victim(poison, clean=True)
-        rows.append(_row("clean model", exp.evaluate("clean", clean, poison), clean_train))
+        rows.append(_row(CLEAN_ROW, exp.evaluate(EVAL_FOLDERS[CLEAN_ROW], clean, poison), clean_train))
     victim, victim_train = exp.victim(poison)
-    rows.append(_row("poisoned", exp.evaluate("poisoned", victim, poison), victim_train))
+    rows.append(_row(POISONED_ROW, exp.evaluate(EVAL_FOLDERS[POISONED_ROW], victim, poison), victim_train))
     teacher = None
-    if any(resolve(d).spec.needs_teacher for d in cfg.defenses):
+    if any(r.spec.needs_teacher for r in exp.defenses):
         teacher, teacher_train = exp.teacher()
-        rows.append(_row("teacher", exp.evaluate("teacher", teacher, poison, teacher=True), teacher_train))
+        rows.append(_row(TEACHER_ROW, exp.evaluate(EVAL_FOLDERS[TEACHER_ROW], teacher, poison), teacher_train))
     for i, d in enumerate(cfg.defenses):
         stage, train = exp.defense(i, victim, teacher, poison)
         rows.append(_row(d.row_name, exp.evaluate(d.row_name, stage, poison), train))

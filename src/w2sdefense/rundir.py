@@ -27,6 +27,16 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 MARKER = ".w2sdefense"
 LOCK_FILE = ".w2sdefense.lock"
 BOOKKEEPING = (MARKER, LOCK_FILE)  # files that do not make a folder "not empty"
+MODEL_DIR = "model"  # a trained stage's selected checkpoint (train/loop.py writes it); `clean`'s shipped model
+MERGED_DIR = "merged"  # a LoRA stage's adapter folded into its base (train.merge)
+BASE_DIR = "base"  # a LoRA stage's base model, when it was built in code
+METRICS_FILE = "metrics.json"  # a stage's record: what it measured, written once when it ends
+FILTER_FILE = "filter.json"  # what marks an input-filter run (defenses/filtering.py writes it)
+# The report rows of `run` beside its defenses, and the eval/ folder each is measured in: no defense may
+# take one of these names as its label (its row and its eval/ folder would collide with theirs).
+CLEAN_ROW, POISONED_ROW, TEACHER_ROW = "clean model", "poisoned", "teacher"
+EVAL_FOLDERS = {CLEAN_ROW: "clean", POISONED_ROW: "poisoned", TEACHER_ROW: "teacher"}
+RESERVED_ROWS = (*EVAL_FOLDERS, *(f for f in EVAL_FOLDERS.values() if f not in EVAL_FOLDERS))
 RESUME_DIR = "resume"  # a training run's resumable state (train/resume.py): present while unfinished
 RESUME_STATE = "state.json"  # written last into RESUME_DIR
 RUN_FILES = ("config.yaml", "run.log", "report.json", "report.md")  # what `run` writes at its top
@@ -42,7 +52,7 @@ def unfinished(path: str | Path) -> bool:
 
 
 # What `train`, `teacher` and `defend` write before their first dev evaluation saves a resumable state.
-_BEFORE_STATE = {*BOOKKEEPING, "config.yaml", "train.log", RESUME_DIR, "base"}
+_BEFORE_STATE = {*BOOKKEEPING, "config.yaml", "train.log", RESUME_DIR, BASE_DIR}
 
 
 def stopped_before_any_state(path: str | Path, settings: str) -> bool:
@@ -131,7 +141,7 @@ def check_outside_models(out: str | Path, models: Mapping[str, str | None]) -> N
     """
     target = Path(out).expanduser().resolve()
     for label, source, real in _paths(models):
-        run = real.is_dir() and (made_by_tool(real) or (real / "model").is_dir())
+        run = real.is_dir() and (made_by_tool(real) or (real / MODEL_DIR).is_dir())
         if real == target:
             raise UserError(f"the output {out} is the model {source} ({label}), which this command reads")
         if real in target.parents and not (run and target.parent == real):

@@ -17,9 +17,11 @@ from typing import Any
 
 from w2sdefense.config import DefenseConfig, TrainConfig, changed_settings, from_dict, merge_dicts, to_dict
 from w2sdefense.data.records import Splits
-from w2sdefense.defenses.filtering import InputFilter, read_filter
+from w2sdefense.defenses.filtering import read_filter
+from w2sdefense.eval.filtering import InputFilter
 from w2sdefense.errors import UserError
 from w2sdefense.registry import Registry
+from w2sdefense.rundir import RESERVED_ROWS
 from w2sdefense.runtime import Runtime
 from w2sdefense.train.job import Diagnostics, StageRecord, prepare_student, train_classifier
 
@@ -85,11 +87,18 @@ def register_defense(name: str, *aliases: str, kind: str, method: str | None, ne
 
 @dataclass(frozen=True)
 class Resolved:
-    """A configured defense checked against its declaration: its spec, settings and full recipe."""
+    """A configured defense checked against its declaration: the config, its spec, settings and full recipe."""
 
+    cfg: DefenseConfig
     spec: DefenseSpec
     settings: Any
     train: TrainConfig
+
+    def key(self) -> dict:
+        """What the defense runs with, for stage keys: its name and, of its settings and its full recipe,
+        those that differ from the classes' defaults (a new setting with a default keeps keys)."""
+        return {"name": self.spec.name, "settings": changed_settings(self.settings),
+                "train": changed_settings(self.train)}
 
 
 def resolve(cfg: DefenseConfig, where: str | None = None) -> Resolved:
@@ -112,19 +121,17 @@ def resolve(cfg: DefenseConfig, where: str | None = None) -> Resolved:
     if spec.method in ("lora", "full") and train.method != spec.method:
         raise UserError(f"{where}: {spec.name} fine-tunes with train.method={spec.method}; the config says "
                         f"train.method={train.method} (remove it, or choose a defense that does that)")
-    return Resolved(spec, settings, train)
+    return Resolved(cfg, spec, settings, train)
 
 
 def check_defenses(defenses: list[DefenseConfig]) -> list[Resolved]:
-    """resolve() every configured defense, naming each by its place in the list."""
+    """resolve() every configured defense, naming each by its place in the list; none may take the name
+    of one of the report's own rows (rundir.RESERVED_ROWS)."""
+    for i, d in enumerate(defenses):
+        if d.row_name in RESERVED_ROWS:
+            raise UserError(f"defenses.{i}: {d.row_name!r} names one of the report's own rows or their eval/ "
+                            f"folders ({', '.join(RESERVED_ROWS)}); give this defense another label")
     return [resolve(d, f"defenses.{i}") for i, d in enumerate(defenses)]
-
-
-def resolved_dict(cfg: DefenseConfig) -> dict:
-    """What a configured defense runs with, for stage keys: its name and, of its settings and its full
-    recipe, those that differ from the classes' defaults (a new setting with a default keeps keys)."""
-    r = resolve(cfg)
-    return {"name": r.spec.name, "settings": changed_settings(r.settings), "train": changed_settings(r.train)}
 
 
 @dataclass(frozen=True)
@@ -139,23 +146,26 @@ class DefenseJob:
     out_dir: Path
     seed: int
     diagnostics: Diagnostics | None = None  # e.g. a trigger probe logged per evaluation (never selects)
+    resolved: Resolved | None = None  # `cfg` checked against its defense; None: resolved here, once
 
-    @property
-    def resolved(self) -> Resolved:
-        return resolve(self.cfg)
+    def __post_init__(self) -> None:
+        if self.resolved is None:
+            object.__setattr__(self, "resolved", resolve(self.cfg))
 
     @property
     def settings(self) -> Any:
+        """The defense's own settings (its settings dataclass)."""
         return self.resolved.settings
 
     @property
     def train(self) -> TrainConfig:
+        """The defense's full fine-tuning recipe."""
         return self.resolved.train
 
 
 def run_defense(job: DefenseJob) -> dict:
     """Run the configured defense and record its metrics.json, once."""
-    r = resolve(job.cfg)
+    r = job.resolved
     if r.spec.needs_teacher and not job.teacher:
         raise UserError(f"{r.spec.name} needs a trained teacher (run `w2sdefense teacher`, then pass --teacher)")
     start = time.perf_counter()

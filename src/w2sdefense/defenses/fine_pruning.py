@@ -22,7 +22,8 @@ from w2sdefense.defenses.base import DefenseJob, fine_tune, prepare, register_de
 from w2sdefense.defenses.recipes import LORA_RECIPE
 from w2sdefense.errors import UserError
 from w2sdefense.models import Classifier
-from w2sdefense.models.batching import encode, make_loader, model_inputs, sorted_batches
+from w2sdefense.models.batching import encode
+from w2sdefense.models.predict import run_inference
 from w2sdefense.runtime import Runtime
 from w2sdefense.train.job import limit
 
@@ -85,16 +86,15 @@ def neuron_activity(clf: Classifier, projections: list[torch.nn.Module], rows: l
             sums[i].add_(x.sum(dim=(0, 1)).cpu())
         return record
 
+    def forward(inputs: dict, positions: torch.Tensor) -> None:
+        mask_now["mask"] = inputs["attention_mask"].unsqueeze(-1).float()
+        count[0] += int(inputs["attention_mask"].sum())
+        clf.model(**inputs)
+
     handles = [p.register_forward_pre_hook(hook(i)) for i, p in enumerate(projections)]
-    model = clf.model.to(rt.device).eval()
-    encoded = encode(clf.tokenizer, rows, max_length)
     try:
-        with torch.inference_mode():
-            for batch in make_loader(encoded, sorted_batches(encoded.lengths, batch_size), clf.tokenizer.pad_token_id):
-                inputs = {k: v.to(rt.device) for k, v in model_inputs(batch).items()}
-                mask_now["mask"] = inputs["attention_mask"].unsqueeze(-1).float()
-                count[0] += int(inputs["attention_mask"].sum())
-                model(**inputs)
+        run_inference(clf.model, encode(clf.tokenizer, rows, max_length), clf.tokenizer.pad_token_id, batch_size, rt,
+                      forward)
     finally:
         for handle in handles:
             handle.remove()

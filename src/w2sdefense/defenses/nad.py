@@ -29,9 +29,11 @@ from w2sdefense.defenses.base import DefenseJob, fine_tune, prepare, register_de
 from w2sdefense.defenses.recipes import LORA_RECIPE
 from w2sdefense.errors import UserError
 from w2sdefense.models import Classifier, load_classifier
-from w2sdefense.models.batching import encode, make_loader, model_inputs, sorted_batches
+from w2sdefense.models.batching import encode, model_inputs
+from w2sdefense.models.predict import run_inference
+from w2sdefense.rundir import METRICS_FILE, MODEL_DIR
 from w2sdefense.runtime import Runtime
-from w2sdefense.train.job import METRICS_FILE, StageRecord, limit, prepare_student, train_classifier
+from w2sdefense.train.job import StageRecord, limit, prepare_student, train_classifier
 from w2sdefense.train.loop import LossFn, StepOutput
 
 log = logging.getLogger(__name__)
@@ -77,16 +79,16 @@ def cache_teacher_maps(teacher: Classifier, rows: list[Example], settings: NadSe
                        batch_size: int, rt: Runtime) -> dict[int, torch.Tensor]:
     """The teacher's maps of every training row, by example id: [layers, real tokens] (CPU)."""
     encoded = encode(teacher.tokenizer, rows, max_length)
-    model = teacher.model.to(rt.device).eval()
     maps: dict[int, torch.Tensor] = {}
-    with torch.inference_mode():
-        for batch in make_loader(encoded, sorted_batches(encoded.lengths, batch_size), teacher.tokenizer.pad_token_id):
-            inputs = {k: v.to(rt.device) for k, v in model_inputs(batch).items()}
-            out = model(**inputs, output_hidden_states=True)
-            batch_maps = attention_maps(out.hidden_states, inputs["attention_mask"], settings.layers, settings.p).cpu()
-            lengths = inputs["attention_mask"].sum(-1).tolist()
-            for pos, m, n in zip(batch["position"].tolist(), batch_maps, lengths):
-                maps[rows[pos].idx] = m[:, :n].clone()
+
+    def keep(inputs: dict, positions: torch.Tensor) -> None:
+        out = teacher.model(**inputs, output_hidden_states=True)
+        batch_maps = attention_maps(out.hidden_states, inputs["attention_mask"], settings.layers, settings.p).cpu()
+        lengths = inputs["attention_mask"].sum(-1).tolist()
+        for pos, m, n in zip(positions.tolist(), batch_maps, lengths):
+            maps[rows[pos].idx] = m[:, :n].clone()
+
+    run_inference(teacher.model, encoded, teacher.tokenizer.pad_token_id, batch_size, rt, keep)
     return maps
 
 
@@ -128,7 +130,7 @@ def nad(job: DefenseJob) -> dict:
         teacher_metrics = StageRecord("nad teacher", teacher_metrics, time.perf_counter() - start).write(
             teacher_dir, job.rt)
         del clf
-    teacher = load_classifier(str(teacher_dir / "model"), job.splits.num_labels, job.rt.dtype)
+    teacher = load_classifier(str(teacher_dir / MODEL_DIR), job.splits.num_labels, job.rt.dtype)
     _check_layers(settings, teacher.model)
     rows = limit(job.splits.train, train.max_train_rows)
     maps = cache_teacher_maps(teacher, rows, settings, train.max_length, train.eval_batch_size, job.rt)

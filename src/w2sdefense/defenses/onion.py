@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from w2sdefense.config import check_positive, to_dict
 from w2sdefense.defenses.base import DefenseJob, register_defense
-from w2sdefense.defenses.filtering import Screened, write_filter
+from w2sdefense.defenses.filtering import write_filter
+from w2sdefense.eval.filtering import Screened
 from w2sdefense.models import Classifier
 from w2sdefense.models.language import LanguageModel, load_language_model, perplexities
 from w2sdefense.runtime import Runtime

@@ -23,11 +23,12 @@ import torch
 from w2sdefense.config import check_positive, to_dict
 from w2sdefense.data.records import Example
 from w2sdefense.defenses.base import DefenseJob, register_defense
-from w2sdefense.defenses.filtering import Screened, calibration_rows, frr_threshold, write_filter
+from w2sdefense.defenses.filtering import calibration_rows, frr_threshold, write_filter
+from w2sdefense.eval.filtering import Screened
 from w2sdefense.errors import UserError, shown
 from w2sdefense.models import Classifier, load_classifier
 from w2sdefense.models.batching import encode, make_loader, model_inputs
-from w2sdefense.models.predict import predict_logits
+from w2sdefense.models.predict import classify_rows
 from w2sdefense.runtime import Runtime
 
 
@@ -95,11 +96,9 @@ class RapFilter:
         """Softmax of the plain inputs and of their perturbed copies, [N, K] each."""
         s = self.settings
         plain = [Example(text=t, label=0, idx=i) for i, t in enumerate(texts)]
-        pad = clf.tokenizer.pad_token_id
-        clean = predict_logits(clf.model, encode(clf.tokenizer, plain, s.max_length), pad, s.batch_size, rt, "rap")
+        clean = classify_rows(clf, plain, s.max_length, s.batch_size, rt, "rap")
         with perturbed(clf.model, self.vectors, self.start):
-            rap = predict_logits(clf.model, encode(clf.tokenizer, with_word(s.word, texts), s.max_length), pad,
-                                 s.batch_size, rt, "rap perturbed")
+            rap = classify_rows(clf, with_word(s.word, texts), s.max_length, s.batch_size, rt, "rap perturbed")
         return clean.softmax(-1), rap.softmax(-1)
 
     def drops(self, clf: Classifier, texts: list[str], rt: Runtime) -> tuple[list[float], list[bool]]:
@@ -143,8 +142,7 @@ def train_perturbation(clf: Classifier, rows: list[Example], settings: RapSettin
     optimizer = torch.optim.Adam([vectors], lr=settings.lr)
     pad = clf.tokenizer.pad_token_id
     texts = [e.text for e in rows]
-    clean = predict_logits(model, encode(clf.tokenizer, rows, settings.max_length), pad, settings.batch_size, rt,
-                           "rap clean").softmax(-1)
+    clean = classify_rows(clf, rows, settings.max_length, settings.batch_size, rt, "rap clean").softmax(-1)
     pred = clean.argmax(-1)
     keep = [i for i, p in enumerate(pred.tolist()) if settings.protect_label is None or p == settings.protect_label]
     if not keep:

@@ -15,12 +15,12 @@ import torch
 from w2sdefense.config import check_positive, to_dict
 from w2sdefense.data.records import Example
 from w2sdefense.defenses.base import DefenseJob, register_defense
-from w2sdefense.defenses.filtering import Screened, calibration_rows, frr_threshold, write_filter
+from w2sdefense.defenses.filtering import calibration_rows, frr_threshold, write_filter
+from w2sdefense.eval.filtering import Screened
 from w2sdefense.errors import UserError
-from w2sdefense.models.predict import predict_logits
+from w2sdefense.models.predict import classify_rows
 from w2sdefense.models import Classifier, load_classifier
 from w2sdefense.runtime import Runtime
-from w2sdefense.models.batching import encode
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,7 @@ class StripFilter:
         rows = [Example(text=c, label=0, idx=i) for i, c in enumerate(c for t in texts for c in self.blended(t))]
         if not rows:
             return []
-        logits = predict_logits(clf.model, encode(clf.tokenizer, rows, self.settings.max_length),
-                                clf.tokenizer.pad_token_id, self.settings.batch_size, rt, "strip")
+        logits = classify_rows(clf, rows, self.settings.max_length, self.settings.batch_size, rt, "strip")
         probs = logits.softmax(-1)
         entropy = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
         return entropy.view(len(texts), self.settings.copies).mean(-1).tolist()

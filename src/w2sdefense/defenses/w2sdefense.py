@@ -32,7 +32,8 @@ from w2sdefense.defenses.losses import (
 from w2sdefense.models.features import pool
 from w2sdefense.models.loading import Classifier
 from w2sdefense.runtime import Runtime
-from w2sdefense.models.batching import encode, make_loader, model_inputs, sorted_batches
+from w2sdefense.models.batching import encode, model_inputs
+from w2sdefense.models.predict import run_inference
 from w2sdefense.train.loop import LossFn, StepOutput
 
 log = logging.getLogger(__name__)
@@ -159,15 +160,16 @@ def cache_teacher_outputs(teacher: Classifier, rows: list[Example], max_length: 
     if len(row_of) != len(rows):
         raise UserError("the defender's training rows repeat an example id (idx); give each row its own")
     encoded = encode(teacher.tokenizer, rows, max_length)
-    model = teacher.model.to(rt.device).eval()
+    model = teacher.model
     logits = torch.empty((len(rows), model.num_labels))
     features = _feature_buffer(len(rows), model.feature_dim, spill_dir, rt.accelerator.process_index)
-    loader = make_loader(encoded, sorted_batches(encoded.lengths, batch_size), teacher.tokenizer.pad_token_id)
-    with torch.inference_mode():
-        for batch in loader:
-            out = model(**{k: v.to(rt.device) for k, v in model_inputs(batch).items()})
-            logits[batch["position"]] = out.logits.float().cpu()
-            features[batch["position"]] = out.feature.float().cpu()
+
+    def keep(inputs: dict, positions: torch.Tensor) -> None:
+        out = model(**inputs)
+        logits[positions] = out.logits.float().cpu()
+        features[positions] = out.feature.float().cpu()
+
+    run_inference(model, encoded, teacher.tokenizer.pad_token_id, batch_size, rt, keep)
     return TeacherCache(logits, features, row_of)
 
 

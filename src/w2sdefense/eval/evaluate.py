@@ -1,19 +1,16 @@
-"""`w2sdefense evaluate`: clean accuracy on test.jsonl, attack success rate on test_triggered.jsonl."""
+"""A classifier's clean accuracy on test.jsonl and attack success rate on test_triggered.jsonl (eval/stage.py
+loads what a stage holds and calls it)."""
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 from w2sdefense.config import EvalConfig
-from w2sdefense.data.poisoned import load_poison_folder, target_label
 from w2sdefense.data.records import Example
 from w2sdefense.eval.metrics import backdoor_metrics
-from w2sdefense.models.predict import predict_logits
-from w2sdefense.fileio import write_json
-from w2sdefense.models import Classifier, load_classifier
+from w2sdefense.models.predict import classify_rows
+from w2sdefense.models import Classifier
 from w2sdefense.runtime import Runtime, peak_memory_mb, reset_peak_memory
-from w2sdefense.models.batching import encode
 from w2sdefense.models.truncation import cut_by_tokens
 
 
@@ -22,10 +19,8 @@ def evaluate_classifier(clf: Classifier, test: list[Example], triggered: list[Ex
     """Metrics of one model on the clean and triggered test sets, with throughput and memory."""
     reset_peak_memory(rt.device)
     start = time.perf_counter()
-    pad = clf.tokenizer.pad_token_id
-    clean = predict_logits(clf.model, encode(clf.tokenizer, test, cfg.max_length), pad, cfg.batch_size, rt, "clean test")
-    trig = predict_logits(clf.model, encode(clf.tokenizer, triggered, cfg.max_length), pad, cfg.batch_size, rt,
-                          "triggered test")
+    clean = classify_rows(clf, test, cfg.max_length, cfg.batch_size, rt, "clean test")
+    trig = classify_rows(clf, triggered, cfg.max_length, cfg.batch_size, rt, "triggered test")
     wall = time.perf_counter() - start
     # Triggers the tokenizer cuts off never reach the model: counted, and left out of the survived ASR.
     survived, cut = cut_by_tokens(clf.tokenizer, triggered, cfg.max_length, "triggered test")
@@ -35,15 +30,4 @@ def evaluate_classifier(clf: Classifier, test: list[Example], triggered: list[Ex
     rows = len(test) + len(triggered)
     metrics.update(eval_wall_time_s=wall, eval_examples_per_s=rows / wall if wall else 0.0,
                    **{f"eval_{k}": v for k, v in peak_memory_mb(rt.device).items()})
-    return metrics
-
-
-def run_evaluate(model: str, poison_dir: str | Path, cfg: EvalConfig, rt: Runtime, out_file: Path | None) -> dict:
-    """Load a model and a poison folder, compute metrics, write them to `out_file` (JSON)."""
-    data = load_poison_folder(poison_dir)
-    clf = load_classifier(model, data.num_labels, rt.dtype)
-    metrics = evaluate_classifier(clf, data.test, data.test_triggered, target_label(poison_dir), cfg, rt)
-    metrics.update(model=str(model), poison_dir=str(poison_dir))
-    if out_file is not None and rt.is_main:
-        write_json(out_file, metrics)
     return metrics

@@ -41,6 +41,29 @@ def clean_correct_asr(hits: Sequence[bool]) -> float | None:
     return sum(map(bool, hits)) / len(hits)
 
 
+def outcome_rates(clean_right: Sequence[bool], clean_idx: Sequence[int], trig_hits: Sequence[bool],
+                  trig_idx: Sequence[int]) -> dict:
+    """CA, ASR and ASR-cc with their counts, from each row's outcome: the one definition of the three.
+
+    `clean_right`: per clean row, whether the system got it right; `trig_hits`: per triggered row, whether
+    it got the target label. ASR-cc keeps the triggered rows whose clean version (the same idx) is right.
+    A repaired model's outcome is its prediction; a filtered system's also counts a rejection (eval/filtering.py).
+    """
+    right_by_idx = dict(zip(clean_idx, clean_right))
+    kept = [bool(hit) for i, hit in zip(trig_idx, trig_hits) if right_by_idx.get(i, False)]
+    right, hits = sum(map(bool, clean_right)), sum(map(bool, trig_hits))
+    return {
+        "clean_accuracy": right / len(clean_right) if len(clean_right) else 0.0,
+        "clean_correct": right,
+        "clean_total": len(clean_right),
+        "attack_success_rate": hits / len(trig_hits) if len(trig_hits) else 0.0,
+        "attack_hits": hits,
+        "triggered_total": len(trig_hits),
+        "attack_success_rate_clean_correct": clean_correct_asr(kept),
+        "triggered_clean_correct_total": len(kept),
+    }
+
+
 def backdoor_metrics(clean_logits: torch.Tensor, clean_labels: Sequence[int], clean_idx: Sequence[int],
                      trig_logits: torch.Tensor, trig_idx: Sequence[int], target: int,
                      trig_survived: Sequence[bool | None] | None = None) -> dict:
@@ -57,8 +80,6 @@ def backdoor_metrics(clean_logits: torch.Tensor, clean_labels: Sequence[int], cl
         raise ValueError(f"triggered: {len(trig_logits)} logits for {len(trig_idx)} idx")
     clean_preds = clean_logits.argmax(-1).tolist() if len(clean_labels) else []
     trig_preds = trig_logits.argmax(-1).tolist() if len(trig_idx) else []
-    correct_by_idx = {i: p == y for i, p, y in zip(clean_idx, clean_preds, clean_labels)}
-    kept = [p for i, p in zip(trig_idx, trig_preds) if correct_by_idx.get(i, False)]
     target_prob = trig_logits.softmax(-1)[:, target].mean().item() if len(trig_idx) else 0.0
     survival = {}
     if trig_survived is not None:
@@ -68,15 +89,10 @@ def backdoor_metrics(clean_logits: torch.Tensor, clean_labels: Sequence[int], cl
         survival = {"trigger_cut": len(trig_preds) - len(reached),
                     "attack_success_rate_survived": attack_success_rate(reached, target),
                     "triggered_survived_total": len(reached)}
+    rates = outcome_rates([p == y for p, y in zip(clean_preds, clean_labels)], clean_idx,
+                          [p == target for p in trig_preds], trig_idx)
     return {
-        "clean_accuracy": accuracy(clean_preds, list(clean_labels)),
-        "clean_correct": sum(int(p == y) for p, y in zip(clean_preds, clean_labels)),
-        "clean_total": len(clean_labels),
-        "attack_success_rate": attack_success_rate(trig_preds, target),
-        "attack_hits": sum(int(p == target) for p in trig_preds),
-        "triggered_total": len(trig_preds),
-        "attack_success_rate_clean_correct": clean_correct_asr([p == target for p in kept]),
-        "triggered_clean_correct_total": len(kept),
+        **rates,
         "mean_target_probability_triggered": target_prob,
         "target_label": target,
         **survival,

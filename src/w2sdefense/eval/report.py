@@ -11,6 +11,7 @@ import torch
 
 from w2sdefense.eval.metrics import NOT_DEFINED, rate_or_na
 from w2sdefense.fileio import atomic_write_text, write_json
+from w2sdefense.rundir import CLEAN_ROW, POISONED_ROW, TEACHER_ROW
 
 COLUMNS = [
     ("model", "model", "{}"),
@@ -44,9 +45,6 @@ def environment() -> dict:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "versions": versions,
     }
-
-
-CLEAN_ROW, POISONED_ROW, TEACHER_ROW = "clean model", "poisoned", "teacher"
 
 
 def add_residuals(rows: list[dict]) -> list[dict]:

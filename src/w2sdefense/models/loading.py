@@ -25,7 +25,7 @@ from transformers.models.auto.modeling_auto import (
 from w2sdefense.errors import UserError
 from w2sdefense.models.packaged import PACKAGED, packaged_model_dir
 from w2sdefense.models.tiny import TINY_BUILDERS, build_tiny
-from w2sdefense.rundir import unfinished
+from w2sdefense.rundir import MODEL_DIR, unfinished
 
 BUILTIN_MODELS = sorted([*PACKAGED, *TINY_BUILDERS])
 TEACHER_FILE = "teacher.json"  # what marks a saved teacher (written by models/teacher.py)
@@ -98,9 +98,9 @@ def resolve_model_path(name: str) -> str:
         if unfinished(path):
             raise UserError(f"{name} is an unfinished training run (stopped before its last step; its model/ is "
                             "only the best checkpoint so far): rerun the command that made it to finish it, or "
-                            f"pass {path / 'model'} to use that checkpoint as it is")
-        if (path / "model").is_dir() and not (path / "config.json").is_file():
-            return str(path / "model")  # a run folder of `train` / `defend`
+                            f"pass {path / MODEL_DIR} to use that checkpoint as it is")
+        if (path / MODEL_DIR).is_dir() and not (path / "config.json").is_file():
+            return str(path / MODEL_DIR)  # a run folder of `train` / `defend`
         return str(path)
     check_model_name(name)
     return name  # a hub id
@@ -142,7 +142,7 @@ def limit_length(model, tok: PreTrainedTokenizerBase) -> None:
 def refuse_teacher(path: str | Path, name: str) -> None:
     """A saved W2SDefense teacher is no sequence classifier: say so, and what takes one."""
     path = Path(path)
-    if (path / TEACHER_FILE).is_file() or (path / "model" / TEACHER_FILE).is_file():
+    if (path / TEACHER_FILE).is_file() or (path / MODEL_DIR / TEACHER_FILE).is_file():
         raise UserError(
             f"{name} is a W2SDefense teacher (it has {TEACHER_FILE}), not a sequence classifier: `evaluate`, "
             "--model and --student cannot load it; `defend --teacher` takes it, and `w2sdefense run` evaluates "

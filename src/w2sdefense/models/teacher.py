@@ -28,7 +28,7 @@ from w2sdefense.models.loading import (
     resolve_model_path,
 )
 from w2sdefense.models.tiny import TINY_BUILDERS, build_tiny
-from w2sdefense.rundir import unfinished
+from w2sdefense.rundir import MODEL_DIR, unfinished
 from w2sdefense.runtime import Runtime
 
 HEAD_FILE, META_FILE = "head.safetensors", TEACHER_FILE
@@ -112,7 +112,7 @@ def teacher_dir(path: str | Path) -> Path:
     if unfinished(path):
         raise UserError(f"{path} is an unfinished teacher run (stopped before its last step): rerun the command "
                         "that made it to finish it")
-    return path / "model" if (path / "model" / META_FILE).is_file() else path
+    return path / MODEL_DIR if (path / MODEL_DIR / META_FILE).is_file() else path
 
 
 def check_teacher_labels(teacher: str | Path, num_labels: int, student: str) -> None:

@@ -20,13 +20,13 @@ from w2sdefense.models import (
     ensure_base_on_disk,
     load_classifier,
     merge_adapter,
-    save_classifier,
     wrap_lora,
 )
+from w2sdefense.rundir import BASE_DIR, MERGED_DIR, METRICS_FILE, MODEL_DIR
 from w2sdefense.runtime import Runtime
 from w2sdefense.models.batching import encode
 from w2sdefense.models.truncation import cut_by_tokens
-from w2sdefense.train.loop import Diagnose, LossFn, cross_entropy_step, fit
+from w2sdefense.train.loop import Diagnose, FitTask, LossFn, cross_entropy_step, fit
 
 # Given the model's tokenizer, the per-evaluation diagnostic (see eval/probe.py).
 Diagnostics = Callable[[object], Diagnose]
@@ -60,7 +60,7 @@ def prepare_student(model_name: str, num_labels: int, cfg: TrainConfig, rt: Runt
         # Non-reentrant checkpointing also works when the embeddings are frozen (LoRA).
         clf.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.method == "lora":
-        ensure_base_on_disk(clf, out_dir / "base", write=rt.is_main)
+        ensure_base_on_disk(clf, out_dir / BASE_DIR, write=rt.is_main)
         clf = wrap_lora(clf, cfg.lora)
     if cfg.method == "full":
         for param in clf.model.parameters():
@@ -95,8 +95,6 @@ class StageRecord:
         return record
 
 
-METRICS_FILE = "metrics.json"
-
 
 def train_classifier(clf: Classifier, splits: Splits, cfg: TrainConfig, rt: Runtime, out_dir: Path,
                      seed: int, loss_fn: LossFn = cross_entropy_step, desc: str = "train",
@@ -113,17 +111,13 @@ def train_classifier(clf: Classifier, splits: Splits, cfg: TrainConfig, rt: Runt
     params = count_parameters(clf.model)
     log.info("%s: %d train / %d dev rows, %d of %d parameters trainable", desc, len(train), len(dev),
              params["trainable_params"], params["total_params"])
-    metrics = fit(
-        clf.model, train, dev, cfg, rt,
-        save=lambda model, path, state: save_classifier(Classifier(model, clf.tokenizer), path, state),
-        out_dir=out_dir, seed=seed, pad_id=clf.tokenizer.pad_token_id, loss_fn=loss_fn, desc=desc,
-        diagnose=diagnostics(clf.tokenizer) if diagnostics else None,
-    )
+    task = FitTask(train, dev, cfg, seed, loss_fn, desc, diagnostics(clf.tokenizer) if diagnostics else None)
+    metrics = fit(clf, task, rt, out_dir)
     metrics.update(params, train_rows=len(train))
     if cut is not None:
         metrics["trigger_cut"] = cut.to_dict()
     if rt.is_main and cfg.merge and cfg.method == "lora":
-        merge_adapter(out_dir / "model", out_dir / "merged", splits.num_labels)
+        merge_adapter(out_dir / MODEL_DIR, out_dir / MERGED_DIR, splits.num_labels)
     rt.accelerator.wait_for_everyone()
     return metrics
 

@@ -22,10 +22,11 @@ from transformers import get_linear_schedule_with_warmup, set_seed
 
 from w2sdefense.config import TrainConfig, to_dict
 from w2sdefense.errors import Interrupted, UserError
+from w2sdefense.fileio import recover_folder, write_folder
+from w2sdefense.models import Classifier, save_classifier
 from w2sdefense.models.predict import predict_logits
 from w2sdefense.progress import progress_bar
-from w2sdefense.fileio import recover_folder, write_folder
-from w2sdefense.rundir import RESUME_DIR
+from w2sdefense.rundir import MODEL_DIR, RESUME_DIR
 from w2sdefense.runtime import Runtime, peak_memory_mb, reset_peak_memory
 from w2sdefense.models.batching import Encoded, LengthGroupedBatches, ShardedBatches, make_loader, model_inputs
 from w2sdefense.train.interrupt import stop_on_sigint
@@ -106,87 +107,108 @@ class _Progress:
         return cls(**{**saved, "terms": defaultdict(list, saved["terms"])})
 
 
-def fit(model: torch.nn.Module, train: Encoded, dev: Encoded, cfg: TrainConfig, rt: Runtime,
-        save: Callable[[torch.nn.Module, Path, dict], None], out_dir: Path, seed: int, pad_id: int,
-        loss_fn: LossFn = cross_entropy_step, desc: str = "train", diagnose: Diagnose | None = None) -> dict:
-    """Train `model`; save the checkpoint chosen by clean dev accuracy to out_dir/model; return metrics.
+@dataclass
+class FitTask:
+    """What one run of the loop trains on and how: the encoded splits, the settings, the seed, the loss."""
+
+    train: Encoded
+    dev: Encoded
+    cfg: TrainConfig
+    seed: int
+    loss_fn: LossFn = cross_entropy_step
+    desc: str = "train"
+    diagnose: Diagnose | None = None  # extra measurements logged at every dev evaluation
+
+
+@dataclass
+class _Loop:
+    """The loop's state: the prepared model and its optimizer, the batches, how far it has come, where it saves."""
+
+    clf: Classifier  # the model as loaded (its tokenizer saves with every checkpoint)
+    model: torch.nn.Module  # the same model, prepared by accelerate
+    task: FitTask
+    rt: Runtime
+    out_dir: Path
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    sampler: LengthGroupedBatches
+    loader: object
+    total: int  # optimizer steps in the whole run
+    fp: str  # the resumable state's fingerprint
+    resumable: bool
+    progress: _Progress = field(default_factory=_Progress)
+    bar: object = None
+    stop: object = None  # the Ctrl-C request (interrupt.StopRequest), set while the loop runs
+
+    def evaluate(self) -> None:
+        """Dev accuracy now, the selection rule, then the resumable state."""
+        _evaluate(self)
+        self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Write the resumable state (main process); every process waits for it."""
+        acc = self.rt.accelerator
+        if self.resumable and self.rt.is_main:
+            save_state(self.out_dir, acc.unwrap_model(self.model), self.optimizer, self.scheduler, self.progress,
+                       self.fp)
+        acc.wait_for_everyone()
+
+
+def fit(clf: Classifier, task: FitTask, rt: Runtime, out_dir: Path) -> dict:
+    """Train `clf.model`; save the checkpoint chosen by clean dev accuracy to out_dir/model; return metrics.
 
     A resumable state is kept in out_dir/resume (see resume.py): a run started again on the same
     folder continues from it, and ends as the uninterrupted run would have.
     """
-    acc = rt.accelerator
-    # Dropout draws from the global generator: seed it here, so the training stream does not depend on
-    # what ran before (W2SDefense builds its teacher between the student and the loop; lora-ft does not).
-    set_seed(seed)
-    sampler = LengthGroupedBatches(train.lengths, cfg.batch_size, seed)
-    # Batches are sharded here, not by accelerate: its splitting drops batches that are not full,
-    # and length-grouped batches of different sizes occur anywhere in an epoch.
-    loader = make_loader(train, ShardedBatches(sampler, acc.process_index, acc.num_processes), pad_id)
-    fp = fingerprint(to_dict(cfg), seed, [train, dev], model, acc.num_processes)  # the texts as tokens, not lengths
-    sharded = rt.fsdp and cfg.method == "full"
-    if sharded:  # before the optimizer, which must hold the shards
-        shard_model(model, rt)
-    optimizer = torch.optim.AdamW(_param_groups(model, cfg), lr=cfg.lr)
-    _configure_deepspeed(acc, cfg)
-    model, optimizer = (model, acc.prepare(optimizer)) if sharded else acc.prepare(model, optimizer)
-    steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
-    total = _total_steps(cfg, steps_per_epoch, desc)
-    # Stepped by hand once per optimizer step, so the count is right under any process count.
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
-    recover_folder(out_dir / "model")
-    resumable = _resumable(acc) and not sharded
-    saved = load_state(out_dir, acc.unwrap_model(model), optimizer, scheduler, fp) if resumable else None
-    progress, pending_rng = _Progress(), None
-    if saved:
-        progress, pending_rng = _Progress.restore(saved["progress"]), saved["rng"]
-        log.info("resuming from step %d", progress.step)
-        if rt.is_main:
-            tqdm.write(f"{desc}: resuming from step {progress.step} of {total}")
-        if progress.batches_done >= len(loader):  # saved after an epoch's last batch: start the next,
-            progress.epoch, progress.batches_done = progress.epoch + 1, 0  # its order drawn after the save
-            restore_rng(pending_rng)
-            pending_rng = None
-
-    def checkpoint() -> None:
-        if resumable and rt.is_main:
-            save_state(out_dir, acc.unwrap_model(model), optimizer, scheduler, progress, fp)
-        acc.wait_for_everyone()
-
+    loop = _build(clf, task, rt, out_dir)
+    saved, pending_rng = _resume(loop)
     reset_peak_memory(rt.device)
     start = time.perf_counter()
-    bar = progress_bar(total=total, initial=progress.step, desc=desc, disable=not rt.is_main, unit="step")
-    model.train()
-    evaluate = lambda: _evaluate(model, dev, cfg, rt, save, out_dir, pad_id, progress, diagnose)  # noqa: E731
-    with stop_on_sigint() as stop:
-        while progress.step < total:
-            sampler.set_epoch(progress.epoch)
-            batches = iter(loader)  # draws a seed from the global generator: restore the saved one after
-            if pending_rng is not None:
-                restore_rng(pending_rng)
-                pending_rng = None
-            stopped = _run_epoch(model, batches, len(loader), optimizer, scheduler, cfg, rt, loss_fn, progress,
-                                 bar, total, evaluate, checkpoint, stop)
-            if stopped:
-                bar.close()
-                checkpoint()
-                raise Interrupted(f"interrupted at step {progress.step} of {total}; the resumable state is in "
-                                  f"{out_dir / RESUME_DIR}: run the same command again to continue")
-            if not progress.history or progress.history[-1]["step"] != progress.step:
-                evaluate()
-                checkpoint()
-            if progress.step < total:
-                progress.epoch, progress.batches_done = progress.epoch + 1, 0
-    bar.close()
+    loop.bar = progress_bar(total=loop.total, initial=loop.progress.step, desc=task.desc, disable=not rt.is_main,
+                            unit="step")
+    loop.model.train()
+    with stop_on_sigint() as loop.stop:
+        _run_epochs(loop, pending_rng)
+    loop.bar.close()
     wall = time.perf_counter() - start
     if rt.is_main:
         discard_state(out_dir)
+    progress = loop.progress
     return {
         "best_dev_accuracy": progress.best, "best_step": progress.best_step, "selected_step": progress.selected_step,
-        "selected_dev_accuracy": progress.selected, "selection": cfg.select, "steps": progress.step,
+        "selected_dev_accuracy": progress.selected, "selection": task.cfg.select, "steps": progress.step,
         "epochs_run": progress.epoch + 1, "history": progress.history, "train_wall_time_s": wall,
         "train_examples_per_s": progress.seen / wall if wall else 0.0, "resumed_from_step": saved and
         saved["progress"]["step"], **peak_memory_mb(rt.device),
     }
+
+
+def _build(clf: Classifier, task: FitTask, rt: Runtime, out_dir: Path) -> _Loop:
+    """Seed, batches, optimizer and schedule, the model prepared by accelerate: a loop at step 0."""
+    acc, cfg = rt.accelerator, task.cfg
+    # Dropout draws from the global generator: seed it here, so the training stream does not depend on
+    # what ran before (W2SDefense builds its teacher between the student and the loop; lora-ft does not).
+    set_seed(task.seed)
+    sampler = LengthGroupedBatches(task.train.lengths, cfg.batch_size, task.seed)
+    # Batches are sharded here, not by accelerate: its splitting drops batches that are not full,
+    # and length-grouped batches of different sizes occur anywhere in an epoch.
+    loader = make_loader(task.train, ShardedBatches(sampler, acc.process_index, acc.num_processes),
+                         clf.tokenizer.pad_token_id)
+    # The texts as tokens, not only their lengths: a resumed run must see the same rows.
+    fp = fingerprint(to_dict(cfg), task.seed, [task.train, task.dev], clf.model, acc.num_processes)
+    sharded = rt.fsdp and cfg.method == "full"
+    if sharded:  # before the optimizer, which must hold the shards
+        shard_model(clf.model, rt)
+    optimizer = torch.optim.AdamW(_param_groups(clf.model, cfg), lr=cfg.lr)
+    _configure_deepspeed(acc, cfg)
+    model, optimizer = (clf.model, acc.prepare(optimizer)) if sharded else acc.prepare(clf.model, optimizer)
+    steps_per_epoch = max(1, math.ceil(len(loader) / cfg.grad_accum))
+    total = _total_steps(cfg, steps_per_epoch, task.desc)
+    # Stepped by hand once per optimizer step, so the count is right under any process count.
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup_ratio * total), total)
+    recover_folder(out_dir / MODEL_DIR)
+    return _Loop(clf, model, task, rt, out_dir, optimizer, scheduler, sampler, loader, total, fp,
+                 _resumable(acc) and not sharded)
 
 
 _MAX_STEPS = 2**53  # beyond this a float step count is no longer exact (and no run gets there)
@@ -201,6 +223,49 @@ def _total_steps(cfg: TrainConfig, steps_per_epoch: int, desc: str) -> int:
         raise UserError(f"train.epochs={cfg.epochs:g} ({desc}: {steps_per_epoch} steps an epoch) makes {steps:.3g} "
                         "optimizer steps, more than a run can count; give fewer epochs, or set train.max_steps")
     return max(1, math.ceil(steps))
+
+
+def _resume(loop: _Loop) -> tuple[dict | None, dict | None]:
+    """Load the saved state, if any, into the loop; return it and the random-number states still to restore."""
+    acc = loop.rt.accelerator
+    if not loop.resumable:
+        return None, None
+    saved = load_state(loop.out_dir, acc.unwrap_model(loop.model), loop.optimizer, loop.scheduler, loop.fp)
+    if not saved:
+        return None, None
+    progress = loop.progress = _Progress.restore(saved["progress"])
+    log.info("resuming from step %d", progress.step)
+    if loop.rt.is_main:
+        tqdm.write(f"{loop.task.desc}: resuming from step {progress.step} of {loop.total}")
+    if progress.batches_done >= len(loop.loader):  # saved after an epoch's last batch: start the next,
+        progress.epoch, progress.batches_done = progress.epoch + 1, 0  # its order drawn after the save
+        restore_rng(saved["rng"])
+        return saved, None
+    return saved, saved["rng"]
+
+
+def _run_epochs(loop: _Loop, pending_rng: dict | None) -> None:
+    """Epoch after epoch until `total` steps; each ends with an evaluation. Ctrl-C saves the state and stops."""
+    progress = loop.progress
+    while progress.step < loop.total:
+        loop.sampler.set_epoch(progress.epoch)
+        batches = iter(loop.loader)  # draws a seed from the global generator: restore the saved one after
+        if pending_rng is not None:
+            restore_rng(pending_rng)
+            pending_rng = None
+        stopped = _run_epoch(loop, batches)
+        # An epoch's last step is evaluated before anything else, also when Ctrl-C came in it: a resumed
+        # run starts the next epoch and would never evaluate it.
+        ended = not stopped or progress.batches_done >= len(loop.loader)
+        if ended and (not progress.history or progress.history[-1]["step"] != progress.step):
+            loop.evaluate()
+        if stopped:
+            loop.bar.close()
+            loop.checkpoint()
+            raise Interrupted(f"interrupted at step {progress.step} of {loop.total}; the resumable state is in "
+                              f"{loop.out_dir / RESUME_DIR}: run the same command again to continue")
+        if progress.step < loop.total:
+            progress.epoch, progress.batches_done = progress.epoch + 1, 0
 
 
 def _resumable(acc) -> bool:
@@ -219,20 +284,21 @@ def _configure_deepspeed(acc, cfg: TrainConfig) -> None:
         plugin.deepspeed_config["gradient_accumulation_steps"] = cfg.grad_accum
 
 
-def _run_epoch(model, batches, num_batches, optimizer, scheduler, cfg, rt, loss_fn, progress, bar, total,
-               evaluate: Callable[[], None], checkpoint: Callable[[], None], stop) -> bool:
+def _run_epoch(loop: _Loop, batches) -> bool:
     """One pass over the epoch's batches (skipping those a resumed run already used) with gradient
     accumulation; stops at `total` optimizer steps. Returns True when Ctrl-C asked to stop."""
-    acc = rt.accelerator
+    acc, cfg, progress, model = loop.rt.accelerator, loop.task.cfg, loop.progress, loop.model
+    num_batches = len(loop.loader)
     for i, batch in enumerate(batches):
         if i < progress.batches_done:
             continue
         batch = {k: v.to(acc.device) for k, v in batch.items()}
-        batch["progress"] = torch.tensor(progress.step / total)  # share of the steps done (scheduled loss weights)
+        # Share of the steps done (scheduled loss weights).
+        batch["progress"] = torch.tensor(progress.step / loop.total)
         sync = (i + 1) % cfg.grad_accum == 0 or i + 1 == num_batches
         # FSDP2 has no no_sync (its shards reduce every backward): accumulation stays correct, only slower.
         with contextlib.nullcontext() if sync or is_sharded(model) else acc.no_sync(model):
-            out = loss_fn(model, batch)
+            out = loop.task.loss_fn(model, batch)
             acc.backward(out.loss / cfg.grad_accum)
         progress.seen += batch["labels"].shape[0] * acc.num_processes
         terms = _global_mean(out.terms, acc)
@@ -242,19 +308,19 @@ def _run_epoch(model, batches, num_batches, optimizer, scheduler, cfg, rt, loss_
             continue
         if cfg.max_grad_norm:
             acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        loop.optimizer.step()
+        loop.scheduler.step()
+        loop.optimizer.zero_grad(set_to_none=True)
         progress.step += 1
         progress.batches_done = i + 1
-        bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()}, refresh=False)  # first: the line update writes shows them
-        bar.update(1)
+        # The terms first: the line a log gets on update shows them.
+        loop.bar.set_postfix({k: f"{v:.4g}" for k, v in terms.items()}, refresh=False)
+        loop.bar.update(1)
         if cfg.eval_every and progress.step % cfg.eval_every == 0:
-            evaluate()
-            checkpoint()
-        if progress.step >= total:
+            loop.evaluate()
+        if progress.step >= loop.total:
             return False
-        if _stop_requested(stop, acc):
+        if _stop_requested(loop.stop, acc):
             return True
     return False
 
@@ -275,21 +341,21 @@ def _global_mean(terms: dict[str, float], acc) -> dict[str, float]:
     return dict(zip(terms, values.tolist()))
 
 
-def _evaluate(model, dev: Encoded, cfg: TrainConfig, rt: Runtime, save, out_dir: Path, pad_id: int,
-              progress: _Progress, diagnose: Diagnose | None = None) -> None:
+def _evaluate(loop: _Loop) -> None:
     """Dev accuracy now; keep the checkpoint if the selection rule (clean dev accuracy only) says so."""
-    accuracy = dev_accuracy(model, dev, pad_id, cfg.eval_batch_size, rt)
+    task, progress, model = loop.task, loop.progress, loop.model
+    accuracy = dev_accuracy(model, task.dev, loop.clf.tokenizer.pad_token_id, task.cfg.eval_batch_size, loop.rt)
     record = {"epoch": progress.epoch, "step": progress.step, "dev_accuracy": accuracy, **progress.mean_terms()}
-    if diagnose is not None:
-        record.update(diagnose(model))  # logged only: selection below never reads it
+    if task.diagnose is not None:
+        record.update(task.diagnose(model))  # logged only: selection below never reads it
     progress.history.append(record)
     log.info("step %d (epoch %d): %s", progress.step, progress.epoch,
              ", ".join(f"{k}={v:.4f}" for k, v in record.items() if isinstance(v, float)))
     if accuracy > progress.best:
         progress.best, progress.best_step = accuracy, progress.step
-    if selects(accuracy, progress.best, progress.selected, cfg):
+    if selects(accuracy, progress.best, progress.selected, task.cfg):
         progress.selected, progress.selected_step = accuracy, progress.step
-        _save_atomically(model, rt, save, out_dir / "model")
+        _save_atomically(loop)
 
 
 def selects(accuracy: float, best: float, selected: float, cfg: TrainConfig) -> bool:
@@ -305,13 +371,13 @@ def selects(accuracy: float, best: float, selected: float, cfg: TrainConfig) -> 
     return accuracy >= best - cfg.select_delta - 1e-9
 
 
-def _save_atomically(model, rt: Runtime, save, target: Path) -> None:
+def _save_atomically(loop: _Loop) -> None:
     """Save to a temporary folder, then swap it in: a killed run never leaves half a checkpoint."""
-    acc = rt.accelerator
+    acc, target = loop.rt.accelerator, loop.out_dir / MODEL_DIR
     acc.wait_for_everyone()
     # Every process joins: under ZeRO-3 or FSDP this gathers the sharded weights.
-    state_dict = full_state_dict(model) if is_sharded(model) else acc.get_state_dict(model)
-    if rt.is_main:
+    state_dict = full_state_dict(loop.model) if is_sharded(loop.model) else acc.get_state_dict(loop.model)
+    if loop.rt.is_main:
         with write_folder(target) as tmp:
-            save(acc.unwrap_model(model), tmp, state_dict)
+            save_classifier(Classifier(acc.unwrap_model(loop.model), loop.clf.tokenizer), tmp, state_dict)
     acc.wait_for_everyone()
