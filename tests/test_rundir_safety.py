@@ -361,3 +361,25 @@ def test_written_files_honour_the_umask(tmp_path, umask, mode):
     finally:
         os.umask(old)
     assert (tmp_path / "m.json").stat().st_mode & 0o777 == mode
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664)])
+def test_saved_weights_honour_the_umask(tmp_path, umask, mode):
+    # safetensors writes its files 0600 whatever the umask: a saved model and a checkpoint follow it.
+    import torch
+    from safetensors.torch import save_file
+
+    from w2sdefense.fileio import write_folder
+    from w2sdefense.models import Classifier, save_classifier
+    from w2sdefense.models.tiny import build_tiny
+
+    old = os.umask(umask)
+    try:
+        save_classifier(Classifier(*build_tiny("tiny-llama", num_labels=2)), tmp_path / "model")
+        with write_folder(tmp_path / "state") as tmp:
+            save_file({"w": torch.zeros(2)}, str(tmp / "w.safetensors"))
+    finally:
+        os.umask(old)
+    weights = [*(tmp_path / "model").glob("*.safetensors"), tmp_path / "state" / "w.safetensors"]
+    assert len(weights) >= 2
+    assert {p.stat().st_mode & 0o777 for p in weights} == {mode}

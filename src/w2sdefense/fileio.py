@@ -69,6 +69,7 @@ def write_folder(target: Path) -> Iterator[Path]:
         if code is None:
             raise
         raise OSError(code, os.strerror(code), str(target)) from exc
+    follow_umask(tmp)
     replace_folder(tmp, target)
 
 
@@ -98,6 +99,14 @@ def remove_folder(path: Path) -> None:
     """Delete a folder this tool wrote (missing is fine)."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
+
+
+def follow_umask(folder: Path) -> None:
+    """Give the files just written under `folder` the mode open() would (safetensors writes 0600 whatever the umask)."""
+    mode = 0o666 & ~_umask()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
 
 
 def _umask() -> int:

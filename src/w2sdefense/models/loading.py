@@ -23,6 +23,7 @@ from transformers.models.auto.modeling_auto import (
 )
 
 from w2sdefense.errors import UserError
+from w2sdefense.fileio import follow_umask
 from w2sdefense.models.packaged import PACKAGED, packaged_model_dir
 from w2sdefense.models.tiny import TINY_BUILDERS, build_tiny
 from w2sdefense.rundir import MODEL_DIR, unfinished
@@ -235,6 +236,7 @@ def save_classifier(clf: Classifier, out_dir: Path, state_dict: dict | None = No
     out_dir.mkdir(parents=True, exist_ok=True)
     clf.model.save_pretrained(out_dir, state_dict=state_dict)
     clf.tokenizer.save_pretrained(out_dir)
+    follow_umask(out_dir)
 
 
 def merge_adapter(adapter_dir: Path, out_dir: Path, num_labels: int | None, dtype: torch.dtype = torch.float32) -> None:
