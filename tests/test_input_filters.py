@@ -119,6 +119,30 @@ def test_onion_deletes_the_words_whose_removal_makes_the_text_more_fluent(monkey
     assert OnionFilter(OnionSettings(threshold=90.0), lm=object()).screen(None, [text], rt).texts == [text]
 
 
+def test_onion_edit_rate_sets_the_threshold_that_edits_that_share_of_clean_rows(monkeypatch, rt):
+    import w2sdefense.defenses.onion as onion
+
+    # Four clean two-word texts; removing their second word gains 10, 20, 30 and 40 perplexity points.
+    texts = ["a b", "c d", "e f", "g h"]
+    fluency = {}
+    for text, gain in zip(texts, (10.0, 20.0, 30.0, 40.0)):
+        first, second = text.split()
+        fluency.update({text: 100.0, first: 100.0 - gain, second: 100.0})
+    monkeypatch.setattr(onion, "perplexities", lambda lm, ts, *a, **k: [fluency[t] for t in ts])
+    flt = OnionFilter(OnionSettings(edit_rate=0.25), lm=object())
+    assert flt.calibrate(texts, rt) == 1  # one of four clean rows keeps a gain above the threshold
+    assert flt.threshold == pytest.approx(32.5)  # the 75th percentile of 10, 20, 30, 40 (linear)
+    assert flt.screen(None, texts, rt).texts == ["a b", "c d", "e f", "g"]
+    # The calibrated threshold is what a saved filter is loaded with; a record without one keeps the setting.
+    assert onion._load(OnionSettings(edit_rate=0.25), flt.state()).threshold == pytest.approx(32.5)
+    assert onion._load(OnionSettings(threshold=5.0), {}).threshold == 5.0
+    # Without edit_rate the paper's threshold 0 stands, and every row with a gain is edited.
+    fixed = OnionFilter(OnionSettings(), lm=object())
+    assert fixed.calibrate(texts, rt) == 4 and fixed.threshold == 0.0
+    with pytest.raises(UserError, match="set one of onion.threshold and onion.edit_rate"):
+        OnionSettings(threshold=1.0, edit_rate=0.1)
+
+
 def test_perplexity_matches_the_library_loss_and_ignores_padding(rt):
     lm = load_language_model("tiny-llama")
     texts = ["a lovely film", "the plot was dull and far too long for what it was"]
