@@ -28,7 +28,8 @@ from w2sdefense.defenses.base import check_defenses
 from w2sdefense.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "configs").glob("*.y*ml"))  # experiments; configs/accelerate/ holds launcher files
+# Experiments: configs/ (configs/accelerate/ holds launcher files) and the benchmark runs that are one.
+CONFIGS = sorted((REPO / "configs").glob("*.y*ml")) + [REPO / "benchmarks" / "filters-paper.yaml"]
 
 
 def _message(excinfo: pytest.ExceptionInfo) -> str:
