@@ -12,7 +12,8 @@ so an interrupted run continues). The victim (and the clean reference model and 
 trained once per attack with the preset's seed and shared by every defense seed: the seeds vary the
 defense (adapter initialisation, batch order), not the attack. The clean model and the teacher do
 not depend on the attack and are shared across attacks too. Variant rows (`--variants`) are extra
-defense rows laid over the preset's defense of the same name, run at the first seed.
+defense rows laid over the preset's defense of the same name, run at every seed given like the
+preset's rows (`--variants V --pick L --seeds 43 44` adds seeds to a variant run at 42).
 
 Writes `benchmarks/results/<attack>.json` (every row, the config, versions, machine, date),
 `benchmarks/results/summary.json` (one value per seed), the main and variant tables in
@@ -49,7 +50,7 @@ MAIN_DEFENSES = ("w2sdefense", "fine-mixing-r0", "w2s-reset-r0", "w2s-shrink", "
 def experiment(attack: str, runs: Path, seeds: list[int], variants: list[dict],
                only: list[str] | None = None, sets: list[str] = ()) -> tuple[ExperimentConfig, dict]:
     """The preset for `attack` (its defenses named in `only`, or all) with each defense repeated per seed,
-    plus the variant rows (first seed). Returns the config and, per row label, its variant name and seed.
+    plus the variant rows (per seed too). Returns the config and, per row label, its variant name and seed.
     """
     cfg = load_config(ExperimentConfig, HERE.parent / "configs" / f"sst2-{attack}.yaml", sets)
     cfg = dataclasses.replace(cfg, output_dir=str(runs / cfg.name))
@@ -62,9 +63,10 @@ def experiment(attack: str, runs: Path, seeds: list[int], variants: list[dict],
     rows, meta = [], {}
     for d in base:
         is_variant = d not in cfg.defenses
-        for seed in seeds[:1] if is_variant else seeds:
-            # Variants run at one seed and keep their label; repeated rows are named by their seed.
-            label = d.row_name if is_variant else f"{d.row_name}-s{seed}"
+        for seed in seeds:
+            # Rows are named by their seed; a variant at the preset's seed keeps its bare label (the name its
+            # rows had when variants ran at one seed only, so those rows and run folders are still found).
+            label = d.row_name if is_variant and seed == cfg.seed else f"{d.row_name}-s{seed}"
             rows.append(dataclasses.replace(d, label=label, seed=None if seed == cfg.seed else seed))
             meta[label] = {"variant": d.row_name, "seed": seed, "defense": d.name, "is_variant": is_variant,
                            "settings": to_dict(d), "preset": to_dict(next(p for p in presets if p.name == d.name))}
@@ -510,8 +512,8 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[42, 43, 44],
                         help="defense seeds (the first is the preset's; the victim always uses the preset's)")
     parser.add_argument("--runs", default="runs", help="where the run folders go")
-    parser.add_argument("--variants", help="YAML list of extra defense rows (each with a `label`), run at the "
-                        "first seed, e.g. benchmarks/variants-badnet.yaml")
+    parser.add_argument("--variants", help="YAML list of extra defense rows (each with a `label`), run at "
+                        "every seed given, e.g. benchmarks/variants-badnet.yaml")
     parser.add_argument("--pick", nargs="+", metavar="LABEL", help="with --variants: run only these of its rows")
     parser.add_argument("--defenses", nargs="+", help="the preset's defense rows to run (default: all)")
     parser.add_argument("--merge", help="another invocation's results JSON whose rows to add (same victim)")

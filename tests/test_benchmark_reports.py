@@ -166,3 +166,15 @@ def test_an_asr_cc_over_zero_rows_is_na_in_the_tables_and_left_out_of_means():
     assert real.main_table(summ).splitlines()[-1] == (
         "| badnet | 90.0 / n/a | 89.0 / 80.0 (n/a) | w2sdefense (80 steps) | 89.0 ± 1.4 (n=2) | "
         "10.0 (n=1, 1 n/a) | n/a | 15.0 ± 7.1 (n=2) |")
+
+
+def test_a_variant_at_several_seeds_gets_one_row_per_seed_and_keeps_its_bare_label_at_the_presets_seed(tmp_path):
+    variant = {"label": "fine-mixing-r0-e2", "name": "fine-mixing", "rho": 0.0, "train": {"epochs": 2}}
+    cfg, meta = real.experiment("badnet", tmp_path, [43, 44], [variant], only=["lora-ft"])
+    labels = [d.row_name for d in cfg.defenses]
+    assert labels == ["lora-ft-s43", "lora-ft-s44", "fine-mixing-r0-e2-s43", "fine-mixing-r0-e2-s44"]
+    assert [d.seed for d in cfg.defenses] == [43, 44, 43, 44]  # two seeds of one variant never share a folder
+    assert {meta[k]["variant"] for k in labels[2:]} == {"fine-mixing-r0-e2"}  # one row of the tables, n=2
+    assert [meta[k]["is_variant"] for k in labels] == [False, False, True, True]
+    cfg, meta = real.experiment("badnet", tmp_path, [42], [variant], only=[])
+    assert [d.row_name for d in cfg.defenses] == ["fine-mixing-r0-e2"] and cfg.defenses[0].seed is None
