@@ -86,6 +86,40 @@ def test_strip_rejects_inputs_whose_prediction_survives_blending(keyword_classif
     assert flt.blended(triggered[0]) == flt.blended(triggered[0])
 
 
+def test_tfidf_ranks_each_texts_words_as_computed_by_hand():
+    from w2sdefense.defenses.strip import tfidf_ranked
+
+    # idf = ln(3 / df) + 1: good, film 1.405 (in two texts), bad, plot 2.099; tf = count / words ("." left out).
+    # "good good film .": good 2/3 * 1.405 = .937, film .468; "bad film": bad 1.049, film .703;
+    # "good plot": plot 1.049, good .703.
+    assert tfidf_ranked(["good good film .", "bad film", "good plot"]) == [["good", "film"], ["bad", "film"],
+                                                                           ["plot", "good"]]
+    assert tfidf_ranked(["a b c d"], keep=2) == [["a", "b"]]  # equal scores keep their order of first use
+
+
+def test_strip_other_label_donors_replace_words_with_another_labels_top_words(rt):
+    from w2sdefense.defenses import strip
+
+    settings = StripSettings(copies=6, replace_ratio=0.5, donors="other-label")
+    donors = {0: [["dull", "slow"]], 1: [["lovely", "great"], ["fun"]]}
+    flt = StripFilter(settings, CLEAN, seed=2, donor_words=donors)
+    text = "w1 w2 w3 w4 w5"
+    for copy in flt.blended(text, predicted=0):
+        words = copy.split()
+        replaced = [w for w, old in zip(words, text.split()) if w != old]
+        # int(5 * 0.5) = 2 positions, given a label-1 text's top words in order (the one-word donor gives one).
+        assert replaced in (["lovely", "great"], ["great", "lovely"], ["fun"]) and len(words) == 5
+        assert "lovely" not in replaced or "great" in replaced
+    assert all(set(c.split()) <= set(text.split()) | {"dull", "slow"} for c in flt.blended(text, predicted=1))
+    loaded = strip._load(settings, json.loads(json.dumps(flt.state())))  # as filter.json stores it
+    assert loaded.donor_words == donors and loaded.blended(text, 0) == flt.blended(text, 0)
+    # A record from before donors existed still loads, with the random donors it was calibrated with.
+    old = {k: v for k, v in flt.state().items() if k != "donor_words"}
+    assert strip._load(StripSettings(), old).donor_words is None
+    with pytest.raises(UserError, match="at least two labels"):
+        StripFilter(settings, CLEAN, seed=2, donor_words={0: [["dull"]]})
+
+
 def test_strip_calibrates_on_clean_dev_at_the_stated_false_rejection_rate(rt, tmp_path):
     from w2sdefense.train.job import run_train
     from w2sdefense.config import TrainConfig
@@ -284,5 +318,5 @@ def test_input_filters_from_the_cli_and_a_run_config(small_data, tmp_path):
     bad = run_cli("defend", "--student", str(victim), "--defense", "strip", "--data", "sst2",
                   "--set", "defense.alpha=1", "--out", str(tmp_path / "bad"), env=env)
     assert error_line(bad) == ("error: unknown setting defense strip.alpha; strip takes copies, replace_ratio, frr, "
-                               "blend_rows, max_length, batch_size beside name, label, seed and train")
+                               "blend_rows, max_length, batch_size, donors beside name, label, seed and train")
     assert not (tmp_path / "bad").exists()
