@@ -168,3 +168,46 @@ def test_a_linked_resume_folder_is_one_line_and_its_target_is_kept(tmp_path, mon
     assert f"{out / 'resume'} is a link (to {mine})" in line and "--overwrite" in line
     assert sorted(p.name for p in mine.iterdir()) == ["canary.txt", "state.json"]
     assert (mine / "state.json").read_text() == "{}" and (out / "resume").is_symlink()
+
+
+# pickle refusals and a damaged resumable state
+
+
+class _NotATensor:
+    """A pickled object torch's safe loader refuses (it would have to import this class to build it)."""
+
+
+def test_a_pickle_the_safe_loader_refuses_is_one_line(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from w2sdefense.models.tiny import build_tiny
+
+    model, tok = build_tiny("tiny-llama", 2)
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    torch.save({"weight": _NotATensor()}, folder / "pytorch_model.bin")
+    line = _main(monkeypatch, capsys, "evaluate", "--model", str(folder), "--data", str(_poison_folder(tmp_path / "p")))
+    assert f"could not load model '{folder}' from {folder}:" in line and "pickled objects" in line
+
+
+@pytest.mark.parametrize("damage", ["state.json", "optim.pt"])
+def test_a_damaged_resumable_state_is_one_user_error(tmp_path, damage):
+    import torch
+    from safetensors.torch import save_file
+
+    from w2sdefense.errors import UserError
+    from w2sdefense.train.resume import load_state
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    state = tmp_path / "run" / "resume"
+    state.mkdir(parents=True)
+    save_file({k: v.detach().clone() for k, v in model.named_parameters()}, str(state / "trainable.safetensors"))
+    torch.save({"optimizer": _NotATensor(), "scheduler": scheduler.state_dict()}, state / "optim.pt")
+    (state / "state.json").write_text("{" if damage == "state.json" else json.dumps({"fingerprint": "fp"}))
+    with pytest.raises(UserError) as refused:
+        load_state(tmp_path / "run", model, optimizer, scheduler, "fp")
+    assert str(refused.value).startswith(f"{state / damage}: ") and "--overwrite" in str(refused.value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,8 +158,9 @@ def _check_labels(config, num_labels: int | None, where: str) -> None:
         raise UserError(f"{where} classifies {config.num_labels} labels but the data has {num_labels}")
 
 
-# What a damaged or foreign checkpoint raises: missing files, bad configs, a corrupt safetensors header.
-_LOAD_ERRORS = (OSError, ValueError, SafetensorError)
+# What a damaged or foreign checkpoint raises: missing files, bad configs, a corrupt safetensors header, a
+# pickle that torch's safe loader (weights_only) refuses.
+_LOAD_ERRORS = (OSError, ValueError, SafetensorError, pickle.UnpicklingError)
 
 
 def _reason(exc: Exception) -> str:
@@ -166,6 +168,9 @@ def _reason(exc: Exception) -> str:
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, SafetensorError):
         return f"a weights file is damaged or not safetensors ({first})"
+    if isinstance(exc, pickle.UnpicklingError):  # torch's advice (weights_only=False) would run the file's code
+        return (f"a weights file holds pickled objects, which torch's safe loader refuses to load because they could "
+                "run code; use a copy saved as safetensors (save_pretrained) from a source you trust")
     return first
 
 
