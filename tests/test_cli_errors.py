@@ -211,3 +211,33 @@ def test_a_damaged_resumable_state_is_one_user_error(tmp_path, damage):
     with pytest.raises(UserError) as refused:
         load_state(tmp_path / "run", model, optimizer, scheduler, "fp")
     assert str(refused.value).startswith(f"{state / damage}: ") and "--overwrite" in str(refused.value)
+
+
+# an adapter on a base of another architecture or other shapes
+
+
+@pytest.mark.parametrize("base", ["tiny-bert", "a 32-wide llama"])
+def test_an_adapter_on_a_base_it_does_not_fit_is_one_line(tmp_path, monkeypatch, capsys, base):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from w2sdefense.models.tiny import build_tiny
+
+    model, tok = build_tiny("tiny-llama", 2)
+    adapter = tmp_path / "adapter"
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["q_proj", "v_proj"])
+    get_peft_model(model, config).save_pretrained(adapter)
+    base_name = "tiny-bert"
+    if base != "tiny-bert":  # the same architecture at another width
+        model.config.hidden_size, model.config.intermediate_size = 32, 64
+        narrow = type(model)(model.config)
+        base_name = str(tmp_path / "narrow")
+        narrow.save_pretrained(base_name)
+        tok.save_pretrained(base_name)
+    settings = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**settings, "base_model_name_or_path": base_name}))
+    line = _main(monkeypatch, capsys, "evaluate", "--model", str(adapter), "--data", str(_poison_folder(tmp_path / "p")))
+    assert f"the adapter {adapter} does not fit its base {base_name}" in line
+    if base == "tiny-bert":
+        assert "(a bert model)" in line and "q_proj" in line
+    else:
+        assert "in the adapter but" in line and "in the base" in line

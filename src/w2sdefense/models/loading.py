@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import PeftModel
+from peft.utils import NoMatchingPeftModuleError
 from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
@@ -223,13 +225,38 @@ def adapter_base(path: Path) -> str:
                     "set base_model_name_or_path in adapter_config.json to where it is now")
 
 
+_SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape (.+?) from checkpoint, the shape "
+                            r"in current model is (.+?)\.?$", re.MULTILINE)
+
+
+def _misfit(path: Path, exc: Exception) -> str | None:
+    """What differs between an adapter and the base it was put on (from peft's or torch's error), or None."""
+    if isinstance(exc, NoMatchingPeftModuleError):
+        targets = json.loads((path / "adapter_config.json").read_text()).get("target_modules") or []
+        targets = [targets] if isinstance(targets, str) else sorted(targets)
+        return f"the modules it adapts ({', '.join(targets)}) are not in that model"
+    found = _SIZE_MISMATCH.search(str(exc))
+    if found is None:
+        return None
+    key, theirs, ours = (g.replace("torch.Size", "") for g in found.groups())
+    return f"{key} is {theirs} in the adapter but {ours} in the base (a model of another width)"
+
+
 def _load_adapter(path: Path, num_labels: int | None, dtype: torch.dtype) -> Classifier:
     """A PEFT adapter folder: load its base, then the adapter (and its trained head) on top."""
-    base = load_classifier(adapter_base(path), num_labels, dtype)
+    base_name = adapter_base(path)
+    base = load_classifier(base_name, num_labels, dtype)
     try:
         model = PeftModel.from_pretrained(base.model, str(path))
-    except _LOAD_ERRORS as exc:
-        raise UserError(f"could not load the adapter {path}: {_reason(exc)}") from None
+    except (*_LOAD_ERRORS, RuntimeError) as exc:
+        misfit = _misfit(path, exc)
+        if misfit is None and not isinstance(exc, _LOAD_ERRORS):
+            raise
+        if misfit is None:
+            raise UserError(f"could not load the adapter {path}: {_reason(exc)}") from None
+        raise UserError(f"the adapter {path} does not fit its base {base_name} (a {base.config.model_type} model): "
+                        f"{misfit}; give it the base it was trained on (base_model_name_or_path in its "
+                        "adapter_config.json)") from None
     own = (path / "tokenizer_config.json").is_file()
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False) if own else base.tokenizer
     fix_padding(model, tok)
