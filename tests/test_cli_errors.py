@@ -241,3 +241,18 @@ def test_an_adapter_on_a_base_it_does_not_fit_is_one_line(tmp_path, monkeypatch,
         assert "(a bert model)" in line and "q_proj" in line
     else:
         assert "in the adapter but" in line and "in the base" in line
+
+
+# --overwrite on a tool-made folder holding a file of the user's
+
+
+def test_overwrite_refuses_a_tool_folder_holding_a_users_file(tmp_path, monkeypatch, capsys):
+    from w2sdefense.rundir import prepare_run_dir
+
+    data, out = _data(tmp_path / "data"), prepare_run_dir(tmp_path / "p", overwrite=False)
+    (out / "train.jsonl").write_text("")
+    (out / "NOTES.md").write_text("my notes")
+    line = _main(monkeypatch, capsys, "poison", "--data", str(data), "--out", str(out), "--overwrite",
+                 "--set", "poison.count=2")
+    assert "NOTES.md" in line and "train.jsonl" not in line and "not among the files w2sdefense writes" in line
+    assert (out / "NOTES.md").read_text() == "my notes" and (out / "train.jsonl").is_file()

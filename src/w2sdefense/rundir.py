@@ -222,12 +222,49 @@ def _worth_keeping(path: Path, stage_file: str | None) -> bool:
 
 def _fill_in(path: Path, overwrite: bool, stage_file: str | None) -> None:
     """Under the lock: adopt an older run folder, or empty the folder; then mark it."""
+    if overwrite and made_by_tool(path):
+        _refuse_foreign(path)
     if stage_file and not made_by_tool(path):
         for stage in path.rglob(stage_file):
             _mark(stage.parent)  # stages of an older version of the tool, or copied from another run
     if overwrite or not stage_file:
         _empty(path)
     _mark(path)
+
+
+# The names the tool gives what it writes in its folders (and their half-written twins): anything else was
+# put there by someone else, and `--overwrite` never deletes it.
+_TOOL_NAMES = {*BOOKKEEPING, *RUN_FILES, *RUN_RECORDS, "train.log", "curves.png", "stage.started.json", MODEL_DIR,
+               MERGED_DIR, BASE_DIR, RESUME_DIR, "eval", "defenses", "teacher", "teacher_cache"}
+
+
+def _tool_named(name: str) -> bool:
+    stem = name.removesuffix(".partial").removesuffix(".old")
+    return stem in _TOOL_NAMES or (name.startswith(".") and name.endswith(".tmp"))  # atomic_write_text's temp
+
+
+def not_the_tools(path: Path, prefix: str = "") -> list[str]:
+    """Entries of the tool-made folder `path` that the tool never writes (`run`'s stage folders are looked into)."""
+    found = []
+    for entry in sorted(path.iterdir()):
+        if _tool_named(entry.name):
+            continue
+        if entry.is_dir() and not entry.is_symlink() and made_by_tool(entry):
+            found += not_the_tools(entry, f"{prefix}{entry.name}/")
+        else:
+            found.append(prefix + entry.name)
+    return found
+
+
+def _refuse_foreign(path: Path) -> None:
+    """Refuse to empty a tool-made folder that also holds files the tool never writes (a user's notes)."""
+    foreign = not_the_tools(path)
+    if foreign:
+        named = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        one = len(foreign) == 1
+        raise UserError(f"{path} was made by w2sdefense, but {named} {'is' if one else 'are'} not among the files "
+                        f"w2sdefense writes, and --overwrite would delete everything in the folder; move "
+                        f"{'it' if one else 'them'} out first, or choose another output folder")
 
 
 def _check_run_reusable(path: Path, stage_file: str) -> None:
