@@ -256,3 +256,19 @@ def test_overwrite_refuses_a_tool_folder_holding_a_users_file(tmp_path, monkeypa
                  "--set", "poison.count=2")
     assert "NOTES.md" in line and "train.jsonl" not in line and "not among the files w2sdefense writes" in line
     assert (out / "NOTES.md").read_text() == "my notes" and (out / "train.jsonl").is_file()
+
+
+# a kill between a checkpoint's renames
+
+
+def test_an_unfinished_run_killed_mid_swap_names_the_checkpoint_that_exists(tmp_path, monkeypatch, capsys):
+    from w2sdefense.rundir import prepare_run_dir
+
+    run = prepare_run_dir(tmp_path / "run", overwrite=False)
+    (run / "resume").mkdir()
+    (run / "resume" / "state.json").write_text("{}")
+    for name in ("model.old", "model.partial"):  # model/ renamed away, the new one not yet in its place
+        (run / name).mkdir()
+        (run / name / "config.json").write_text("{}")
+    line = _main(monkeypatch, capsys, "evaluate", "--model", str(run), "--data", str(_poison_folder(tmp_path / "p")))
+    assert f"{run / 'model'} " not in line and str(run / "model.old") in line and "rerun" in line

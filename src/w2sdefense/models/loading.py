@@ -100,14 +100,26 @@ def resolve_model_path(name: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         if unfinished(path):
-            raise UserError(f"{name} is an unfinished training run (stopped before its last step; its model/ is "
-                            "only the best checkpoint so far): rerun the command that made it to finish it, or "
-                            f"pass {path / MODEL_DIR} to use that checkpoint as it is")
+            raise UserError(_unfinished_run(name, path))
         if (path / MODEL_DIR).is_dir() and not (path / "config.json").is_file():
             return str(path / MODEL_DIR)  # a run folder of `train` / `defend`
         return str(path)
     check_model_name(name)
     return name  # a hub id
+
+
+def _unfinished_run(name: str, path: Path) -> str:
+    """What an unfinished run folder holds, naming only the checkpoint folder that exists."""
+    start = f"{name} is an unfinished training run (stopped before its last step"
+    finish = "rerun the command that made it to finish it"
+    if (path / MODEL_DIR).is_dir():
+        return (f"{start}; its {MODEL_DIR}/ is only the best checkpoint so far): {finish}, or pass {path / MODEL_DIR} "
+                "to use that checkpoint as it is")
+    old = path / f"{MODEL_DIR}.old"
+    if old.is_dir():  # killed between the two renames of a checkpoint swap (fileio.replace_folder)
+        return (f"{start}, and while it swapped in a new checkpoint: the last complete one is {old}): {finish} (which "
+                f"puts it back as {MODEL_DIR}/), or pass {old} to use that checkpoint as it is")
+    return f"{start}, before its first checkpoint): {finish}"
 
 
 def fix_padding(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> None:
