@@ -272,3 +272,25 @@ def test_an_unfinished_run_killed_mid_swap_names_the_checkpoint_that_exists(tmp_
         (run / name / "config.json").write_text("{}")
     line = _main(monkeypatch, capsys, "evaluate", "--model", str(run), "--data", str(_poison_folder(tmp_path / "p")))
     assert f"{run / 'model'} " not in line and str(run / "model.old") in line and "rerun" in line
+
+
+# Ctrl-C outside the training loop, or pressed twice
+
+
+def test_ctrl_c_outside_the_training_loop_is_one_line_and_130(tmp_path, monkeypatch, capsys):
+    from w2sdefense.attacks import poison as poisoning
+
+    def pressed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(poisoning, "poison_dataset", pressed)
+    out = tmp_path / "p"
+    monkeypatch.setattr(sys, "argv", ["w2sdefense", "poison", "--data", str(_data(tmp_path / "data")),
+                                      "--out", str(out)])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    err = capsys.readouterr().err
+    assert stopped.value.code == 130
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted: w2sdefense poison stopped") and "kept" in lines[0]
+    assert not out.exists()
