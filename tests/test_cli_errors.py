@@ -294,3 +294,24 @@ def test_ctrl_c_outside_the_training_loop_is_one_line_and_130(tmp_path, monkeypa
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("interrupted: w2sdefense poison stopped") and "kept" in lines[0]
     assert not out.exists()
+
+
+# a folder in use by another run
+
+
+def test_a_folder_in_use_names_its_holder_before_saying_it_exists(tmp_path, monkeypatch, capsys):
+    import fcntl
+
+    from w2sdefense.rundir import LOCK_FILE, prepare_run_dir
+
+    data, out = _data(tmp_path / "data"), prepare_run_dir(tmp_path / "p", overwrite=False)
+    (out / "train.jsonl").write_text("")
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    try:  # another command's lock (flock locks of two open files conflict even in one process)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"4242\n")
+        line = _main(monkeypatch, capsys, "poison", "--data", str(data), "--out", str(out), "--set", "poison.count=2")
+    finally:
+        os.close(fd)
+    assert line == (f"error: {out} is in use by another w2sdefense command (process 4242); wait for it to finish "
+                    "or choose another output folder")

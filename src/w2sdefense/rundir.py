@@ -81,6 +81,8 @@ def check_run_dir(path: str | Path, overwrite: bool) -> Path:
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} exists and is not a folder")
     _refuse_file_parent(path)
+    if path.is_dir():
+        _refuse_if_locked(path / LOCK_FILE)  # "in use by process N" says more than "already exists"
     if _has_content(path) and not overwrite:
         raise UserError(f"output folder {path} already exists and is not empty; pass --overwrite to replace it")
     return path
@@ -371,17 +373,26 @@ def _unlock(path: Path, fd: int) -> None:
     os.close(fd)  # closing releases the lock; the file stays, so no waiter locks a deleted inode
 
 
-def _refuse_if_locked(lock: Path) -> None:
-    """Refuse when another command holds `lock` (a lock this process holds is fine)."""
+def lock_holder(path: str | Path) -> str | None:
+    """Who holds the folder's lock ("process N"), or None when no other command does."""
+    lock = Path(path) / LOCK_FILE
     if lock.parent.resolve() in _held or lock.is_symlink() or not lock.is_file():
-        return  # the tool never makes a lock that is a link: nobody holds it
+        return None  # the tool never makes a lock that is a link: nobody holds it
     fd = _open_lock(lock, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise UserError(_busy(lock.parent, _holder(fd))) from None
+        return _holder(fd)
     finally:
         os.close(fd)
+    return None
+
+
+def _refuse_if_locked(lock: Path) -> None:
+    """Refuse when another command holds `lock` (a lock this process holds is fine)."""
+    holder = lock_holder(lock.parent)
+    if holder is not None:
+        raise UserError(_busy(lock.parent, holder))
 
 
 def _holder(fd: int) -> str:
