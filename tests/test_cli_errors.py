@@ -315,3 +315,16 @@ def test_a_folder_in_use_names_its_holder_before_saying_it_exists(tmp_path, monk
         os.close(fd)
     assert line == (f"error: {out} is in use by another w2sdefense command (process 4242); wait for it to finish "
                     "or choose another output folder")
+
+
+# evaluate on a run that has no model yet
+
+
+def test_evaluate_on_a_run_without_a_model_yet_says_it_is_unfinished(tmp_path, monkeypatch, capsys):
+    from w2sdefense.rundir import prepare_run_dir
+
+    run = prepare_run_dir(tmp_path / "run", overwrite=False)
+    (run / "config.yaml").write_text("model: tiny-llama\n")
+    (run / "train.log").write_text("")
+    line = _main(monkeypatch, capsys, "evaluate", "--model", str(run), "--data", str(_poison_folder(tmp_path / "p")))
+    assert f"{run} is an unfinished w2sdefense run with no model yet" in line and "Unrecognized" not in line

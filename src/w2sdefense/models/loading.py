@@ -29,7 +29,7 @@ from w2sdefense.errors import UserError
 from w2sdefense.fileio import follow_umask
 from w2sdefense.models.packaged import PACKAGED, packaged_model_dir
 from w2sdefense.models.tiny import TINY_BUILDERS, build_tiny
-from w2sdefense.rundir import MODEL_DIR, unfinished
+from w2sdefense.rundir import FILTER_FILE, METRICS_FILE, MODEL_DIR, lock_holder, made_by_tool, unfinished
 
 BUILTIN_MODELS = sorted([*PACKAGED, *TINY_BUILDERS])
 TEACHER_FILE = "teacher.json"  # what marks a saved teacher (written by models/teacher.py)
@@ -103,9 +103,21 @@ def resolve_model_path(name: str) -> str:
             raise UserError(_unfinished_run(name, path))
         if (path / MODEL_DIR).is_dir() and not (path / "config.json").is_file():
             return str(path / MODEL_DIR)  # a run folder of `train` / `defend`
+        if _run_without_model(path):
+            holder = lock_holder(path)
+            raise UserError(f"{name} is an unfinished w2sdefense run with no model yet ("
+                            + (f"in use by {holder}: it has not reached its first checkpoint" if holder else
+                               "stopped before its first checkpoint") + "): let it finish, or rerun the command "
+                            f"that made it (its settings are in {path / 'config.yaml'}) to start it over")
         return str(path)
     check_model_name(name)
     return name  # a hub id
+
+
+def _run_without_model(path: Path) -> bool:
+    """A run folder of train, teacher or defend that has not yet written a checkpoint or its metrics."""
+    present = [(path / name).exists() for name in (MODEL_DIR, "config.json", METRICS_FILE, FILTER_FILE)]
+    return made_by_tool(path) and (path / "train.log").is_file() and not any(present)
 
 
 def _unfinished_run(name: str, path: Path) -> str:
