@@ -328,3 +328,19 @@ def test_evaluate_on_a_run_without_a_model_yet_says_it_is_unfinished(tmp_path, m
     (run / "train.log").write_text("")
     line = _main(monkeypatch, capsys, "evaluate", "--model", str(run), "--data", str(_poison_folder(tmp_path / "p")))
     assert f"{run} is an unfinished w2sdefense run with no model yet" in line and "Unrecognized" not in line
+
+
+# train's warnings reach the terminal too
+
+
+def test_warnings_logged_during_a_run_reach_stderr_and_the_log(tmp_path, capsys):
+    import logging
+
+    from w2sdefense.rundir import log_to
+
+    with log_to(tmp_path / "train.log"):
+        logging.getLogger("w2sdefense.train").warning("7 of 20 triggers lie beyond max_length=16")
+        logging.getLogger("w2sdefense.train").info("step 1")
+    err = capsys.readouterr().err
+    assert "7 of 20 triggers lie beyond max_length=16" in err and "step 1" not in err
+    assert "7 of 20 triggers" in (tmp_path / "train.log").read_text()

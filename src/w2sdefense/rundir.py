@@ -421,9 +421,25 @@ def log_to(path: Path, enabled: bool = True):
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger("w2sdefense")
     root.setLevel(logging.INFO)
-    root.addHandler(handler)
+    # A handler here silences Python's last-resort stderr one, so warnings would reach only the file: show them
+    # on the terminal too (once, when log_to blocks nest, as `run`'s stage logs do inside run.log).
+    handlers = [handler] + ([] if any(h.get_name() == _TERMINAL for h in root.handlers) else [_terminal()])
+    for each in handlers:
+        root.addHandler(each)
     try:
         yield
     finally:
-        root.removeHandler(handler)
-        handler.close()
+        for each in handlers:
+            root.removeHandler(each)
+            each.close()
+
+
+_TERMINAL = "w2sdefense-terminal"
+
+
+def _terminal() -> logging.Handler:
+    """Warnings and errors on stderr (the one in use now, a test's capture too), as the last-resort handler prints them."""
+    terminal = logging.StreamHandler()
+    terminal.setLevel(logging.WARNING)
+    terminal.set_name(_TERMINAL)
+    return terminal
