@@ -213,6 +213,23 @@ def test_a_damaged_resumable_state_is_one_user_error(tmp_path, damage):
     assert str(refused.value).startswith(f"{state / damage}: ") and "--overwrite" in str(refused.value)
 
 
+def test_a_saved_teacher_whose_encoder_is_a_refused_pickle_is_one_user_error(tmp_path):
+    import torch
+
+    from w2sdefense.errors import UserError
+    from w2sdefense.models.teacher import TeacherClassifier
+    from w2sdefense.models.tiny import build_tiny
+
+    model, _ = build_tiny("tiny-bert", 2)
+    folder = tmp_path / "teacher"
+    model.base_model.save_pretrained(folder / "encoder")
+    (folder / "encoder" / "model.safetensors").unlink()
+    torch.save({"weight": _NotATensor()}, folder / "encoder" / "pytorch_model.bin")
+    (folder / "teacher.json").write_text(json.dumps({"feature_dim": 64, "num_labels": 2}))
+    with pytest.raises(UserError, match=rf"could not load the teacher {folder}: .*pickled objects"):
+        TeacherClassifier.from_pretrained(folder)
+
+
 # an adapter on a base of another architecture or other shapes
 
 

@@ -186,10 +186,10 @@ def _check_labels(config, num_labels: int | None, where: str) -> None:
 
 # What a damaged or foreign checkpoint raises: missing files, bad configs, a corrupt safetensors header, a
 # pickle that torch's safe loader (weights_only) refuses.
-_LOAD_ERRORS = (OSError, ValueError, SafetensorError, pickle.UnpicklingError)
+LOAD_ERRORS = (OSError, ValueError, SafetensorError, pickle.UnpicklingError)
 
 
-def _reason(exc: Exception) -> str:
+def load_error_reason(exc: Exception) -> str:
     """The first line of a loader's error, with a corrupt weights file said in plain words."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, SafetensorError):
@@ -218,8 +218,8 @@ def load_classifier(name: str, num_labels: int | None, dtype: torch.dtype = torc
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except UserError:
         raise
-    except _LOAD_ERRORS as exc:
-        raise UserError(f"could not load model {name!r} from {path}: {_reason(exc)}") from None
+    except LOAD_ERRORS as exc:
+        raise UserError(f"could not load model {name!r} from {path}: {load_error_reason(exc)}") from None
     fix_padding(model, tok)
     return Classifier(model, tok)
 
@@ -272,12 +272,12 @@ def _load_adapter(path: Path, num_labels: int | None, dtype: torch.dtype) -> Cla
     base = load_classifier(base_name, num_labels, dtype)
     try:
         model = PeftModel.from_pretrained(base.model, str(path))
-    except (*_LOAD_ERRORS, RuntimeError) as exc:
+    except (*LOAD_ERRORS, RuntimeError) as exc:
         misfit = _misfit(path, exc)
-        if misfit is None and not isinstance(exc, _LOAD_ERRORS):
+        if misfit is None and not isinstance(exc, LOAD_ERRORS):
             raise
         if misfit is None:
-            raise UserError(f"could not load the adapter {path}: {_reason(exc)}") from None
+            raise UserError(f"could not load the adapter {path}: {load_error_reason(exc)}") from None
         raise UserError(f"the adapter {path} does not fit its base {base_name} (a {base.config.model_type} model): "
                         f"{misfit}; give it the base it was trained on (base_model_name_or_path in its "
                         "adapter_config.json)") from None
