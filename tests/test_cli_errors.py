@@ -168,3 +168,196 @@ def test_a_linked_resume_folder_is_one_line_and_its_target_is_kept(tmp_path, mon
     assert f"{out / 'resume'} is a link (to {mine})" in line and "--overwrite" in line
     assert sorted(p.name for p in mine.iterdir()) == ["canary.txt", "state.json"]
     assert (mine / "state.json").read_text() == "{}" and (out / "resume").is_symlink()
+
+
+# pickle refusals and a damaged resumable state
+
+
+class _NotATensor:
+    """A pickled object torch's safe loader refuses (it would have to import this class to build it)."""
+
+
+def test_a_pickle_the_safe_loader_refuses_is_one_line(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from w2sdefense.models.tiny import build_tiny
+
+    model, tok = build_tiny("tiny-llama", 2)
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (folder / "model.safetensors").unlink()
+    torch.save({"weight": _NotATensor()}, folder / "pytorch_model.bin")
+    line = _main(monkeypatch, capsys, "evaluate", "--model", str(folder), "--data", str(_poison_folder(tmp_path / "p")))
+    assert f"could not load model '{folder}' from {folder}:" in line and "pickled objects" in line
+
+
+@pytest.mark.parametrize("damage", ["state.json", "optim.pt"])
+def test_a_damaged_resumable_state_is_one_user_error(tmp_path, damage):
+    import torch
+    from safetensors.torch import save_file
+
+    from w2sdefense.errors import UserError
+    from w2sdefense.train.resume import load_state
+
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    state = tmp_path / "run" / "resume"
+    state.mkdir(parents=True)
+    save_file({k: v.detach().clone() for k, v in model.named_parameters()}, str(state / "trainable.safetensors"))
+    torch.save({"optimizer": _NotATensor(), "scheduler": scheduler.state_dict()}, state / "optim.pt")
+    (state / "state.json").write_text("{" if damage == "state.json" else json.dumps({"fingerprint": "fp"}))
+    with pytest.raises(UserError) as refused:
+        load_state(tmp_path / "run", model, optimizer, scheduler, "fp")
+    assert str(refused.value).startswith(f"{state / damage}: ") and "--overwrite" in str(refused.value)
+
+
+def test_a_saved_teacher_whose_encoder_is_a_refused_pickle_is_one_user_error(tmp_path):
+    import torch
+
+    from w2sdefense.errors import UserError
+    from w2sdefense.models.teacher import TeacherClassifier
+    from w2sdefense.models.tiny import build_tiny
+
+    model, _ = build_tiny("tiny-bert", 2)
+    folder = tmp_path / "teacher"
+    model.base_model.save_pretrained(folder / "encoder")
+    (folder / "encoder" / "model.safetensors").unlink()
+    torch.save({"weight": _NotATensor()}, folder / "encoder" / "pytorch_model.bin")
+    (folder / "teacher.json").write_text(json.dumps({"feature_dim": 64, "num_labels": 2}))
+    with pytest.raises(UserError, match=rf"could not load the teacher {folder}: .*pickled objects"):
+        TeacherClassifier.from_pretrained(folder)
+
+
+# an adapter on a base of another architecture or other shapes
+
+
+@pytest.mark.parametrize("base", ["tiny-bert", "a 32-wide llama"])
+def test_an_adapter_on_a_base_it_does_not_fit_is_one_line(tmp_path, monkeypatch, capsys, base):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from w2sdefense.models.tiny import build_tiny
+
+    model, tok = build_tiny("tiny-llama", 2)
+    adapter = tmp_path / "adapter"
+    config = LoraConfig(task_type=TaskType.SEQ_CLS, r=4, target_modules=["q_proj", "v_proj"])
+    get_peft_model(model, config).save_pretrained(adapter)
+    base_name = "tiny-bert"
+    if base != "tiny-bert":  # the same architecture at another width
+        model.config.hidden_size, model.config.intermediate_size = 32, 64
+        narrow = type(model)(model.config)
+        base_name = str(tmp_path / "narrow")
+        narrow.save_pretrained(base_name)
+        tok.save_pretrained(base_name)
+    settings = json.loads((adapter / "adapter_config.json").read_text())
+    (adapter / "adapter_config.json").write_text(json.dumps({**settings, "base_model_name_or_path": base_name}))
+    line = _main(monkeypatch, capsys, "evaluate", "--model", str(adapter), "--data", str(_poison_folder(tmp_path / "p")))
+    assert f"the adapter {adapter} does not fit its base {base_name}" in line
+    if base == "tiny-bert":
+        assert "(a bert model)" in line and "q_proj" in line
+    else:
+        assert "in the adapter but" in line and "in the base" in line
+
+
+# --overwrite on a tool-made folder holding a file of the user's
+
+
+def test_overwrite_refuses_a_tool_folder_holding_a_users_file(tmp_path, monkeypatch, capsys):
+    from w2sdefense.rundir import prepare_run_dir
+
+    data, out = _data(tmp_path / "data"), prepare_run_dir(tmp_path / "p", overwrite=False)
+    (out / "train.jsonl").write_text("")
+    (out / "NOTES.md").write_text("my notes")
+    line = _main(monkeypatch, capsys, "poison", "--data", str(data), "--out", str(out), "--overwrite",
+                 "--set", "poison.count=2")
+    assert "NOTES.md" in line and "train.jsonl" not in line and "not among the files w2sdefense writes" in line
+    assert (out / "NOTES.md").read_text() == "my notes" and (out / "train.jsonl").is_file()
+
+
+# a kill between a checkpoint's renames
+
+
+def test_an_unfinished_run_killed_mid_swap_names_the_checkpoint_that_exists(tmp_path, monkeypatch, capsys):
+    from w2sdefense.rundir import prepare_run_dir
+
+    run = prepare_run_dir(tmp_path / "run", overwrite=False)
+    (run / "resume").mkdir()
+    (run / "resume" / "state.json").write_text("{}")
+    for name in ("model.old", "model.partial"):  # model/ renamed away, the new one not yet in its place
+        (run / name).mkdir()
+        (run / name / "config.json").write_text("{}")
+    line = _main(monkeypatch, capsys, "evaluate", "--model", str(run), "--data", str(_poison_folder(tmp_path / "p")))
+    assert f"{run / 'model'} " not in line and str(run / "model.old") in line and "rerun" in line
+
+
+# Ctrl-C outside the training loop, or pressed twice
+
+
+def test_ctrl_c_outside_the_training_loop_is_one_line_and_130(tmp_path, monkeypatch, capsys):
+    from w2sdefense.attacks import poison as poisoning
+
+    def pressed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(poisoning, "poison_dataset", pressed)
+    out = tmp_path / "p"
+    monkeypatch.setattr(sys, "argv", ["w2sdefense", "poison", "--data", str(_data(tmp_path / "data")),
+                                      "--out", str(out)])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    err = capsys.readouterr().err
+    assert stopped.value.code == 130
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("interrupted: w2sdefense poison stopped") and "kept" in lines[0]
+    assert not out.exists()
+
+
+# a folder in use by another run
+
+
+def test_a_folder_in_use_names_its_holder_before_saying_it_exists(tmp_path, monkeypatch, capsys):
+    import fcntl
+
+    from w2sdefense.rundir import LOCK_FILE, prepare_run_dir
+
+    data, out = _data(tmp_path / "data"), prepare_run_dir(tmp_path / "p", overwrite=False)
+    (out / "train.jsonl").write_text("")
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+    try:  # another command's lock (flock locks of two open files conflict even in one process)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"4242\n")
+        line = _main(monkeypatch, capsys, "poison", "--data", str(data), "--out", str(out), "--set", "poison.count=2")
+    finally:
+        os.close(fd)
+    assert line == (f"error: {out} is in use by another w2sdefense command (process 4242); wait for it to finish "
+                    "or choose another output folder")
+
+
+# evaluate on a run that has no model yet
+
+
+def test_evaluate_on_a_run_without_a_model_yet_says_it_is_unfinished(tmp_path, monkeypatch, capsys):
+    from w2sdefense.rundir import prepare_run_dir
+
+    run = prepare_run_dir(tmp_path / "run", overwrite=False)
+    (run / "config.yaml").write_text("model: tiny-llama\n")
+    (run / "train.log").write_text("")
+    line = _main(monkeypatch, capsys, "evaluate", "--model", str(run), "--data", str(_poison_folder(tmp_path / "p")))
+    assert f"{run} is an unfinished w2sdefense run with no model yet" in line and "Unrecognized" not in line
+
+
+# train's warnings reach the terminal too
+
+
+def test_warnings_logged_during_a_run_reach_stderr_and_the_log(tmp_path, capsys):
+    import logging
+
+    from w2sdefense.rundir import log_to
+
+    with log_to(tmp_path / "train.log"):
+        logging.getLogger("w2sdefense.train").warning("7 of 20 triggers lie beyond max_length=16")
+        logging.getLogger("w2sdefense.train").info("step 1")
+    err = capsys.readouterr().err
+    assert "7 of 20 triggers lie beyond max_length=16" in err and "step 1" not in err
+    assert "7 of 20 triggers" in (tmp_path / "train.log").read_text()

@@ -187,13 +187,13 @@ def test_run_reuses_finished_stages_copied_from_another_run(tmp_path):
 
 def test_a_locked_folder_refuses_a_second_claim_until_released(tmp_path):
     with claim_run_dir(tmp_path / "run", overwrite=False) as folder:
-        (folder / "checkpoint").write_text("in progress")
+        (folder / "metrics.json").write_text("in progress")
         with pytest.raises(UserError, match=rf"in use by .*process {os.getpid()}"):
             with claim_run_dir(folder, overwrite=True):
                 pass
-        assert (folder / "checkpoint").read_text() == "in progress"
+        assert (folder / "metrics.json").read_text() == "in progress"
     with claim_run_dir(folder, overwrite=True):
-        assert not (folder / "checkpoint").exists()
+        assert not (folder / "metrics.json").exists()
 
 
 def test_commands_on_a_folder_in_use_fail_at_once_naming_the_process(tmp_path):

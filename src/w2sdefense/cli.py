@@ -421,6 +421,15 @@ def os_error_line(exc: OSError) -> str:
     return (f"{path}: {reason}" if path else reason) + (f"; {hint}" if hint else "")
 
 
+def _interrupted_line() -> str:
+    """Where a Ctrl-C outside the training loop stopped, and what the folders keep."""
+    command = next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None)
+    where = f"w2sdefense {command}" if command else "w2sdefense"
+    return (f"interrupted: {where} stopped (Ctrl-C) before it finished; kept: only what it had saved (a training "
+            "run's last resumable state and the finished stages of `run`, which the same command continues); a "
+            "folder it had just made is removed")
+
+
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     _quiet_libraries()
@@ -439,13 +448,14 @@ def main() -> None:
         typer.echo(str(exc), err=True)
         sys.exit(130)
     except (KeyboardInterrupt, click.exceptions.Abort):
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+        code = 130
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:  # a usage mistake: click's own message
         exc.show()
         sys.exit(exc.exit_code)
+    if code == 130:  # typer turns a Ctrl-C outside the training loop (or a second one) into a silent 130
+        typer.echo(_interrupted_line(), err=True)
     sys.exit(code if isinstance(code, int) else 0)
 
 

@@ -81,6 +81,8 @@ def check_run_dir(path: str | Path, overwrite: bool) -> Path:
     if path.exists() and not path.is_dir():
         raise UserError(f"{path} exists and is not a folder")
     _refuse_file_parent(path)
+    if path.is_dir():
+        _refuse_if_locked(path / LOCK_FILE)  # "in use by process N" says more than "already exists"
     if _has_content(path) and not overwrite:
         raise UserError(f"output folder {path} already exists and is not empty; pass --overwrite to replace it")
     return path
@@ -222,12 +224,49 @@ def _worth_keeping(path: Path, stage_file: str | None) -> bool:
 
 def _fill_in(path: Path, overwrite: bool, stage_file: str | None) -> None:
     """Under the lock: adopt an older run folder, or empty the folder; then mark it."""
+    if overwrite and made_by_tool(path):
+        _refuse_foreign(path)
     if stage_file and not made_by_tool(path):
         for stage in path.rglob(stage_file):
             _mark(stage.parent)  # stages of an older version of the tool, or copied from another run
     if overwrite or not stage_file:
         _empty(path)
     _mark(path)
+
+
+# The names the tool gives what it writes in its folders (and their half-written twins): anything else was
+# put there by someone else, and `--overwrite` never deletes it.
+_TOOL_NAMES = {*BOOKKEEPING, *RUN_FILES, *RUN_RECORDS, "train.log", "curves.png", "stage.started.json", MODEL_DIR,
+               MERGED_DIR, BASE_DIR, RESUME_DIR, "eval", "defenses", "teacher", "teacher_cache"}
+
+
+def _tool_named(name: str) -> bool:
+    stem = name.removesuffix(".partial").removesuffix(".old")
+    return stem in _TOOL_NAMES or (name.startswith(".") and name.endswith(".tmp"))  # atomic_write_text's temp
+
+
+def not_the_tools(path: Path, prefix: str = "") -> list[str]:
+    """Entries of the tool-made folder `path` that the tool never writes (`run`'s stage folders are looked into)."""
+    found = []
+    for entry in sorted(path.iterdir()):
+        if _tool_named(entry.name):
+            continue
+        if entry.is_dir() and not entry.is_symlink() and made_by_tool(entry):
+            found += not_the_tools(entry, f"{prefix}{entry.name}/")
+        else:
+            found.append(prefix + entry.name)
+    return found
+
+
+def _refuse_foreign(path: Path) -> None:
+    """Refuse to empty a tool-made folder that also holds files the tool never writes (a user's notes)."""
+    foreign = not_the_tools(path)
+    if foreign:
+        named = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        one = len(foreign) == 1
+        raise UserError(f"{path} was made by w2sdefense, but {named} {'is' if one else 'are'} not among the files "
+                        f"w2sdefense writes, and --overwrite would delete everything in the folder; move "
+                        f"{'it' if one else 'them'} out first, or choose another output folder")
 
 
 def _check_run_reusable(path: Path, stage_file: str) -> None:
@@ -334,17 +373,26 @@ def _unlock(path: Path, fd: int) -> None:
     os.close(fd)  # closing releases the lock; the file stays, so no waiter locks a deleted inode
 
 
-def _refuse_if_locked(lock: Path) -> None:
-    """Refuse when another command holds `lock` (a lock this process holds is fine)."""
+def lock_holder(path: str | Path) -> str | None:
+    """Who holds the folder's lock ("process N"), or None when no other command does."""
+    lock = Path(path) / LOCK_FILE
     if lock.parent.resolve() in _held or lock.is_symlink() or not lock.is_file():
-        return  # the tool never makes a lock that is a link: nobody holds it
+        return None  # the tool never makes a lock that is a link: nobody holds it
     fd = _open_lock(lock, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise UserError(_busy(lock.parent, _holder(fd))) from None
+        return _holder(fd)
     finally:
         os.close(fd)
+    return None
+
+
+def _refuse_if_locked(lock: Path) -> None:
+    """Refuse when another command holds `lock` (a lock this process holds is fine)."""
+    holder = lock_holder(lock.parent)
+    if holder is not None:
+        raise UserError(_busy(lock.parent, holder))
 
 
 def _holder(fd: int) -> str:
@@ -373,9 +421,25 @@ def log_to(path: Path, enabled: bool = True):
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger("w2sdefense")
     root.setLevel(logging.INFO)
-    root.addHandler(handler)
+    # A handler here silences Python's last-resort stderr one, so warnings would reach only the file: show them
+    # on the terminal too (once, when log_to blocks nest, as `run`'s stage logs do inside run.log).
+    handlers = [handler] + ([] if any(h.get_name() == _TERMINAL for h in root.handlers) else [_terminal()])
+    for each in handlers:
+        root.addHandler(each)
     try:
         yield
     finally:
-        root.removeHandler(handler)
-        handler.close()
+        for each in handlers:
+            root.removeHandler(each)
+            each.close()
+
+
+_TERMINAL = "w2sdefense-terminal"
+
+
+def _terminal() -> logging.Handler:
+    """Warnings and errors on stderr (the one in use now, a test's capture too), as the last-resort handler prints them."""
+    terminal = logging.StreamHandler()
+    terminal.setLevel(logging.WARNING)
+    terminal.set_name(_TERMINAL)
+    return terminal

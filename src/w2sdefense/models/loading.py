@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import PeftModel
+from peft.utils import NoMatchingPeftModuleError
 from safetensors import SafetensorError
 from transformers import (
     AutoConfig,
@@ -26,7 +29,7 @@ from w2sdefense.errors import UserError
 from w2sdefense.fileio import follow_umask
 from w2sdefense.models.packaged import PACKAGED, packaged_model_dir
 from w2sdefense.models.tiny import TINY_BUILDERS, build_tiny
-from w2sdefense.rundir import MODEL_DIR, unfinished
+from w2sdefense.rundir import FILTER_FILE, METRICS_FILE, MODEL_DIR, lock_holder, made_by_tool, unfinished
 
 BUILTIN_MODELS = sorted([*PACKAGED, *TINY_BUILDERS])
 TEACHER_FILE = "teacher.json"  # what marks a saved teacher (written by models/teacher.py)
@@ -97,14 +100,38 @@ def resolve_model_path(name: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         if unfinished(path):
-            raise UserError(f"{name} is an unfinished training run (stopped before its last step; its model/ is "
-                            "only the best checkpoint so far): rerun the command that made it to finish it, or "
-                            f"pass {path / MODEL_DIR} to use that checkpoint as it is")
+            raise UserError(_unfinished_run(name, path))
         if (path / MODEL_DIR).is_dir() and not (path / "config.json").is_file():
             return str(path / MODEL_DIR)  # a run folder of `train` / `defend`
+        if _run_without_model(path):
+            holder = lock_holder(path)
+            raise UserError(f"{name} is an unfinished w2sdefense run with no model yet ("
+                            + (f"in use by {holder}: it has not reached its first checkpoint" if holder else
+                               "stopped before its first checkpoint") + "): let it finish, or rerun the command "
+                            f"that made it (its settings are in {path / 'config.yaml'}) to start it over")
         return str(path)
     check_model_name(name)
     return name  # a hub id
+
+
+def _run_without_model(path: Path) -> bool:
+    """A run folder of train, teacher or defend that has not yet written a checkpoint or its metrics."""
+    present = [(path / name).exists() for name in (MODEL_DIR, "config.json", METRICS_FILE, FILTER_FILE)]
+    return made_by_tool(path) and (path / "train.log").is_file() and not any(present)
+
+
+def _unfinished_run(name: str, path: Path) -> str:
+    """What an unfinished run folder holds, naming only the checkpoint folder that exists."""
+    start = f"{name} is an unfinished training run (stopped before its last step"
+    finish = "rerun the command that made it to finish it"
+    if (path / MODEL_DIR).is_dir():
+        return (f"{start}; its {MODEL_DIR}/ is only the best checkpoint so far): {finish}, or pass {path / MODEL_DIR} "
+                "to use that checkpoint as it is")
+    old = path / f"{MODEL_DIR}.old"
+    if old.is_dir():  # killed between the two renames of a checkpoint swap (fileio.replace_folder)
+        return (f"{start}, and while it swapped in a new checkpoint: the last complete one is {old}): {finish} (which "
+                f"puts it back as {MODEL_DIR}/), or pass {old} to use that checkpoint as it is")
+    return f"{start}, before its first checkpoint): {finish}"
 
 
 def fix_padding(model: PreTrainedModel, tok: PreTrainedTokenizerBase) -> None:
@@ -157,15 +184,19 @@ def _check_labels(config, num_labels: int | None, where: str) -> None:
         raise UserError(f"{where} classifies {config.num_labels} labels but the data has {num_labels}")
 
 
-# What a damaged or foreign checkpoint raises: missing files, bad configs, a corrupt safetensors header.
-_LOAD_ERRORS = (OSError, ValueError, SafetensorError)
+# What a damaged or foreign checkpoint raises: missing files, bad configs, a corrupt safetensors header, a
+# pickle that torch's safe loader (weights_only) refuses.
+LOAD_ERRORS = (OSError, ValueError, SafetensorError, pickle.UnpicklingError)
 
 
-def _reason(exc: Exception) -> str:
+def load_error_reason(exc: Exception) -> str:
     """The first line of a loader's error, with a corrupt weights file said in plain words."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     if isinstance(exc, SafetensorError):
         return f"a weights file is damaged or not safetensors ({first})"
+    if isinstance(exc, pickle.UnpicklingError):  # torch's advice (weights_only=False) would run the file's code
+        return (f"a weights file holds pickled objects, which torch's safe loader refuses to load because they could "
+                "run code; use a copy saved as safetensors (save_pretrained) from a source you trust")
     return first
 
 
@@ -187,8 +218,8 @@ def load_classifier(name: str, num_labels: int | None, dtype: torch.dtype = torc
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except UserError:
         raise
-    except _LOAD_ERRORS as exc:
-        raise UserError(f"could not load model {name!r} from {path}: {_reason(exc)}") from None
+    except LOAD_ERRORS as exc:
+        raise UserError(f"could not load model {name!r} from {path}: {load_error_reason(exc)}") from None
     fix_padding(model, tok)
     return Classifier(model, tok)
 
@@ -218,13 +249,38 @@ def adapter_base(path: Path) -> str:
                     "set base_model_name_or_path in adapter_config.json to where it is now")
 
 
+_SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape (.+?) from checkpoint, the shape "
+                            r"in current model is (.+?)\.?$", re.MULTILINE)
+
+
+def _misfit(path: Path, exc: Exception) -> str | None:
+    """What differs between an adapter and the base it was put on (from peft's or torch's error), or None."""
+    if isinstance(exc, NoMatchingPeftModuleError):
+        targets = json.loads((path / "adapter_config.json").read_text()).get("target_modules") or []
+        targets = [targets] if isinstance(targets, str) else sorted(targets)
+        return f"the modules it adapts ({', '.join(targets)}) are not in that model"
+    found = _SIZE_MISMATCH.search(str(exc))
+    if found is None:
+        return None
+    key, theirs, ours = (g.replace("torch.Size", "") for g in found.groups())
+    return f"{key} is {theirs} in the adapter but {ours} in the base (a model of another width)"
+
+
 def _load_adapter(path: Path, num_labels: int | None, dtype: torch.dtype) -> Classifier:
     """A PEFT adapter folder: load its base, then the adapter (and its trained head) on top."""
-    base = load_classifier(adapter_base(path), num_labels, dtype)
+    base_name = adapter_base(path)
+    base = load_classifier(base_name, num_labels, dtype)
     try:
         model = PeftModel.from_pretrained(base.model, str(path))
-    except _LOAD_ERRORS as exc:
-        raise UserError(f"could not load the adapter {path}: {_reason(exc)}") from None
+    except (*LOAD_ERRORS, RuntimeError) as exc:
+        misfit = _misfit(path, exc)
+        if misfit is None and not isinstance(exc, LOAD_ERRORS):
+            raise
+        if misfit is None:
+            raise UserError(f"could not load the adapter {path}: {load_error_reason(exc)}") from None
+        raise UserError(f"the adapter {path} does not fit its base {base_name} (a {base.config.model_type} model): "
+                        f"{misfit}; give it the base it was trained on (base_model_name_or_path in its "
+                        "adapter_config.json)") from None
     own = (path / "tokenizer_config.json").is_file()
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False) if own else base.tokenizer
     fix_padding(model, tok)

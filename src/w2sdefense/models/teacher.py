@@ -19,11 +19,13 @@ from w2sdefense.config import TeacherConfig
 from w2sdefense.errors import UserError
 from w2sdefense.fileio import write_json
 from w2sdefense.models.loading import (
+    LOAD_ERRORS,
     TEACHER_FILE,
     Classifier,
     adapter_base,
     fix_padding,
     limit_length,
+    load_error_reason,
     refuse_teacher,
     resolve_model_path,
 )
@@ -87,7 +89,10 @@ class TeacherClassifier(nn.Module):
         if not (path / META_FILE).is_file():
             raise UserError(f"{path} is not a saved teacher (no {META_FILE}); run `w2sdefense teacher` first")
         meta = json.loads((path / META_FILE).read_text())
-        encoder = AutoModel.from_pretrained(path / "encoder", dtype=dtype, trust_remote_code=False)
+        try:
+            encoder = AutoModel.from_pretrained(path / "encoder", dtype=dtype, trust_remote_code=False)
+        except LOAD_ERRORS as exc:
+            raise UserError(f"could not load the teacher {path}: {load_error_reason(exc)}") from None
         teacher = cls(encoder, meta["feature_dim"], meta["num_labels"])
         teacher.head.load_state_dict(load_file(str(path / HEAD_FILE)))
         return teacher.to(dtype)
@@ -102,8 +107,8 @@ def load_encoder(name: str, dtype: torch.dtype) -> tuple[PreTrainedModel, object
     try:
         return (AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=False),
                 AutoTokenizer.from_pretrained(path, trust_remote_code=False))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"could not load teacher encoder {name!r}: {str(exc).splitlines()[0]}") from None
+    except LOAD_ERRORS as exc:
+        raise UserError(f"could not load teacher encoder {name!r}: {load_error_reason(exc)}") from None
 
 
 def teacher_dir(path: str | Path) -> Path:

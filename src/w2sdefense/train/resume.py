@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import random
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def load_state(out_dir: Path, model: torch.nn.Module, optimizer, scheduler, fp: 
     if not has_state(out_dir):
         return None
     folder = out_dir / RESUME_DIR
-    record = json.loads((folder / STATE_FILE).read_text())
+    record = _read_record(folder / STATE_FILE)
     if record["fingerprint"] != fp:
         raise UserError(f"{out_dir} holds an unfinished run with other settings, data or model; rerun it with "
                         "the same ones to continue it, or pass --overwrite to start over")
@@ -112,10 +113,35 @@ def load_state(out_dir: Path, model: torch.nn.Module, optimizer, scheduler, fp: 
     with torch.no_grad():
         for name, value in weights.items():
             params[name].copy_(value.to(params[name].device, params[name].dtype))
-    saved = torch.load(folder / "optim.pt", map_location="cpu", weights_only=True)
+    saved = _read_optimizer(folder / "optim.pt")
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])
     return record
+
+
+_START_OVER = "so the run cannot continue from it; pass --overwrite to start over"
+
+
+def _read_record(path: Path) -> dict:
+    """state.json, or one line saying it is damaged."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:  # invalid JSON or not UTF-8
+        raise UserError(f"{path}: damaged ({exc}), {_START_OVER}") from None
+    if not isinstance(record, dict) or "fingerprint" not in record:
+        raise UserError(f"{path}: not a resumable state w2sdefense wrote (it has no fingerprint), {_START_OVER}")
+    return record
+
+
+def _read_optimizer(path: Path) -> dict:
+    """optim.pt through torch's safe loader, or one line saying why it cannot be read."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's advice (weights_only=False) would run the file's code
+        raise UserError(f"{path}: holds pickled objects that torch's safe loader refuses (they could run code), so "
+                        f"it is no state w2sdefense wrote, {_START_OVER}") from None
+    except (RuntimeError, EOFError) as exc:  # a cut or overwritten file
+        raise UserError(f"{path}: damaged ({str(exc).splitlines()[0]}), {_START_OVER}") from None
 
 
 def discard_state(out_dir: Path) -> None:
