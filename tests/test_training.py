@@ -272,7 +272,7 @@ def test_a_teacher_is_not_loaded_as_a_classifier(tiny_splits, rt, tmp_path):
     run_teacher(TeacherConfig(model="tiny-bert", train=TrainConfig(**FAST)), tiny_splits, "tiny-llama", rt,
                 tmp_path / "teacher", seed=0)
     for name in (tmp_path / "teacher", tmp_path / "teacher" / "model"):
-        with pytest.raises(UserError, match=r"is a W2SDefense teacher \(it has teacher.json\).*`w2sdefense run`"):
+        with pytest.raises(UserError, match=r"is a W2SDefense teacher \(it has teacher.json\).*`evaluate --model` measures it"):
             load_classifier(str(name), 2)
 
 

@@ -258,7 +258,6 @@ def evaluate(
 
     from w2sdefense.defenses import open_filter
     from w2sdefense.eval.stage import evaluate_stage
-    from w2sdefense.models.loading import refuse_teacher
     from w2sdefense.rundir import check_output_file, check_outside_inputs, check_outside_models
     from w2sdefense.runtime import make_runtime
 
@@ -269,8 +268,6 @@ def evaluate(
         check_outside_models(out, _models_read(model))
     job = _load(EvaluateJob, config, set_)
     _check_test_sets(data)
-    # `run` evaluates its teacher, whose labels it has checked against the data; here a teacher is refused.
-    refuse_teacher(model, model)
     rt = make_runtime(job.runtime)
     metrics = evaluate_stage(model, data, job.eval, rt, out, open_filter, name_inputs=True)
     if rt.is_main:
