@@ -48,7 +48,7 @@ def test_full_finetune_changes_every_weight_and_saves_hf_format(tiny_splits, rt,
     correct = sum(p == ex.label for p, ex in zip(preds, tiny_splits.dev))
     assert metrics["selected_dev_accuracy"] == metrics["best_dev_accuracy"] == correct / 16
     assert metrics["best_dev_accuracy"] == max(h["dev_accuracy"] for h in metrics["history"])
-    assert not (tmp_path / "metrics.json").exists()  # the stage that trains records it (StageRecord)
+    assert not (tmp_path / "metrics.json").exists()  # the stage that trains records it (record_stage)
 
 
 def test_each_stage_writes_its_metrics_once_with_one_wall_time(tiny_splits, rt, tmp_path, monkeypatch):

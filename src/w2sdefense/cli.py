@@ -127,8 +127,8 @@ def train(
     rt = make_runtime(job.runtime)
     inputs = {**data_inputs(job.data), "--model": job.model, "config file": config}
     with claim_output(out, overwrite, resume, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
-        metrics = run_train(job.model, splits, job.train, rt, folder, job.seed)
-    typer.echo(f"best clean dev accuracy {metrics['best_dev_accuracy']:.4f}; model and metrics.json in {folder}")
+        result = run_train(job.model, splits, job.train, rt, folder, job.seed)
+    typer.echo(f"best clean dev accuracy {result.best_dev_accuracy:.4f}; model and metrics.json in {folder}")
 
 
 @app.command()
@@ -159,8 +159,8 @@ def teacher(
     rt = make_runtime(job.runtime)
     inputs = {**data_inputs(job.data), "--student": job.student, "--model": job.teacher.model, "config file": config}
     with claim_output(out, overwrite, resume, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
-        metrics = run_teacher(job.teacher, splits, job.student, rt, folder, job.seed)
-    typer.echo(f"teacher (D={metrics['feature_dim']}) clean dev accuracy {metrics['best_dev_accuracy']:.4f}; in {folder}")
+        result = run_teacher(job.teacher, splits, job.student, rt, folder, job.seed)
+    typer.echo(f"teacher (D={result.feature_dim}) clean dev accuracy {result.best_dev_accuracy:.4f}; in {folder}")
 
 
 @app.command()
@@ -202,13 +202,13 @@ def defend(
     rt = make_runtime(job.runtime)
     inputs = {**data_inputs(job.data), "--student": job.student, "--teacher": job.teacher, "config file": config}
     with claim_output(out, overwrite, resume, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
-        metrics = run_defense(DefenseJob(job.student, job.teacher, splits, job.defense, rt, folder, job.seed,
+        result = run_defense(DefenseJob(job.student, job.teacher, splits, job.defense, rt, folder, job.seed,
                                          resolved=resolved))
     if spec.kind == "input-filter":
         typer.echo(f"{spec.name}: filter calibrated on clean dev data; `w2sdefense evaluate --model {folder}` "
                    "measures the model behind it")
     else:
-        typer.echo(f"{spec.name}: clean dev accuracy {metrics['best_dev_accuracy']:.4f}; model in {folder / MODEL_DIR}")
+        typer.echo(f"{spec.name}: clean dev accuracy {result.best_dev_accuracy:.4f}; model in {folder / MODEL_DIR}")
 
 
 @app.command()
@@ -239,7 +239,7 @@ def evaluate(
     job = _load(EvaluateJob, config, set_)
     check_test_sets(data)
     rt = make_runtime(job.runtime)
-    metrics = evaluate_stage(model, data, job.eval, rt, out, open_filter, name_inputs=True)
+    metrics = evaluate_stage(model, data, job.eval, rt, out, open_filter, name_inputs=True).to_json()
     if rt.is_main:
         keys = ("clean_accuracy", "attack_success_rate", "attack_success_rate_clean_correct", "clean_total",
                 "triggered_total", "attack_success_rate_survived", "triggered_survived_total", "trigger_cut")
