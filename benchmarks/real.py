@@ -36,6 +36,7 @@ import yaml
 from w2sdefense.config import DefenseConfig, ExperimentConfig, from_dict, load_config, merge_dicts, read_yaml, to_dict
 from w2sdefense.eval.metrics import NOT_DEFINED
 from w2sdefense.fileio import write_json
+from w2sdefense.results import DefenseResult, TrainingResult, stage_result
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -137,18 +138,17 @@ def draw_curves(path: Path) -> None:
 
     results = json.loads(path.read_text())
     run_dir = Path(results.get("run_dir", ""))
-    victim = run_dir / "victim" / "metrics.json"
-    if not victim.is_file():
+    victim = stage_result(TrainingResult, run_dir / "victim")
+    if victim is None:
         return
-    start = start_point(json.loads(victim.read_text()))
+    start = start_point(victim)
     for row in ("w2sdefense", "lora-ft"):
         seeded = sorted((m["seed"], label) for label, m in results.get("row_meta", {}).items()
                         if m.get("variant") == row and not m.get("is_variant"))
-        record = run_dir / "defenses" / seeded[0][1] / "metrics.json" if seeded else None
-        if record and record.is_file():
-            metrics = json.loads(record.read_text())
-            write_curves(metrics.get("history", []), RESULTS / f"curves-{path.stem}-{row}.png",
-                         f"{results['config']['name']}: {seeded[0][1]}", metrics.get("selected_step"), start=start)
+        record = stage_result(DefenseResult, run_dir / "defenses" / seeded[0][1]) if seeded else None
+        if record is not None:
+            write_curves(record.history or [], RESULTS / f"curves-{path.stem}-{row}.png",
+                         f"{results['config']['name']}: {seeded[0][1]}", record.selected_step, start=start)
 
 
 def _victim_key(run_dir: Path) -> str | None:
@@ -185,10 +185,9 @@ def load_results() -> dict[str, dict]:
 def add_victim_history(path: Path) -> None:
     """Record the victim's per-evaluation history in a results JSON, when its run folder holds that victim."""
     result = json.loads(path.read_text())
-    metrics = Path(result["run_dir"]) / "victim" / "metrics.json"
-    if result.get("victim") == _victim_key(Path(result["run_dir"])) and metrics.is_file():
-        victim = json.loads(metrics.read_text())
-        write_json(path, {**result, "victim_history": victim["history"], "victim_selected_step": victim.get("selected_step")})
+    victim = stage_result(TrainingResult, Path(result["run_dir"]) / "victim")
+    if result.get("victim") == _victim_key(Path(result["run_dir"])) and victim is not None:
+        write_json(path, {**result, "victim_history": victim.history, "victim_selected_step": victim.selected_step})
 
 
 def summary(results: dict[str, dict]) -> dict:

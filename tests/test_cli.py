@@ -141,19 +141,36 @@ def test_bad_data_and_settings_end_in_one_line_before_a_run_folder(tmp_path):
     assert not out.exists()
 
 
-def test_evaluate_refuses_an_empty_triggered_set_and_a_teacher(tiny_splits, rt, tmp_path):
-    from w2sdefense.config import TeacherConfig, TrainConfig
-    from w2sdefense.defenses.teacher import run_teacher
-
+def test_evaluate_refuses_an_empty_triggered_set(tmp_path):
     empty = _poison_folder(tmp_path / "one-class", triggered=0)
     line = error_line(w2s("evaluate", "--model", "tiny-llama", "--data", str(empty), check=False))
     assert f"{empty / 'test_triggered.jsonl'} has no rows" in line and "attack success rate" in line
-    teacher = tmp_path / "teacher"
-    run_teacher(TeacherConfig(model="tiny-bert", train=TrainConfig(epochs=1.0, batch_size=8, max_length=32)),
-                tiny_splits, "tiny-llama", rt, teacher, seed=0)
-    line = error_line(w2s("evaluate", "--model", str(teacher), "--data",
-                          str(_poison_folder(tmp_path / "poison", triggered=4)), check=False))
-    assert "teacher.json" in line and "w2sdefense run" in line
+
+
+def test_evaluate_measures_a_teacher_run_with_its_own_head(tiny_splits, splits_factory, rt, tmp_path):
+    from w2sdefense.config import EvalConfig, TeacherConfig, TrainConfig
+    from w2sdefense.data.poisoned import load_poison_folder
+    from w2sdefense.defenses.teacher import run_teacher
+    from w2sdefense.models.predict import classify_rows
+    from w2sdefense.models.teacher import load_teacher
+
+    recipe = TeacherConfig(model="tiny-bert", train=TrainConfig(epochs=1.0, batch_size=8, max_length=32))
+    teacher, other = tmp_path / "teacher", tmp_path / "three-labels"
+    run_teacher(recipe, tiny_splits, "tiny-llama", rt, teacher, seed=0)
+    poison = _poison_folder(tmp_path / "poison", triggered=4)
+    out = tmp_path / "teacher-eval.json"
+    w2s("evaluate", "--model", str(teacher), "--data", str(poison), "--out", str(out))
+    metrics = json.loads(out.read_text())
+    # The reference: the teacher's own predictions on the same rows, cut as `evaluate` cuts them.
+    data, clf, length = load_poison_folder(poison), load_teacher(teacher), EvalConfig().max_length
+    clean = classify_rows(clf, data.test, length, 8, rt).argmax(-1).tolist()
+    hits = classify_rows(clf, data.test_triggered, length, 8, rt).argmax(-1).tolist()
+    assert metrics["clean_correct"] == sum(p == ex.label for p, ex in zip(clean, data.test))
+    assert metrics["clean_accuracy"] == metrics["clean_correct"] / len(data.test)
+    assert metrics["attack_success_rate"] == hits.count(0) / 4 and metrics["model"] == str(teacher)
+    run_teacher(recipe, splits_factory(3), "tiny-llama", rt, other, seed=0)
+    line = error_line(w2s("evaluate", "--model", str(other), "--data", str(poison), check=False))
+    assert f"the teacher {other} classifies 3 labels, but the data {poison} has 2" in line
 
 
 def test_defend_refuses_a_teacher_of_other_labels_before_a_run_folder(splits_factory, rt, tmp_path):

@@ -1,6 +1,6 @@
 """The architecture in the folder tree: imports flow one way, from the base modules up to the CLI.
 
-    base (errors, fileio, config, registry, runtime, rundir, progress) -> data -> models -> train, eval, attacks
+    base (errors, fileio, config, registry, runtime, rundir, progress, results) -> data -> models -> train, eval, attacks
     -> defenses -> pipeline -> clean -> cli
 
 A module may import from its own package or from a lower layer, never from a higher one or a sibling
@@ -14,7 +14,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "w2sdefense"
 LAYERS = [
-    {"errors"}, {"fileio"}, {"config", "registry"}, {"runtime", "rundir", "progress"},
+    {"errors"}, {"fileio"}, {"config", "registry"}, {"runtime", "rundir", "progress"}, {"results"},
     {"data"}, {"models"}, {"train", "eval", "attacks"}, {"defenses"}, {"pipeline"}, {"clean"}, {"cli"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}

@@ -48,7 +48,7 @@ def test_full_finetune_changes_every_weight_and_saves_hf_format(tiny_splits, rt,
     correct = sum(p == ex.label for p, ex in zip(preds, tiny_splits.dev))
     assert metrics["selected_dev_accuracy"] == metrics["best_dev_accuracy"] == correct / 16
     assert metrics["best_dev_accuracy"] == max(h["dev_accuracy"] for h in metrics["history"])
-    assert not (tmp_path / "metrics.json").exists()  # the stage that trains records it (StageRecord)
+    assert not (tmp_path / "metrics.json").exists()  # the stage that trains records it (record_stage)
 
 
 def test_each_stage_writes_its_metrics_once_with_one_wall_time(tiny_splits, rt, tmp_path, monkeypatch):
@@ -272,7 +272,7 @@ def test_a_teacher_is_not_loaded_as_a_classifier(tiny_splits, rt, tmp_path):
     run_teacher(TeacherConfig(model="tiny-bert", train=TrainConfig(**FAST)), tiny_splits, "tiny-llama", rt,
                 tmp_path / "teacher", seed=0)
     for name in (tmp_path / "teacher", tmp_path / "teacher" / "model"):
-        with pytest.raises(UserError, match=r"is a W2SDefense teacher \(it has teacher.json\).*`w2sdefense run`"):
+        with pytest.raises(UserError, match=r"is a W2SDefense teacher \(it has teacher.json\).*`evaluate --model` measures it"):
             load_classifier(str(name), 2)
 
 

@@ -23,6 +23,7 @@ from w2sdefense.defenses.w2sdefense import TeacherCache
 from w2sdefense.eval.probe import curve_points, make_probe, probe_diagnostic, start_point, write_curves
 from w2sdefense.eval.report import add_residuals, markdown_table, plain_summary
 from w2sdefense.models.batching import LengthGroupedBatches, encode, make_loader
+from w2sdefense.results import TrainingResult
 from w2sdefense.train.job import run_train
 from w2sdefense.train.loop import selects
 from w2sdefense.defenses.teacher import run_teacher
@@ -165,7 +166,7 @@ def test_a_defense_curve_starts_at_the_checkpoint_the_victim_kept():
         {"step": 10, "dev_accuracy": 0.7, "probe_asr_cc": 0.5, "probe_rows": 5},
         {"step": 20, "dev_accuracy": 0.8, "probe_asr_cc": 0.95, "probe_rows": 5},
         {"step": 30, "dev_accuracy": 0.78, "probe_asr_cc": 0.97, "probe_rows": 5}]}
-    start = start_point(victim)
+    start = start_point(TrainingResult.from_json(victim))
     assert (start["step"], start["dev_accuracy"], start["probe_asr_cc"]) == (0, 0.8, 0.95)
     defense = [{"step": 40, "dev_accuracy": 0.81, "probe_asr_cc": 0.1, "probe_rows": 5}]
     assert [p["step"] for p in curve_points(defense, start)] == [0, 40]
@@ -174,7 +175,7 @@ def test_a_defense_curve_starts_at_the_checkpoint_the_victim_kept():
     assert curve_points(defense, {**start, "probe_rows": 7}) == defense
     assert curve_points([{**defense[0], "step": 0}], start) == [{**defense[0], "step": 0}]
     # no step-0 point when the kept step was not evaluated with a probe
-    assert start_point({"selected_step": 25, "history": victim["history"]}) is None
+    assert start_point(TrainingResult(selected_step=25, history=victim["history"])) is None
 
 
 def _row(model: str, ca: float, asr_cc: float | None) -> dict:

@@ -32,6 +32,7 @@ from w2sdefense.models import check_model_name, load_classifier
 from w2sdefense.models.loading import merge_adapter, resolve_model_path
 from w2sdefense.models.predict import classify_rows
 from w2sdefense.pipeline import STAGE_FILE, Stage
+from w2sdefense.results import DefenseResult
 from w2sdefense.rundir import MODEL_DIR, check_outside_inputs, claim_run_dir, log_to
 from w2sdefense.runtime import Runtime
 
@@ -108,7 +109,7 @@ def _stages(job: CleanJob, resolved: Resolved, splits: Splits, out: Path, rt: Ru
                      resolved.key(), job.data, job.seed)
     trained = stage.run(rt, lambda: run_defense(DefenseJob(
         student=job.model, teacher=str(teacher.folder / MODEL_DIR) if teacher else None, splits=splits, cfg=defense,
-        rt=rt, out_dir=stage.folder, seed=job.seed, resolved=resolved)))
+        rt=rt, out_dir=stage.folder, seed=job.seed, resolved=resolved)), DefenseResult)
     merged = Stage.of("model (merged, standalone)", out / MODEL_DIR, stage.key)
     merged.run(rt, lambda: _merge(stage.folder / MODEL_DIR, merged.folder, splits.num_labels, rt))
     before = Stage.of("evaluate the suspect", out / "eval" / "before", suspect, job.triggers, job.target_label,
@@ -117,15 +118,11 @@ def _stages(job: CleanJob, resolved: Resolved, splits: Splits, out: Path, rt: Ru
                      job.target_label, job.eval, job.data, job.seed)
     measured = {}
     for name, evaluation, model in (("before", before, job.model), ("after", after, str(out / MODEL_DIR))):
-        measured[name] = evaluation.run(rt, lambda e=evaluation, m=model: _evaluate(m, job, splits, e.folder, rt))
+        measured[name] = evaluation.run(rt, lambda e=evaluation, m=model: _evaluate(m, job, splits, e.folder, rt)).result
     return {"model": job.model, "base_model": job.base_model, "defense": to_dict(defense),
-            "defense_stage_time_s": trained.get("stage_wall_time_s"), "selected_step": trained.get("selected_step"),
-            "before": _strip(measured["before"]), "after": _strip(measured["after"]),
+            "defense_stage_time_s": trained.wall_time_s, "selected_step": trained.result.selected_step,
+            "before": measured["before"], "after": measured["after"],
             "cleaned_model": str(out / MODEL_DIR), "environment": environment()}
-
-
-def _strip(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if k != "stage_wall_time_s"}
 
 
 def _merge(trained: Path, out: Path, num_labels: int, rt: Runtime) -> dict:

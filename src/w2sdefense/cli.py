@@ -8,8 +8,6 @@ import logging
 import os
 import sys
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -116,51 +114,21 @@ def train(
     resume: ResumeOpt = False,
 ) -> None:
     """Fine-tune a classifier (full or LoRA) on a dataset or a poisoned folder."""
-    from w2sdefense.data.datasets import load_splits
+    from w2sdefense.data.datasets import data_inputs, load_splits
     from w2sdefense.models import check_model_name
-    from w2sdefense.data.datasets import data_inputs
     from w2sdefense.rundir import log_to
     from w2sdefense.runtime import make_runtime
     from w2sdefense.train.job import run_train
+    from w2sdefense.train.resume import claim_output
 
     job = _load(TrainJob, config, set_, **{"data.dataset": data, "model": model, "data.data_dir": _str(data_dir)})
     check_model_name(job.model)  # bad names and data fail before a run folder exists
     splits = load_splits(job.data)
     rt = make_runtime(job.runtime)
     inputs = {**data_inputs(job.data), "--model": job.model, "config file": config}
-    with _output(out, overwrite, resume, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
-        metrics = run_train(job.model, splits, job.train, rt, folder, job.seed)
-    typer.echo(f"best clean dev accuracy {metrics['best_dev_accuracy']:.4f}; model and metrics.json in {folder}")
-
-
-@contextmanager
-def _output(out: Path, overwrite: bool, resume: bool, job, rt, inputs: dict) -> Iterator[Path]:
-    """Claim the output folder (refusing one that overlaps an input) and save the resolved config in it.
-
-    A folder holding an unfinished run of the same settings is continued (see train/resume.py).
-    """
-    from w2sdefense.config import dump_yaml
-    from w2sdefense.fileio import atomic_write_text
-    from w2sdefense.rundir import (check_outside_inputs, claim_run_dir, made_by_tool, stopped_before_any_state,
-                                   unfinished)
-
-    check_outside_inputs(out, inputs)
-    settings = dump_yaml(job)
-    continuing = not overwrite and made_by_tool(out) and unfinished(out)
-    if not overwrite and not continuing and stopped_before_any_state(out, settings):
-        # Killed before its first dev evaluation: nothing to continue and nothing of anyone's to lose.
-        typer.echo(f"{out}: a run of these settings stopped before its first saved state; starting it over", err=True)
-        overwrite = True
-    if resume and not continuing:
-        raise UserError(f"nothing to resume in {out}: it holds no unfinished run"
-                        + (" (--overwrite starts over)" if overwrite else ""))
-    if continuing and (out / "config.yaml").is_file() and (out / "config.yaml").read_text() != settings:
-        raise UserError(f"{out} holds an unfinished run with other settings (see its config.yaml); rerun it with "
-                        "the same ones to continue it, or pass --overwrite to start over")
-    with claim_run_dir(out, overwrite, rt.accelerator, resume=True) as folder:
-        if rt.is_main and not continuing:
-            atomic_write_text(folder / "config.yaml", settings)
-        yield folder
+    with claim_output(out, overwrite, resume, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
+        result = run_train(job.model, splits, job.train, rt, folder, job.seed)
+    typer.echo(f"best clean dev accuracy {result.best_dev_accuracy:.4f}; model and metrics.json in {folder}")
 
 
 @app.command()
@@ -176,12 +144,12 @@ def teacher(
     resume: ResumeOpt = False,
 ) -> None:
     """Fully fine-tune the small clean teacher with a projection head to the student's width."""
-    from w2sdefense.data.datasets import load_splits
+    from w2sdefense.data.datasets import data_inputs, load_splits
     from w2sdefense.defenses.teacher import run_teacher
     from w2sdefense.models import check_model_name
-    from w2sdefense.data.datasets import data_inputs
     from w2sdefense.rundir import log_to
     from w2sdefense.runtime import make_runtime
+    from w2sdefense.train.resume import claim_output
 
     job = _load(TeacherJob, config, set_, **{"data.dataset": data, "student": student, "teacher.model": model,
                                               "data.data_dir": _str(data_dir)})
@@ -190,9 +158,9 @@ def teacher(
     splits = load_splits(job.data)
     rt = make_runtime(job.runtime)
     inputs = {**data_inputs(job.data), "--student": job.student, "--model": job.teacher.model, "config file": config}
-    with _output(out, overwrite, resume, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
-        metrics = run_teacher(job.teacher, splits, job.student, rt, folder, job.seed)
-    typer.echo(f"teacher (D={metrics['feature_dim']}) clean dev accuracy {metrics['best_dev_accuracy']:.4f}; in {folder}")
+    with claim_output(out, overwrite, resume, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
+        result = run_teacher(job.teacher, splits, job.student, rt, folder, job.seed)
+    typer.echo(f"teacher (D={result.feature_dim}) clean dev accuracy {result.best_dev_accuracy:.4f}; in {folder}")
 
 
 @app.command()
@@ -210,12 +178,12 @@ def defend(
 ) -> None:
     """Defend a poisoned classifier with clean data only: any defense `w2sdefense list` shows (repairs and input
     filters)."""
-    from w2sdefense.data.datasets import load_splits
+    from w2sdefense.data.datasets import data_inputs, load_splits
     from w2sdefense.defenses import DefenseJob, resolve, run_defense
     from w2sdefense.models import check_model_name
-    from w2sdefense.data.datasets import data_inputs
     from w2sdefense.rundir import MODEL_DIR, log_to
     from w2sdefense.runtime import make_runtime
+    from w2sdefense.train.resume import claim_output
 
     job = _load(DefendJob, config, set_, **{"student": student, "teacher": teacher, "defense.name": defense,
                                              "data.dataset": data, "data.data_dir": _str(data_dir)})
@@ -233,14 +201,14 @@ def defend(
         check_teacher_labels(job.teacher, splits.num_labels, job.student)  # before the run folder
     rt = make_runtime(job.runtime)
     inputs = {**data_inputs(job.data), "--student": job.student, "--teacher": job.teacher, "config file": config}
-    with _output(out, overwrite, resume, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
-        metrics = run_defense(DefenseJob(job.student, job.teacher, splits, job.defense, rt, folder, job.seed,
+    with claim_output(out, overwrite, resume, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
+        result = run_defense(DefenseJob(job.student, job.teacher, splits, job.defense, rt, folder, job.seed,
                                          resolved=resolved))
     if spec.kind == "input-filter":
         typer.echo(f"{spec.name}: filter calibrated on clean dev data; `w2sdefense evaluate --model {folder}` "
                    "measures the model behind it")
     else:
-        typer.echo(f"{spec.name}: clean dev accuracy {metrics['best_dev_accuracy']:.4f}; model in {folder / MODEL_DIR}")
+        typer.echo(f"{spec.name}: clean dev accuracy {result.best_dev_accuracy:.4f}; model in {folder / MODEL_DIR}")
 
 
 @app.command()
@@ -256,9 +224,10 @@ def evaluate(
     """Clean accuracy and attack success rate of a model on a poison folder's test sets."""
     import json
 
+    from w2sdefense.data.poisoned import check_test_sets
     from w2sdefense.defenses import open_filter
+    from w2sdefense.defenses.filtering import models_read
     from w2sdefense.eval.stage import evaluate_stage
-    from w2sdefense.models.loading import refuse_teacher
     from w2sdefense.rundir import check_output_file, check_outside_inputs, check_outside_models
     from w2sdefense.runtime import make_runtime
 
@@ -266,13 +235,11 @@ def evaluate(
         check_outside_inputs(out, {"--data": data, "config file": config})
         check_output_file(out, overwrite)
         # A metrics file may go beside the model it measures (run/eval.json), never into its weights.
-        check_outside_models(out, _models_read(model))
+        check_outside_models(out, models_read(model))
     job = _load(EvaluateJob, config, set_)
-    _check_test_sets(data)
-    # `run` evaluates its teacher, whose labels it has checked against the data; here a teacher is refused.
-    refuse_teacher(model, model)
+    check_test_sets(data)
     rt = make_runtime(job.runtime)
-    metrics = evaluate_stage(model, data, job.eval, rt, out, open_filter, name_inputs=True)
+    metrics = evaluate_stage(model, data, job.eval, rt, out, open_filter, name_inputs=True).to_json()
     if rt.is_main:
         keys = ("clean_accuracy", "attack_success_rate", "attack_success_rate_clean_correct", "clean_total",
                 "triggered_total", "attack_success_rate_survived", "triggered_survived_total", "trigger_cut")
@@ -280,30 +247,6 @@ def evaluate(
         typer.echo(json.dumps({k: metrics[k] for k in keys if k in metrics}, indent=2))
         if out:
             typer.echo(f"metrics written to {out}")
-
-
-def _models_read(model: str) -> dict[str, str | None]:
-    """The models `evaluate` loads: --model, and the model behind an input-filter run."""
-    from w2sdefense.defenses.filtering import read_filter
-    from w2sdefense.eval.stage import INPUT_FILTER, stage_kind
-
-    if stage_kind(model) != INPUT_FILTER:
-        return {"--model": model}
-    return {"--model": model, "the model behind the filter": read_filter(model).get("student")}
-
-
-def _check_test_sets(folder: Path) -> None:
-    """Refuse a poison folder whose clean or triggered test set is empty: a rate over 0 rows is no measurement."""
-    sets = (("test.jsonl", "clean accuracy", "the poison folder's source data has no test rows"),
-            ("test_triggered.jsonl", "attack success rate",
-             "no test row could carry the trigger: every test row has the target label (one-class data), or the "
-             "attack skipped them all; poison data whose test split has rows of other classes"))
-    for name, metric, why in sets:
-        path = folder / name
-        if path.is_file():  # a missing file: run_evaluate says the folder is incomplete
-            with path.open("rb") as handle:
-                if not any(line.strip() for line in handle):
-                    raise UserError(f"{path} has no rows, so the {metric} would be over 0 rows: {why}")
 
 
 @app.command()

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from w2sdefense.attacks.poison import poison_dataset
 from w2sdefense.data.poisoned import load_poison_folder, target_label
@@ -27,6 +28,7 @@ from w2sdefense.eval.stage import evaluate_stage
 from w2sdefense.eval.probe import TriggerProbe, make_probe, probe_diagnostic, start_point, write_curves
 from w2sdefense.eval.report import write_report
 from w2sdefense.fileio import atomic_write_text, write_json
+from w2sdefense.results import DefenseResult, EvaluationResult, Result, TrainingResult, stage_result
 from w2sdefense.rundir import (CLEAN_ROW, EVAL_FOLDERS, METRICS_FILE, MODEL_DIR, POISONED_ROW, TEACHER_ROW,
                               check_outside_inputs, claim_run_dir, log_to, prepare_run_dir, unfinished)
 from w2sdefense.runtime import Runtime, make_runtime
@@ -57,15 +59,15 @@ class Stage:
         marker = self.folder / STAGE_FILE
         return marker.is_file() and json.loads(marker.read_text()).get("key") == self.key
 
-    def run(self, rt: Runtime, work: Callable[[], dict]) -> dict:
-        """Run `work` unless finished; return the stage's metrics."""
+    def run(self, rt: Runtime, work: Callable[[], Any], kind: type[Result] | None = None) -> Ran:
+        """Run `work` unless finished; return what the stage left. `kind`: the result type its metrics.json is
+        read back as when re-used (None: a stage that keeps a record of its own, read as plain data)."""
         if self.finished():
             log.info("stage %s: re-using %s", self.name, self.folder)
-            metrics_file = self.folder / "metrics.json"
-            metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
             recorded = json.loads((self.folder / STAGE_FILE).read_text())
+            result = self._recorded(kind)
             # Stages written before stage timing existed fall back to their training time.
-            return {**metrics, "stage_wall_time_s": recorded.get("wall_time_s", metrics.get("wall_time_s"))}
+            return Ran(result, recorded.get("wall_time_s", result.get("wall_time_s")))
         started = self.folder / STARTED_FILE
         resuming = unfinished(self.folder) and started.is_file() and json.loads(started.read_text())["key"] == self.key
         if rt.is_main:
@@ -80,15 +82,32 @@ class Stage:
         if rt.is_main:
             write_json(self.folder / STAGE_FILE, {"name": self.name, "key": self.key, "wall_time_s": wall})
         rt.accelerator.wait_for_everyone()
-        return {**metrics, "stage_wall_time_s": wall}
+        return Ran(metrics, wall)
+
+    def _recorded(self, kind: type[Result] | None) -> Any:
+        """The finished stage's record: its metrics.json as `kind` (empty when it wrote none)."""
+        if kind is not None:
+            return stage_result(kind, self.folder) or kind()
+        metrics_file = self.folder / METRICS_FILE
+        return json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
 
 
-def _row(name: str, evaluation: dict, training: dict) -> dict:
+@dataclass(frozen=True)
+class Ran:
+    """What a stage left: its result (typed, or the plain record of a stage that keeps its own) and its one wall
+    time, the whole stage's (loading, caching, training, saving; recorded in stage.json)."""
+
+    result: Any
+    wall_time_s: float | None
+
+
+def _row(name: str, evaluation: Ran, training: Ran) -> dict:
     """One report row: the evaluation metrics plus the training stage's cost."""
     keep = ("trainable_params", "total_params", "peak_memory_mb", "peak_memory_kind", "best_dev_accuracy",
             "selected_step", "selected_dev_accuracy", "steps", "train_examples_per_s", "defense", "seed")
-    return {"model": name, **evaluation, **{k: training.get(k) for k in keep},
-            "wall_time_s": training.get("stage_wall_time_s")}
+    trained = training.result.to_json()
+    return {"model": name, **evaluation.result.to_json(), "stage_wall_time_s": evaluation.wall_time_s,
+            **{k: trained.get(k) for k in keep}, "wall_time_s": training.wall_time_s}
 
 
 class Experiment:
@@ -132,42 +151,42 @@ class Experiment:
         self.rt.accelerator.wait_for_everyone()
         return {}
 
-    def victim(self, poison: Stage, clean: bool = False) -> tuple[Stage, dict]:
+    def victim(self, poison: Stage, clean: bool = False) -> tuple[Stage, Ran]:
         """Train the victim recipe on poisoned data (or, for the reference row, on clean data)."""
         c = self.cfg
         name, upstream = ("clean", c.data) if clean else ("victim", poison.key)
         stage = Stage.of(name, self.out / name, upstream, c.victim, c.seed)
 
-        def work() -> dict:
+        def work() -> TrainingResult:
             data = self.clean_splits() if clean else _as_splits(load_poison_folder(poison.folder))
             with log_to(stage.folder / "train.log", self.rt.is_main):
-                metrics = run_train(c.victim.model, data, c.victim.train, self.rt, stage.folder, c.seed,
-                                    diagnostics=self.diagnostics(poison))
-            self._curves(metrics, stage, name)
-            return metrics
+                result = run_train(c.victim.model, data, c.victim.train, self.rt, stage.folder, c.seed,
+                                   diagnostics=self.diagnostics(poison))
+            self._curves(result, stage, name)
+            return result
 
-        return stage, stage.run(self.rt, work)
+        return stage, stage.run(self.rt, work, TrainingResult)
 
-    def teacher(self) -> tuple[Stage, dict]:
+    def teacher(self) -> tuple[Stage, Ran]:
         """Fully fine-tune the small clean teacher, its feature as wide as the student's hidden state."""
         c = self.cfg
         stage = Stage.of("teacher", self.out / "teacher", c.data, c.teacher, c.victim.model, c.seed)
 
-        def work() -> dict:
+        def work() -> TrainingResult:
             with log_to(stage.folder / "train.log", self.rt.is_main):
                 return run_teacher(c.teacher, self.clean_splits(), c.victim.model, self.rt, stage.folder, c.seed)
 
-        return stage, stage.run(self.rt, work)
+        return stage, stage.run(self.rt, work, TrainingResult)
 
-    def _curves(self, metrics: dict, stage: Stage, title: str, start_from: Stage | None = None) -> None:
+    def _curves(self, result: TrainingResult, stage: Stage, title: str, start_from: Stage | None = None) -> None:
         """curves.png of a training stage; `start_from`: the stage whose kept model it began with (step 0)."""
         if self.rt.is_main:
-            record = start_from.folder / "metrics.json" if start_from else None
-            start = start_point(json.loads(record.read_text())) if record and record.is_file() else None
-            write_curves(metrics.get("history", []), stage.folder / "curves.png", f"{self.cfg.name}: {title}",
-                         metrics.get("selected_step"), start=start)
+            began = stage_result(TrainingResult, start_from.folder) if start_from else None
+            start = start_point(began) if began else None
+            write_curves(result.history or [], stage.folder / "curves.png", f"{self.cfg.name}: {title}",
+                         result.selected_step, start=start)
 
-    def defense(self, index: int, victim: Stage, teacher: Stage | None, poison: Stage) -> tuple[Stage, dict]:
+    def defense(self, index: int, victim: Stage, teacher: Stage | None, poison: Stage) -> tuple[Stage, Ran]:
         """Run one configured defense on the poisoned model with clean data."""
         c, r = self.cfg, self.defenses[index]
         d = r.cfg
@@ -176,29 +195,29 @@ class Experiment:
         stage = Stage.of(f"defense {d.row_name}", self.out / "defenses" / d.row_name, victim.key, teacher_key,
                          r.key(), d.seed, c.data, c.seed)
 
-        def work() -> dict:
+        def work() -> DefenseResult:
             job = DefenseJob(student=str(victim.folder / MODEL_DIR),
                              teacher=str(teacher.folder / MODEL_DIR) if teacher_key else None,
                              splits=self.clean_splits(), cfg=d, rt=self.rt, out_dir=stage.folder,
                              seed=c.seed if d.seed is None else d.seed,
                              diagnostics=self.diagnostics(poison), resolved=r)
             with log_to(stage.folder / "train.log", self.rt.is_main):
-                metrics = run_defense(job)
-            self._curves(metrics, stage, d.row_name, start_from=victim if r.spec.starts_from_victim else None)
-            return metrics
+                result = run_defense(job)
+            self._curves(result, stage, d.row_name, start_from=victim if r.spec.starts_from_victim else None)
+            return result
 
-        return stage, stage.run(self.rt, work)
+        return stage, stage.run(self.rt, work, DefenseResult)
 
-    def evaluate(self, label: str, model_stage: Stage, poison: Stage) -> dict:
+    def evaluate(self, label: str, model_stage: Stage, poison: Stage) -> Ran:
         """CA and ASR of one stage (a model, the teacher, a filter) on the shared clean and triggered test sets."""
         c = self.cfg
         stage = Stage.of(f"evaluate {label}", self.out / "eval" / label, model_stage.key, poison.key, c.eval)
 
-        def work() -> dict:
+        def work() -> EvaluationResult:
             return evaluate_stage(model_stage.folder, poison.folder, c.eval, self.rt, stage.folder / METRICS_FILE,
                                   open_filter)
 
-        return stage.run(self.rt, work)
+        return stage.run(self.rt, work, EvaluationResult)
 
 
 def _as_splits(data) -> Splits:

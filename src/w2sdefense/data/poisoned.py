@@ -70,3 +70,17 @@ def load_poison_folder(path: str | Path) -> PoisonedData:
 def target_label(poison_dir: str | Path) -> int:
     """The attack's target label, from the poison folder's poison.json."""
     return int(json.loads((Path(poison_dir) / META_FILE).read_text(encoding="utf-8"))["poison"]["target_label"])
+
+
+def check_test_sets(folder: str | Path) -> None:
+    """Refuse a poison folder whose clean or triggered test set is empty: a rate over 0 rows is no measurement."""
+    sets = (("test.jsonl", "clean accuracy", "the poison folder's source data has no test rows"),
+            ("test_triggered.jsonl", "attack success rate",
+             "no test row could carry the trigger: every test row has the target label (one-class data), or the "
+             "attack skipped them all; poison data whose test split has rows of other classes"))
+    for name, metric, why in sets:
+        path = Path(folder) / name
+        if path.is_file():  # a missing file: load_poison_folder says the folder is incomplete
+            with path.open("rb") as handle:
+                if not any(line.strip() for line in handle):
+                    raise UserError(f"{path} has no rows, so the {metric} would be over 0 rows: {why}")

@@ -23,7 +23,8 @@ from w2sdefense.errors import UserError
 from w2sdefense.registry import Registry
 from w2sdefense.rundir import RESERVED_ROWS
 from w2sdefense.runtime import Runtime
-from w2sdefense.train.job import Diagnostics, StageRecord, prepare_student, train_classifier
+from w2sdefense.results import DefenseResult
+from w2sdefense.train.job import Diagnostics, prepare_student, record_stage, train_classifier
 
 KINDS = ("repair", "input-filter")
 METHODS = ("lora", "full", "any", None)
@@ -163,7 +164,7 @@ class DefenseJob:
         return self.resolved.train
 
 
-def run_defense(job: DefenseJob) -> dict:
+def run_defense(job: DefenseJob) -> DefenseResult:
     """Run the configured defense and record its metrics.json, once."""
     r = job.resolved
     if r.spec.needs_teacher and not job.teacher:
@@ -171,7 +172,7 @@ def run_defense(job: DefenseJob) -> dict:
     start = time.perf_counter()
     metrics = r.spec.run(job)
     metrics.update(defense=r.spec.name, seed=job.seed, settings=to_dict(r.settings))
-    return StageRecord("defense", metrics, time.perf_counter() - start).write(job.out_dir, job.rt)
+    return record_stage("defense", metrics, start, job.out_dir, job.rt, DefenseResult)
 
 
 def prepare(job: DefenseJob, modify: Callable | None = None):

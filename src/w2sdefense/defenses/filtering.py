@@ -14,6 +14,7 @@ import torch
 from w2sdefense.data.records import Example
 from w2sdefense.errors import UserError
 from w2sdefense.eval.filtering import InputFilter
+from w2sdefense.eval.stage import INPUT_FILTER, stage_kind
 from w2sdefense.fileio import write_json
 from w2sdefense.rundir import FILTER_FILE
 from w2sdefense.runtime import Runtime
@@ -85,3 +86,10 @@ def _guarded_model(file: Path, record: dict) -> str:
         raise UserError(f"{file}: the model it guards is neither at {here} nor at {student} (moved or deleted); "
                         f"put it back, or set student in {FILTER_FILE} to where it is now")
     return student
+
+
+def models_read(model: str) -> dict[str, str | None]:
+    """The models `evaluate` loads, by what they are to the user: --model, and the model behind a filter run."""
+    if stage_kind(model) != INPUT_FILTER:
+        return {"--model": model}
+    return {"--model": model, "the model behind the filter": read_filter(model).get("student")}

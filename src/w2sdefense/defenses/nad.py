@@ -15,7 +15,6 @@ default here is 100.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -31,9 +30,10 @@ from w2sdefense.errors import UserError
 from w2sdefense.models import Classifier, load_classifier
 from w2sdefense.models.batching import encode, model_inputs
 from w2sdefense.models.predict import run_inference
-from w2sdefense.rundir import METRICS_FILE, MODEL_DIR
+from w2sdefense.results import TrainingResult, stage_result
+from w2sdefense.rundir import MODEL_DIR
 from w2sdefense.runtime import Runtime
-from w2sdefense.train.job import StageRecord, limit, prepare_student, train_classifier
+from w2sdefense.train.job import limit, prepare_student, record_stage, train_classifier
 from w2sdefense.train.loop import LossFn, StepOutput
 
 log = logging.getLogger(__name__)
@@ -118,8 +118,8 @@ def nad(job: DefenseJob) -> dict:
     settings, train = job.settings, job.train
     teacher_dir = job.out_dir / TEACHER_DIR
     teacher_train = dataclasses.replace(train, epochs=settings.teacher_epochs)
-    if (teacher_dir / METRICS_FILE).is_file():  # a resumed run keeps its finished teacher
-        teacher_metrics = json.loads((teacher_dir / METRICS_FILE).read_text(encoding="utf-8"))
+    teacher_result = stage_result(TrainingResult, teacher_dir)  # a resumed run keeps its finished teacher
+    if teacher_result is not None:
         log.info("nad: re-using the teacher in %s", teacher_dir)
     else:
         clf = prepare_student(job.student, job.splits.num_labels, teacher_train, job.rt, teacher_dir, job.seed)
@@ -127,8 +127,7 @@ def nad(job: DefenseJob) -> dict:
         start = time.perf_counter()
         teacher_metrics = train_classifier(clf, job.splits, teacher_train, job.rt, teacher_dir, job.seed,
                                            desc=f"{job.cfg.row_name} teacher")
-        teacher_metrics = StageRecord("nad teacher", teacher_metrics, time.perf_counter() - start).write(
-            teacher_dir, job.rt)
+        teacher_result = record_stage("nad teacher", teacher_metrics, start, teacher_dir, job.rt)
         del clf
     teacher = load_classifier(str(teacher_dir / MODEL_DIR), job.splits.num_labels, job.rt.dtype)
     _check_layers(settings, teacher.model)
@@ -137,7 +136,6 @@ def nad(job: DefenseJob) -> dict:
     del teacher
     student = prepare(job)  # the same adapter and head lora-ft gets for this seed
     metrics = fine_tune(job, student, loss_fn=nad_loss(settings, maps, job.rt.device))
-    metrics.update(teacher_steps=teacher_metrics.get("steps"),
-                   teacher_dev_accuracy=teacher_metrics.get("selected_dev_accuracy"),
-                   teacher_wall_time_s=teacher_metrics.get("wall_time_s"))
+    metrics.update(teacher_steps=teacher_result.steps, teacher_dev_accuracy=teacher_result.selected_dev_accuracy,
+                   teacher_wall_time_s=teacher_result.wall_time_s)
     return metrics

@@ -18,6 +18,7 @@ from w2sdefense.config import EvalConfig
 from w2sdefense.data.records import Example
 from w2sdefense.eval.metrics import backdoor_metrics
 from w2sdefense.models.predict import predict_logits
+from w2sdefense.results import TrainingResult
 from w2sdefense.runtime import Runtime
 from w2sdefense.models.batching import encode
 
@@ -63,14 +64,14 @@ def probe_diagnostic(probe: TriggerProbe, cfg: EvalConfig, rt: Runtime) -> Calla
     return for_tokenizer
 
 
-def start_point(metrics: dict) -> dict | None:
+def start_point(result: TrainingResult) -> dict | None:
     """The evaluation of the checkpoint a training run kept, as the step-0 point of a run that starts from it.
 
     A defense starts from the poisoned model the victim stage kept (a fresh LoRA adapter changes nothing until
     it trains), on the same dev rows and probe rows, so that stage's evaluation is the defense's step 0 for free.
     """
-    kept = metrics.get("selected_step")
-    for h in metrics.get("history", []):
+    kept = result.selected_step
+    for h in result.history or []:
         if h.get("step") == kept and "probe_asr_cc" in h and "dev_accuracy" in h:
             return {**h, "step": 0}
     return None

@@ -14,10 +14,11 @@ from w2sdefense.config import EvalConfig
 from w2sdefense.data.poisoned import load_poison_folder, target_label
 from w2sdefense.eval.evaluate import evaluate_classifier
 from w2sdefense.eval.filtering import InputFilter, evaluate_filtered
-from w2sdefense.fileio import write_json
 from w2sdefense.models import load_classifier
 from w2sdefense.models.loading import TEACHER_FILE
-from w2sdefense.models.teacher import load_teacher
+from w2sdefense.errors import UserError
+from w2sdefense.models.teacher import load_teacher, teacher_labels
+from w2sdefense.results import EvaluationResult, write_result
 from w2sdefense.rundir import FILTER_FILE, MODEL_DIR
 from w2sdefense.runtime import Runtime
 
@@ -38,7 +39,7 @@ def stage_kind(model: str | Path) -> str:
 
 
 def evaluate_stage(model: str | Path, poison_dir: str | Path, cfg: EvalConfig, rt: Runtime, out_file: Path | None,
-                   open_filter: FilterOpener, name_inputs: bool = False) -> dict:
+                   open_filter: FilterOpener, name_inputs: bool = False) -> EvaluationResult:
     """Load what `model` holds (by stage_kind), measure it on `poison_dir`'s clean and triggered test sets,
     and write the metrics to `out_file` once (main process; None: not written).
 
@@ -55,11 +56,18 @@ def evaluate_stage(model: str | Path, poison_dir: str | Path, cfg: EvalConfig, r
         metrics = evaluate_filtered(clf, flt, data.test, data.test_triggered, target, cfg, rt, record["seed"])
         named.update(defense=record["defense"], student=record["student"])
     else:
-        clf = load_teacher(model, rt.dtype) if kind == TEACHER else load_classifier(str(model), data.num_labels,
-                                                                                       rt.dtype)
+        clf = _load_teacher(model, poison_dir, data.num_labels, rt) if kind == TEACHER else load_classifier(
+            str(model), data.num_labels, rt.dtype)
         metrics = evaluate_classifier(clf, data.test, data.test_triggered, target, cfg, rt)
     if name_inputs:
         metrics.update(named, poison_dir=str(poison_dir))
-    if out_file is not None and rt.is_main:
-        write_json(out_file, metrics)
-    return metrics
+    result = EvaluationResult.from_json(metrics)
+    return write_result(out_file, result, rt.is_main) if out_file is not None else result
+
+
+def _load_teacher(model: str | Path, poison_dir: str | Path, num_labels: int, rt: Runtime):
+    """A saved teacher, measured like a classifier (its own head), once its labels are the data's."""
+    taught = teacher_labels(model)
+    if taught != num_labels:
+        raise UserError(f"the teacher {model} classifies {taught} labels, but the data {poison_dir} has {num_labels}")
+    return load_teacher(model, rt.dtype)

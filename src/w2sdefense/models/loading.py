@@ -172,9 +172,8 @@ def refuse_teacher(path: str | Path, name: str) -> None:
     path = Path(path)
     if (path / TEACHER_FILE).is_file() or (path / MODEL_DIR / TEACHER_FILE).is_file():
         raise UserError(
-            f"{name} is a W2SDefense teacher (it has {TEACHER_FILE}), not a sequence classifier: `evaluate`, "
-            "--model and --student cannot load it; `defend --teacher` takes it, and `w2sdefense run` evaluates "
-            "its teacher (the teacher row of report.md; eval/teacher/metrics.json)"
+            f"{name} is a W2SDefense teacher (it has {TEACHER_FILE}), not a sequence classifier: --model and "
+            "--student cannot load it; `defend --teacher` takes it, and `evaluate --model` measures it"
         )
 
 

@@ -120,15 +120,20 @@ def teacher_dir(path: str | Path) -> Path:
     return path / MODEL_DIR if (path / MODEL_DIR / META_FILE).is_file() else path
 
 
-def check_teacher_labels(teacher: str | Path, num_labels: int, student: str) -> None:
-    """Before any work: the teacher must classify the student's labels (its KD targets are per class)."""
+def teacher_labels(teacher: str | Path) -> int:
+    """How many labels a saved teacher classifies, read from its record; refuses a folder that holds none."""
     folder = teacher_dir(teacher)
     if not (folder / META_FILE).is_file():
         raise UserError(f"{teacher} is not a saved teacher (no {META_FILE}); run `w2sdefense teacher` first")
     try:
-        taught = json.loads((folder / META_FILE).read_text())["num_labels"]
+        return json.loads((folder / META_FILE).read_text())["num_labels"]
     except (ValueError, KeyError, TypeError):
         raise UserError(f"{folder / META_FILE}: no num_labels; retrain the teacher") from None
+
+
+def check_teacher_labels(teacher: str | Path, num_labels: int, student: str) -> None:
+    """Before any work: the teacher must classify the student's labels (its KD targets are per class)."""
+    taught = teacher_labels(teacher)
     if taught != num_labels:
         raise UserError(f"the teacher {teacher} classifies {taught} labels, but the student {student} and its data "
                         f"have {num_labels}: train the teacher on data with the same labels")

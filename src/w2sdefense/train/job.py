@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from peft import PeftModel
@@ -13,7 +12,6 @@ from transformers import set_seed
 
 from w2sdefense.config import TrainConfig
 from w2sdefense.data.records import Example, Splits
-from w2sdefense.fileio import write_json
 from w2sdefense.models import (
     Classifier,
     count_parameters,
@@ -22,6 +20,7 @@ from w2sdefense.models import (
     merge_adapter,
     wrap_lora,
 )
+from w2sdefense.results import TrainingResult, write_result
 from w2sdefense.rundir import BASE_DIR, MERGED_DIR, METRICS_FILE, MODEL_DIR
 from w2sdefense.runtime import Runtime
 from w2sdefense.models.batching import encode
@@ -73,34 +72,21 @@ def limit(rows: list[Example], n: int | None) -> list[Example]:
     return rows if n is None else rows[:n]
 
 
-@dataclass(frozen=True)
-class StageRecord:
-    """What a training stage (train, teacher, a defense) records in its folder: its metrics, written once
-    by the function that runs the whole stage, with one time: `wall_time_s`, the stage's work from
-    loading to saving. (`train_wall_time_s` inside is the training loop alone; evaluation has its own
+def record_stage(stage: str, metrics: dict, start: float, out_dir: Path, rt: Runtime,
+                 kind: type[TrainingResult] = TrainingResult) -> TrainingResult:
+    """What a training stage (train, teacher, a defense) records in its folder, written once by the function
+    that runs the whole stage: its metrics and one time, `wall_time_s`, the stage's work from loading to
+    saving (since `start`). (`train_wall_time_s` inside is the training loop alone; evaluation has its own
     `eval_wall_time_s`.)"""
-
-    stage: str  # train | teacher | defense
-    metrics: dict
-    wall_time_s: float
-
-    def as_dict(self) -> dict:
-        return {**self.metrics, "stage": self.stage, "wall_time_s": self.wall_time_s}
-
-    def write(self, out_dir: Path, rt: Runtime) -> dict:
-        """metrics.json, on the main process; returns what was written."""
-        record = self.as_dict()
-        if rt.is_main:
-            write_json(Path(out_dir) / METRICS_FILE, record)
-        return record
-
+    result = kind.from_json({**metrics, "stage": stage, "wall_time_s": time.perf_counter() - start})
+    return write_result(Path(out_dir) / METRICS_FILE, result, rt.is_main)
 
 
 def train_classifier(clf: Classifier, splits: Splits, cfg: TrainConfig, rt: Runtime, out_dir: Path,
                      seed: int, loss_fn: LossFn = cross_entropy_step, desc: str = "train",
                      diagnostics: Diagnostics | None = None) -> dict:
     """Fine-tune `clf` on splits.train, select by clean dev accuracy, write model/; returns the metrics
-    (the stage that called it records them, once: StageRecord)."""
+    (the stage that called it records them, once: record_stage)."""
     rows = limit(splits.train, cfg.max_train_rows)
     train = encode(clf.tokenizer, rows, cfg.max_length)
     dev = encode(clf.tokenizer, splits.dev, cfg.max_length)
@@ -123,9 +109,9 @@ def train_classifier(clf: Classifier, splits: Splits, cfg: TrainConfig, rt: Runt
 
 
 def run_train(model_name: str, splits: Splits, cfg: TrainConfig, rt: Runtime, out_dir: Path, seed: int,
-              diagnostics: Diagnostics | None = None) -> dict:
+              diagnostics: Diagnostics | None = None) -> TrainingResult:
     """Load, wrap and train a classifier; the whole `train` stage, recorded in metrics.json."""
     start = time.perf_counter()
     clf = prepare_student(model_name, splits.num_labels, cfg, rt, out_dir, seed)
     metrics = train_classifier(clf, splits, cfg, rt, out_dir, seed, diagnostics=diagnostics)
-    return StageRecord("train", metrics, time.perf_counter() - start).write(out_dir, rt)
+    return record_stage("train", metrics, start, out_dir, rt)

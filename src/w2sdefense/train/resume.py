@@ -17,16 +17,22 @@ import logging
 import os
 import pickle
 import random
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from w2sdefense.config import dump_yaml
 from w2sdefense.errors import UserError
 from w2sdefense.models.batching import Encoded
-from w2sdefense.fileio import recover_folder, remove_folder, write_folder, write_json
-from w2sdefense.rundir import RESUME_DIR, RESUME_STATE
+from w2sdefense.fileio import atomic_write_text, recover_folder, remove_folder, write_folder, write_json
+from w2sdefense.rundir import (RESUME_DIR, RESUME_STATE, check_outside_inputs, claim_run_dir, made_by_tool,
+                               stopped_before_any_state, unfinished)
+from w2sdefense.runtime import Runtime
 
 log = logging.getLogger(__name__)
 STATE_FILE = RESUME_STATE
@@ -147,3 +153,27 @@ def _read_optimizer(path: Path) -> dict:
 def discard_state(out_dir: Path) -> None:
     """Delete the resumable state once the run has finished (it is of no use any more)."""
     remove_folder(out_dir / RESUME_DIR)
+
+
+@contextmanager
+def claim_output(out: Path, overwrite: bool, resume: bool, job: object, rt: Runtime, inputs: dict) -> Iterator[Path]:
+    """Claim a training command's output folder (refusing one that overlaps an input) and save the resolved
+    config `job` in it; a folder holding an unfinished run of the same settings is continued from its state."""
+    check_outside_inputs(out, inputs)
+    settings = dump_yaml(job)
+    continuing = not overwrite and made_by_tool(out) and unfinished(out)
+    if not overwrite and not continuing and stopped_before_any_state(out, settings):
+        # Killed before its first dev evaluation: nothing to continue and nothing of anyone's to lose.
+        print(f"{out}: a run of these settings stopped before its first saved state; starting it over",
+              file=sys.stderr, flush=True)
+        overwrite = True
+    if resume and not continuing:
+        raise UserError(f"nothing to resume in {out}: it holds no unfinished run"
+                        + (" (--overwrite starts over)" if overwrite else ""))
+    if continuing and (out / "config.yaml").is_file() and (out / "config.yaml").read_text() != settings:
+        raise UserError(f"{out} holds an unfinished run with other settings (see its config.yaml); rerun it with "
+                        "the same ones to continue it, or pass --overwrite to start over")
+    with claim_run_dir(out, overwrite, rt.accelerator, resume=True) as folder:
+        if rt.is_main and not continuing:
+            atomic_write_text(folder / "config.yaml", settings)
+        yield folder

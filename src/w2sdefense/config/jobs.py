@@ -1,0 +1,87 @@
+"""The single-command jobs: the settings of `poison`, `train`, `teacher`, `defend`, `clean` and `evaluate`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from w2sdefense.config.schema import (AttackConfig, DataConfig, DefenseConfig, EvalConfig, PoisonConfig,
+                                      RuntimeConfig, TeacherConfig, TrainConfig)
+from w2sdefense.errors import UserError, shown
+
+
+
+@dataclass
+class PoisonJob:
+    """`w2sdefense poison`: data + attack + poisoning policy."""
+
+    seed: int = 42
+    data: DataConfig = field(default_factory=DataConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    poison: PoisonConfig = field(default_factory=PoisonConfig)
+
+
+@dataclass
+class TrainJob:
+    """`w2sdefense train`: fine-tune `model` on `data`."""
+
+    seed: int = 42
+    model: str = "tiny-llama"
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class TeacherJob:
+    """`w2sdefense teacher`: train the clean teacher for `student` (its hidden size sets D)."""
+
+    seed: int = 42
+    student: str = "tiny-llama"
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+
+
+@dataclass
+class DefendJob:
+    """`w2sdefense defend`: unlearn the backdoor of `student` on clean `data`."""
+
+    seed: int = 42
+    student: str = ""
+    teacher: str | None = None  # a folder written by `w2sdefense teacher`
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
+
+
+@dataclass
+class CleanJob:
+    """`w2sdefense clean`: a suspect classifier and clean data in, a standalone cleaned model and a report out."""
+
+    seed: int = 42
+    model: str = ""  # the suspect classifier (any name --model takes)
+    # The public model the suspect was fine-tuned from. Given, the default defense is the full reset toward it
+    # (fine-mixing, rho 0); unset, W2SDefense (which removed the token trigger only: README, Results).
+    base_model: str | None = None
+    defense: DefenseConfig | None = None  # another defense (a repair one); None: the default above
+    triggers: list[str] = field(default_factory=list)  # candidate triggers whose ASR-cc is measured before and after
+    target_label: int | None = None  # the triggers' target; None: every label, the highest reported
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)  # trained only for a defense that needs one
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        bad = [t for t in self.triggers if not isinstance(t, str) or not t.strip()]
+        if bad:
+            raise UserError(f"triggers must be non-empty texts; got {shown(bad)}")
+        if self.target_label is not None and self.target_label < 0:
+            raise UserError(f"target_label must be >= 0; got {self.target_label}")
+
+
+@dataclass
+class EvaluateJob:
+    """`w2sdefense evaluate`: inference settings."""
+
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)

@@ -1,0 +1,290 @@
+"""The configuration schema: one validated dataclass per section (runtime, data, attack, poison, training,
+evaluation, victim, teacher, defenses) and the whole experiment.
+
+Every setting with experimental meaning lives here, with its default; presets only override it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from w2sdefense.errors import UserError, shown
+
+
+def check_choice(name: str, value: Any, choices: tuple) -> None:
+    """Refuse a value outside `choices`, naming the setting and the choices."""
+    if value not in choices:
+        raise UserError(f"{name} must be one of {', '.join(map(str, choices))}; got {shown(value)}")
+
+
+def check_finite(name: str, value: Any) -> None:
+    """Refuse NaN and infinities, which would pass every range check."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{name} must be a finite number; got {value}")
+
+
+def check_positive(name: str, value: float | int | None, allow_zero: bool = False) -> None:
+    """Refuse a number below 0 (or at 0 unless allow_zero); None passes (unset)."""
+    if value is None:
+        return
+    check_finite(name, value)
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UserError(f"{name} must be {'>= 0' if allow_zero else '> 0'}; got {shown(value)}")
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how to compute: chosen once per process."""
+
+    device: str = "auto"  # auto: CUDA when present, else CPU
+    precision: str = "auto"  # auto: bf16 on a CUDA device that supports it, else fp32
+    num_threads: int | None = None  # torch CPU threads; None = all available cores
+    gradient_checkpointing: bool = False  # trade compute for memory on large students
+    # Full fine-tuning under several processes (torchrun): shard weights, gradients and optimizer state
+    # with torch's FSDP2 (fully_shard), on CPU over gloo too, where accelerate's FSDP plugin does not
+    # apply. LoRA stages keep data parallelism; a sharded stage keeps no resumable state.
+    fsdp: bool = False
+
+    def __post_init__(self) -> None:
+        check_choice("runtime.device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("runtime.precision", self.precision, ("auto", "fp32", "bf16"))
+        check_positive("runtime.num_threads", self.num_threads)
+
+
+@dataclass
+class DataConfig:
+    """Which labelled splits to read: a named dataset, a folder, or explicit files."""
+
+    dataset: str | None = "sst2"  # a name under data_dir, or a folder with train/dev/test files
+    hub: str | None = None  # a Hugging Face hub dataset id (org/name); replaces `dataset` when set
+    hub_config: str | None = None  # the hub dataset's configuration name, if it has several
+    data_dir: str | None = None  # default: $W2S_DATA_DIR
+    train_file: str | None = None  # explicit files override the dataset's
+    dev_file: str | None = None
+    test_file: str | None = None
+    text_field: str | None = None  # default: text, sentence or sentences
+    label_field: str | None = None  # default: label or labels
+    num_labels: int | None = None  # default: max label + 1 over the splits
+    max_train: int | None = None  # keep the first N rows (smoke runs, CPU budgets)
+    max_dev: int | None = None
+    max_test: int | None = None
+    hub_fallback: bool = True  # sst2 only: SetFit/sst2 from the hub when no local files
+
+    def __post_init__(self) -> None:
+        for name in ("num_labels", "max_train", "max_dev", "max_test"):
+            check_positive(f"data.{name}", getattr(self, name))
+        if self.num_labels is not None and self.num_labels < 2:
+            raise UserError(f"data.num_labels must be >= 2; got {self.num_labels}")
+        if self.hub_config is not None and self.hub is None:
+            raise UserError("data.hub_config names a configuration of data.hub; set data.hub too")
+
+
+@dataclass
+class AttackConfig:
+    """The trigger. One flat section for all attacks; each attack reads the fields it uses."""
+
+    name: str = "badnet"
+    triggers: list[str] | None = None  # insertion attacks; None = the attack's default
+    num_insertions: int = 1  # insertion attacks: how many triggers go into one text
+    position: str = "interior"  # interior (never first/last word, as the paper's code) or any
+    transform: str | None = None  # transform attacks: folder under <dataset>/transforms
+    # Insertion attacks: each trigger starts within the first max_position words of the text, so it
+    # survives truncation of long documents (IMDB, AG News) as a real attacker would ensure; None = anywhere.
+    max_position: int | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("attack.position", self.position, ("interior", "any"))
+        check_positive("attack.num_insertions", self.num_insertions)
+        check_positive("attack.max_position", self.max_position)
+        if self.max_position == 1 and self.position == "interior":
+            raise UserError("attack.max_position=1 leaves no interior slot (never before the first word); "
+                            "use attack.max_position >= 2 or attack.position=any")
+
+
+class _Unset:
+    """The default of a setting whose value depends on another (see PoisonConfig.count)."""
+
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET: Any = _Unset()
+DEFAULT_POISON_COUNT = 1000
+
+
+@dataclass
+class PoisonConfig:
+    """How many training rows carry the trigger, which ones, and how they are labelled."""
+
+    # Settings of which exactly one is given: setting one (in a file, an override or a section merged
+    # over defaults) clears the others.
+    EXCLUSIVE: ClassVar[tuple[tuple[str, ...], ...]] = (("count", "rate"),)
+
+    target_label: int = 0
+    count: int | None = _UNSET  # number of rows to poison (1000 when rate is not set either), or
+    rate: float | None = None  # a fraction of the training rows (exclusive with count)
+    mode: str = "clean-label"  # clean-label | dirty-label | mix
+    selection: str = "first"  # first (file order, the paper's code) | random (seeded)
+    # The word budget poison.json's trigger_cut counts measure against: a trigger ending after this many
+    # words is counted as cut. None: the default max_length (128) for `poison`, victim.train.max_length in
+    # `run`. A word is at least one token, so at the tokenizer's max_length this undercounts the cuts.
+    truncation_words: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.count is _UNSET:
+            self.count = DEFAULT_POISON_COUNT if self.rate is None else None
+        check_choice("poison.mode", self.mode, ("clean-label", "dirty-label", "mix"))
+        check_choice("poison.selection", self.selection, ("first", "random"))
+        if (self.count is None) == (self.rate is None):
+            raise UserError("set exactly one of poison.count and poison.rate")
+        check_positive("poison.count", self.count)
+        if self.rate is not None and not 0 < self.rate <= 1:
+            raise UserError(f"poison.rate must be in (0, 1]; got {self.rate}")
+        check_positive("poison.target_label", self.target_label, allow_zero=True)
+        check_positive("poison.truncation_words", self.truncation_words)
+
+
+@dataclass
+class LoraConfig:
+    """PEFT LoRA adapter settings; the classification head is always trained too."""
+
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] | None = None  # None: peft's default for the architecture; [all-linear]: every linear layer
+
+    def __post_init__(self) -> None:
+        check_positive("lora.r", self.r)
+        check_positive("lora.alpha", self.alpha)
+        if not 0 <= self.dropout < 1:
+            raise UserError(f"lora.dropout must be in [0, 1); got {self.dropout}")
+
+
+@dataclass
+class TrainConfig:
+    """One fine-tuning run: full-parameter or LoRA."""
+
+    method: str = "full"  # full | lora
+    epochs: float = 3.0
+    max_steps: int | None = None  # optimizer steps; overrides epochs when set
+    lr: float = 2e-5
+    head_lr: float | None = None  # a freshly initialised head often needs more; None = lr
+    batch_size: int = 16
+    grad_accum: int = 1
+    max_length: int = 128
+    warmup_ratio: float = 0.06
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    eval_batch_size: int = 64
+    eval_every: int | None = None  # optimizer steps between dev evaluations; None = each epoch
+    select: str = "best"  # checkpoint rule on clean dev accuracy: best | latest-within (select_delta of the best)
+    select_delta: float = 0.0  # latest-within: how far below the best dev accuracy a later checkpoint may be
+    merge: bool = False  # LoRA: also save the adapter merged into the base model (merged/)
+    max_train_rows: int | None = None  # use only the first N training rows in this stage
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+    def __post_init__(self) -> None:
+        check_choice("train.method", self.method, ("full", "lora"))
+        check_choice("train.select", self.select, ("best", "latest-within"))
+        if not 0 <= self.select_delta < 1:
+            raise UserError(f"train.select_delta must be in [0, 1); got {self.select_delta}")
+        for name in ("epochs", "lr", "batch_size", "grad_accum", "max_length", "eval_batch_size"):
+            check_positive(f"train.{name}", getattr(self, name))
+        for name in ("max_steps", "head_lr", "eval_every", "max_train_rows"):
+            check_positive(f"train.{name}", getattr(self, name))
+        if not 0 <= self.warmup_ratio < 1:
+            raise UserError(f"train.warmup_ratio must be in [0, 1); got {self.warmup_ratio}")
+
+
+@dataclass
+class EvalConfig:
+    """Batched inference settings for clean accuracy and attack success rate."""
+
+    batch_size: int = 64
+    max_length: int = 128
+    probe_rows: int = 200  # `run`: triggered test rows whose ASR-cc is logged at every dev evaluation (0: off)
+
+    def __post_init__(self) -> None:
+        check_positive("eval.batch_size", self.batch_size)
+        check_positive("eval.max_length", self.max_length)
+        check_positive("eval.probe_rows", self.probe_rows, allow_zero=True)
+
+
+@dataclass
+class VictimConfig:
+    """The model the attacker poisons (and the clean reference model)."""
+
+    model: str = "tiny-llama"
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+@dataclass
+class TeacherConfig:
+    """The small clean teacher: an encoder with a projection head to the student's width."""
+
+    model: str = "minilm-l6"
+    feature_dim: int | None = None  # None: the student's hidden size, read from its config
+    # The presets' measured teacher recipe (configs/sst2-*.yaml)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2.0, lr=5e-5, head_lr=1e-3, max_length=64))
+
+
+@dataclass
+class DefenseConfig:
+    """One defense to run on the poisoned model; `name` picks it from the registry (`w2sdefense list`).
+
+    In YAML a defense's own settings sit beside `name` (`{name: w2sdefense, beta: 0.01}`); they land in
+    `settings` and the defense checks them (w2sdefense.defenses.resolve). `train` holds only the keys
+    that change the defense's own recipe.
+    """
+
+    EXTRA: ClassVar[str] = "settings"  # where keys not declared here go
+
+    name: str = "w2sdefense"
+    label: str | None = None  # the row name in reports; default: name
+    seed: int | None = None  # `run`: this defense's seed (adapter init, batch order); None: the experiment's
+    train: dict = field(default_factory=dict)  # over the defense's own recipe, e.g. {lr: 1.0e-3}
+    settings: dict = field(default_factory=dict)  # the defense's own, e.g. {alpha: 5, beta: 0.001}
+
+    def __post_init__(self) -> None:
+        # Python callers may pass dataclasses (a TrainConfig, a defense's settings): keep plain data.
+        if dataclasses.is_dataclass(self.train):
+            self.train = to_dict(self.train)
+        if dataclasses.is_dataclass(self.settings):
+            self.settings = to_dict(self.settings)
+
+    @property
+    def row_name(self) -> str:
+        """The name this defense's row carries in reports."""
+        return self.label or self.name
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment for `w2sdefense run`: data, attack, victim, teacher, defenses, eval."""
+
+    name: str = "experiment"
+    output_dir: str = "runs/experiment"
+    seed: int = 42
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    poison: PoisonConfig = field(default_factory=PoisonConfig)
+    victim: VictimConfig = field(default_factory=VictimConfig)
+    clean_model: bool = False  # also train the victim recipe on clean data (the reference row)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    defenses: list[DefenseConfig] = field(default_factory=list)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        names = [d.row_name for d in self.defenses]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise UserError(f"defenses share a name: {', '.join(duplicates)}; give each a `label`")
+
+
+def to_dict(config: Any) -> dict:
+    """Plain-data form of a config dataclass (for YAML/JSON dumps)."""
+    return dataclasses.asdict(config)

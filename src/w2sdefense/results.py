@@ -1,0 +1,125 @@
+"""What a stage records: typed results of a training, a defense and an evaluation, written to and read from
+their JSON files here only.
+
+On disk a result is one flat JSON object: its named fields under their own names, beside whatever else the
+stage measured (`details`: best_step, epochs_run, history terms, trigger counts, a defense's own figures).
+A key absent from a file is None here and stays absent when written; a key present as null stays null (a rate
+over zero rows), so reading and writing a file leaves its keys and values as they were.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from w2sdefense.errors import UserError
+from w2sdefense.fileio import write_json
+from w2sdefense.rundir import METRICS_FILE
+
+R = TypeVar("R", bound="Result")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Result:
+    """The common part: to_json / from_json and reading a key by its on-disk name."""
+
+    details: dict = field(default_factory=dict)  # the stage's other measurements, kept as they are on disk
+
+    @classmethod
+    def named(cls) -> tuple[str, ...]:
+        """The fields stored under their own names (all but `details`)."""
+        return tuple(f.name for f in dataclasses.fields(cls) if f.name != "details")
+
+    def to_json(self) -> dict:
+        """The flat JSON object written to disk."""
+        values = {name: getattr(self, name) for name in self.named()}
+        return {**self.details, **{k: v for k, v in values.items() if v is not None}}
+
+    @classmethod
+    def from_json(cls: type[R], data: dict) -> R:
+        """A result from its JSON object; a named key stored as null stays in `details`, so it is written back."""
+        names = set(cls.named())
+        named = {k: v for k, v in data.items() if k in names and v is not None}
+        return cls(**named, details={k: v for k, v in data.items() if k not in named})
+
+    def __getitem__(self, key: str) -> Any:
+        """The value stored under `key` on disk (KeyError when the file would not hold it)."""
+        return self.to_json()[key]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.to_json()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """The value stored under `key` on disk, or `default`."""
+        return self.to_json().get(key, default)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingResult(Result):
+    """A training stage's record (train, teacher, a NAD self-teacher): its metrics.json."""
+
+    stage: str | None = None  # train | teacher | defense | nad teacher
+    wall_time_s: float | None = None  # the stage's one wall time: its work from loading to saving
+    best_dev_accuracy: float | None = None
+    selected_step: int | None = None  # the step of the checkpoint kept (by clean dev accuracy)
+    selected_dev_accuracy: float | None = None
+    steps: int | None = None
+    trainable_params: int | None = None
+    total_params: int | None = None
+    train_examples_per_s: float | None = None
+    peak_memory_mb: float | None = None
+    peak_memory_kind: str | None = None
+    feature_dim: int | None = None  # a teacher's: the width of its projection head
+    history: list | None = None  # one entry per dev evaluation
+
+
+@dataclass(frozen=True, kw_only=True)
+class DefenseResult(TrainingResult):
+    """A defense stage's record: the training fields (absent for a filter that trains nothing), and which
+    defense ran with which seed and settings."""
+
+    defense: str | None = None
+    seed: int | None = None
+    settings: dict | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluationResult(Result):
+    """One stage measured on a poison folder's clean and triggered test sets."""
+
+    clean_accuracy: float | None = None
+    attack_success_rate: float | None = None
+    attack_success_rate_clean_correct: float | None = None  # None on disk: a rate over zero rows (n/a)
+    attack_success_rate_survived: float | None = None
+    clean_total: int | None = None
+    triggered_total: int | None = None
+    eval_wall_time_s: float | None = None  # the evaluation's one wall time
+    model: str | None = None  # `evaluate`: what was measured, on which folder
+    poison_dir: str | None = None
+
+
+def write_result(path: str | Path, result: Result, is_main: bool = True) -> Result:
+    """Write `result` to `path` (a stage's metrics.json, or `evaluate --out`) on the main process."""
+    if is_main:
+        write_json(path, result.to_json())
+    return result
+
+
+def read_result(cls: type[R], path: str | Path) -> R:
+    """A result read back from its file; a file that is not a JSON object is refused in one line."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UserError(f"{path}: not a result this tool wrote ({exc})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: not a result this tool wrote (no JSON object)")
+    return cls.from_json(data)
+
+
+def stage_result(cls: type[R], folder: str | Path) -> R | None:
+    """The result a stage recorded in `folder`'s metrics.json; None when it recorded none."""
+    path = Path(folder) / METRICS_FILE
+    return read_result(cls, path) if path.is_file() else None

@@ -1,0 +1,84 @@
+"""results.py: a written result reads back as the same object, and the files earlier versions wrote still read,
+with their keys and values as they were."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from w2sdefense.errors import UserError
+from w2sdefense.fileio import write_json
+from w2sdefense.results import (DefenseResult, EvaluationResult, TrainingResult, read_result, stage_result,
+                                write_result)
+
+# The keys of a victim's metrics.json as `train` writes it (tests/test_training.py's runs), values made up.
+TRAINED = {
+    "best_dev_accuracy": 0.75, "best_step": 8, "epochs_run": 1, "selected_step": 8, "selected_dev_accuracy": 0.75,
+    "history": [{"epoch": 0, "step": 8, "dev_accuracy": 0.75, "ce": 0.69}], "peak_memory_kind": "process_max_rss",
+    "peak_memory_mb": 512.5, "resumed_from_step": None, "selection": "best", "stage": "train", "steps": 8,
+    "total_params": 1000, "trainable_params": 1000, "train_examples_per_s": 40.0, "train_rows": 64,
+    "train_wall_time_s": 1.5, "trigger_cut": {"cut": 0, "rows": 5}, "wall_time_s": 2.25,
+}
+# An evaluation's, as evaluate_stage writes it; ASR-cc over zero rows is stored as null.
+EVALUATED = {
+    "attack_hits": 3, "attack_success_rate": 0.75, "attack_success_rate_clean_correct": None,
+    "attack_success_rate_survived": 0.75, "clean_accuracy": 0.5, "clean_correct": 4, "clean_total": 8,
+    "eval_examples_per_s": 10.0, "eval_peak_memory_kind": "process_max_rss", "eval_peak_memory_mb": 300.0,
+    "eval_wall_time_s": 1.2, "mean_target_probability_triggered": 0.7, "target_label": 0, "trigger_cut": 0,
+    "trigger_cut_limit": "128 tokens", "trigger_cut_unknown": 0, "triggered_clean_correct_total": 0,
+    "triggered_survived_total": 4, "triggered_total": 4,
+}
+
+
+def _written(path: Path, data: dict) -> str:
+    write_json(path, data)
+    return path.read_text()
+
+
+def test_a_written_result_reads_back_as_the_same_object(tmp_path: Path) -> None:
+    result = DefenseResult(stage="defense", wall_time_s=3.5, best_dev_accuracy=0.8, selected_step=4, steps=4,
+                           history=[{"step": 4, "dev_accuracy": 0.8}], defense="lora-ft", seed=7,
+                           settings={}, details={"train_rows": 32, "best_step": 4})
+    write_result(tmp_path / "metrics.json", result)
+    assert read_result(DefenseResult, tmp_path / "metrics.json") == result
+    assert stage_result(DefenseResult, tmp_path) == result
+    assert stage_result(DefenseResult, tmp_path / "elsewhere") is None
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["defense"] == "lora-ft" and on_disk["train_rows"] == 32 and "details" not in on_disk
+    assert "total_params" not in on_disk  # a field left None is no key of the file
+
+
+@pytest.mark.parametrize("kind, data", [(TrainingResult, TRAINED), (EvaluationResult, EVALUATED)])
+def test_a_file_of_the_current_format_is_written_back_to_the_byte(tmp_path: Path, kind, data) -> None:
+    old = _written(tmp_path / "old.json", data)
+    result = read_result(kind, tmp_path / "old.json")
+    write_result(tmp_path / "new.json", result)
+    assert (tmp_path / "new.json").read_text() == old
+
+
+def test_an_old_format_file_still_reads(tmp_path: Path) -> None:
+    # Written before stage timing: no `stage`, no `wall_time_s` (the pipeline then falls back to the training time).
+    old = {k: v for k, v in TRAINED.items() if k not in ("stage", "wall_time_s")}
+    text = _written(tmp_path / "metrics.json", old)
+    result = stage_result(TrainingResult, tmp_path)
+    assert (result.stage, result.wall_time_s, result.get("wall_time_s")) == (None, None, None)
+    assert (result.selected_step, result.best_dev_accuracy, result.steps) == (8, 0.75, 8)
+    assert result.details["train_wall_time_s"] == 1.5 and result.details["resumed_from_step"] is None
+    write_result(tmp_path / "metrics.json", result)
+    assert (tmp_path / "metrics.json").read_text() == text
+
+
+def test_a_rate_over_zero_rows_stays_null_on_disk(tmp_path: Path) -> None:
+    result = EvaluationResult.from_json(EVALUATED)
+    assert result.attack_success_rate_clean_correct is None and result.clean_accuracy == 0.5
+    write_result(tmp_path / "eval.json", result)
+    on_disk = json.loads((tmp_path / "eval.json").read_text())
+    assert "attack_success_rate_clean_correct" in on_disk and on_disk["attack_success_rate_clean_correct"] is None
+
+
+def test_a_file_that_is_no_result_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "metrics.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="metrics.json: not a result this tool wrote"):
+        stage_result(TrainingResult, tmp_path)
