@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
-from w2sdefense.config import check_choice, check_positive, to_dict
+from w2sdefense.config import EvalConfig, check_choice, check_positive, to_dict
 from w2sdefense.data.records import Example
 from w2sdefense.defenses.base import DefenseJob, register_defense
 from w2sdefense.defenses.filtering import calibration_rows, frr_threshold, write_filter
-from w2sdefense.eval.filtering import Screened
+from w2sdefense.eval.filtering import Screened, classify
 from w2sdefense.errors import UserError
 from w2sdefense.models.predict import classify_rows
 from w2sdefense.models import Classifier, load_classifier
@@ -107,11 +107,10 @@ class StripFilter:
 
     def _predicted(self, clf: Classifier, texts: list[str], rt: Runtime) -> list[int | None]:
         """The model's label for each input where the donors depend on it, else None for each."""
-        if self.donor_words is None or not texts:
+        if self.donor_words is None:
             return [None] * len(texts)
-        rows = [Example(text=t, label=0, idx=i) for i, t in enumerate(texts)]
-        logits = classify_rows(clf, rows, self.settings.max_length, self.settings.batch_size, rt, "strip inputs")
-        return logits.argmax(-1).tolist()
+        batching = EvalConfig(batch_size=self.settings.batch_size, max_length=self.settings.max_length)
+        return classify(clf, texts, batching, rt, "strip inputs")
 
     def entropies(self, clf: Classifier, texts: list[str], rt: Runtime) -> list[float]:
         """Mean prediction entropy (nats) over each input's blended copies."""
