@@ -149,7 +149,8 @@ def strip(job: DefenseJob) -> dict:
     sample = rng.sample(dev, min(settings.blend_rows, len(dev)))
     blend = [e.text for e in sample]
     # Each label's donor texts ranked within that label's texts, as the RAP authors rank the other label's.
-    donors = {y: tfidf_ranked([e.text for e in sample if e.label == y]) for y in sorted({e.label for e in sample})}
+    donors = None if settings.donors != "other-label" else {
+        y: tfidf_ranked([e.text for e in sample if e.label == y]) for y in sorted({e.label for e in sample})}
     flt = StripFilter(settings, blend, job.seed, donor_words=donors)
     entropies = flt.entropies(clf, [e.text for e in dev], job.rt)
     flt.threshold, rejected = frr_threshold(entropies, settings.frr)
