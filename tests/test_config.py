@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -544,6 +545,9 @@ def test_the_code_defaults_are_the_recipe_the_readme_measured(attack: str) -> No
     reset = rows["fine-mixing-r0"]
     bare = resolve(DefenseConfig(name="fine-mixing", settings={"base_model": reset.settings["base_model"]}))
     assert (resolve(reset).settings, resolve(reset).train) == (bare.settings, bare.train)
+    # ... and its recipe is lora-ft's at twice the epochs (160 steps of the 1280 rows), nothing else changed.
+    lora = resolve(DefenseConfig(name="lora-ft")).train
+    assert bare.train == dataclasses.replace(lora, epochs=2 * lora.epochs) and lora.epochs == 1.0
     assert cfg.teacher == TeacherJob().teacher
 
 

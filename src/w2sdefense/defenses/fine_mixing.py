@@ -1,6 +1,7 @@
 """`fine-mixing` (Zhang et al., 2022): reset the suspect model's backbone toward the public model it was
 fine-tuned from, keeping a seeded share `rho` of the fine-tuning change (or interpolating by `rho`), then
-fine-tune on clean data with lora-ft's recipe. The trigger never has to fire for its weights to move:
+fine-tune on clean data with lora-ft's recipe at two epochs (160 steps: what the public base's backbone needs to
+win back the clean accuracy; at one epoch SynAttack's CA fell 2.13 points, at two 1.05, benchmarks/RESULTS.md). The trigger never has to fire for its weights to move:
 a pathway clean gradients barely reach is reset all the same.
 """
 
@@ -29,10 +30,14 @@ class FineMixingSettings:
         check_reset("fine-mixing", self.base_model, self.rho, self.mix)
 
 
-@register_defense("fine-mixing", kind="repair", method="lora", settings=FineMixingSettings, train=LORA_RECIPE,
+# Two epochs of lora-ft's recipe (the reset, measured at 80 and 160 steps on three attacks, 2026-12-03).
+RESET_RECIPE = {**LORA_RECIPE, "epochs": 2.0}
+
+
+@register_defense("fine-mixing", kind="repair", method="lora", settings=FineMixingSettings, train=RESET_RECIPE,
                   starts_from_victim=False)
 def fine_mixing(job: DefenseJob) -> dict:
-    """Reset the backbone toward the public base (keep a share rho of the change), then lora-ft's recipe."""
+    """Reset the backbone toward the public base (keep a share rho of the change), then two epochs of lora-ft's recipe."""
     s, record = job.settings, {}
     reset = lambda clf: record.update(reset_classifier(clf.model, s.base_model, s.rho, s.mix, job.seed, job.rt.dtype))  # noqa: E731
     return {**fine_tune(job, prepare(job, modify=reset)), **record}
