@@ -63,11 +63,18 @@ def test_an_old_format_file_still_reads(tmp_path: Path) -> None:
     old = {k: v for k, v in TRAINED.items() if k not in ("stage", "wall_time_s")}
     text = _written(tmp_path / "metrics.json", old)
     result = stage_result(TrainingResult, tmp_path)
-    assert (result.stage, result.wall_time_s, result.get("wall_time_s")) == (None, None, None)
+    assert (result.stage, result.wall_time_s) == (None, None) and "wall_time_s" not in result.to_json()
     assert (result.selected_step, result.best_dev_accuracy, result.steps) == (8, 0.75, 8)
     assert result.details["train_wall_time_s"] == 1.5 and result.details["resumed_from_step"] is None
     write_result(tmp_path / "metrics.json", result)
     assert (tmp_path / "metrics.json").read_text() == text
+
+
+def test_a_result_is_read_by_its_fields_not_by_key() -> None:
+    result = TrainingResult.from_json(TRAINED)
+    assert (result.steps, result.details["best_step"]) == (8, 8)
+    with pytest.raises(TypeError):
+        result["steps"]  # noqa: B018  (the JSON keys are the file's business: to_json)
 
 
 def test_a_rate_over_zero_rows_stays_null_on_disk(tmp_path: Path) -> None:

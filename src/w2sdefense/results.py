@@ -13,7 +13,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from w2sdefense.errors import UserError
 from w2sdefense.fileio import write_json
@@ -24,7 +24,7 @@ R = TypeVar("R", bound="Result")
 
 @dataclass(frozen=True, kw_only=True)
 class Result:
-    """The common part: to_json / from_json and reading a key by its on-disk name."""
+    """The common part: to_json / from_json (a key that is no field is read from `details`)."""
 
     details: dict = field(default_factory=dict)  # the stage's other measurements, kept as they are on disk
 
@@ -44,17 +44,6 @@ class Result:
         names = set(cls.named())
         named = {k: v for k, v in data.items() if k in names and v is not None}
         return cls(**named, details={k: v for k, v in data.items() if k not in named})
-
-    def __getitem__(self, key: str) -> Any:
-        """The value stored under `key` on disk (KeyError when the file would not hold it)."""
-        return self.to_json()[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.to_json()
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """The value stored under `key` on disk, or `default`."""
-        return self.to_json().get(key, default)
 
 
 @dataclass(frozen=True, kw_only=True)
