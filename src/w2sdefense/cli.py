@@ -248,7 +248,9 @@ def defend(
 
 @app.command()
 def evaluate(
-    model: Annotated[str, typer.Option(help="The model to measure (run folder, checkpoint, adapter, hub id).")],
+    model: Annotated[str, typer.Option(help="The model to measure: a run folder (a teacher run is measured with its "
+                                            "own head; a filter run, as the model behind it), checkpoint, adapter "
+                                            "or hub id.")],
     data: Annotated[Path, typer.Option("--data", "-d", help="A poison folder (test.jsonl + test_triggered.jsonl).")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="metrics JSON file (default: print only).")] = None,
     config: ConfigOpt = None,
