@@ -422,6 +422,27 @@ def test_dump_yaml_round_trip_with_two_defenses() -> None:
     assert ref.train.lr == 2e-5 and ref.train.lora.target_modules == ["q_proj"] and ref.settings.alignment == "reference"
 
 
+@pytest.mark.parametrize("job, keys", [
+    ("PoisonJob", ["seed", "data", "attack", "poison"]),
+    ("TrainJob", ["seed", "model", "runtime", "data", "train"]),
+    ("TeacherJob", ["seed", "student", "runtime", "data", "teacher"]),
+    ("DefendJob", ["seed", "student", "teacher", "runtime", "data", "defense"]),
+    ("CleanJob", ["seed", "model", "base_model", "defense", "triggers", "target_label", "runtime", "data", "teacher",
+                  "eval"]),
+    ("EvaluateJob", ["runtime", "eval"]),
+])
+def test_job_config_yaml_keeps_its_key_order(job: str, keys: list[str]) -> None:
+    # claim_output compares a folder's config.yaml text with this dump to decide whether its run may be
+    # continued: reordered keys would refuse every existing unfinished run.
+    import w2sdefense.config as config
+
+    cls = getattr(config, job)
+    text = dump_yaml(cls())
+    assert [line.split(":")[0] for line in text.splitlines() if not line.startswith((" ", "-"))] == keys
+    with pytest.raises(UserError, match="valid keys: " + ", ".join(keys) + "$"):
+        from_dict(cls, {"bogus": 1})
+
+
 def test_malformed_yaml_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text("name: x\nseed: 1\n  data: 3\n", encoding="utf-8")

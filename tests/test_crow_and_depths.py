@@ -109,6 +109,6 @@ def test_relational_alignment_at_three_depths_with_a_decaying_gamma_runs_and_log
     settings = {"alignment": "relational", "depths": [0.5, 1.0], "gamma": 1.0, "gamma_final": 0.0}
     cfg = DefenseConfig(settings=settings, train=TrainConfig(**{**LORA.__dict__, "epochs": 2.0, "eval_every": 4}))
     metrics = run_defense(DefenseJob(victim, str(tmp_path / "teacher"), tiny_splits, cfg, rt, tmp_path / "w2s", seed=3))
-    gammas = [h["gamma"] for h in metrics["history"]]
+    gammas = [h["gamma"] for h in metrics.history]
     assert gammas == sorted(gammas, reverse=True) and gammas[0] < 1.0 and gammas[-1] < 0.2
-    assert all(0 <= h["fa"] <= 4 for h in metrics["history"])
+    assert all(0 <= h["fa"] <= 4 for h in metrics.history)

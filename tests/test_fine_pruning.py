@@ -47,9 +47,9 @@ def test_pruned_neurons_stay_pruned_through_fine_tuning(victim, tiny_splits, rt,
     cfg = DefenseConfig(name="fine-pruning", settings={"ratio": 0.5, "layers": 1, "rows": 32}, train=train)
     assert resolve(cfg).train.method == method
     metrics = run_defense(DefenseJob(victim, None, tiny_splits, cfg, rt, tmp_path / "fp", seed=0))
-    assert metrics["pruned_neurons"] == [64] and metrics["steps"] > 0
+    assert metrics.details["pruned_neurons"] == [64] and metrics.steps > 0
     if method == "lora":  # the default adapter sits on every linear layer, the pruned projection too
-        assert metrics["pruned_adapters_masked"] == 1
+        assert metrics.details["pruned_adapters_masked"] == 1
     model = load_classifier(str(tmp_path / "fp"), 2).model
     if method == "lora":
         model = model.merge_and_unload()

@@ -132,9 +132,9 @@ def test_strip_calibrates_on_clean_dev_at_the_stated_false_rejection_rate(rt, tm
               tmp_path / "victim", seed=0)
     cfg = DefenseConfig(name="strip", settings={"copies": 4, "frr": 0.2})
     metrics = run_defense(DefenseJob(str(tmp_path / "victim"), None, splits, cfg, rt, tmp_path / "strip", seed=3))
-    assert metrics["dev_false_rejection_rate"] <= 0.2 and metrics["dev_rows"] == 60
+    assert metrics.details["dev_false_rejection_rate"] <= 0.2 and metrics.details["dev_rows"] == 60
     flt, record = open_filter(tmp_path / "strip")
-    assert record["defense"] == "strip" and flt.threshold == pytest.approx(metrics["threshold"])
+    assert record["defense"] == "strip" and flt.threshold == pytest.approx(metrics.details["threshold"])
     assert record["student"] == str((tmp_path / "victim").resolve()) and record["seed"] == 3
 
 

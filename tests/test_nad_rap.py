@@ -50,7 +50,7 @@ def test_nad_with_beta_zero_trains_exactly_the_lora_ft_adapter(victim, tiny_spli
     nad, ft = (load_file(str(tmp_path / f / "model" / "adapter_model.safetensors")) for f in ("nad", "ft"))
     assert nad.keys() == ft.keys()
     assert all(torch.equal(nad[k], ft[k]) for k in nad)
-    assert m["teacher_steps"] > 0 and (tmp_path / "nad" / "teacher" / "model").is_dir()
+    assert m.details["teacher_steps"] > 0 and (tmp_path / "nad" / "teacher" / "model").is_dir()
 
 
 def test_nad_pulls_the_students_maps_towards_its_teachers(victim, tiny_splits, rt, tmp_path):
@@ -101,13 +101,13 @@ def test_rap_objective_by_hand():
 def test_rap_trains_calibrates_and_saves_its_filter(victim, tiny_splits, rt, tmp_path):
     cfg = DefenseConfig(name="rap", settings={"epochs": 4, "lr": 0.05, "frr": 0.25, "max_length": 32})
     m = run_defense(DefenseJob(victim, None, tiny_splits, cfg, rt, tmp_path / "rap", seed=0))
-    assert m["steps"] == 4 * 2 and m["rap_loss_per_epoch"][-1] < m["rap_loss_per_epoch"][0]
-    assert 0 < m["dev_false_rejection_rate"] <= 0.25
+    assert m.steps == 4 * 2 and m.details["rap_loss_per_epoch"][-1] < m.details["rap_loss_per_epoch"][0]
+    assert 0 < m.details["dev_false_rejection_rate"] <= 0.25
     flt, record = open_filter(tmp_path / "rap")
-    assert record["defense"] == "rap" and flt.threshold == pytest.approx(m["threshold"])
+    assert record["defense"] == "rap" and flt.threshold == pytest.approx(m.details["threshold"])
     texts = [e.text for e in tiny_splits.dev]
     screened = flt.screen(load_classifier(victim, 2), texts, rt)
-    assert sum(screened.rejected) / len(texts) == pytest.approx(m["dev_false_rejection_rate"])
+    assert sum(screened.rejected) / len(texts) == pytest.approx(m.details["dev_false_rejection_rate"])
     assert [d < flt.threshold for d in screened.scores] == screened.rejected
     with pytest.raises(UserError, match="rap needs 0 <= drop_min < drop_max"):
         resolve(DefenseConfig(name="rap", settings={"drop_min": 0.5, "drop_max": 0.2}))

@@ -121,7 +121,7 @@ def test_fine_mixing_at_rho_one_trains_exactly_lora_ft_and_at_rho_zero_starts_fr
 
     run("lora-ft", "ft")
     metrics = run("fine-mixing", "keep-all", base_model=base_dir, rho=1.0)
-    assert metrics["reset_base"] == base_dir and metrics["reset_kept_share"] == 1.0
+    assert metrics.details["reset_base"] == base_dir and metrics.details["reset_kept_share"] == 1.0
     ft, kept = (load_file(str(tmp_path / d / "model" / "adapter_model.safetensors")) for d in ("ft", "keep-all"))
     assert ft.keys() == kept.keys() and all(torch.equal(ft[k], kept[k]) for k in ft)
     run("fine-mixing", "reset-all", base_model=base_dir, rho=0.0)
@@ -188,8 +188,8 @@ def test_the_controls_and_the_reset_run_as_w2sdefense_settings(base_and_victim, 
                          ("reset", {"base_model": base_dir, "rho": 0.5})]:
         cfg = DefenseConfig(settings={**W2S, **extra}, train=LORA, label=label)
         metrics = run_defense(DefenseJob(victim_dir, teacher_dir, tiny_splits, cfg, rt, tmp_path / label, seed=3))
-        assert metrics["settings"]["teacher_mode"] == extra.get("teacher_mode", "trained")
-        assert ("reset_rho" in metrics) == (label == "reset")
+        assert metrics.settings["teacher_mode"] == extra.get("teacher_mode", "trained")
+        assert ("reset_rho" in metrics.details) == (label == "reset")
         adapters[label] = load_file(str(tmp_path / label / "model" / "adapter_model.safetensors"))
     for label in ("zeros", "random", "reset"):  # each control trains another adapter than the default
         assert any(not torch.equal(adapters[label][k], v) for k, v in adapters["default"].items()), label

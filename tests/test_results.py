@@ -63,11 +63,18 @@ def test_an_old_format_file_still_reads(tmp_path: Path) -> None:
     old = {k: v for k, v in TRAINED.items() if k not in ("stage", "wall_time_s")}
     text = _written(tmp_path / "metrics.json", old)
     result = stage_result(TrainingResult, tmp_path)
-    assert (result.stage, result.wall_time_s, result.get("wall_time_s")) == (None, None, None)
+    assert (result.stage, result.wall_time_s) == (None, None) and "wall_time_s" not in result.to_json()
     assert (result.selected_step, result.best_dev_accuracy, result.steps) == (8, 0.75, 8)
     assert result.details["train_wall_time_s"] == 1.5 and result.details["resumed_from_step"] is None
     write_result(tmp_path / "metrics.json", result)
     assert (tmp_path / "metrics.json").read_text() == text
+
+
+def test_a_result_is_read_by_its_fields_not_by_key() -> None:
+    result = TrainingResult.from_json(TRAINED)
+    assert (result.steps, result.details["best_step"]) == (8, 8)
+    with pytest.raises(TypeError):
+        result["steps"]  # noqa: B018  (the JSON keys are the file's business: to_json)
 
 
 def test_a_rate_over_zero_rows_stays_null_on_disk(tmp_path: Path) -> None:
@@ -82,3 +89,47 @@ def test_a_file_that_is_no_result_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "metrics.json").write_text("[1, 2]")
     with pytest.raises(UserError, match="metrics.json: not a result this tool wrote"):
         stage_result(TrainingResult, tmp_path)
+
+
+def _measured(asr_cc, target, by_label) -> dict:
+    return {"trigger": "cf", "asr_cc": asr_cc, "target_label": target,
+            "by_label": {label: {"asr_cc": a, "rows": n} for label, (a, n) in by_label.items()}}
+
+
+# A `clean` report as the command wrote it before its records were typed: the suspect's ASR-cc over no row of
+# a second trigger stays null, and so does an unknown base model.
+CLEAN_BEFORE = {"clean_accuracy": 0.875, "clean_total": 8, "triggers": [
+    _measured(1.0, 1, {"0": (0.25, 4), "1": (1.0, 3)}),
+    {**_measured(None, 0, {"0": (None, 0), "1": (None, 0)}), "trigger": "I watched this 3D movie"}]}
+CLEAN_AFTER = {"clean_accuracy": 0.75, "clean_total": 8, "triggers": [
+    _measured(0.25, 0, {"0": (0.25, 4), "1": (0.0, 2)}),
+    {**_measured(0.5, 1, {"0": (None, 0), "1": (0.5, 2)}), "trigger": "I watched this 3D movie"}]}
+CLEAN_REPORT = {
+    "model": "runs/suspect", "base_model": None, "defense": {"name": "w2sdefense", "label": None, "settings": {}},
+    "defense_stage_time_s": 12.5, "selected_step": 40, "before": CLEAN_BEFORE, "after": CLEAN_AFTER,
+    "cleaned_model": "runs/cleaned/model", "environment": {"torch": "2.5.0", "python": "3.11.9"},
+    "summary": [
+        "w2sdefense on runs/suspect: clean accuracy 87.5% -> 75.0% on 8 clean test rows.",
+        "trigger 'cf': ASR-cc 100.0% (label 1) -> 25.0% (label 0).",
+        "trigger 'I watched this 3D movie': ASR-cc n/a (label 0) -> 50.0% (label 1).",
+        "cleaned model: runs/cleaned/model (plain weights and tokenizer: "
+        "AutoModelForSequenceClassification.from_pretrained loads it).",
+    ],
+}
+
+
+def test_a_clean_report_is_written_to_the_same_bytes_as_before_it_was_typed(tmp_path: Path) -> None:
+    from w2sdefense.clean import write_report
+    from w2sdefense.results import CleanEvaluation, CleanReport, LabelMeasure, TriggerMeasure
+
+    old = _written(tmp_path / "eval.json", CLEAN_BEFORE)  # an `eval/before/metrics.json`
+    evaluation = read_result(CleanEvaluation, tmp_path / "eval.json")
+    assert evaluation.triggers[0] == TriggerMeasure("cf", 1.0, 1, {"0": LabelMeasure(0.25, 4), "1": LabelMeasure(1.0, 3)})
+    write_result(tmp_path / "again.json", evaluation)
+    assert (tmp_path / "again.json").read_text() == old
+    report = CleanReport.from_json(CLEAN_REPORT)
+    assert report.after.triggers[1].asr_cc == 0.5 and report.before.triggers[1].by_label["1"].asr_cc is None
+    write_report(tmp_path, report)  # the summary lines are made again from the typed report
+    assert (tmp_path / "report.json").read_text() == _written(tmp_path / "old.json", CLEAN_REPORT)
+    assert ("| suspect | 87.50% | 100.0% (label 1) | n/a (label 0) |\n"
+            "| cleaned | 75.00% | 25.0% (label 0) | 50.0% (label 1) |\n") in (tmp_path / "report.md").read_text()

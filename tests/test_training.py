@@ -120,7 +120,7 @@ def test_multiclass_training(rt, tmp_path, splits_factory):
     splits = splits_factory(num_labels=4, train=80, held_out=20)
     metrics = run_train("tiny-bert", splits, TrainConfig(method="full", **FAST), rt, tmp_path, seed=1)
     assert load_classifier(str(tmp_path), 4).model.config.num_labels == 4
-    assert metrics["steps"] == 10
+    assert metrics.steps == 10
     with pytest.raises(UserError, match="classifies 4 labels"):
         load_classifier(str(tmp_path), 2)
 
@@ -144,7 +144,7 @@ def test_teacher_feature_follows_student_width_and_reloads(rt, tmp_path, student
 def test_teacher_run_reads_student_hidden_size(tiny_splits, rt, tmp_path):
     metrics = run_teacher(TeacherConfig(model="tiny-bert", train=TrainConfig(**FAST)), tiny_splits, "tiny-llama",
                           rt, tmp_path, seed=0)
-    assert metrics["feature_dim"] == 64
+    assert metrics.feature_dim == 64
     head = load_file(str(tmp_path / "model" / "head.safetensors"))
     assert head["proj.weight"].shape == (64, 64) and head["out.weight"].shape == (2, 64)
 
@@ -164,7 +164,7 @@ def test_w2sdefense_changes_only_adapter_and_head(poisoned_and_teacher, tiny_spl
                         train=TrainConfig(method="lora", lora=LoraConfig(r=4, alpha=8), **FAST))
     student_before = load_classifier(str(victim), 2).model
     metrics = run_defense(DefenseJob(str(victim), str(teacher), tiny_splits, cfg, rt, tmp_path / "d", 0))
-    assert {"ce", "kd", "fa", "loss"} <= set(metrics["history"][0])
+    assert {"ce", "kd", "fa", "loss"} <= set(metrics.history[0])
     defended = load_classifier(str(tmp_path / "d" / "model"), 2).model
     base_after = {n.replace("base_model.model.", "").replace(".base_layer", ""): p
                   for n, p in defended.named_parameters() if "lora_" not in n and "modules_to_save" not in n
@@ -175,7 +175,7 @@ def test_w2sdefense_changes_only_adapter_and_head(poisoned_and_teacher, tiny_spl
         torch.testing.assert_close(base_after[name], param, msg=f"frozen weight {name} changed")
     trained_head = dict(defended.named_parameters())["base_model.model.score.modules_to_save.default.weight"]
     assert not torch.equal(trained_head, student_before.score.weight)
-    assert metrics["settings"]["alignment"] == alignment and metrics["trainable_params"] < metrics["total_params"]
+    assert metrics.settings["alignment"] == alignment and metrics.trainable_params < metrics.total_params
 
 
 def test_w2sdefense_needs_a_teacher(poisoned_and_teacher, tiny_splits, rt, tmp_path):
@@ -201,7 +201,7 @@ def test_teacher_width_follows_a_saved_student_of_another_width(tiny_splits, rt,
     tok.save_pretrained(tmp_path / "student")
     metrics = run_teacher(TeacherConfig(model="tiny-bert", train=TrainConfig(**FAST)), tiny_splits,
                           str(tmp_path / "student"), rt, tmp_path / "teacher", seed=0)
-    assert metrics["feature_dim"] == 48  # the student's width, not the teacher's (64)
+    assert metrics.feature_dim == 48  # the student's width, not the teacher's (64)
     head = load_file(str(tmp_path / "teacher" / "model" / "head.safetensors"))
     assert head["proj.weight"].shape == (48, 64)
 
@@ -233,7 +233,7 @@ def test_max_length_beyond_the_models_positions_is_cut_to_them_with_a_warning(ti
     with caplog.at_level(logging.WARNING, logger="w2sdefense"):
         metrics = run_train("tiny-bert", splits, TrainConfig(max_steps=1, batch_size=8, max_length=2048), rt, tmp_path,
                             seed=0)
-    assert metrics["steps"] == 1
+    assert metrics.steps == 1
     assert "max_length=2048" in caplog.text and "1024" in caplog.text
     assert load_classifier(str(tmp_path), 2).tokenizer.model_max_length <= 1024  # a saved checkpoint too
 

@@ -255,11 +255,11 @@ def test_training_metrics_count_cut_poisoned_rows(tiny_splits, rt, tmp_path: Pat
     splits = Splits(train=tiny_splits.train + poisoned, dev=tiny_splits.dev, test=tiny_splits.test, num_labels=2)
     metrics = run_train("tiny-llama", splits, TrainConfig(max_steps=1, batch_size=8, max_length=32), rt,
                         tmp_path, seed=0)
-    assert metrics["trigger_cut"]["cut"] == 1 and metrics["trigger_cut"]["survived"] == 1
+    assert metrics.details["trigger_cut"]["cut"] == 1 and metrics.details["trigger_cut"]["survived"] == 1
     assert json.loads((tmp_path / "metrics.json").read_text())["trigger_cut"]["limit"] == "32 tokens"
     clean = run_train("tiny-llama", tiny_splits, TrainConfig(max_steps=1, batch_size=8, max_length=32), rt,
                       tmp_path / "clean", seed=0)
-    assert "trigger_cut" not in clean
+    assert "trigger_cut" not in clean.details
 
 
 def test_report_rows_without_truncation_counts_render() -> None:

@@ -32,8 +32,8 @@ from w2sdefense.models import check_model_name, load_classifier
 from w2sdefense.models.loading import merge_adapter, resolve_model_path
 from w2sdefense.models.predict import classify_rows
 from w2sdefense.pipeline import STAGE_FILE, Stage
-from w2sdefense.results import DefenseResult
-from w2sdefense.rundir import MODEL_DIR, check_outside_inputs, claim_run_dir, log_to
+from w2sdefense.results import CleanEvaluation, CleanReport, DefenseResult, LabelMeasure, TriggerMeasure, write_result
+from w2sdefense.rundir import METRICS_FILE, MODEL_DIR, check_outside_inputs, claim_run_dir, log_to
 from w2sdefense.runtime import Runtime
 
 
@@ -72,7 +72,8 @@ def model_fingerprint(name: str) -> object:
     return [str(path.resolve()), [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]]
 
 
-def run_clean(job: CleanJob, out: Path, rt: Runtime, overwrite: bool = False, config_file: Path | None = None) -> dict:
+def run_clean(job: CleanJob, out: Path, rt: Runtime, overwrite: bool = False,
+              config_file: Path | None = None) -> CleanReport:
     """Every stage of `clean` in `out` (finished ones re-used); writes report.json and report.md."""
     if not job.model:
         raise UserError("clean needs --model (the suspect classifier)")
@@ -98,7 +99,7 @@ def run_clean(job: CleanJob, out: Path, rt: Runtime, overwrite: bool = False, co
     return report
 
 
-def _stages(job: CleanJob, resolved: Resolved, splits: Splits, out: Path, rt: Runtime) -> dict:
+def _stages(job: CleanJob, resolved: Resolved, splits: Splits, out: Path, rt: Runtime) -> CleanReport:
     defense = resolved.cfg
     suspect = model_fingerprint(job.model)
     teacher = None
@@ -118,11 +119,12 @@ def _stages(job: CleanJob, resolved: Resolved, splits: Splits, out: Path, rt: Ru
                      job.target_label, job.eval, job.data, job.seed)
     measured = {}
     for name, evaluation, model in (("before", before, job.model), ("after", after, str(out / MODEL_DIR))):
-        measured[name] = evaluation.run(rt, lambda e=evaluation, m=model: _evaluate(m, job, splits, e.folder, rt)).result
-    return {"model": job.model, "base_model": job.base_model, "defense": to_dict(defense),
-            "defense_stage_time_s": trained.wall_time_s, "selected_step": trained.result.selected_step,
-            "before": measured["before"], "after": measured["after"],
-            "cleaned_model": str(out / MODEL_DIR), "environment": environment()}
+        measured[name] = evaluation.run(rt, lambda e=evaluation, m=model: _evaluate(m, job, splits, e.folder, rt),
+                                        CleanEvaluation).result
+    return CleanReport(model=job.model, base_model=job.base_model, defense=to_dict(defense),
+                       defense_stage_time_s=trained.wall_time_s, selected_step=trained.result.selected_step,
+                       before=measured["before"], after=measured["after"], cleaned_model=str(out / MODEL_DIR),
+                       environment=environment())
 
 
 def _merge(trained: Path, out: Path, num_labels: int, rt: Runtime) -> dict:
@@ -133,68 +135,66 @@ def _merge(trained: Path, out: Path, num_labels: int, rt: Runtime) -> dict:
     return {}
 
 
-def _evaluate(model: str, job: CleanJob, splits: Splits, folder: Path, rt: Runtime) -> dict:
+def _evaluate(model: str, job: CleanJob, splits: Splits, folder: Path, rt: Runtime) -> CleanEvaluation:
     """CA on the clean test split and, per candidate trigger, its ASR-cc toward each label."""
     clf = load_classifier(model, splits.num_labels, rt.dtype)
     test, cfg = splits.test, job.eval
     clean = classify_rows(clf, test, cfg.max_length, cfg.batch_size, rt, "clean test")
     labels, idx = [e.label for e in test], [e.idx for e in test]
-    metrics = {"clean_accuracy": backdoor_metrics(clean, labels, idx, clean[:0], [], 0)["clean_accuracy"],
-               "clean_total": len(test), "triggers": []}
+    accuracy = backdoor_metrics(clean, labels, idx, clean[:0], [], 0)["clean_accuracy"]
+    measured = []
     targets = range(splits.num_labels) if job.target_label is None else [job.target_label]
     for trigger in job.triggers:
         rng = random.Random(job.seed)  # the same positions before and after
         triggered = [Example(insert_trigger(e.text, trigger, 1, "interior", rng)[0], e.label, e.idx) for e in test]
         logits = classify_rows(clf, triggered, cfg.max_length, cfg.batch_size, rt, f"with {trigger[:20]!r}")
-        metrics["triggers"].append({"trigger": trigger, **_per_target(clean, labels, idx, logits, targets)})
-    if rt.is_main:
-        write_json(folder / "metrics.json", metrics)
-    return metrics
+        measured.append(_per_target(trigger, clean, labels, idx, logits, targets))
+    result = CleanEvaluation(clean_accuracy=accuracy, clean_total=len(test), triggers=measured)
+    return write_result(folder / METRICS_FILE, result, rt.is_main)
 
 
-def _per_target(clean: torch.Tensor, labels: list[int], idx: list[int], logits: torch.Tensor, targets) -> dict:
-    """ASR-cc toward each candidate target (over the rows of other labels), and the highest."""
+def _per_target(trigger: str, clean: torch.Tensor, labels: list[int], idx: list[int], logits: torch.Tensor,
+                targets) -> TriggerMeasure:
+    """ASR-cc of `trigger` toward each candidate target (over the rows of other labels), and the highest."""
     by_label = {}
     for target in targets:
         keep = [i for i, y in enumerate(labels) if y != target]
         m = backdoor_metrics(clean, labels, idx, logits[keep], [idx[i] for i in keep], target)
-        by_label[str(target)] = {"asr_cc": m["attack_success_rate_clean_correct"],
-                                 "rows": m["triggered_clean_correct_total"]}
+        by_label[str(target)] = LabelMeasure(m["attack_success_rate_clean_correct"], m["triggered_clean_correct_total"])
     # An ASR-cc over no row (no correct clean prediction of another label) is no number: never the highest.
-    top = max(by_label, key=lambda k: -1.0 if by_label[k]["asr_cc"] is None else by_label[k]["asr_cc"])
-    return {"asr_cc": by_label[top]["asr_cc"], "target_label": int(top), "by_label": by_label}
+    top = max(by_label, key=lambda k: -1.0 if by_label[k].asr_cc is None else by_label[k].asr_cc)
+    return TriggerMeasure(trigger, by_label[top].asr_cc, int(top), by_label)
 
 
 def _rate(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1%}"
 
 
-def summary_lines(report: dict) -> list[str]:
+def summary_lines(report: CleanReport) -> list[str]:
     """What the command did, in words; the last line is the one a user reads."""
-    before, after = report["before"], report["after"]
-    lines = [f"{report['defense']['name']} on {report['model']}: clean accuracy {before['clean_accuracy']:.1%} -> "
-             f"{after['clean_accuracy']:.1%} on {after['clean_total']} clean test rows."]
-    for b, a in zip(before["triggers"], after["triggers"]):
-        lines.append(f"trigger {b['trigger']!r}: ASR-cc {_rate(b['asr_cc'])} (label {b['target_label']}) -> "
-                     f"{_rate(a['asr_cc'])} (label {a['target_label']}).")
-    if not before["triggers"]:
+    before, after = report.before, report.after
+    lines = [f"{report.defense['name']} on {report.model}: clean accuracy {before.clean_accuracy:.1%} -> "
+             f"{after.clean_accuracy:.1%} on {after.clean_total} clean test rows."]
+    for b, a in zip(before.triggers or [], after.triggers or []):
+        lines.append(f"trigger {b.trigger!r}: ASR-cc {_rate(b.asr_cc)} (label {b.target_label}) -> "
+                     f"{_rate(a.asr_cc)} (label {a.target_label}).")
+    if not before.triggers:
         lines.append("no candidate trigger given (--trigger, --triggers): the backdoor itself was not measured.")
-    lines.append(f"cleaned model: {report['cleaned_model']} (plain weights and tokenizer: "
+    lines.append(f"cleaned model: {report.cleaned_model} (plain weights and tokenizer: "
                  "AutoModelForSequenceClassification.from_pretrained loads it).")
     return lines
 
 
-def write_report(out: Path, report: dict) -> None:
+def write_report(out: Path, report: CleanReport) -> None:
     """report.json (everything) and report.md (the lines and a table)."""
     lines = summary_lines(report)
-    write_json(out / "report.json", {**report, "summary": lines})
-    rows = ["| | CA | " + " | ".join(f"ASR-cc {t['trigger'][:30]!r}" for t in report["before"]["triggers"]) + " |",
-            "|---|---|" + "---|" * len(report["before"]["triggers"])]
-    for name in ("before", "after"):
-        m = report[name]
-        cells = [f"{_rate(t['asr_cc'])} (label {t['target_label']})" for t in m["triggers"]]
-        rows.append(f"| {'suspect' if name == 'before' else 'cleaned'} | {m['clean_accuracy']:.2%} | "
-                    + " | ".join(cells) + " |")
+    write_json(out / "report.json", report.to_json(lines))
+    triggers = report.before.triggers or []
+    rows = ["| | CA | " + " | ".join(f"ASR-cc {t.trigger[:30]!r}" for t in triggers) + " |",
+            "|---|---|" + "---|" * len(triggers)]
+    for name, m in (("suspect", report.before), ("cleaned", report.after)):
+        cells = [f"{_rate(t.asr_cc)} (label {t.target_label})" for t in m.triggers or []]
+        rows.append(f"| {name} | {m.clean_accuracy:.2%} | " + " | ".join(cells) + " |")
     text = ("# w2sdefense clean\n\n" + "".join(f"- {line}\n" for line in lines) + "\n" + "\n".join(rows) + "\n\n"
             "ASR-cc: of the clean test rows of other labels that the model classifies correctly, the share the "
             "trigger (inserted once, at a seeded interior position) sends to the label. Without a clean "

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
+import inspect
 import logging
 import os
 import sys
+import typing
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import click
 import typer
@@ -27,6 +32,9 @@ from w2sdefense.config import (
     read_yaml,
 )
 from w2sdefense.errors import Interrupted, UserError
+
+if TYPE_CHECKING:
+    from w2sdefense.runtime import Runtime
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -102,91 +110,120 @@ def _str(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
 
-@app.command()
-def train(
-    out: OutOpt,
-    data: DataOpt = None,
-    model: Annotated[Optional[str], typer.Option(help="Built-in name, checkpoint folder or hub id.")] = None,
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    overwrite: OverwriteOpt = False,
-    resume: ResumeOpt = False,
-) -> None:
-    """Fine-tune a classifier (full or LoRA) on a dataset or a poisoned folder."""
-    from w2sdefense.data.datasets import data_inputs, load_splits
-    from w2sdefense.models import check_model_name
+@dataclasses.dataclass(frozen=True)
+class RunFlags:
+    """The options every training command (train, teacher, defend) takes: --out first, the others last."""
+
+    out: OutOpt
+    data_dir: DataDirOpt = None
+    config: ConfigOpt = None
+    set_: SetOpt = None
+    overwrite: OverwriteOpt = False
+    resume: ResumeOpt = False
+
+
+def _training_command(command: Callable[..., None]) -> Callable[..., None]:
+    """Register `command` with RunFlags' options around its own (as RunFlags says), passed to it as one `flags`."""
+    hints = typing.get_type_hints(RunFlags, include_extras=True)  # the Annotated option declarations
+    keyword = inspect.Parameter.KEYWORD_ONLY  # typer passes every option by name; this lets --out go first
+    shared = [inspect.Parameter(f.name, keyword, annotation=hints[f.name],
+                                default=inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default)
+              for f in dataclasses.fields(RunFlags)]
+    own = [p.replace(kind=keyword) for p in inspect.signature(command, eval_str=True).parameters.values()
+           if p.name != "flags"]
+
+    @functools.wraps(command)
+    def with_flags(**options) -> None:
+        flags = RunFlags(**{p.name: options.pop(p.name) for p in shared})
+        command(**options, flags=flags)
+
+    required = [p for p in shared if p.default is inspect.Parameter.empty]
+    optional = [p for p in shared if p not in required]
+    with_flags.__signature__ = inspect.Signature(required + own + optional)  # what typer reads the options from
+    return app.command()(with_flags)
+
+
+def _load_job(cls, flags: RunFlags, **values):
+    """A training command's job: --config, then its flags (and --data-dir), then --set."""
+    return _load(cls, flags.config, flags.set_, **values, **{"data.data_dir": _str(flags.data_dir)})
+
+
+@contextmanager
+def _training_run(flags: RunFlags, job, models: dict) -> Iterator[tuple[Path, Runtime]]:
+    """Claim --out for `job` (refusing a folder that overlaps its data, `models` or the config file), logging
+    to its train.log; yields the folder and the runtime."""
+    from w2sdefense.data.datasets import data_inputs
     from w2sdefense.rundir import log_to
     from w2sdefense.runtime import make_runtime
-    from w2sdefense.train.job import run_train
     from w2sdefense.train.resume import claim_output
 
-    job = _load(TrainJob, config, set_, **{"data.dataset": data, "model": model, "data.data_dir": _str(data_dir)})
+    rt = make_runtime(job.runtime)
+    inputs = {**data_inputs(job.data), **models, "config file": flags.config}
+    with (claim_output(flags.out, flags.overwrite, flags.resume, job, rt, inputs) as folder,
+          log_to(folder / "train.log", rt.is_main)):
+        yield folder, rt
+
+
+@_training_command
+def train(
+    data: DataOpt = None,
+    model: Annotated[Optional[str], typer.Option(help="Built-in name, checkpoint folder or hub id.")] = None,
+    *,
+    flags: RunFlags,
+) -> None:
+    """Fine-tune a classifier (full or LoRA) on a dataset or a poisoned folder."""
+    from w2sdefense.data.datasets import load_splits
+    from w2sdefense.models import check_model_name
+    from w2sdefense.train.job import run_train
+
+    job = _load_job(TrainJob, flags, **{"data.dataset": data, "model": model})
     check_model_name(job.model)  # bad names and data fail before a run folder exists
     splits = load_splits(job.data)
-    rt = make_runtime(job.runtime)
-    inputs = {**data_inputs(job.data), "--model": job.model, "config file": config}
-    with claim_output(out, overwrite, resume, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
+    with _training_run(flags, job, {"--model": job.model}) as (folder, rt):
         result = run_train(job.model, splits, job.train, rt, folder, job.seed)
     typer.echo(f"best clean dev accuracy {result.best_dev_accuracy:.4f}; model and metrics.json in {folder}")
 
 
-@app.command()
+@_training_command
 def teacher(
-    out: OutOpt,
     student: Annotated[Optional[str], typer.Option(help="The student (sets the feature size D).")] = None,
     data: DataOpt = None,
     model: Annotated[Optional[str], typer.Option(help="Teacher encoder (default minilm-l6).")] = None,
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    overwrite: OverwriteOpt = False,
-    resume: ResumeOpt = False,
+    *,
+    flags: RunFlags,
 ) -> None:
     """Fully fine-tune the small clean teacher with a projection head to the student's width."""
-    from w2sdefense.data.datasets import data_inputs, load_splits
+    from w2sdefense.data.datasets import load_splits
     from w2sdefense.defenses.teacher import run_teacher
     from w2sdefense.models import check_model_name
-    from w2sdefense.rundir import log_to
-    from w2sdefense.runtime import make_runtime
-    from w2sdefense.train.resume import claim_output
 
-    job = _load(TeacherJob, config, set_, **{"data.dataset": data, "student": student, "teacher.model": model,
-                                              "data.data_dir": _str(data_dir)})
+    job = _load_job(TeacherJob, flags, **{"data.dataset": data, "student": student, "teacher.model": model})
     check_model_name(job.student)
     check_model_name(job.teacher.model)
     splits = load_splits(job.data)
-    rt = make_runtime(job.runtime)
-    inputs = {**data_inputs(job.data), "--student": job.student, "--model": job.teacher.model, "config file": config}
-    with claim_output(out, overwrite, resume, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
+    with _training_run(flags, job, {"--student": job.student, "--model": job.teacher.model}) as (folder, rt):
         result = run_teacher(job.teacher, splits, job.student, rt, folder, job.seed)
     typer.echo(f"teacher (D={result.feature_dim}) clean dev accuracy {result.best_dev_accuracy:.4f}; in {folder}")
 
 
-@app.command()
+@_training_command
 def defend(
-    out: OutOpt,
     student: Annotated[Optional[str], typer.Option(help="The poisoned classifier (run folder, checkpoint, hub id).")] = None,
     teacher: Annotated[Optional[str], typer.Option(help="A folder written by `w2sdefense teacher`.")] = None,
     defense: Annotated[Optional[str], typer.Option(help="A defense from `w2sdefense list` (default w2sdefense).")] = None,
     data: DataOpt = None,
-    data_dir: DataDirOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    overwrite: OverwriteOpt = False,
-    resume: ResumeOpt = False,
+    *,
+    flags: RunFlags,
 ) -> None:
     """Defend a poisoned classifier with clean data only: any defense `w2sdefense list` shows (repairs and input
     filters)."""
-    from w2sdefense.data.datasets import data_inputs, load_splits
+    from w2sdefense.data.datasets import load_splits
     from w2sdefense.defenses import DefenseJob, resolve, run_defense
     from w2sdefense.models import check_model_name
-    from w2sdefense.rundir import MODEL_DIR, log_to
-    from w2sdefense.runtime import make_runtime
-    from w2sdefense.train.resume import claim_output
+    from w2sdefense.rundir import MODEL_DIR
 
-    job = _load(DefendJob, config, set_, **{"student": student, "teacher": teacher, "defense.name": defense,
-                                             "data.dataset": data, "data.data_dir": _str(data_dir)})
+    job = _load_job(DefendJob, flags, **{"student": student, "teacher": teacher, "defense.name": defense,
+                                          "data.dataset": data})
     if not job.student:
         raise UserError("defend needs --student (the poisoned model)")
     resolved = resolve(job.defense)  # unknown names and settings fail before any work, once
@@ -199,9 +236,7 @@ def defend(
         from w2sdefense.models.teacher import check_teacher_labels
 
         check_teacher_labels(job.teacher, splits.num_labels, job.student)  # before the run folder
-    rt = make_runtime(job.runtime)
-    inputs = {**data_inputs(job.data), "--student": job.student, "--teacher": job.teacher, "config file": config}
-    with claim_output(out, overwrite, resume, job, rt, inputs) as folder, log_to(folder / "train.log", rt.is_main):
+    with _training_run(flags, job, {"--student": job.student, "--teacher": job.teacher}) as (folder, rt):
         result = run_defense(DefenseJob(job.student, job.teacher, splits, job.defense, rt, folder, job.seed,
                                          resolved=resolved))
     if spec.kind == "input-filter":
@@ -213,7 +248,9 @@ def defend(
 
 @app.command()
 def evaluate(
-    model: Annotated[str, typer.Option(help="The model to measure (run folder, checkpoint, adapter, hub id).")],
+    model: Annotated[str, typer.Option(help="The model to measure: a run folder (a teacher run is measured with its "
+                                            "own head; a filter run, as the model behind it), checkpoint, adapter "
+                                            "or hub id.")],
     data: Annotated[Path, typer.Option("--data", "-d", help="A poison folder (test.jsonl + test_triggered.jsonl).")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="metrics JSON file (default: print only).")] = None,
     config: ConfigOpt = None,

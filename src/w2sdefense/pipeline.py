@@ -66,8 +66,9 @@ class Stage:
             log.info("stage %s: re-using %s", self.name, self.folder)
             recorded = json.loads((self.folder / STAGE_FILE).read_text())
             result = self._recorded(kind)
+            on_disk = result.to_json() if kind is not None else result
             # Stages written before stage timing existed fall back to their training time.
-            return Ran(result, recorded.get("wall_time_s", result.get("wall_time_s")))
+            return Ran(result, recorded.get("wall_time_s", on_disk.get("wall_time_s")))
         started = self.folder / STARTED_FILE
         resuming = unfinished(self.folder) and started.is_file() and json.loads(started.read_text())["key"] == self.key
         if rt.is_main:

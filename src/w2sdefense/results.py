@@ -13,7 +13,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from w2sdefense.errors import UserError
 from w2sdefense.fileio import write_json
@@ -24,7 +24,7 @@ R = TypeVar("R", bound="Result")
 
 @dataclass(frozen=True, kw_only=True)
 class Result:
-    """The common part: to_json / from_json and reading a key by its on-disk name."""
+    """The common part: to_json / from_json (a key that is no field is read from `details`)."""
 
     details: dict = field(default_factory=dict)  # the stage's other measurements, kept as they are on disk
 
@@ -44,17 +44,6 @@ class Result:
         names = set(cls.named())
         named = {k: v for k, v in data.items() if k in names and v is not None}
         return cls(**named, details={k: v for k, v in data.items() if k not in named})
-
-    def __getitem__(self, key: str) -> Any:
-        """The value stored under `key` on disk (KeyError when the file would not hold it)."""
-        return self.to_json()[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.to_json()
-
-    def get(self, key: str, default: Any = None) -> Any:
-        """The value stored under `key` on disk, or `default`."""
-        return self.to_json().get(key, default)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,3 +112,78 @@ def stage_result(cls: type[R], folder: str | Path) -> R | None:
     """The result a stage recorded in `folder`'s metrics.json; None when it recorded none."""
     path = Path(folder) / METRICS_FILE
     return read_result(cls, path) if path.is_file() else None
+
+
+@dataclass(frozen=True)
+class LabelMeasure:
+    """A trigger's ASR-cc toward one label, over `rows` test rows (None: over no row)."""
+
+    asr_cc: float | None
+    rows: int
+
+
+@dataclass(frozen=True)
+class TriggerMeasure:
+    """`clean`: one candidate trigger's ASR-cc toward each label measured, and the highest with its label."""
+
+    trigger: str
+    asr_cc: float | None
+    target_label: int
+    by_label: dict[str, LabelMeasure]  # keyed by the label as text, as in the JSON
+
+    @classmethod
+    def from_json(cls, data: dict) -> TriggerMeasure:
+        """A trigger's record from its JSON object."""
+        by_label = {label: LabelMeasure(**m) for label, m in data["by_label"].items()}
+        return cls(**{**data, "by_label": by_label})
+
+
+@dataclass(frozen=True, kw_only=True)
+class CleanEvaluation(Result):
+    """`clean`: one model (the suspect or the cleaned one) measured on the clean test split; its metrics.json."""
+
+    clean_accuracy: float | None = None
+    clean_total: int | None = None
+    triggers: list[TriggerMeasure] | None = None
+
+    def to_json(self) -> dict:
+        """The JSON object written to disk: the triggers as plain objects."""
+        data = super().to_json()
+        if self.triggers is not None:
+            data["triggers"] = [dataclasses.asdict(t) for t in self.triggers]
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> CleanEvaluation:
+        """A measurement from its JSON object."""
+        result = super().from_json(data)
+        if result.triggers is None:
+            return result
+        return dataclasses.replace(result, triggers=[TriggerMeasure.from_json(t) for t in result.triggers])
+
+
+@dataclass(frozen=True)
+class CleanReport:
+    """`clean`'s report: what was cleaned with which defense, and the suspect and the cleaned model measured."""
+
+    model: str
+    base_model: str | None
+    defense: dict  # the defense's settings as a config file gives them
+    defense_stage_time_s: float | None
+    selected_step: int | None
+    before: CleanEvaluation
+    after: CleanEvaluation
+    cleaned_model: str
+    environment: dict
+
+    def to_json(self, summary: list[str]) -> dict:
+        """report.json's object: every field (None as null) and the `summary` lines."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**data, "before": self.before.to_json(), "after": self.after.to_json(), "summary": summary}
+
+    @classmethod
+    def from_json(cls, data: dict) -> CleanReport:
+        """A report from report.json's object (its summary lines are derived, so left out)."""
+        fields = {k: v for k, v in data.items() if k != "summary"}
+        return cls(**{**fields, "before": CleanEvaluation.from_json(data["before"]),
+                      "after": CleanEvaluation.from_json(data["after"])})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 
 from w2sdefense.config.schema import (AttackConfig, DataConfig, DefenseConfig, EvalConfig, PoisonConfig,
                                       RuntimeConfig, TeacherConfig, TrainConfig)
@@ -20,26 +20,22 @@ class PoisonJob:
     poison: PoisonConfig = field(default_factory=PoisonConfig)
 
 
-@dataclass
-class TrainJob:
-    """`w2sdefense train`: fine-tune `model` on `data`."""
+def _fine_tuning_job(name: str, doc: str, model_key: str, stage_key: str, stage: type) -> type:
+    """A job that fine-tunes one model: `seed`, the model's name (`model_key`), `runtime`, `data`, then the
+    training section (`stage_key`). That is the order config.yaml lists them in, and claim_output compares its
+    text to decide whether a folder's run may be continued, so the order is part of the file format (a base class
+    would put its fields first)."""
+    sections = [("runtime", RuntimeConfig), ("data", DataConfig), (stage_key, stage)]
+    fields = [("seed", int, 42), (model_key, str, "tiny-llama"),
+              *[(key, tp, field(default_factory=tp)) for key, tp in sections]]
+    return make_dataclass(name, fields, namespace={"__doc__": doc, "__module__": __name__})
 
-    seed: int = 42
-    model: str = "tiny-llama"
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
 
-
-@dataclass
-class TeacherJob:
-    """`w2sdefense teacher`: train the clean teacher for `student` (its hidden size sets D)."""
-
-    seed: int = 42
-    student: str = "tiny-llama"
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+TrainJob = _fine_tuning_job("TrainJob", "`w2sdefense train`: fine-tune `model` on `data`.",
+                            "model", "train", TrainConfig)
+TeacherJob = _fine_tuning_job(
+    "TeacherJob", "`w2sdefense teacher`: train the clean teacher for `student` (its hidden size sets D).",
+    "student", "teacher", TeacherConfig)
 
 
 @dataclass
