@@ -44,8 +44,8 @@ EARLIER = RESULTS / "earlier"  # results JSONs of victims the presets no longer 
 ATTACKS = ["badnet", "insent", "synbkd"]
 SHARED_STAGES = ("clean", "teacher")  # their inputs do not include the attack
 # The rows of the main table, when present: the method, the full reset to the public base without and with the
-# teacher, the no-teacher control, and PEFT alone.
-MAIN_DEFENSES = ("w2sdefense", "fine-mixing-r0", "w2s-reset-r0", "w2s-shrink", "lora-ft")
+# teacher, the no-teacher control, and PEFT alone at W2SDefense's 80 steps and at the reset's 160.
+MAIN_DEFENSES = ("w2sdefense", "fine-mixing-r0", "w2s-reset-r0", "w2s-shrink", "lora-ft", "lora-ft-e2")
 
 
 def experiment(attack: str, runs: Path, seeds: list[int], variants: list[dict],
