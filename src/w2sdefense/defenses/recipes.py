@@ -5,6 +5,8 @@ rows, one epoch of batch 16 (80 steps), LoRA r 16 on every linear layer, lr 1e-3
 keeping the last checkpoint within 2 dev points of the best (the best-dev rule stopped unlearning at its first
 evaluation: benchmarks/RESULTS.md, "Variants"). `defend` with no config runs it; the authors' recipe (LoRA
 r = alpha = 512 on q/v, lr 2e-4, 5 epochs of batch 32) is the preset row `w2sdefense-authors`.
+`fine-mixing` runs it at two epochs (160 steps), the budget its reset needs to win back the clean accuracy;
+lora-ft at the same two epochs is the benchmark's variant `lora-ft-e2`.
 """
 
 LORA_RECIPE = {"method": "lora", "epochs": 1.0, "max_train_rows": 1280, "lr": 1e-3, "batch_size": 16, "max_length": 64,
