@@ -311,6 +311,27 @@ def test_progress_goes_to_a_log_as_whole_lines(tiny_splits, rt, tmp_path, capsys
     assert lines[-1].startswith("train: step 8/8, ce=") and lines[-1].endswith("; done")
 
 
+def test_the_gguf_conversion_writes_no_bar_frames_to_a_log(tmp_path, capsys, monkeypatch):
+    # transformers' GGUF loader draws its own tqdm bar whatever its progress-bar switch says; in a log
+    # (stderr not a terminal, as here) the conversion keeps only its one "converting ..." line.
+    import transformers
+    from tqdm.auto import tqdm
+
+    from w2sdefense.models import packaged
+
+    def drawing_load(*args, **kwargs):
+        for _ in tqdm(range(50), desc="Converting and de-quantizing GGUF tensors..."):
+            pass
+        raise ValueError("not a GGUF file")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", drawing_load)
+    spec = packaged.PackagedModel("fake", "fake_pkg", "fake==0", "model.gguf")
+    with pytest.raises(UserError, match=r"could not read .*model\.gguf as a GGUF checkpoint: not a GGUF file"):
+        packaged._convert_gguf(spec, tmp_path / "model.gguf", tmp_path / "out")
+    err = capsys.readouterr().err
+    assert "Converting" not in err and "\r" not in err
+
+
 def test_a_mistyped_local_path_is_not_sent_to_the_hub(tmp_path, monkeypatch):
     from w2sdefense.models import check_model_name
 

@@ -7,6 +7,8 @@ gets one line when it starts and ends, and one every `EVERY_S` seconds in betwee
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping
@@ -31,6 +33,20 @@ def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, 
         return tqdm(iterable, total=total, desc=desc, initial=initial, leave=leave, disable=disable, unit=unit,
                     file=stream, dynamic_ncols=True)
     return LineProgress(iterable, total=total, desc=desc, initial=initial, leave=leave, unit=unit, stream=stream)
+
+
+@contextlib.contextmanager
+def quiet_library_bars(stream: TextIO | None = None) -> Iterator[None]:
+    """Inside, a library's own tqdm bars (transformers' GGUF conversion ignores its progress-bar switch)
+    write nowhere when `stream` (default stderr) is not a terminal; on a terminal nothing changes.
+    """
+    stream = stream if stream is not None else sys.stderr
+    isatty = getattr(stream, "isatty", None)
+    if isatty is not None and isatty():
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+        yield
 
 
 class LineProgress:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from w2sdefense.errors import UserError
 from w2sdefense.fileio import cache_root
+from w2sdefense.progress import quiet_library_bars
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +75,10 @@ def _convert_gguf(spec: PackagedModel, source: Path, target: Path) -> None:
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tok = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, trust_remote_code=False)
+        with quiet_library_bars():  # its per-tensor bar would be a frame per update in a log
+            tok = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name,
+                                                         trust_remote_code=False)
     except ImportError as exc:
         raise UserError(f"converting {spec.name} needs the `gguf` package ({exc}); pip install gguf") from None
     except Exception as exc:  # a corrupt or unsupported file: say which and why
