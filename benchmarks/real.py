@@ -281,6 +281,14 @@ def attack_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _steps(row: dict) -> str:
+    """A trained row's selected step / steps; an input filter trains nothing ("–")."""
+    if not row.get("steps"):
+        return "–"
+    selected = row.get("selected_step")
+    return f"{'–' if selected is None else selected} / {row['steps']}"
+
+
 def variant_table(results: dict[str, dict]) -> str:
     """Every first-seed defense row, variants included, with the settings that make it differ."""
     lines = ["| attack | row | what differs from the preset's defense | CA | ASR-cc | residual (pts) | "
@@ -300,7 +308,7 @@ def variant_table(results: dict[str, dict]) -> str:
             lines.append(f"| {attack} | {label} | {diff or '(the preset)'} | {100 * r['clean_accuracy']:.1f} | "
                          f"{_pts(r['attack_success_rate_clean_correct'])} | "
                          f"{_pts(r['attack_success_rate_clean_correct'], floor, '+.1f')} | "
-                         f"{r.get('selected_step', '–')} / {r['steps']} |")
+                         f"{_steps(r)} |")
     return "\n".join(lines)
 
 

@@ -168,6 +168,22 @@ def test_an_asr_cc_over_zero_rows_is_na_in_the_tables_and_left_out_of_means():
         "10.0 (n=1, 1 n/a) | n/a | 15.0 ± 7.1 (n=2) |")
 
 
+def test_the_variant_table_gives_an_input_filter_no_steps_and_a_training_its_selected_step():
+    rows = [{"model": "clean model", "clean_accuracy": 0.9, "attack_success_rate_clean_correct": 0.02},
+            {"model": "poisoned", "clean_accuracy": 0.89, "attack_success_rate_clean_correct": 0.8},
+            {"model": "strip-s42", "clean_accuracy": 0.84, "attack_success_rate_clean_correct": 0.5, "steps": 0,
+             "selected_step": None},
+            {"model": "rap-s42", "clean_accuracy": 0.86, "attack_success_rate_clean_correct": 0.6, "steps": 80,
+             "selected_step": None},
+            {"model": "lora-ft-s42", "clean_accuracy": 0.88, "attack_success_rate_clean_correct": 0.7, "steps": 80,
+             "selected_step": 40}]
+    meta = {m: {"defense": m[:-4], "is_variant": False, "seed": 42, "settings": {"name": m[:-4]}}
+            for m in ("strip-s42", "rap-s42", "lora-ft-s42")}
+    result = {"attack": "badnet", "rows": rows, "config": {"seed": 42}, "row_meta": meta}
+    lines = real.variant_table({"badnet": result}).splitlines()[2:]
+    assert [line.split(" | ")[-1] for line in lines] == ["– |", "– / 80 |", "40 / 80 |"]
+
+
 def test_a_variant_at_several_seeds_gets_one_row_per_seed_and_keeps_its_bare_label_at_the_presets_seed(tmp_path):
     variant = {"label": "fine-mixing-r0-e2", "name": "fine-mixing", "rho": 0.0, "train": {"epochs": 2}}
     cfg, meta = real.experiment("badnet", tmp_path, [43, 44], [variant], only=["lora-ft"])
