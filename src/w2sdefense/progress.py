@@ -28,21 +28,24 @@ def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, 
     EVERY_S, so the dev evaluations of a training run add no lines of their own.
     """
     stream = stream if stream is not None else sys.stderr
-    isatty = getattr(stream, "isatty", None)
-    if disable or (isatty is not None and isatty()):
+    if disable or _is_terminal(stream):
         return tqdm(iterable, total=total, desc=desc, initial=initial, leave=leave, disable=disable, unit=unit,
                     file=stream, dynamic_ncols=True)
     return LineProgress(iterable, total=total, desc=desc, initial=initial, leave=leave, unit=unit, stream=stream)
 
 
-@contextlib.contextmanager
-def quiet_library_bars(stream: TextIO | None = None) -> Iterator[None]:
-    """Inside, a library's own tqdm bars (transformers' GGUF conversion ignores its progress-bar switch)
-    write nowhere when `stream` (default stderr) is not a terminal; on a terminal nothing changes.
-    """
-    stream = stream if stream is not None else sys.stderr
+def _is_terminal(stream: TextIO) -> bool:
+    """Whether a stream is a terminal (a bar redraws in place) rather than a file or a pipe."""
     isatty = getattr(stream, "isatty", None)
-    if isatty is not None and isatty():
+    return isatty is not None and isatty()
+
+
+@contextlib.contextmanager
+def quiet_library_bars() -> Iterator[None]:
+    """Inside, a library's own tqdm bars (transformers' GGUF conversion ignores its progress-bar switch)
+    write nowhere when stderr is not a terminal; on a terminal nothing changes.
+    """
+    if _is_terminal(sys.stderr):
         yield
         return
     with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
