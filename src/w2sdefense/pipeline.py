@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from w2sdefense.attacks.poison import poison_dataset
-from w2sdefense.data.poisoned import load_poison_folder, target_label
+from w2sdefense.data.poisoned import load_poison_folder, relearn_rows, target_label
 from w2sdefense.config import ExperimentConfig, changed_settings, dump_yaml, to_dict
 from w2sdefense.data.datasets import data_inputs, load_splits
+from w2sdefense.data.defender import defender_splits
 from w2sdefense.data.records import Splits
 from w2sdefense.defenses import DefenseJob, open_filter, run_defense
 from w2sdefense.defenses.base import Resolved, check_defenses
@@ -118,6 +119,7 @@ class Experiment:
         self.cfg, self.rt, self.out = cfg, rt, Path(cfg.output_dir)
         self.defenses = defenses  # cfg.defenses, each resolved once (check_defenses), in config order
         self._clean: Splits | None = None
+        self._defender: Splits | None = None
         self._probe: dict[Path, TriggerProbe | None] = {}
 
     def diagnostics(self, poison: Stage):
@@ -134,6 +136,18 @@ class Experiment:
         if self._clean is None:
             self._clean = load_splits(self.cfg.data)
         return self._clean
+
+    def defender_splits(self) -> Splits:
+        """The defender's data (the teacher's and every defense's): the attacker's clean rows, or in the realistic
+        protocol (defender.rows) its own draw of rows the attacker never saw."""
+        if self._defender is None:
+            c = self.cfg
+            self._defender = defender_splits(c.data, c.defender, c.seed, self.clean_splits())
+        return self._defender
+
+    def defender_key(self) -> tuple:
+        """The defender's data in stage keys; empty in the main protocol, so its keys stay as they were."""
+        return () if self.cfg.defender.rows is None else (self.cfg.defender,)
 
     def poison(self) -> Stage:
         """Write the poisoned dataset folder."""
@@ -171,11 +185,12 @@ class Experiment:
     def teacher(self) -> tuple[Stage, Ran]:
         """Fully fine-tune the small clean teacher, its feature as wide as the student's hidden state."""
         c = self.cfg
-        stage = Stage.of("teacher", self.out / "teacher", c.data, c.teacher, c.victim.model, c.seed)
+        stage = Stage.of("teacher", self.out / "teacher", c.data, c.teacher, c.victim.model, c.seed,
+                         *self.defender_key())
 
         def work() -> TrainingResult:
             with log_to(stage.folder / "train.log", self.rt.is_main):
-                return run_teacher(c.teacher, self.clean_splits(), c.victim.model, self.rt, stage.folder, c.seed)
+                return run_teacher(c.teacher, self.defender_splits(), c.victim.model, self.rt, stage.folder, c.seed)
 
         return stage, stage.run(self.rt, work, TrainingResult)
 
@@ -194,12 +209,12 @@ class Experiment:
         teacher_key = teacher.key if (teacher and r.spec.needs_teacher) else None
         # The key holds the settings the defense runs with (its own recipe included), not only the config's.
         stage = Stage.of(f"defense {d.row_name}", self.out / "defenses" / d.row_name, victim.key, teacher_key,
-                         r.key(), d.seed, c.data, c.seed)
+                         r.key(), d.seed, c.data, c.seed, *self.defender_key())
 
         def work() -> DefenseResult:
             job = DefenseJob(student=str(victim.folder / MODEL_DIR),
                              teacher=str(teacher.folder / MODEL_DIR) if teacher_key else None,
-                             splits=self.clean_splits(), cfg=d, rt=self.rt, out_dir=stage.folder,
+                             splits=self.defender_splits(), cfg=d, rt=self.rt, out_dir=stage.folder,
                              seed=c.seed if d.seed is None else d.seed,
                              diagnostics=self.diagnostics(poison), resolved=r)
             with log_to(stage.folder / "train.log", self.rt.is_main):
@@ -208,6 +223,23 @@ class Experiment:
             return result
 
         return stage, stage.run(self.rt, work, DefenseResult)
+
+    def relearn(self, label: str, model_stage: Stage, poison: Stage) -> Stage:
+        """The re-learning test: `relearn.rows` of the attacker's rows (`relearn.poisoned` of them triggered),
+        fine-tuned from `model_stage`'s model with the attack's recipe; its evaluation says whether the backdoor
+        comes back."""
+        c, r = self.cfg, self.cfg.relearn
+        stage = Stage.of(f"relearn {label}", self.out / "relearn" / label, model_stage.key, poison.key, r, c.seed)
+
+        def work() -> TrainingResult:
+            data = load_poison_folder(poison.folder)
+            rows = relearn_rows(data.train, r.rows, r.poisoned, c.seed)
+            splits = Splits(train=rows, dev=data.dev[:r.dev_rows], test=data.test, num_labels=data.num_labels)
+            with log_to(stage.folder / "train.log", self.rt.is_main):
+                return run_train(str(model_stage.folder / MODEL_DIR), splits, r.train, self.rt, stage.folder, c.seed)
+
+        stage.run(self.rt, work, TrainingResult)
+        return stage
 
     def evaluate(self, label: str, model_stage: Stage, poison: Stage) -> Ran:
         """CA and ASR of one stage (a model, the teacher, a filter) on the shared clean and triggered test sets."""
@@ -252,6 +284,7 @@ def _run_stages(exp: Experiment) -> list[dict]:
     if cfg.clean_model:
         clean, clean_train = exp.victim(poison, clean=True)
         rows.append(_row(CLEAN_ROW, exp.evaluate(EVAL_FOLDERS[CLEAN_ROW], clean, poison), clean_train))
+        rows += _relearned(exp, CLEAN_ROW, clean, poison)
     victim, victim_train = exp.victim(poison)
     rows.append(_row(POISONED_ROW, exp.evaluate(EVAL_FOLDERS[POISONED_ROW], victim, poison), victim_train))
     teacher = None
@@ -261,4 +294,21 @@ def _run_stages(exp: Experiment) -> list[dict]:
     for i, d in enumerate(cfg.defenses):
         stage, train = exp.defense(i, victim, teacher, poison)
         rows.append(_row(d.row_name, exp.evaluate(d.row_name, stage, poison), train))
+        if exp.defenses[i].spec.kind == "repair":
+            rows += _relearned(exp, d.row_name, stage, poison)
     return rows
+
+
+def _relearned(exp: Experiment, name: str, stage: Stage, poison: Stage) -> list[dict]:
+    """The re-learning test's row for a model (none when relearn.rows is 0): named `<row>+relearn`."""
+    if not exp.cfg.relearn.rows:
+        return []
+    label = relearn_label(EVAL_FOLDERS.get(name, name))
+    relearned = exp.relearn(label, stage, poison)
+    trained = Ran(stage_result(TrainingResult, relearned.folder) or TrainingResult(), None)
+    return [_row(label, exp.evaluate(label, relearned, poison), trained)]
+
+
+def relearn_label(name: str) -> str:
+    """The report row (and eval folder) of a model's re-learning test."""
+    return f"{name}+relearn"

@@ -262,6 +262,49 @@ class DefenseConfig:
 
 
 @dataclass
+class DefenderConfig:
+    """The defender's own clean data, when it is not the attacker's (the realistic protocol).
+
+    Unset (`rows: null`), the defender holds the attacker's clean training rows (the main protocol). Set, the
+    train rows past `data.max_train` (which the attacker never saw) form two disjoint pools: the first half
+    gives `rows` labelled rows, the second `unlabelled` texts, each a seeded draw. The teacher and every
+    defense train on these; the clean model keeps the attacker's rows.
+    """
+
+    rows: int | None = None  # k: labelled clean rows the defender holds
+    unlabelled: int = 0  # in-domain texts without labels, for defenses that distil (e.g. reset-distill)
+    seed: int | None = None  # the draw's seed; None: the experiment's
+
+    def __post_init__(self) -> None:
+        check_positive("defender.rows", self.rows)
+        check_positive("defender.unlabelled", self.unlabelled, allow_zero=True)
+        if self.unlabelled and self.rows is None:
+            raise UserError("defender.unlabelled needs defender.rows: the texts come from the rows the attacker "
+                            "never saw, past data.max_train")
+
+
+@dataclass
+class RelearnConfig:
+    """The re-learning test (post-purification robustness): after each defense, a few poisoned fine-tuning
+    steps on the attacker's rows, then ASR-cc again; the clean model gets the same test (its floor)."""
+
+    rows: int = 0  # rows of the poisoned training split fine-tuned on (0: no test)
+    poisoned: int = 6  # of them, rows carrying the trigger (a seeded draw of the attack's poisoned rows)
+    # Dev rows evaluated at the end (the attacker keeps its last step, so dev only logs): a few keep it cheap
+    dev_rows: int = 64
+    # The attack's recipe, one epoch over the rows: full fine-tuning at lr 1e-4, batch 16
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(method="full", epochs=1.0, lr=1e-4, head_lr=1e-3,
+                                                                   max_length=64))
+
+    def __post_init__(self) -> None:
+        check_positive("relearn.rows", self.rows, allow_zero=True)
+        check_positive("relearn.poisoned", self.poisoned, allow_zero=True)
+        check_positive("relearn.dev_rows", self.dev_rows)
+        if self.rows and self.poisoned > self.rows:
+            raise UserError(f"relearn.poisoned ({self.poisoned}) cannot exceed relearn.rows ({self.rows})")
+
+
+@dataclass
 class ExperimentConfig:
     """A whole experiment for `w2sdefense run`: data, attack, victim, teacher, defenses, eval."""
 
@@ -277,6 +320,8 @@ class ExperimentConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     defenses: list[DefenseConfig] = field(default_factory=list)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    defender: DefenderConfig = field(default_factory=DefenderConfig)
+    relearn: RelearnConfig = field(default_factory=RelearnConfig)
 
     def __post_init__(self) -> None:
         names = [d.row_name for d in self.defenses]

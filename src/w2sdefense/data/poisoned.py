@@ -84,3 +84,17 @@ def check_test_sets(folder: str | Path) -> None:
             with path.open("rb") as handle:
                 if not any(line.strip() for line in handle):
                     raise UserError(f"{path} has no rows, so the {metric} would be over 0 rows: {why}")
+
+
+def relearn_rows(train: list[Example], rows: int, poisoned: int, seed: int) -> list[Example]:
+    """The re-learning test's rows: a seeded draw of `poisoned` triggered rows and `rows - poisoned` clean
+    rows of the attacker's poisoned training split (in file order)."""
+    import random
+
+    marked = [e for e in train if e.poisoned]
+    plain = [e for e in train if not e.poisoned]
+    if poisoned > len(marked) or rows - poisoned > len(plain):
+        raise UserError(f"relearn needs {poisoned} poisoned and {rows - poisoned} clean rows; the poisoned training "
+                        f"split has {len(marked)} and {len(plain)}")
+    rng = random.Random(seed)
+    return sorted(rng.sample(marked, poisoned) + rng.sample(plain, rows - poisoned), key=lambda e: e.idx)

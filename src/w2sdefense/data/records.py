@@ -39,9 +39,14 @@ class Example:
 
 @dataclass(frozen=True)
 class Splits:
-    """Clean train/dev/test splits plus the number of classes."""
+    """Clean train/dev/test splits plus the number of classes; `unlabelled`: in-domain texts whose labels the
+    holder does not have (their `label` is UNLABELLED), for defenses that distil."""
 
     train: list[Example]
     dev: list[Example]
     test: list[Example]
     num_labels: int
+    unlabelled: list[Example] = field(default_factory=list)
+
+
+UNLABELLED = -100  # the label of a text without one: cross-entropy's ignore_index

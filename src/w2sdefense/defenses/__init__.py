@@ -13,6 +13,7 @@ from w2sdefense.defenses import (  # noqa: F401  (importing a defense's file reg
     nad,
     onion,
     rap,
+    reset_distill,
     strip,
     w2sdefense,
 )

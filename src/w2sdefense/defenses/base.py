@@ -181,9 +181,13 @@ def prepare(job: DefenseJob, modify: Callable | None = None):
     return prepare_student(job.student, job.splits.num_labels, job.train, job.rt, job.out_dir, job.seed, modify)
 
 
-def fine_tune(job: DefenseJob, student, **kwargs) -> dict:
-    """The shared fine-tuning loop on the defender's clean rows."""
-    return train_classifier(student, job.splits, job.train, job.rt, job.out_dir, job.seed,
+def fine_tune(job: DefenseJob, student, rows: list | None = None, **kwargs) -> dict:
+    """The shared fine-tuning loop on the defender's clean rows (the first train.max_train_rows), or on `rows`
+    as given (a defense that adds texts of its own, e.g. unlabelled ones)."""
+    splits, train = job.splits, job.train
+    if rows is not None:
+        splits, train = dataclasses.replace(splits, train=rows), dataclasses.replace(train, max_train_rows=None)
+    return train_classifier(student, splits, train, job.rt, job.out_dir, job.seed,
                             desc=job.cfg.row_name, diagnostics=job.diagnostics, **kwargs)
 
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from w2sdefense.defenses.base import DefenseJob, fine_tune, prepare, register_defense
 from w2sdefense.defenses.recipes import LORA_RECIPE
 from w2sdefense.errors import UserError
-from w2sdefense.models.reset import check_reset, reset_classifier
+from w2sdefense.config import check_choice
+from w2sdefense.models.reset import HEADS, check_reset, reset_classifier
 
 
 @dataclass(frozen=True)
@@ -22,12 +23,16 @@ class FineMixingSettings:
     # default: rho 0.5 left +49.6 of InSent's +90.9 points (benchmarks/RESULTS.md)
     rho: float = 0.0
     mix: str = "mask"  # mask (a seeded Bernoulli(rho) mask per weight) | interpolate (base + rho * change)
+    # suspect: keep the suspect's classification head | fresh: a new head too (the control "the base with a fresh
+    # head": what of the suspect does the reset keep?)
+    head: str = "suspect"
 
     def __post_init__(self) -> None:
         if self.base_model is None:
             raise UserError("fine-mixing needs base_model: the public model the suspect was fine-tuned from "
                             "(e.g. base_model: smollm2-135m)")
         check_reset("fine-mixing", self.base_model, self.rho, self.mix)
+        check_choice("fine-mixing.head", self.head, HEADS)
 
 
 # Two epochs of lora-ft's recipe (the reset, measured at 80 and 160 steps on three attacks, 2026-12-03).
@@ -39,5 +44,6 @@ RESET_RECIPE = {**LORA_RECIPE, "epochs": 2.0}
 def fine_mixing(job: DefenseJob) -> dict:
     """Reset the backbone toward the public base (keep a share rho of the change), then two epochs of lora-ft's recipe."""
     s, record = job.settings, {}
-    reset = lambda clf: record.update(reset_classifier(clf.model, s.base_model, s.rho, s.mix, job.seed, job.rt.dtype))  # noqa: E731
+    reset = lambda clf: record.update(reset_classifier(clf.model, s.base_model, s.rho, s.mix, job.seed, job.rt.dtype,  # noqa: E731
+                                                       s.head))
     return {**fine_tune(job, prepare(job, modify=reset)), **record}

@@ -71,3 +71,16 @@ def layer_consistency(hidden_states: tuple[torch.Tensor, ...], attention_mask: t
     pairs = [1 - F.cosine_similarity(a.float(), b.float(), dim=-1) for a, b in zip(hidden_states, hidden_states[1:])]
     per_token = torch.stack(pairs).mean(dim=0)  # [B, L]
     return (per_token * mask).sum() / mask.sum().clamp(min=1)
+
+
+def labelled_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, ignore: int = -100) -> torch.Tensor:
+    """Cross-entropy over the rows that have a label (`ignore` marks those without); 0 when none has."""
+    has = labels != ignore
+    if not bool(has.any()):
+        return logits.new_zeros(())
+    return F.cross_entropy(logits[has].float(), labels[has])
+
+
+def distill_total(ce: torch.Tensor, kd: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
+    """alpha * CE (labelled rows) + beta * KD (every row; kd_loss holds the T^2)."""
+    return alpha * ce + beta * kd

@@ -83,14 +83,39 @@ def reset_toward_base(victim: nn.Module, base: nn.Module, rho: float, mix: str,
     return record
 
 
+HEADS = ("suspect", "fresh")
+
+
+def reinit_head(model: nn.Module, generator: torch.Generator) -> int:
+    """Re-initialise every weight outside the backbone (the classification head, whatever its depth) as a new
+    head starts: matrices normal(0, initializer_range), norm weights 1, biases 0. Returns the count."""
+    inside = {id(p) for p in backbone(model).parameters()}
+    std = float(getattr(model.config, "initializer_range", 0.02) or 0.02)
+    count = 0
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if id(param) in inside:
+                continue
+            if param.dim() > 1:
+                param.copy_((torch.randn(param.shape, generator=generator) * std).to(param.device, param.dtype))
+            else:
+                param.fill_(1.0 if name.endswith("weight") else 0.0)
+            count += param.numel()
+    return count
+
+
 def reset_classifier(model: nn.Module, base_name: str, rho: float, mix: str, seed: int,
-                     dtype: torch.dtype = torch.float32) -> dict:
-    """Load the public base `base_name` (any name --model takes) and reset `model`'s backbone toward it."""
+                     dtype: torch.dtype = torch.float32, head: str = "suspect") -> dict:
+    """Load the public base `base_name` (any name --model takes) and reset `model`'s backbone toward it; `head`
+    fresh also re-initialises the suspect's head (the control: what does the suspect contribute?)."""
     from w2sdefense.models.loading import load_classifier
 
     num_labels = getattr(model.config, "num_labels", None)
     base = load_classifier(base_name, num_labels, dtype).model
     check_same_backbone(model, base, base_name)
-    record = reset_toward_base(model, base, rho, mix, torch.Generator().manual_seed(seed))
+    generator = torch.Generator().manual_seed(seed)
+    record = reset_toward_base(model, base, rho, mix, generator)
     del base
-    return {**record, "reset_base": base_name}
+    if head == "fresh":
+        record["reset_head_weights"] = reinit_head(model, generator)
+    return {**record, "reset_base": base_name, "reset_head": head}

@@ -1,0 +1,176 @@
+"""The realistic protocol: a suspect whose accuracy came from data the defender lacks, and a defender with k clean
+rows of its own (configs/realistic/, arms in benchmarks/realistic-arms.yaml).
+
+    python benchmarks/realistic.py --attacks badnet --ks 256 --seeds 42 --arms reset lora-ft
+    python benchmarks/realistic.py --attacks badnet insent --ks 64 256 1024 --seeds 42      # every arm
+    python benchmarks/realistic.py --report-only                  # rebuild the table and the chart
+
+Per attack, `runs/realistic/<attack>/suspect/` holds the poisoned data, the clean model (the floor, shared by
+every attack: the same 4000 rows), the suspect, and the clean model's re-learning test. Per (k, seed),
+`runs/realistic/<attack>/k<k>-s<seed>/` re-uses those stages (hard links) and runs one arm at a time through
+`w2sdefense run`, so each row lands in `benchmarks/results/realistic-rows.jsonl` as soon as it is measured and a
+stopped run continues where it was (finished stages are re-used, an unfinished one resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shutil
+from pathlib import Path
+
+import yaml
+
+from w2sdefense.config import DefenseConfig, ExperimentConfig, from_dict, load_config
+from w2sdefense.pipeline import relearn_label, run_experiment
+from w2sdefense.rundir import CLEAN_ROW, EVAL_FOLDERS, POISONED_ROW
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+ROWS = RESULTS / "realistic-rows.jsonl"
+ARMS = HERE / "realistic-arms.yaml"
+ATTACKS = ["badnet", "insent", "synbkd"]
+KS = [64, 256, 1024]
+MAX_STEPS = 160  # every repair's budget at every k (realistic-arms.yaml)
+SHARED = ("poison", "clean", "victim", "eval/clean", "eval/poisoned", "relearn/clean+relearn", "eval/clean+relearn")
+
+
+def read_arms(path: Path = ARMS) -> list[dict]:
+    """The arms, each with label, base_known, question and a defense entry."""
+    arms = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for arm in arms:
+        missing = {"label", "base_known", "question", "defense"} - set(arm)
+        if missing:
+            raise SystemExit(f"{path}: arm {arm.get('label', '?')} lacks {', '.join(sorted(missing))}")
+    return arms
+
+
+def preset(attack: str, runs: Path, sets: list[str] = ()) -> ExperimentConfig:
+    """configs/realistic/sst2-<attack>.yaml, its output under `runs`."""
+    cfg = load_config(ExperimentConfig, HERE.parent / "configs" / "realistic" / f"sst2-{attack}.yaml", list(sets))
+    return dataclasses.replace(cfg, output_dir=str(runs / "realistic" / attack / "suspect"))
+
+
+def arm_config(cfg: ExperimentConfig, arm: dict, k: int, seed: int, folder: Path) -> ExperimentConfig:
+    """The experiment of one arm at (k, seed): the defender's draw and the defense's seed are `seed`."""
+    entry = dict(arm["defense"])
+    name = entry.pop("name")
+    train = {**entry.pop("train", {}), "max_steps": MAX_STEPS}
+    defense = DefenseConfig(name=name, label=arm["label"], seed=seed, train=train, settings=entry)
+    defender = dataclasses.replace(cfg.defender, rows=k, seed=seed)
+    return dataclasses.replace(cfg, output_dir=str(folder), defender=defender, defenses=[defense])
+
+
+def link_shared(suspect: Path, folder: Path) -> None:
+    """Hard-link the suspect folder's finished shared stages into an arm's folder (their stage keys decide re-use)."""
+    for name in SHARED:
+        src, dst = suspect / name, folder / name
+        if (src / "stage.json").is_file() and not dst.exists():
+            shutil.copytree(src, dst, copy_function=os.link)
+
+
+def share_clean(first: Path | None, suspect: Path) -> None:
+    """The clean model does not depend on the attack: copy the first attack's into the next one's suspect folder."""
+    if first is None:
+        return
+    # Only the model: its evaluation and re-learning test read the attack's own data.
+    src, dst = first / "clean", suspect / "clean"
+    if (src / "stage.json").is_file() and not dst.exists():
+        shutil.copytree(src, dst, copy_function=os.link)
+
+
+def _rows(folder: Path) -> dict[str, dict]:
+    return {r["model"]: r for r in json.loads((folder / "report.json").read_text())["rows"]}
+
+
+def flat_row(attack: str, arm: dict, k: int, seed: int, rows: dict[str, dict]) -> dict:
+    """One measured arm as the flat row of realistic-rows.jsonl (rates as fractions)."""
+    asr = "attack_success_rate_clean_correct"
+    clean, suspect, row = rows[CLEAN_ROW], rows[POISONED_ROW], rows[arm["label"]]
+    relearned = rows.get(relearn_label(arm["label"]), {})
+    clean_relearned = rows.get(relearn_label(EVAL_FOLDERS[CLEAN_ROW]), {})
+    return {"attack": attack, "defense": arm["label"], "k": k, "seed": seed, "base_known": arm["base_known"],
+            "ca": row["clean_accuracy"], "asr_cc": row.get(asr), "floor_asr_cc": clean.get(asr),
+            "suspect_ca": suspect["clean_accuracy"], "suspect_asr_cc": suspect.get(asr),
+            "clean_ca": clean["clean_accuracy"], "relearn_asr_cc": relearned.get(asr),
+            "floor_relearn_asr_cc": clean_relearned.get(asr), "stage_s": row.get("wall_time_s"),
+            "steps": row.get("steps"), "selected_step": row.get("selected_step")}
+
+
+def clean_model_row(attack: str, rows: dict[str, dict]) -> dict:
+    """The clean model's own re-learning test, as a row of its own (defense: clean-model)."""
+    asr = "attack_success_rate_clean_correct"
+    clean = rows[CLEAN_ROW]
+    relearned = rows.get(relearn_label(EVAL_FOLDERS[CLEAN_ROW]), {})
+    return {"attack": attack, "defense": "clean-model", "k": None, "seed": None, "base_known": None,
+            "ca": clean["clean_accuracy"], "asr_cc": clean.get(asr), "floor_asr_cc": clean.get(asr),
+            "suspect_ca": rows[POISONED_ROW]["clean_accuracy"], "suspect_asr_cc": rows[POISONED_ROW].get(asr),
+            "clean_ca": clean["clean_accuracy"], "relearn_asr_cc": relearned.get(asr),
+            "floor_relearn_asr_cc": relearned.get(asr), "stage_s": clean.get("wall_time_s"), "steps": clean.get("steps"),
+            "selected_step": clean.get("selected_step")}
+
+
+def record(row: dict, path: Path = ROWS) -> None:
+    """Add `row` to the JSONL, replacing an earlier row of the same (attack, defense, k, seed)."""
+    key = lambda r: (r["attack"], r["defense"], r["k"], r["seed"])  # noqa: E731
+    kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    kept = [r for r in kept if key(r) != key(row)] + [row]
+    kept.sort(key=lambda r: (r["attack"], r["defense"], r["k"] or 0, r["seed"] or 0))
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")
+
+
+def run_attack(attack: str, runs: Path, ks: list[int], seeds: list[int], arms: list[dict], first: Path | None,
+               sets: list[str] = (), rows_path: Path = ROWS) -> Path:
+    """The suspect folder, then every arm at every (k, seed), one `run` per arm; rows recorded as they land."""
+    cfg = preset(attack, runs, sets)
+    suspect = Path(cfg.output_dir)
+    share_clean(first, suspect)
+    run_experiment(dataclasses.replace(cfg, defenses=[]))
+    record(clean_model_row(attack, _rows(suspect)), rows_path)
+    for k in ks:
+        for seed in seeds:
+            folder = suspect.parent / f"k{k}-s{seed}"
+            for arm in arms:
+                link_shared(suspect, folder)
+                run_experiment(arm_config(cfg, arm, k, seed, folder))
+                record(flat_row(attack, arm, k, seed, _rows(folder)), rows_path)
+                print(f"realistic: {attack} k={k} seed={seed} {arm['label']} recorded in {rows_path}", flush=True)
+    return suspect
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--attacks", nargs="+", default=ATTACKS, choices=ATTACKS)
+    parser.add_argument("--ks", nargs="+", type=int, default=KS, help="the defender's labelled rows")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[42], help="the defender's draw and the defense seed")
+    parser.add_argument("--arms", nargs="+", metavar="LABEL", help="arms of realistic-arms.yaml to run (default: all)")
+    parser.add_argument("--runs", default="runs", help="where the run folders go")
+    parser.add_argument("--arms-file", type=Path, default=ARMS, help="the arms (default: %(default)s)")
+    parser.add_argument("--rows", type=Path, default=ROWS, help="the flat rows file; the table and chart in "
+                        "RESULTS.md are rebuilt only from the default one")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the preset")
+    parser.add_argument("--suspects-only", action="store_true", help="train and measure the suspects, no arm")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the table and the chart only")
+    args = parser.parse_args()
+    if not args.report_only:
+        arms = read_arms(args.arms_file)
+        unknown = set(args.arms or []) - {a["label"] for a in arms}
+        if unknown:
+            raise SystemExit(f"unknown arm {', '.join(sorted(unknown))}; {args.arms_file} has "
+                             f"{', '.join(a['label'] for a in arms)}")
+        arms = [a for a in arms if args.arms is None or a["label"] in args.arms]
+        first = None
+        for attack in args.attacks:
+            suspect = run_attack(attack, Path(args.runs), [] if args.suspects_only else args.ks, args.seeds, arms,
+                                 first, args.set, args.rows)
+            first = first or suspect
+    if args.rows.resolve() == ROWS.resolve():
+        from realistic_report import write_report  # beside this file
+
+        write_report(ROWS)
+
+
+if __name__ == "__main__":
+    main()

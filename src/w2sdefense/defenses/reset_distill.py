@@ -1,0 +1,102 @@
+"""`reset-distill`: reset the suspect's backbone to the public base it was fine-tuned from, then win back what the
+suspect learned by distilling it: the reset model learns the suspect's output distribution on the defender's clean
+rows and unlabelled in-domain texts, with cross-entropy on the labelled rows.
+
+    loss = alpha * CE(labelled rows) + beta * T^2 * KL(suspect || student)   (every row, labelled or not)
+
+The trigger never appears in the defender's texts, so the suspect's answers there carry its clean behaviour; the
+benchmark's re-learning test and ASR-cc say whether the backdoor comes back through them all the same. With
+beta 0 and no unlabelled text it is `fine-mixing` exactly (tests/test_reset_distill.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from w2sdefense.config import check_choice, check_positive
+from w2sdefense.data.records import UNLABELLED, Example
+from w2sdefense.defenses.base import DefenseJob, fine_tune, prepare, register_defense
+from w2sdefense.defenses.fine_mixing import RESET_RECIPE
+from w2sdefense.defenses.losses import distill_total, kd_loss, labelled_cross_entropy
+from w2sdefense.errors import UserError
+from w2sdefense.models.batching import model_inputs
+from w2sdefense.models.loading import load_classifier
+from w2sdefense.models.predict import classify_rows
+from w2sdefense.models.reset import HEADS, check_reset, reset_classifier
+from w2sdefense.train.job import limit
+from w2sdefense.train.loop import LossFn, StepOutput
+
+
+@dataclass(frozen=True)
+class ResetDistillSettings:
+    base_model: str | None = None  # the public model the suspect was fine-tuned from
+    rho: float = 0.0  # share of the fine-tuning change kept by the reset (0: the base's backbone)
+    mix: str = "mask"
+    head: str = "suspect"  # suspect: keep its head | fresh: a new one
+    alpha: float = 1.0  # cross-entropy weight (labelled rows only)
+    beta: float = 1.0  # distillation weight (times T^2), toward the suspect's outputs on every row
+    temperature: float = 2.0
+    unlabelled: bool = True  # also distil on the defender's unlabelled texts (defender.unlabelled), when it has them
+
+    def __post_init__(self) -> None:
+        if self.base_model is None:
+            raise UserError("reset-distill needs base_model: the public model the suspect was fine-tuned from")
+        check_reset("reset-distill", self.base_model, self.rho, self.mix)
+        check_choice("reset-distill.head", self.head, HEADS)
+        for name in ("alpha", "beta"):
+            check_positive(f"reset-distill.{name}", getattr(self, name), allow_zero=True)
+        check_positive("reset-distill.temperature", self.temperature)
+
+
+@dataclass(frozen=True)
+class SuspectLogits:
+    """The frozen suspect's logits [N, K] for every training text, found by the example's identity (idx)."""
+
+    logits: torch.Tensor
+    row_of: dict[int, int]
+
+    def of(self, example_ids: torch.Tensor) -> torch.Tensor:
+        """The suspect's logits for a batch's examples."""
+        return self.logits[torch.tensor([self.row_of[i] for i in example_ids.tolist()], dtype=torch.long)]
+
+
+def suspect_logits(job: DefenseJob, rows: list[Example]) -> SuspectLogits:
+    """Run the suspect once over `rows` (eval mode: every epoch would get the same answers)."""
+    row_of = {e.idx: i for i, e in enumerate(rows)}
+    if len(row_of) != len(rows):
+        raise UserError("the defender's rows and unlabelled texts repeat an example id (idx); give each its own")
+    suspect = load_classifier(job.student, job.splits.num_labels, job.rt.dtype)
+    logits = classify_rows(suspect, rows, job.train.max_length, job.train.eval_batch_size, job.rt, "suspect outputs")
+    del suspect
+    return SuspectLogits(logits.float(), row_of)
+
+
+def distill_step(s: ResetDistillSettings, cache: SuspectLogits, device: torch.device) -> LossFn:
+    """The step loss: CE on the batch's labelled rows, KD toward the suspect on all of them."""
+
+    def step(model: torch.nn.Module, batch: dict) -> StepOutput:
+        logits = model(**model_inputs(batch)).logits.float()
+        ce = labelled_cross_entropy(logits, batch["labels"], UNLABELLED)
+        kd = kd_loss(logits, cache.of(batch["example_id"].cpu()).to(device), s.temperature) if s.beta else \
+            logits.new_zeros(())
+        total = distill_total(ce, kd, s.alpha, s.beta)
+        return StepOutput(total, {"loss": total.item(), "ce": ce.item(), "kd": kd.item()})
+
+    return step
+
+
+@register_defense("reset-distill", kind="repair", method="lora", settings=ResetDistillSettings, train=RESET_RECIPE,
+                  starts_from_victim=False)
+def reset_distill(job: DefenseJob) -> dict:
+    """Reset the backbone to the public base, then LoRA with CE and distillation from the suspect on clean texts."""
+    s, record = job.settings, {}
+    texts = list(job.splits.unlabelled) if s.unlabelled else []
+    rows = limit(job.splits.train, job.train.max_train_rows) + texts
+    cache = suspect_logits(job, rows)
+    reset = lambda clf: record.update(reset_classifier(clf.model, s.base_model, s.rho, s.mix, job.seed,  # noqa: E731
+                                                       job.rt.dtype, s.head))
+    student = prepare(job, modify=reset)
+    metrics = fine_tune(job, student, rows=rows, loss_fn=distill_step(s, cache, job.rt.device))
+    return {**metrics, **record, "unlabelled_rows": len(texts)}
