@@ -12,6 +12,7 @@ from w2sdefense.defenses import (  # noqa: F401  (importing a defense's file reg
     lora_ft,
     nad,
     onion,
+    plant_reset,
     rap,
     reset_distill,
     strip,

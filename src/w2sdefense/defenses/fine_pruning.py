@@ -114,20 +114,25 @@ def prune(clf: Classifier, settings: FinePruningSettings, rows: list, max_length
         idx = torch.argsort(act)[:k]  # the most dormant on clean data
         keep = torch.ones(width, dtype=proj.weight.dtype)
         keep[idx] = 0
-        # The input channels are the columns of a Linear's weight, the rows of a Conv1D's.
-        shaped = keep if isinstance(proj, torch.nn.Linear) else keep[:, None]
-        with torch.no_grad():
-            proj.weight.mul_(shaped.to(proj.weight.device))
-        # Full fine-tuning must not revive them: their gradient is masked too (a hook stays on the
-        # tensor whatever its requires_grad later becomes).
-        frozen = not proj.weight.requires_grad
-        proj.weight.requires_grad_(True)
-        proj.weight.register_hook(lambda grad, shaped=shaped: grad * shaped.to(grad.device))
-        proj.weight.requires_grad_(not frozen)
-        proj.w2s_prune_keep = keep  # for keep_pruned_under_lora, once an adapter wraps the projection
+        zero_inputs(proj, keep)
         pruned.append(k)
     log.info("fine-pruning: %s neurons pruned in the last %d layers", pruned, len(layers))
     return {"pruned_neurons": pruned, "pruned_layers": len(layers)}
+
+
+def zero_inputs(proj: torch.nn.Module, keep: torch.Tensor) -> None:
+    """Zero the input channels of a projection where `keep` is 0, and keep them zero under training."""
+    # The input channels are the columns of a Linear's weight, the rows of a Conv1D's.
+    shaped = keep if isinstance(proj, torch.nn.Linear) else keep[:, None]
+    with torch.no_grad():
+        proj.weight.mul_(shaped.to(proj.weight.device))
+    # Full fine-tuning must not revive them: their gradient is masked too (a hook stays on the
+    # tensor whatever its requires_grad later becomes).
+    frozen = not proj.weight.requires_grad
+    proj.weight.requires_grad_(True)
+    proj.weight.register_hook(lambda grad, shaped=shaped: grad * shaped.to(grad.device))
+    proj.weight.requires_grad_(not frozen)
+    proj.w2s_prune_keep = keep  # for keep_pruned_under_lora, once an adapter wraps the projection
 
 
 def keep_pruned_under_lora(model: torch.nn.Module) -> int:

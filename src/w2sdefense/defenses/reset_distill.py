@@ -73,15 +73,15 @@ def suspect_logits(job: DefenseJob, rows: list[Example]) -> SuspectLogits:
     return SuspectLogits(logits.float(), row_of)
 
 
-def distill_step(s: ResetDistillSettings, cache: SuspectLogits, device: torch.device) -> LossFn:
+def distill_step(alpha: float, beta: float, temperature: float, cache: SuspectLogits, device: torch.device) -> LossFn:
     """The step loss: CE on the batch's labelled rows, KD toward the suspect on all of them."""
 
     def step(model: torch.nn.Module, batch: dict) -> StepOutput:
         logits = model(**model_inputs(batch)).logits.float()
         ce = labelled_cross_entropy(logits, batch["labels"], UNLABELLED)
-        kd = kd_loss(logits, cache.of(batch["example_id"].cpu()).to(device), s.temperature) if s.beta else \
+        kd = kd_loss(logits, cache.of(batch["example_id"].cpu()).to(device), temperature) if beta else \
             logits.new_zeros(())
-        total = distill_total(ce, kd, s.alpha, s.beta)
+        total = distill_total(ce, kd, alpha, beta)
         return StepOutput(total, {"loss": total.item(), "ce": ce.item(), "kd": kd.item()})
 
     return step
@@ -92,11 +92,16 @@ def distill_step(s: ResetDistillSettings, cache: SuspectLogits, device: torch.de
 def reset_distill(job: DefenseJob) -> dict:
     """Reset the backbone to the public base, then LoRA with CE and distillation from the suspect on clean texts."""
     s, record = job.settings, {}
-    texts = list(job.splits.unlabelled) if s.unlabelled else []
-    rows = limit(job.splits.train, job.train.max_train_rows) + texts
+    rows = distill_rows(job, s.unlabelled)
     cache = suspect_logits(job, rows)
     reset = lambda clf: record.update(reset_classifier(clf.model, s.base_model, s.rho, s.mix, job.seed,  # noqa: E731
                                                        job.rt.dtype, s.head))
     student = prepare(job, modify=reset)
-    metrics = fine_tune(job, student, rows=rows, loss_fn=distill_step(s, cache, job.rt.device))
-    return {**metrics, **record, "unlabelled_rows": len(texts)}
+    loss = distill_step(s.alpha, s.beta, s.temperature, cache, job.rt.device)
+    metrics = fine_tune(job, student, rows=rows, loss_fn=loss)
+    return {**metrics, **record, "unlabelled_rows": sum(e.label == UNLABELLED for e in rows)}
+
+
+def distill_rows(job: DefenseJob, unlabelled: bool) -> list[Example]:
+    """What a distilling repair trains on: the defender's labelled rows, then its unlabelled texts (if asked)."""
+    return limit(job.splits.train, job.train.max_train_rows) + (list(job.splits.unlabelled) if unlabelled else [])
