@@ -1,0 +1,91 @@
+"""The realistic protocol's harness (benchmarks/realistic.py): its flat rows, their table, and one real run of
+the script on tiny models that leaves the rows a reader recomputes the table from."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import realistic  # noqa: E402
+import realistic_report  # noqa: E402
+
+from w2sdefense.config import ExperimentConfig  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+ASR = "attack_success_rate_clean_correct"
+
+
+def _report_rows() -> dict[str, dict]:
+    return {"clean model": {"clean_accuracy": 0.90, ASR: 0.04, "wall_time_s": 10.0, "steps": 5},
+            "poisoned": {"clean_accuracy": 0.88, ASR: 0.99},
+            "reset": {"clean_accuracy": 0.86, ASR: 0.07, "wall_time_s": 30.0, "steps": 160, "selected_step": 120},
+            "reset+relearn": {"clean_accuracy": 0.85, ASR: 0.20},
+            "clean+relearn": {"clean_accuracy": 0.89, ASR: 0.10}}
+
+
+def test_a_flat_row_carries_the_floor_the_suspect_and_the_relearning_test_of_its_own_report():
+    arm = {"label": "reset", "base_known": True}
+    row = realistic.flat_row("insent", arm, 256, 43, _report_rows())
+    assert row == {"attack": "insent", "defense": "reset", "k": 256, "seed": 43, "base_known": True, "ca": 0.86,
+                   "asr_cc": 0.07, "floor_asr_cc": 0.04, "suspect_ca": 0.88, "suspect_asr_cc": 0.99, "clean_ca": 0.90,
+                   "relearn_asr_cc": 0.20, "floor_relearn_asr_cc": 0.10, "stage_s": 30.0, "steps": 160,
+                   "selected_step": 120}
+    clean = realistic.clean_model_row("insent", _report_rows())
+    assert clean["defense"] == "clean-model" and clean["relearn_asr_cc"] == clean["floor_relearn_asr_cc"] == 0.10
+
+
+def test_recording_a_row_again_replaces_it_and_the_table_takes_means_of_differences(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    arm = {"label": "reset", "base_known": True}
+    rows = _report_rows()
+    realistic.record(realistic.flat_row("insent", arm, 256, 42, rows), path)
+    realistic.record(realistic.flat_row("insent", arm, 256, 42, rows), path)
+    rows["reset"] = {**rows["reset"], ASR: 0.11, "clean_accuracy": 0.84}
+    realistic.record(realistic.flat_row("insent", arm, 256, 43, rows), path)
+    realistic.record(realistic.clean_model_row("insent", rows), path)
+    read = realistic_report.read_rows(path)
+    assert len(read) == 3
+    table = realistic_report.table(read)
+    # residuals +3.0 and +7.0 points: mean +5.0, sd 2.8; CA against the suspect's -2.0 and -4.0
+    line = next(line for line in table.splitlines() if "| reset |" in line)
+    assert "+5.0 ± 2.8 (n=2)" in line and "-3.0 ± 1.4 (n=2)" in line
+    assert "+10.0 ± 0.0 (n=2)" in line  # re-learning: 0.20 - 0.10 at both seeds
+    assert "| insent | – | clean model (floor) |" in table
+
+
+def test_an_arm_runs_at_its_k_and_seed_with_the_protocols_step_budget():
+    cfg = realistic.preset("insent", Path("runs"))
+    arm = next(a for a in realistic.read_arms() if a["label"] == "reset-distill")
+    one = realistic.arm_config(cfg, arm, 64, 44, Path("x"))
+    assert isinstance(one, ExperimentConfig) and one.defender.rows == 64 and one.defender.seed == 44
+    (d,) = one.defenses
+    assert d.label == "reset-distill" and d.seed == 44 and d.train["max_steps"] == realistic.MAX_STEPS
+    assert one.data.max_train == 4000 and one.poison.count == 580 and one.relearn.rows == 64
+    assert {a["label"] for a in realistic.read_arms()} >= {"base-fresh-head", "reset", "lora-ft", "w2sdefense"}
+
+
+def test_the_script_on_tiny_models_leaves_the_clean_models_row_and_one_arms_row(tmp_path, small_data):
+    arms = tmp_path / "arms.yaml"
+    arms.write_text("- {label: reset, base_known: true, question: q, defense: {name: fine-mixing, "
+                    "base_model: tiny-llama, train: {lora: {r: 4, alpha: 8}}}}\n")
+    sets = ["data.max_train=200", "poison.count=30", "victim.model=tiny-llama", "defender.unlabelled=16",
+            "relearn.rows=16", "relearn.poisoned=2", "eval.probe_rows=10", "data.max_dev=32", "data.max_test=48"]
+    cmd = [sys.executable, str(REPO / "benchmarks" / "realistic.py"), "--attacks", "badnet", "--ks", "16",
+           "--seeds", "1", "--runs", str(tmp_path / "runs"), "--arms-file", str(arms), "--rows",
+           str(tmp_path / "rows.jsonl"), *[x for s in sets for x in ("--set", s)]]
+    env = {**os.environ, "W2S_DATA_DIR": str(small_data)}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert [(r["defense"], r["k"], r["seed"]) for r in rows] == [("clean-model", None, None), ("reset", 16, 1)]
+    report = json.loads((tmp_path / "runs" / "realistic" / "badnet" / "k16-s1" / "report.json").read_text())
+    by = {r["model"]: r for r in report["rows"]}
+    assert rows[1]["ca"] == by["reset"]["clean_accuracy"] and rows[1]["steps"] == realistic.MAX_STEPS
+    assert rows[1]["floor_asr_cc"] == by["clean model"][ASR] and "reset+relearn" in by
+    suspect = tmp_path / "runs" / "realistic" / "badnet" / "suspect" / "victim" / "stage.json"
+    linked = tmp_path / "runs" / "realistic" / "badnet" / "k16-s1" / "victim" / "stage.json"
+    assert os.path.samefile(suspect, linked)  # shared by hard link, not trained again
