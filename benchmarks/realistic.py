@@ -85,6 +85,14 @@ def _rows(folder: Path) -> dict[str, dict]:
     return {r["model"]: r for r in json.loads((folder / "report.json").read_text())["rows"]}
 
 
+def measured_on(folder: Path) -> dict:
+    """Where and when a run folder's report was measured (the rows carry it: anyone can see which machine)."""
+    env = json.loads((folder / "report.json").read_text()).get("environment", {})
+    versions = env.get("versions", {})
+    return {"date": env.get("date"), "platform": env.get("platform"), "cpu_threads": env.get("cpu_threads"),
+            "cuda": env.get("cuda"), **{k: versions.get(k) for k in ("torch", "transformers", "peft")}}
+
+
 def flat_row(attack: str, arm: dict, k: int, seed: int, rows: dict[str, dict]) -> dict:
     """One measured arm as the flat row of realistic-rows.jsonl (rates as fractions)."""
     asr = "attack_success_rate_clean_correct"
@@ -128,14 +136,14 @@ def run_attack(attack: str, runs: Path, ks: list[int], seeds: list[int], arms: l
     suspect = Path(cfg.output_dir)
     share_clean(first, suspect)
     run_experiment(dataclasses.replace(cfg, defenses=[]))
-    record(clean_model_row(attack, _rows(suspect)), rows_path)
+    record({**clean_model_row(attack, _rows(suspect)), **measured_on(suspect)}, rows_path)
     for k in ks:
         for seed in seeds:
             folder = suspect.parent / f"k{k}-s{seed}"
             for arm in arms:
                 link_shared(suspect, folder)
                 run_experiment(arm_config(cfg, arm, k, seed, folder))
-                record(flat_row(attack, arm, k, seed, _rows(folder)), rows_path)
+                record({**flat_row(attack, arm, k, seed, _rows(folder)), **measured_on(folder)}, rows_path)
                 print(f"realistic: {attack} k={k} seed={seed} {arm['label']} recorded in {rows_path}", flush=True)
     return suspect
 

@@ -93,6 +93,20 @@ def chart(rows: list[dict], path: Path = CHART) -> None:
     plt.close(fig)
 
 
+def measured(rows: list[dict]) -> str:
+    """Where and when the rows were measured, from the rows themselves."""
+    if not rows:
+        return "No row has run yet."
+    dates = sorted(r["date"][:10] for r in rows if r.get("date"))
+    where = sorted({f"{r.get('platform')}, {r.get('cpu_threads')} torch threads, "
+                    f"{'CUDA ' + r['cuda'] if r.get('cuda') else 'CPU'}, torch {r.get('torch')}, "
+                    f"transformers {r.get('transformers')}, peft {r.get('peft')}" for r in rows})
+    span = dates[0] if dates and dates[0] == dates[-1] else f"{dates[0]} to {dates[-1]}" if dates else "?"
+    return (f"Measured {span} on {'; '.join(where)}, by `python benchmarks/realistic.py` (rows in "
+            "`results/realistic-rows.jsonl`). CA − suspect, residual and after re-learning are in points; mean ± sd "
+            "over seeds (n) where a row ran at several.")
+
+
 def write_report(path: Path) -> None:
     """Rewrite the table between the markers in RESULTS.md and the chart."""
     rows = read_rows(path)
@@ -101,5 +115,5 @@ def write_report(path: Path) -> None:
         return
     head, rest = text.split(BEGIN, 1)
     tail = rest.split(END, 1)[1]
-    RESULTS_MD.write_text(f"{head}{BEGIN}\n{table(rows)}\n{END}{tail}", encoding="utf-8")
+    RESULTS_MD.write_text(f"{head}{BEGIN}\n{table(rows)}\n\n{measured(rows)}\n{END}{tail}", encoding="utf-8")
     chart(rows)
