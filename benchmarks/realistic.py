@@ -38,7 +38,8 @@ SHARED = ("poison", "clean", "victim", "eval/clean", "eval/poisoned", "relearn/c
 
 
 def read_arms(path: Path = ARMS) -> list[dict]:
-    """The arms, each with label, base_known, question and a defense entry."""
+    """The arms, each with label, base_known, question and a defense entry (and, optionally, `set`: dotted
+    overrides of the experiment, e.g. its teacher, which then runs in a folder of its own)."""
     arms = yaml.safe_load(path.read_text(encoding="utf-8"))
     for arm in arms:
         missing = {"label", "base_known", "question", "defense"} - set(arm)
@@ -139,10 +140,12 @@ def run_attack(attack: str, runs: Path, ks: list[int], seeds: list[int], arms: l
     record({**clean_model_row(attack, _rows(suspect)), **measured_on(suspect)}, rows_path)
     for k in ks:
         for seed in seeds:
-            folder = suspect.parent / f"k{k}-s{seed}"
             for arm in arms:
+                # An arm that changes the experiment (e.g. its teacher) gets a folder of its own.
+                own = preset(attack, runs, [*sets, *arm["set"]]) if arm.get("set") else cfg
+                folder = suspect.parent / (f"k{k}-s{seed}" + (f"-{arm['label']}" if arm.get("set") else ""))
                 link_shared(suspect, folder)
-                run_experiment(arm_config(cfg, arm, k, seed, folder))
+                run_experiment(arm_config(own, arm, k, seed, folder))
                 record({**flat_row(attack, arm, k, seed, _rows(folder)), **measured_on(folder)}, rows_path)
                 print(f"realistic: {attack} k={k} seed={seed} {arm['label']} recorded in {rows_path}", flush=True)
     return suspect

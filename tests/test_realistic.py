@@ -122,3 +122,21 @@ def test_the_base_with_a_fresh_head_keeps_nothing_of_the_suspect(base_and_victim
     assert not torch.equal(saved["score.weight"], suspect["score.weight"])
     with pytest.raises(UserError, match="head must be one of"):
         resolve(DefenseConfig(name="fine-mixing", settings={"base_model": base_dir, "head": "new"}))
+
+
+def test_a_teacher_with_suspect_kd_trains_on_the_unlabelled_texts_too_and_without_it_as_before(
+        base_and_victim, tiny_splits, rt, tmp_path):
+    from w2sdefense.config import TeacherConfig, TrainConfig
+    from w2sdefense.defenses.teacher import run_teacher
+
+    _, victim_dir = base_and_victim
+    texts = [dataclasses.replace(e, idx=1000 + e.idx, label=UNLABELLED) for e in synthetic_examples(24, 2, 9)]
+    splits = dataclasses.replace(tiny_splits, unlabelled=texts)
+    recipe = TrainConfig(epochs=1.0, lr=5e-3, batch_size=8, max_length=32, warmup_ratio=0.0)
+    plain = run_teacher(TeacherConfig(model="tiny-bert", train=recipe), splits, victim_dir, rt, tmp_path / "t0", 0)
+    kd = run_teacher(TeacherConfig(model="tiny-bert", train=recipe, suspect_kd=1.0), splits, victim_dir, rt,
+                     tmp_path / "t1", 0)
+    assert plain.details["train_rows"] == 64 and kd.details["train_rows"] == 64 + 24
+    assert "kd" in kd.history[-1] and "kd" not in plain.history[-1]
+    with pytest.raises(UserError, match="teacher.suspect_kd must be >= 0"):
+        TeacherConfig(suspect_kd=-1.0)

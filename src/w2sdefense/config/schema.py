@@ -229,6 +229,14 @@ class TeacherConfig:
     feature_dim: int | None = None  # None: the student's hidden size, read from its config
     # The presets' measured teacher recipe (configs/sst2-*.yaml)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2.0, lr=5e-5, head_lr=1e-3, max_length=64))
+    # A teacher that carries the suspect's clean behaviour: beside CE on its labelled rows, this weight times
+    # T^2 KL toward the suspect's outputs on those rows and the defender's unlabelled texts (0: CE only)
+    suspect_kd: float = 0.0
+    suspect_temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        check_positive("teacher.suspect_kd", self.suspect_kd, allow_zero=True)
+        check_positive("teacher.suspect_temperature", self.suspect_temperature)
 
 
 @dataclass

@@ -28,12 +28,13 @@ import torch
 
 from w2sdefense.config import TrainConfig, check_positive
 from w2sdefense.attacks.base import insert_trigger
-from w2sdefense.data.records import Example
+from w2sdefense.data.records import UNLABELLED, Example
 from w2sdefense.defenses.base import DefenseJob, fine_tune, prepare, register_defense
 from w2sdefense.defenses.fine_mixing import RESET_RECIPE
 from w2sdefense.defenses.fine_pruning import (in_out, keep_pruned_under_lora, mlp_output, transformer_layers,
                                               zero_inputs)
-from w2sdefense.defenses.reset_distill import distill_rows, distill_step, suspect_logits
+from w2sdefense.defenses.distill import distill_step
+from w2sdefense.defenses.reset_distill import cache_suspect, distill_rows
 from w2sdefense.errors import UserError
 from w2sdefense.models import Classifier
 from w2sdefense.train.job import limit, prepare_student, train_classifier
@@ -186,10 +187,10 @@ def plant_reset(job: DefenseJob) -> dict:
     s = job.settings
     mask, planted = plant_signature(job, limit(job.splits.train, job.train.max_train_rows), s)
     rows = distill_rows(job, s.unlabelled)
-    cache = suspect_logits(job, rows)
+    cache = cache_suspect(job, rows)
     record = {"planted": planted}
     student = prepare(job, modify=lambda clf: record.update(zeroed_neurons=zero_neurons(clf.model, mask)))
     record["zeroed_adapters_masked"] = keep_pruned_under_lora(student.model)
     metrics = fine_tune(job, student, rows=rows, loss_fn=distill_step(s.alpha, s.beta, s.temperature, cache,
                                                                       job.rt.device))
-    return {**metrics, **record, "unlabelled_rows": len(rows) - len(limit(job.splits.train, job.train.max_train_rows))}
+    return {**metrics, **record, "unlabelled_rows": sum(e.label == UNLABELLED for e in rows)}

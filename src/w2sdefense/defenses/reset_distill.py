@@ -13,20 +13,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from w2sdefense.config import check_choice, check_positive
 from w2sdefense.data.records import UNLABELLED, Example
 from w2sdefense.defenses.base import DefenseJob, fine_tune, prepare, register_defense
+from w2sdefense.defenses.distill import SuspectLogits, distill_step, suspect_logits, with_texts
 from w2sdefense.defenses.fine_mixing import RESET_RECIPE
-from w2sdefense.defenses.losses import distill_total, kd_loss, labelled_cross_entropy
 from w2sdefense.errors import UserError
-from w2sdefense.models.batching import model_inputs
-from w2sdefense.models.loading import load_classifier
-from w2sdefense.models.predict import classify_rows
 from w2sdefense.models.reset import HEADS, check_reset, reset_classifier
 from w2sdefense.train.job import limit
-from w2sdefense.train.loop import LossFn, StepOutput
 
 
 @dataclass(frozen=True)
@@ -50,50 +44,13 @@ class ResetDistillSettings:
         check_positive("reset-distill.temperature", self.temperature)
 
 
-@dataclass(frozen=True)
-class SuspectLogits:
-    """The frozen suspect's logits [N, K] for every training text, found by the example's identity (idx)."""
-
-    logits: torch.Tensor
-    row_of: dict[int, int]
-
-    def of(self, example_ids: torch.Tensor) -> torch.Tensor:
-        """The suspect's logits for a batch's examples."""
-        return self.logits[torch.tensor([self.row_of[i] for i in example_ids.tolist()], dtype=torch.long)]
-
-
-def suspect_logits(job: DefenseJob, rows: list[Example]) -> SuspectLogits:
-    """Run the suspect once over `rows` (eval mode: every epoch would get the same answers)."""
-    row_of = {e.idx: i for i, e in enumerate(rows)}
-    if len(row_of) != len(rows):
-        raise UserError("the defender's rows and unlabelled texts repeat an example id (idx); give each its own")
-    suspect = load_classifier(job.student, job.splits.num_labels, job.rt.dtype)
-    logits = classify_rows(suspect, rows, job.train.max_length, job.train.eval_batch_size, job.rt, "suspect outputs")
-    del suspect
-    return SuspectLogits(logits.float(), row_of)
-
-
-def distill_step(alpha: float, beta: float, temperature: float, cache: SuspectLogits, device: torch.device) -> LossFn:
-    """The step loss: CE on the batch's labelled rows, KD toward the suspect on all of them."""
-
-    def step(model: torch.nn.Module, batch: dict) -> StepOutput:
-        logits = model(**model_inputs(batch)).logits.float()
-        ce = labelled_cross_entropy(logits, batch["labels"], UNLABELLED)
-        kd = kd_loss(logits, cache.of(batch["example_id"].cpu()).to(device), temperature) if beta else \
-            logits.new_zeros(())
-        total = distill_total(ce, kd, alpha, beta)
-        return StepOutput(total, {"loss": total.item(), "ce": ce.item(), "kd": kd.item()})
-
-    return step
-
-
 @register_defense("reset-distill", kind="repair", method="lora", settings=ResetDistillSettings, train=RESET_RECIPE,
                   starts_from_victim=False)
 def reset_distill(job: DefenseJob) -> dict:
     """Reset the backbone to the public base, then LoRA with CE and distillation from the suspect on clean texts."""
     s, record = job.settings, {}
     rows = distill_rows(job, s.unlabelled)
-    cache = suspect_logits(job, rows)
+    cache = cache_suspect(job, rows)
     reset = lambda clf: record.update(reset_classifier(clf.model, s.base_model, s.rho, s.mix, job.seed,  # noqa: E731
                                                        job.rt.dtype, s.head))
     student = prepare(job, modify=reset)
@@ -102,6 +59,13 @@ def reset_distill(job: DefenseJob) -> dict:
     return {**metrics, **record, "unlabelled_rows": sum(e.label == UNLABELLED for e in rows)}
 
 
+
 def distill_rows(job: DefenseJob, unlabelled: bool) -> list[Example]:
     """What a distilling repair trains on: the defender's labelled rows, then its unlabelled texts (if asked)."""
-    return limit(job.splits.train, job.train.max_train_rows) + (list(job.splits.unlabelled) if unlabelled else [])
+    return with_texts(limit(job.splits.train, job.train.max_train_rows), job.splits.unlabelled, unlabelled)
+
+
+def cache_suspect(job: DefenseJob, rows: list[Example]) -> SuspectLogits:
+    """The suspect's logits on a repair's rows."""
+    return suspect_logits(job.student, job.splits.num_labels, rows, job.train.max_length, job.train.eval_batch_size,
+                          job.rt)
