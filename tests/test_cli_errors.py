@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from cli_helpers import run_cli
+
 from w2sdefense import cli
 
 
@@ -361,3 +363,20 @@ def test_warnings_logged_during_a_run_reach_stderr_and_the_log(tmp_path, capsys)
     err = capsys.readouterr().err
     assert "7 of 20 triggers lie beyond max_length=16" in err and "step 1" not in err
     assert "7 of 20 triggers" in (tmp_path / "train.log").read_text()
+
+
+@pytest.mark.parametrize("args, code, says", [
+    ((), 2, "Usage: w2sdefense"),  # no arguments: the help, as a usage error
+    (("-h",), 0, "Usage: w2sdefense"),
+    (("clean", "-h"), 0, "--trigger"),
+    (("--version",), 0, "w2sdefense 0."),
+    (("frobnicate",), 2, "No such command 'frobnicate'"),
+    (("clean", "--trigers", "mn"), 2, "No such option: --trigers"),
+    (("run",), 2, "Missing argument 'config'"),
+])
+def test_usage_mistakes_and_help_end_with_clicks_message_and_no_traceback(args, code, says):
+    proc = run_cli(*args, env={})
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert says in proc.stdout + proc.stderr
+    assert len((proc.stdout + proc.stderr).splitlines()) < 60

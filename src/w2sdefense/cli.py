@@ -38,8 +38,33 @@ if TYPE_CHECKING:
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="Poison, fine-tune, defend (weak-to-strong unlearning) and measure LM classifiers.",
 )
+
+
+def _click_exceptions(name: str) -> tuple[type, ...]:
+    """click's exception class `name`, and typer's copy of it: typer 0.2x carries its own click, whose usage
+    errors are not click's classes."""
+    found = [getattr(click.exceptions, name)]
+    vendored = getattr(getattr(typer, "_click", None), "exceptions", None)
+    if vendored is not None and hasattr(vendored, name):
+        found.append(getattr(vendored, name))
+    return tuple(found)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"w2sdefense {version('w2sdefense')}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Poison, fine-tune, defend (weak-to-strong unlearning) and measure LM classifiers."""
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file with this command's settings.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Dotted override, e.g. train.lr=2e-5 (repeatable).")]
@@ -427,11 +452,11 @@ def main() -> None:
     except Interrupted as exc:  # training stopped at a step boundary, its state saved
         typer.echo(str(exc), err=True)
         sys.exit(130)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, *_click_exceptions("Abort")):
         code = 130
-    except click.exceptions.Exit as exc:
+    except _click_exceptions("Exit") as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:  # a usage mistake: click's own message
+    except _click_exceptions("ClickException") as exc:  # a usage mistake: click's own message and usage line
         exc.show()
         sys.exit(exc.exit_code)
     if code == 130:  # typer turns a Ctrl-C outside the training loop (or a second one) into a silent 130
