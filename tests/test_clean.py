@@ -139,3 +139,36 @@ def test_clean_refuses_what_it_cannot_do_in_one_line(suspect, tmp_path):
     assert "no trigger" in line
     line = error_line(w2s("clean", "--data", str(clean), "--out", str(tmp_path / "c"), check=False))
     assert "--model" in line
+    line = error_line(w2s("clean", "--model", str(victim), "--out", str(tmp_path / "d"), check=False))
+    assert "clean needs --data" in line  # never a default dataset: the defender's own data
+    line = error_line(w2s("clean", "--model", str(victim), "--data", str(clean), "--target-label", "5",
+                          "--out", str(tmp_path / "e"), check=False))
+    assert "--target-label 5 is not a label" in line and not (tmp_path / "e").exists()
+    line = error_line(w2s("clean", "--model", str(victim), "--data", str(clean), "--base", "tiny-llama",
+                          "--defense", "lora-ft", "--out", str(tmp_path / "f"), check=False))
+    assert "lora-ft does not use a public base" in line
+
+
+def test_settings_without_a_defense_name_tune_the_default_instead_of_replacing_it():
+    from w2sdefense.cli import _load
+    from w2sdefense.clean import choose_defense
+    from w2sdefense.config import CleanJob
+
+    job = _load(CleanJob, None, ["defense.rho=0.5"], model="m", base_model="b")
+    d = choose_defense(job)
+    assert d.name == "fine-mixing" and d.settings == {"rho": 0.5, "base_model": "b"}
+    assert choose_defense(_load(CleanJob, None, [], model="m")).name == "w2sdefense"
+    named = choose_defense(_load(CleanJob, None, ["defense.name=reset-distill"], model="m", base_model="b"))
+    assert named.name == "reset-distill" and named.settings == {"base_model": "b"}
+
+
+def test_clean_distils_on_the_unlabelled_texts_it_is_given(suspect, tmp_path):
+    victim, clean = suspect
+    texts = tmp_path / "texts.txt"
+    texts.write_text("".join(f"{r['text']}\n" for r in _rows(20, 8)))
+    out = tmp_path / "cleaned"
+    w2s("clean", "--model", str(victim), "--data", str(clean), "--base", "tiny-llama", "--defense", "reset-distill",
+        "--unlabelled", str(texts), "--trigger", TRIGGER, "--out", str(out), "--set", "defense.train.max_steps=6")
+    metrics = json.loads((out / "defense" / "metrics.json").read_text())
+    assert metrics["unlabelled_rows"] == 20 and metrics["train_rows"] == 96 + 20
+    assert json.loads((out / "report.json").read_text())["after"]["clean_accuracy"] is not None

@@ -18,9 +18,11 @@ from pathlib import Path
 import torch
 
 from w2sdefense.config import CleanJob, DefenseConfig, dump_yaml, to_dict
+from w2sdefense.config.jobs import AUTO_DEFENSE
 from w2sdefense.attacks.base import insert_trigger
 from w2sdefense.data.datasets import data_inputs, load_splits
-from w2sdefense.data.records import Example, Splits
+from w2sdefense.data.loading import read_texts
+from w2sdefense.data.records import UNLABELLED, Example, Splits
 from w2sdefense.defenses import DEFENSES, DefenseJob, resolve, run_defense
 from w2sdefense.defenses.base import Resolved
 from w2sdefense.defenses.teacher import run_teacher
@@ -38,17 +40,33 @@ from w2sdefense.runtime import Runtime
 
 
 
-def default_defense(job: CleanJob) -> DefenseConfig:
-    """The job's defense: its own, else the full reset toward the public base when known, else W2SDefense."""
-    if job.defense is not None:
-        d = job.defense
-        takes_base = any(f.name == "base_model" for f in dataclasses.fields(DEFENSES.get(d.name).settings))
-        if job.base_model and takes_base and "base_model" not in d.settings:
-            d = dataclasses.replace(d, settings={**d.settings, "base_model": job.base_model})  # e.g. W2SDefense's reset
-        return d
-    if job.base_model:
-        return DefenseConfig(name="fine-mixing", settings={"base_model": job.base_model, "rho": 0.0})
-    return DefenseConfig(name="w2sdefense")
+def choose_defense(job: CleanJob) -> DefenseConfig:
+    """The defense `clean` runs: the one named, else the measured default for what the user gave (the full reset
+    toward the public base when known, else W2SDefense); settings given without a name tune that default. A base
+    given to a defense that does not take one is refused."""
+    d = job.defense or DefenseConfig(name=AUTO_DEFENSE)
+    if d.name == AUTO_DEFENSE:
+        name, settings = ("fine-mixing", {"rho": 0.0}) if job.base_model else ("w2sdefense", {})
+        d = dataclasses.replace(d, name=name, settings={**settings, **d.settings})
+    takes_base = any(f.name == "base_model" for f in dataclasses.fields(DEFENSES.get(d.name).settings))
+    if job.base_model and not takes_base:
+        raise UserError(f"--base was given, but {d.name} does not use a public base (it would be recorded and "
+                        "ignored); drop --base, or choose a defense that resets toward it (fine-mixing, "
+                        "reset-distill, w2sdefense)")
+    if job.base_model and "base_model" not in d.settings:
+        d = dataclasses.replace(d, settings={**d.settings, "base_model": job.base_model})
+    return d
+
+
+def with_unlabelled(splits: Splits, path: str | None, text_field: str | None) -> Splits:
+    """`splits` with the texts of an unlabelled file as `unlabelled`, their ids after every labelled row's so
+    none collides."""
+    if path is None:
+        return splits
+    texts = read_texts(path, text_field)
+    start = 1 + max(e.idx for e in splits.train + splits.dev + splits.test)
+    rows = [Example(t, UNLABELLED, start + i, where=f"{path} text {i + 1}") for i, t in enumerate(texts)]
+    return dataclasses.replace(splits, unlabelled=rows)
 
 
 def read_triggers(path: Path) -> list[str]:
@@ -72,12 +90,18 @@ def model_fingerprint(name: str) -> object:
     return [str(path.resolve()), [(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]]
 
 
+def file_fingerprint(name: str) -> list:
+    """What identifies an input file for re-use: its path, size and modification time."""
+    path = Path(name).expanduser()
+    return [str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns]
+
+
 def run_clean(job: CleanJob, out: Path, rt: Runtime, overwrite: bool = False,
               config_file: Path | None = None) -> CleanReport:
     """Every stage of `clean` in `out` (finished ones re-used); writes report.json and report.md."""
     if not job.model:
         raise UserError("clean needs --model (the suspect classifier)")
-    defense = default_defense(job)
+    defense = choose_defense(job)
     resolved = resolve(defense, "defense")  # an unknown defense or setting fails before any work
     spec = resolved.spec
     if spec.kind != "repair":
@@ -85,9 +109,15 @@ def run_clean(job: CleanJob, out: Path, rt: Runtime, overwrite: bool = False,
                         "model to write; `w2sdefense defend` calibrates it, `evaluate` measures it")
     for name in filter(None, (job.model, job.base_model)):
         check_model_name(name)
-    splits = load_splits(job.data)
+    if not (job.data.dataset or job.data.hub or job.data.train_file):
+        raise UserError("clean needs --data: the defender's own clean data (a folder with train/dev/test files or "
+                        "a dataset name); the cleaned model is trained and measured on it")
+    splits = with_unlabelled(load_splits(job.data), job.unlabelled, job.data.text_field)
+    if job.target_label is not None and job.target_label >= splits.num_labels:
+        raise UserError(f"--target-label {job.target_label} is not a label of the data (labels 0..{splits.num_labels - 1})")
     models = {"--model": job.model, "--base": job.base_model, "teacher model": job.teacher.model}
-    check_outside_inputs(out, {**data_inputs(job.data), **models, "config file": config_file})
+    check_outside_inputs(out, {**data_inputs(job.data), **models, "config file": config_file,
+                               "unlabelled texts": job.unlabelled})
     with claim_run_dir(out, overwrite, rt.accelerator, stage_file=STAGE_FILE) as folder:
         if rt.is_main:
             atomic_write_text(folder / "config.yaml", dump_yaml(job))
@@ -103,11 +133,12 @@ def _stages(job: CleanJob, resolved: Resolved, splits: Splits, out: Path, rt: Ru
     defense = resolved.cfg
     suspect = model_fingerprint(job.model)
     teacher = None
+    texts = () if job.unlabelled is None else (file_fingerprint(job.unlabelled),)  # absent: the keys as before
     if resolved.spec.needs_teacher:
-        teacher = Stage.of("teacher", out / "teacher", job.data, job.teacher, suspect, job.seed)
+        teacher = Stage.of("teacher", out / "teacher", job.data, job.teacher, suspect, job.seed, *texts)
         teacher.run(rt, lambda: run_teacher(job.teacher, splits, job.model, rt, teacher.folder, job.seed))
     stage = Stage.of(f"defense {defense.row_name}", out / "defense", suspect, teacher and teacher.key,
-                     resolved.key(), job.data, job.seed)
+                     resolved.key(), job.data, job.seed, *texts)
     trained = stage.run(rt, lambda: run_defense(DefenseJob(
         student=job.model, teacher=str(teacher.folder / MODEL_DIR) if teacher else None, splits=splits, cfg=defense,
         rt=rt, out_dir=stage.folder, seed=job.seed, resolved=resolved)), DefenseResult)

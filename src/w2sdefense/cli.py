@@ -85,6 +85,8 @@ def _load(cls, config: Path | None, overrides: list[str] | None, **flags):
             _set(data, key, value)
     for assignment in overrides or []:
         apply_override(data, assignment)
+    if hasattr(cls, "normalise"):
+        data = cls.normalise(data)
     return from_dict(cls, data)
 
 
@@ -353,6 +355,9 @@ def clean(
     trigger: Annotated[Optional[list[str]], typer.Option(help="A candidate trigger to measure before and after "
                                                          "(repeatable).")] = None,
     triggers: Annotated[Optional[Path], typer.Option(help="A file of candidate triggers, one per line.")] = None,
+    unlabelled: Annotated[Optional[Path], typer.Option(help="A file of in-domain texts without labels (one a line, "
+                                                       "or JSONL with a text): distilling defenses learn the "
+                                                       "suspect's answers on them.")] = None,
     target_label: Annotated[Optional[int], typer.Option(min=0, help="The triggers' target label (default: every "
                                                         "label, the highest reported).")] = None,
     data_dir: DataDirOpt = None,
@@ -367,7 +372,8 @@ def clean(
 
     flags = [f"target_label={target_label}"] if target_label is not None else []
     job = _load(CleanJob, config, flags + (set_ or []), **{"model": model, "base_model": base, "defense.name": defense,
-                                                            "data.dataset": data, "data.data_dir": _str(data_dir)})
+                                                            "data.dataset": data, "data.data_dir": _str(data_dir),
+                                                            "unlabelled": _str(unlabelled)})
     extra = list(trigger or []) + (read_triggers(triggers) if triggers else [])
     if extra:
         job = dataclasses.replace(job, triggers=[*job.triggers, *extra])

@@ -50,6 +50,9 @@ class DefendJob:
     defense: DefenseConfig = field(default_factory=DefenseConfig)
 
 
+AUTO_DEFENSE = "auto"  # `clean`'s defense name for "the measured default for what was given" (clean.choose_defense)
+
+
 @dataclass
 class CleanJob:
     """`w2sdefense clean`: a suspect classifier and clean data in, a standalone cleaned model and a report out."""
@@ -59,13 +62,24 @@ class CleanJob:
     # The public model the suspect was fine-tuned from. Given, the default defense is the full reset toward it
     # (fine-mixing, rho 0); unset, W2SDefense (which removed the token trigger only: README, Results).
     base_model: str | None = None
-    defense: DefenseConfig | None = None  # another defense (a repair one); None: the default above
+    defense: DefenseConfig | None = None  # another defense (a repair one); None or name `auto`: the default above
+    # A file of in-domain texts without labels (one a line, or JSONL rows with a text): distilling defenses
+    # (reset-distill, plant-reset) learn the suspect's answers on them too
+    unlabelled: str | None = None
     triggers: list[str] = field(default_factory=list)  # candidate triggers whose ASR-cc is measured before and after
     target_label: int | None = None  # the triggers' target; None: every label, the highest reported
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    # The defender's own data: required (--data), never a default dataset
+    data: DataConfig = field(default_factory=lambda: DataConfig(dataset=None, hub_fallback=False))
     teacher: TeacherConfig = field(default_factory=TeacherConfig)  # trained only for a defense that needs one
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @staticmethod
+    def normalise(data: dict) -> dict:
+        """A `defense` entry without a name (e.g. `--set defense.lr=...`) tunes the default, never replaces it."""
+        if isinstance(data.get("defense"), dict) and "name" not in data["defense"]:
+            data["defense"] = {**data["defense"], "name": AUTO_DEFENSE}
+        return data
 
     def __post_init__(self) -> None:
         bad = [t for t in self.triggers if not isinstance(t, str) or not t.strip()]

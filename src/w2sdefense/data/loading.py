@@ -271,3 +271,22 @@ def load_transform(path: str | Path) -> dict[int, str]:
         table[idx] = _text(row["text"], where)
     return table
 
+
+
+def read_texts(path: str | Path, text_field: str | None = None) -> list[str]:
+    """Texts without labels: a .txt file one a line (blank lines skipped), or any data file `--data` reads
+    (JSONL, CSV, Parquet, ...) by its text column."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"unlabelled texts file not found: {path}")
+    if path.suffix == ".txt":
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise UserError(f"{path}: not UTF-8 text (one text a line)") from None
+        texts = [line.strip() for line in lines if line.strip()]
+    else:
+        texts = [_text(row[_field(row, text_field, TEXT_FIELDS, "text", where)], where) for where, row in iter_rows(path)]
+    if not texts:
+        raise UserError(f"{path} holds no text")
+    return texts
