@@ -428,7 +428,7 @@ def test_dump_yaml_round_trip_with_two_defenses() -> None:
     ("TeacherJob", ["seed", "student", "runtime", "data", "teacher"]),
     ("DefendJob", ["seed", "student", "teacher", "runtime", "data", "defense"]),
     ("CleanJob", ["seed", "model", "base_model", "defense", "triggers", "target_label", "runtime", "data", "teacher",
-                  "eval"]),
+                  "eval", "unlabelled"]),
     ("EvaluateJob", ["runtime", "eval"]),
 ])
 def test_job_config_yaml_keeps_its_key_order(job: str, keys: list[str]) -> None:

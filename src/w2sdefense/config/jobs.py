@@ -63,9 +63,6 @@ class CleanJob:
     # (fine-mixing, rho 0); unset, W2SDefense (which removed the token trigger only: README, Results).
     base_model: str | None = None
     defense: DefenseConfig | None = None  # another defense (a repair one); None or name `auto`: the default above
-    # A file of in-domain texts without labels (one a line, or JSONL rows with a text): distilling defenses
-    # (reset-distill, plant-reset) learn the suspect's answers on them too
-    unlabelled: str | None = None
     triggers: list[str] = field(default_factory=list)  # candidate triggers whose ASR-cc is measured before and after
     target_label: int | None = None  # the triggers' target; None: every label, the highest reported
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
@@ -73,6 +70,9 @@ class CleanJob:
     data: DataConfig = field(default_factory=lambda: DataConfig(dataset=None, hub_fallback=False))
     teacher: TeacherConfig = field(default_factory=TeacherConfig)  # trained only for a defense that needs one
     eval: EvalConfig = field(default_factory=EvalConfig)
+    # A file of in-domain texts without labels (one a line, or JSONL rows with a text): distilling defenses
+    # (reset-distill, plant-reset) learn the suspect's answers on them too
+    unlabelled: str | None = None
 
     @staticmethod
     def normalise(data: dict) -> dict:
