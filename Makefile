@@ -5,7 +5,7 @@ BIN     = $(VENV)/bin
 W2S_DATA_DIR ?= $(abspath ../shared/data)
 export W2S_DATA_DIR
 
-.PHONY: help setup demo test clean
+.PHONY: help setup demo test test-all clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/:/'
@@ -19,7 +19,10 @@ $(BIN)/w2sdefense: pyproject.toml scripts/setup.sh
 demo: setup  ## the main job on the shipped defaults
 	$(BIN)/w2sdefense run configs/demo.yaml
 
-test: setup  ## the test suite (offline, CPU)
+test: setup  ## the fast tier of the test suite (offline, CPU; the slow tier is in tests/conftest.py)
+	$(BIN)/python -m pytest -m "not slow"
+
+test-all: setup  ## every test, the slow tier included (what CI runs)
 	$(BIN)/python -m pytest
 
 clean:  ## remove run folders (not the venv)

@@ -89,3 +89,34 @@ def shared_data() -> Path:
         pytest.fail(f"{SHARED_DATA} holds no sst2/train.jsonl: the real-data tests need the shared data folder "
                     "beside this checkout (deselect them with -m 'not real_data' on a machine without it)")
     return SHARED_DATA
+
+
+# The slow tier, chosen here and only here: every test that took 14 s or more in a full run on a 2-core machine
+# (`pytest --durations=80`, 2026-12-06): the family matrix, bf16, two-process runs, killed-and-resumed runs, the
+# packaged real models and end-to-end CLI runs. `make test` runs the rest (the fast tier); `make test-all` and CI
+# run everything. A test file's own name for a test is enough: parametrized cases follow their test.
+SLOW_TESTS = {
+    "test_bf16": {"test_every_stage_and_defense_runs_in_bf16"},
+    "test_clean": {"test_clean_refuses_what_it_cannot_do_in_one_line",
+                   "test_clean_writes_a_standalone_model_and_a_report_that_plain_transformers_reproduces"},
+    "test_cli": {"test_bad_data_and_settings_end_in_one_line_before_a_run_folder",
+                 "test_evaluate_measures_a_teacher_run_with_its_own_head", "test_poison_train_evaluate_commands",
+                 "test_run_tiny_experiment_writes_report_with_every_row", "test_user_errors_are_one_line"},
+    "test_distributed": {"*"},
+    "test_families": {"*"},
+    "test_input_filters": {"test_input_filters_from_the_cli_and_a_run_config"},
+    "test_packaged": {"test_real_models_run_a_few_steps_end_to_end"},
+    "test_realistic_benchmark": {"test_the_script_on_tiny_models_leaves_the_clean_models_row_and_one_arms_row"},
+    "test_resume": {"*"},
+    "test_rundir_safety": {"test_commands_on_a_folder_in_use_fail_at_once_naming_the_process",
+                           "test_evaluate_checks_its_output_before_any_work",
+                           "test_evaluate_never_writes_its_metrics_over_the_weights_it_measures"},
+}
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Mark the slow tier (SLOW_TESTS) `slow`: `-m "not slow"` is the fast tier."""
+    for item in items:
+        names = SLOW_TESTS.get(item.module.__name__ if item.module else "", set())
+        if "*" in names or item.originalname in names:
+            item.add_marker(pytest.mark.slow)
