@@ -167,8 +167,10 @@ def test_clean_distils_on_the_unlabelled_texts_it_is_given(suspect, tmp_path):
     texts = tmp_path / "texts.txt"
     texts.write_text("".join(f"{r['text']}\n" for r in _rows(20, 8)))
     out = tmp_path / "cleaned"
-    w2s("clean", "--model", str(victim), "--data", str(clean), "--base", "tiny-llama", "--defense", "reset-distill",
-        "--unlabelled", str(texts), "--trigger", TRIGGER, "--out", str(out), "--set", "defense.train.max_steps=6")
+    proc = w2s("clean", "--model", str(victim), "--data", str(clean), "--base", "tiny-llama", "--defense",
+               "reset-distill", "--unlabelled", str(texts), "--trigger", TRIGGER, "--out", str(out), "--set",
+               "defense.train.max_steps=6")
+    assert "not defined" not in proc.stderr  # the clean accuracy alone raises no ASR-cc warning
     metrics = json.loads((out / "defense" / "metrics.json").read_text())
     assert metrics["unlabelled_rows"] == 20 and metrics["train_rows"] == 96 + 20
     assert json.loads((out / "report.json").read_text())["after"]["clean_accuracy"] is not None

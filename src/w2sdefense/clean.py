@@ -27,7 +27,7 @@ from w2sdefense.defenses import DEFENSES, DefenseJob, resolve, run_defense
 from w2sdefense.defenses.base import Resolved
 from w2sdefense.defenses.teacher import run_teacher
 from w2sdefense.errors import UserError
-from w2sdefense.eval.metrics import backdoor_metrics
+from w2sdefense.eval.metrics import accuracy, backdoor_metrics
 from w2sdefense.eval.report import environment
 from w2sdefense.fileio import atomic_write_text, write_json
 from w2sdefense.models import check_model_name, load_classifier
@@ -172,7 +172,7 @@ def _evaluate(model: str, job: CleanJob, splits: Splits, folder: Path, rt: Runti
     test, cfg = splits.test, job.eval
     clean = classify_rows(clf, test, cfg.max_length, cfg.batch_size, rt, "clean test")
     labels, idx = [e.label for e in test], [e.idx for e in test]
-    accuracy = backdoor_metrics(clean, labels, idx, clean[:0], [], 0)["clean_accuracy"]
+    ca = accuracy(clean.argmax(-1).tolist(), labels)  # plain accuracy: no triggered set, so no ASR warning
     measured = []
     targets = range(splits.num_labels) if job.target_label is None else [job.target_label]
     for trigger in job.triggers:
@@ -180,7 +180,7 @@ def _evaluate(model: str, job: CleanJob, splits: Splits, folder: Path, rt: Runti
         triggered = [Example(insert_trigger(e.text, trigger, 1, "interior", rng)[0], e.label, e.idx) for e in test]
         logits = classify_rows(clf, triggered, cfg.max_length, cfg.batch_size, rt, f"with {trigger[:20]!r}")
         measured.append(_per_target(trigger, clean, labels, idx, logits, targets))
-    result = CleanEvaluation(clean_accuracy=accuracy, clean_total=len(test), triggers=measured)
+    result = CleanEvaluation(clean_accuracy=ca, clean_total=len(test), triggers=measured)
     return write_result(folder / METRICS_FILE, result, rt.is_main)
 
 
