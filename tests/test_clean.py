@@ -174,3 +174,21 @@ def test_clean_distils_on_the_unlabelled_texts_it_is_given(suspect, tmp_path):
     metrics = json.loads((out / "defense" / "metrics.json").read_text())
     assert metrics["unlabelled_rows"] == 20 and metrics["train_rows"] == 96 + 20
     assert json.loads((out / "report.json").read_text())["after"]["clean_accuracy"] is not None
+
+
+def test_a_trigger_cut_by_truncation_is_counted_and_said_not_reported_as_gone(suspect, tmp_path):
+    from w2sdefense.clean import _evaluate
+    from w2sdefense.config import CleanJob, DataConfig, EvalConfig
+    from w2sdefense.data.datasets import load_splits
+    from w2sdefense.config import RuntimeConfig
+    from w2sdefense.runtime import make_runtime
+
+    victim, clean = suspect
+    job = CleanJob(model=str(victim), data=DataConfig(dataset=str(clean)), triggers=[TRIGGER],
+                   eval=EvalConfig(max_length=3))  # 3 tokens: an interior trigger of a 4-word text is mostly cut
+    result = _evaluate(str(victim), job, load_splits(job.data), tmp_path, make_runtime(RuntimeConfig(device="cpu")))
+    (measure,) = result.triggers
+    assert 0 < measure.trigger_cut <= 24
+    long = CleanJob(model=str(victim), data=DataConfig(dataset=str(clean)), triggers=[TRIGGER])
+    assert _evaluate(str(victim), long, load_splits(long.data), tmp_path / "b",
+                     make_runtime(RuntimeConfig(device="cpu"))).triggers[0].trigger_cut == 0

@@ -33,6 +33,7 @@ from w2sdefense.fileio import atomic_write_text, write_json
 from w2sdefense.models import check_model_name, load_classifier
 from w2sdefense.models.loading import merge_adapter, resolve_model_path
 from w2sdefense.models.predict import classify_rows
+from w2sdefense.models.truncation import cut_by_tokens
 from w2sdefense.pipeline import STAGE_FILE, Stage
 from w2sdefense.results import CleanEvaluation, CleanReport, DefenseResult, LabelMeasure, TriggerMeasure, write_result
 from w2sdefense.rundir import METRICS_FILE, MODEL_DIR, check_outside_inputs, claim_run_dir, log_to
@@ -177,11 +178,19 @@ def _evaluate(model: str, job: CleanJob, splits: Splits, folder: Path, rt: Runti
     targets = range(splits.num_labels) if job.target_label is None else [job.target_label]
     for trigger in job.triggers:
         rng = random.Random(job.seed)  # the same positions before and after
-        triggered = [Example(insert_trigger(e.text, trigger, 1, "interior", rng)[0], e.label, e.idx) for e in test]
+        triggered = [_triggered(e, trigger, rng) for e in test]
+        # Counted (and warned about past 1 %) as `evaluate` does: a cut trigger is a row the model never saw.
+        cut = cut_by_tokens(clf.tokenizer, triggered, cfg.max_length, f"trigger {trigger[:20]!r}")[1].cut
         logits = classify_rows(clf, triggered, cfg.max_length, cfg.batch_size, rt, f"with {trigger[:20]!r}")
-        measured.append(_per_target(trigger, clean, labels, idx, logits, targets))
+        measured.append(dataclasses.replace(_per_target(trigger, clean, labels, idx, logits, targets), trigger_cut=cut))
     result = CleanEvaluation(clean_accuracy=ca, clean_total=len(test), triggers=measured)
     return write_result(folder / METRICS_FILE, result, rt.is_main)
+
+
+def _triggered(row: Example, trigger: str, rng: random.Random) -> Example:
+    """`row` with `trigger` inserted once at a seeded interior position, its span kept (to count truncation)."""
+    text, spans = insert_trigger(row.text, trigger, 1, "interior", rng)
+    return Example(text, row.label, row.idx, poisoned=True, trigger_spans=spans)
 
 
 def _per_target(trigger: str, clean: torch.Tensor, labels: list[int], idx: list[int], logits: torch.Tensor,
@@ -209,6 +218,9 @@ def summary_lines(report: CleanReport) -> list[str]:
     for b, a in zip(before.triggers or [], after.triggers or []):
         lines.append(f"trigger {b.trigger!r}: ASR-cc {_rate(b.asr_cc)} (label {b.target_label}) -> "
                      f"{_rate(a.asr_cc)} (label {a.target_label}).")
+        if a.trigger_cut:
+            lines.append(f"  {a.trigger_cut} of {after.clean_total} test rows had this trigger cut off by truncation: "
+                         "the model never saw it there (raise eval.max_length to measure them).")
     if not before.triggers:
         lines.append("no candidate trigger given (--trigger, --triggers): the backdoor itself was not measured.")
     lines.append(f"cleaned model: {report.cleaned_model} (plain weights and tokenizer: "

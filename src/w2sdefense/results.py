@@ -130,6 +130,7 @@ class TriggerMeasure:
     asr_cc: float | None
     target_label: int
     by_label: dict[str, LabelMeasure]  # keyed by the label as text, as in the JSON
+    trigger_cut: int = 0  # test rows whose inserted trigger lies past max_length tokens: the model never saw it
 
     @classmethod
     def from_json(cls, data: dict) -> TriggerMeasure:
