@@ -130,7 +130,9 @@ class TriggerMeasure:
     asr_cc: float | None
     target_label: int
     by_label: dict[str, LabelMeasure]  # keyed by the label as text, as in the JSON
-    trigger_cut: int = 0  # test rows whose inserted trigger lies past max_length tokens: the model never saw it
+    # Test rows whose inserted trigger lies past max_length tokens (the model never saw it); None: not counted
+    # (a record written before it was), and then left out of the JSON so such records keep their bytes
+    trigger_cut: int | None = None
 
     @classmethod
     def from_json(cls, data: dict) -> TriggerMeasure:
@@ -151,7 +153,8 @@ class CleanEvaluation(Result):
         """The JSON object written to disk: the triggers as plain objects."""
         data = super().to_json()
         if self.triggers is not None:
-            data["triggers"] = [dataclasses.asdict(t) for t in self.triggers]
+            data["triggers"] = [{k: v for k, v in dataclasses.asdict(t).items() if k != "trigger_cut" or v is not None}
+                                for t in self.triggers]
         return data
 
     @classmethod
