@@ -193,3 +193,17 @@ def test_the_controls_and_the_reset_run_as_w2sdefense_settings(base_and_victim, 
         adapters[label] = load_file(str(tmp_path / label / "model" / "adapter_model.safetensors"))
     for label in ("zeros", "random", "reset"):  # each control trains another adapter than the default
         assert any(not torch.equal(adapters[label][k], v) for k, v in adapters["default"].items()), label
+
+
+def test_the_reset_refuses_the_suspect_as_its_own_base_and_records_how_far_the_suspect_is(base_and_victim, tiny_splits,
+                                                                                          rt, tmp_path):
+    base_dir, victim_dir = base_and_victim
+    model = load_classifier(victim_dir, 2).model
+    with pytest.raises(UserError, match="exactly the suspect's backbone weights"):
+        reset_classifier(model, victim_dir, 0.0, "mask", 0)
+    record = reset_classifier(load_classifier(victim_dir, 2).model, base_dir, 0.0, "mask", 0)
+    victim, base = (backbone(load_classifier(d, 2).model) for d in (victim_dir, base_dir))
+    moved = sum(float((p - q).pow(2).sum()) for p, q in zip(victim.parameters(), base.parameters()))
+    norm = sum(float(q.pow(2).sum()) for q in base.parameters())
+    assert record["suspect_base_relative_distance"] == pytest.approx((moved / norm) ** 0.5, rel=1e-5)
+    assert record["suspect_base_relative_distance"] > 0

@@ -64,10 +64,13 @@ def reset_toward_base(victim: nn.Module, base: nn.Module, rho: float, mix: str,
         raise UserError(f"mix must be one of {', '.join(MIXES)}; got {shown(mix)}")
     base_params = dict(backbone(base).named_parameters())
     changed = kept = total = 0
+    moved = norm = 0.0
     with torch.no_grad():
         for name, param in backbone(victim).named_parameters():
             ref = base_params[name].to(param.device, param.dtype)
             changed += int((param != ref).sum())
+            moved += float((param.float() - ref.float()).pow(2).sum())
+            norm += float(ref.float().pow(2).sum())
             if mix == "interpolate":
                 mixed = torch.lerp(ref, param, rho)  # exact at rho 0 and 1
             else:
@@ -77,7 +80,9 @@ def reset_toward_base(victim: nn.Module, base: nn.Module, rho: float, mix: str,
                 mixed = torch.where(keep.to(param.device), param, ref)
             param.copy_(mixed)
             total += param.numel()
-    record = {"reset_mix": mix, "reset_rho": rho, "reset_weights": total, "reset_changed_by_fine_tuning": changed}
+    # How far the suspect is from the base, relative to the base's weights (one number for the whole backbone).
+    record = {"reset_mix": mix, "reset_rho": rho, "reset_weights": total, "reset_changed_by_fine_tuning": changed,
+              "suspect_base_relative_distance": (moved / norm) ** 0.5 if norm else None}
     if mix == "mask":
         record["reset_kept_share"] = kept / max(total, 1)
     return record
@@ -113,6 +118,9 @@ def reset_classifier(model: nn.Module, base_name: str, rho: float, mix: str, see
     num_labels = getattr(model.config, "num_labels", None)
     base = load_classifier(base_name, num_labels, dtype).model
     check_same_backbone(model, base, base_name)
+    if all(torch.equal(p, q) for p, q in zip(backbone(model).parameters(), backbone(base).parameters())):
+        raise UserError(f"base_model {base_name!r} has exactly the suspect's backbone weights: the reset would change "
+                        "nothing. Give the public model the suspect was fine-tuned from, not the suspect itself")
     generator = torch.Generator().manual_seed(seed)
     record = reset_toward_base(model, base, rho, mix, generator)
     del base
