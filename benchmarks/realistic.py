@@ -34,6 +34,8 @@ ARMS = HERE / "realistic-arms.yaml"
 ATTACKS = ["badnet", "insent", "synbkd"]
 KS = [64, 256, 1024]
 MAX_STEPS = 160  # every repair's budget at every k (realistic-arms.yaml)
+# Dev accuracy at steps 80 and 160 (not every 40): an evaluation of the 872 dev rows costs about 2.5 minutes here
+EVAL_EVERY = 80
 SHARED = ("poison", "clean", "victim", "eval/clean", "eval/poisoned", "relearn/clean+relearn", "eval/clean+relearn")
 
 
@@ -58,7 +60,7 @@ def arm_config(cfg: ExperimentConfig, arm: dict, k: int, seed: int, folder: Path
     """The experiment of one arm at (k, seed): the defender's draw and the defense's seed are `seed`."""
     entry = dict(arm["defense"])
     name = entry.pop("name")
-    train = {**entry.pop("train", {}), "max_steps": MAX_STEPS}
+    train = {**entry.pop("train", {}), "max_steps": MAX_STEPS, "eval_every": EVAL_EVERY}
     defense = DefenseConfig(name=name, label=arm["label"], seed=seed, train=train, settings=entry)
     defender = dataclasses.replace(cfg.defender, rows=k, seed=seed)
     return dataclasses.replace(cfg, output_dir=str(folder), defender=defender, defenses=[defense])
