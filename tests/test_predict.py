@@ -41,3 +41,21 @@ def test_run_inference_visits_every_row_once_with_gradients_off(rt):
 
     run_inference(clf.model, encoded, clf.tokenizer.pad_token_id, 4, rt, visit)
     assert sorted(seen) == list(range(len(TEXTS))) and grads == [False, False]
+
+
+def test_non_finite_outputs_are_one_clear_error_not_a_lost_rows_claim(rt):
+    import pytest
+    import torch
+
+    from w2sdefense.data.records import Example
+    from w2sdefense.errors import UserError
+    from w2sdefense.models import Classifier
+    from w2sdefense.models.predict import classify_rows
+    from w2sdefense.models.tiny import build_tiny
+
+    model, tok = build_tiny("tiny-llama", 2)
+    with torch.no_grad():
+        model.score.weight.fill_(float("nan"))
+    rows = [Example("a fine text", 1, i) for i in range(5)]
+    with pytest.raises(UserError, match="not finite .* on 5 of 5 rows"):
+        classify_rows(Classifier(model, tok), rows, 16, 4, rt)

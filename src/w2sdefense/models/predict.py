@@ -12,6 +12,7 @@ import torch
 
 from w2sdefense.progress import progress_bar
 from w2sdefense.data.records import Example
+from w2sdefense.errors import UserError
 from w2sdefense.runtime import Runtime
 from w2sdefense.models.batching import Encoded, ShardedBatches, encode, make_loader, model_inputs, sorted_batches
 from w2sdefense.models.loading import Classifier
@@ -60,10 +61,16 @@ def predict_logits(model, encoded: Encoded, pad_id: int, batch_size: int, rt: Ru
     positions_t, logits_t = _gather(torch.cat(positions).to(all_logits.device), all_logits, rt.accelerator)
     # Shards may repeat an example (a batch smaller than the process count): place each by its
     # position (repeats hold the same values) and check that none is missing.
-    result = torch.full((len(encoded), logits_t.shape[-1]), float("nan"))
-    result[positions_t] = logits_t
-    if torch.isnan(result).any():
+    result = torch.zeros((len(encoded), logits_t.shape[-1]))
+    seen = torch.zeros(len(encoded), dtype=torch.bool)
+    result[positions_t], seen[positions_t] = logits_t, True
+    if not bool(seen.all()):
         raise RuntimeError("inference lost examples while gathering across processes")
+    broken = ~torch.isfinite(result).all(dim=-1)
+    if bool(broken.any()):
+        raise UserError(f"the model's outputs are not finite (NaN or infinity) on {int(broken.sum())} of "
+                        f"{len(encoded)} rows: its weights diverged (a learning rate or loss weight too large?); "
+                        "see the loss history in the stage's metrics.json")
     return result
 
 
