@@ -192,3 +192,16 @@ def test_a_trigger_cut_by_truncation_is_counted_and_said_not_reported_as_gone(su
     long = CleanJob(model=str(victim), data=DataConfig(dataset=str(clean)), triggers=[TRIGGER])
     assert _evaluate(str(victim), long, load_splits(long.data), tmp_path / "b",
                      make_runtime(RuntimeConfig(device="cpu"))).triggers[0].trigger_cut == 0
+
+
+def test_a_triggers_or_texts_file_that_is_not_utf8_is_one_error(tmp_path):
+    from w2sdefense.clean import read_triggers
+    from w2sdefense.data.loading import read_texts
+    from w2sdefense.errors import UserError
+
+    binary = tmp_path / "t.txt"
+    binary.write_text("mn\ncf\n", encoding="utf-16")
+    with pytest.raises(UserError, match="not UTF-8"):
+        read_triggers(binary)
+    with pytest.raises(UserError, match="not UTF-8"):
+        read_texts(binary)

@@ -74,7 +74,11 @@ def read_triggers(path: Path) -> list[str]:
     """A triggers file: one candidate per line; blank lines and lines starting with # are skipped."""
     if not path.is_file():
         raise UserError(f"triggers file not found: {path}")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text (a triggers file holds one trigger a line)") from None
+    lines = [line.strip() for line in text.splitlines()]
     found = [line for line in lines if line and not line.startswith("#")]
     if not found:
         raise UserError(f"{path} holds no trigger (one per line; # starts a comment)")
