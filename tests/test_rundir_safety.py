@@ -383,3 +383,32 @@ def test_saved_weights_honour_the_umask(tmp_path, umask, mode):
     weights = [*(tmp_path / "model").glob("*.safetensors"), tmp_path / "state" / "w.safetensors"]
     assert len(weights) >= 2
     assert {p.stat().st_mode & 0o777 for p in weights} == {mode}
+
+
+def test_run_and_clean_reuse_only_their_own_folders_and_never_a_train_run(tmp_path):
+    from w2sdefense.errors import UserError as Refused
+    from w2sdefense.rundir import claim_run_dir, marker_command, prepare_run_dir
+
+    finished = tmp_path / "exp"
+    with claim_run_dir(finished, False, stage_file="stage.json", command="run") as folder:
+        prepare_run_dir(folder / "victim", True)  # a stage folder, as `run` makes it
+        (folder / "victim" / "stage.json").write_text("{}")
+        (folder / "report.json").write_text('{"rows": []}')
+    assert marker_command(finished) == "run"
+    with claim_run_dir(finished, False, stage_file="stage.json", command="run"):
+        pass  # its own command continues it
+    with pytest.raises(Refused, match="made by `w2sdefense run`; `clean` re-uses only its own folders"):
+        with claim_run_dir(finished, False, stage_file="stage.json", command="clean"):
+            pass
+    assert (finished / "report.json").read_text() == '{"rows": []}'
+    trained = tmp_path / "train-run"
+    with claim_run_dir(trained, False) as folder:  # `train`'s folder: no stage, a config of its own
+        (folder / "config.yaml").write_text("lr: 1\n")
+    for command in ("clean", "run"):
+        with pytest.raises(Refused, match="another w2sdefense command"):
+            with claim_run_dir(trained, False, stage_file="stage.json", command=command):
+                pass
+    assert (trained / "config.yaml").read_text() == "lr: 1\n"
+    with claim_run_dir(finished, True, stage_file="stage.json", command="clean"):
+        pass  # --overwrite replaces it, as asked
+    assert marker_command(finished) == "clean" and not (finished / "report.json").exists()

@@ -123,7 +123,7 @@ def run_clean(job: CleanJob, out: Path, rt: Runtime, overwrite: bool = False,
     models = {"--model": job.model, "--base": job.base_model, "teacher model": job.teacher.model}
     check_outside_inputs(out, {**data_inputs(job.data), **models, "config file": config_file,
                                "unlabelled texts": job.unlabelled})
-    with claim_run_dir(out, overwrite, rt.accelerator, stage_file=STAGE_FILE) as folder:
+    with claim_run_dir(out, overwrite, rt.accelerator, stage_file=STAGE_FILE, command="clean") as folder:
         if rt.is_main:
             atomic_write_text(folder / "config.yaml", dump_yaml(job))
         with log_to(folder / "run.log", rt.is_main):

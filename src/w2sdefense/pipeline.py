@@ -265,7 +265,7 @@ def run_experiment(cfg: ExperimentConfig, overwrite: bool = False, rt: Runtime |
     models = {"victim model": cfg.victim.model, "teacher model": cfg.teacher.model}
     check_outside_inputs(out, {**data_inputs(cfg.data, missing_ok=True), **models})
     # Locked for the whole run; --overwrite empties only a folder this tool made.
-    with claim_run_dir(out, overwrite, rt.accelerator, stage_file=STAGE_FILE):
+    with claim_run_dir(out, overwrite, rt.accelerator, stage_file=STAGE_FILE, command="run"):
         if rt.is_main:
             atomic_write_text(out / "config.yaml", dump_yaml(cfg))
         exp = Experiment(cfg, rt, defenses)

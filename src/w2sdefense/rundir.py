@@ -184,7 +184,7 @@ def prepare_run_dir(path: str | Path, overwrite: bool, accelerator=None) -> Path
 
 @contextmanager
 def claim_run_dir(path: str | Path, overwrite: bool, accelerator=None,
-                  stage_file: str | None = None, resume: bool = False) -> Iterator[Path]:
+                  stage_file: str | None = None, resume: bool = False, command: str | None = None) -> Iterator[Path]:
     """prepare_run_dir, locked for the block; a failed block removes the folder if it made it.
 
     With `resume`, a folder holding an unfinished training run is kept as it is (unless `overwrite`)
@@ -196,6 +196,8 @@ def claim_run_dir(path: str | Path, overwrite: bool, accelerator=None,
     continuing = resume and not overwrite and made_by_tool(path) and unfinished(path)
     if stage_file:
         _check_run_reusable(path, stage_file)
+        if command and not overwrite:
+            _check_same_command(path, command, stage_file)
     elif not continuing:
         check_replaceable(path, overwrite)
     _wait(accelerator)
@@ -205,7 +207,7 @@ def claim_run_dir(path: str | Path, overwrite: bool, accelerator=None,
     try:
         fd = _lock(path) if main else None  # inside: a lock that cannot be written (full disk) leaves no folder
         if main and not continuing:
-            _fill_in(path, overwrite, stage_file)
+            _fill_in(path, overwrite, stage_file, command)
         _wait(accelerator)
         yield path
     except BaseException:
@@ -222,7 +224,7 @@ def _worth_keeping(path: Path, stage_file: str | None) -> bool:
     return bool(stage_file and any(path.rglob(stage_file))) or any(path.rglob(f"{RESUME_DIR}/{RESUME_STATE}"))
 
 
-def _fill_in(path: Path, overwrite: bool, stage_file: str | None) -> None:
+def _fill_in(path: Path, overwrite: bool, stage_file: str | None, command: str | None = None) -> None:
     """Under the lock: adopt an older run folder, or empty the folder; then mark it."""
     if overwrite and made_by_tool(path):
         _refuse_foreign(path)
@@ -231,7 +233,7 @@ def _fill_in(path: Path, overwrite: bool, stage_file: str | None) -> None:
             _mark(stage.parent)  # stages of an older version of the tool, or copied from another run
     if overwrite or not stage_file:
         _empty(path)
-    _mark(path)
+    _mark(path, command)
 
 
 # The names the tool gives what it writes in its folders (and their half-written twins): anything else was
@@ -328,9 +330,32 @@ def _empty(path: Path) -> None:
             entry.unlink()  # a link is removed, never followed
 
 
-def _mark(path: Path) -> None:
-    if not made_by_tool(path):
-        atomic_write_text(path / MARKER, MARKER_TEXT)
+def _mark(path: Path, command: str | None = None) -> None:
+    """Mark `path` as the tool's; a command that re-uses its folders (`run`, `clean`) names itself in the marker."""
+    if not made_by_tool(path) or (command and marker_command(path) != command):
+        atomic_write_text(path / MARKER, MARKER_TEXT + (f"command: {command}\n" if command else ""))
+
+
+def marker_command(path: str | Path) -> str | None:
+    """The command a tool-made folder's marker names (None: a folder of another command, or an older marker)."""
+    marker = Path(path) / MARKER
+    if not marker.is_file():
+        return None
+    found = [line.split(":", 1)[1].strip() for line in marker.read_text().splitlines() if line.startswith("command:")]
+    return found[0] if found else None
+
+
+def _check_same_command(path: Path, command: str, stage_file: str) -> None:
+    """A command re-uses only its own folders: another command's finished folder (a `run` for `clean`, a
+    `train` run for either) is never taken over without --overwrite."""
+    if not made_by_tool(path) or not _has_content(path):
+        return
+    other = marker_command(path)
+    if other == command or (other is None and any(path.rglob(stage_file))):  # an older folder of stages
+        return
+    what = f"`w2sdefense {other}`" if other else "another w2sdefense command (it holds no stage of run or clean)"
+    raise UserError(f"{path} was made by {what}; `{command}` re-uses only its own folders and will not write over "
+                    "it: choose another output folder, or pass --overwrite to replace it")
 
 
 def _lock(path: Path) -> int:
