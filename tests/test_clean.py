@@ -205,3 +205,20 @@ def test_a_triggers_or_texts_file_that_is_not_utf8_is_one_error(tmp_path):
         read_triggers(binary)
     with pytest.raises(UserError, match="not UTF-8"):
         read_texts(binary)
+
+
+def test_a_data_file_changed_in_place_makes_clean_measure_again(suspect, tmp_path):
+    victim, clean = suspect
+    data = tmp_path / "data"
+    data.mkdir()
+    for split in ("train", "dev", "test"):
+        (data / f"{split}.jsonl").write_text((clean / f"{split}.jsonl").read_text())
+    args = ("clean", "--model", str(victim), "--data", str(data), "--base", "tiny-llama", "--trigger", TRIGGER,
+            "--out", str(tmp_path / "c"), "--set", "defense.train.max_steps=2")
+    w2s(*args)
+    first = json.loads((tmp_path / "c" / "report.json").read_text())["after"]
+    test = (data / "test.jsonl").read_text().splitlines()
+    (data / "test.jsonl").write_text("\n".join(test[:12]) + "\n")  # the same path, fewer rows
+    w2s(*args)
+    again = json.loads((tmp_path / "c" / "report.json").read_text())["after"]
+    assert first["clean_total"] == 24 and again["clean_total"] == 12

@@ -20,7 +20,7 @@ import torch
 from w2sdefense.config import CleanJob, DefenseConfig, dump_yaml, to_dict
 from w2sdefense.config.jobs import AUTO_DEFENSE
 from w2sdefense.attacks.base import insert_trigger
-from w2sdefense.data.datasets import data_inputs, load_splits
+from w2sdefense.data.datasets import data_inputs, dataset_files, load_splits
 from w2sdefense.data.loading import read_texts
 from w2sdefense.data.records import UNLABELLED, Example, Splits
 from w2sdefense.defenses import DEFENSES, DefenseJob, resolve, run_defense
@@ -134,25 +134,37 @@ def run_clean(job: CleanJob, out: Path, rt: Runtime, overwrite: bool = False,
     return report
 
 
+def input_files(job: CleanJob) -> list:
+    """What identifies `clean`'s inputs beyond their names: the data's split files and the base's files, so a file
+    changed in place makes its stages run again instead of reporting old numbers."""
+    try:
+        files = dataset_files(job.data)
+    except UserError:  # a hub dataset: its name and revision are what identify it
+        files = {}
+    found = [[split, *file_fingerprint(str(path))] for split, path in sorted(files.items())]
+    return found + ([model_fingerprint(job.base_model)] if job.base_model else [])
+
+
 def _stages(job: CleanJob, resolved: Resolved, splits: Splits, out: Path, rt: Runtime) -> CleanReport:
     defense = resolved.cfg
     suspect = model_fingerprint(job.model)
     teacher = None
     texts = () if job.unlabelled is None else (file_fingerprint(job.unlabelled),)  # absent: the keys as before
+    data = (job.data, input_files(job))
     if resolved.spec.needs_teacher:
-        teacher = Stage.of("teacher", out / "teacher", job.data, job.teacher, suspect, job.seed, *texts)
+        teacher = Stage.of("teacher", out / "teacher", *data, job.teacher, suspect, job.seed, *texts)
         teacher.run(rt, lambda: run_teacher(job.teacher, splits, job.model, rt, teacher.folder, job.seed))
     stage = Stage.of(f"defense {defense.row_name}", out / "defense", suspect, teacher and teacher.key,
-                     resolved.key(), job.data, job.seed, *texts)
+                     resolved.key(), *data, job.seed, *texts)
     trained = stage.run(rt, lambda: run_defense(DefenseJob(
         student=job.model, teacher=str(teacher.folder / MODEL_DIR) if teacher else None, splits=splits, cfg=defense,
         rt=rt, out_dir=stage.folder, seed=job.seed, resolved=resolved)), DefenseResult)
     merged = Stage.of("model (merged, standalone)", out / MODEL_DIR, stage.key)
     merged.run(rt, lambda: _merge(stage.folder / MODEL_DIR, merged.folder, splits.num_labels, rt))
     before = Stage.of("evaluate the suspect", out / "eval" / "before", suspect, job.triggers, job.target_label,
-                      job.eval, job.data, job.seed)
+                      job.eval, *data, job.seed)
     after = Stage.of("evaluate the cleaned model", out / "eval" / "after", merged.key, job.triggers,
-                     job.target_label, job.eval, job.data, job.seed)
+                     job.target_label, job.eval, *data, job.seed)
     measured = {}
     for name, evaluation, model in (("before", before, job.model), ("after", after, str(out / MODEL_DIR))):
         measured[name] = evaluation.run(rt, lambda e=evaluation, m=model: _evaluate(m, job, splits, e.folder, rt),
