@@ -48,9 +48,12 @@ def table(rows: list[dict]) -> str:
              "| stage time (s) | seeds |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["defense"] == "clean-model":
+            relearned = "–" if r["relearn_asr_cc"] is None else f"ASR-cc {100 * r['relearn_asr_cc']:.1f} %"
             lines.append(f"| {r['attack']} | – | clean model (floor) | – | {100 * r['ca']:.1f} | "
                          f"{100 * (r['ca'] - r['suspect_ca']):+.1f} | ASR-cc {100 * r['asr_cc']:.1f} % | "
-                         f"ASR-cc {points([r['relearn_asr_cc']]).lstrip('+')} % | {r['stage_s']:.0f} | – |")
+                         f"{relearned} | {r['stage_s']:.0f} | – |")
+            lines.append(f"| {r['attack']} | – | suspect (no defense) | – | {100 * r['suspect_ca']:.1f} | +0.0 | "
+                         f"{points([r['suspect_asr_cc'] - r['asr_cc']])} | – | – | – |")
     for (attack, k, defense), rs in grouped(rows).items():
         ca = statistics.mean(r["ca"] for r in rs)
         time = statistics.mean(r["stage_s"] for r in rs if r["stage_s"] is not None)
