@@ -272,7 +272,6 @@ def load_transform(path: str | Path) -> dict[int, str]:
     return table
 
 
-
 def read_texts(path: str | Path, text_field: str | None = None) -> list[str]:
     """Texts without labels: a .txt file one a line (blank lines skipped), or any data file `--data` reads
     (JSONL, CSV, Parquet, ...) by its text column."""
@@ -286,7 +285,8 @@ def read_texts(path: str | Path, text_field: str | None = None) -> list[str]:
             raise UserError(f"{path}: not UTF-8 text (one text a line)") from None
         texts = [line.strip() for line in lines if line.strip()]
     else:
-        texts = [_text(row[_field(row, text_field, TEXT_FIELDS, "text", where)], where) for where, row in iter_rows(path)]
+        texts = [_text(row[_field(row, text_field, TEXT_FIELDS, "text", where)], where)
+                 for where, row in iter_rows(path)]
     if not texts:
         raise UserError(f"{path} holds no text")
     return texts

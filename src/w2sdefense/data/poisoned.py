@@ -7,6 +7,7 @@ here, below all of them.
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,8 +90,6 @@ def check_test_sets(folder: str | Path) -> None:
 def relearn_rows(train: list[Example], rows: int, poisoned: int, seed: int) -> list[Example]:
     """The re-learning test's rows: a seeded draw of `poisoned` triggered rows and `rows - poisoned` clean
     rows of the attacker's poisoned training split (in file order)."""
-    import random
-
     marked = [e for e in train if e.poisoned]
     plain = [e for e in train if not e.poisoned]
     if poisoned > len(marked) or rows - poisoned > len(plain):

@@ -71,6 +71,12 @@ def mlp_output(layer: torch.nn.Module, hidden: int) -> torch.nn.Module:
     return found[0]
 
 
+def mlp_projections(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Every layer's MLP output projection, in layer order (its input channels are the layer's neurons)."""
+    hidden = model.config.get_text_config().hidden_size
+    return [mlp_output(layer, hidden) for layer in transformer_layers(model)]
+
+
 def neuron_activity(clf: Classifier, projections: list[torch.nn.Module], rows: list, max_length: int,
                     batch_size: int, rt: Runtime) -> list[torch.Tensor]:
     """Per projection, the mean |input| of each input channel over the real tokens of `rows` (Examples)."""
@@ -103,9 +109,7 @@ def neuron_activity(clf: Classifier, projections: list[torch.nn.Module], rows: l
 
 def prune(clf: Classifier, settings: FinePruningSettings, rows: list, max_length: int, rt: Runtime) -> dict:
     """Zero the least active MLP neurons of the last layers in place; returns what was pruned."""
-    hidden = clf.config.get_text_config().hidden_size
-    layers = transformer_layers(clf.model)[-settings.layers:]
-    projections = [mlp_output(layer, hidden) for layer in layers]
+    projections = mlp_projections(clf.model)[-settings.layers:]
     activity = neuron_activity(clf, projections, rows, max_length, settings.batch_size, rt)
     pruned = []
     for proj, act in zip(projections, activity):
@@ -116,8 +120,8 @@ def prune(clf: Classifier, settings: FinePruningSettings, rows: list, max_length
         keep[idx] = 0
         zero_inputs(proj, keep)
         pruned.append(k)
-    log.info("fine-pruning: %s neurons pruned in the last %d layers", pruned, len(layers))
-    return {"pruned_neurons": pruned, "pruned_layers": len(layers)}
+    log.info("fine-pruning: %s neurons pruned in the last %d layers", pruned, len(projections))
+    return {"pruned_neurons": pruned, "pruned_layers": len(projections)}
 
 
 def zero_inputs(proj: torch.nn.Module, keep: torch.Tensor) -> None:

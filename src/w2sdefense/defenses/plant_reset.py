@@ -31,12 +31,12 @@ from w2sdefense.attacks.base import insert_trigger
 from w2sdefense.data.records import UNLABELLED, Example
 from w2sdefense.defenses.base import DefenseJob, fine_tune, prepare, register_defense
 from w2sdefense.defenses.fine_mixing import RESET_RECIPE
-from w2sdefense.defenses.fine_pruning import (in_out, keep_pruned_under_lora, mlp_output, transformer_layers,
-                                              zero_inputs)
+from w2sdefense.defenses.fine_pruning import in_out, keep_pruned_under_lora, mlp_projections, zero_inputs
 from w2sdefense.defenses.distill import distill_step
 from w2sdefense.defenses.reset_distill import cache_suspect, distill_rows
 from w2sdefense.errors import UserError
 from w2sdefense.models import Classifier
+from w2sdefense.models.predict import classify_rows
 from w2sdefense.train.job import limit, prepare_student, train_classifier
 
 log = logging.getLogger(__name__)
@@ -83,12 +83,6 @@ def planted_rows(rows: list[Example], trigger: str, target: int, share: float, r
             e = dataclasses.replace(e, text=text, label=target, poisoned=True, trigger_spans=spans)
         planted.append(e)
     return planted
-
-
-def mlp_projections(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """Every layer's MLP output projection, in layer order (its input channels are the layer's neurons)."""
-    hidden = model.config.get_text_config().hidden_size
-    return [mlp_output(layer, hidden) for layer in transformer_layers(model)]
 
 
 def output_columns(model: torch.nn.Module) -> list[torch.Tensor]:
@@ -154,8 +148,6 @@ def fine_tuned_copy(job: DefenseJob, rows: list[Example], s: PlantResetSettings,
 
 def planted_asr(clf: Classifier, job: DefenseJob, trigger: str, target: int, rng: random.Random) -> float | None:
     """How far a planted backdoor took: the share of dev rows of other labels its trigger sends to the target."""
-    from w2sdefense.models.predict import classify_rows
-
     rows = [e for e in job.splits.dev[:200] if e.label != target]
     if not rows:
         return None

@@ -6,7 +6,7 @@ rows and unlabelled in-domain texts, with cross-entropy on the labelled rows.
 
 The trigger never appears in the defender's texts, so the suspect's answers there carry its clean behaviour; the
 benchmark's re-learning test and ASR-cc say whether the backdoor comes back through them all the same. With
-beta 0 and no unlabelled text it is `fine-mixing` exactly (tests/test_reset_distill.py).
+beta 0 and no unlabelled text it is `fine-mixing` exactly (tests/test_realistic.py).
 """
 
 from __future__ import annotations
@@ -57,7 +57,6 @@ def reset_distill(job: DefenseJob) -> dict:
     loss = distill_step(s.alpha, s.beta, s.temperature, cache, job.rt.device)
     metrics = fine_tune(job, student, rows=rows, loss_fn=loss)
     return {**metrics, **record, "unlabelled_rows": sum(e.label == UNLABELLED for e in rows)}
-
 
 
 def distill_rows(job: DefenseJob, unlabelled: bool) -> list[Example]:

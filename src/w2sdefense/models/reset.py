@@ -118,12 +118,12 @@ def reset_classifier(model: nn.Module, base_name: str, rho: float, mix: str, see
     num_labels = getattr(model.config, "num_labels", None)
     base = load_classifier(base_name, num_labels, dtype).model
     check_same_backbone(model, base, base_name)
-    if all(torch.equal(p, q) for p, q in zip(backbone(model).parameters(), backbone(base).parameters())):
-        raise UserError(f"base_model {base_name!r} has exactly the suspect's backbone weights: the reset would change "
-                        "nothing. Give the public model the suspect was fine-tuned from, not the suspect itself")
     generator = torch.Generator().manual_seed(seed)
     record = reset_toward_base(model, base, rho, mix, generator)
     del base
+    if record["reset_changed_by_fine_tuning"] == 0:  # every weight equal: the reset above changed nothing either
+        raise UserError(f"base_model {base_name!r} has exactly the suspect's backbone weights: the reset would change "
+                        "nothing. Give the public model the suspect was fine-tuned from, not the suspect itself")
     if head == "fresh":
         record["reset_head_weights"] = reinit_head(model, generator)
     return {**record, "reset_base": base_name, "reset_head": head}
