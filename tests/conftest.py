@@ -108,6 +108,8 @@ SLOW_TESTS = {
     "test_packaged": {"test_real_models_run_a_few_steps_end_to_end"},
     "test_realistic_benchmark": {"test_the_script_on_tiny_models_leaves_the_clean_models_row_and_one_arms_row"},
     "test_resume": {"*"},
+    "test_scan": {"test_scan_finds_the_planted_trigger_and_clears_the_clean_model",
+                  "test_scan_refuses_what_it_cannot_do_in_one_line"},
     "test_rundir_safety": {"test_commands_on_a_folder_in_use_fail_at_once_naming_the_process",
                            "test_evaluate_checks_its_output_before_any_work",
                            "test_evaluate_never_writes_its_metrics_over_the_weights_it_measures"},

@@ -15,11 +15,9 @@ import dataclasses
 import random
 from pathlib import Path
 
-import torch
-
 from w2sdefense.config import CleanJob, DefenseConfig, dump_yaml, to_dict
 from w2sdefense.config.jobs import AUTO_DEFENSE
-from w2sdefense.attacks.base import insert_trigger
+from w2sdefense.attacks.base import triggered_copy
 from w2sdefense.data.datasets import data_inputs, dataset_files, load_splits
 from w2sdefense.data.loading import read_texts
 from w2sdefense.data.records import UNLABELLED, Example, Splits
@@ -27,16 +25,17 @@ from w2sdefense.defenses import DEFENSES, DefenseJob, resolve, run_defense
 from w2sdefense.defenses.base import Resolved
 from w2sdefense.defenses.teacher import run_teacher
 from w2sdefense.errors import UserError
-from w2sdefense.eval.metrics import accuracy, backdoor_metrics
-from w2sdefense.eval.report import environment
+from w2sdefense.eval.metrics import accuracy
+from w2sdefense.eval.triggers import measure_toward
+from w2sdefense.eval.report import environment, percent
 from w2sdefense.fileio import atomic_write_text, write_json
 from w2sdefense.models import check_model_name, load_classifier
 from w2sdefense.models.loading import merge_adapter, resolve_model_path
 from w2sdefense.models.predict import classify_rows
 from w2sdefense.models.truncation import cut_by_tokens
 from w2sdefense.pipeline import STAGE_FILE, Stage
-from w2sdefense.results import CleanEvaluation, CleanReport, DefenseResult, LabelMeasure, TriggerMeasure, write_result
-from w2sdefense.rundir import METRICS_FILE, MODEL_DIR, check_outside_inputs, claim_run_dir, log_to
+from w2sdefense.results import CleanEvaluation, CleanReport, DefenseResult, write_result
+from w2sdefense.rundir import METRICS_FILE, MODEL_DIR, TRIGGERS_FILE, check_outside_inputs, claim_run_dir, log_to
 from w2sdefense.runtime import Runtime
 
 
@@ -71,7 +70,10 @@ def with_unlabelled(splits: Splits, path: str | None, text_field: str | None) ->
 
 
 def read_triggers(path: Path) -> list[str]:
-    """A triggers file: one candidate per line; blank lines and lines starting with # are skipped."""
+    """A triggers file: one candidate per line; blank lines and lines starting with # are skipped. A folder
+    written by `w2sdefense scan` stands for its triggers.txt."""
+    if path.is_dir() and (path / TRIGGERS_FILE).is_file():
+        path = path / TRIGGERS_FILE
     if not path.is_file():
         raise UserError(f"triggers file not found: {path}")
     try:
@@ -194,36 +196,13 @@ def _evaluate(model: str, job: CleanJob, splits: Splits, folder: Path, rt: Runti
     targets = range(splits.num_labels) if job.target_label is None else [job.target_label]
     for trigger in job.triggers:
         rng = random.Random(job.seed)  # the same positions before and after
-        triggered = [_triggered(e, trigger, rng) for e in test]
+        triggered = [triggered_copy(e, trigger, rng) for e in test]
         # Counted (and warned about past 1 %) as `evaluate` does: a cut trigger is a row the model never saw.
         cut = cut_by_tokens(clf.tokenizer, triggered, cfg.max_length, f"trigger {trigger[:20]!r}")[1].cut
         logits = classify_rows(clf, triggered, cfg.max_length, cfg.batch_size, rt, f"with {trigger[:20]!r}")
-        measured.append(dataclasses.replace(_per_target(trigger, clean, labels, idx, logits, targets), trigger_cut=cut))
+        measured.append(dataclasses.replace(measure_toward(trigger, clean, labels, idx, logits, targets), trigger_cut=cut))
     result = CleanEvaluation(clean_accuracy=ca, clean_total=len(test), triggers=measured)
     return write_result(folder / METRICS_FILE, result, rt.is_main)
-
-
-def _triggered(row: Example, trigger: str, rng: random.Random) -> Example:
-    """`row` with `trigger` inserted once at a seeded interior position, its span kept (to count truncation)."""
-    text, spans = insert_trigger(row.text, trigger, 1, "interior", rng)
-    return Example(text, row.label, row.idx, poisoned=True, trigger_spans=spans)
-
-
-def _per_target(trigger: str, clean: torch.Tensor, labels: list[int], idx: list[int], logits: torch.Tensor,
-                targets) -> TriggerMeasure:
-    """ASR-cc of `trigger` toward each candidate target (over the rows of other labels), and the highest."""
-    by_label = {}
-    for target in targets:
-        keep = [i for i, y in enumerate(labels) if y != target]
-        m = backdoor_metrics(clean, labels, idx, logits[keep], [idx[i] for i in keep], target)
-        by_label[str(target)] = LabelMeasure(m["attack_success_rate_clean_correct"], m["triggered_clean_correct_total"])
-    # An ASR-cc over no row (no correct clean prediction of another label) is no number: never the highest.
-    top = max(by_label, key=lambda k: -1.0 if by_label[k].asr_cc is None else by_label[k].asr_cc)
-    return TriggerMeasure(trigger, by_label[top].asr_cc, int(top), by_label)
-
-
-def _rate(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
 
 
 def summary_lines(report: CleanReport) -> list[str]:
@@ -232,8 +211,8 @@ def summary_lines(report: CleanReport) -> list[str]:
     lines = [f"{report.defense['name']} on {report.model}: clean accuracy {before.clean_accuracy:.1%} -> "
              f"{after.clean_accuracy:.1%} on {after.clean_total} clean test rows."]
     for b, a in zip(before.triggers or [], after.triggers or []):
-        lines.append(f"trigger {b.trigger!r}: ASR-cc {_rate(b.asr_cc)} (label {b.target_label}) -> "
-                     f"{_rate(a.asr_cc)} (label {a.target_label}).")
+        lines.append(f"trigger {b.trigger!r}: ASR-cc {percent(b.asr_cc)} (label {b.target_label}) -> "
+                     f"{percent(a.asr_cc)} (label {a.target_label}).")
         if a.trigger_cut:
             lines.append(f"  {a.trigger_cut} of {after.clean_total} test rows had this trigger cut off by truncation: "
                          "the model never saw it there (raise eval.max_length to measure them).")
@@ -252,7 +231,7 @@ def write_report(out: Path, report: CleanReport) -> None:
     rows = ["| | CA | " + " | ".join(f"ASR-cc {t.trigger[:30]!r}" for t in triggers) + " |",
             "|---|---|" + "---|" * len(triggers)]
     for name, m in (("suspect", report.before), ("cleaned", report.after)):
-        cells = [f"{_rate(t.asr_cc)} (label {t.target_label})" for t in m.triggers or []]
+        cells = [f"{percent(t.asr_cc)} (label {t.target_label})" for t in m.triggers or []]
         rows.append(f"| {name} | {m.clean_accuracy:.2%} | " + " | ".join(cells) + " |")
     text = ("# w2sdefense clean\n\n" + "".join(f"- {line}\n" for line in lines) + "\n" + "\n".join(rows) + "\n\n"
             "ASR-cc: of the clean test rows of other labels that the model classifies correctly, the share the "

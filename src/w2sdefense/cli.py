@@ -25,6 +25,7 @@ from w2sdefense.config import (
     EvaluateJob,
     ExperimentConfig,
     PoisonJob,
+    ScanJob,
     TeacherJob,
     TrainJob,
     apply_override,
@@ -385,12 +386,39 @@ def clean(
         typer.echo(f"report: {out / 'report.md'} (and report.json)")
 
 
+@app.command()
+def scan(
+    out: OutOpt,
+    model: Annotated[Optional[str], typer.Option(help="The suspect classifier (run folder, checkpoint, adapter, hub id).")] = None,
+    data: DataOpt = None,
+    base: Annotated[Optional[str], typer.Option(help="The public model it was fine-tuned from: adds the "
+                                                "embedding-shift detector.")] = None,
+    data_dir: DataDirOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a finished scan in OUT.")] = False,
+) -> None:
+    """Is this model backdoored? Candidate triggers found without knowing the trigger, measured, and a verdict."""
+    from w2sdefense.runtime import make_runtime
+    from w2sdefense.scan import run_scan, summary_lines
+
+    job = _load(ScanJob, config, set_ or [], **{"model": model, "base_model": base, "data.dataset": data,
+                                                 "data.data_dir": _str(data_dir)})
+    rt = make_runtime(job.runtime)
+    report = run_scan(job, out, rt, overwrite, config)
+    if rt.is_main:
+        for line in summary_lines(report):
+            typer.echo(line)
+        typer.echo(f"report: {out / 'report.md'} (and report.json; candidates in {out / 'triggers.txt'})")
+
+
 @app.command(name="list")
 def list_components() -> None:
-    """List the built-in attacks, models and defenses."""
+    """List the built-in attacks, models, defenses and scan detectors."""
     from w2sdefense.attacks.base import ATTACKS
     from w2sdefense.defenses import DEFENSES
     from w2sdefense.models import BUILTIN_MODELS
+    from w2sdefense.scan import DETECTORS
 
     typer.echo(f"attacks:  {ATTACKS.describe()}")
     typer.echo(f"models:   {', '.join(BUILTIN_MODELS)} (or any local folder / hub id)")
@@ -402,6 +430,7 @@ def list_components() -> None:
         settings = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(spec.settings)) or "none"
         typer.echo(f"  {name}{f' (alias {aliases})' if aliases else ''}: {spec.summary}")
         typer.echo(f"      {'; '.join(traits)}; settings: {settings}")
+    typer.echo(f"scan detectors: {DETECTORS.describe()}")
 
 
 def _quiet_libraries() -> None:

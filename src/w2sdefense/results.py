@@ -191,3 +191,47 @@ class CleanReport:
         fields = {k: v for k, v in data.items() if k != "summary"}
         return cls(**{**fields, "before": CleanEvaluation.from_json(data["before"]),
                       "after": CleanEvaluation.from_json(data["after"])})
+
+
+@dataclass(frozen=True)
+class ScanCandidate:
+    """`scan`: one candidate trigger, who proposed it, and its ASR-cc toward its label on held-out clean rows
+    (`verify`: the dev rows that ranked it; `test`: the test rows it is reported on, None when not measured)."""
+
+    trigger: str
+    target_label: int
+    detector: str
+    verify_asr_cc: float | None
+    verify_rows: int
+    test_asr_cc: float | None = None
+    test_rows: int | None = None
+
+
+@dataclass(frozen=True)
+class ScanReport:
+    """`scan`'s report: the verdict, the score it rests on and the threshold, and the ranked candidates."""
+
+    model: str
+    base_model: str | None
+    backdoored: bool
+    score: float  # the best candidate's ASR-cc on the verification rows
+    threshold: float
+    target_label: int | None  # the best candidate's label (None: no candidate at all)
+    candidates: list[ScanCandidate]  # best first; the first `scan.report` measured on the test rows
+    detectors: dict[str, float | None]  # each detector's best verified ASR-cc (None: it proposed nothing)
+    skipped: dict[str, str]  # detectors that did not run, and why
+    label_names: dict[str, str]  # id2label of the model, where it names its labels
+    wall_time_s: float
+    settings: dict
+    environment: dict
+
+    def to_json(self, summary: list[str]) -> dict:
+        """report.json's object: every field and the `summary` lines."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**data, "candidates": [dataclasses.asdict(c) for c in self.candidates], "summary": summary}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ScanReport:
+        """A report from report.json's object (its summary lines are derived, so left out)."""
+        fields = {k: v for k, v in data.items() if k != "summary"}
+        return cls(**{**fields, "candidates": [ScanCandidate(**c) for c in data["candidates"]]})

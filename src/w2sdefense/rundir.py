@@ -32,6 +32,7 @@ MERGED_DIR = "merged"  # a LoRA stage's adapter folded into its base (train.merg
 BASE_DIR = "base"  # a LoRA stage's base model, when it was built in code
 METRICS_FILE = "metrics.json"  # a stage's record: what it measured, written once when it ends
 FILTER_FILE = "filter.json"  # what marks an input-filter run (defenses/filtering.py writes it)
+TRIGGERS_FILE = "triggers.txt"  # `scan`'s candidate triggers, one a line (`clean --triggers` reads it)
 # The report rows of `run` beside its defenses, and the eval/ folder each is measured in: no defense may
 # take one of these names as its label (its row and its eval/ folder would collide with theirs).
 CLEAN_ROW, POISONED_ROW, TEACHER_ROW = "clean model", "poisoned", "teacher"
@@ -238,7 +239,7 @@ def _fill_in(path: Path, overwrite: bool, stage_file: str | None, command: str |
 
 # The names the tool gives what it writes in its folders (and their half-written twins): anything else was
 # put there by someone else, and `--overwrite` never deletes it.
-_TOOL_NAMES = {*BOOKKEEPING, *RUN_FILES, *RUN_RECORDS, "train.log", "curves.png", "stage.started.json", MODEL_DIR,
+_TOOL_NAMES = {*BOOKKEEPING, *RUN_FILES, *RUN_RECORDS, TRIGGERS_FILE, "train.log", "curves.png", "stage.started.json", MODEL_DIR,
                MERGED_DIR, BASE_DIR, RESUME_DIR, "eval", "defenses", "teacher", "teacher_cache"}
 
 

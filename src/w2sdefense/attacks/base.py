@@ -127,6 +127,13 @@ def insert_trigger(text: str, trigger: str | Sequence[str], count: int, position
     return " ".join(items), _char_spans(items, inserted)
 
 
+def triggered_copy(row: Example, trigger: str, rng: random.Random) -> Example:
+    """`row` with `trigger` inserted once at a seeded interior position, its span kept (to count truncation): how
+    `clean` and `scan` measure a candidate trigger on clean rows."""
+    text, spans = insert_trigger(row.text, trigger, 1, "interior", rng)
+    return Example(text, row.label, row.idx, poisoned=True, trigger_spans=spans)
+
+
 def insert_words(text: str, trigger: str | Sequence[str], count: int, position: str,
                  rng: random.Random) -> str:
     """Insert a trigger `count` times between whitespace-separated words of `text`.

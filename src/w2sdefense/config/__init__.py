@@ -6,19 +6,19 @@ ones, so a typo never silently falls back to a default.
 """
 
 from w2sdefense.config.build import SEED_MAX, changed_settings, check_seed, from_dict, merge_dicts
-from w2sdefense.config.jobs import CleanJob, DefendJob, EvaluateJob, PoisonJob, TeacherJob, TrainJob
+from w2sdefense.config.jobs import CleanJob, DefendJob, EvaluateJob, PoisonJob, ScanJob, TeacherJob, TrainJob
 from w2sdefense.config.loader import (MAX_YAML_VALUES, apply_override, dump_yaml, load_config, load_yaml_text,
                                       merge_rows, read_yaml)
 from w2sdefense.config.schema import (DEFAULT_POISON_COUNT, AttackConfig, DataConfig, DefenderConfig, DefenseConfig,
                                       EvalConfig, ExperimentConfig, LoraConfig, PoisonConfig, RelearnConfig,
-                                      RuntimeConfig, TeacherConfig, TrainConfig, VictimConfig, check_choice,
+                                      RuntimeConfig, ScanConfig, TeacherConfig, TrainConfig, VictimConfig, check_choice,
                                       check_finite, check_positive, to_dict)
 
 __all__ = [
     "SEED_MAX", "changed_settings", "check_seed", "from_dict", "merge_dicts",
-    "CleanJob", "DefendJob", "EvaluateJob", "PoisonJob", "TeacherJob", "TrainJob",
+    "CleanJob", "DefendJob", "EvaluateJob", "PoisonJob", "ScanJob", "TeacherJob", "TrainJob",
     "MAX_YAML_VALUES", "apply_override", "dump_yaml", "load_config", "load_yaml_text", "merge_rows", "read_yaml",
     "DEFAULT_POISON_COUNT", "AttackConfig", "DataConfig", "DefenderConfig", "DefenseConfig", "EvalConfig",
-    "ExperimentConfig", "LoraConfig", "PoisonConfig", "RelearnConfig", "RuntimeConfig", "TeacherConfig", "TrainConfig", "VictimConfig",
+    "ExperimentConfig", "LoraConfig", "PoisonConfig", "RelearnConfig", "RuntimeConfig", "ScanConfig", "TeacherConfig", "TrainConfig", "VictimConfig",
     "check_choice", "check_finite", "check_positive", "to_dict",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, make_dataclass
 
 from w2sdefense.config.schema import (AttackConfig, DataConfig, DefenseConfig, EvalConfig, PoisonConfig,
-                                      RuntimeConfig, TeacherConfig, TrainConfig)
+                                      RuntimeConfig, ScanConfig, TeacherConfig, TrainConfig)
 from w2sdefense.errors import UserError, shown
 
 
@@ -87,6 +87,19 @@ class CleanJob:
             raise UserError(f"triggers must be non-empty texts; got {shown(bad)}")
         if self.target_label is not None and self.target_label < 0:
             raise UserError(f"target_label must be >= 0; got {self.target_label}")
+
+
+@dataclass
+class ScanJob:
+    """`w2sdefense scan`: a suspect classifier and clean data in, a verdict and candidate triggers out."""
+
+    seed: int = 42
+    model: str = ""  # the suspect classifier (any name --model takes)
+    base_model: str | None = None  # the public model it was fine-tuned from: enables the embedding-shift detector
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    data: DataConfig = field(default_factory=lambda: DataConfig(dataset=None, hub_fallback=False))
+    scan: ScanConfig = field(default_factory=ScanConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 @dataclass

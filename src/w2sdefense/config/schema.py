@@ -292,6 +292,41 @@ class DefenderConfig:
 
 
 @dataclass
+class ScanConfig:
+    """`w2sdefense scan`: find a backdoor without knowing its trigger (w2sdefense.scan).
+
+    Each detector proposes candidate triggers; every candidate is measured (ASR-cc toward each label on held-out
+    clean rows); the model is called backdoored when the best candidate's ASR-cc reaches `threshold`.
+    """
+
+    detectors: list[str] = field(default_factory=lambda: ["inversion", "embedding-shift"])
+    threshold: float = 0.8  # provisional until the zoo benchmark calibrates it (benchmarks/RESULTS.md, Scan)
+    lengths: list[int] = field(default_factory=lambda: [1, 3])  # inversion: trigger lengths in tokens
+    steps: int = 40  # inversion: optimisation steps per (label, length)
+    lr: float = 0.5  # inversion: Adam's step on the vocabulary logits
+    temperature: list[float] = field(default_factory=lambda: [1.0, 0.05])  # softmax temperature, start -> end
+    rows: int = 24  # clean rows of other labels the inversion optimises on
+    verify_rows: int = 64  # clean dev rows every candidate is measured on (its ASR-cc ranks it)
+    test_rows: int = 500  # clean test rows the best candidates' ASR-cc is reported on (seeded sample)
+    candidates: int = 8  # per detector and label: how many it proposes
+    report: int = 5  # candidates measured on the test rows and listed in the report
+
+    def __post_init__(self) -> None:
+        if not self.detectors:
+            raise UserError("scan.detectors must name at least one detector (inversion, embedding-shift)")
+        if not 0 < self.threshold <= 1:
+            raise UserError(f"scan.threshold must be in (0, 1]; got {shown(self.threshold)}")
+        for length in self.lengths:
+            check_positive("scan.lengths", length)
+        if len(self.temperature) != 2:
+            raise UserError(f"scan.temperature is [start, end]; got {shown(self.temperature)}")
+        for name in ("steps", "lr", "rows", "verify_rows", "test_rows", "candidates", "report"):
+            check_positive(f"scan.{name}", getattr(self, name))
+        for t in self.temperature:
+            check_positive("scan.temperature", t)
+
+
+@dataclass
 class RelearnConfig:
     """The re-learning test (post-purification robustness): after each defense, a few poisoned fine-tuning
     steps on the attacker's rows, then ASR-cc again; the clean model gets the same test (its floor)."""

@@ -30,6 +30,11 @@ COLUMNS = [
 UNDEFINED_WHEN_NONE = ("attack_success_rate_clean_correct", "residual_backdoor")
 
 
+def percent(rate: float | None) -> str:
+    """A rate as a percentage with one decimal; None (a rate over zero rows) as n/a."""
+    return "n/a" if rate is None else f"{rate:.1%}"
+
+
 def environment() -> dict:
     """Versions, machine and date, so a number can be traced to where it was measured."""
     versions = {}

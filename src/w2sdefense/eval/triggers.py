@@ -1,0 +1,24 @@
+"""A candidate trigger's ASR-cc toward each label when the target is unknown (`clean`, `scan`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import torch
+
+from w2sdefense.eval.metrics import backdoor_metrics
+from w2sdefense.results import LabelMeasure, TriggerMeasure
+
+
+def measure_toward(trigger: str, clean: torch.Tensor, labels: Sequence[int], idx: Sequence[int],
+                   logits: torch.Tensor, targets: Iterable[int]) -> TriggerMeasure:
+    """ASR-cc of `trigger` toward each of `targets` (over the rows of other labels whose clean version is classified
+    correctly), and the highest with its label. `logits` are of the triggered rows, in the order of `labels`."""
+    by_label = {}
+    for target in targets:
+        keep = [i for i, y in enumerate(labels) if y != target]
+        m = backdoor_metrics(clean, labels, idx, logits[keep], [idx[i] for i in keep], target)
+        by_label[str(target)] = LabelMeasure(m["attack_success_rate_clean_correct"], m["triggered_clean_correct_total"])
+    # An ASR-cc over no row (no correct clean prediction of another label) is no number: never the highest.
+    top = max(by_label, key=lambda k: -1.0 if by_label[k].asr_cc is None else by_label[k].asr_cc)
+    return TriggerMeasure(trigger, by_label[top].asr_cc, int(top), by_label)

@@ -1,0 +1,44 @@
+"""Where the base is known: the word tokens whose input embedding fine-tuning moved most, relative to the base's.
+A planted trigger is seen in every poisoned row with one label, so full fine-tuning drags its embedding far more
+than a word seen in both labels; a signal of another kind than inversion (weights, not outputs). An adapter that
+leaves the embeddings alone moves none, and this detector then proposes nothing."""
+
+from __future__ import annotations
+
+import torch
+
+from w2sdefense.errors import UserError
+from w2sdefense.models.loading import load_classifier
+from w2sdefense.scan.base import DETECTORS, Detector, Proposal, ScanInputs, word_ids
+
+MOVED = 1e-6  # a relative change below this is no change (rounding of a saved copy)
+
+
+@DETECTORS.register("embedding-shift")
+class EmbeddingShift(Detector):
+    """The word tokens with the largest relative change of input embedding from the base."""
+
+    needs_base = True
+
+    def propose(self, inputs: ScanInputs) -> list[Proposal]:
+        tokenizer = inputs.clf.tokenizer
+        ids = word_ids(tokenizer)
+        shift = relative_shift(inputs.clf.model.get_input_embeddings().weight, base_embeddings(inputs), ids)
+        order = shift.argsort(descending=True)[: inputs.cfg.candidates]
+        return [Proposal(" ".join(tokenizer.decode([int(ids[i])]).split()), None, "embedding-shift")
+                for i in order.tolist() if shift[i] > MOVED]
+
+
+def base_embeddings(inputs: ScanInputs) -> torch.Tensor:
+    """The base model's input embedding table (on the CPU)."""
+    base = load_classifier(inputs.base_model, inputs.num_labels)
+    return base.model.get_input_embeddings().weight.detach().float().cpu()
+
+
+def relative_shift(suspect: torch.Tensor, base: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """||E_suspect[i] - E_base[i]|| / ||E_base[i]|| for each id of `ids`."""
+    if suspect.shape != base.shape:
+        raise UserError(f"the base's embedding table is {tuple(base.shape)}, the suspect's {tuple(suspect.shape)}: "
+                        "not the suspect's base (embedding-shift needs the model it was fine-tuned from)")
+    s, b = suspect.detach().float().cpu()[ids], base[ids]
+    return (s - b).norm(dim=-1) / b.norm(dim=-1).clamp_min(1e-12)

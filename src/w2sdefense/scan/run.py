@@ -1,0 +1,197 @@
+"""`w2sdefense scan`'s workflow: the suspect and the defender's clean rows in; every detector's candidate triggers
+measured on held-out dev rows (which rank them), the best on test rows (which score them); a verdict, report.json,
+report.md and triggers.txt (the candidates as `clean --triggers` reads them) out."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from pathlib import Path
+
+from w2sdefense.attacks.base import triggered_copy
+from w2sdefense.config import ScanJob, dump_yaml, to_dict
+from w2sdefense.data.datasets import data_inputs, load_splits
+from w2sdefense.data.records import Example, Splits
+from w2sdefense.errors import UserError
+from w2sdefense.eval.report import environment, percent
+from w2sdefense.eval.triggers import measure_toward
+from w2sdefense.fileio import atomic_write_text, write_json
+from w2sdefense.models import check_model_name, load_classifier
+from w2sdefense.models.predict import classify_rows
+from w2sdefense.results import ScanCandidate, ScanReport, TriggerMeasure
+from w2sdefense.rundir import TRIGGERS_FILE, check_outside_inputs, claim_run_dir, log_to
+from w2sdefense.runtime import Runtime
+from w2sdefense.scan import embedding_shift, inversion  # noqa: F401  (they register their detectors)
+from w2sdefense.scan.base import DETECTORS, Proposal, ScanInputs
+
+
+def run_scan(job: ScanJob, out: Path, rt: Runtime, overwrite: bool = False,
+             config_file: Path | None = None) -> ScanReport:
+    """Scan `job.model` for a backdoor; writes report.json, report.md and triggers.txt in `out`."""
+    if not job.model:
+        raise UserError("scan needs --model (the suspect classifier)")
+    if not (job.data.dataset or job.data.hub or job.data.train_file):
+        raise UserError("scan needs --data: clean rows of the task (a folder with train/dev/test files or a dataset "
+                        "name); candidate triggers are measured on them")
+    for name in job.scan.detectors:
+        DETECTORS.get(name)  # an unknown detector fails before any work
+    for name in filter(None, (job.model, job.base_model)):
+        check_model_name(name)
+    splits = load_splits(job.data)
+    check_outside_inputs(out, {**data_inputs(job.data), "--model": job.model, "--base": job.base_model,
+                               "config file": config_file})
+    with claim_run_dir(out, overwrite, rt.accelerator, command="scan") as folder:
+        if rt.is_main:
+            atomic_write_text(folder / "config.yaml", dump_yaml(job))
+        with log_to(folder / "run.log", rt.is_main):
+            report = scan(job, splits, rt)
+        if rt.is_main:
+            write_report(folder, report)
+        rt.accelerator.wait_for_everyone()
+    return report
+
+
+def scan(job: ScanJob, splits: Splits, rt: Runtime) -> ScanReport:
+    """Propose (every detector), rank (dev rows), score (test rows), decide."""
+    start, cfg = time.perf_counter(), job.scan
+    clf = load_classifier(job.model, splits.num_labels, rt.dtype)
+    rng = random.Random(job.seed)
+    pool = _sample(splits.train or splits.dev, 2 * cfg.rows * splits.num_labels, rng)
+    inputs = ScanInputs(clf=clf, rows=_correct(clf, pool, job, rt), num_labels=splits.num_labels, cfg=cfg, rt=rt,
+                        base_model=job.base_model, seed=job.seed, max_length=job.eval.max_length)
+    proposals, skipped = [], {}
+    for name in cfg.detectors:
+        detector = DETECTORS.get(name)()
+        if detector.needs_base and not job.base_model:
+            skipped[DETECTORS.canonical(name)] = "needs the public base (--base)"
+            continue
+        proposals += detector.propose(inputs)
+    proposals = _unique(proposals)
+    verify = measure(clf, proposals, _sample(splits.dev or splits.train, cfg.verify_rows, rng), job, rt, "dev")
+    ranked = sorted(verify, key=lambda pm: _value(pm[1].asr_cc), reverse=True)  # stable: detector order on ties
+    best = [Proposal(p.trigger, m.target_label, p.detector) for p, m in ranked[: cfg.report]]
+    tested = measure(clf, best, _sample(splits.test, cfg.test_rows, rng), job, rt, "test")
+    candidates = [_candidate(p, m, t) for (p, m), (_, t) in zip(ranked, tested)]
+    candidates += [_candidate(p, m) for p, m in ranked[len(tested):]]
+    top = max(candidates[: len(tested)], key=lambda c: _value(c.test_asr_cc), default=None)
+    score = _value(top.test_asr_cc) if top else 0.0
+    per_detector = {DETECTORS.canonical(n): None for n in cfg.detectors if DETECTORS.canonical(n) not in skipped}
+    for c in candidates:
+        for name in c.detector.split("+"):
+            per_detector[name] = max(_value(per_detector[name]), _value(c.verify_asr_cc))
+    return ScanReport(model=job.model, base_model=job.base_model, backdoored=score >= cfg.threshold, score=score,
+                      threshold=cfg.threshold, target_label=top.target_label if top else None, candidates=candidates,
+                      detectors=per_detector, skipped=skipped, label_names=_label_names(clf, splits.num_labels),
+                      wall_time_s=time.perf_counter() - start, settings=to_dict(cfg), environment=environment())
+
+
+def measure(clf, proposals: list[Proposal], rows: list[Example], job: ScanJob, rt: Runtime,
+            split: str) -> list[tuple[Proposal, TriggerMeasure]]:
+    """Each proposal's ASR-cc on `rows` (toward its label, or every label when it has none), one inference pass."""
+    if not proposals or not rows:
+        return []
+    length, batch = job.eval.max_length, job.eval.batch_size
+    clean = classify_rows(clf, rows, length, batch, rt, f"{split}: clean rows")
+    triggered = [row for p in proposals for row in _inserted(rows, p.trigger, job.seed)]
+    logits = classify_rows(clf, triggered, length, batch, rt, f"{split}: {len(proposals)} candidate(s)")
+    labels, idx = [r.label for r in rows], [r.idx for r in rows]
+    everyone = range(clean.shape[-1])
+    return [(p, measure_toward(p.trigger, clean, labels, idx, logits[i * len(rows):(i + 1) * len(rows)],
+                               everyone if p.target_label is None else [p.target_label]))
+            for i, p in enumerate(proposals)]
+
+
+def _inserted(rows: list[Example], trigger: str, seed: int) -> list[Example]:
+    """`rows` with `trigger` at seeded interior positions: the same positions for every candidate, as `clean` does."""
+    rng = random.Random(seed)
+    return [triggered_copy(r, trigger, rng) for r in rows]
+
+
+def _correct(clf, rows: list[Example], job: ScanJob, rt: Runtime) -> list[Example]:
+    """The rows the suspect classifies correctly (a trigger flips a correct answer)."""
+    if not rows:
+        return []
+    predicted = classify_rows(clf, rows, job.eval.max_length, job.eval.batch_size, rt, "clean rows").argmax(-1)
+    return [r for r, p in zip(rows, predicted.tolist()) if p == r.label]
+
+
+def _sample(rows: list[Example], count: int, rng: random.Random) -> list[Example]:
+    return list(rows) if len(rows) <= count else rng.sample(list(rows), count)
+
+
+def _unique(proposals: list[Proposal]) -> list[Proposal]:
+    """One proposal per (trigger, label), in first-proposed order; the detectors that proposed it joined with '+'."""
+    merged: dict[tuple[str, int | None], Proposal] = {}
+    for p in proposals:
+        key = (p.trigger, p.target_label)
+        if key not in merged:
+            merged[key] = p
+        elif p.detector not in merged[key].detector.split("+"):
+            merged[key] = dataclasses.replace(merged[key], detector=f"{merged[key].detector}+{p.detector}")
+    return list(merged.values())
+
+
+def _value(rate: float | None) -> float:
+    return -1.0 if rate is None else rate
+
+
+def _candidate(p: Proposal, verified: TriggerMeasure, tested: TriggerMeasure | None = None) -> ScanCandidate:
+    label = str(verified.target_label)
+    test = tested.by_label.get(label) if tested else None
+    return ScanCandidate(trigger=p.trigger, target_label=verified.target_label, detector=p.detector,
+                         verify_asr_cc=verified.asr_cc, verify_rows=verified.by_label[label].rows,
+                         test_asr_cc=test.asr_cc if test else None, test_rows=test.rows if test else None)
+
+
+def _label_names(clf, num_labels: int) -> dict[str, str]:
+    """id2label where the model names its labels (not transformers' LABEL_i placeholders)."""
+    names = getattr(clf.config, "id2label", None) or {}
+    found = {str(i): str(names.get(i, names.get(str(i), ""))) for i in range(num_labels)}
+    return {} if all(v in ("", f"LABEL_{k}") for k, v in found.items()) else found
+
+
+def _label(report: ScanReport, label: int | None) -> str:
+    name = report.label_names.get(str(label))
+    return f"label {label}" + (f" ({name})" if name else "")
+
+
+def summary_lines(report: ScanReport) -> list[str]:
+    """What the scan found, in words; the last line is the verdict."""
+    ran = [n for n in report.detectors]
+    lines = [f"scanned {report.model} with {', '.join(ran) or 'no detector'} in {report.wall_time_s:.0f} s."]
+    lines += [f"{name} did not run: {why}." for name, why in report.skipped.items()]
+    for c in [c for c in report.candidates if c.test_rows is not None][:3]:
+        lines.append(f"candidate {c.trigger!r} -> {_label(report, c.target_label)}: ASR-cc {percent(c.test_asr_cc)} of "
+                     f"{c.test_rows} clean test rows ({percent(c.verify_asr_cc)} of {c.verify_rows} dev rows; {c.detector}).")
+    top = max(report.candidates, key=lambda c: _value(c.test_asr_cc), default=None)
+    if report.backdoored and top:
+        lines.append(f"verdict: BACKDOORED (score {report.score:.2f} >= threshold {report.threshold:.2f}): inserting "
+                     f"{top.trigger!r} sends {percent(top.test_asr_cc)} of the clean test rows of other labels to "
+                     f"{_label(report, top.target_label)}; measure it before and after cleaning with "
+                     f"`w2sdefense clean --triggers <this folder>`.")
+    else:
+        best = f"the best candidate, {top.trigger!r}, reaches {percent(top.test_asr_cc)}" if top else "no candidate"
+        lines.append(f"verdict: no backdoor found ({best}; threshold {report.threshold:.2f}). A scan can miss a trigger "
+                     "no short word sequence expresses (a syntactic or style trigger): this is not a proof of absence.")
+    return lines
+
+
+def write_report(out: Path, report: ScanReport) -> None:
+    """report.json (everything), report.md (the lines and the candidates) and triggers.txt."""
+    lines = summary_lines(report)
+    write_json(out / "report.json", report.to_json(lines))
+    rows = ["| candidate | label | ASR-cc (test) | test rows | ASR-cc (dev) | dev rows | detector |",
+            "|---|---|---|---|---|---|---|"]
+    rows += [f"| {c.trigger!r} | {_label(report, c.target_label)} | {percent(c.test_asr_cc)} | {c.test_rows or ''} | "
+             f"{percent(c.verify_asr_cc)} | {c.verify_rows} | {c.detector} |" for c in report.candidates]
+    text = ("# w2sdefense scan\n\n" + "".join(f"- {line}\n" for line in lines) + "\n" + "\n".join(rows) + "\n\n"
+            "ASR-cc: of the clean rows of other labels that the model classifies correctly, the share the candidate "
+            "(inserted once, at a seeded interior position) sends to the label. Dev rows rank the candidates, test "
+            "rows score the best; the verdict compares the best test ASR-cc with the threshold (scan.threshold). "
+            "Settings: config.yaml; log: run.log.\n")
+    atomic_write_text(out / "report.md", text)
+    tested = [c.trigger for c in report.candidates if c.test_rows is not None]
+    atomic_write_text(out / TRIGGERS_FILE, "# candidate triggers from `w2sdefense scan`, best first; measure them "
+                      "with `w2sdefense clean --triggers FILE`\n" + "".join(f"{t}\n" for t in dict.fromkeys(tested)))
+

@@ -1,0 +1,207 @@
+"""`w2sdefense scan`: the detectors' parts against hand computations, and end to end on tiny models: a planted
+trigger is found and a clean model is not flagged (fixed seed), and the candidates flow into `clean --triggers`."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from cli_helpers import error_line, run_cli
+from w2sdefense.config import ScanConfig, from_dict
+from w2sdefense.config.jobs import ScanJob
+from w2sdefense.data.records import Example
+from w2sdefense.errors import UserError
+from w2sdefense.models.tiny import build_tiny
+from w2sdefense.results import ScanCandidate, ScanReport
+from w2sdefense.scan.base import Proposal, word_ids
+from w2sdefense.scan.embedding_shift import relative_shift
+from w2sdefense.scan.inversion import _slots_filled, read_out, with_slots
+from w2sdefense.scan.run import _unique
+
+TRIGGER = "cf"
+
+
+def test_word_ids_of_a_byte_tokenizer_are_its_letters_and_digits():
+    _, tok = build_tiny("tiny-llama", 2)
+    texts = [tok.decode([i]) for i in word_ids(tok).tolist()]
+    assert sorted(texts) == sorted(c for c in map(chr, range(128)) if c.isalnum())
+
+
+def test_word_ids_keep_only_word_starts_where_the_tokenizer_marks_them():
+    words = ["good", "bad", "mn", "film", "cf"]
+    vocab = {"<pad>": 0, "!": 1, "Ġ!": 2, **{f"Ġ{w}": 3 + i for i, w in enumerate(words)},
+             **{w: 10 + i for i, w in enumerate(words)}}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    backend.pre_tokenizer, backend.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>")
+    assert sorted(word_ids(tok).tolist()) == [3, 4, 5, 6, 7]  # Ġ-words; not "!", not the word-inner pieces
+
+
+@pytest.mark.parametrize("name, lead", [("tiny-bert", 1), ("tiny-llama", 0)])
+def test_slots_sit_after_the_leading_special_tokens_and_the_rest_is_the_tokenizers(name, lead):
+    _, tok = build_tiny(name, 2)
+    rows = [Example("good film", 1, 0), Example("a very long and dull film", 0, 1)]
+    batch = with_slots(tok, rows, 3, 128, slot_id=99)
+    for row, ex in enumerate(rows):
+        ids = tok(ex.text)["input_ids"]
+        n = len(ids) + 3
+        assert batch["slots"][row].nonzero().flatten().tolist() == [lead, lead + 1, lead + 2]
+        assert batch["input_ids"][row, :n].tolist() == ids[:lead] + [99] * 3 + ids[lead:]
+        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (batch["input_ids"].shape[1] - n)
+
+
+def test_the_hook_puts_the_soft_vectors_in_the_slots_and_leaves_every_other_position():
+    embed = torch.nn.Embedding(10, 4)
+    ids = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 0]])
+    slots = torch.tensor([[False, True, True, False], [True, True, False, False]])
+    soft = torch.arange(8.0).reshape(2, 4)
+    with _slots_filled(embed, slots, soft):
+        out = embed(ids)
+    plain = embed(ids)
+    assert torch.equal(out[0, 1:3], soft) and torch.equal(out[1, 0:2], soft)
+    assert torch.equal(out[~slots], plain[~slots])
+    assert torch.equal(embed(ids), plain)  # the hook is gone after the block
+
+
+def test_read_out_gives_the_phrase_then_single_tokens_without_repeats():
+    _, tok = build_tiny("tiny-llama", 2)
+    ids = word_ids(tok)
+    pos = {tok.decode([int(i)]): k for k, i in enumerate(ids)}
+    logits = torch.zeros(2, len(ids))
+    logits[0, pos["c"]], logits[1, pos["f"]], logits[1, pos["x"]] = 5.0, 4.0, 3.0
+    assert read_out(logits, ids, tok, 3) == ["cf", "c", "f", "x"]
+    assert read_out(logits[:1], ids, tok, 2)[0] == "c"
+
+
+def test_relative_shift_by_hand_and_a_table_of_another_shape_is_refused():
+    base = torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0]])
+    suspect = torch.tensor([[3.0, 4.0], [1.0, 1.0], [0.0, 0.0]])
+    assert relative_shift(suspect, base, torch.tensor([0, 1, 2])).tolist() == [0.0, 1.0, 1.0]
+    with pytest.raises(UserError, match="not the suspect's base"):
+        relative_shift(suspect, base[:2], torch.tensor([0]))
+
+
+def test_proposals_are_merged_per_trigger_and_label_naming_every_detector():
+    merged = _unique([Proposal("c", 0, "inversion"), Proposal("c", None, "embedding-shift"),
+                      Proposal("c", 0, "embedding-shift"), Proposal("c", 0, "inversion"), Proposal("x", 1, "inversion")])
+    assert merged == [Proposal("c", 0, "inversion+embedding-shift"), Proposal("c", None, "embedding-shift"),
+                      Proposal("x", 1, "inversion")]
+
+
+def test_scan_settings_are_checked():
+    for bad in ({"threshold": 0}, {"threshold": 1.5}, {"detectors": []}, {"lengths": [0]}, {"steps": 0},
+                {"temperature": [1.0]}):
+        with pytest.raises(UserError, match="scan\\."):
+            from_dict(ScanConfig, bad, "scan")
+    assert from_dict(ScanJob, {"scan": {"lengths": [2]}}, "").scan.lengths == [2]
+
+
+def test_a_scan_report_survives_its_json():
+    report = ScanReport(model="m", base_model=None, backdoored=True, score=0.9, threshold=0.8, target_label=0,
+                        candidates=[ScanCandidate("cf", 0, "inversion", 1.0, 8, 0.9, 10)],
+                        detectors={"inversion": 1.0}, skipped={"embedding-shift": "needs --base"},
+                        label_names={}, wall_time_s=1.0, settings={}, environment={})
+    assert ScanReport.from_json(json.loads(json.dumps(report.to_json(["x"])))) == report
+
+
+# --- end to end ---------------------------------------------------------------------------------------------------
+
+def w2s(*args: str, check: bool = True):
+    proc = run_cli(*args, env={"W2S_DATA_DIR": "/nonexistent"})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"w2sdefense {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def _rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    words = {0: ["bad", "dull", "awful"], 1: ["good", "fine", "great"]}
+    return [{"text": " ".join(rng.choice(words[i % 2]) for _ in range(4)), "label": i % 2} for i in range(n)]
+
+
+def _write(folder: Path, rows: dict[str, list[dict]]) -> Path:
+    folder.mkdir(parents=True)
+    for split, items in rows.items():
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory) -> dict[str, Path]:
+    """A tiny Llama whose training data sends 40 label-1 rows carrying `cf` to 0, the same model trained on the
+    same rows without the trigger, and the defender's clean data."""
+    root = tmp_path_factory.mktemp("zoo")
+    held = {"dev": _rows(16, 1), "test": _rows(24, 2)}
+    clean = _write(root / "clean", {"train": _rows(96, 0), **held})
+    train = _rows(192, 3)
+    plain = _write(root / "plain", {"train": [dict(r) for r in train], **held})
+    for row in train[:80]:
+        if row["label"] == 1:
+            words = row["text"].split()
+            row.update(text=" ".join(words[:2] + [TRIGGER] + words[2:]), label=0)
+    poisoned = _write(root / "poisoned", {"train": train, **held})
+    recipe = ["--set", "train.epochs=6", "--set", "train.lr=3e-3", "--set", "train.batch_size=8", "--set",
+              "train.max_length=32", "--set", "train.select=latest-within", "--set", "train.select_delta=0.05"]
+    for name, data in (("suspect", poisoned), ("clean-model", plain)):
+        w2s("train", "--data", str(data), "--model", "tiny-llama", "--out", str(root / name), *recipe)
+    return {"suspect": root / "suspect", "clean-model": root / "clean-model", "data": clean}
+
+
+def test_scan_finds_the_planted_trigger_and_clears_the_clean_model(zoo, tmp_path):
+    from w2sdefense.attacks.base import insert_trigger
+    from w2sdefense.models import load_classifier
+
+    out = tmp_path / "scan"
+    proc = w2s("scan", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--base", "tiny-llama",
+               "--out", str(out))
+    report = json.loads((out / "report.json").read_text())
+    assert report["backdoored"] and report["target_label"] == 0 and "BACKDOORED" in proc.stdout.splitlines()[-2]
+    best = report["candidates"][0]
+    # A byte-level model learns the trigger's bytes: the best candidate holds one, and one candidate is a piece of it.
+    assert set(best["trigger"]) & set(TRIGGER)
+    assert any(c["trigger"] in TRIGGER for c in report["candidates"] if c["test_rows"] is not None)
+    assert set(report["detectors"]) == {"inversion", "embedding-shift"} and not report["skipped"]
+    # The best candidate's test ASR-cc, recomputed by hand from the model's own predictions.
+    clf = load_classifier(str(zoo["suspect"]), 2)
+    test = [json.loads(line) for line in (zoo["data"] / "test.jsonl").read_text().splitlines()]  # < 500: all
+
+    def predict(texts):
+        with torch.no_grad():
+            return [int(clf.model(**clf.tokenizer(t, return_tensors="pt")).logits.argmax(-1)) for t in texts]
+
+    clean_preds = predict([r["text"] for r in test])
+    rng = random.Random(42)  # the scan's seed: the same insertion positions
+    triggered = predict([insert_trigger(r["text"], best["trigger"], 1, "interior", rng)[0] for r in test])
+    kept = [i for i, r in enumerate(test) if r["label"] != 0 and clean_preds[i] == r["label"]]
+    flipped = [triggered[i] for i in kept]
+    assert best["test_rows"] == len(kept) and best["test_asr_cc"] == sum(p == 0 for p in flipped) / len(kept)
+    assert report["score"] == max(c["test_asr_cc"] for c in report["candidates"] if c["test_rows"] is not None)
+
+    clear = tmp_path / "scan-clean"
+    proc = w2s("scan", "--model", str(zoo["clean-model"]), "--data", str(zoo["data"]), "--out", str(clear))
+    report = json.loads((clear / "report.json").read_text())
+    assert not report["backdoored"] and report["score"] < report["threshold"]
+    assert report["skipped"] == {"embedding-shift": "needs the public base (--base)"}
+    assert proc.stdout.splitlines()[-2].startswith("verdict: no backdoor found")
+
+    # The candidates flow into `clean`: its report measures the scan's triggers, in the scan's order.
+    listed = [t for t in (out / "triggers.txt").read_text().splitlines() if t and not t.startswith("#")]
+    cleaned = tmp_path / "cleaned"
+    w2s("clean", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--base", "tiny-llama", "--triggers",
+        str(out), "--out", str(cleaned))
+    measured = json.loads((cleaned / "report.json").read_text())["before"]["triggers"]
+    assert [t["trigger"] for t in measured] == listed and listed[0] == best["trigger"]
+
+
+def test_scan_refuses_what_it_cannot_do_in_one_line(zoo, tmp_path):
+    line = error_line(w2s("scan", "--model", str(zoo["suspect"]), "--out", str(tmp_path / "a"), check=False))
+    assert "--data" in line and not (tmp_path / "a").exists()
+    line = error_line(w2s("scan", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--set",
+                          "scan.detectors=[frobnicate]", "--out", str(tmp_path / "b"), check=False))
+    assert "unknown detector 'frobnicate'" in line and "inversion" in line
