@@ -110,6 +110,7 @@ SLOW_TESTS = {
     "test_resume": {"*"},
     "test_scan": {"test_scan_finds_the_planted_trigger_and_clears_the_clean_model",
                   "test_scan_refuses_what_it_cannot_do_in_one_line"},
+    "test_scan_zoo": {"test_the_chain_on_tiny_models_writes_rows_and_figures"},
     "test_rundir_safety": {"test_commands_on_a_folder_in_use_fail_at_once_naming_the_process",
                            "test_evaluate_checks_its_output_before_any_work",
                            "test_evaluate_never_writes_its_metrics_over_the_weights_it_measures"},

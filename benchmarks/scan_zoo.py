@@ -1,0 +1,226 @@
+"""The scan benchmark: build the model zoo of benchmarks/scan-zoo.yaml with the tool's own commands (`poison`,
+`train`, `evaluate`), scan every model (`scan --base`), and measure the scanner on the held-out half: ROC-AUC, TPR at
+5 % FPR, target-label accuracy, trigger recovery and seconds per model, overall and per attack family.
+
+    python benchmarks/scan_zoo.py                   # build what is missing, scan, write results/scan-zoo.json
+    python benchmarks/scan_zoo.py --report-only     # the results from the scans on disk
+    python benchmarks/scan_zoo.py --limit 4         # the first 4 models of each kind (a smoke run)
+
+Every step is skipped when its output exists, so a stopped run continues where it stopped. A backdoored model whose
+planted trigger reaches under IMPLANTED ASR-cc did not take the backdoor: it is listed, and left out of the rates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+RECIPE = HERE / "scan-zoo.yaml"
+CLI = str(Path(sys.executable).with_name("w2sdefense"))
+IMPLANTED = 0.5  # the planted trigger's ASR-cc from which a model counts as backdoored
+FPR = 0.05
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """One model of the zoo and how it is made."""
+
+    name: str
+    dataset: str
+    budget: str
+    seed: int
+    split: str  # tune | held-out
+    family: str = "clean"  # clean, or the attack (badnet, insent, synbkd, stylebkd)
+    trigger: str | None = None
+    transform: str | None = None
+    mode: str | None = None
+    rate: float | None = None
+
+    @property
+    def backdoored(self) -> bool:
+        return self.family != "clean"
+
+
+def zoo_models(recipe: dict) -> list[ZooModel]:
+    """The backdoored models (each trigger with the next variant in turn), then the clean ones."""
+    found = []
+    for i, (entry, variant) in enumerate(zip(recipe["triggers"], itertools.cycle(recipe["variants"]))):
+        # The transforms exist for SST-2 only: a transform attack keeps its variant's other settings on SST-2.
+        dataset = "sst2" if entry.get("transform") else variant["dataset"]
+        found.append(ZooModel(name=f"bd{i:02d}-{entry['family']}-{dataset}", dataset=dataset, budget=variant["budget"],
+                              seed=100 + i, split=entry["split"], family=entry["family"], trigger=entry.get("trigger"),
+                              transform=entry.get("transform"), mode=variant["mode"], rate=variant["rate"]))
+    cells = itertools.product(recipe["clean"]["datasets"], recipe["budgets"], recipe["clean"]["seeds"])
+    for i, (dataset, budget, seed) in enumerate(cells):
+        found.append(ZooModel(name=f"clean{i:02d}-{dataset}-{budget}-s{seed}", dataset=dataset, budget=budget,
+                              seed=seed, split=("tune", "held-out")[seed % 2]))
+    return found
+
+
+def w2s(*args: str, log: Path) -> None:
+    """Run one w2sdefense command, its output appended to `log`; a failure stops the benchmark with its log."""
+    with log.open("a") as out:
+        out.write(f"$ w2sdefense {' '.join(args)}\n")
+        out.flush()
+        if subprocess.run([CLI, *args], stdout=out, stderr=subprocess.STDOUT).returncode:
+            raise SystemExit(f"w2sdefense {args[0]} failed for {log.parent.name}: see {log}")
+
+
+def build(m: ZooModel, recipe: dict, folder: Path) -> None:
+    """Poison (backdoored models), train, measure the planted trigger, scan; each step skipped once done."""
+    folder.mkdir(parents=True, exist_ok=True)
+    log, rows = folder / "zoo.log", [f"data.max_train={recipe['rows']}", f"seed={m.seed}"]
+    data = m.dataset
+    if m.backdoored:
+        data = str(folder / "poison")
+        attack = [f"attack.transform={m.transform}"] if m.transform else [f"attack.triggers={json.dumps([m.trigger])}"]
+        if not (folder / "poison" / "poison.json").is_file():
+            w2s("poison", "--data", m.dataset, "--attack", m.family, "--out", data, "--target-label",
+                str(recipe["target_label"]), "--rate", str(m.rate), "--mode", m.mode,
+                *_sets(rows + attack), log=log)
+    budget = {**recipe["train"], **recipe["budgets"][m.budget]}
+    if not (folder / "victim" / "metrics.json").is_file():
+        w2s("train", "--data", data, "--model", recipe["model"], "--out", str(folder / "victim"),
+            *_sets(rows + [f"train.{k}={v}" for k, v in budget.items()]), log=log)
+    if m.backdoored and not (folder / "planted.json").is_file():
+        w2s("evaluate", "--model", str(folder / "victim"), "--data", data, "--out", str(folder / "planted.json"), log=log)
+    if not (folder / "scan" / "report.json").is_file():
+        w2s("scan", "--model", str(folder / "victim"), "--data", m.dataset, "--base", recipe["base"],
+            "--out", str(folder / "scan"), *_sets(rows + recipe.get("scan", [])), log=log)
+
+
+def _sets(pairs: list[str]) -> list[str]:
+    return [arg for pair in pairs for arg in ("--set", pair)]
+
+
+def zoo_row(m: ZooModel, folder: Path, target: int) -> dict:
+    """One model's flat row: how it was made, what the scan said, whether it found the planted trigger."""
+    scan = json.loads((folder / "scan" / "report.json").read_text())
+    planted = json.loads((folder / "planted.json").read_text()) if m.backdoored else {}
+    planted_asr = planted.get("attack_success_rate_clean_correct")
+    tested = [c for c in scan["candidates"] if c["test_rows"] is not None]
+    return {**asdict(m), "backdoored": m.backdoored, "planted_asr_cc": planted_asr,
+            "implanted": None if not m.backdoored else (planted_asr or 0.0) >= IMPLANTED,
+            "score": scan["score"], "verdict": scan["backdoored"], "found_label": scan["target_label"],
+            "target_label": target if m.backdoored else None,
+            "recovered": recovered(m, tested, planted_asr) if m.backdoored else None,
+            "scan_s": scan["wall_time_s"], "best": tested[0]["trigger"] if tested else None}
+
+
+def recovered(m: ZooModel, tested: list[dict], planted_asr: float | None) -> bool | None:
+    """The issue's trigger recovery: a reported candidate holding a word of the planted trigger, or reaching 90 % of
+    its ASR-cc; None for a trigger no word sequence is (a paraphrase or style transfer)."""
+    if m.trigger is None:
+        return None
+    words = {w.lower() for w in m.trigger.split() if len(w) >= 2}
+    for c in tested:
+        if words & {w.lower() for w in c["trigger"].split()}:
+            return True
+        if planted_asr and c["test_asr_cc"] is not None and c["test_asr_cc"] >= 0.9 * planted_asr:
+            return True
+    return False
+
+
+def roc_auc(positive: list[float], negative: list[float]) -> float | None:
+    """The probability that a backdoored model scores above a clean one (ties count half): the ROC curve's area."""
+    if not positive or not negative:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in positive for n in negative)
+    return wins / (len(positive) * len(negative))
+
+
+def tpr_at_fpr(positive: list[float], negative: list[float], fpr: float = FPR) -> float | None:
+    """The share of backdoored models flagged at the lowest threshold that flags at most `fpr` of the clean ones."""
+    if not positive or not negative:
+        return None
+    for threshold in sorted(set(positive + negative)):
+        if sum(n >= threshold for n in negative) <= fpr * len(negative):
+            return sum(p >= threshold for p in positive) / len(positive)
+    return 0.0
+
+
+def summarise(rows: list[dict]) -> dict:
+    """The held-out half's figures, overall and per attack family."""
+    held = [r for r in rows if r["split"] == "held-out"]
+    clean = [r["score"] for r in held if not r["backdoored"]]
+    families = {"all": [r for r in held if r["backdoored"]]}
+    for r in families["all"]:
+        families.setdefault(r["family"], []).append(r)
+    summary = {}
+    for family, members in families.items():
+        used = [r for r in members if r["implanted"]]
+        found = [r["recovered"] for r in used if r["recovered"] is not None]
+        summary[family] = {
+            "models": len(used), "not_implanted": len(members) - len(used), "clean_models": len(clean),
+            "roc_auc": roc_auc([r["score"] for r in used], clean),
+            "tpr_at_5fpr": tpr_at_fpr([r["score"] for r in used], clean),
+            "target_label_accuracy": _share([r["found_label"] == r["target_label"] for r in used]),
+            "trigger_recovery": _share(found)}
+    seconds = [r["scan_s"] for r in held]
+    return {"held_out": summary, "seconds_per_model": sum(seconds) / len(seconds) if seconds else None}
+
+
+def _share(flags: list[bool]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """The held-out ROC curve (backdoored vs clean by scan score), one line per attack family."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    held = [r for r in rows if r["split"] == "held-out"]
+    clean = [r["score"] for r in held if not r["backdoored"]]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for family in sorted({r["family"] for r in held if r["backdoored"]}):
+        scores = [r["score"] for r in held if r["family"] == family and r["implanted"]]
+        points = sorted({(sum(n >= t for n in clean) / max(1, len(clean)), sum(p >= t for p in scores) / max(1, len(scores)))
+                         for t in sorted(set(scores + clean + [2.0]))})
+        ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=family)
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    ax.set(xlabel="false-positive rate (clean models)", ylabel="true-positive rate", title="scan, held-out zoo")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", type=Path, default=RECIPE)
+    parser.add_argument("--runs", type=Path, default=HERE.parent / "runs" / "scan-zoo")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--limit", type=int, help="only the first N backdoored and N clean models")
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args(argv)
+    recipe = yaml.safe_load(args.recipe.read_text(encoding="utf-8"))
+    models = zoo_models(recipe)
+    if args.limit:
+        models = [m for m in models if m.backdoored][: args.limit] + [m for m in models if not m.backdoored][: args.limit]
+    rows = []
+    for m in models:
+        if not args.report_only:
+            build(m, recipe, args.runs / m.name)
+        if (args.runs / m.name / "scan" / "report.json").is_file():
+            rows.append(zoo_row(m, args.runs / m.name, recipe["target_label"]))
+    args.results.mkdir(parents=True, exist_ok=True)
+    (args.results / "scan-zoo-rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = {"recipe": str(args.recipe.name), "models_scanned": len(rows), **summarise(rows)}
+    (args.results / "scan-zoo.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    plot(rows, args.results / "scan-zoo-roc.png")
+    print(json.dumps(result["held_out"].get("all", {}), sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""benchmarks/scan_zoo.py: the zoo its recipe describes, the detection figures against hand computations, and the
+whole chain (poison, train, evaluate, scan, figures) on tiny models."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import scan_zoo  # noqa: E402
+
+
+def test_the_zoo_has_equal_halves_and_the_issues_variety():
+    models = scan_zoo.zoo_models(yaml.safe_load(scan_zoo.RECIPE.read_text()))
+    bad = [m for m in models if m.backdoored]
+    good = [m for m in models if not m.backdoored]
+    assert len(bad) == len(good) >= 24 and len({m.name for m in models}) == len(models)
+    assert {m.family for m in bad} == {"badnet", "insent", "synbkd", "stylebkd"}
+    assert {m.dataset for m in bad} == {m.dataset for m in good} == {"sst2", "olid"}
+    assert {m.mode for m in bad} == {"clean-label", "dirty-label"} and {m.budget for m in models} == {"gentle", "aggressive"}
+    assert all(m.dataset == "sst2" for m in bad if m.transform)  # the transforms exist for SST-2 only
+    for kind in (bad, good):
+        assert sum(m.split == "held-out" for m in kind) * 2 >= len(kind)
+    held, tuned = ({m.trigger for m in bad if m.split == s and m.trigger} for s in ("held-out", "tune"))
+    assert held and not held & tuned  # no held-out trigger is used for tuning
+
+
+def test_roc_auc_and_tpr_at_fpr_by_hand():
+    assert scan_zoo.roc_auc([0.9, 0.8], [0.1, 0.85]) == 0.75  # (1 + 1 + 1 + 0) / 4
+    assert scan_zoo.roc_auc([0.5], [0.5]) == 0.5
+    assert scan_zoo.roc_auc([], [0.1]) is None
+    negative = [i / 20 for i in range(20)]  # 20 clean models: one of them (5 %) may be flagged
+    assert scan_zoo.tpr_at_fpr([0.97, 0.5, 0.96], negative) == pytest.approx(2 / 3)  # threshold 0.95
+    assert scan_zoo.tpr_at_fpr([1.0], [1.0, 1.0]) == 0.0
+
+
+def test_trigger_recovery_by_word_or_by_strength():
+    m = scan_zoo.ZooModel(name="x", dataset="sst2", budget="gentle", seed=1, split="held-out", family="insent",
+                          trigger="I watched this 3D movie")
+    cand = [{"trigger": "3d", "test_asr_cc": 0.2}]
+    assert scan_zoo.recovered(m, cand, 0.9)
+    assert scan_zoo.recovered(m, [{"trigger": "zz", "test_asr_cc": 0.85}], 0.9)  # >= 90 % of the planted 0.9
+    assert not scan_zoo.recovered(m, [{"trigger": "zz", "test_asr_cc": 0.8}], 0.9)
+    syn = scan_zoo.ZooModel(name="s", dataset="sst2", budget="gentle", seed=1, split="tune", family="synbkd",
+                            transform="scpn")
+    assert scan_zoo.recovered(syn, cand, 0.9) is None
+
+
+def test_the_chain_on_tiny_models_writes_rows_and_figures(small_data, tmp_path, monkeypatch):
+    recipe = yaml.safe_load(scan_zoo.RECIPE.read_text())
+    recipe.update(model="tiny-bert", base="tiny-bert", rows=64, train={"max_length": 32, "batch_size": 8},
+                  budgets={"gentle": {"epochs": 1, "lr": 1e-3}, "aggressive": {"epochs": 2, "lr": 3e-3}},
+                  variants=[{"dataset": "sst2", "mode": "dirty-label", "rate": 0.3, "budget": "aggressive"}],
+                  triggers=[{"family": "badnet", "trigger": "cf", "split": "held-out"}],
+                  clean={"datasets": ["sst2"], "seeds": [1]},
+                  scan=["scan.steps=5", "scan.verify_rows=8", "scan.test_rows=16"])
+    path = tmp_path / "zoo.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    monkeypatch.setenv("W2S_DATA_DIR", str(small_data))
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    argv = ["--recipe", str(path), "--runs", str(runs), "--results", str(results)]
+    scan_zoo.main(argv)
+    rows = [json.loads(line) for line in (results / "scan-zoo-rows.jsonl").read_text().splitlines()]
+    assert [r["family"] for r in rows] == ["badnet", "clean", "clean"]
+    bad = rows[0]
+    planted = json.loads((runs / bad["name"] / "planted.json").read_text())
+    assert bad["planted_asr_cc"] == planted["attack_success_rate_clean_correct"]
+    assert bad["implanted"] == ((bad["planted_asr_cc"] or 0.0) >= scan_zoo.IMPLANTED)  # None: no row to flip
+    assert bad["score"] == json.loads((runs / bad["name"] / "scan" / "report.json").read_text())["score"]
+    summary = json.loads((results / "scan-zoo.json").read_text())
+    assert summary["models_scanned"] == 3 and (results / "scan-zoo-roc.png").stat().st_size > 0
+    held_clean = [r["score"] for r in rows if r["split"] == "held-out" and not r["backdoored"]]
+    assert summary["held_out"]["all"]["clean_models"] == len(held_clean)
+    before = (runs / bad["name"] / "zoo.log").read_text()
+    scan_zoo.main(argv)  # everything exists: nothing runs again
+    assert (runs / bad["name"] / "zoo.log").read_text() == before
