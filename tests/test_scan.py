@@ -19,7 +19,7 @@ from w2sdefense.data.records import Example
 from w2sdefense.errors import UserError
 from w2sdefense.models.tiny import build_tiny
 from w2sdefense.results import ScanCandidate, ScanReport
-from w2sdefense.scan.base import Proposal, word_ids
+from w2sdefense.scan.base import Proposal, trigger_vocabulary, word_ids
 from w2sdefense.scan.embedding_shift import relative_shift
 from w2sdefense.scan.inversion import _slots_filled, read_out, with_slots
 from w2sdefense.scan.run import _unique
@@ -43,16 +43,18 @@ def test_word_ids_keep_only_word_starts_where_the_tokenizer_marks_them():
     assert sorted(word_ids(tok).tolist()) == [3, 4, 5, 6, 7]  # Ġ-words; not "!", not the word-inner pieces
 
 
-@pytest.mark.parametrize("name, lead", [("tiny-bert", 1), ("tiny-llama", 0)])
-def test_slots_sit_after_the_leading_special_tokens_and_the_rest_is_the_tokenizers(name, lead):
+@pytest.mark.parametrize("name", ["tiny-bert", "tiny-llama"])
+def test_slots_sit_before_the_second_word_and_the_rest_is_the_tokenizers(name):
     _, tok = build_tiny(name, 2)
-    rows = [Example("good film", 1, 0), Example("a very long and dull film", 0, 1)]
+    rows = [Example("good film", 1, 0), Example("a very long and dull film", 0, 1), Example("fine", 1, 2)]
     batch = with_slots(tok, rows, 3, 128, slot_id=99)
     for row, ex in enumerate(rows):
         ids = tok(ex.text)["input_ids"]
+        first_word = tok(ex.text.split()[0], add_special_tokens=False)["input_ids"]
+        at = ids.index(first_word[0]) + len(first_word)  # right after the first word
         n = len(ids) + 3
-        assert batch["slots"][row].nonzero().flatten().tolist() == [lead, lead + 1, lead + 2]
-        assert batch["input_ids"][row, :n].tolist() == ids[:lead] + [99] * 3 + ids[lead:]
+        assert batch["slots"][row].nonzero().flatten().tolist() == [at, at + 1, at + 2]
+        assert batch["input_ids"][row, :n].tolist() == ids[:at] + [99] * 3 + ids[at:]
         assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (batch["input_ids"].shape[1] - n)
 
 
@@ -69,14 +71,27 @@ def test_the_hook_puts_the_soft_vectors_in_the_slots_and_leaves_every_other_posi
     assert torch.equal(embed(ids), plain)  # the hook is gone after the block
 
 
-def test_read_out_gives_the_phrase_then_single_tokens_without_repeats():
+def test_read_out_gives_the_phrase_its_beginnings_then_the_first_slots_tokens():
     _, tok = build_tiny("tiny-llama", 2)
     ids = word_ids(tok)
     pos = {tok.decode([int(i)]): k for k, i in enumerate(ids)}
+    logits = torch.zeros(3, len(ids))
+    logits[0, pos["c"]], logits[0, pos["z"]], logits[1, pos["f"]], logits[2, pos["x"]] = 5.0, 4.0, 4.0, 3.0
+    assert read_out(logits, ids, tok, 2) == ["cfx", "cf", "c", "z"]
+    assert read_out(logits[:1], ids, tok, 2) == ["c", "z"]
+
+
+def test_a_rare_word_can_be_inverted_from_its_pieces_and_only_a_word_start_opens_it():
+    words = ["good", "bad", "film", "cf"]
+    vocab = {"<pad>": 0, "!": 1, "Ġ!": 2, **{f"Ġ{w}": 3 + i for i, w in enumerate(words)}, "Ġm": 7, "n": 8}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    backend.pre_tokenizer, backend.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>")
+    ids, starts = trigger_vocabulary(tok)
+    assert dict(zip(ids.tolist(), starts.tolist())) == {3: True, 4: True, 5: True, 6: True, 7: True, 8: False}
     logits = torch.zeros(2, len(ids))
-    logits[0, pos["c"]], logits[1, pos["f"]], logits[1, pos["x"]] = 5.0, 4.0, 3.0
-    assert read_out(logits, ids, tok, 3) == ["cf", "c", "f", "x"]
-    assert read_out(logits[:1], ids, tok, 2)[0] == "c"
+    logits[0, ids.tolist().index(7)], logits[1, ids.tolist().index(8)] = 5.0, 5.0
+    assert read_out(logits, ids, tok, 1) == ["mn", "m"]
 
 
 def test_relative_shift_by_hand_and_a_table_of_another_shape_is_refused():

@@ -302,13 +302,14 @@ class ScanConfig:
     detectors: list[str] = field(default_factory=lambda: ["inversion", "embedding-shift"])
     threshold: float = 0.8  # provisional until the zoo benchmark calibrates it (benchmarks/RESULTS.md, Scan)
     lengths: list[int] = field(default_factory=lambda: [1, 3])  # inversion: trigger lengths in tokens
-    steps: int = 40  # inversion: optimisation steps per (label, length)
+    steps: int = 30  # inversion: optimisation steps per (label, length)
     lr: float = 0.5  # inversion: Adam's step on the vocabulary logits
     temperature: list[float] = field(default_factory=lambda: [1.0, 0.05])  # softmax temperature, start -> end
-    rows: int = 24  # clean rows of other labels the inversion optimises on
-    verify_rows: int = 64  # clean dev rows every candidate is measured on (its ASR-cc ranks it)
-    test_rows: int = 500  # clean test rows the best candidates' ASR-cc is reported on (seeded sample)
-    candidates: int = 8  # per detector and label: how many it proposes
+    rows: int = 16  # clean rows of other labels the inversion optimises on
+    max_length: int = 48  # inversion: tokens of each of those rows (its cost grows with them; the trigger sits first)
+    verify_rows: int = 48  # clean dev rows every candidate is measured on (its ASR-cc ranks it)
+    test_rows: int = 300  # clean test rows the best candidates' ASR-cc is reported on (seeded sample)
+    candidates: int = 5  # per detector, label and length: how many single tokens it proposes
     report: int = 5  # candidates measured on the test rows and listed in the report
 
     def __post_init__(self) -> None:
@@ -320,7 +321,7 @@ class ScanConfig:
             check_positive("scan.lengths", length)
         if len(self.temperature) != 2:
             raise UserError(f"scan.temperature is [start, end]; got {shown(self.temperature)}")
-        for name in ("steps", "lr", "rows", "verify_rows", "test_rows", "candidates", "report"):
+        for name in ("steps", "lr", "rows", "max_length", "verify_rows", "test_rows", "candidates", "report"):
             check_positive(f"scan.{name}", getattr(self, name))
         for t in self.temperature:
             check_positive("scan.temperature", t)

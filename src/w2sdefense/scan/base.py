@@ -39,7 +39,6 @@ class ScanInputs:
     rt: Runtime
     base_model: str | None
     seed: int
-    max_length: int
 
 
 class Detector(ABC):
@@ -56,18 +55,31 @@ DETECTORS: Registry[type[Detector]] = Registry("detector", "scan.detectors")
 
 
 def word_ids(tokenizer) -> torch.Tensor:
-    """The token ids a trigger word can be made of: no special token, a decoded text of letters or digits only,
-    and where the tokenizer marks word starts (byte-level BPE, sentencepiece), only tokens that start a word;
-    WordPiece continuations (##) are left out."""
+    """The token ids a trigger word can start with: no special token, a decoded text of letters or digits only, and
+    where the tokenizer marks word starts (byte-level BPE, sentencepiece), only tokens that start a word; WordPiece
+    continuations (##) are left out."""
+    ids, starts = trigger_vocabulary(tokenizer)
+    return ids[starts]
+
+
+def trigger_vocabulary(tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every token id a trigger can be made of (no special token, a decoded text of letters or digits only), and
+    the mask of those that start a word (all of them where the tokenizer marks no word start): a rare word such as
+    `mn` is often a word start and a continuation (`Ġm`, `n`)."""
     vocab = tokenizer.get_vocab()
-    marked = {m: [i for t, i in vocab.items() if t.startswith(m) and len(t) > 1] for m in WORD_START_MARKS}
+    marked = {m: {i for t, i in vocab.items() if t.startswith(m) and len(t) > 1} for m in WORD_START_MARKS}
     mark = max(marked, key=lambda m: len(marked[m]))
     if len(marked[mark]) > len(vocab) // 100:  # a real word-start convention, not one byte token that looks like it
-        ids = marked[mark]
+        starts = marked[mark]
     else:
-        ids = [i for t, i in vocab.items() if not t.startswith("##")]
+        starts = {i for t, i in vocab.items() if not t.startswith("##")}
     special = set(tokenizer.all_special_ids)
-    ids = sorted(i for i in set(ids) if i not in special)
-    texts = tokenizer.batch_decode([[i] for i in ids])
-    keep = [i for i, text in zip(ids, texts) if text.strip() and all(c.isalnum() for c in text.strip())]
-    return torch.tensor(keep, dtype=torch.long)
+    ids = sorted(i for i in set(vocab.values()) if i not in special)
+    texts = tokenizer.convert_tokens_to_string  # a lone token's text, as the tokenizer writes it out
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    keep = [i for i, tok in zip(ids, tokens) if _alnum(texts([tok]).strip().removeprefix("##"))]
+    return torch.tensor(keep, dtype=torch.long), torch.tensor([i in starts for i in keep], dtype=torch.bool)
+
+
+def _alnum(text: str) -> bool:
+    return bool(text) and all(c.isalnum() for c in text)

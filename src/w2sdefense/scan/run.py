@@ -59,7 +59,7 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime) -> ScanReport:
     rng = random.Random(job.seed)
     pool = _sample(splits.train or splits.dev, 2 * cfg.rows * splits.num_labels, rng)
     inputs = ScanInputs(clf=clf, rows=_correct(clf, pool, job, rt), num_labels=splits.num_labels, cfg=cfg, rt=rt,
-                        base_model=job.base_model, seed=job.seed, max_length=job.eval.max_length)
+                        base_model=job.base_model, seed=job.seed)
     proposals, skipped = [], {}
     for name in cfg.detectors:
         detector = DETECTORS.get(name)()
