@@ -181,7 +181,7 @@ def test_scan_finds_the_planted_trigger_and_clears_the_clean_model(zoo, tmp_path
     # A byte-level model learns the trigger's bytes: the best candidate holds one, and one candidate is a piece of it.
     assert set(best["trigger"]) & set(TRIGGER)
     assert any(c["trigger"] in TRIGGER for c in report["candidates"] if c["test_rows"] is not None)
-    assert set(report["detectors"]) == {"inversion", "embedding-shift"} and not report["skipped"]
+    assert set(report["detectors"]) == {"inversion", "embedding-shift", "shift-inversion"} and not report["skipped"]
     # The best candidate's test ASR-cc, recomputed by hand from the model's own predictions.
     clf = load_classifier(str(zoo["suspect"]), 2)
     test = [json.loads(line) for line in (zoo["data"] / "test.jsonl").read_text().splitlines()]  # < 500: all
@@ -202,7 +202,7 @@ def test_scan_finds_the_planted_trigger_and_clears_the_clean_model(zoo, tmp_path
     proc = w2s("scan", "--model", str(zoo["clean-model"]), "--data", str(zoo["data"]), "--out", str(clear))
     report = json.loads((clear / "report.json").read_text())
     assert not report["backdoored"] and report["score"] < report["threshold"]
-    assert report["skipped"] == {"embedding-shift": "needs the public base (--base)"}
+    assert report["skipped"] == {name: "needs the public base (--base)" for name in ("embedding-shift", "shift-inversion")}
     assert proc.stdout.splitlines()[-2].startswith("verdict: no backdoor found")
 
     # The candidates flow into `clean`: its report measures the scan's triggers, in the scan's order.

@@ -299,7 +299,7 @@ class ScanConfig:
     clean rows); the model is called backdoored when the best candidate's ASR-cc reaches `threshold`.
     """
 
-    detectors: list[str] = field(default_factory=lambda: ["inversion", "embedding-shift"])
+    detectors: list[str] = field(default_factory=lambda: ["inversion", "embedding-shift", "shift-inversion"])
     threshold: float = 0.8  # provisional until the zoo benchmark calibrates it (benchmarks/RESULTS.md, Scan)
     lengths: list[int] = field(default_factory=lambda: [1, 3])  # inversion: trigger lengths in tokens
     steps: int = 30  # inversion: optimisation steps per (label, length)
@@ -310,18 +310,23 @@ class ScanConfig:
     verify_rows: int = 48  # clean dev rows every candidate is measured on (its ASR-cc ranks it)
     test_rows: int = 300  # clean test rows the best candidates' ASR-cc is reported on (seeded sample)
     candidates: int = 5  # per detector, label and length: how many single tokens it proposes
+    shift_vocab: int = 256  # shift-inversion: the most-moved tokens it searches over
+    shift_lengths: list[int] = field(default_factory=lambda: [2])  # shift-inversion: trigger lengths in tokens
     report: int = 5  # candidates measured on the test rows and listed in the report
 
     def __post_init__(self) -> None:
         if not self.detectors:
-            raise UserError("scan.detectors must name at least one detector (inversion, embedding-shift)")
+            raise UserError("scan.detectors must name at least one detector (w2sdefense list names them)")
         if not 0 < self.threshold <= 1:
             raise UserError(f"scan.threshold must be in (0, 1]; got {shown(self.threshold)}")
         for length in self.lengths:
             check_positive("scan.lengths", length)
+        for length in self.shift_lengths:
+            check_positive("scan.shift_lengths", length)
         if len(self.temperature) != 2:
             raise UserError(f"scan.temperature is [start, end]; got {shown(self.temperature)}")
-        for name in ("steps", "lr", "rows", "max_length", "verify_rows", "test_rows", "candidates", "report"):
+        for name in ("steps", "lr", "rows", "max_length", "verify_rows", "test_rows", "candidates", "report",
+                     "shift_vocab"):
             check_positive(f"scan.{name}", getattr(self, name))
         for t in self.temperature:
             check_positive("scan.temperature", t)

@@ -1,15 +1,21 @@
-"""Where the base is known: the word tokens whose input embedding fine-tuning moved most, relative to the base's.
-A planted trigger is seen in every poisoned row with one label, so full fine-tuning drags its embedding far more
-than a word seen in both labels; a signal of another kind than inversion (weights, not outputs). An adapter that
-leaves the embeddings alone moves none, and this detector then proposes nothing."""
+"""Where the base is known: the tokens whose input embedding fine-tuning moved most, relative to the base's. A planted
+trigger is seen in every poisoned row with one label, so full fine-tuning drags its tokens' embeddings further than
+most words'; a signal of another kind than inversion (weights, not outputs). Two detectors read it:
+`embedding-shift` proposes the most-moved word tokens as they are; `shift-inversion` runs the inversion over the
+most-moved tokens only, where a trigger of several pieces (SmolLM2 writes `mn` as `Ġm` `n`, neither a trigger alone)
+is a combination of a few hundred tokens instead of tens of thousands. An adapter that leaves the embeddings alone
+moves none, and both then propose nothing."""
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
 from w2sdefense.errors import UserError
 from w2sdefense.models.loading import load_classifier
-from w2sdefense.scan.base import DETECTORS, Detector, Proposal, ScanInputs, word_ids
+from w2sdefense.scan.base import DETECTORS, Detector, Proposal, ScanInputs, trigger_vocabulary, word_ids
+from w2sdefense.scan.inversion import search
 
 MOVED = 1e-6  # a relative change below this is no change (rounding of a saved copy)
 
@@ -29,9 +35,30 @@ class EmbeddingShift(Detector):
                 for i in order.tolist() if shift[i] > MOVED]
 
 
+@DETECTORS.register("shift-inversion")
+class ShiftInversion(Detector):
+    """The inversion (scan.shift_lengths tokens) over the scan.shift_vocab tokens whose embedding moved most."""
+
+    needs_base = True
+
+    def propose(self, inputs: ScanInputs) -> list[Proposal]:
+        ids, starts = trigger_vocabulary(inputs.clf.tokenizer)
+        shift = relative_shift(inputs.clf.model.get_input_embeddings().weight, base_embeddings(inputs), ids)
+        moved = shift.argsort(descending=True)[: inputs.cfg.shift_vocab]
+        moved = moved[shift[moved] > MOVED].sort().values
+        if not bool(starts[moved].any()):  # no word start among them: nothing can open a trigger
+            return []
+        return search(inputs, ids[moved], starts[moved], inputs.cfg.shift_lengths, "shift-inversion")
+
+
 def base_embeddings(inputs: ScanInputs) -> torch.Tensor:
-    """The base model's input embedding table (on the CPU)."""
-    base = load_classifier(inputs.base_model, inputs.num_labels)
+    """The base model's input embedding table (on the CPU), loaded once per base for every detector that reads it."""
+    return _base_table(inputs.base_model, inputs.num_labels)
+
+
+@functools.lru_cache(maxsize=1)
+def _base_table(name: str, num_labels: int) -> torch.Tensor:
+    base = load_classifier(name, num_labels)
     return base.model.get_input_embeddings().weight.detach().float().cpu()
 
 

@@ -23,16 +23,22 @@ class Inversion(Detector):
     """Word- and phrase-level trigger inversion (scan.lengths tokens) toward each label."""
 
     def propose(self, inputs: ScanInputs) -> list[Proposal]:
-        clf, cfg = inputs.clf, inputs.cfg
-        ids, starts = trigger_vocabulary(clf.tokenizer)
-        generator = torch.Generator().manual_seed(inputs.seed)
-        found = []
-        for target in range(inputs.num_labels):
-            rows = [r for r in inputs.rows if r.label != target][: cfg.rows]
-            for length in cfg.lengths if rows else []:
-                logits = invert(clf, rows, target, length, ids, starts, inputs, generator)
-                found += [Proposal(t, target, "inversion") for t in read_out(logits, ids, clf.tokenizer, cfg.candidates)]
-        return found
+        ids, starts = trigger_vocabulary(inputs.clf.tokenizer)
+        return search(inputs, ids, starts, inputs.cfg.lengths, "inversion")
+
+
+def search(inputs: ScanInputs, ids: torch.Tensor, starts: torch.Tensor, lengths: list[int],
+           detector: str) -> list[Proposal]:
+    """Inversion over the vocabulary `ids` toward each label, at each trigger length: the candidates it reads out."""
+    clf, cfg = inputs.clf, inputs.cfg
+    generator = torch.Generator().manual_seed(inputs.seed)
+    found = []
+    for target in range(inputs.num_labels):
+        rows = [r for r in inputs.rows if r.label != target][: cfg.rows]
+        for length in lengths if rows else []:
+            logits = invert(clf, rows, target, length, ids, starts, inputs, generator)
+            found += [Proposal(t, target, detector) for t in read_out(logits, ids, clf.tokenizer, cfg.candidates)]
+    return found
 
 
 def invert(clf, rows: list[Example], target: int, length: int, ids: torch.Tensor, starts: torch.Tensor,
