@@ -98,7 +98,9 @@ def shared_data() -> Path:
 SLOW_TESTS = {
     "test_bf16": {"test_every_stage_and_defense_runs_in_bf16"},
     "test_clean": {"test_clean_refuses_what_it_cannot_do_in_one_line",
-                   "test_clean_writes_a_standalone_model_and_a_report_that_plain_transformers_reproduces"},
+                   "test_clean_writes_a_standalone_model_and_a_report_that_plain_transformers_reproduces",
+                   "test_the_model_card_holds_the_reports_numbers_and_is_rewritten_with_it",
+                   "test_a_users_file_in_the_model_folder_survives_overwrite_and_another_base"},
     "test_cli": {"test_bad_data_and_settings_end_in_one_line_before_a_run_folder",
                  "test_evaluate_measures_a_teacher_run_with_its_own_head", "test_poison_train_evaluate_commands",
                  "test_run_tiny_experiment_writes_report_with_every_row", "test_user_errors_are_one_line"},

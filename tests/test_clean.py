@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from cli_helpers import error_line, run_cli
@@ -222,3 +223,86 @@ def test_a_data_file_changed_in_place_makes_clean_measure_again(suspect, tmp_pat
     w2s(*args)
     again = json.loads((tmp_path / "c" / "report.json").read_text())["after"]
     assert first["clean_total"] == 24 and again["clean_total"] == 12
+
+
+def _card(model_dir: Path) -> tuple[dict, str]:
+    """The model card's front matter, parsed as the hub parses it, and its text."""
+    text = (model_dir / "README.md").read_text(encoding="utf-8")
+    assert text.startswith("---\n")
+    return yaml.safe_load(text[len("---\n"):].split("\n---\n", 1)[0]), text
+
+
+def _card_matches_the_report(out: Path) -> dict:
+    """The card's numbers are report.json's: CA before and after over clean_total rows; per trigger its ASR-cc, label
+    and rows before and after."""
+    report = json.loads((out / "report.json").read_text())
+    meta, text = _card(out / "model")
+    before, after = report["before"], report["after"]
+    assert before["clean_total"] == after["clean_total"]
+    numbers = meta["w2sdefense"]
+    assert numbers["clean_accuracy"] == {"before": before["clean_accuracy"], "after": after["clean_accuracy"],
+                                         "n": after["clean_total"]}
+    expected = [{"trigger": b["trigger"], **{when: {"asr_cc": m["asr_cc"], "target_label": m["target_label"],
+                                                     "n": m["by_label"][str(m["target_label"])]["rows"]}
+                                              for when, m in (("before", b), ("after", a))}}
+                for b, a in zip(before["triggers"], after["triggers"])]
+    assert numbers["triggers"] == expected
+    assert numbers["defense"] == report["defense"]["name"] and numbers["suspect"] == report["model"]
+    assert meta["library_name"] == "transformers" and {"w2sdefense", "backdoor-removal"} <= set(meta["tags"])
+    assert f"`{report['defense']['name']}`" in text and "There is no floor" in text
+    return meta
+
+
+def test_the_model_card_holds_the_reports_numbers_and_is_rewritten_with_it(suspect, tmp_path):
+    victim, clean = suspect
+    out = tmp_path / "cleaned"
+    args = ("clean", "--model", str(victim), "--data", str(clean), "--base", "tiny-llama", "--trigger", TRIGGER,
+            "--out", str(out), "--set", "defense.train.max_steps=2")
+    w2s(*args)
+    meta = _card_matches_the_report(out)
+    assert meta["base_model"] == "tiny-llama" and len(meta["w2sdefense"]["triggers"]) == 1
+    # What is shipped holds none of the tool's bookkeeping: the model stage's records lie beside it.
+    names = {p.name for p in (out / "model").iterdir()}
+    assert {"config.json", "README.md"} <= names and not names & {".w2sdefense", "stage.json", "stage.started.json"}
+    assert (out / ".stages" / "model" / "stage.json").is_file()
+    # Another trigger: the model is re-used, the report written again, and its card with it.
+    again = w2s(*args, "--trigger", "mn")
+    assert "==> model" not in again.stdout and "==> evaluate the cleaned model" in again.stdout
+    meta = _card_matches_the_report(out)
+    assert [t["trigger"] for t in meta["w2sdefense"]["triggers"]] == [TRIGGER, "mn"]
+
+
+def test_a_users_file_in_the_model_folder_survives_overwrite_and_another_base(suspect, tmp_path):
+    from w2sdefense.models import Classifier, save_classifier
+    from w2sdefense.models.tiny import build_tiny
+
+    victim, clean = suspect
+    out = tmp_path / "cleaned"
+    args = ("clean", "--model", str(victim), "--data", str(clean), "--trigger", TRIGGER, "--out", str(out),
+            "--set", "defense.train.max_steps=2")
+    w2s(*args, "--base", "tiny-llama")
+    other = tmp_path / "other-base"  # another public base, as a local folder
+    save_classifier(Classifier(*build_tiny("tiny-llama", num_labels=2)), other)
+    notes = out / "model" / "NOTES.md"
+    notes.write_text("my notes on this model\n")
+    report = (out / "report.json").read_text()
+    line = error_line(w2s(*args, "--base", "tiny-llama", "--overwrite", check=False))
+    assert "model/NOTES.md" in line and "move it out" in line
+    line = error_line(w2s(*args, "--base", str(other), check=False))  # the model would be made anew
+    assert f"{out / 'model'} holds NOTES.md" in line and "move it out" in line
+    assert notes.read_text() == "my notes on this model\n" and (out / "model" / "config.json").is_file()
+    assert (out / "report.json").read_text() == report
+    # The tool's card, once edited, is the user's too: even a rerun that re-uses everything leaves it alone.
+    notes.unlink()
+    card = out / "model" / "README.md"
+    ours = card.read_text(encoding="utf-8")
+    card.write_text(ours.replace("# Cleaned classifier", "# My classifier"), encoding="utf-8")
+    line = error_line(w2s(*args, "--base", "tiny-llama", check=False))
+    assert f"{card} is not the model card w2sdefense wrote" in line
+    assert "# My classifier" in card.read_text(encoding="utf-8")
+    # With only what the tool wrote left there, the other base makes the model anew, and its card.
+    card.write_text(ours, encoding="utf-8")
+    proc = w2s(*args, "--base", str(other))
+    assert "==> model" in proc.stdout and json.loads((out / "report.json").read_text())["base_model"] == str(other)
+    meta = _card_matches_the_report(out)
+    assert "base_model" not in meta and meta["w2sdefense"]["base"] == str(other)  # a local folder is no hub id

@@ -412,3 +412,61 @@ def test_run_and_clean_reuse_only_their_own_folders_and_never_a_train_run(tmp_pa
     with claim_run_dir(finished, True, stage_file="stage.json", command="clean"):
         pass  # --overwrite replaces it, as asked
     assert marker_command(finished) == "clean" and not (finished / "report.json").exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# 6. A shipped folder (`clean`'s model/): no bookkeeping inside, and a user's file in it is never deleted
+
+
+def test_a_shipped_folder_holds_no_bookkeeping_and_never_loses_a_users_file(tmp_path):
+    from w2sdefense.rundir import CARD_FILE, check_card, not_the_tools, seal_card, shipped_complete, writing_shipped
+
+    run = prepare_run_dir(tmp_path / "run", overwrite=False)
+    model = run / "model"
+    with writing_shipped(model) as folder:
+        (folder / "config.json").write_text("{}")
+        (folder / "model.safetensors").write_bytes(b"weights")
+    assert sorted(p.name for p in model.iterdir()) == ["config.json", "model.safetensors"]
+    card = model / CARD_FILE
+    card.write_text(seal_card("---\ntags: [w2sdefense]\n---\n\n# Cleaned classifier\n"))
+    assert not_the_tools(run) == []  # the tool's files and its card: --overwrite may replace them
+    (model / "NOTES.md").write_text("mine")
+    assert not_the_tools(run) == ["model/NOTES.md"]
+    with pytest.raises(UserError, match="model/NOTES.md is not among the files w2sdefense writes"):
+        with claim_run_dir(run, overwrite=True, stage_file="stage.json", command="clean"):
+            pytest.fail("--overwrite went ahead over a user's file")
+    with pytest.raises(UserError, match="holds NOTES.md, which w2sdefense did not write"):
+        with writing_shipped(model):
+            pytest.fail("the folder was replaced over a user's file")
+    assert (model / "NOTES.md").read_text() == "mine" and (model / "config.json").read_text() == "{}"
+    # The tool's card, edited, is the user's: never written over, and it holds the folder like any file of theirs.
+    (model / "NOTES.md").unlink()
+    card.write_text(card.read_text().replace("# Cleaned classifier", "# My classifier"))
+    with pytest.raises(UserError, match="is not the model card w2sdefense wrote"):
+        check_card(model)
+    assert not_the_tools(run) == ["model/README.md"]
+    card.unlink()
+    with writing_shipped(model) as folder:  # only what the tool wrote is left: replaced whole
+        (folder / "config.json").write_text('{"new": true}')
+    assert sorted(p.name for p in model.iterdir()) == ["config.json"] and not_the_tools(run) == []
+    assert shipped_complete(model)
+    model.rename(tmp_path / "published")  # moved away: its records beside it no longer make it finished
+    assert not shipped_complete(model)
+
+
+def test_an_older_model_folder_counts_as_the_tools_only_what_came_before_its_stage_record(tmp_path):
+    from w2sdefense.rundir import not_the_tools, not_written
+
+    run = prepare_run_dir(tmp_path / "run", overwrite=False)
+    model = prepare_run_dir(run / "model", overwrite=False)  # as `clean` made it before its records moved out
+    (model / "config.json").write_text("{}")
+    write_json(model / "stage.json", {"name": "model (merged, standalone)", "key": "k"})
+    (model / "NOTES.md").write_text("mine")
+    done = (model / "stage.json").stat().st_mtime_ns
+    os.utime(model / "config.json", ns=(done - 10**9, done - 10**9))  # saved before the record was written
+    os.utime(model / "NOTES.md", ns=(done + 10**9, done + 10**9))  # put there afterwards
+    assert not_written(model) == ["NOTES.md"] and not_the_tools(run) == ["model/NOTES.md"]
+    with pytest.raises(UserError, match="model/NOTES.md is not among the files w2sdefense writes"):
+        with claim_run_dir(run, overwrite=True, stage_file="stage.json", command="clean"):
+            pytest.fail("--overwrite went ahead over a user's file")
+    assert (model / "NOTES.md").read_text() == "mine"

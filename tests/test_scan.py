@@ -181,7 +181,7 @@ def test_scan_finds_the_planted_trigger_and_clears_the_clean_model(zoo, tmp_path
     # A byte-level model learns the trigger's bytes: the best candidate holds one, and one candidate is a piece of it.
     assert set(best["trigger"]) & set(TRIGGER)
     assert any(c["trigger"] in TRIGGER for c in report["candidates"] if c["test_rows"] is not None)
-    assert set(report["detectors"]) == {"inversion", "embedding-shift", "shift-inversion"} and not report["skipped"]
+    assert set(report["detectors"]) == {"inversion", "embedding-shift"} and not report["skipped"]
     # The best candidate's test ASR-cc, recomputed by hand from the model's own predictions.
     clf = load_classifier(str(zoo["suspect"]), 2)
     test = [json.loads(line) for line in (zoo["data"] / "test.jsonl").read_text().splitlines()]  # < 500: all
@@ -202,8 +202,16 @@ def test_scan_finds_the_planted_trigger_and_clears_the_clean_model(zoo, tmp_path
     proc = w2s("scan", "--model", str(zoo["clean-model"]), "--data", str(zoo["data"]), "--out", str(clear))
     report = json.loads((clear / "report.json").read_text())
     assert not report["backdoored"] and report["score"] < report["threshold"]
-    assert report["skipped"] == {name: "needs the public base (--base)" for name in ("embedding-shift", "shift-inversion")}
+    assert report["skipped"] == {"embedding-shift": "needs the public base (--base)"}
     assert proc.stdout.splitlines()[-2].startswith("verdict: no backdoor found")
+
+    # shift-inversion searches the most-moved tokens only: every candidate it proposes is made of them.
+    shifted = tmp_path / "scan-shift"
+    w2s("scan", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--base", "tiny-llama", "--set",
+        "scan.detectors=[shift-inversion]", "--set", "scan.shift_vocab=8", "--out", str(shifted))
+    found = json.loads((shifted / "report.json").read_text())
+    assert found["candidates"] and {c["detector"] for c in found["candidates"]} == {"shift-inversion"}
+    assert len({ch for c in found["candidates"] for ch in c["trigger"]}) <= 8
 
     # The candidates flow into `clean`: its report measures the scan's triggers, in the scan's order.
     listed = [t for t in (out / "triggers.txt").read_text().splitlines() if t and not t.startswith("#")]

@@ -1,5 +1,6 @@
 """`w2sdefense clean`: the practitioner's one command. A suspect classifier and clean data in; a standalone
-cleaned model (`DIR/model/`, plain weights and tokenizer, no PEFT needed) and a report out.
+cleaned model (`DIR/model/`, plain weights, tokenizer and a model card, no PEFT needed: ready to push to a hub)
+and a report out.
 
 Stages, each re-used when it finished with the same inputs (as in `run`), an unfinished one continued:
 the teacher (only for a defense that needs one), the defense, the merged model, and the evaluation of
@@ -7,12 +8,16 @@ the suspect and of the cleaned model on the clean test split: clean accuracy and
 its ASR-cc (the share of test rows of other labels, classified correctly without the trigger, that the
 trigger sends to the label). The defender does not know the target, so without `target_label` every
 label is measured and the highest reported.
+
+The model folder holds only what is shipped: its stage records lie beside it (rundir.shipped_records), and a file
+a user adds there (a model card of their own, notes) is never deleted: a run that would replace it refuses.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from w2sdefense.config import CleanJob, DefenseConfig, dump_yaml, to_dict
@@ -25,6 +30,7 @@ from w2sdefense.defenses import DEFENSES, DefenseJob, resolve, run_defense
 from w2sdefense.defenses.base import Resolved
 from w2sdefense.defenses.teacher import run_teacher
 from w2sdefense.errors import UserError
+from w2sdefense.eval.card import write_card
 from w2sdefense.eval.metrics import accuracy
 from w2sdefense.eval.triggers import measure_toward
 from w2sdefense.eval.report import environment, percent
@@ -35,7 +41,8 @@ from w2sdefense.models.predict import classify_rows
 from w2sdefense.models.truncation import cut_by_tokens
 from w2sdefense.pipeline import STAGE_FILE, Stage
 from w2sdefense.results import CleanEvaluation, CleanReport, DefenseResult, write_result
-from w2sdefense.rundir import METRICS_FILE, MODEL_DIR, TRIGGERS_FILE, check_outside_inputs, claim_run_dir, log_to
+from w2sdefense.rundir import (METRICS_FILE, MODEL_DIR, TRIGGERS_FILE, check_card, check_outside_inputs,
+                               check_shipped_replaceable, claim_run_dir, log_to, writing_shipped)
 from w2sdefense.runtime import Runtime
 
 
@@ -126,10 +133,12 @@ def run_clean(job: CleanJob, out: Path, rt: Runtime, overwrite: bool = False,
     check_outside_inputs(out, {**data_inputs(job.data), **models, "config file": config_file,
                                "unlabelled texts": job.unlabelled})
     with claim_run_dir(out, overwrite, rt.accelerator, stage_file=STAGE_FILE, command="clean") as folder:
+        stages = plan_stages(job, resolved, folder)
+        check_model_folder(stages.model)  # before any work: a refusal never comes after a long defense
         if rt.is_main:
             atomic_write_text(folder / "config.yaml", dump_yaml(job))
         with log_to(folder / "run.log", rt.is_main):
-            report = _stages(job, resolved, splits, folder, rt)
+            report = _stages(job, resolved, splits, stages, rt)
         if rt.is_main:
             write_report(folder, report)
         rt.accelerator.wait_for_everyone()
@@ -147,40 +156,66 @@ def input_files(job: CleanJob) -> list:
     return found + ([model_fingerprint(job.base_model)] if job.base_model else [])
 
 
-def _stages(job: CleanJob, resolved: Resolved, splits: Splits, out: Path, rt: Runtime) -> CleanReport:
-    defense = resolved.cfg
+@dataclass(frozen=True)
+class CleanStages:
+    """`clean`'s stages in their run folder, keyed before any of them runs."""
+
+    teacher: Stage | None  # only for a defense that needs one
+    defense: Stage
+    model: Stage  # the merged, standalone model: shipped, so its records lie beside it
+    before: Stage  # the suspect measured
+    after: Stage  # the cleaned model measured
+
+
+def plan_stages(job: CleanJob, resolved: Resolved, out: Path) -> CleanStages:
+    """Every stage of `clean` in `out` and the key of its inputs."""
     suspect = model_fingerprint(job.model)
-    teacher = None
     texts = () if job.unlabelled is None else (file_fingerprint(job.unlabelled),)  # absent: the keys as before
     data = (job.data, input_files(job))
-    if resolved.spec.needs_teacher:
-        teacher = Stage.of("teacher", out / "teacher", *data, job.teacher, suspect, job.seed, *texts)
+    teacher = (Stage.of("teacher", out / "teacher", *data, job.teacher, suspect, job.seed, *texts)
+               if resolved.spec.needs_teacher else None)
+    defense = Stage.of(f"defense {resolved.cfg.row_name}", out / "defense", suspect, teacher and teacher.key,
+                       resolved.key(), *data, job.seed, *texts)
+    model = Stage.of("model (merged, standalone)", out / MODEL_DIR, defense.key, shipped=True)
+    measure = (job.triggers, job.target_label, job.eval, *data, job.seed)
+    return CleanStages(teacher, defense, model,
+                       before=Stage.of("evaluate the suspect", out / "eval" / "before", suspect, *measure),
+                       after=Stage.of("evaluate the cleaned model", out / "eval" / "after", model.key, *measure))
+
+
+def check_model_folder(model: Stage) -> None:
+    """Refuse what this run would write over in the shipped model folder: when the model is made anew (the folder is
+    replaced whole), any file the tool did not write; always, a README.md that is not the tool's card (rewritten with
+    every report)."""
+    if not model.finished():
+        check_shipped_replaceable(model.folder)
+    check_card(model.folder)
+
+
+def _stages(job: CleanJob, resolved: Resolved, splits: Splits, stages: CleanStages, rt: Runtime) -> CleanReport:
+    teacher, stage, merged = stages.teacher, stages.defense, stages.model
+    if teacher:
         teacher.run(rt, lambda: run_teacher(job.teacher, splits, job.model, rt, teacher.folder, job.seed))
-    stage = Stage.of(f"defense {defense.row_name}", out / "defense", suspect, teacher and teacher.key,
-                     resolved.key(), *data, job.seed, *texts)
     trained = stage.run(rt, lambda: run_defense(DefenseJob(
-        student=job.model, teacher=str(teacher.folder / MODEL_DIR) if teacher else None, splits=splits, cfg=defense,
-        rt=rt, out_dir=stage.folder, seed=job.seed, resolved=resolved)), DefenseResult)
-    merged = Stage.of("model (merged, standalone)", out / MODEL_DIR, stage.key)
+        student=job.model, teacher=str(teacher.folder / MODEL_DIR) if teacher else None, splits=splits,
+        cfg=resolved.cfg, rt=rt, out_dir=stage.folder, seed=job.seed, resolved=resolved)), DefenseResult)
     merged.run(rt, lambda: _merge(stage.folder / MODEL_DIR, merged.folder, splits.num_labels, rt))
-    before = Stage.of("evaluate the suspect", out / "eval" / "before", suspect, job.triggers, job.target_label,
-                      job.eval, *data, job.seed)
-    after = Stage.of("evaluate the cleaned model", out / "eval" / "after", merged.key, job.triggers,
-                     job.target_label, job.eval, *data, job.seed)
     measured = {}
-    for name, evaluation, model in (("before", before, job.model), ("after", after, str(out / MODEL_DIR))):
+    for name, evaluation, model in (("before", stages.before, job.model), ("after", stages.after, str(merged.folder))):
         measured[name] = evaluation.run(rt, lambda e=evaluation, m=model: _evaluate(m, job, splits, e.folder, rt),
                                         CleanEvaluation).result
-    return CleanReport(model=job.model, base_model=job.base_model, defense=to_dict(defense),
+    return CleanReport(model=job.model, base_model=job.base_model, defense=to_dict(resolved.cfg),
                        defense_stage_time_s=trained.wall_time_s, selected_step=trained.result.selected_step,
-                       before=measured["before"], after=measured["after"], cleaned_model=str(out / MODEL_DIR),
+                       before=measured["before"], after=measured["after"], cleaned_model=str(merged.folder),
                        environment=environment())
 
 
 def _merge(trained: Path, out: Path, num_labels: int, rt: Runtime) -> dict:
-    """The defense's model as plain weights: an adapter folded into its base, full weights saved as they are."""
+    """The defense's model as plain weights: an adapter folded into its base, full weights saved as they are. The
+    folder is written whole and swapped in, its file names recorded as the tool's (writing_shipped)."""
     if rt.is_main:
-        merge_adapter(trained, out, num_labels, rt.dtype)
+        with writing_shipped(out) as folder:
+            merge_adapter(trained, folder, num_labels, rt.dtype)
     rt.accelerator.wait_for_everyone()
     return {}
 
@@ -224,7 +259,8 @@ def summary_lines(report: CleanReport) -> list[str]:
 
 
 def write_report(out: Path, report: CleanReport) -> None:
-    """report.json (everything) and report.md (the lines and a table)."""
+    """report.json (everything), report.md (the lines and a table) and the model card, model/README.md (the same
+    numbers, with the hub's front matter)."""
     lines = summary_lines(report)
     write_json(out / "report.json", report.to_json(lines))
     triggers = report.before.triggers or []
@@ -239,3 +275,4 @@ def write_report(out: Path, report: CleanReport) -> None:
             "reference model there is no floor: a model that never saw a trigger also flips a few percent "
             "(README, Results). Settings: config.yaml; every stage's log: run.log and its folder.\n")
     atomic_write_text(out / "report.md", text)
+    write_card(out / MODEL_DIR, report)

@@ -2,12 +2,15 @@
 
 # Every folder the tool makes carries MARKER; `--overwrite` empties only such folders. A command
 # holds an exclusive lock (LOCK_FILE, inside its folder) while it runs, and removes the folder
-# again if it made it and then failed.
+# again if it made it and then failed. A shipped folder (`clean`'s model/, pushed to a hub as it is)
+# carries no bookkeeping: its records lie beside it, naming what the tool wrote into it (see below).
 
 from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from w2sdefense.errors import UserError
-from w2sdefense.fileio import atomic_write_text
+from w2sdefense.fileio import atomic_write_text, write_folder, write_json
 
 if TYPE_CHECKING:
     from w2sdefense.config import DataConfig
@@ -33,6 +36,9 @@ BASE_DIR = "base"  # a LoRA stage's base model, when it was built in code
 METRICS_FILE = "metrics.json"  # a stage's record: what it measured, written once when it ends
 FILTER_FILE = "filter.json"  # what marks an input-filter run (defenses/filtering.py writes it)
 TRIGGERS_FILE = "triggers.txt"  # `scan`'s candidate triggers, one a line (`clean --triggers` reads it)
+STAGES_DIR = ".stages"  # beside a shipped folder: its stage records (shipped_records), kept out of what is shipped
+WRITTEN_FILE = "written.json"  # among a shipped folder's records: the names of what the tool wrote into it
+CARD_FILE = "README.md"  # `clean`'s model card in its shipped model folder (eval/card.py writes it)
 # The report rows of `run` beside its defenses, and the eval/ folder each is measured in: no defense may
 # take one of these names as its label (its row and its eval/ folder would collide with theirs).
 CLEAN_ROW, POISONED_ROW, TEACHER_ROW = "clean model", "poisoned", "teacher"
@@ -238,23 +244,32 @@ def _fill_in(path: Path, overwrite: bool, stage_file: str | None, command: str |
 
 
 # The names the tool gives what it writes in its folders (and their half-written twins): anything else was
-# put there by someone else, and `--overwrite` never deletes it.
+# put there by someone else, and `--overwrite` never deletes it. A folder with one of these names is not looked
+# into (a checkpoint holds whatever file names transformers gives it), except a shipped one: its record names
+# what the tool wrote there.
 _TOOL_NAMES = {*BOOKKEEPING, *RUN_FILES, *RUN_RECORDS, TRIGGERS_FILE, "train.log", "curves.png", "stage.started.json", MODEL_DIR,
-               MERGED_DIR, BASE_DIR, RESUME_DIR, "eval", "defenses", "teacher", "teacher_cache"}
+               MERGED_DIR, BASE_DIR, RESUME_DIR, STAGES_DIR, "eval", "defenses", "teacher", "teacher_cache"}
 
 
 def _tool_named(name: str) -> bool:
     stem = name.removesuffix(".partial").removesuffix(".old")
-    return stem in _TOOL_NAMES or (name.startswith(".") and name.endswith(".tmp"))  # atomic_write_text's temp
+    return stem in _TOOL_NAMES or _temporary(name)
+
+
+def _temporary(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")  # atomic_write_text's temp
 
 
 def not_the_tools(path: Path, prefix: str = "") -> list[str]:
-    """Entries of the tool-made folder `path` that the tool never writes (`run`'s stage folders are looked into)."""
+    """Entries of the tool-made folder `path` that the tool never writes (`run`'s stage folders and `clean`'s shipped
+    model folder are looked into)."""
     found = []
     for entry in sorted(path.iterdir()):
-        if _tool_named(entry.name):
+        if is_shipped(entry):
+            found += [f"{prefix}{entry.name}/{name}" for name in not_written(entry)]
+        elif _tool_named(entry.name):
             continue
-        if entry.is_dir() and not entry.is_symlink() and made_by_tool(entry):
+        elif entry.is_dir() and not entry.is_symlink() and made_by_tool(entry):
             found += not_the_tools(entry, f"{prefix}{entry.name}/")
         else:
             found.append(prefix + entry.name)
@@ -265,11 +280,122 @@ def _refuse_foreign(path: Path) -> None:
     """Refuse to empty a tool-made folder that also holds files the tool never writes (a user's notes)."""
     foreign = not_the_tools(path)
     if foreign:
-        named = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
         one = len(foreign) == 1
-        raise UserError(f"{path} was made by w2sdefense, but {named} {'is' if one else 'are'} not among the files "
-                        f"w2sdefense writes, and --overwrite would delete everything in the folder; move "
+        raise UserError(f"{path} was made by w2sdefense, but {_listed(foreign)} {'is' if one else 'are'} not among "
+                        f"the files w2sdefense writes, and --overwrite would delete everything in the folder; move "
                         f"{'it' if one else 'them'} out first, or choose another output folder")
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+# A shipped folder (`clean`'s model/) is pushed to a hub as it is, so it holds no bookkeeping: no marker, no stage
+# record. Its records lie beside it (PARENT/.stages/NAME/), with the names of what the tool wrote into it. Those
+# names are the rule for what the tool may replace there: the folder is filled by transformers' save_pretrained,
+# whose file names vary by model, version and tokenizer, so only a record made at save time says which are the
+# tool's. Anything else (a model card or notes a user added) is never deleted: a redo or --overwrite refuses.
+
+
+def shipped_records(folder: Path) -> Path:
+    """Where the stage records of the shipped `folder` lie: PARENT/.stages/NAME/."""
+    return folder.parent / STAGES_DIR / folder.name
+
+
+def is_shipped(folder: Path) -> bool:
+    """A shipped folder: one with records beside it, or `clean`'s model folder as older versions made it (marked,
+    its stage record inside)."""
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    older = folder.name == MODEL_DIR and made_by_tool(folder) and (folder / "stage.json").is_file()
+    return older or shipped_records(folder).is_dir()
+
+
+def written_by_tool(folder: Path) -> set[str]:
+    """The names the tool wrote into the shipped `folder`, as recorded when it wrote them. In a folder of an older
+    version: what is no newer than its stage record, written right after the model (a user's file came later)."""
+    record = shipped_records(folder) / WRITTEN_FILE
+    if record.is_file():
+        return set(json.loads(record.read_text(encoding="utf-8"))["files"])
+    stage = folder / "stage.json"
+    if not (made_by_tool(folder) and stage.is_file()):
+        return set()
+    done = stage.stat().st_mtime_ns
+    return {e.name for e in folder.iterdir() if e.name in BOOKKEEPING or e.lstat().st_mtime_ns <= done}
+
+
+def shipped_complete(folder: Path) -> bool:
+    """True when the shipped `folder` still holds everything the tool recorded writing there (a user may have moved
+    it away, to publish it: its records beside it then say nothing about what is there)."""
+    own = written_by_tool(folder)
+    return folder.is_dir() and bool(own) and all((folder / name).exists() for name in own)
+
+
+def not_written(folder: Path) -> list[str]:
+    """Entries of the shipped `folder` that the tool did not write: never deleted, never written over."""
+    if not folder.is_dir() or folder.is_symlink():
+        return []
+    own = written_by_tool(folder)
+    return [e.name for e in sorted(folder.iterdir())
+            if not (e.name in own or _temporary(e.name) or (e.name == CARD_FILE and tool_card(e)))]
+
+
+def check_shipped_replaceable(folder: Path) -> None:
+    """Refuse to replace the shipped `folder` while it holds anything the tool did not write."""
+    foreign = not_written(folder)
+    if foreign:
+        one = len(foreign) == 1
+        raise UserError(f"{folder} holds {_listed(foreign)}, which w2sdefense did not write, and this run makes the "
+                        f"model anew, replacing the folder; move {'it' if one else 'them'} out of {folder} first "
+                        "(w2sdefense never deletes what it did not write)")
+
+
+@contextmanager
+def writing_shipped(folder: Path) -> Iterator[Path]:
+    """An empty folder to write the shipped `folder`'s new content into, swapped in whole at the end. What it holds is
+    recorded as the tool's before the swap too (with the old folder's names), so no kill leaves a file unrecorded."""
+    check_shipped_replaceable(folder)
+    with write_folder(folder) as tmp:
+        yield tmp
+        names = {entry.name for entry in tmp.iterdir()}
+        _record_written(folder, names | written_by_tool(folder))
+    _record_written(folder, names)
+
+
+def _record_written(folder: Path, names: set[str]) -> None:
+    write_json(shipped_records(folder) / WRITTEN_FILE, {"files": sorted(names)})
+
+
+# The card's last line marks it as the tool's: the hash of the text above it. A card someone edited (or put there)
+# no longer matches, so it is theirs: `clean` neither rewrites nor deletes it.
+_CARD_SEAL = ("<!-- w2sdefense clean wrote this card and rewrites it with each report; once edited, it is yours "
+              "and never touched. sha256 ")
+
+
+def seal_card(text: str) -> str:
+    """The card `text` and its last line, which marks it as the tool's."""
+    return f"{text}{_CARD_SEAL}{hashlib.sha256(text.encode('utf-8')).hexdigest()} -->\n"
+
+
+def tool_card(path: Path) -> bool:
+    """True for a card the tool wrote and nobody edited since (its last line holds the hash of the rest)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        text = path.read_bytes().decode("utf-8")  # bytes: no newline translation hides an edit
+    except UnicodeDecodeError:
+        return False
+    lines = text.splitlines(keepends=True)
+    return bool(lines) and lines[-1].startswith(_CARD_SEAL) and seal_card("".join(lines[:-1])) == text
+
+
+def check_card(folder: Path) -> None:
+    """Refuse to write the tool's card over a README.md in the shipped `folder` that is not the tool's own."""
+    path = folder / CARD_FILE
+    if (path.exists() or path.is_symlink()) and not (tool_card(path) or CARD_FILE in written_by_tool(folder)):
+        raise UserError(f"{path} is not the model card w2sdefense wrote (someone put it there or edited it), and "
+                        "`clean` rewrites its card with every report; move it out of the folder, keeping your text "
+                        "elsewhere, and run again")
 
 
 def _check_run_reusable(path: Path, stage_file: str) -> None:
@@ -290,7 +416,7 @@ def _not_run_output(path: Path, stage_file: str) -> str | None:
     content = [e for e in sorted(path.iterdir()) if e.name not in BOOKKEEPING]
     others = [e for e in content if not (e.is_file() and e.name in RUN_FILES)]
     for entry in others:
-        if not (entry.is_dir() and not entry.is_symlink() and any(entry.rglob(stage_file))):
+        if not (entry.is_dir() and not entry.is_symlink() and (any(entry.rglob(stage_file)) or is_shipped(entry))):
             return entry.name
     return None if others else content[0].name  # a config.yaml without any stage proves nothing
 
