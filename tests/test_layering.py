@@ -1,7 +1,7 @@
 """The architecture in the folder tree: imports flow one way, from the base modules up to the CLI.
 
     base (errors, fileio, config, registry, runtime, rundir, progress, results) -> data -> models -> train, eval, attacks
-    -> defenses -> pipeline -> clean, scan -> cli
+    -> defenses -> pipeline -> clean, scan -> cli, api
 
 A module may import from its own package or from a lower layer, never from a higher one or a sibling
 of its layer (train and eval do not know each other). Imports inside functions count too.
@@ -15,7 +15,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "w2sdefense"
 LAYERS = [
     {"errors"}, {"fileio"}, {"config", "registry"}, {"runtime", "rundir", "progress"}, {"results"},
-    {"data"}, {"models"}, {"train", "eval", "attacks"}, {"defenses"}, {"pipeline"}, {"clean", "scan"}, {"cli"},
+    {"data"}, {"models"}, {"train", "eval", "attacks"}, {"defenses"}, {"pipeline"}, {"clean", "scan"}, {"cli", "api"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

@@ -6,11 +6,9 @@ import dataclasses
 import errno
 import functools
 import inspect
-import logging
 import os
 import sys
 import typing
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +31,7 @@ from w2sdefense.config import (
     read_yaml,
 )
 from w2sdefense.errors import Interrupted, UserError
+from w2sdefense.progress import quiet_libraries
 
 if TYPE_CHECKING:
     from w2sdefense.runtime import Runtime
@@ -433,18 +432,6 @@ def list_components() -> None:
     typer.echo(f"scan detectors: {DETECTORS.describe()}")
 
 
-def _quiet_libraries() -> None:
-    """Keep the terminal for our progress bars: silence library chatter below errors."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    logging.getLogger("w2sdefense").setLevel(logging.INFO)
-
-
 _OS_HINTS = {
     errno.ENOSPC: "free some space, or choose an output on another disk; a training run continues from its last "
                   "saved state when run again",
@@ -472,7 +459,7 @@ def _interrupted_line() -> str:
 
 def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
-    _quiet_libraries()
+    quiet_libraries()
     try:
         # Not standalone: click would turn Ctrl-C into its own "Aborted!" and exit code 1.
         code = app(standalone_mode=False)

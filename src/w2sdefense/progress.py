@@ -8,9 +8,12 @@ gets one line when it starts and ends, and one every `EVERY_S` seconds in betwee
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, TextIO
 
@@ -101,3 +104,24 @@ class LineProgress:
         tail = f"; {note}" if note else ""
         print(f"{self.desc}: {count}{values}, {rate:.3g} {self.unit}/s, {elapsed:.0f} s{tail}", file=self.stream,
               flush=True)
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for our progress bars: silence library chatter below errors."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("w2sdefense").setLevel(logging.INFO)
+
+
+@contextlib.contextmanager
+def silenced() -> Iterator[None]:
+    """Nothing printed while the block runs (stage lines, progress bars): the Python API's quiet mode. The run's own
+    log file still gets every line."""
+    sink = io.StringIO()
+    with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+        yield
