@@ -112,6 +112,9 @@ CLEAN_REPORT = {
         "w2sdefense on runs/suspect: clean accuracy 87.5% -> 75.0% on 8 clean test rows.",
         "trigger 'cf': ASR-cc 100.0% (label 1) -> 25.0% (label 0).",
         "trigger 'I watched this 3D movie': ASR-cc n/a (label 0) -> 50.0% (label 1).",
+        "the benchmark measured w2sdefense (SmolLM2-135M suspects on SST-2, the defender holding 1280 of the "
+        "attacker's own 2000 rows, mean of 3 seeds): residual backdoor +3.9 points (BadNet), +72.6 points (InSent), "
+        "+32.4 points (SynAttack) [benchmarks/RESULTS.md, the paper's experiment at laptop scale (w2sdefense)].",
         "cleaned model: runs/cleaned/model (plain weights and tokenizer: "
         "AutoModelForSequenceClassification.from_pretrained loads it).",
     ],

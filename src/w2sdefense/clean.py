@@ -28,6 +28,7 @@ from w2sdefense.data.loading import read_texts
 from w2sdefense.data.records import UNLABELLED, Example, Splits
 from w2sdefense.defenses import DEFENSES, DefenseJob, resolve, run_defense
 from w2sdefense.defenses.base import Resolved
+from w2sdefense.defenses.evidence import evidence_lines
 from w2sdefense.defenses.teacher import run_teacher
 from w2sdefense.errors import UserError
 from w2sdefense.eval.card import write_card
@@ -253,6 +254,7 @@ def summary_lines(report: CleanReport) -> list[str]:
                          "the model never saw it there (raise eval.max_length to measure them).")
     if not before.triggers:
         lines.append("no candidate trigger given (--trigger, --triggers): the backdoor itself was not measured.")
+    lines += evidence_lines(report.defense["name"], report.defense.get("settings") or {})
     lines.append(f"cleaned model: {report.cleaned_model} (plain weights and tokenizer: "
                  "AutoModelForSequenceClassification.from_pretrained loads it).")
     return lines
