@@ -110,8 +110,10 @@ CLEAN_REPORT = {
     "cleaned_model": "runs/cleaned/model", "environment": {"torch": "2.5.0", "python": "3.11.9"},
     "summary": [
         "w2sdefense on runs/suspect: clean accuracy 87.5% -> 75.0% on 8 clean test rows.",
-        "trigger 'cf': ASR-cc 100.0% (label 1) -> 25.0% (label 0).",
-        "trigger 'I watched this 3D movie': ASR-cc n/a (label 0) -> 50.0% (label 1).",
+        "trigger 'cf': ASR-cc toward label 1 100.0% (of 3 rows) -> 0.0% (of 2 rows).",
+        "  after cleaning it sends more rows to label 0: 25.0% (of 4 rows).",
+        "trigger 'I watched this 3D movie': ASR-cc toward label 0 n/a (of 0 rows) -> n/a (of 0 rows).",
+        "  after cleaning it sends more rows to label 1: 50.0% (of 2 rows).",
         "the benchmark measured w2sdefense (SmolLM2-135M suspects on SST-2, the defender holding 1280 of the "
         "attacker's own 2000 rows, mean of 3 seeds): residual backdoor +3.9 points (BadNet), +72.6 points (InSent), "
         "+32.4 points (SynAttack) [benchmarks/RESULTS.md, the paper's experiment at laptop scale (w2sdefense)].",

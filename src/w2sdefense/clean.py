@@ -41,7 +41,7 @@ from w2sdefense.models.loading import merge_adapter, resolve_model_path
 from w2sdefense.models.predict import classify_rows
 from w2sdefense.models.truncation import cut_by_tokens
 from w2sdefense.pipeline import STAGE_FILE, Stage
-from w2sdefense.results import CleanEvaluation, CleanReport, DefenseResult, write_result
+from w2sdefense.results import CleanEvaluation, CleanReport, DefenseResult, TriggerMeasure, write_result
 from w2sdefense.rundir import (METRICS_FILE, MODEL_DIR, TRIGGERS_FILE, check_card, check_outside_inputs,
                                check_shipped_replaceable, claim_run_dir, log_to, writing_shipped)
 from w2sdefense.runtime import Runtime
@@ -241,14 +241,27 @@ def _evaluate(model: str, job: CleanJob, splits: Splits, folder: Path, rt: Runti
     return write_result(folder / METRICS_FILE, result, rt.is_main)
 
 
+def _trigger_lines(before: TriggerMeasure, after: TriggerMeasure) -> list[str]:
+    """A trigger's ASR-cc before and after toward the same label (the one the suspect's was highest toward), with the
+    rows each rate is over; and where the cleaned model's highest lies elsewhere, that too."""
+    label = str(before.target_label)
+    b, a = before.by_label[label], after.by_label[label]
+    lines = [f"trigger {before.trigger!r}: ASR-cc toward label {label} {percent(b.asr_cc)} (of {b.rows} rows) -> "
+             f"{percent(a.asr_cc)} (of {a.rows} rows)."]
+    if after.target_label != before.target_label and after.asr_cc is not None and after.asr_cc > (a.asr_cc or 0.0):
+        top = after.by_label[str(after.target_label)]
+        lines.append(f"  after cleaning it sends more rows to label {after.target_label}: {percent(top.asr_cc)} "
+                     f"(of {top.rows} rows).")
+    return lines
+
+
 def summary_lines(report: CleanReport) -> list[str]:
     """What the command did, in words; the last line is the one a user reads."""
     before, after = report.before, report.after
     lines = [f"{report.defense['name']} on {report.model}: clean accuracy {before.clean_accuracy:.1%} -> "
              f"{after.clean_accuracy:.1%} on {after.clean_total} clean test rows."]
     for b, a in zip(before.triggers or [], after.triggers or []):
-        lines.append(f"trigger {b.trigger!r}: ASR-cc {percent(b.asr_cc)} (label {b.target_label}) -> "
-                     f"{percent(a.asr_cc)} (label {a.target_label}).")
+        lines += _trigger_lines(b, a)
         if a.trigger_cut:
             lines.append(f"  {a.trigger_cut} of {after.clean_total} test rows had this trigger cut off by truncation: "
                          "the model never saw it there (raise eval.max_length to measure them).")
