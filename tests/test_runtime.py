@@ -43,3 +43,16 @@ def test_peak_memory_window_resets_between_stages():
     after = peak_memory_mb(cpu)
     assert after["peak_memory_kind"] == "process_peak_rss_since_stage_start"
     assert during - after["peak_memory_mb"] > 50
+
+
+def test_a_thread_count_far_past_the_cores_is_refused_before_torch_crashes():
+    import os
+
+    from w2sdefense.runtime import set_threads
+
+    before = torch.get_num_threads()
+    with pytest.raises(UserError, match="runtime.num_threads=100000"):
+        set_threads(100000)
+    assert torch.get_num_threads() == before  # nothing changed
+    set_threads(os.cpu_count() or 1)  # the machine's own count is fine
+    torch.set_num_threads(before)

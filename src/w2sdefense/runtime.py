@@ -48,6 +48,9 @@ def _resolve(cfg: RuntimeConfig) -> tuple[bool, bool]:
     return use_cuda, use_bf16
 
 
+MAX_THREADS = 256  # runtime.num_threads above this, and above 4 threads a core, is refused
+
+
 def set_threads(num_threads: int | None) -> None:
     """Use every core this process may run on unless told otherwise."""
     if num_threads is None:
@@ -57,6 +60,10 @@ def set_threads(num_threads: int | None) -> None:
             num_threads = os.cpu_count() or 1
         # Under several processes per machine (torchrun on CPU), share the cores.
         num_threads = max(1, num_threads // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    cores = os.cpu_count() or 1
+    if num_threads > max(MAX_THREADS, 4 * cores):  # torch's thread pool crashes the process (SIGSEGV) far past the cores
+        raise UserError(f"runtime.num_threads={num_threads} is far more than this machine's {cores} cores; give at "
+                        f"most {max(MAX_THREADS, 4 * cores)}, or leave it unset to use every core")
     torch.set_num_threads(num_threads)
 
 
