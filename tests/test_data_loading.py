@@ -335,3 +335,19 @@ def test_one_split_in_two_formats_is_refused_naming_both(tmp_path: Path) -> None
         dataset_files(DataConfig(dataset=str(tmp_path)))
     chosen = dataset_files(DataConfig(dataset=str(tmp_path), train_file=str(tmp_path / "train.csv")))
     assert chosen["train"] == tmp_path / "train.csv"
+
+
+def test_a_config_that_does_not_match_its_weights_is_one_error(tmp_path):
+    import json
+
+    from w2sdefense.errors import UserError
+    from w2sdefense.models import load_classifier
+    from w2sdefense.models.tiny import build_tiny
+
+    model, tok = build_tiny("tiny-bert", 2)
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
+    with pytest.raises(UserError, match="config.json does not match its weights"):
+        load_classifier(str(tmp_path), 2)

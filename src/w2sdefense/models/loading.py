@@ -219,6 +219,11 @@ def load_classifier(name: str, num_labels: int | None, dtype: torch.dtype = torc
         raise
     except LOAD_ERRORS as exc:
         raise UserError(f"could not load model {name!r} from {path}: {load_error_reason(exc)}") from None
+    except RuntimeError as exc:
+        if "mismatched_sizes" not in str(exc) and "size mismatch" not in str(exc):
+            raise
+        raise UserError(f"could not load model {name!r} from {path}: its config.json does not match its weights (a "
+                        "layer's shape differs); use the config.json saved with these weights") from None
     fix_padding(model, tok)
     return Classifier(model, tok)
 
