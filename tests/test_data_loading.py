@@ -351,3 +351,14 @@ def test_a_config_that_does_not_match_its_weights_is_one_error(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": 96}))
     with pytest.raises(UserError, match="config.json does not match its weights"):
         load_classifier(str(tmp_path), 2)
+
+
+def test_a_model_folder_without_a_tokenizer_says_so(tmp_path):
+    from w2sdefense.errors import UserError
+    from w2sdefense.models import load_classifier
+    from w2sdefense.models.tiny import build_tiny
+
+    model, _ = build_tiny("tiny-bert", 2)
+    model.save_pretrained(tmp_path)
+    with pytest.raises(UserError, match="holds no tokenizer files"):
+        load_classifier(str(tmp_path), 2)

@@ -470,3 +470,16 @@ def test_an_older_model_folder_counts_as_the_tools_only_what_came_before_its_sta
         with claim_run_dir(run, overwrite=True, stage_file="stage.json", command="clean"):
             pytest.fail("--overwrite went ahead over a user's file")
     assert (model / "NOTES.md").read_text() == "mine"
+
+
+@pytest.mark.parametrize("name", ["train.log", ".w2sdefense", "run.log", "curves.png"])
+def test_evaluate_out_never_replaces_a_run_folders_log_or_marker(tmp_path, name):
+    from w2sdefense.rundir import check_output_file, prepare_run_dir
+
+    run = prepare_run_dir(tmp_path / "run", overwrite=False)
+    (run / "train.log").write_text("the run's log\n")
+    (run / "run.log").write_text("log\n")
+    (run / "curves.png").write_bytes(b"png")
+    with pytest.raises(UserError, match="never replaces"):
+        check_output_file(run / name, overwrite=True)
+    assert check_output_file(run / "eval.json", overwrite=True) == run / "eval.json"  # beside the run: allowed

@@ -174,7 +174,11 @@ def _belongs_to_run(path: Path) -> bool:
     Other files in a run folder (an earlier `evaluate --out run/eval.json`) may be replaced.
     """
     legacy = (path.parent / "stage.json").is_file() or (path.parent / "config.yaml").is_file()
-    return path.name in RUN_RECORDS and (made_by_tool(path.parent) or legacy)
+    return path.name in _RUN_OWN and (made_by_tool(path.parent) or legacy)
+
+
+# Everything a run folder keeps about itself: its records, logs, marker and lock (evaluate --out never replaces one)
+_RUN_OWN = {*RUN_RECORDS, *BOOKKEEPING, "train.log", "run.log", "stage.started.json", "curves.png", TRIGGERS_FILE}
 
 
 def prepare_run_dir(path: str | Path, overwrite: bool, accelerator=None) -> Path:

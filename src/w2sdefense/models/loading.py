@@ -214,6 +214,7 @@ def load_classifier(name: str, num_labels: int | None, dtype: torch.dtype = torc
         _check_labels(config, num_labels, name)
         kwargs = {} if num_labels is None else {"num_labels": num_labels}
         model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype, trust_remote_code=False, **kwargs)
+        _check_tokenizer_files(Path(path), name)
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except UserError:
         raise
@@ -226,6 +227,19 @@ def load_classifier(name: str, num_labels: int | None, dtype: torch.dtype = torc
                         "layer's shape differs); use the config.json saved with these weights") from None
     fix_padding(model, tok)
     return Classifier(model, tok)
+
+
+# The files a saved tokenizer is read from (one of them is enough): fast, WordPiece, BPE, sentencepiece.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
+def _check_tokenizer_files(path: Path, name: str) -> None:
+    """Refuse a local model folder that holds no tokenizer, in words (transformers' own message is cut short)."""
+    if path.is_dir() and not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise UserError(f"could not load model {name!r}: {path} holds no tokenizer files (none of "
+                        f"{', '.join(TOKENIZER_FILES[:4])}, ...); save the tokenizer beside the weights "
+                        "(tokenizer.save_pretrained(folder))")
 
 
 def adapter_base(path: Path) -> str:
