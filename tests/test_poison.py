@@ -206,6 +206,21 @@ def test_write_and_load_folder(tmp_path: Path) -> None:
         load_poison_folder(out)
 
 
+@pytest.mark.parametrize("case, message", [("repeat-triggered", "appears twice"), ("repeat-test", "appears twice"),
+                                            ("dangling", "no clean test row")])
+def test_triggered_rows_must_pair_one_to_one_with_clean_rows(tmp_path: Path, case: str, message: str) -> None:
+    out = write_poison_folder(tmp_path / "p", _poison(PoisonConfig(count=2)), {})
+    name = "test.jsonl" if case == "repeat-test" else "test_triggered.jsonl"
+    rows = [json.loads(line) for line in (out / name).read_text().splitlines()]
+    if case == "dangling":
+        rows[0]["idx"] = 9999
+    else:
+        rows.append(dict(rows[0]))
+    (out / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(UserError, match=message):
+        load_poison_folder(out)
+
+
 def test_existing_folder_needs_overwrite(tmp_path: Path) -> None:
     data = _poison(PoisonConfig(count=2))
     (tmp_path / "empty").mkdir()

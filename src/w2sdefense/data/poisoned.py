@@ -64,8 +64,27 @@ def load_poison_folder(path: str | Path) -> PoisonedData:
     if not isinstance(meta, dict) or not isinstance(meta.get("num_labels"), int):
         raise UserError(f"{folder / META_FILE}: no integer num_labels")
     train, dev, test, triggered = (load_examples(folder / name) for name in SPLIT_FILES)
+    check_pairing(folder, test, triggered)
     return PoisonedData(train=train, dev=dev, test=test, test_triggered=triggered,
                         num_labels=meta["num_labels"], summary=meta.get("counts", {}))
+
+
+def check_pairing(folder: Path, test: list[Example], triggered: list[Example]) -> None:
+    """Refuse triggered rows that do not map one to one onto clean test rows by idx: ASR-cc pairs each with its clean
+    version, so a repeated or dangling idx would be counted silently wrong."""
+    for name, rows in (("test.jsonl", test), ("test_triggered.jsonl", triggered)):
+        seen: set[int] = set()
+        for ex in rows:
+            if ex.idx in seen:
+                raise UserError(f"{folder / name}: idx {ex.idx} appears twice ({ex.located()}); each row needs its "
+                                "own idx, the row number of its clean source")
+            seen.add(ex.idx)
+    clean = {ex.idx for ex in test}
+    dangling = [ex for ex in triggered if ex.idx not in clean]
+    if dangling:
+        raise UserError(f"{folder / 'test_triggered.jsonl'}: {len(dangling)} triggered row(s) have no clean test row "
+                        f"with their idx (the first: idx {dangling[0].idx}, {dangling[0].located()}); the folder's "
+                        "test files do not belong together")
 
 
 def target_label(poison_dir: str | Path) -> int:
