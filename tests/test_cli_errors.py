@@ -293,6 +293,33 @@ def test_an_unfinished_run_killed_mid_swap_names_the_checkpoint_that_exists(tmp_
     assert f"{run / 'model'} " not in line and str(run / "model.old") in line and "rerun" in line
 
 
+def test_a_run_still_going_after_its_first_checkpoint_is_called_running_not_stopped(tmp_path):
+    import subprocess
+
+    from w2sdefense.errors import UserError
+    from w2sdefense.models.loading import resolve_model_path
+    from w2sdefense.rundir import LOCK_FILE, prepare_run_dir
+
+    run = prepare_run_dir(tmp_path / "run", overwrite=False)
+    (run / "resume").mkdir()
+    (run / "resume" / "state.json").write_text("{}")
+    (run / "model").mkdir()
+    (run / "model" / "config.json").write_text("{}")
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+                               str(run / LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match="still in progress") as running:
+            resolve_model_path(str(run))
+        assert "stopped" not in str(running.value) and "let it finish" in str(running.value)
+    finally:
+        holder.kill()
+        holder.wait()
+    with pytest.raises(UserError, match="stopped before its last step"):  # nobody holds it now
+        resolve_model_path(str(run))
+
+
 # Ctrl-C outside the training loop, or pressed twice
 
 

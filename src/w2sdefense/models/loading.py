@@ -121,9 +121,12 @@ def _run_without_model(path: Path) -> bool:
 
 
 def _unfinished_run(name: str, path: Path) -> str:
-    """What an unfinished run folder holds, naming only the checkpoint folder that exists."""
-    start = f"{name} is an unfinished training run (stopped before its last step"
-    finish = "rerun the command that made it to finish it"
+    """What an unfinished run folder holds, naming only the checkpoint folder that exists; a run still going (its
+    lock held) is said to be running, not stopped."""
+    holder = lock_holder(path)
+    start = (f"{name} is a training run still in progress (in use by {holder}" if holder else
+             f"{name} is an unfinished training run (stopped before its last step")
+    finish = "let it finish" if holder else "rerun the command that made it to finish it"
     if (path / MODEL_DIR).is_dir():
         return (f"{start}; its {MODEL_DIR}/ is only the best checkpoint so far): {finish}, or pass {path / MODEL_DIR} "
                 "to use that checkpoint as it is")
