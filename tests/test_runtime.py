@@ -56,3 +56,18 @@ def test_a_thread_count_far_past_the_cores_is_refused_before_torch_crashes():
     assert torch.get_num_threads() == before  # nothing changed
     set_threads(os.cpu_count() or 1)  # the machine's own count is fine
     torch.set_num_threads(before)
+
+
+def test_the_command_line_tears_the_process_group_down_before_exit(monkeypatch):
+    import torch.distributed as dist
+
+    from w2sdefense import cli
+
+    destroyed = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: destroyed.append(True))
+    for argv in (["w2sdefense", "list"], ["w2sdefense", "frobnicate"]):  # after a command, and after a usage error
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit):
+            cli.main()
+    assert destroyed == [True, True]

@@ -461,6 +461,17 @@ def main() -> None:
     """Entry point: user errors become one line on stderr and exit code 2."""
     quiet_libraries()
     try:
+        _run_app()
+    finally:
+        if "torch" in sys.modules:  # a command that never loaded torch has no process group to tear down
+            from w2sdefense.runtime import shutdown_distributed
+
+            shutdown_distributed()
+
+
+def _run_app() -> None:
+    """The command, its outcome as an exit code and at most one line on stderr."""
+    try:
         # Not standalone: click would turn Ctrl-C into its own "Aborted!" and exit code 1.
         code = app(standalone_mode=False)
     except UserError as exc:

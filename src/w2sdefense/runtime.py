@@ -121,3 +121,13 @@ def reset_peak_memory(device: torch.device) -> None:
         _rss_window_started = True
     except OSError:
         pass
+
+
+def shutdown_distributed() -> None:
+    """Tear down the process group (torchrun) before the interpreter exits. Left alive, gloo's threads are destroyed
+    during the interpreter's own teardown, and a finished stage dies with `terminate called without an active
+    exception` (SIGABRT) at random, so torchrun reports it failed. A no-op without a process group."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
