@@ -37,7 +37,7 @@ from w2sdefense.eval.triggers import measure_toward
 from w2sdefense.eval.report import environment, percent
 from w2sdefense.fileio import atomic_write_text, write_json
 from w2sdefense.models import check_model_name, load_classifier
-from w2sdefense.models.loading import merge_adapter, resolve_model_path
+from w2sdefense.models.loading import declared_base, merge_adapter, resolve_model_path
 from w2sdefense.models.predict import classify_rows
 from w2sdefense.models.truncation import cut_by_tokens
 from w2sdefense.pipeline import STAGE_FILE, Stage
@@ -64,6 +64,17 @@ def choose_defense(job: CleanJob) -> DefenseConfig:
     if job.base_model and "base_model" not in d.settings:
         d = dataclasses.replace(d, settings={**d.settings, "base_model": job.base_model})
     return d
+
+
+def with_declared_base(job: CleanJob) -> tuple[CleanJob, str | None]:
+    """`job` with the base the suspect names (its adapter, config.json or model card) when no --base was given and
+    the default defense runs, and where it was named; as it is otherwise."""
+    if job.base_model or (job.defense is not None and job.defense.name != AUTO_DEFENSE):
+        return job, None
+    found = declared_base(job.model)
+    if found is None:
+        return job, None
+    return dataclasses.replace(job, base_model=found[0]), found[1]
 
 
 def with_unlabelled(splits: Splits, path: str | None, text_field: str | None) -> Splits:
@@ -116,6 +127,7 @@ def run_clean(job: CleanJob, out: Path, rt: Runtime, overwrite: bool = False,
     """Every stage of `clean` in `out` (finished ones re-used); writes report.json and report.md."""
     if not job.model:
         raise UserError("clean needs --model (the suspect classifier)")
+    job, base_source = with_declared_base(job)
     defense = choose_defense(job)
     resolved = resolve(defense, "defense")  # an unknown defense or setting fails before any work
     spec = resolved.spec
@@ -139,7 +151,7 @@ def run_clean(job: CleanJob, out: Path, rt: Runtime, overwrite: bool = False,
         if rt.is_main:
             atomic_write_text(folder / "config.yaml", dump_yaml(job))
         with log_to(folder / "run.log", rt.is_main):
-            report = _stages(job, resolved, splits, stages, rt)
+            report = dataclasses.replace(_stages(job, resolved, splits, stages, rt), base_source=base_source)
         if rt.is_main:
             write_report(folder, report)
         rt.accelerator.wait_for_everyone()
@@ -260,6 +272,9 @@ def summary_lines(report: CleanReport) -> list[str]:
     before, after = report.before, report.after
     lines = [f"{report.defense['name']} on {report.model}: clean accuracy {before.clean_accuracy:.1%} -> "
              f"{after.clean_accuracy:.1%} on {after.clean_total} clean test rows."]
+    if report.base_source:
+        lines.append(f"public base: {report.base_model}, as the suspect names it in {report.base_source} (--base "
+                     "chooses another; --defense w2sdefense runs without one).")
     for b, a in zip(before.triggers or [], after.triggers or []):
         lines += _trigger_lines(b, a)
         if a.trigger_cut:

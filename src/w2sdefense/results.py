@@ -179,10 +179,14 @@ class CleanReport:
     after: CleanEvaluation
     cleaned_model: str
     environment: dict
+    base_source: str | None = None  # where the suspect named its base, when --base was not given (absent: given)
 
     def to_json(self, summary: list[str]) -> dict:
-        """report.json's object: every field (None as null) and the `summary` lines."""
+        """report.json's object: every field (None as null, but an absent base_source left out) and the `summary`
+        lines."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if self.base_source is None:
+            del data["base_source"]
         return {**data, "before": self.before.to_json(), "after": self.after.to_json(), "summary": summary}
 
     @classmethod

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from peft import PeftModel
 from peft.utils import NoMatchingPeftModuleError
 from safetensors import SafetensorError
@@ -243,6 +244,47 @@ def _check_tokenizer_files(path: Path, name: str) -> None:
         raise UserError(f"could not load model {name!r}: {path} holds no tokenizer files (none of "
                         f"{', '.join(TOKENIZER_FILES[:4])}, ...); save the tokenizer beside the weights "
                         "(tokenizer.save_pretrained(folder))")
+
+
+def declared_base(name: str) -> tuple[str, str] | None:
+    """The public model a suspect says it was fine-tuned from, and where it says so: its adapter_config.json
+    (base_model_name_or_path), its config.json (_name_or_path, which transformers 4 saved), its model card's
+    `base_model`; in that order. None for a name that is no local folder, or a folder that names none (or itself)."""
+    path = Path(name).expanduser()
+    if not path.is_dir():
+        return None
+    folder = Path(resolve_model_path(name))
+    for file, key in (("adapter_config.json", "base_model_name_or_path"), ("config.json", "_name_or_path")):
+        try:
+            found = json.loads((folder / file).read_text(encoding="utf-8")).get(key)
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(found, str) and found.strip() and not _same_folder(found, folder):
+            return found.strip(), f"{folder / file} ({key})"
+    card = _card_base(folder / "README.md")
+    return (card, f"{folder / 'README.md'} (base_model)") if card and not _same_folder(card, folder) else None
+
+
+def _same_folder(name: str, folder: Path) -> bool:
+    return Path(name).expanduser().exists() and Path(name).expanduser().resolve() == folder.resolve()
+
+
+def _card_base(card: Path) -> str | None:
+    """A model card's `base_model` (its YAML front matter between --- lines); the first of a list."""
+    try:
+        text = card.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text.startswith("---"):
+        return None
+    front = text.split("---", 2)[1] if text.count("---") >= 2 else ""
+    try:
+        meta = yaml.safe_load(front)
+    except yaml.YAMLError:
+        return None
+    base = meta.get("base_model") if isinstance(meta, dict) else None
+    base = base[0] if isinstance(base, list) and base else base
+    return base.strip() if isinstance(base, str) and base.strip() else None
 
 
 def adapter_base(path: Path) -> str:
