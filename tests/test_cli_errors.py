@@ -407,3 +407,12 @@ def test_usage_mistakes_and_help_end_with_clicks_message_and_no_traceback(args, 
     assert "Traceback" not in proc.stdout + proc.stderr
     assert says in proc.stdout + proc.stderr
     assert len((proc.stdout + proc.stderr).splitlines()) < 60
+
+
+@pytest.mark.parametrize("command", ["clean", "scan", "train", "evaluate", "poison"])
+def test_help_names_what_each_shared_option_takes_and_gives_no_example_the_command_refuses(command):
+    from cli_helpers import run_cli
+
+    text = run_cli(command, "--help", env={"COLUMNS": "200"}).stdout
+    assert "<list[str]>" not in text and "train.lr=2e-5" not in text
+    assert "KEY=VALUE" in text and "DIR" in text

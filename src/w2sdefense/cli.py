@@ -66,15 +66,15 @@ def _root(version: Annotated[bool, typer.Option("--version", callback=_version, 
                                                 help="Print the version and exit.")] = False) -> None:
     """Poison, fine-tune, defend (weak-to-strong unlearning) and measure LM classifiers."""
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file with this command's settings.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Dotted override, e.g. train.lr=2e-5 (repeatable).")]
-OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (refused if it exists, unless --overwrite).")]
+ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", metavar="FILE", help="YAML file with this command's settings.")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Dotted override of one of this command's settings (repeatable; the README's Config lists them).")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Output folder (refused if it exists, unless --overwrite).")]
 OverwriteOpt = Annotated[bool, typer.Option("--overwrite",
                                              help="Replace an existing output folder (only one this tool made).")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue the unfinished run in --out (rerunning the "
                                          "same command on it does too); an error when there is none.")]
-DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="Folder of named datasets (default: $W2S_DATA_DIR).")]
-DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", help="Dataset name, or a folder with train/dev/test files.")]
+DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", metavar="DIR", help="Folder of named datasets (default: $W2S_DATA_DIR).")]
+DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", metavar="NAME|DIR", help="Dataset name, or a folder with train/dev/test files.")]
 
 
 def _load(cls, config: Path | None, overrides: list[str] | None, **flags):
@@ -278,8 +278,8 @@ def evaluate(
     model: Annotated[str, typer.Option(help="The model to measure: a run folder (a teacher run is measured with its "
                                             "own head; a filter run, as the model behind it), checkpoint, adapter "
                                             "or hub id.")],
-    data: Annotated[Path, typer.Option("--data", "-d", help="A poison folder (test.jsonl + test_triggered.jsonl).")],
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="metrics JSON file (default: print only).")] = None,
+    data: Annotated[Path, typer.Option("--data", "-d", metavar="DIR", help="A poison folder (test.jsonl + test_triggered.jsonl).")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", metavar="FILE", help="metrics JSON file (default: print only).")] = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
     overwrite: Annotated[bool, typer.Option("--overwrite",
@@ -352,9 +352,10 @@ def clean(
     base: Annotated[Optional[str], typer.Option(help="The public model it was fine-tuned from: the default defense "
                                                 "then resets toward it (fine-mixing, rho 0).")] = None,
     defense: Annotated[Optional[str], typer.Option(help="Another repair defense from `w2sdefense list`.")] = None,
-    trigger: Annotated[Optional[list[str]], typer.Option(help="A candidate trigger to measure before and after "
+    trigger: Annotated[Optional[list[str]], typer.Option(metavar="TEXT", help="A candidate trigger to measure before and after "
                                                          "(repeatable).")] = None,
-    triggers: Annotated[Optional[Path], typer.Option(help="A file of candidate triggers, one per line.")] = None,
+    triggers: Annotated[Optional[Path], typer.Option(metavar="FILE|DIR", help="A file of candidate triggers, one per line, "
+                                                     "or a `scan` folder (its triggers.txt).")] = None,
     unlabelled: Annotated[Optional[Path], typer.Option(help="A file of in-domain texts without labels (one a line, "
                                                        "or JSONL with a text): distilling defenses learn the "
                                                        "suspect's answers on them.")] = None,
