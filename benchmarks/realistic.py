@@ -74,14 +74,17 @@ def link_shared(suspect: Path, folder: Path) -> None:
             shutil.copytree(src, dst, copy_function=os.link)
 
 
-def share_clean(first: Path | None, suspect: Path) -> None:
-    """The clean model does not depend on the attack: copy the first attack's into the next one's suspect folder."""
-    if first is None:
+def share_clean(suspect: Path) -> None:
+    """The clean model does not depend on the attack: copy (hard links) another attack's finished one into this
+    suspect folder, whichever invocation trained it (its stage key still decides whether it is re-used)."""
+    dst = suspect / "clean"
+    if dst.exists():
         return
     # Only the model: its evaluation and re-learning test read the attack's own data.
-    src, dst = first / "clean", suspect / "clean"
-    if (src / "stage.json").is_file() and not dst.exists():
-        shutil.copytree(src, dst, copy_function=os.link)
+    for src in sorted(suspect.parent.parent.glob("*/suspect/clean")):
+        if src != dst and (src / "stage.json").is_file():
+            shutil.copytree(src, dst, copy_function=os.link)
+            return
 
 
 def _rows(folder: Path) -> dict[str, dict]:
@@ -132,12 +135,12 @@ def record(row: dict, path: Path = ROWS) -> None:
     path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")
 
 
-def run_attack(attack: str, runs: Path, ks: list[int], seeds: list[int], arms: list[dict], first: Path | None,
+def run_attack(attack: str, runs: Path, ks: list[int], seeds: list[int], arms: list[dict],
                sets: list[str] = (), rows_path: Path = ROWS) -> Path:
     """The suspect folder, then every arm at every (k, seed), one `run` per arm; rows recorded as they land."""
     cfg = preset(attack, runs, sets)
     suspect = Path(cfg.output_dir)
-    share_clean(first, suspect)
+    share_clean(suspect)
     run_experiment(dataclasses.replace(cfg, defenses=[]))
     record({**clean_model_row(attack, _rows(suspect)), **measured_on(suspect)}, rows_path)
     for k in ks:
@@ -174,11 +177,9 @@ def main() -> None:
             raise SystemExit(f"unknown arm {', '.join(sorted(unknown))}; {args.arms_file} has "
                              f"{', '.join(a['label'] for a in arms)}")
         arms = [a for a in arms if args.arms is None or a["label"] in args.arms]
-        first = None
         for attack in args.attacks:
-            suspect = run_attack(attack, Path(args.runs), [] if args.suspects_only else args.ks, args.seeds, arms,
-                                 first, args.set, args.rows)
-            first = first or suspect
+            run_attack(attack, Path(args.runs), [] if args.suspects_only else args.ks, args.seeds, arms, args.set,
+                       args.rows)
     if args.rows.resolve() == ROWS.resolve():
         from realistic_report import write_report  # beside this file
 

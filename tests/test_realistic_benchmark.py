@@ -90,3 +90,23 @@ def test_the_script_on_tiny_models_leaves_the_clean_models_row_and_one_arms_row(
     suspect = tmp_path / "runs" / "realistic" / "badnet" / "suspect" / "victim" / "stage.json"
     linked = tmp_path / "runs" / "realistic" / "badnet" / "k16-s1" / "victim" / "stage.json"
     assert os.path.samefile(suspect, linked)  # shared by hard link, not trained again
+
+
+def test_the_clean_model_is_shared_with_an_attack_run_in_another_invocation(tmp_path):
+    from realistic import share_clean
+
+    trained = tmp_path / "realistic" / "badnet" / "suspect" / "clean"
+    trained.mkdir(parents=True)
+    (trained / "stage.json").write_text('{"key": "k"}')
+    (trained / "weights").write_text("w")
+    insent = tmp_path / "realistic" / "insent" / "suspect"
+    insent.mkdir(parents=True)
+    share_clean(insent)
+    assert (insent / "clean" / "weights").read_text() == "w"
+    assert (insent / "clean" / "weights").stat().st_ino == (trained / "weights").stat().st_ino  # a link, no copy
+    unfinished = tmp_path / "realistic" / "synbkd" / "suspect"
+    (tmp_path / "realistic" / "badnet" / "suspect" / "clean" / "stage.json").unlink()
+    (insent / "clean" / "stage.json").unlink()
+    unfinished.mkdir(parents=True)
+    share_clean(unfinished)  # no finished clean model anywhere: nothing is shared
+    assert not (unfinished / "clean").exists()
