@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from w2sdefense.config import CleanJob, ExperimentConfig, ScanJob, apply_override, from_dict, read_yaml
+from w2sdefense.config import CleanJob, ExperimentConfig, ScanJob, build_job, read_yaml
 from w2sdefense.errors import UserError
 from w2sdefense.progress import quiet_libraries, silenced
 from w2sdefense.results import CleanReport, ScanReport
@@ -72,23 +72,9 @@ def run_config(config: str | Path | ExperimentConfig, settings: Iterable[str] = 
 
 def _job(cls, flags: Mapping[str, Any], settings: Iterable[str], data: dict | None = None):
     """A job from flags (None: unset) then dotted `settings`, as the command line builds it."""
-    data = dict(data or {})
-    for key, value in flags.items():
-        if value is not None:
-            _put(data, key.split("."), value)
     if isinstance(settings, str):
         raise UserError(f"settings is a list of dotted assignments, e.g. [{settings!r}]; got one text")
-    for assignment in settings:
-        apply_override(data, assignment)
-    if hasattr(cls, "normalise"):
-        data = cls.normalise(data)
-    return from_dict(cls, data)
-
-
-def _put(data: dict, keys: list[str], value: Any) -> None:
-    for key in keys[:-1]:
-        data = data.setdefault(key, {})
-    data[keys[-1]] = value
+    return build_job(cls, data or {}, flags, settings)
 
 
 def _text(path: str | Path | None) -> str | None:

@@ -26,8 +26,7 @@ from w2sdefense.config import (
     ScanJob,
     TeacherJob,
     TrainJob,
-    apply_override,
-    from_dict,
+    build_job,
     read_yaml,
 )
 from w2sdefense.errors import Interrupted, UserError
@@ -79,25 +78,7 @@ DataOpt = Annotated[Optional[str], typer.Option("--data", "-d", metavar="NAME|DI
 
 def _load(cls, config: Path | None, overrides: list[str] | None, **flags):
     """Build a job config: YAML file, then the command's flags, then --set overrides."""
-    data = read_yaml(config) if config else {}
-    for key, value in flags.items():
-        if value is not None:
-            _set(data, key, value)
-    for assignment in overrides or []:
-        apply_override(data, assignment)
-    if hasattr(cls, "normalise"):
-        data = cls.normalise(data)
-    return from_dict(cls, data)
-
-
-def _set(data: dict, dotted: str, value: str) -> None:
-    """Set a string value verbatim (no YAML parsing: a path like `1e3` stays a string)."""
-    *parents, last = dotted.split(".")
-    for part in parents:
-        if not isinstance(data.get(part), dict):
-            data[part] = {}  # absent, or an empty `section:` in the YAML
-        data = data[part]
-    data[last] = value
+    return build_job(cls, read_yaml(config) if config else {}, flags, overrides or [])
 
 
 @app.command()

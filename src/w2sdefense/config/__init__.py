@@ -7,7 +7,7 @@ ones, so a typo never silently falls back to a default.
 
 from w2sdefense.config.build import SEED_MAX, changed_settings, check_seed, from_dict, merge_dicts
 from w2sdefense.config.jobs import CleanJob, DefendJob, EvaluateJob, PoisonJob, ScanJob, TeacherJob, TrainJob
-from w2sdefense.config.loader import (MAX_YAML_VALUES, apply_override, dump_yaml, load_config, load_yaml_text,
+from w2sdefense.config.loader import (MAX_YAML_VALUES, apply_override, build_job, dump_yaml, load_config, load_yaml_text,
                                       merge_rows, read_yaml)
 from w2sdefense.config.schema import (DEFAULT_POISON_COUNT, AttackConfig, DataConfig, DefenderConfig, DefenseConfig,
                                       EvalConfig, ExperimentConfig, LoraConfig, PoisonConfig, RelearnConfig,
@@ -17,7 +17,7 @@ from w2sdefense.config.schema import (DEFAULT_POISON_COUNT, AttackConfig, DataCo
 __all__ = [
     "SEED_MAX", "changed_settings", "check_seed", "from_dict", "merge_dicts",
     "CleanJob", "DefendJob", "EvaluateJob", "PoisonJob", "ScanJob", "TeacherJob", "TrainJob",
-    "MAX_YAML_VALUES", "apply_override", "dump_yaml", "load_config", "load_yaml_text", "merge_rows", "read_yaml",
+    "MAX_YAML_VALUES", "apply_override", "build_job", "dump_yaml", "load_config", "load_yaml_text", "merge_rows", "read_yaml",
     "DEFAULT_POISON_COUNT", "AttackConfig", "DataConfig", "DefenderConfig", "DefenseConfig", "EvalConfig",
     "ExperimentConfig", "LoraConfig", "PoisonConfig", "RelearnConfig", "RuntimeConfig", "ScanConfig", "TeacherConfig", "TrainConfig", "VictimConfig",
     "check_choice", "check_finite", "check_positive", "to_dict",

@@ -3,6 +3,7 @@ and the YAML dump a run folder keeps."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -209,3 +210,26 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 def dump_yaml(config: Any) -> str:
     """YAML text of a config dataclass, keys in declaration order."""
     return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)
+
+
+def build_job(cls: type[T], data: dict, flags: Mapping[str, Any], overrides: Iterable[str] = ()) -> T:
+    """A command's job: its config file's `data`, then its flags (dotted keys; None: not given; values verbatim, no
+    YAML parsing, so a path like `1e3` stays a text), then dotted `overrides` (YAML values), as `--set` gives them."""
+    data = dict(data)
+    for key, value in flags.items():
+        if value is not None:
+            _set_verbatim(data, key, value)
+    for assignment in overrides:
+        apply_override(data, assignment)
+    if hasattr(cls, "normalise"):
+        data = cls.normalise(data)
+    return from_dict(cls, data)
+
+
+def _set_verbatim(data: dict, dotted: str, value: Any) -> None:
+    *parents, last = dotted.split(".")
+    for part in parents:
+        if not isinstance(data.get(part), dict):
+            data[part] = {}  # absent, or an empty `section:` in the YAML
+        data = data[part]
+    data[last] = value
