@@ -29,7 +29,9 @@ from w2sdefense.defenses.teacher import run_teacher
 from w2sdefense.eval.stage import evaluate_stage
 from w2sdefense.eval.probe import TriggerProbe, make_probe, probe_diagnostic, start_point, write_curves
 from w2sdefense.eval.report import write_report
+from w2sdefense.errors import UserError
 from w2sdefense.fileio import atomic_write_text, write_json
+from w2sdefense.models.shape import ConfigUnavailable, base_mismatch
 from w2sdefense.results import DefenseResult, EvaluationResult, Result, TrainingResult, stage_result
 from w2sdefense.rundir import (CLEAN_ROW, EVAL_FOLDERS, METRICS_FILE, MODEL_DIR, POISONED_ROW, TEACHER_ROW,
                               check_outside_inputs, claim_run_dir, log_to, prepare_run_dir, shipped_complete,
@@ -273,6 +275,7 @@ def run_experiment(cfg: ExperimentConfig, overwrite: bool = False, rt: Runtime |
     """Run every stage of `cfg` (re-using finished ones) and write report.json and report.md."""
     defenses = check_defenses(cfg.defenses)  # an unknown defense or setting fails before the first stage
     rt = rt or make_runtime(cfg.runtime)
+    check_bases(cfg.victim.model, defenses, rt.is_main)  # a base of another model fails before it too
     out = Path(cfg.output_dir)
     models = {"victim model": cfg.victim.model, "teacher model": cfg.teacher.model}
     check_outside_inputs(out, {**data_inputs(cfg.data, missing_ok=True), **models})
@@ -287,6 +290,27 @@ def run_experiment(cfg: ExperimentConfig, overwrite: bool = False, rt: Runtime |
             write_report(out, cfg.name, rows, to_dict(cfg))
         rt.accelerator.wait_for_everyone()
     return out
+
+
+def check_bases(victim: str, defenses: list[Resolved], say: bool = True) -> None:
+    """Every row's `base_model` (an adapter: the base it names) has the victim's family, width, depth and vocabulary,
+    read from configs before any stage, so a wrong base fails now, not when its stage comes up hours in. A hub
+    config that cannot be read here is said in one line (when `say`); that row's stage checks the weights it loads."""
+    for i, r in enumerate(defenses):
+        base = getattr(r.settings, "base_model", None)
+        if base is None:
+            continue
+        where = f"defenses.{i} ({r.cfg.row_name})"
+        try:
+            differs = base_mismatch(base, victim)
+        except ConfigUnavailable as exc:
+            if say:
+                log.warning("note: %s: %s, so its base_model %s is checked against the victim %s only when that "
+                            "stage loads them", where, exc, base, victim)
+            continue
+        if differs:
+            raise UserError(f"{where}: base_model {differs}; the victim is fine-tuned from victim.model ({victim}), "
+                            "so a reset needs that model or a copy of it")
 
 
 def _run_stages(exp: Experiment) -> list[dict]:

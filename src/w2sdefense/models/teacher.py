@@ -22,13 +22,12 @@ from w2sdefense.models.loading import (
     LOAD_ERRORS,
     TEACHER_FILE,
     Classifier,
-    adapter_base,
     fix_padding,
     limit_length,
     load_error_reason,
-    refuse_teacher,
     resolve_model_path,
 )
+from w2sdefense.models.shape import model_shape
 from w2sdefense.models.tiny import TINY_BUILDERS, build_tiny
 from w2sdefense.rundir import MODEL_DIR, unfinished
 from w2sdefense.runtime import Runtime
@@ -168,14 +167,10 @@ def load_teacher(path: str | Path, dtype: torch.dtype = torch.float32,
 
 def hidden_size_of(name: str) -> int:
     """The hidden size of a student given by name, folder, run folder, adapter or hub id."""
-    if name in TINY_BUILDERS:
-        return build_tiny(name, 2)[0].config.hidden_size
-    path = Path(resolve_model_path(name))
-    refuse_teacher(path, name)
-    if (path / "adapter_config.json").is_file():
-        return hidden_size_of(adapter_base(path))
-    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-    return config.get_text_config().hidden_size
+    hidden = model_shape(name).hidden_size
+    if hidden is None:
+        raise UserError(f"the config of {name} gives no hidden size: set teacher.feature_dim to the student's width")
+    return hidden
 
 
 def build_teacher(cfg: TeacherConfig, num_labels: int, feature_dim: int, rt: Runtime, seed: int) -> Classifier:
