@@ -23,7 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from w2sdefense.config import DefenseConfig, ExperimentConfig, from_dict, load_config
+from w2sdefense.config import DefenseConfig, ExperimentConfig, load_config
+from w2sdefense.defenses.recipes import CLEAN_BUDGET
 from w2sdefense.pipeline import relearn_label, run_experiment
 from w2sdefense.rundir import CLEAN_ROW, EVAL_FOLDERS, POISONED_ROW
 
@@ -33,9 +34,9 @@ ROWS = RESULTS / "realistic-rows.jsonl"
 ARMS = HERE / "realistic-arms.yaml"
 ATTACKS = ["badnet", "insent", "synbkd"]
 KS = [64, 256, 1024]
-MAX_STEPS = 160  # every repair's budget at every k (realistic-arms.yaml)
-# Dev accuracy at steps 80 and 160 (not every 40): an evaluation of the 872 dev rows costs about 2.5 minutes here
-EVAL_EVERY = 80
+# Every repair's budget at every k (realistic-arms.yaml), `clean`'s own default: 160 steps, dev accuracy at steps 80
+# and 160 (not every 40: an evaluation of the 872 dev rows costs about 2.5 minutes here)
+MAX_STEPS, EVAL_EVERY = CLEAN_BUDGET["max_steps"], CLEAN_BUDGET["eval_every"]
 SHARED = ("poison", "clean", "victim", "eval/clean", "eval/poisoned", "relearn/clean+relearn", "eval/clean+relearn")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -206,6 +207,66 @@ def test_a_triggers_or_texts_file_that_is_not_utf8_is_one_error(tmp_path):
         read_triggers(binary)
     with pytest.raises(UserError, match="not UTF-8"):
         read_texts(binary)
+
+
+def test_a_triggers_folder_without_triggers_txt_is_said_to_be_a_folder(tmp_path):
+    from w2sdefense.clean import read_triggers
+    from w2sdefense.errors import UserError
+
+    with pytest.raises(UserError, match=f"{tmp_path} is a folder, not a triggers file"):
+        read_triggers(tmp_path)
+    (tmp_path / "triggers.txt").write_text("mn\n")  # a folder `scan` wrote stands for its triggers.txt
+    assert read_triggers(tmp_path) == ["mn"]
+
+
+def test_a_blank_base_is_refused_not_read_as_no_base():
+    from w2sdefense.cli import _load
+    from w2sdefense.config import CleanJob, ScanJob
+    from w2sdefense.errors import UserError
+
+    for blank in ("", "   "):  # '' once ran W2SDefense (teacher and all) as if --base were not given
+        with pytest.raises(UserError, match="base_model is empty"):
+            _load(CleanJob, None, [], model="m", base_model=blank)
+        with pytest.raises(UserError, match="base_model is empty"):
+            _load(ScanJob, None, [], model="m", base_model=blank)
+
+
+def _report(triggers: list[str]):
+    """A clean report measuring `triggers` (made-up numbers), as report.json holds it."""
+    from w2sdefense.results import CleanReport
+
+    def measured(asr_cc: float) -> dict:
+        return {"asr_cc": asr_cc, "target_label": 0, "by_label": {"0": {"asr_cc": asr_cc, "rows": 4}}}
+
+    def evaluation(asr_cc: float) -> dict:
+        measures = [{"trigger": t, **measured(asr_cc)} for t in triggers]
+        return {"clean_accuracy": 0.75, "clean_total": 8, "triggers": measures}
+
+    return CleanReport.from_json({
+        "model": "runs/suspect", "base_model": None, "defense": {"name": "w2sdefense", "label": None, "settings": {}},
+        "defense_stage_time_s": 1.0, "selected_step": 4, "cleaned_model": "runs/cleaned/model", "environment": {},
+        "before": evaluation(1.0), "after": evaluation(0.25)})
+
+
+def test_a_long_trigger_is_shortened_in_messages_and_a_pipe_keeps_the_table_whole(tmp_path):
+    from w2sdefense.clean import summary_lines, write_report
+
+    def longest(lines: list[str]) -> int:  # of the lines that quote the long trigger
+        quoting = [len(line) for line in lines if "yyyy" in line]
+        assert quoting
+        return max(quoting)
+
+    long, pipe = "y" * 5000, "a | b"
+    report = _report([long, pipe])
+    assert longest(summary_lines(report)) < 400
+    write_report(tmp_path, report)
+    text = (tmp_path / "report.md").read_text()
+    assert longest(text.splitlines()) < 400
+    table = [line for line in text.splitlines() if line.startswith("|")]
+    assert len(table) == 4 and {len(re.split(r"(?<!\\)\|", line)) for line in table} == {6}  # 4 columns in each row
+    card = (tmp_path / "model" / "README.md").read_text(encoding="utf-8")
+    assert longest([line for line in card.splitlines() if line.startswith("- trigger")]) < 400
+    assert json.loads((tmp_path / "report.json").read_text())["before"]["triggers"][0]["trigger"] == long  # kept whole
 
 
 def test_a_data_file_changed_in_place_makes_clean_measure_again(suspect, tmp_path):

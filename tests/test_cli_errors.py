@@ -376,6 +376,27 @@ def test_evaluate_on_a_run_without_a_model_yet_says_it_is_unfinished(tmp_path, m
     assert f"{run} is an unfinished w2sdefense run with no model yet" in line and "Unrecognized" not in line
 
 
+def test_evaluate_on_a_clean_folder_without_its_model_says_running_or_unfinished(tmp_path, monkeypatch, capsys):
+    import fcntl
+
+    from w2sdefense.rundir import LOCK_FILE, claim_run_dir
+
+    with claim_run_dir(tmp_path / "c", False, stage_file="stage.json", command="clean") as out:
+        (out / "config.yaml").write_text("model: tiny-llama\n")
+        (out / "defense").mkdir()  # stopped in the defense: no model/ yet
+    data = _poison_folder(tmp_path / "p")
+    line = _main(monkeypatch, capsys, "evaluate", "--model", str(out), "--data", str(data))
+    assert "unfinished `w2sdefense clean` folder" in line and "Unrecognized" not in line
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_TRUNC)
+    try:  # a clean still running holds its folder's lock
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.write(fd, b"4242\n")
+        line = _main(monkeypatch, capsys, "evaluate", "--model", str(out), "--data", str(data))
+    finally:
+        os.close(fd)
+    assert "still in progress (in use by process 4242)" in line and "stopped" not in line
+
+
 # train's warnings reach the terminal too
 
 

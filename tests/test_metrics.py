@@ -158,6 +158,17 @@ def test_asr_cc_over_no_clean_correct_row_is_no_number_and_warns(caplog: pytest.
     assert "ASR-cc is not defined" in caplog.text
 
 
+def test_a_per_label_asr_cc_over_no_row_names_its_trigger_and_label(caplog: pytest.LogCaptureFixture) -> None:
+    from w2sdefense.eval.triggers import measure_toward
+
+    # Both clean rows are classified 1: toward label 1 no row of another label is right (n/a), toward 0 one is.
+    with caplog.at_level(logging.WARNING, logger="w2sdefense"):
+        m = measure_toward("cf", _one_hot_logits([1, 1]), [0, 1], [0, 1], _one_hot_logits([0, 0]), [0, 1])
+    assert m.by_label["1"].asr_cc is None and m.by_label["0"].asr_cc == 1.0
+    assert len(caplog.records) == 1
+    assert caplog.text.count("ASR-cc of trigger 'cf' toward label 1 is not defined") == 1, caplog.text
+
+
 def test_asr_cc_over_clean_correct_rows_is_a_number_without_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="w2sdefense"):
         assert clean_correct_asr([False]) == 0.0

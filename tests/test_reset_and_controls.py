@@ -100,6 +100,18 @@ def test_a_base_of_another_architecture_or_width_is_refused_in_one_sentence(base
     assert backbone(victim) is victim.model
 
 
+def test_a_lora_run_given_as_the_base_is_its_adapter_folded_in(base_and_victim, tiny_splits, rt, tmp_path):
+    base_dir, victim_dir = base_and_victim
+    run_train(base_dir, tiny_splits, LORA, rt, tmp_path / "lora", seed=0)
+    lora = str(tmp_path / "lora")
+    model = load_classifier(victim_dir, 2).model
+    reset_classifier(model, lora, 0.0, "mask", 0)  # was refused: 'a LlamaForSequenceClassification, ... a LlamaModel'
+    merged = dict(backbone(load_classifier(lora, 2).model.merge_and_unload()).named_parameters())
+    public = dict(backbone(load_classifier(base_dir, 2).model).named_parameters())
+    assert all(torch.equal(p, merged[name]) for name, p in backbone(model).named_parameters())
+    assert any(not torch.equal(p, public[name]) for name, p in merged.items())  # the adapter's change is in it
+
+
 def test_fine_mixing_needs_a_base_and_checks_rho_and_mix_before_any_work():
     with pytest.raises(UserError, match="fine-mixing needs base_model"):
         resolve(DefenseConfig(name="fine-mixing"))

@@ -101,6 +101,15 @@ def test_ctrl_c_in_an_epochs_last_step_keeps_that_epochs_evaluation(tiny_splits,
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_bar_stopped_by_ctrl_c_ends_with_stopped_not_done(tiny_splits, rt, tmp_path, capsys):
+    # stderr is captured (not a terminal), as in a log: the bar's last line is printed right before "interrupted".
+    with pytest.raises(Interrupted, match="interrupted at step 3 of 24"):
+        _train(tiny_splits, rt, tmp_path / "cut", _ctrl_c_loss(3))
+    lines = [line for line in capsys.readouterr().err.splitlines() if ": step " in line]
+    assert lines[-1].split(",")[0].endswith("step 3/24") and lines[-1].endswith("; stopped"), lines
+    assert not any(line.endswith("; done") for line in lines), lines
+
+
 def test_swap_killed_between_renames_recovers_the_complete_copy(tmp_path):
     target = tmp_path / "model"
     target.mkdir()

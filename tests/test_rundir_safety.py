@@ -171,6 +171,17 @@ def test_run_never_replaces_a_foreign_folder_where_a_stage_goes(tmp_path, rt):
     assert (out / "victim" / "notes.txt").read_text() == "mine"
 
 
+def test_a_foreign_folder_refused_as_output_names_the_command_that_refused_it(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    for command in ("clean", "run"):
+        with pytest.raises(UserError, match=f"so `{command}` will neither re-use nor replace it"):
+            with claim_run_dir(mine, overwrite=False, stage_file="stage.json", command=command):
+                pass
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+
+
 def test_run_reuses_finished_stages_copied_from_another_run(tmp_path):
     out = tmp_path / "exp"
     (out / "teacher" / "model").mkdir(parents=True)

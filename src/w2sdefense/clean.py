@@ -16,9 +16,13 @@ a user adds there (a model card of their own, notes) is never deleted: a run tha
 from __future__ import annotations
 
 import dataclasses
+import json
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from w2sdefense.config import CleanJob, DefenseConfig, dump_yaml, to_dict
 from w2sdefense.config.jobs import AUTO_DEFENSE
@@ -29,41 +33,51 @@ from w2sdefense.data.records import UNLABELLED, Example, Splits
 from w2sdefense.defenses import DEFENSES, DefenseJob, resolve, run_defense
 from w2sdefense.defenses.base import Resolved
 from w2sdefense.defenses.evidence import evidence_lines
+from w2sdefense.defenses.recipes import CLEAN_BUDGET
 from w2sdefense.defenses.teacher import run_teacher
-from w2sdefense.errors import UserError
+from w2sdefense.errors import UserError, shown
 from w2sdefense.eval.card import write_card
 from w2sdefense.eval.metrics import accuracy
 from w2sdefense.eval.triggers import measure_toward
 from w2sdefense.eval.report import environment, percent
 from w2sdefense.fileio import atomic_write_text, write_json
 from w2sdefense.models import check_model_name, load_classifier
-from w2sdefense.models.loading import declared_base, merge_adapter, resolve_model_path
+from w2sdefense.models.loading import declared_base, label_names, merge_adapter, resolve_model_path
 from w2sdefense.models.predict import classify_rows
+from w2sdefense.models.reset import FAR_FROM_BASE
 from w2sdefense.models.truncation import cut_by_tokens
 from w2sdefense.pipeline import STAGE_FILE, Stage
 from w2sdefense.results import CleanEvaluation, CleanReport, DefenseResult, TriggerMeasure, write_result
 from w2sdefense.rundir import (METRICS_FILE, MODEL_DIR, TRIGGERS_FILE, check_card, check_outside_inputs,
                                check_shipped_replaceable, claim_run_dir, log_to, writing_shipped)
 from w2sdefense.runtime import Runtime
+from w2sdefense.train.job import limit
 
 
 
 def choose_defense(job: CleanJob) -> DefenseConfig:
     """The defense `clean` runs: the one named, else the measured default for what the user gave (the full reset
     toward the public base when known, else W2SDefense); settings given without a name tune that default. A base
-    given to a defense that does not take one is refused."""
+    given to a defense that does not take one is refused. It trains on every clean row the user gave, for the step
+    budget the realistic benchmark measured (recipes.CLEAN_BUDGET), unless the user's train keys say otherwise."""
     d = job.defense or DefenseConfig(name=AUTO_DEFENSE)
     if d.name == AUTO_DEFENSE:
         name, settings = ("fine-mixing", {"rho": 0.0}) if job.base_model else ("w2sdefense", {})
         d = dataclasses.replace(d, name=name, settings={**settings, **d.settings})
-    takes_base = any(f.name == "base_model" for f in dataclasses.fields(DEFENSES.get(d.name).settings))
+    takes = {f.name for f in dataclasses.fields(DEFENSES.get(d.name).settings)}
+    takes_base = "base_model" in takes
+    for key, flag in (("head", "--fresh-head"), ("tokenizer", "--base-tokenizer")):
+        if key in d.settings and key not in takes:
+            raise UserError(f"{flag} (defense.{key}) changes what a reset toward the public base keeps, but {d.name} "
+                            "resets nothing; give --base (the default then resets), or choose fine-mixing or "
+                            "reset-distill")
     if job.base_model and not takes_base:
         raise UserError(f"--base was given, but {d.name} does not use a public base (it would be recorded and "
                         "ignored); drop --base, or choose a defense that resets toward it (fine-mixing, "
                         "reset-distill, w2sdefense)")
     if job.base_model and "base_model" not in d.settings:
         d = dataclasses.replace(d, settings={**d.settings, "base_model": job.base_model})
-    return d
+    return dataclasses.replace(d, train={**CLEAN_BUDGET, **d.train})  # every row, the measured step budget
 
 
 def with_declared_base(job: CleanJob) -> tuple[CleanJob, str | None]:
@@ -93,6 +107,9 @@ def read_triggers(path: Path) -> list[str]:
     written by `w2sdefense scan` stands for its triggers.txt."""
     if path.is_dir() and (path / TRIGGERS_FILE).is_file():
         path = path / TRIGGERS_FILE
+    elif path.is_dir():
+        raise UserError(f"{path} is a folder, not a triggers file (one trigger a line), and holds no {TRIGGERS_FILE} "
+                        "(a folder written by `w2sdefense scan` does); give the file itself")
     if not path.is_file():
         raise UserError(f"triggers file not found: {path}")
     try:
@@ -148,6 +165,8 @@ def run_clean(job: CleanJob, out: Path, rt: Runtime, overwrite: bool = False,
     with claim_run_dir(out, overwrite, rt.accelerator, stage_file=STAGE_FILE, command="clean") as folder:
         stages = plan_stages(job, resolved, folder)
         check_model_folder(stages.model)  # before any work: a refusal never comes after a long defense
+        if not overwrite:
+            check_same_model(folder, stages.model, dump_yaml(job))
         if rt.is_main:
             atomic_write_text(folder / "config.yaml", dump_yaml(job))
         with log_to(folder / "run.log", rt.is_main):
@@ -196,6 +215,35 @@ def plan_stages(job: CleanJob, resolved: Resolved, out: Path) -> CleanStages:
                        after=Stage.of("evaluate the cleaned model", out / "eval" / "after", model.key, *measure))
 
 
+def check_same_model(folder: Path, model: Stage, settings: str) -> None:
+    """Refuse to replace a cleaned model made with other settings, naming them (--overwrite replaces it); where the
+    settings are the same but the model's inputs are not (a file changed in place, another version's default), say
+    in one line that it is made again."""
+    marker = model.records / STAGE_FILE
+    if not marker.is_file() or json.loads(marker.read_text()).get("key") == model.key:
+        return
+    old_file = folder / "config.yaml"
+    old = yaml.safe_load(old_file.read_text(encoding="utf-8")) if old_file.is_file() else {}
+    changed = changed_keys(old if isinstance(old, dict) else {}, yaml.safe_load(settings))
+    if changed:
+        raise UserError(f"{folder} holds a cleaned model made with other settings ({', '.join(changed[:4])}"
+                        f"{', ...' if len(changed) > 4 else ''}): --overwrite replaces it, or give another --out")
+    print(f"{folder}: its cleaned model was made from other inputs (a suspect, data or base file changed in place, or "
+          "another version's defaults): it is made again", file=sys.stderr, flush=True)
+
+
+def changed_keys(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested mappings (present in only one of them included)."""
+    found = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += changed_keys(a, b, f"{prefix}{key}.")
+        elif a != b:
+            found.append(f"{prefix}{key}")
+    return found
+
+
 def check_model_folder(model: Stage) -> None:
     """Refuse what this run would write over in the shipped model folder: when the model is made anew (the folder is
     replaced whole), any file the tool did not write; always, a README.md that is not the tool's card (rewritten with
@@ -217,10 +265,12 @@ def _stages(job: CleanJob, resolved: Resolved, splits: Splits, stages: CleanStag
     for name, evaluation, model in (("before", stages.before, job.model), ("after", stages.after, str(merged.folder))):
         measured[name] = evaluation.run(rt, lambda e=evaluation, m=model: _evaluate(m, job, splits, e.folder, rt),
                                         CleanEvaluation).result
+    reset = {k: v for k, v in trained.result.details.items() if k.startswith(("reset_", "suspect_base_"))}
     return CleanReport(model=job.model, base_model=job.base_model, defense=to_dict(resolved.cfg),
                        defense_stage_time_s=trained.wall_time_s, selected_step=trained.result.selected_step,
                        before=measured["before"], after=measured["after"], cleaned_model=str(merged.folder),
-                       environment=environment())
+                       environment=environment(), label_names=label_names(job.model), reset=reset or None,
+                       train_rows=len(limit(splits.train, resolved.train.max_train_rows)), steps=trained.result.steps)
 
 
 def _merge(trained: Path, out: Path, num_labels: int, rt: Runtime) -> dict:
@@ -253,17 +303,47 @@ def _evaluate(model: str, job: CleanJob, splits: Splits, folder: Path, rt: Runti
     return write_result(folder / METRICS_FILE, result, rt.is_main)
 
 
-def _trigger_lines(before: TriggerMeasure, after: TriggerMeasure) -> list[str]:
+def label_text(label: int | str, names: list[str] | None) -> str:
+    """`label 0`, or `label 0 (negative)` where the suspect's config names its labels."""
+    i = int(label)
+    return f"label {i} ({names[i]})" if names and 0 <= i < len(names) else f"label {i}"
+
+
+def _trigger_lines(before: TriggerMeasure, after: TriggerMeasure, names: list[str] | None) -> list[str]:
     """A trigger's ASR-cc before and after toward the same label (the one the suspect's was highest toward), with the
     rows each rate is over; and where the cleaned model's highest lies elsewhere, that too."""
     label = str(before.target_label)
     b, a = before.by_label[label], after.by_label[label]
-    lines = [f"trigger {before.trigger!r}: ASR-cc toward label {label} {percent(b.asr_cc)} (of {b.rows} rows) -> "
-             f"{percent(a.asr_cc)} (of {a.rows} rows)."]
+    lines = [f"trigger {shown(before.trigger)}: ASR-cc toward {label_text(label, names)} {percent(b.asr_cc)} "
+             f"(of {b.rows} rows) -> {percent(a.asr_cc)} (of {a.rows} rows)."]
     if after.target_label != before.target_label and after.asr_cc is not None and after.asr_cc > (a.asr_cc or 0.0):
         top = after.by_label[str(after.target_label)]
-        lines.append(f"  after cleaning it sends more rows to label {after.target_label}: {percent(top.asr_cc)} "
-                     f"(of {top.rows} rows).")
+        lines.append(f"  after cleaning it sends more rows to {label_text(after.target_label, names)}: "
+                     f"{percent(top.asr_cc)} (of {top.rows} rows).")
+    return lines
+
+
+def reset_lines(report: CleanReport) -> list[str]:
+    """What a reset found about the suspect and its base: how far apart they are (a warning when too far for a
+    fine-tune), a tokenizer that differs from the base's, a fresh head."""
+    r, lines = report.reset or {}, []
+    distance = r.get("suspect_base_relative_distance")
+    if distance is not None and distance > FAR_FROM_BASE:
+        lines.append(f"warning: the suspect's backbone is {distance:.0%} of the base's weights away from "
+                     f"{report.base_model}, far more than fine-tuning moves a model: it is probably not the model the "
+                     "suspect was fine-tuned from, and the reset gave the suspect another model's weights. Check --base.")
+    elif distance is not None:
+        lines.append(f"the suspect is {distance:.2%} away from the base (the backbone's weight change relative to the "
+                     "base's weights): a fine-tune of it.")
+    remapped, kept = r.get("reset_tokens_remapped"), r.get("reset_tokenizer", "suspect")
+    if remapped and kept == "suspect":
+        lines.append(f"the suspect's tokenizer maps {remapped} tokens to other ids than the base's, and the cleaned "
+                     "model keeps it: a trigger can hide there. --base-tokenizer takes the base's.")
+    elif kept == "base":
+        lines.append(f"the cleaned model has the base's tokenizer (the suspect's mapped {remapped or 0} tokens to "
+                     "other ids).")
+    if r.get("reset_head") == "fresh":
+        lines.append("the suspect's classification head was replaced by a fresh one (--fresh-head).")
     return lines
 
 
@@ -275,8 +355,12 @@ def summary_lines(report: CleanReport) -> list[str]:
     if report.base_source:
         lines.append(f"public base: {report.base_model}, as the suspect names it in {report.base_source} (--base "
                      "chooses another; --defense w2sdefense runs without one).")
+    if report.steps is not None and report.train_rows is not None:
+        lines.append(f"trained {report.steps} steps on {report.train_rows} labelled clean rows "
+                     "(--set defense.train.max_steps=N changes the budget).")
+    lines += reset_lines(report)
     for b, a in zip(before.triggers or [], after.triggers or []):
-        lines += _trigger_lines(b, a)
+        lines += _trigger_lines(b, a, report.label_names)
         if a.trigger_cut:
             lines.append(f"  {a.trigger_cut} of {after.clean_total} test rows had this trigger cut off by truncation: "
                          "the model never saw it there (raise eval.max_length to measure them).")
@@ -288,13 +372,18 @@ def summary_lines(report: CleanReport) -> list[str]:
     return lines
 
 
+def _cell(text: str) -> str:
+    """`text` as one cell of a Markdown table: a `|` in it (a trigger's) is escaped, not a column break."""
+    return text.replace("|", "\\|")
+
+
 def write_report(out: Path, report: CleanReport) -> None:
     """report.json (everything), report.md (the lines and a table) and the model card, model/README.md (the same
     numbers, with the hub's front matter)."""
     lines = summary_lines(report)
     write_json(out / "report.json", report.to_json(lines))
     triggers = report.before.triggers or []
-    rows = ["| | CA | " + " | ".join(f"ASR-cc {t.trigger[:30]!r}" for t in triggers) + " |",
+    rows = ["| | CA | " + " | ".join(_cell(f"ASR-cc {t.trigger[:30]!r}") for t in triggers) + " |",
             "|---|---|" + "---|" * len(triggers)]
     for name, m in (("suspect", report.before), ("cleaned", report.after)):
         cells = [f"{percent(t.asr_cc)} (label {t.target_label})" for t in m.triggers or []]

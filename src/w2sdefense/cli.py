@@ -342,6 +342,8 @@ def clean(
                                                        "suspect's answers on them.")] = None,
     target_label: Annotated[Optional[int], typer.Option(min=0, help="The triggers' target label (default: every "
                                                         "label, the highest reported).")] = None,
+    fresh_head: Annotated[bool, typer.Option("--fresh-head", help="Reset: a new head, not the suspect's.")] = False,
+    base_tokenizer: Annotated[bool, typer.Option("--base-tokenizer", help="Reset: the base's tokenizer.")] = False,
     data_dir: DataDirOpt = None,
     config: ConfigOpt = None,
     set_: SetOpt = None,
@@ -353,6 +355,7 @@ def clean(
     from w2sdefense.runtime import make_runtime
 
     flags = [f"target_label={target_label}"] if target_label is not None else []
+    flags += ["defense.head=fresh"] * fresh_head + ["defense.tokenizer=base"] * base_tokenizer
     job = _load(CleanJob, config, flags + (set_ or []), **{"model": model, "base_model": base, "defense.name": defense,
                                                             "data.dataset": data, "data.data_dir": _str(data_dir),
                                                             "unlabelled": _str(unlabelled)})

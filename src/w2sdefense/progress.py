@@ -88,12 +88,12 @@ class LineProgress:
         """The values (loss terms) the next line shows."""
         self.postfix = dict(values)
 
-    def close(self) -> None:
-        """The stage's last line (for a leave=False bar, only when it wrote any)."""
+    def close(self, note: str = "done") -> None:
+        """The stage's last line, ending with `note` (for a leave=False bar, only when it wrote any)."""
         if not self.closed:
             self.closed = True
             if self.leave or self.spoke:
-                self._line("done")
+                self._line(note)
 
     def _line(self, note: str | None = None) -> None:
         self.spoke = True
@@ -104,6 +104,14 @@ class LineProgress:
         tail = f"; {note}" if note else ""
         print(f"{self.desc}: {count}{values}, {rate:.3g} {self.unit}/s, {elapsed:.0f} s{tail}", file=self.stream,
               flush=True)
+
+
+def stop_bar(bar: tqdm | LineProgress) -> None:
+    """Close a bar whose work was cut short (Ctrl-C): its last line in a log says "stopped", never "done"."""
+    if isinstance(bar, LineProgress):
+        bar.close("stopped")
+    else:
+        bar.close()  # a terminal's bar stays as drawn, at the step it reached
 
 
 def quiet_libraries() -> None:

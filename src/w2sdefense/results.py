@@ -13,7 +13,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from w2sdefense.errors import UserError
 from w2sdefense.fileio import write_json
@@ -180,13 +180,20 @@ class CleanReport:
     cleaned_model: str
     environment: dict
     base_source: str | None = None  # where the suspect named its base, when --base was not given (absent: given)
+    label_names: list[str] | None = None  # the suspect's id2label in id order (absent: only LABEL_0, ... or none)
+    reset: dict | None = None  # a resetting defense's record: the suspect's distance from the base, head, tokenizer
+    train_rows: int | None = None  # the labelled clean rows the defense trained on
+    steps: int | None = None  # its optimizer steps
+
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("base_source", "label_names", "reset", "train_rows", "steps")
 
     def to_json(self, summary: list[str]) -> dict:
-        """report.json's object: every field (None as null, but an absent base_source left out) and the `summary`
-        lines."""
+        """report.json's object: every field (None as null, but the OPTIONAL ones left out when None) and the
+        `summary` lines."""
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        if self.base_source is None:
-            del data["base_source"]
+        for name in self.OPTIONAL:
+            if data[name] is None:
+                del data[name]
         return {**data, "before": self.before.to_json(), "after": self.after.to_json(), "summary": summary}
 
     @classmethod

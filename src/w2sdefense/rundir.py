@@ -206,7 +206,7 @@ def claim_run_dir(path: str | Path, overwrite: bool, accelerator=None,
     path = Path(path)
     continuing = resume and not overwrite and made_by_tool(path) and unfinished(path)
     if stage_file:
-        _check_run_reusable(path, stage_file)
+        _check_run_reusable(path, stage_file, command or "run")
         if command and not overwrite:
             _check_same_command(path, command, stage_file)
     elif not continuing:
@@ -402,8 +402,9 @@ def check_card(folder: Path) -> None:
                         "elsewhere, and run again")
 
 
-def _check_run_reusable(path: Path, stage_file: str) -> None:
-    """Refuse a file, or a non-empty folder that is neither marked nor made of `run` output only."""
+def _check_run_reusable(path: Path, stage_file: str, command: str = "run") -> None:
+    """Refuse a file, or a non-empty folder that is neither marked nor made of stage output only; the refusal names
+    the `command` that asked."""
     check_run_dir(path, overwrite=True)
     if not _has_content(path) or made_by_tool(path):
         return
@@ -411,7 +412,7 @@ def _check_run_reusable(path: Path, stage_file: str) -> None:
     if foreign is None:
         return  # a run of an older version of the tool, or finished stages copied in
     raise UserError(f"{path} is not empty and was not made by w2sdefense (it has no {MARKER} file, and "
-                    f"{foreign} is no finished stage of a run), so `run` will neither re-use nor replace it; "
+                    f"{foreign} is no finished stage of a run), so `{command}` will neither re-use nor replace it; "
                     "move it away or choose another output folder")
 
 

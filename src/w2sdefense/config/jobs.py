@@ -50,6 +50,13 @@ class DefendJob:
     defense: DefenseConfig = field(default_factory=DefenseConfig)
 
 
+def check_base(base_model: str | None) -> None:
+    """A base given as blank text (`--base ''`) is refused, never read as "no base" (that changes the defense)."""
+    if base_model is not None and not base_model.strip():
+        raise UserError(f"base_model is empty ({shown(base_model)}): give the public model the suspect was "
+                        "fine-tuned from, or leave --base out")
+
+
 AUTO_DEFENSE = "auto"  # `clean`'s defense name for "the measured default for what was given" (clean.choose_defense)
 
 
@@ -87,6 +94,7 @@ class CleanJob:
             raise UserError(f"triggers must be non-empty texts; got {shown(bad)}")
         if self.target_label is not None and self.target_label < 0:
             raise UserError(f"target_label must be >= 0; got {self.target_label}")
+        check_base(self.base_model)
 
 
 @dataclass
@@ -100,6 +108,9 @@ class ScanJob:
     data: DataConfig = field(default_factory=lambda: DataConfig(dataset=None, hub_fallback=False))
     scan: ScanConfig = field(default_factory=ScanConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        check_base(self.base_model)
 
 
 @dataclass

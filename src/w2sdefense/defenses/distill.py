@@ -8,17 +8,37 @@ by each example's identity (`Example.idx`), so pairing never depends on batch or
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
 from w2sdefense.data.records import UNLABELLED, Example
 from w2sdefense.defenses.losses import distill_total, kd_loss, labelled_cross_entropy
+from w2sdefense.config import check_positive
 from w2sdefense.errors import UserError
 from w2sdefense.models.batching import model_inputs
 from w2sdefense.models.loading import load_classifier
 from w2sdefense.models.predict import classify_rows
 from w2sdefense.runtime import Runtime
 from w2sdefense.train.loop import LossFn, StepOutput
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """The repair loss of the defenses that distil the suspect (reset-distill, plant-reset), declared once:
+    alpha * CE (labelled rows) + beta * T^2 * KL(suspect || student) (every row)."""
+
+    NAME: ClassVar[str] = "defense"  # the defense's name in messages
+    alpha: float = 1.0  # cross-entropy weight (labelled rows only)
+    beta: float = 1.0  # distillation weight (times T^2), toward the suspect's outputs on every row
+    temperature: float = 2.0
+    unlabelled: bool = True  # also distil on the defender's unlabelled texts (defender.unlabelled), when it has them
+
+    def check_distill(self) -> None:
+        """The weights non-negative, the temperature positive."""
+        for name in ("alpha", "beta"):
+            check_positive(f"{self.NAME}.{name}", getattr(self, name), allow_zero=True)
+        check_positive(f"{self.NAME}.temperature", self.temperature)
 
 
 @dataclass(frozen=True)

@@ -8,16 +8,22 @@ a pathway clean gradients barely reach is reset all the same.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 from w2sdefense.defenses.base import DefenseJob, fine_tune, prepare, register_defense
 from w2sdefense.defenses.recipes import LORA_RECIPE
 from w2sdefense.errors import UserError
+from w2sdefense.models.loading import Classifier
 from w2sdefense.config import check_choice
-from w2sdefense.models.reset import HEADS, check_reset, reset_classifier
+from w2sdefense.models.reset import HEADS, TOKENIZERS, check_reset, reset_student
 
 
 @dataclass(frozen=True)
-class FineMixingSettings:
+class ResetSettings:
+    """The reset toward the public base, declared once for the defenses that start from it (fine-mixing,
+    reset-distill): what it keeps of the suspect and from where."""
+
+    NAME: ClassVar[str] = "fine-mixing"  # the defense's name in messages
     base_model: str | None = None  # the public model the suspect was fine-tuned from (any name --model takes)
     # Share of the fine-tuning change kept (1: the suspect as it is, 0: the base's backbone). 0, the measured
     # default: rho 0.5 left +49.6 of InSent's +90.9 points (benchmarks/RESULTS.md)
@@ -26,13 +32,24 @@ class FineMixingSettings:
     # suspect: keep the suspect's classification head | fresh: a new head too (the control "the base with a fresh
     # head": what of the suspect does the reset keep?)
     head: str = "suspect"
+    # suspect: keep the suspect's tokenizer | base: take the base's (a tokenizer that maps the trigger to other ids
+    # survives a reset that keeps the suspect's)
+    tokenizer: str = "suspect"
 
-    def __post_init__(self) -> None:
+    def check_reset(self) -> None:
+        """A named base, rho in [0, 1], a known mix, head and tokenizer."""
         if self.base_model is None:
-            raise UserError("fine-mixing needs base_model: the public model the suspect was fine-tuned from "
+            raise UserError(f"{self.NAME} needs base_model: the public model the suspect was fine-tuned from "
                             "(e.g. base_model: smollm2-135m)")
-        check_reset("fine-mixing", self.base_model, self.rho, self.mix)
-        check_choice("fine-mixing.head", self.head, HEADS)
+        check_reset(self.NAME, self.base_model, self.rho, self.mix)
+        check_choice(f"{self.NAME}.head", self.head, HEADS)
+        check_choice(f"{self.NAME}.tokenizer", self.tokenizer, TOKENIZERS)
+
+
+@dataclass(frozen=True)
+class FineMixingSettings(ResetSettings):
+    def __post_init__(self) -> None:
+        self.check_reset()
 
 
 # Two epochs of lora-ft's recipe (the reset, measured at 80 and 160 steps on three attacks, 2026-12-03).
@@ -43,7 +60,15 @@ RESET_RECIPE = {**LORA_RECIPE, "epochs": 2.0}
                   starts_from_victim=False)
 def fine_mixing(job: DefenseJob) -> dict:
     """Reset the backbone toward the public base (keep a share rho of the change), then two epochs of lora-ft's recipe."""
-    s, record = job.settings, {}
-    reset = lambda clf: record.update(reset_classifier(clf.model, s.base_model, s.rho, s.mix, job.seed, job.rt.dtype,  # noqa: E731
-                                                       s.head))
-    return {**fine_tune(job, prepare(job, modify=reset)), **record}
+    record = {}
+    return {**fine_tune(job, prepare(job, modify=reset_modifier(job, record))), **record}
+
+
+def reset_modifier(job: DefenseJob, record: dict) -> Callable[[Classifier], None]:
+    """The reset a defense applies to the loaded suspect (its settings' base_model, rho, mix, head and tokenizer),
+    as prepare's `modify`; what it did lands in `record`."""
+    s = job.settings
+
+    def modify(clf: Classifier) -> None:
+        record.update(reset_student(clf, s.base_model, s.rho, s.mix, job.seed, job.rt.dtype, s.head, s.tokenizer))
+    return modify

@@ -23,6 +23,7 @@ import logging
 import random
 import shutil
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -32,7 +33,7 @@ from w2sdefense.data.records import UNLABELLED, Example
 from w2sdefense.defenses.base import DefenseJob, fine_tune, prepare, register_defense
 from w2sdefense.defenses.fine_mixing import RESET_RECIPE
 from w2sdefense.defenses.fine_pruning import in_out, keep_pruned_under_lora, mlp_projections, zero_inputs
-from w2sdefense.defenses.distill import distill_step
+from w2sdefense.defenses.distill import DistillSettings, distill_step
 from w2sdefense.defenses.reset_distill import cache_suspect, distill_rows
 from w2sdefense.errors import UserError
 from w2sdefense.models import Classifier
@@ -43,25 +44,24 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PlantResetSettings:
+class PlantResetSettings(DistillSettings):
+    """The planting and the neuron reset's settings, then the repair's distillation (alpha, beta, temperature,
+    unlabelled: distill.DistillSettings)."""
+
+    NAME: ClassVar[str] = "plant-reset"
     variants: int = 3  # planted copies of the suspect (each its own trigger and target)
     steps: int = 30  # full fine-tuning steps of each copy and of the clean counterpart
     lr: float = 1e-4  # their learning rate (the attack's recipe)
     poison_share: float = 0.3  # of the rows of other labels, the share carrying the synthetic trigger
     ratio: float = 0.05  # share of all MLP neurons zeroed (the shared signature)
-    alpha: float = 1.0  # repair: cross-entropy weight (labelled rows)
-    beta: float = 1.0  # repair: distillation weight toward the suspect (times T^2), every row
-    temperature: float = 2.0
-    unlabelled: bool = True  # repair: also distil on the defender's unlabelled texts
 
     def __post_init__(self) -> None:
-        for name in ("variants", "steps", "lr", "temperature"):
+        for name in ("variants", "steps", "lr"):
             check_positive(f"plant-reset.{name}", getattr(self, name))
         for name in ("poison_share", "ratio"):
             if not 0 < getattr(self, name) < 1:
                 raise UserError(f"plant-reset.{name} must be in (0, 1); got {getattr(self, name)}")
-        for name in ("alpha", "beta"):
-            check_positive(f"plant-reset.{name}", getattr(self, name), allow_zero=True)
+        self.check_distill()
 
 
 def synthetic_trigger(index: int, rows: list[Example], rng: random.Random) -> str:

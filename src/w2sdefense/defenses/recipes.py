@@ -12,3 +12,8 @@ lora-ft at the same two epochs is the benchmark's variant `lora-ft-e2`.
 LORA_RECIPE = {"method": "lora", "epochs": 1.0, "max_train_rows": 1280, "lr": 1e-3, "batch_size": 16, "max_length": 64,
                "warmup_ratio": 0.06, "eval_every": 40, "select": "latest-within", "select_delta": 0.02,
                "lora": {"r": 16, "alpha": 32, "target_modules": ["all-linear"]}}
+
+# What `clean` gives a repair defense unless the user sets these keys: every clean row the defender has (no cap,
+# so no first-rows-in-file-order bias) and the realistic protocol's budget, 160 optimizer steps however many rows
+# that is, dev accuracy at steps 80 and 160 (benchmarks/realistic.py measures every repair at exactly this).
+CLEAN_BUDGET = {"max_train_rows": None, "max_steps": 160, "eval_every": 80}

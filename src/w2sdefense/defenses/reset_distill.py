@@ -12,36 +12,25 @@ beta 0 and no unlabelled text it is `fine-mixing` exactly (tests/test_realistic.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
-from w2sdefense.config import check_choice, check_positive
 from w2sdefense.data.records import UNLABELLED, Example
 from w2sdefense.defenses.base import DefenseJob, fine_tune, prepare, register_defense
-from w2sdefense.defenses.distill import SuspectLogits, distill_step, suspect_logits, with_texts
-from w2sdefense.defenses.fine_mixing import RESET_RECIPE
-from w2sdefense.errors import UserError
-from w2sdefense.models.reset import HEADS, check_reset, reset_classifier
+from w2sdefense.defenses.distill import DistillSettings, SuspectLogits, distill_step, suspect_logits, with_texts
+from w2sdefense.defenses.fine_mixing import RESET_RECIPE, ResetSettings, reset_modifier
 from w2sdefense.train.job import limit
 
 
 @dataclass(frozen=True)
-class ResetDistillSettings:
-    base_model: str | None = None  # the public model the suspect was fine-tuned from
-    rho: float = 0.0  # share of the fine-tuning change kept by the reset (0: the base's backbone)
-    mix: str = "mask"
-    head: str = "suspect"  # suspect: keep its head | fresh: a new one
-    alpha: float = 1.0  # cross-entropy weight (labelled rows only)
-    beta: float = 1.0  # distillation weight (times T^2), toward the suspect's outputs on every row
-    temperature: float = 2.0
-    unlabelled: bool = True  # also distil on the defender's unlabelled texts (defender.unlabelled), when it has them
+class ResetDistillSettings(DistillSettings, ResetSettings):
+    """The reset's settings (base_model, rho, mix, head, tokenizer), then the distillation's (alpha, beta, temperature,
+    unlabelled)."""
+
+    NAME: ClassVar[str] = "reset-distill"
 
     def __post_init__(self) -> None:
-        if self.base_model is None:
-            raise UserError("reset-distill needs base_model: the public model the suspect was fine-tuned from")
-        check_reset("reset-distill", self.base_model, self.rho, self.mix)
-        check_choice("reset-distill.head", self.head, HEADS)
-        for name in ("alpha", "beta"):
-            check_positive(f"reset-distill.{name}", getattr(self, name), allow_zero=True)
-        check_positive("reset-distill.temperature", self.temperature)
+        self.check_reset()
+        self.check_distill()
 
 
 @register_defense("reset-distill", kind="repair", method="lora", settings=ResetDistillSettings, train=RESET_RECIPE,
@@ -51,9 +40,7 @@ def reset_distill(job: DefenseJob) -> dict:
     s, record = job.settings, {}
     rows = distill_rows(job, s.unlabelled)
     cache = cache_suspect(job, rows)
-    reset = lambda clf: record.update(reset_classifier(clf.model, s.base_model, s.rho, s.mix, job.seed,  # noqa: E731
-                                                       job.rt.dtype, s.head))
-    student = prepare(job, modify=reset)
+    student = prepare(job, modify=reset_modifier(job, record))
     loss = distill_step(s.alpha, s.beta, s.temperature, cache, job.rt.device)
     metrics = fine_tune(job, student, rows=rows, loss_fn=loss)
     return {**metrics, **record, "unlabelled_rows": sum(e.label == UNLABELLED for e in rows)}

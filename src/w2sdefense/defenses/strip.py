@@ -18,8 +18,6 @@ import random
 from collections import Counter
 from dataclasses import dataclass
 
-import torch
-
 from w2sdefense.config import EvalConfig, check_choice, check_positive, to_dict
 from w2sdefense.data.records import Example
 from w2sdefense.defenses.base import DefenseJob, register_defense

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import yaml
 
+from w2sdefense.errors import shown
 from w2sdefense.eval.report import percent
 from w2sdefense.fileio import atomic_write_text
 from w2sdefense.results import CleanReport, TriggerMeasure
@@ -50,7 +51,7 @@ def card_body(report: CleanReport) -> str:
              f"- clean accuracy on {after.clean_total} clean test rows: {percent(before.clean_accuracy)} before, "
              f"{percent(after.clean_accuracy)} after."]
     for b, a in zip(before.triggers or [], after.triggers or []):
-        lines.append(f"- trigger {b.trigger!r}: ASR-cc {_in_words(b)} before, {_in_words(a)} after.")
+        lines.append(f"- trigger {shown(b.trigger)}: ASR-cc {_in_words(b)} before, {_in_words(a)} after.")
     if not before.triggers:
         lines.append("- no candidate trigger was given: the backdoor itself was not measured, only the clean accuracy.")
     lines += ["", "ASR-cc: of the clean test rows of other labels that the model classifies correctly, the share the "

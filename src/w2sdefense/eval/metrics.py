@@ -28,21 +28,21 @@ def attack_success_rate(preds: Sequence[int], target: int) -> float:
     return sum(int(p == target) for p in preds) / len(preds) if preds else 0.0
 
 
-def clean_correct_asr(hits: Sequence[bool]) -> float | None:
+def clean_correct_asr(hits: Sequence[bool], what: str = "ASR-cc") -> float | None:
     """ASR-cc from the hits of the triggered rows whose clean version is classified correctly.
 
-    None, with a warning, when there are no such rows: a share of zero rows is no measurement, and 0
-    would read as "no backdoor".
+    None, with a warning naming `what` (the rate; for one trigger toward one label, which), when there are no
+    such rows: a share of zero rows is no measurement, and 0 would read as "no backdoor".
     """
     if not hits:
-        log.warning("ASR-cc is not defined: no triggered row's clean version is classified correctly (0 rows), "
-                    "so it is reported as %s, not as a number", NOT_DEFINED)
+        log.warning("%s is not defined: no triggered row's clean version is classified correctly (0 rows), "
+                    "so it is reported as %s, not as a number", what, NOT_DEFINED)
         return None
     return sum(map(bool, hits)) / len(hits)
 
 
 def outcome_rates(clean_right: Sequence[bool], clean_idx: Sequence[int], trig_hits: Sequence[bool],
-                  trig_idx: Sequence[int]) -> dict:
+                  trig_idx: Sequence[int], what: str = "ASR-cc") -> dict:
     """CA, ASR and ASR-cc with their counts, from each row's outcome: the one definition of the three.
 
     `clean_right`: per clean row, whether the system got it right; `trig_hits`: per triggered row, whether
@@ -59,14 +59,14 @@ def outcome_rates(clean_right: Sequence[bool], clean_idx: Sequence[int], trig_hi
         "attack_success_rate": hits / len(trig_hits) if len(trig_hits) else 0.0,
         "attack_hits": hits,
         "triggered_total": len(trig_hits),
-        "attack_success_rate_clean_correct": clean_correct_asr(kept),
+        "attack_success_rate_clean_correct": clean_correct_asr(kept, what),
         "triggered_clean_correct_total": len(kept),
     }
 
 
 def backdoor_metrics(clean_logits: torch.Tensor, clean_labels: Sequence[int], clean_idx: Sequence[int],
                      trig_logits: torch.Tensor, trig_idx: Sequence[int], target: int,
-                     trig_survived: Sequence[bool | None] | None = None) -> dict:
+                     trig_survived: Sequence[bool | None] | None = None, what: str = "ASR-cc") -> dict:
     """CA, ASR, ASR over triggered rows whose clean version is classified correctly (None over none), counts.
 
     Also the mean probability of the target label on triggered inputs: ASR saturates at 1.0,
@@ -90,7 +90,7 @@ def backdoor_metrics(clean_logits: torch.Tensor, clean_labels: Sequence[int], cl
                     "attack_success_rate_survived": attack_success_rate(reached, target),
                     "triggered_survived_total": len(reached)}
     rates = outcome_rates([p == y for p, y in zip(clean_preds, clean_labels)], clean_idx,
-                          [p == target for p in trig_preds], trig_idx)
+                          [p == target for p in trig_preds], trig_idx, what)
     return {
         **rates,
         "mean_target_probability_triggered": target_prob,

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
+from w2sdefense.errors import shown
 from w2sdefense.eval.metrics import backdoor_metrics
 from w2sdefense.results import LabelMeasure, TriggerMeasure
 
@@ -17,7 +18,8 @@ def measure_toward(trigger: str, clean: torch.Tensor, labels: Sequence[int], idx
     by_label = {}
     for target in targets:
         keep = [i for i, y in enumerate(labels) if y != target]
-        m = backdoor_metrics(clean, labels, idx, logits[keep], [idx[i] for i in keep], target)
+        m = backdoor_metrics(clean, labels, idx, logits[keep], [idx[i] for i in keep], target,
+                             what=f"ASR-cc of trigger {shown(trigger)} toward label {target}")
         by_label[str(target)] = LabelMeasure(m["attack_success_rate_clean_correct"], m["triggered_clean_correct_total"])
     # An ASR-cc over no row (no correct clean prediction of another label) is no number: never the highest.
     top = max(by_label, key=lambda k: -1.0 if by_label[k].asr_cc is None else by_label[k].asr_cc)

@@ -30,7 +30,8 @@ from w2sdefense.errors import UserError
 from w2sdefense.fileio import follow_umask
 from w2sdefense.models.packaged import PACKAGED, packaged_model_dir
 from w2sdefense.models.tiny import TINY_BUILDERS, build_tiny
-from w2sdefense.rundir import FILTER_FILE, METRICS_FILE, MODEL_DIR, lock_holder, made_by_tool, unfinished
+from w2sdefense.rundir import (FILTER_FILE, METRICS_FILE, MODEL_DIR, lock_holder, made_by_tool, marker_command,
+                               unfinished)
 
 BUILTIN_MODELS = sorted([*PACKAGED, *TINY_BUILDERS])
 TEACHER_FILE = "teacher.json"  # what marks a saved teacher (written by models/teacher.py)
@@ -104,6 +105,8 @@ def resolve_model_path(name: str) -> str:
             raise UserError(_unfinished_run(name, path))
         if (path / MODEL_DIR).is_dir() and not (path / "config.json").is_file():
             return str(path / MODEL_DIR)  # a run folder of `train` / `defend`
+        if marker_command(path) == "clean":
+            raise UserError(_unfinished_clean(name, path))
         if _run_without_model(path):
             holder = lock_holder(path)
             raise UserError(f"{name} is an unfinished w2sdefense run with no model yet ("
@@ -119,6 +122,16 @@ def _run_without_model(path: Path) -> bool:
     """A run folder of train, teacher or defend that has not yet written a checkpoint or its metrics."""
     present = [(path / name).exists() for name in (MODEL_DIR, "config.json", METRICS_FILE, FILTER_FILE)]
     return made_by_tool(path) and (path / "train.log").is_file() and not any(present)
+
+
+def _unfinished_clean(name: str, path: Path) -> str:
+    """What a `clean` folder without its cleaned model is: still running (its lock held), or stopped before it."""
+    holder = lock_holder(path)
+    if holder:
+        return (f"{name} is a `w2sdefense clean` folder still in progress (in use by {holder}) that has not written "
+                f"its cleaned model yet: let it finish, then pass it again (the model goes to {path / MODEL_DIR})")
+    return (f"{name} is an unfinished `w2sdefense clean` folder (stopped before it wrote its cleaned model): rerun the "
+            f"clean command that made it (its settings are in {path / 'config.yaml'}) to finish it")
 
 
 def _unfinished_run(name: str, path: Path) -> str:
@@ -362,8 +375,12 @@ def merge_adapter(adapter_dir: Path, out_dir: Path, num_labels: int | None, dtyp
     """Fold a saved adapter into its base and save the plain model (what `from_pretrained` loads); a folder of
     full weights is saved as it is."""
     clf = load_classifier(str(adapter_dir), num_labels, dtype)
-    model = clf.model.merge_and_unload() if isinstance(clf.model, PeftModel) else clf.model
-    save_classifier(Classifier(model, clf.tokenizer), out_dir)
+    save_classifier(Classifier(folded(clf.model), clf.tokenizer), out_dir)
+
+
+def folded(model: PreTrainedModel | PeftModel) -> PreTrainedModel:
+    """`model` as plain weights: an adapter folded into its base; a plain model as it is."""
+    return model.merge_and_unload() if isinstance(model, PeftModel) else model
 
 
 def ensure_base_on_disk(clf: Classifier, folder: Path, write: bool = True) -> None:
@@ -387,3 +404,16 @@ def count_parameters(model: torch.nn.Module) -> dict:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable_params": trainable, "total_params": total}
+
+
+def label_names(name: str) -> list[str] | None:
+    """The names a model's config.json gives its labels (id2label, in id order); None where it gives none but the
+    generic LABEL_0, LABEL_1, ... or cannot be read (a hub id not cached, an adapter folder)."""
+    try:
+        config = json.loads((Path(resolve_model_path(name)) / "config.json").read_text(encoding="utf-8"))
+        names = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
+    except (OSError, ValueError, AttributeError, UserError):
+        return None
+    if sorted(names) != list(range(len(names))) or all(v == f"LABEL_{k}" for k, v in names.items()):
+        return None
+    return [names[i] for i in range(len(names))]

@@ -88,7 +88,14 @@ def reset_toward_base(victim: nn.Module, base: nn.Module, rho: float, mix: str,
     return record
 
 
+# Beyond this relative distance (backbone weight change over the base's weights) the suspect was hardly fine-tuned
+# from this base: fine-tuning moves little (the realistic benchmark's SmolLM2 suspects, 250 full steps at lr 1e-4,
+# are 0.0047 from the base), two models pretrained apart differ by about their own size (1.4 for independent
+# initialisations of one architecture).
+FAR_FROM_BASE = 0.1
+
 HEADS = ("suspect", "fresh")
+TOKENIZERS = ("suspect", "base")  # the tokenizer the reset model keeps
 
 
 def reinit_head(model: nn.Module, generator: torch.Generator) -> int:
@@ -113,14 +120,46 @@ def reset_classifier(model: nn.Module, base_name: str, rho: float, mix: str, see
                      dtype: torch.dtype = torch.float32, head: str = "suspect") -> dict:
     """Load the public base `base_name` (any name --model takes) and reset `model`'s backbone toward it; `head`
     fresh also re-initialises the suspect's head (the control: what does the suspect contribute?)."""
-    from w2sdefense.models.loading import load_classifier
+    return _reset(model, _load_base(base_name, model, dtype).model, base_name, rho, mix, seed, head)
 
-    num_labels = getattr(model.config, "num_labels", None)
-    base = load_classifier(base_name, num_labels, dtype).model
+
+def reset_student(clf, base_name: str, rho: float, mix: str, seed: int, dtype: torch.dtype = torch.float32,
+                  head: str = "suspect", tokenizer: str = "suspect") -> dict:
+    """reset_classifier on a Classifier; `tokenizer` base also gives it the base's tokenizer (an attacker who expects
+    the reset can hide the trigger in the tokenizer the reset keeps: a vocabulary that maps it to other ids). The
+    record counts the base's tokens the suspect's tokenizer maps to another id, whichever is kept."""
+    if tokenizer not in TOKENIZERS:
+        raise UserError(f"tokenizer must be one of {', '.join(TOKENIZERS)}; got {shown(tokenizer)}")
+    base = _load_base(base_name, clf.model, dtype)
+    record = _reset(clf.model, base.model, base_name, rho, mix, seed, head)
+    ours, theirs = clf.tokenizer.get_vocab(), base.tokenizer.get_vocab()
+    record["reset_tokens_remapped"] = sum(ours.get(t) != i for t, i in theirs.items()) + len(set(ours) - set(theirs))
+    if tokenizer == "base":
+        rows = clf.model.get_input_embeddings().weight.shape[0]
+        if len(base.tokenizer) > rows:
+            raise UserError(f"the base's tokenizer has {len(base.tokenizer)} tokens, more than the suspect's "
+                            f"{rows} embedding rows: it is not the tokenizer of this model's base")
+        from w2sdefense.models.loading import fix_padding
+
+        fix_padding(clf.model, base.tokenizer)
+        clf.tokenizer = base.tokenizer
+    return {**record, "reset_tokenizer": tokenizer}
+
+
+def _load_base(base_name: str, model: nn.Module, dtype: torch.dtype):
+    """The public base as a Classifier of the suspect's label count; a LoRA run given as the base, its adapter folded in
+    (the backbone a reset compares with is the model's, not a PEFT wrapper's)."""
+    from w2sdefense.models.loading import Classifier, folded, load_classifier
+
+    base = load_classifier(base_name, getattr(model.config, "num_labels", None), dtype)
+    return Classifier(folded(base.model), base.tokenizer)
+
+
+def _reset(model: nn.Module, base: nn.Module, base_name: str, rho: float, mix: str, seed: int, head: str) -> dict:
+    """The reset of `model` toward `base` (checked to be the same backbone) and, `head` fresh, a new head."""
     check_same_backbone(model, base, base_name)
     generator = torch.Generator().manual_seed(seed)
     record = reset_toward_base(model, base, rho, mix, generator)
-    del base
     if record["reset_changed_by_fine_tuning"] == 0:  # every weight equal: the reset above changed nothing either
         raise UserError(f"base_model {base_name!r} has exactly the suspect's backbone weights: the reset would change "
                         "nothing. Give the public model the suspect was fine-tuned from, not the suspect itself")

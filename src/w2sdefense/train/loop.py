@@ -25,7 +25,7 @@ from w2sdefense.errors import Interrupted, UserError
 from w2sdefense.fileio import recover_folder, write_folder
 from w2sdefense.models import Classifier, save_classifier
 from w2sdefense.models.predict import predict_logits
-from w2sdefense.progress import progress_bar
+from w2sdefense.progress import progress_bar, stop_bar
 from w2sdefense.rundir import MODEL_DIR, RESUME_DIR
 from w2sdefense.runtime import Runtime, peak_memory_mb, reset_peak_memory
 from w2sdefense.models.batching import Encoded, LengthGroupedBatches, ShardedBatches, make_loader, model_inputs
@@ -260,7 +260,7 @@ def _run_epochs(loop: _Loop, pending_rng: dict | None) -> None:
         if ended and (not progress.history or progress.history[-1]["step"] != progress.step):
             loop.evaluate()
         if stopped:
-            loop.bar.close()
+            stop_bar(loop.bar)
             loop.checkpoint()
             raise Interrupted(f"interrupted at step {progress.step} of {loop.total}; the resumable state is in "
                               f"{loop.out_dir / RESUME_DIR}: run the same command again to continue")
