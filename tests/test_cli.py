@@ -34,6 +34,14 @@ def test_run_tiny_experiment_writes_report_with_every_row(small_data, tmp_path):
     by_name = {row["model"]: row for row in report["rows"]}
     assert by_name["w2sdefense"]["trainable_params"] < by_name["full-ft"]["trainable_params"]
     assert "| w2sdefense |" in (out / "report.md").read_text()
+    # report.md says what the experiment was, and the rows each rate is over
+    poisoned = by_name["poisoned"]
+    assert report["summary"][0] == (
+        f"The experiment: badnet, trigger 'mn'; 60 of {sum(1 for _ in (out / 'poison' / 'train.jsonl').open())} "
+        f"training rows poisoned (clean-label) toward label 0; victim tiny-llama (full fine-tuning), teacher tiny-bert; "
+        f"{sum(1 for _ in (out / 'poison' / 'dev.jsonl').open())} dev and 96 test rows; seed 13.")
+    table = (out / "report.md").read_text()
+    assert "| n (CA) |" in table and f"| {poisoned['triggered_clean_correct_total']} |" in table
     assert report["environment"]["versions"]["torch"]
     poison_meta = json.loads((out / "poison" / "poison.json").read_text())
     assert poison_meta["counts"]["poisoned"] == 60

@@ -205,13 +205,25 @@ def test_an_asr_cc_over_zero_rows_is_reported_as_na_never_as_a_number():
     assert lines[0] == "The attack: ASR-cc n/a on the poisoned model (a clean model: 4.0%), CA 87.5%."
     assert lines[1] == "w2sdefense: residual backdoor n/a -> 3.0 points (n/a removed), CA +0.5 points."
     poisoned = [c.strip() for c in markdown_table(rows).splitlines()[3].strip("|").split("|")]
-    assert poisoned[:4] == ["poisoned", "87.50%", "n/a", "n/a"]
-    assert poisoned[4] == "–"  # ASR is absent from these rows: no value (–), which is not a rate over 0 rows
+    assert poisoned[:6] == ["poisoned", "87.50%", "–", "n/a", "–", "n/a"]  # model, CA, n, ASR-cc, n, residual
+    assert poisoned[6] == "–"  # ASR is absent from these rows: no value (–), which is not a rate over 0 rows
     # An undefined floor leaves every residual undefined.
     floorless = add_residuals([_row("clean model", 0.5, None), _row("poisoned", 0.9, 0.9)])
     assert [r["residual_backdoor"] for r in floorless] == [None, None]
     assert plain_summary(floorless) == [
         "The attack: ASR-cc 90.0% on the poisoned model (a clean model: n/a), CA 90.0%."]
+
+
+def test_the_summary_never_says_more_was_removed_than_there_was():
+    rows = add_residuals([_row("clean model", 0.88, 0.20), _row("poisoned", 0.875, 0.236),
+                          _row("reset", 0.88, 0.038), _row("lora-ft", 0.87, 0.22)])
+    lines = plain_summary(rows)
+    # 3.6 points above the floor, and the reset ends 16.2 below it: all 3.6 removed, not 19.8
+    assert lines[1] == "reset: residual backdoor 3.6 -> -16.2 points (all 3.6 removed), CA +0.5 points."
+    assert lines[2] == "lora-ft: residual backdoor 3.6 -> 2.0 points (1.6 removed), CA -0.5 points."
+    below = plain_summary(add_residuals([_row("clean model", 0.88, 0.20), _row("poisoned", 0.875, 0.15),
+                                         _row("reset", 0.88, 0.10)]))
+    assert below[1] == "reset: residual backdoor -5.0 -> -10.0 points (no backdoor above the floor to remove), CA +0.5 points."
 
 
 def test_curves_leave_a_gap_where_the_probes_asr_cc_is_over_zero_rows(tmp_path):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from w2sdefense.attacks.poison import poison_dataset
+from w2sdefense.attacks.base import get_attack
 from w2sdefense.data.poisoned import load_poison_folder, relearn_rows, target_label
 from w2sdefense.config import ExperimentConfig, changed_settings, dump_yaml, to_dict
 from w2sdefense.data.datasets import data_inputs, load_splits
@@ -287,9 +288,21 @@ def run_experiment(cfg: ExperimentConfig, overwrite: bool = False, rt: Runtime |
         with log_to(out / "run.log", rt.is_main):
             rows = _run_stages(exp)
         if rt.is_main:
-            write_report(out, cfg.name, rows, to_dict(cfg))
+            write_report(out, cfg.name, rows, to_dict(cfg), describe_experiment(cfg, exp.poison().folder))
         rt.accelerator.wait_for_everyone()
     return out
+
+
+def describe_experiment(cfg: ExperimentConfig, poison_folder: Path) -> str:
+    """What the experiment was, in one line for the report: the attack and its trigger, how many training rows it
+    poisoned toward which label, the models, the data's sizes and the seed."""
+    counts = json.loads((poison_folder / "poison.json").read_text(encoding="utf-8")).get("counts", {})
+    sizes = {split: sum(n.values()) for split, n in counts.get("label_distribution", {}).items()}
+    p = cfg.poison
+    return (f"The experiment: {get_attack(cfg.attack).describe()}; {counts.get('poisoned', '?')} of "
+            f"{sizes.get('train', '?')} training rows poisoned ({p.mode}) toward label {counts.get('target_label', '?')}; "
+            f"victim {cfg.victim.model} ({cfg.victim.train.method} fine-tuning), teacher {cfg.teacher.model}; "
+            f"{sizes.get('dev', '?')} dev and {sizes.get('test', '?')} test rows; seed {cfg.seed}.")
 
 
 def check_bases(victim: str, defenses: list[Resolved], say: bool = True) -> None:

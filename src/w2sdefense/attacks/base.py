@@ -47,6 +47,10 @@ class Attack(ABC):
         """Files the attack read so far (split -> path), for provenance hashes."""
         return {}
 
+    def describe(self) -> str:
+        """The attack in words, for reports: its name (an inserting attack adds its triggers)."""
+        return self.name
+
 
 ATTACKS: Registry[type[Attack]] = Registry("attack", "attack.name")
 
@@ -163,6 +167,10 @@ class InsertionAttack(Attack):
             raise UserError(f"attack.triggers must be non-empty strings; got {shown(bad)}")
         # Single spaces inside a sentence trigger, so it reads back token for token.
         self.triggers = [" ".join(t.split()) for t in triggers]
+
+    def describe(self) -> str:
+        """The attack and its trigger(s), e.g. `badnet, trigger 'mn'`."""
+        return f"{self.name}, trigger{'s' if len(self.triggers) > 1 else ''} " + ", ".join(map(repr, self.triggers))
 
     def apply(self, example: Example, split: str, rng: random.Random) -> str | None:
         """The clean text with the trigger(s) inserted; every row has a triggered version."""

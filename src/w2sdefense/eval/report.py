@@ -16,7 +16,9 @@ from w2sdefense.rundir import CLEAN_ROW, POISONED_ROW, TEACHER_ROW
 COLUMNS = [
     ("model", "model", "{}"),
     ("clean_accuracy", "CA", "{:.2%}"),
+    ("clean_total", "n (CA)", "{}"),
     ("attack_success_rate_clean_correct", "ASR-cc", "{:.2%}"),
+    ("triggered_clean_correct_total", "n (ASR-cc)", "{}"),
     ("residual_backdoor", "residual backdoor (pts)", "{:+.1f}"),
     ("attack_success_rate", "ASR", "{:.2%}"),
     ("attack_success_rate_survived", "ASR (trigger kept)", "{:.2%}"),
@@ -88,10 +90,8 @@ def plain_summary(rows: list[dict]) -> list[str]:
         ca = 100 * (r["clean_accuracy"] - poisoned["clean_accuracy"])
         if floor_known:
             before, after = poisoned["residual_backdoor"], r["residual_backdoor"]
-            removed = None if before is None or after is None else before - after
             lines.append(f"{r['model']}: residual backdoor {rate_or_na(before, '{:.1f}')} -> "
-                         f"{rate_or_na(after, '{:.1f}')} points ({rate_or_na(removed, '{:.1f}')} removed), "
-                         f"CA {ca:+.1f} points.")
+                         f"{rate_or_na(after, '{:.1f}')} points ({removed_text(before, after)}), CA {ca:+.1f} points.")
         else:
             asr_cc = rate_or_na(r["attack_success_rate_clean_correct"])
             lines.append(f"{r['model']}: ASR-cc {asr_cc}, CA {ca:+.1f} points "
@@ -100,6 +100,18 @@ def plain_summary(rows: list[dict]) -> list[str]:
             lines[-1] = (lines[-1][:-1] + f"; it rejects {r['false_rejection_rate']:.1%} of clean inputs and "
                          f"{r['detection_rate']:.1%} of triggered ones.")
     return lines
+
+
+def removed_text(before: float | None, after: float | None) -> str:
+    """How much of the backdoor a defense removed, in points: at most what there was (a model that ends below the
+    floor removed all of it, not more)."""
+    if before is None or after is None:
+        return "n/a removed"
+    if before <= 0:
+        return "no backdoor above the floor to remove"
+    if after <= 0:
+        return f"all {before:.1f} removed"
+    return f"{before - after:.1f} removed"
 
 
 def _cell(row: dict, key: str, fmt: str) -> str:
@@ -117,10 +129,10 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join([header, rule, *body])
 
 
-def write_report(out_dir: Path, name: str, rows: list[dict], config: dict) -> dict:
-    """Write report.json and report.md; return the report."""
+def write_report(out_dir: Path, name: str, rows: list[dict], config: dict, experiment: str | None = None) -> dict:
+    """Write report.json and report.md (`experiment`: what was run, in one line, said first); return the report."""
     rows = add_residuals(rows)
-    summary = plain_summary(rows)
+    summary = ([experiment] if experiment else []) + plain_summary(rows)
     report = {"name": name, "summary": summary, "rows": rows, "config": config, "environment": environment()}
     write_json(out_dir / "report.json", report)
     env = report["environment"]
@@ -130,7 +142,8 @@ def write_report(out_dir: Path, name: str, rows: list[dict], config: dict) -> di
         "whose clean version the model classifies correctly that it classifies as the target label "
         "(a flip the trigger caused, not an error it already made). Residual backdoor: ASR-cc minus "
         "the clean model's ASR-cc, in points (0 = no more backdoor than a model that never saw the "
-        f"trigger). {NOT_DEFINED}: a share over zero rows (no triggered input's clean version classified correctly), "
+        "trigger). n: the rows a rate is over (for CA the clean test rows, for ASR-cc the triggered rows whose clean "
+        f"version the model gets right). {NOT_DEFINED}: a share over zero rows (no triggered input's clean version classified correctly), "
         "which is no number. ASR: the same share over all triggered rows. ASR (trigger kept): the same share over the "
         "triggered rows whose trigger lies within eval.max_length tokens; triggers cut: the rows whose trigger "
         "the tokenizer cut off (none for paraphrase attacks, whose trigger has no position). Stage time: "
