@@ -361,9 +361,12 @@ def test_a_users_file_in_the_model_folder_survives_overwrite_and_another_base(su
     line = error_line(w2s(*args, "--base", "tiny-llama", check=False))
     assert f"{card} is not the model card w2sdefense wrote" in line
     assert "# My classifier" in card.read_text(encoding="utf-8")
-    # With only what the tool wrote left there, the other base makes the model anew, and its card.
+    # With only what the tool wrote left there, another base is a changed setting: refused, naming it, and with
+    # --overwrite the model is made anew, and its card.
     card.write_text(ours, encoding="utf-8")
-    proc = w2s(*args, "--base", str(other))
+    line = error_line(w2s(*args, "--base", str(other), check=False))
+    assert "made with other settings (base_model)" in line and "--overwrite" in line
+    proc = w2s(*args, "--base", str(other), "--overwrite")
     assert "==> model" in proc.stdout and json.loads((out / "report.json").read_text())["base_model"] == str(other)
     meta = _card_matches_the_report(out)
     assert "base_model" not in meta and meta["w2sdefense"]["base"] == str(other)  # a local folder is no hub id

@@ -1,7 +1,8 @@
 """The architecture in the folder tree: imports flow one way, from the base modules up to the CLI.
 
-    base (errors, fileio, config, registry, runtime, rundir, progress, results) -> data -> models -> train, eval, attacks
-    -> defenses -> pipeline -> clean, scan -> cli, api
+    base (errors, fileio, config, registry, runtime, rundir, progress, results, stages) -> data -> models -> train, eval,
+    attacks
+    -> defenses -> pipeline, clean, scan (the workflows: none imports another) -> cli, api
 
 A module may import from its own package or from a lower layer, never from a higher one or a sibling
 of its layer (train and eval do not know each other). Imports inside functions count too.
@@ -14,8 +15,8 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "w2sdefense"
 LAYERS = [
-    {"errors"}, {"fileio"}, {"config", "registry"}, {"runtime", "rundir", "progress"}, {"results"},
-    {"data"}, {"models"}, {"train", "eval", "attacks"}, {"defenses"}, {"pipeline"}, {"clean", "scan"}, {"cli", "api"},
+    {"errors"}, {"fileio"}, {"config", "registry"}, {"runtime", "rundir", "progress"}, {"results"}, {"stages"},
+    {"data"}, {"models"}, {"train", "eval", "attacks"}, {"defenses"}, {"pipeline", "clean", "scan"}, {"cli", "api"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

@@ -46,7 +46,7 @@ from w2sdefense.models.loading import declared_base, label_names, merge_adapter,
 from w2sdefense.models.predict import classify_rows
 from w2sdefense.models.reset import FAR_FROM_BASE
 from w2sdefense.models.truncation import cut_by_tokens
-from w2sdefense.pipeline import STAGE_FILE, Stage
+from w2sdefense.stages import STAGE_FILE, Stage
 from w2sdefense.results import CleanEvaluation, CleanReport, DefenseResult, TriggerMeasure, write_result
 from w2sdefense.rundir import (METRICS_FILE, MODEL_DIR, TRIGGERS_FILE, check_card, check_outside_inputs,
                                check_shipped_replaceable, claim_run_dir, log_to, writing_shipped)

@@ -1,26 +1,20 @@
 """`w2sdefense run`: poison -> victim -> (clean model) -> teacher -> defenses -> evaluation -> report.
 
-Each stage writes into its own folder and, last, a `stage.json` holding a hash of everything it
-depends on (a shipped folder's, `clean`'s model/, beside it: rundir.shipped_records). A rerun re-uses
-every finished stage whose inputs did not change and redoes the rest.
+Each stage writes into its own folder (w2sdefense.stages): a rerun re-uses every finished stage whose inputs did
+not change and redoes the rest.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from w2sdefense.attacks.poison import poison_dataset
 from w2sdefense.attacks.base import get_attack
 from w2sdefense.data.poisoned import load_poison_folder, relearn_rows, target_label
-from w2sdefense.config import ExperimentConfig, changed_settings, dump_yaml, to_dict
+from w2sdefense.config import ExperimentConfig, dump_yaml, to_dict
 from w2sdefense.data.datasets import data_inputs, load_splits
 from w2sdefense.data.defender import defender_splits
 from w2sdefense.data.records import Splits
@@ -31,91 +25,16 @@ from w2sdefense.eval.stage import evaluate_stage
 from w2sdefense.eval.probe import TriggerProbe, make_probe, probe_diagnostic, start_point, write_curves
 from w2sdefense.eval.report import write_report
 from w2sdefense.errors import UserError
-from w2sdefense.fileio import atomic_write_text, write_json
+from w2sdefense.fileio import atomic_write_text
 from w2sdefense.models.shape import ConfigUnavailable, base_mismatch
-from w2sdefense.results import DefenseResult, EvaluationResult, Result, TrainingResult, stage_result
+from w2sdefense.results import DefenseResult, EvaluationResult, TrainingResult, stage_result
 from w2sdefense.rundir import (CLEAN_ROW, EVAL_FOLDERS, METRICS_FILE, MODEL_DIR, POISONED_ROW, TEACHER_ROW,
-                              check_outside_inputs, claim_run_dir, log_to, prepare_run_dir, shipped_complete,
-                              shipped_records, unfinished)
+                              check_outside_inputs, claim_run_dir, log_to)
 from w2sdefense.runtime import Runtime, make_runtime
+from w2sdefense.stages import STAGE_FILE, Ran, Stage
 from w2sdefense.train.job import run_train
 
 log = logging.getLogger(__name__)
-STAGE_FILE = "stage.json"
-STARTED_FILE = "stage.started.json"  # the key of the stage under way (a resumable state continues only it)
-
-
-@dataclass(frozen=True)
-class Stage:
-    """A folder of the experiment and the hash of the inputs that produced it."""
-
-    name: str
-    folder: Path
-    key: str
-    # A folder shipped as it is (`clean`'s model/): no bookkeeping inside it, its records beside it; never emptied,
-    # its work writes it through rundir.writing_shipped, which replaces it whole and records what it wrote.
-    shipped: bool = False
-
-    @classmethod
-    def of(cls, name: str, folder: Path, *inputs: object, shipped: bool = False) -> Stage:
-        """A stage keyed by the JSON of its inputs (configs by their non-default settings, upstream keys)."""
-        inputs = tuple(changed_settings(i) if dataclasses.is_dataclass(i) else i for i in inputs)
-        blob = json.dumps(inputs, sort_keys=True, default=str).encode()
-        return cls(name, folder, hashlib.sha256(blob).hexdigest()[:16], shipped)
-
-    @property
-    def records(self) -> Path:
-        """The folder of stage.json and stage.started.json: the stage's own, or beside it when shipped."""
-        return shipped_records(self.folder) if self.shipped else self.folder
-
-    def finished(self) -> bool:
-        """True when this stage already ran with the same inputs (and a shipped folder still holds what it wrote)."""
-        marker = self.records / STAGE_FILE
-        done = marker.is_file() and json.loads(marker.read_text()).get("key") == self.key
-        return done and (not self.shipped or shipped_complete(self.folder))
-
-    def run(self, rt: Runtime, work: Callable[[], Any], kind: type[Result] | None = None) -> Ran:
-        """Run `work` unless finished; return what the stage left. `kind`: the result type its metrics.json is
-        read back as when re-used (None: a stage that keeps a record of its own, read as plain data)."""
-        if self.finished():
-            log.info("stage %s: re-using %s", self.name, self.folder)
-            recorded = json.loads((self.records / STAGE_FILE).read_text())
-            result = self._recorded(kind)
-            on_disk = result.to_json() if kind is not None else result
-            # Stages written before stage timing existed fall back to their training time.
-            return Ran(result, recorded.get("wall_time_s", on_disk.get("wall_time_s")))
-        started = self.records / STARTED_FILE
-        resuming = unfinished(self.folder) and started.is_file() and json.loads(started.read_text())["key"] == self.key
-        if rt.is_main:
-            print(f"==> {self.name}" + (" (continuing where it was stopped)" if resuming else ""), flush=True)
-        if not resuming:
-            if not self.shipped:  # a shipped folder is replaced whole by its work, never emptied here
-                prepare_run_dir(self.folder, overwrite=True, accelerator=rt.accelerator)  # a stale stage is redone
-            if rt.is_main:
-                write_json(started, {"name": self.name, "key": self.key})
-        start = time.perf_counter()
-        metrics = work()
-        wall = time.perf_counter() - start  # the whole stage: loading, caching, training, saving
-        if rt.is_main:
-            write_json(self.records / STAGE_FILE, {"name": self.name, "key": self.key, "wall_time_s": wall})
-        rt.accelerator.wait_for_everyone()
-        return Ran(metrics, wall)
-
-    def _recorded(self, kind: type[Result] | None) -> Any:
-        """The finished stage's record: its metrics.json as `kind` (empty when it wrote none)."""
-        if kind is not None:
-            return stage_result(kind, self.folder) or kind()
-        metrics_file = self.folder / METRICS_FILE
-        return json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-
-
-@dataclass(frozen=True)
-class Ran:
-    """What a stage left: its result (typed, or the plain record of a stage that keeps its own) and its one wall
-    time, the whole stage's (loading, caching, training, saving; recorded in stage.json)."""
-
-    result: Any
-    wall_time_s: float | None
 
 
 def _row(name: str, evaluation: Ran, training: Ran) -> dict:
