@@ -17,7 +17,8 @@ preset's rows (`--variants V --pick L --seeds 43 44` adds seeds to a variant run
 
 Writes `benchmarks/results/<attack>.json` (every row, the config, versions, machine, date),
 `benchmarks/results/summary.json` (one value per seed), the main and variant tables in
-`benchmarks/RESULTS.md` and the README, `results/chart.png` (means with error bars) and the
+`benchmarks/RESULTS.md`, the README's generated blocks (headline, main table, comparison),
+`results/chart.png` (means with error bars) and the
 per-step curves of each attack's first-seed W2SDefense and lora-ft runs.
 """
 
@@ -485,16 +486,10 @@ def chart(summ: dict, path: Path) -> None:
 
 
 def write_results_md(results: dict[str, dict], summ: dict) -> None:
-    """Replace the real-model sections of RESULTS.md and of the README with the new tables."""
+    """Replace the real-model sections of RESULTS.md and the README's generated blocks with the new tables."""
     from results_md import README, update_section
 
-    env = next(iter(results.values()))["environment"]
-    dates = ", ".join(sorted({r["environment"]["date"][:10] for r in results.values()}))
-    provenance = (f"Measured {dates} on {env['platform']}, {env['cpu_threads']} torch threads, torch "
-                  f"{env['versions']['torch']}, transformers {env['versions']['transformers']}, peft "
-                  f"{env['versions']['peft']}, by `python benchmarks/real.py`. CA on the 1821 clean test rows; "
-                  "ASR-cc on the triggered positives whose clean version the model gets right; residual = "
-                  "ASR-cc minus the clean model's; mean ± sd over defense seeds (n), one shared victim per attack")
+    provenance = provenance_line(results)
     table = main_table(summ)
     update_section("real", f"{table}\n\n![CA and ASR-cc per attack](results/chart.png)\n\n{provenance} "
                            "(per-attack JSON and `summary.json` in `results/`).")
@@ -513,10 +508,85 @@ def write_results_md(results: dict[str, dict], summ: dict) -> None:
             "The main rows (mean ± sd over defense seeds):", main_table(summary(earlier)),
             "Every defense family (the preset's seed):", comparison_table(earlier),
             "Every first-seed row, variants and comparison families included:", variant_table(earlier)]))
-    update_section("real", f"{table}\n\n![CA and ASR-cc per attack](benchmarks/results/chart.png)\n\n{provenance}; "
-                           "the CPU scaling of each run is stated in `configs/sst2-<attack>.yaml`.", path=README)
-    update_section("comparison", f"{comparison_table(results)}\n\n![residual and CA per defense]"
-                                 "(benchmarks/results/comparison.png)", path=README)
+    for name, body in readme_blocks(results, summ).items():
+        update_section(name, body, path=README)
+
+
+def _dates(results: dict[str, dict]) -> str:
+    """The days the results were measured on."""
+    return ", ".join(sorted({r["environment"]["date"][:10] for r in results.values()}))
+
+
+def provenance_line(results: dict[str, dict]) -> str:
+    """Where and when the results were measured, and how to read the tables' columns."""
+    env = next(iter(results.values()))["environment"]
+    return (f"Measured {_dates(results)} on {env['platform']}, {env['cpu_threads']} torch threads, torch "
+            f"{env['versions']['torch']}, transformers {env['versions']['transformers']}, peft "
+            f"{env['versions']['peft']}, by `python benchmarks/real.py`. CA on the 1821 clean test rows; "
+            "ASR-cc on the triggered positives whose clean version the model gets right; residual = "
+            "ASR-cc minus the clean model's; mean ± sd over defense seeds (n), one shared victim per attack")
+
+
+def readme_blocks(results: dict[str, dict], summ: dict) -> dict[str, str]:
+    """The body of each generated block of the README, by marker name (tests/test_readme_numbers.py checks the
+    README against these)."""
+    return {
+        "headline": headline_table(results, summ),
+        "real": f"{main_table(summ)}\n\n![CA and ASR-cc per attack](benchmarks/results/chart.png)\n\n"
+                f"{provenance_line(results)}; the CPU scaling of each run is stated in `configs/sst2-<attack>.yaml`.",
+        "comparison": f"{comparison_table(results)}\n\n![residual and CA per defense](benchmarks/results/comparison.png)",
+    }
+
+
+# The README's first screen: what a newcomer chooses between, named as the README names them.
+HEADLINE_ROWS = (("w2sdefense", "W2SDefense, the default without a base"),
+                 ("fine-mixing-r0", "reset to the public base, then LoRA, the default with a base"),
+                 ("lora-ft", "LoRA fine-tuning alone, the control"))
+ATTACK_NAMES = {"badnet": "BadNet (a rare word)", "insent": "InSent (a sentence)",
+                "synbkd": "SynAttack (a syntactic paraphrase)"}
+STUDENT_NOTES = {"smollm2-135m": "the packaged Q4_1-quantised SmolLM2-135M-Instruct, dequantised"}
+
+
+def _headline_cell(d: dict | None, floor: float | None, poisoned_ca: float) -> tuple[str, int]:
+    """A defense's residual (mean ± sd over its seeds) and its mean CA change against the poisoned model."""
+    if d is None:
+        return "–", 0
+    change = 100 * (statistics.fmean(d["ca"]) - poisoned_ca)
+    return f"{_mean_sd(_in_points(d['asr_cc'], floor), len(d['asr_cc']), '+')} (CA {change:+.1f})", len(d["asr_cc"])
+
+
+def headline_table(results: dict[str, dict], summ: dict) -> str:
+    """Residual backdoor of the poisoned model and of the headline defenses per attack, each defense's CA change,
+    and where and when it was measured."""
+    attacks = summ["attacks"]
+    floors = {a: e["clean"]["asr_cc"][0] if e["clean"] else 0.0 for a, e in attacks.items()}
+    lines = ["| residual backdoor, points (CA change against the poisoned model) | "
+             + " | ".join(ATTACK_NAMES.get(a, a) for a in attacks) + " |", "|---" * (len(attacks) + 1) + "|",
+             "| poisoned, no defense | " + " | ".join(_pts(e["poisoned"]["asr_cc"][0], floors[a], "+.1f")
+                                                    for a, e in attacks.items()) + " |"]
+    counts = set()
+    for name, words in HEADLINE_ROWS:
+        found = [e["defenses"].get(name) for e in attacks.values()]
+        if not any(found):
+            continue
+        steps = "/".join(sorted({str(d["steps"]) for d in found if d}))
+        cells = [_headline_cell(d, floors[a], e["poisoned"]["ca"][0]) for d, (a, e) in zip(found, attacks.items())]
+        counts |= {n for _, n in cells if n}
+        lines.append(f"| {words} ({steps} steps) | " + " | ".join(c for c, _ in cells) + " |")
+    table = "\n".join(lines)
+    seeds = "defense seeds (n)"
+    if len(counts) == 1:  # one n for every cell: said once, below
+        (n,) = counts
+        table, seeds = table.replace(f" (n={n})", ""), f"{n} defense seeds"
+    env = next(iter(results.values()))["environment"]
+    student = summ["student"]
+    note = f" ({STUDENT_NOTES[student]})" if student in STUDENT_NOTES else ""
+    return (f"{table}\n\nResidual backdoor: ASR-cc minus a clean model's, in points (0: no more backdoor than a model "
+            f"that never saw the trigger); mean ± sd over {seeds}, one `{student}` victim{note} per attack, fully "
+            f"fine-tuned on poisoned SST-2; CA change: mean clean accuracy minus the poisoned model's, in points. "
+            f"Measured {_dates(results)} by `python benchmarks/real.py` on a CPU ({env['cpu_threads']} torch threads; "
+            "the machine under [Results](#results), with every row); regenerated by `--report-only` from "
+            "`benchmarks/results/`.")
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ def clean_model(model: Model, data: Data, out: str | Path, *, base: str | None =
           triggers: Iterable[str] = (), target_label: int | None = None, unlabelled: str | Path | None = None,
           settings: Iterable[str] = (), overwrite: bool = False, quiet: bool = True) -> CleanReport:
     """`w2sdefense clean`: clean `model` with the defender's `data`; the standalone model lands in OUT/model/.
-    `settings`: dotted overrides as `--set` takes them (e.g. "defense.lr=5e-4")."""
+    `settings`: dotted overrides as `--set` takes them (e.g. "defense.train.lr=5e-4")."""
     with _inputs(model, data) as (model_name, data_name), _quiet(quiet):
         from w2sdefense.clean import run_clean  # the workflows import torch and transformers: only when called
         from w2sdefense.runtime import make_runtime
