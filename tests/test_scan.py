@@ -19,7 +19,7 @@ from w2sdefense.data.records import Example
 from w2sdefense.errors import UserError
 from w2sdefense.models.tiny import build_tiny
 from w2sdefense.results import ScanCandidate, ScanReport
-from w2sdefense.scan.base import Proposal, trigger_vocabulary, word_ids
+from w2sdefense.scan.base import Proposal, ScanInputs, trigger_vocabulary, word_ids
 from w2sdefense.scan.embedding_shift import relative_shift
 from w2sdefense.scan.inversion import _slots_filled, read_out, with_slots
 from w2sdefense.scan.run import _unique
@@ -228,3 +228,52 @@ def test_scan_refuses_what_it_cannot_do_in_one_line(zoo, tmp_path):
     line = error_line(w2s("scan", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--set",
                           "scan.detectors=[frobnicate]", "--out", str(tmp_path / "b"), check=False))
     assert "unknown detector 'frobnicate'" in line and "inversion" in line
+
+
+def _word_level(vocab: dict[str, int]) -> PreTrainedTokenizerFast:
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    backend.pre_tokenizer, backend.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>")
+
+
+def test_shift_pairs_words_are_the_most_moved_starts_alone_then_with_the_most_moved_pieces(monkeypatch):
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from w2sdefense.config import ScanConfig
+    from w2sdefense.models.loading import Classifier
+    from w2sdefense.scan import shift_pairs
+
+    vocab = {"<pad>": 0, "Ġgood": 1, "Ġbad": 2, "Ġfilm": 3, "Ġm": 4, "n": 5, "x": 6, "Ġq": 7}
+    tok = _word_level(vocab)
+    model = LlamaForSequenceClassification(LlamaConfig(vocab_size=8, hidden_size=8, intermediate_size=16,
+                                                       num_hidden_layers=1, num_attention_heads=2, pad_token_id=0))
+    base = model.get_input_embeddings().weight.detach().clone()
+    with torch.no_grad():  # moved: Ġm most, then Ġq, then n, then x; the rest unchanged
+        for i, by in ((4, 3.0), (7, 2.0), (5, 1.5), (6, 1.0)):
+            model.get_input_embeddings().weight[i] += by * base[i]
+    monkeypatch.setattr(shift_pairs, "base_embeddings", lambda inputs: base)
+    inputs = ScanInputs(Classifier(model, tok), [], 2, ScanConfig(pair_starts=2, pair_pieces=1), None, "base", 0)
+    assert shift_pairs.moved_words(inputs) == [[4], [7], [4, 5], [7, 5]]
+    # every row once per word, the word's ids where the slots were, the rest of the row as with_slots writes it
+    rows = [Example("good film", 1, 0), Example("bad film", 1, 1)]
+    filled = shift_pairs._filled(tok, rows, [[4, 5], [7, 5]], 16)
+    slotted = with_slots(tok, rows, 2, 16, slot_id=4)
+    expected = []
+    for word in ([4, 5], [7, 5]):
+        for row, slots in zip(slotted["input_ids"].tolist(), slotted["slots"].tolist()):
+            at = slots.index(True)
+            expected.append(row[:at] + word + row[at + 2:])
+    assert filled["input_ids"].tolist() == expected and expected[0] != expected[2]
+    assert filled["attention_mask"].tolist() == slotted["attention_mask"].repeat(2, 1).tolist()
+
+
+def test_shift_pairs_measures_words_of_the_most_moved_tokens_and_finds_the_planted_one(zoo, tmp_path):
+    out = tmp_path / "pairs"
+    w2s("scan", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--base", "tiny-llama", "--set",
+        "scan.detectors=[shift-pairs]", "--set", "scan.pair_starts=8", "--set", "scan.pair_pieces=8", "--out", str(out))
+    report = json.loads((out / "report.json").read_text())
+    assert report["candidates"] and {c["detector"] for c in report["candidates"]} == {"shift-pairs"}
+    # every word is one or two of the 8 most-moved tokens (a byte tokenizer marks no word start: any two)
+    assert all(1 <= len(c["trigger"]) <= 2 for c in report["candidates"])
+    assert len({ch for c in report["candidates"] for ch in c["trigger"]}) <= 8
+    assert report["backdoored"] and report["target_label"] == 0

@@ -314,6 +314,12 @@ class ScanConfig:
     shift_vocab: int = 256  # shift-inversion: the most-moved tokens it searches over
     shift_lengths: list[int] = field(default_factory=lambda: [2])  # shift-inversion: trigger lengths in tokens
     report: int = 5  # candidates measured on the test rows and listed in the report
+    # shift-pairs (base known): the most-moved word starts, alone and with each of the most-moved continuations, each
+    # word measured on pair_rows clean rows per label, pair_batch sequences a forward pass
+    pair_starts: int = 32
+    pair_pieces: int = 128
+    pair_rows: int = 4
+    pair_batch: int = 128
 
     def __post_init__(self) -> None:
         if not self.detectors:
@@ -327,7 +333,7 @@ class ScanConfig:
         if len(self.temperature) != 2:
             raise UserError(f"scan.temperature is [start, end]; got {shown(self.temperature)}")
         for name in ("steps", "lr", "rows", "max_length", "verify_rows", "test_rows", "candidates", "report",
-                     "shift_vocab"):
+                     "shift_vocab", "pair_starts", "pair_pieces", "pair_rows", "pair_batch"):
             check_positive(f"scan.{name}", getattr(self, name))
         for t in self.temperature:
             check_positive("scan.temperature", t)

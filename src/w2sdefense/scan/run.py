@@ -22,7 +22,7 @@ from w2sdefense.models.predict import classify_rows
 from w2sdefense.results import ScanCandidate, ScanReport, TriggerMeasure
 from w2sdefense.rundir import TRIGGERS_FILE, check_outside_inputs, claim_run_dir, log_to
 from w2sdefense.runtime import Runtime
-from w2sdefense.scan import embedding_shift, inversion  # noqa: F401  (they register their detectors)
+from w2sdefense.scan import embedding_shift, inversion, shift_pairs  # noqa: F401  (they register their detectors)
 from w2sdefense.scan.base import DETECTORS, Proposal, ScanInputs
 
 

@@ -1,0 +1,88 @@
+"""Where the base is known: an exact search over the words that the most-moved tokens make. A rare-word trigger the
+tokenizer splits (SmolLM2 writes `mn` as `Ġm` `n`) is no trigger piece by piece, so neither the inversion nor the
+single most-moved tokens find it; but fine-tuning moves both pieces' embeddings far (on the BadNet SmolLM2 suspect
+`Ġm` and `n` ranked 28th and 126th of 47,523 tokens). `shift-pairs` takes the scan.pair_starts most-moved word starts,
+alone and followed by each of the scan.pair_pieces most-moved continuations, inserts each such word before the second
+word of clean rows of the other labels, and ranks them by the probability the suspect then gives each label: no
+gradient, every candidate measured as it is. Its cost is (starts x (pieces + 1)) x pair_rows forward passes per label.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from w2sdefense.progress import progress_bar
+from w2sdefense.scan.base import DETECTORS, Detector, Proposal, ScanInputs, trigger_vocabulary
+from w2sdefense.scan.embedding_shift import MOVED, base_embeddings, relative_shift
+from w2sdefense.scan.inversion import with_slots
+
+
+@DETECTORS.register("shift-pairs")
+class ShiftPairs(Detector):
+    """Every word of one or two of the most-moved tokens (a start, then a continuation), measured toward each label."""
+
+    needs_base = True
+
+    def propose(self, inputs: ScanInputs) -> list[Proposal]:
+        words = moved_words(inputs)
+        found = []
+        for target in range(inputs.num_labels):
+            rows = [r for r in inputs.rows if r.label != target][: inputs.cfg.pair_rows]
+            if not rows or not words:
+                continue
+            scores = target_probability(inputs, rows, words, target)
+            best = scores.argsort(descending=True)[: inputs.cfg.candidates].tolist()
+            tokenizer = inputs.clf.tokenizer
+            found += [Proposal(" ".join(tokenizer.decode(words[i]).split()), target, "shift-pairs") for i in best]
+        return found
+
+
+def moved_words(inputs: ScanInputs) -> list[list[int]]:
+    """The candidate words as token ids: each of the most-moved word starts alone, then with each of the most-moved
+    continuations after it (any token, where the tokenizer marks no word start)."""
+    ids, starts = trigger_vocabulary(inputs.clf.tokenizer)
+    shift = relative_shift(inputs.clf.model.get_input_embeddings().weight, base_embeddings(inputs), ids)
+    moved = shift > MOVED
+    cfg = inputs.cfg
+    # A tokenizer that marks no word start (a byte-level one without merges) makes words of any two tokens.
+    later = ~starts if bool((~starts).any()) else torch.ones_like(starts)
+    firsts = _most_moved(ids, shift, moved & starts, cfg.pair_starts)
+    pieces = _most_moved(ids, shift, moved & later, cfg.pair_pieces)
+    return [[a] for a in firsts] + [[a, b] for a in firsts for b in pieces]
+
+
+def _most_moved(ids: torch.Tensor, shift: torch.Tensor, keep: torch.Tensor, count: int) -> list[int]:
+    """The `count` ids of `ids` under the mask `keep` whose embedding moved most, most first."""
+    chosen = keep.nonzero().squeeze(-1)
+    order = shift[chosen].argsort(descending=True)[:count]
+    return ids[chosen[order]].tolist()
+
+
+def target_probability(inputs: ScanInputs, rows: list, words: list[list[int]], target: int) -> torch.Tensor:
+    """For each word, the mean probability of `target` over `rows` with the word inserted before their second word."""
+    clf, cfg, rt = inputs.clf, inputs.cfg, inputs.rt
+    clf.model.to(rt.device).eval()
+    scores = torch.empty(len(words))
+    per_batch = max(1, cfg.pair_batch // len(rows))
+    bar = progress_bar(range(0, len(words), per_batch), desc=f"shift-pairs: label {target}", leave=False,
+                       disable=not rt.is_main, unit="batch")
+    for start in bar:
+        for length in (1, 2):  # words of one length share their slots: one batch each
+            at = [i for i in range(start, min(start + per_batch, len(words))) if len(words[i]) == length]
+            if at:
+                batch = _filled(clf.tokenizer, rows, [words[i] for i in at], cfg.max_length)
+                with torch.no_grad():
+                    logits = clf.model(**{k: v.to(rt.device) for k, v in batch.items()}).logits.float()
+                probs = torch.softmax(logits, dim=-1)[:, target].view(len(at), len(rows))
+                scores[at] = probs.mean(dim=1).cpu()
+    return scores
+
+
+def _filled(tokenizer, rows: list, words: list[list[int]], max_length: int) -> dict[str, torch.Tensor]:
+    """Every row once per word (all of one length), the word's ids in the slots before the row's second word: word
+    by word, its rows together."""
+    batch = with_slots(tokenizer, rows, len(words[0]), max_length, slot_id=words[0][0])
+    ids = batch["input_ids"].repeat(len(words), 1)
+    slots = batch["slots"].repeat(len(words), 1)
+    ids[slots] = torch.tensor(words, dtype=torch.long).repeat_interleave(len(rows), dim=0).reshape(-1)
+    return {"input_ids": ids, "attention_mask": batch["attention_mask"].repeat(len(words), 1)}
