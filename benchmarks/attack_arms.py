@@ -21,6 +21,7 @@ import dataclasses
 import json
 import shutil
 import statistics
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,6 +29,9 @@ import yaml
 
 from w2sdefense.config import ExperimentConfig, load_config, to_dict
 from w2sdefense.fileio import write_json
+from w2sdefense.results import (ExperimentReport, ReportRow, Result, TrainingResult, read_report, read_result,
+                                stage_result)
+from w2sdefense.rundir import CLEAN_ROW, POISONED_ROW
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -35,7 +39,7 @@ ARMS = HERE / "variants-attack.yaml"
 RECORDS = RESULTS / "attack-arms.json"
 
 
-def run_arm(arm: dict, runs: Path) -> dict:
+def run_arm(arm: dict, runs: Path) -> ArmRecord:
     """Train (or re-use) the arm's victim, evaluate it, and return its record."""
     from w2sdefense.pipeline import run_experiment
 
@@ -82,30 +86,68 @@ def _name(arm: dict) -> str:
     return f"{arm['attack']}-{arm['label']}"
 
 
-def record(arm: dict, out: Path) -> dict:
+@dataclass(frozen=True, kw_only=True)
+class ArmRecord(Result):
+    """One arm of results/attack-arms.json: what it planted (its poisoned row, the victim's history, kept step, steps
+    and time), the clean model of its own recipe when it trained one, and the rows of the defenses it ran
+    (`defense_of_row`: the preset row each repeats). Written and read here only."""
+
+    label: str | None = None
+    attack: str | None = None
+    set: list[str] | None = None  # the arm's overrides of the preset
+    run_dir: str | None = None
+    poisoned: ReportRow | None = None
+    clean: ReportRow | None = None
+    history: list | None = None
+    defenses: dict[str, ReportRow] | None = None
+    defense_of_row: dict[str, str] | None = None
+    selected_step: int | None = None
+    steps: int | None = None
+    wall_time_s: float | None = None
+    date: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The arm's name and run folder (`_name`)."""
+        return f"{self.attack}-{self.label}"
+
+    def to_json(self) -> dict:
+        """The JSON object written to disk: the rows as plain objects."""
+        data = super().to_json()
+        data.update({k: getattr(self, k).to_json() for k in ("poisoned", "clean") if getattr(self, k) is not None})
+        if self.defenses is not None:
+            data["defenses"] = {label: row.to_json() for label, row in self.defenses.items()}
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> ArmRecord:
+        """An arm's record from its JSON object."""
+        rec = super().from_json(data)
+        rows = {k: ReportRow.from_json(getattr(rec, k)) for k in ("poisoned", "clean") if getattr(rec, k) is not None}
+        defenses = None if rec.defenses is None else {k: ReportRow.from_json(r) for k, r in rec.defenses.items()}
+        return dataclasses.replace(rec, **rows, defenses=defenses)
+
+
+def record(arm: dict, out: Path) -> ArmRecord:
     """What the arm planted: the poisoned row of its report and the victim's per-evaluation history."""
-    report = json.loads((out / "report.json").read_text())
-    victim = json.loads((out / "victim" / "metrics.json").read_text())
-    rows = {r["model"]: r for r in report["rows"]}
+    rows = read_report(out).by_model()
+    victim = stage_result(TrainingResult, out / "victim") or TrainingResult()
     of_row = {label: _row_defense(label, arm) for label in rows}  # report row -> the preset row it repeats
     of_row = {label: name for label, name in of_row.items() if name in arm.get("defenses", [])}
-    return {"label": arm["label"], "attack": arm["attack"], "set": arm.get("set", []), "run_dir": str(out),
-            "poisoned": rows["poisoned"], "clean": rows.get("clean model"), "history": victim["history"],
-            "defenses": {label: rows[label] for label in of_row}, "defense_of_row": of_row,
-            "selected_step": victim.get("selected_step"),
-            "steps": victim.get("steps"), "wall_time_s": victim.get("wall_time_s"),
-            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d")}
+    return ArmRecord(label=arm["label"], attack=arm["attack"], set=arm.get("set", []), run_dir=str(out),
+                     poisoned=rows[POISONED_ROW], clean=rows.get(CLEAN_ROW), history=victim.history,
+                     defenses={label: rows[label] for label in of_row}, defense_of_row=of_row,
+                     selected_step=victim.selected_step, steps=victim.steps, wall_time_s=victim.wall_time_s,
+                     date=datetime.now(timezone.utc).strftime("%Y-%m-%d"))
 
 
-def benchmark_clean(attack: str) -> dict | None:
+def benchmark_clean(attack: str) -> ReportRow | None:
     """The benchmark's clean model row for `attack` (the preset's recipe), when recorded."""
     path = RESULTS / f"{attack}.json"
-    if not path.is_file():
-        return None
-    return next((r for r in json.loads(path.read_text())["rows"] if r["model"] == "clean model"), None)
+    return read_result(ExperimentReport, path).row(CLEAN_ROW) if path.is_file() else None
 
 
-def table(records: list[dict]) -> str:
+def table(records: list[ArmRecord]) -> str:
     """One line per arm: CA against the clean model's, ASR-cc against the target, the probe by step.
 
     The clean model is the arm's own (same recipe) when it trained one, else the benchmark's (marked *).
@@ -114,35 +156,35 @@ def table(records: list[dict]) -> str:
              "ASR-cc ≥ 95 and CA within 1? | probe ASR-cc by step (dev acc) | kept step | victim time (min) | "
              "defenses (preset seed): CA / residual |", "|---|---|---|---|---|---|---|---|---|---|"]
     for rec in records:
-        clean, star = rec.get("clean"), ""
+        clean, star = rec.clean, ""
         if clean is None:
-            clean, star = benchmark_clean(rec["attack"]), "*"
-        p = rec["poisoned"]
-        ca, asr_cc = 100 * p["clean_accuracy"], 100 * p["attack_success_rate_clean_correct"]
-        clean_ca = 100 * clean["clean_accuracy"] if clean else None
+            clean, star = benchmark_clean(rec.attack), "*"
+        p = rec.poisoned
+        ca, asr_cc = 100 * p.clean_accuracy, 100 * p.attack_success_rate_clean_correct
+        clean_ca = 100 * clean.clean_accuracy if clean else None
         met = "yes" if asr_cc >= 95 and clean_ca is not None and ca >= clean_ca - 1 else "no"
         probe = ", ".join(f"{h['step']}: {100 * h['probe_asr_cc']:.1f} ({100 * h['dev_accuracy']:.1f})"
-                          for h in rec["history"] if "probe_asr_cc" in h)
-        wall = f"{rec['wall_time_s'] / 60:.0f}" if rec.get("wall_time_s") else "–"
-        floor = f"{100 * clean['attack_success_rate_clean_correct']:.2f}{star}" if clean else "–"
-        lines.append(f"| {rec['attack']} | {rec['label']} | {', '.join(rec['set']) or '–'} | {ca:.2f} "
+                          for h in rec.history or [] if "probe_asr_cc" in h)
+        wall = f"{rec.wall_time_s / 60:.0f}" if rec.wall_time_s else "–"
+        floor = f"{100 * clean.attack_success_rate_clean_correct:.2f}{star}" if clean else "–"
+        lines.append(f"| {rec.attack} | {rec.label} | {', '.join(rec.set or []) or '–'} | {ca:.2f} "
                      f"({'–' if clean_ca is None else f'{clean_ca:.2f}{star}'}) | {asr_cc:.2f} / "
-                     f"{100 * p['attack_success_rate']:.2f} ({floor}) | {met} | {probe or '–'} | {rec['selected_step']} | {wall} | "
-                     f"{_defended(rec, clean)} |")
+                     f"{100 * p.attack_success_rate:.2f} ({floor}) | {met} | {probe or '–'} | {rec.selected_step} | "
+                     f"{wall} | {_defended(rec, clean)} |")
     return "\n".join(lines)
 
 
-def _defended(rec: dict, clean: dict | None) -> str:
+def _defended(rec: ArmRecord, clean: ReportRow | None) -> str:
     """`name: CA / residual` of each defense the arm ran (residual against the arm's clean model); a defense
     run at several seeds (rows `<name>-s<seed>`) gives the mean ± sd and n."""
-    floor = clean["attack_success_rate_clean_correct"] if clean else 0.0
-    grouped: dict[str, list[dict]] = {}
-    for label, row in rec.get("defenses", {}).items():
-        grouped.setdefault(rec.get("defense_of_row", {}).get(label, label), []).append(row)
+    floor = clean.attack_success_rate_clean_correct if clean else 0.0
+    grouped: dict[str, list[ReportRow]] = {}
+    for label, row in (rec.defenses or {}).items():
+        grouped.setdefault((rec.defense_of_row or {}).get(label, label), []).append(row)
     cells = []
     for name, rows in grouped.items():
-        ca = [100 * r["clean_accuracy"] for r in rows]
-        residual = [100 * (r["attack_success_rate_clean_correct"] - floor) for r in rows]
+        ca = [100 * r.clean_accuracy for r in rows]
+        residual = [100 * (r.attack_success_rate_clean_correct - floor) for r in rows]
         if len(rows) == 1:
             cells.append(f"{name}: {ca[0]:.1f} / {residual[0]:+.1f}")
         else:
@@ -164,14 +206,15 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"--pick: {', '.join(sorted(unknown))} not in {ARMS.name} (names are <attack>-<label>)")
         arms = [a for a in arms if _name(a) in args.pick]
-    records = {_name(r): r for r in json.loads(RECORDS.read_text())} if RECORDS.is_file() else {}
+    found = json.loads(RECORDS.read_text()) if RECORDS.is_file() else []
+    records = {r.name: r for r in map(ArmRecord.from_json, found)}
     if not args.report_only:
-        from w2sdefense.cli import _quiet_libraries
+        from w2sdefense.progress import quiet_libraries
 
-        _quiet_libraries()
+        quiet_libraries()
         for arm in arms:
             records[_name(arm)] = run_arm(arm, Path(args.runs))
-            write_json(RECORDS, list(records.values()))  # each arm lands before the next starts
+            write_json(RECORDS, [r.to_json() for r in records.values()])  # each arm lands before the next starts
     from results_md import update_section
 
     text = table(list(records.values()))

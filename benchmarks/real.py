@@ -30,6 +30,7 @@ import json
 import math
 import shutil
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -37,7 +38,9 @@ import yaml
 from w2sdefense.config import DefenseConfig, ExperimentConfig, from_dict, load_config, merge_dicts, read_yaml, to_dict
 from w2sdefense.eval.metrics import NOT_DEFINED
 from w2sdefense.fileio import write_json
-from w2sdefense.results import DefenseResult, TrainingResult, stage_result
+from w2sdefense.results import (DefenseResult, ExperimentReport, ReportRow, Result, TrainingResult, read_report,
+                                read_result, stage_result)
+from w2sdefense.rundir import CLEAN_ROW, POISONED_ROW
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -49,8 +52,61 @@ SHARED_STAGES = ("clean", "teacher")  # their inputs do not include the attack
 MAIN_DEFENSES = ("w2sdefense", "fine-mixing-r0", "w2s-reset-r0", "w2s-shrink", "lora-ft", "lora-ft-e2")
 
 
+@dataclass(frozen=True, kw_only=True)
+class RowMeta(Result):
+    """This script's record of one defense row: the table row it belongs to (`variant`: its label without the
+    seed), its seed, its defense, whether it is a variant, and its settings and its preset's as configured."""
+
+    variant: str | None = None
+    seed: int | None = None
+    defense: str | None = None
+    is_variant: bool | None = None
+    settings: dict | None = None  # the row's DefenseConfig (config.to_dict), as the script laid it over the preset
+    preset: dict | None = None  # the preset's DefenseConfig of the same defense, when the row ran
+
+    @property
+    def group(self) -> str:
+        """The row of the comparison table it belongs to (rows recorded before `variant` was: their defense)."""
+        return self.variant or self.defense
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttackResults(ExperimentReport):
+    """benchmarks/results/<attack>.json: one attack's report (every row, the config, where it was measured) and this
+    script's records beside it: the run folder, the victim's stage key, each row's RowMeta, and the victim's
+    per-evaluation history and kept step. Written and read here only."""
+
+    attack: str | None = None
+    run_dir: str | None = None
+    victim: str | None = None  # the victim stage's key: rows of another victim are never merged
+    row_meta: dict[str, RowMeta] = dataclasses.field(default_factory=dict)
+    victim_history: list | None = None
+    victim_selected_step: int | None = None
+
+    @property
+    def seed(self) -> int:
+        """The preset's seed (the victim's, and the defenses' first)."""
+        return self.config["seed"]
+
+    def to_json(self) -> dict:
+        """The JSON object written to disk."""
+        return {**super().to_json(), "row_meta": {label: m.to_json() for label, m in self.row_meta.items()}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> AttackResults:
+        """Results from their JSON object."""
+        results = super().from_json({k: v for k, v in data.items() if k != "row_meta"})
+        meta = {label: RowMeta.from_json(m) for label, m in data.get("row_meta", {}).items()}
+        return dataclasses.replace(results, row_meta=meta)
+
+
+def read_results(path: Path) -> AttackResults:
+    """A results JSON of this script."""
+    return read_result(AttackResults, path)
+
+
 def experiment(attack: str, runs: Path, seeds: list[int], variants: list[dict],
-               only: list[str] | None = None, sets: list[str] = ()) -> tuple[ExperimentConfig, dict]:
+               only: list[str] | None = None, sets: list[str] = ()) -> tuple[ExperimentConfig, dict[str, RowMeta]]:
     """The preset for `attack` (its defenses named in `only`, or all) with each defense repeated per seed,
     plus the variant rows (per seed too). Returns the config and, per row label, its variant name and seed.
     """
@@ -70,8 +126,8 @@ def experiment(attack: str, runs: Path, seeds: list[int], variants: list[dict],
             # rows had when variants ran at one seed only, so those rows and run folders are still found).
             label = d.row_name if is_variant and seed == cfg.seed else f"{d.row_name}-s{seed}"
             rows.append(dataclasses.replace(d, label=label, seed=None if seed == cfg.seed else seed))
-            meta[label] = {"variant": d.row_name, "seed": seed, "defense": d.name, "is_variant": is_variant,
-                           "settings": to_dict(d), "preset": to_dict(next(p for p in presets if p.name == d.name))}
+            meta[label] = RowMeta(variant=d.row_name, seed=seed, defense=d.name, is_variant=is_variant,
+                                  settings=to_dict(d), preset=to_dict(next(p for p in presets if p.name == d.name)))
     return dataclasses.replace(cfg, defenses=rows), meta
 
 
@@ -94,27 +150,34 @@ def run_attack(attack: str, runs: Path, seeds: list[int], variants: list[dict], 
     out = Path(cfg.output_dir)
     share(first_run, out)
     run_experiment(cfg)
-    report = json.loads((out / "report.json").read_text())
+    report = read_report(out)
     path = RESULTS / f"{attack}.json"
-    old = json.loads(path.read_text()) if path.is_file() else {}
-    victim = _victim_key(out)
-    if old.get("victim") == victim:
+    old = read_results(path) if path.is_file() else None
+    victim, rows = _victim_key(out), report.rows
+    if old is not None and old.victim == victim:
         # The same victim: keep rows of earlier invocations (other seeds or variants) not rerun now.
-        kept = [r for r in old.get("rows", []) if r["model"] not in {row["model"] for row in report["rows"]}]
-        report["rows"] += kept
-        meta = {**old.get("row_meta", {}), **meta}
-    elif old:
+        new = report.by_model()
+        rows = rows + [r for r in old.rows if r.model not in new]
+        meta = {**old.row_meta, **meta}
+    elif old is not None:
         retire(path)
-    write_json(path, {"attack": attack, "run_dir": str(out), "victim": victim, "row_meta": meta, **report})
+    results = AttackResults(**_fields(report), rows=rows, attack=attack, run_dir=str(out), victim=victim,
+                            row_meta=meta)
+    write_json(path, results.to_json())
     add_victim_history(path)
     return out
+
+
+def _fields(report: ExperimentReport) -> dict:
+    """A report's fields, to make results of it."""
+    return {f.name: getattr(report, f.name) for f in dataclasses.fields(ExperimentReport)}
 
 
 def retire(path: Path) -> Path:
     """Move a results JSON whose victim the preset no longer trains to results/earlier/ (its rows stay
     reported, under "Earlier victims"), named by attack and the date it was last measured."""
-    result = json.loads(path.read_text())
-    dest = EARLIER / f"{result['attack']}-{result['environment']['date'][:10]}.json"
+    result = read_results(path)
+    dest = EARLIER / f"{result.attack}-{result.environment['date'][:10]}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     if dest.exists():
         raise SystemExit(f"{dest} exists already: move it aside before retiring {path}")
@@ -122,10 +185,10 @@ def retire(path: Path) -> Path:
     return dest
 
 
-def load_earlier() -> dict[str, dict]:
+def load_earlier() -> dict[str, AttackResults]:
     """Retired results JSONs, by a label naming the attack and when its rows were last measured."""
     found = sorted(EARLIER.glob("*.json"))
-    return {f"{p.stem.split('-', 1)[0]} (earlier victim, measured to {p.stem.split('-', 1)[1]})": json.loads(p.read_text())
+    return {f"{p.stem.split('-', 1)[0]} (earlier victim, measured to {p.stem.split('-', 1)[1]})": read_results(p)
             for p in found}
 
 
@@ -137,19 +200,19 @@ def draw_curves(path: Path) -> None:
     """
     from w2sdefense.eval.probe import start_point, write_curves
 
-    results = json.loads(path.read_text())
-    run_dir = Path(results.get("run_dir", ""))
+    results = read_results(path)
+    run_dir = Path(results.run_dir or "")
     victim = stage_result(TrainingResult, run_dir / "victim")
     if victim is None:
         return
     start = start_point(victim)
     for row in ("w2sdefense", "lora-ft"):
-        seeded = sorted((m["seed"], label) for label, m in results.get("row_meta", {}).items()
-                        if m.get("variant") == row and not m.get("is_variant"))
+        seeded = sorted((m.seed, label) for label, m in results.row_meta.items()
+                        if m.variant == row and not m.is_variant)
         record = stage_result(DefenseResult, run_dir / "defenses" / seeded[0][1]) if seeded else None
         if record is not None:
             write_curves(record.history or [], RESULTS / f"curves-{path.stem}-{row}.png",
-                         f"{results['config']['name']}: {seeded[0][1]}", record.selected_step, start=start)
+                         f"{results.config['name']}: {seeded[0][1]}", record.selected_step, start=start)
 
 
 def _victim_key(run_dir: Path) -> str | None:
@@ -160,62 +223,63 @@ def _victim_key(run_dir: Path) -> str | None:
 def merge_rows(other: Path, renames: list[str]) -> None:
     """Add the rows of another invocation's results JSON (same attack, same victim) to ours, renamed
     `old=new` where a label would clash (e.g. rows run under an earlier preset)."""
-    theirs = json.loads(other.read_text())
-    path = RESULTS / f"{theirs['attack']}.json"
-    ours = json.loads(path.read_text())
-    if ours.get("victim") != theirs.get("victim"):
+    theirs = read_results(other)
+    path = RESULTS / f"{theirs.attack}.json"
+    ours = read_results(path)
+    if ours.victim != theirs.victim:
         raise SystemExit(f"{other} was measured on another victim than {path}; not merged")
     names = dict(r.split("=", 1) for r in renames)
-    taken = {r["model"] for r in ours["rows"]}
-    for row in theirs["rows"]:
-        label = names.get(row["model"], row["model"])
-        meta = theirs["row_meta"].get(row["model"])
-        if meta is None or label in taken:
+    rows, row_meta = list(ours.rows), dict(ours.row_meta)
+    for row in theirs.rows:
+        label = names.get(row.model, row.model)
+        meta = theirs.row_meta.get(row.model)
+        if meta is None or label in {r.model for r in rows}:
             continue  # stages shared by both (clean, poisoned, teacher) or a clash left unrenamed
-        ours["rows"].append({**row, "model": label})
-        ours["row_meta"][label] = {**meta, "variant": names.get(meta["variant"], meta["variant"]), "is_variant": True}
-    write_json(path, ours)
+        rows.append(dataclasses.replace(row, model=label))
+        row_meta[label] = dataclasses.replace(meta, variant=names.get(meta.variant, meta.variant), is_variant=True)
+    write_json(path, dataclasses.replace(ours, rows=rows, row_meta=row_meta).to_json())
 
 
-def load_results() -> dict[str, dict]:
+def load_results() -> dict[str, AttackResults]:
     """Every recorded results JSON, by attack, in the paper's order."""
-    found = {p.stem: json.loads(p.read_text()) for p in RESULTS.glob("*.json") if p.stem in ATTACKS}
+    found = {p.stem: read_results(p) for p in RESULTS.glob("*.json") if p.stem in ATTACKS}
     return {a: found[a] for a in ATTACKS if a in found}
 
 
 def add_victim_history(path: Path) -> None:
     """Record the victim's per-evaluation history in a results JSON, when its run folder holds that victim."""
-    result = json.loads(path.read_text())
-    victim = stage_result(TrainingResult, Path(result["run_dir"]) / "victim")
-    if result.get("victim") == _victim_key(Path(result["run_dir"])) and victim is not None:
-        write_json(path, {**result, "victim_history": victim.history, "victim_selected_step": victim.selected_step})
+    result = read_results(path)
+    victim = stage_result(TrainingResult, Path(result.run_dir) / "victim")
+    if result.victim == _victim_key(Path(result.run_dir)) and victim is not None:
+        history = dataclasses.replace(result, victim_history=victim.history, victim_selected_step=victim.selected_step)
+        write_json(path, history.to_json())
 
 
-def summary(results: dict[str, dict]) -> dict:
+def summary(results: dict[str, AttackResults]) -> dict:
     """The summary.json shape: one value per seed, fractions in [0, 1]."""
     first = next(iter(results.values()))
-    out = {"student": first["config"]["victim"]["model"], "teacher": first["config"]["teacher"]["model"],
+    out = {"student": first.config["victim"]["model"], "teacher": first.config["teacher"]["model"],
            "dataset": "sst2", "attacks": {}}
     for attack, result in results.items():
-        rows = {r["model"]: r for r in result["rows"]}
-        clean, poisoned = rows.get("clean model"), rows["poisoned"]
+        rows = result.by_model()
+        clean, poisoned = rows.get(CLEAN_ROW), rows[POISONED_ROW]
         entry = {
-            "clean": {"ca": [clean["clean_accuracy"]], "asr_cc": [clean["attack_success_rate_clean_correct"]]}
+            "clean": {"ca": [clean.clean_accuracy], "asr_cc": [clean.attack_success_rate_clean_correct]}
             if clean else None,
-            "poisoned": {"ca": [poisoned["clean_accuracy"]], "asr_cc": [poisoned["attack_success_rate_clean_correct"]],
-                         "asr": [poisoned["attack_success_rate"]]},
+            "poisoned": {"ca": [poisoned.clean_accuracy], "asr_cc": [poisoned.attack_success_rate_clean_correct],
+                         "asr": [poisoned.attack_success_rate]},
             "defenses": {},
         }
-        for label, meta in sorted(result["row_meta"].items(), key=lambda kv: kv[1]["seed"]):
+        for label, meta in sorted(result.row_meta.items(), key=lambda kv: kv[1].seed):
             if label not in rows:
                 continue
             r = rows[label]
-            d = entry["defenses"].setdefault(meta["variant"], {"ca": [], "asr_cc": [], "asr": [], "seeds": [],
-                                                               "steps": r["steps"], "is_variant": meta["is_variant"]})
-            d["ca"].append(r["clean_accuracy"])
-            d["asr_cc"].append(r["attack_success_rate_clean_correct"])
-            d["asr"].append(r["attack_success_rate"])
-            d["seeds"].append(meta["seed"])
+            d = entry["defenses"].setdefault(meta.variant, {"ca": [], "asr_cc": [], "asr": [], "seeds": [],
+                                                            "steps": r.steps, "is_variant": meta.is_variant})
+            d["ca"].append(r.clean_accuracy)
+            d["asr_cc"].append(r.attack_success_rate_clean_correct)
+            d["asr"].append(r.attack_success_rate)
+            d["seeds"].append(meta.seed)
         out["attacks"][attack] = entry
     return out
 
@@ -263,54 +327,62 @@ def main_table(summ: dict) -> str:
     return "\n".join(lines)
 
 
-def attack_table(results: dict[str, dict]) -> str:
+def attack_table(results: dict[str, AttackResults]) -> str:
     """The attacker's side: the recipe, the planted backdoor, and the probe's ASR-cc at each victim evaluation."""
     lines = ["| attack | poisoned rows | victim training | clean model CA / ASR-cc | poisoned CA / ASR-cc / ASR | "
              "probe ASR-cc by step (dev acc) | kept step |", "|---|---|---|---|---|---|---|"]
     for attack, result in results.items():
-        cfg, rows = result["config"], {r["model"]: r for r in result["rows"]}
-        t, clean, p = cfg["victim"]["train"], rows.get("clean model"), rows["poisoned"]
+        cfg, clean, p = result.config, result.row(CLEAN_ROW), result.row(POISONED_ROW)
+        t = cfg["victim"]["train"]
         recipe = f"{t['method']}, {t['epochs']:g} epochs, lr {t['lr']:g}, {t['select']}"
         probe = ", ".join(f"{h['step']}: {_pts(h['probe_asr_cc'])} ({100 * h['dev_accuracy']:.1f})"
-                          for h in result.get("victim_history", []) if "probe_asr_cc" in h)
-        floor = _pts(clean["attack_success_rate_clean_correct"], spec=".2f") if clean else None
+                          for h in result.victim_history or [] if "probe_asr_cc" in h)
+        floor = _pts(clean.attack_success_rate_clean_correct, spec=".2f") if clean else None
+        kept = "–" if result.victim_selected_step is None else result.victim_selected_step
         lines.append(
             f"| {attack} | {cfg['poison']['count']} of {cfg['data']['max_train']} ({cfg['poison']['mode']}) | {recipe} | "
-            + (f"{100 * clean['clean_accuracy']:.2f} / {floor} | " if clean else "– | ")
-            + f"{100 * p['clean_accuracy']:.2f} / {_pts(p['attack_success_rate_clean_correct'], spec='.2f')} / "
-              f"{100 * p['attack_success_rate']:.2f} | {probe or '–'} | {result.get('victim_selected_step', '–')} |")
+            + (f"{100 * clean.clean_accuracy:.2f} / {floor} | " if clean else "– | ")
+            + f"{100 * p.clean_accuracy:.2f} / {_pts(p.attack_success_rate_clean_correct, spec='.2f')} / "
+              f"{100 * p.attack_success_rate:.2f} | {probe or '–'} | {kept} |")
     return "\n".join(lines)
 
 
-def _steps(row: dict) -> str:
+def _steps(row: ReportRow) -> str:
     """A trained row's selected step / steps; an input filter trains nothing ("–")."""
-    if not row.get("steps"):
+    if not row.steps:
         return "–"
-    selected = row.get("selected_step")
-    return f"{'–' if selected is None else selected} / {row['steps']}"
+    return f"{'–' if row.selected_step is None else row.selected_step} / {row.steps}"
 
 
-def variant_table(results: dict[str, dict]) -> str:
+def variant_table(results: dict[str, AttackResults]) -> str:
     """Every first-seed defense row, variants included, with the settings that make it differ."""
     lines = ["| attack | row | what differs from the preset's defense | CA | ASR-cc | residual (pts) | "
              "selected step / steps |", "|---|---|---|---|---|---|---|"]
     for attack, result in results.items():
         rows, floor = rows_and_floor(result)
-        # Compared with today's preset (rows merged from an earlier invocation may predate it): the full
+        # Compared with the preset (rows merged from an earlier invocation may predate it): the full
         # settings of each defense's latest preset row at the preset's seed.
-        presets = {meta["defense"]: _resolved(meta["settings"]) for meta in result["row_meta"].values()
-                   if not meta["is_variant"] and meta["seed"] == result["config"]["seed"]}
-        for label, meta in result["row_meta"].items():
-            if label not in rows or meta["seed"] != result["config"]["seed"]:
+        presets = {meta.defense: _ran_with(rows.get(label), meta.settings) for label, meta in result.row_meta.items()
+                   if not meta.is_variant and meta.seed == result.seed}
+        for label, meta in result.row_meta.items():
+            if label not in rows or meta.seed != result.seed:
                 continue
             r = rows[label]
-            preset = presets.get(meta["defense"]) or _resolved(meta["preset"])
-            diff = _differences(preset, _resolved(meta["settings"]))
-            lines.append(f"| {attack} | {label} | {diff or '(the preset)'} | {100 * r['clean_accuracy']:.1f} | "
-                         f"{_pts(r['attack_success_rate_clean_correct'])} | "
-                         f"{_pts(r['attack_success_rate_clean_correct'], floor, '+.1f')} | "
+            preset = presets.get(meta.defense) or _resolved(meta.preset)
+            diff = _differences(preset, _ran_with(r, meta.settings))
+            lines.append(f"| {attack} | {label} | {diff or '(the preset)'} | {100 * r.clean_accuracy:.1f} | "
+                         f"{_pts(r.attack_success_rate_clean_correct)} | "
+                         f"{_pts(r.attack_success_rate_clean_correct, floor, '+.1f')} | "
                          f"{_steps(r)} |")
     return "\n".join(lines)
+
+
+def _ran_with(row: ReportRow | None, settings: dict) -> dict:
+    """A defense row's settings in full, as `_resolved` gives them: those the row recorded running with, or, for a
+    row recorded before rows carried them, its configured `settings` with today's defaults filled in."""
+    if row is not None and row.settings is not None and row.train is not None:
+        return {**row.settings, "train": row.train}
+    return _resolved(settings)
 
 
 def _resolved(settings: dict) -> dict:
@@ -337,26 +409,25 @@ def _differences(preset: dict, row: dict, prefix: str = "") -> str:
     return ", ".join(parts)
 
 
-def rows_and_floor(result: dict) -> tuple[dict[str, dict], float | None]:
+def rows_and_floor(result: AttackResults) -> tuple[dict[str, ReportRow], float | None]:
     """A results JSON's report rows by model, and the clean model's ASR-cc (0 when there is none, None when
     it is over zero rows)."""
-    rows = {r["model"]: r for r in result["rows"]}
-    return rows, rows["clean model"]["attack_success_rate_clean_correct"] if "clean model" in rows else 0.0
+    rows = result.by_model()
+    return rows, rows[CLEAN_ROW].attack_success_rate_clean_correct if CLEAN_ROW in rows else 0.0
 
 
-def comparison_rows(result: dict) -> list[tuple[str, list[dict], dict]]:
+def comparison_rows(result: AttackResults) -> list[tuple[str, list[ReportRow], RowMeta]]:
     """(row name, its report rows over the seeds it ran at (the preset's seed first), the preset seed's
     row meta) of each preset defense row that ran at the preset's seed, in preset order. Rows of one defense
     with different labels (a control, a reset) stay apart."""
-    rows = {r["model"]: r for r in result["rows"]}
+    rows = result.by_model()
     # The preset's order (the results' config holds only the last invocation's rows).
-    preset = read_yaml(HERE.parent / "configs" / f"sst2-{result['attack']}.yaml")  # its base's rows included
+    preset = read_yaml(HERE.parent / "configs" / f"sst2-{result.attack}.yaml")  # its base's rows included
     order = [d.get("label") or d["name"] for d in preset["defenses"]]
-    seed = result["config"]["seed"]
     by_defense: dict[str, list] = {}
-    for label, meta in result["row_meta"].items():
-        if label in rows and not meta["is_variant"]:
-            by_defense.setdefault(meta.get("variant", meta["defense"]), []).append((meta["seed"] != seed, meta["seed"], rows[label], meta))
+    for label, meta in result.row_meta.items():
+        if label in rows and not meta.is_variant:
+            by_defense.setdefault(meta.group, []).append((meta.seed != result.seed, meta.seed, rows[label], meta))
     found = []
     for name, runs in by_defense.items():
         runs.sort(key=lambda run: run[:2])
@@ -369,11 +440,11 @@ def _cell(value, fmt: str) -> str:
     return "–" if value is None else fmt.format(value)
 
 
-def _points(rows: list[dict], key: str, floor: float | None = 0.0, sign: str = "") -> str:
-    """One row's value in points, or mean ± sd (n) over several seeds' rows (n/a ones left out)."""
-    if len(rows) == 1:
-        return _pts(rows[0][key], floor, f"{sign}.1f")
-    return _mean_sd(_in_points([r[key] for r in rows], floor), len(rows), sign)
+def _points(values: list[float | None], floor: float | None = 0.0, sign: str = "") -> str:
+    """One row's value in points, or mean ± sd (n) over several seeds' values (n/a ones left out)."""
+    if len(values) == 1:
+        return _pts(values[0], floor, f"{sign}.1f")
+    return _mean_sd(_in_points(values, floor), len(values), sign)
 
 
 # Rows run at a share of their source's budget say so where they are named: the authors' recipe is 5 epochs of
@@ -381,41 +452,40 @@ def _points(rows: list[dict], key: str, floor: float | None = 0.0, sign: str = "
 PARTIAL_BUDGET = {"w2sdefense-authors": "their weights and adapter at 80 of their ~1085 steps"}
 
 
-def comparison_table(results: dict[str, dict]) -> str:
+def comparison_table(results: dict[str, AttackResults]) -> str:
     """Every defense family on the same victim: CA, ASR-cc, residual (mean ± sd where it ran at several
     seeds), what a filter rejects, and the cost (at the preset's seed)."""
     lines = ["| attack | defense | kind | CA | ASR-cc | residual (pts) | false rejections / detected | "
              "steps | trainable params | stage time (s) | filter s/input |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for attack, result in results.items():
         rows, floor = rows_and_floor(result)
-        for name, runs, meta in [("poisoned (no defense)", [rows["poisoned"]], {})] + comparison_rows(result):
-            r = runs[0]
-            is_filter = "false_rejection_rate" in r
-            kind = "input filter" if is_filter else ("repair" if meta else "–")
-            rejects = (f"{100 * r['false_rejection_rate']:.1f} % / {100 * r['detection_rate']:.1f} %"
-                       if is_filter else "–")
+        for name, runs, meta in [("poisoned (no defense)", [rows[POISONED_ROW]], None)] + comparison_rows(result):
+            r, repair = runs[0], meta is not None
+            kind = "input filter" if r.is_filtered else ("repair" if repair else "–")
+            rejects = (f"{100 * r.false_rejection_rate:.1f} % / {100 * r.detection_rate:.1f} %"
+                       if r.is_filtered else "–")
             if name in PARTIAL_BUDGET:
                 name = f"{name} ({PARTIAL_BUDGET[name]})"
-            sampled = r.get("test_rows_sampled")
+            sampled = r.test_rows_sampled
             if sampled:  # a costly filter measured on a seeded sample of the test set
-                name = f"{name} ({sampled} of {r['test_rows_of']:,} test rows)"
-            key = "attack_success_rate_clean_correct"
+                name = f"{name} ({sampled} of {r.test_rows_of:,} test rows)"
+            asr_cc = [run.attack_success_rate_clean_correct for run in runs]
             lines.append(
-                f"| {attack} | {name} | {kind} | {_points(runs, 'clean_accuracy')} | {_points(runs, key)} | "
-                f"{_points(runs, key, floor, '+')} | {rejects} | "
-                f"{_cell(r.get('steps') if meta else None, '{}')} | "
-                f"{_cell(r.get('trainable_params') if meta else None, '{:,}')} | "
-                f"{_cell(r.get('wall_time_s') if meta else None, '{:.0f}')} | "
-                f"{_cell(r.get('filter_seconds_per_input'), '{:.3f}')} |")
+                f"| {attack} | {name} | {kind} | {_points([run.clean_accuracy for run in runs])} | {_points(asr_cc)} | "
+                f"{_points(asr_cc, floor, '+')} | {rejects} | "
+                f"{_cell(r.steps if repair else None, '{}')} | "
+                f"{_cell(r.trainable_params if repair else None, '{:,}')} | "
+                f"{_cell(r.wall_time_s if repair else None, '{:.0f}')} | "
+                f"{_cell(r.filter_seconds_per_input, '{:.3f}')} |")
             if sampled:  # the same model without the filter, on the same rows: the sample's own baseline
-                cc = r["unfiltered_attack_success_rate_clean_correct"]
+                cc = r.unfiltered_attack_success_rate_clean_correct
                 lines.append(f"| {attack} | poisoned, the same {sampled} rows | – | "
-                             f"{100 * r['unfiltered_clean_accuracy']:.1f} | {_pts(cc)} | {_pts(cc, floor, '+.1f')} | "
+                             f"{100 * r.unfiltered_clean_accuracy:.1f} | {_pts(cc)} | {_pts(cc, floor, '+.1f')} | "
                              "– | – | – | – | – |")
     return "\n".join(lines)
 
 
-def comparison_chart(results: dict[str, dict], path: Path) -> None:
+def comparison_chart(results: dict[str, AttackResults], path: Path) -> None:
     """Residual backdoor and CA of every defense family, per attack (means over seeds, sd as error bars)."""
     import matplotlib
 
@@ -425,13 +495,13 @@ def comparison_chart(results: dict[str, dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(results), figsize=(max(7.0, 6.0 * len(results)), 4.4), squeeze=False)
     for ax, (attack, result) in zip(axes[0], results.items()):
         rows, floor = rows_and_floor(result)
-        bars = [("poisoned", [rows["poisoned"]])] + [(n, runs) for n, runs, _ in comparison_rows(result)]
+        bars = [("poisoned", [rows[POISONED_ROW]])] + [(n, runs) for n, runs, _ in comparison_rows(result)]
         xs = range(len(bars))
         lowest = 0.0
         for offset, label, values in (
-                (-0.2, "CA", lambda runs: [100 * r["clean_accuracy"] for r in runs]),
+                (-0.2, "CA", lambda runs: [100 * r.clean_accuracy for r in runs]),
                 (0.2, "residual backdoor (ASR-cc − clean model's)",
-                 lambda runs: _in_points([r["attack_success_rate_clean_correct"] for r in runs], floor))):
+                 lambda runs: _in_points([r.attack_success_rate_clean_correct for r in runs], floor))):
             points = [values(runs) for _, runs in bars]
             means, sds = _bar_heights(points)
             ax.bar([x + offset for x in xs], means, 0.4, yerr=sds, capsize=3, label=label)
@@ -439,7 +509,7 @@ def comparison_chart(results: dict[str, dict], path: Path) -> None:
         ax.set_xticks(list(xs), [n if len(runs) == 1 else f"{n} (n={len(runs)})" for n, runs in bars],
                      rotation=30, ha="right")
         ax.set_ylim(lowest - 2, 112)
-        ax.set_title(f"SST-2, {attack}: one victim, seed {result['config']['seed']} (more where n says)")
+        ax.set_title(f"SST-2, {attack}: one victim, seed {result.seed} (more where n says)")
         ax.set_ylabel("points")
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend(loc="upper center", ncol=2, fontsize=8)
@@ -485,7 +555,7 @@ def chart(summ: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def write_results_md(results: dict[str, dict], summ: dict) -> None:
+def write_results_md(results: dict[str, AttackResults], summ: dict) -> None:
     """Replace the real-model sections of RESULTS.md and the README's generated blocks with the new tables."""
     from results_md import README, update_section
 
@@ -512,14 +582,14 @@ def write_results_md(results: dict[str, dict], summ: dict) -> None:
         update_section(name, body, path=README)
 
 
-def _dates(results: dict[str, dict]) -> str:
+def _dates(results: dict[str, AttackResults]) -> str:
     """The days the results were measured on."""
-    return ", ".join(sorted({r["environment"]["date"][:10] for r in results.values()}))
+    return ", ".join(sorted({r.environment["date"][:10] for r in results.values()}))
 
 
-def provenance_line(results: dict[str, dict]) -> str:
+def provenance_line(results: dict[str, AttackResults]) -> str:
     """Where and when the results were measured, and how to read the tables' columns."""
-    env = next(iter(results.values()))["environment"]
+    env = next(iter(results.values())).environment
     return (f"Measured {_dates(results)} on {env['platform']}, {env['cpu_threads']} torch threads, torch "
             f"{env['versions']['torch']}, transformers {env['versions']['transformers']}, peft "
             f"{env['versions']['peft']}, by `python benchmarks/real.py`. CA on the 1821 clean test rows; "
@@ -527,7 +597,7 @@ def provenance_line(results: dict[str, dict]) -> str:
             "ASR-cc minus the clean model's; mean ± sd over defense seeds (n), one shared victim per attack")
 
 
-def readme_blocks(results: dict[str, dict], summ: dict) -> dict[str, str]:
+def readme_blocks(results: dict[str, AttackResults], summ: dict) -> dict[str, str]:
     """The body of each generated block of the README, by marker name (tests/test_readme_numbers.py checks the
     README against these)."""
     return {
@@ -555,7 +625,7 @@ def _headline_cell(d: dict | None, floor: float | None, poisoned_ca: float) -> t
     return f"{_mean_sd(_in_points(d['asr_cc'], floor), len(d['asr_cc']), '+')} (CA {change:+.1f})", len(d["asr_cc"])
 
 
-def headline_table(results: dict[str, dict], summ: dict) -> str:
+def headline_table(results: dict[str, AttackResults], summ: dict) -> str:
     """Residual backdoor of the poisoned model and of the headline defenses per attack, each defense's CA change,
     and where and when it was measured."""
     attacks = summ["attacks"]
@@ -578,7 +648,7 @@ def headline_table(results: dict[str, dict], summ: dict) -> str:
     if len(counts) == 1:  # one n for every cell: said once, below
         (n,) = counts
         table, seeds = table.replace(f" (n={n})", ""), f"{n} defense seeds"
-    env = next(iter(results.values()))["environment"]
+    env = next(iter(results.values())).environment
     student = summ["student"]
     note = f" ({STUDENT_NOTES[student]})" if student in STUDENT_NOTES else ""
     return (f"{table}\n\nResidual backdoor: ASR-cc minus a clean model's, in points (0: no more backdoor than a model "
@@ -606,9 +676,9 @@ def main() -> None:
                         help="a dotted override of every preset, as the CLI's --set (e.g. runtime.precision=fp32)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
-    from w2sdefense.cli import _quiet_libraries
+    from w2sdefense.progress import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     if args.merge:
         merge_rows(Path(args.merge), args.rename)
     elif not args.report_only:

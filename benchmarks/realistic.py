@@ -26,6 +26,7 @@ import yaml
 from w2sdefense.config import DefenseConfig, ExperimentConfig, load_config
 from w2sdefense.defenses.recipes import CLEAN_BUDGET
 from w2sdefense.pipeline import relearn_label, run_experiment
+from w2sdefense.results import ExperimentReport, read_report
 from w2sdefense.rundir import CLEAN_ROW, EVAL_FOLDERS, POISONED_ROW
 
 HERE = Path(__file__).resolve().parent
@@ -88,43 +89,42 @@ def share_clean(suspect: Path) -> None:
             return
 
 
-def _rows(folder: Path) -> dict[str, dict]:
-    return {r["model"]: r for r in json.loads((folder / "report.json").read_text())["rows"]}
-
-
-def measured_on(folder: Path) -> dict:
+def measured_on(report: ExperimentReport) -> dict:
     """Where and when a run folder's report was measured (the rows carry it: anyone can see which machine)."""
-    env = json.loads((folder / "report.json").read_text()).get("environment", {})
+    env = report.environment or {}
     versions = env.get("versions", {})
     return {"date": env.get("date"), "platform": env.get("platform"), "cpu_threads": env.get("cpu_threads"),
             "cuda": env.get("cuda"), **{k: versions.get(k) for k in ("torch", "transformers", "peft")}}
 
 
-def flat_row(attack: str, arm: dict, k: int, seed: int, rows: dict[str, dict]) -> dict:
+def _relearned_asr_cc(report: ExperimentReport, name: str) -> float | None:
+    """ASR-cc of the re-learning test of row `name` (None: the report has no such test, or a rate over zero rows)."""
+    row = report.row(relearn_label(EVAL_FOLDERS.get(name, name)))
+    return row.attack_success_rate_clean_correct if row else None
+
+
+def flat_row(attack: str, arm: dict, k: int, seed: int, report: ExperimentReport) -> dict:
     """One measured arm as the flat row of realistic-rows.jsonl (rates as fractions)."""
-    asr = "attack_success_rate_clean_correct"
-    clean, suspect, row = rows[CLEAN_ROW], rows[POISONED_ROW], rows[arm["label"]]
-    relearned = rows.get(relearn_label(arm["label"]), {})
-    clean_relearned = rows.get(relearn_label(EVAL_FOLDERS[CLEAN_ROW]), {})
+    clean, suspect, row = report.row(CLEAN_ROW), report.row(POISONED_ROW), report.row(arm["label"])
     return {"attack": attack, "defense": arm["label"], "k": k, "seed": seed, "base_known": arm["base_known"],
-            "ca": row["clean_accuracy"], "asr_cc": row.get(asr), "floor_asr_cc": clean.get(asr),
-            "suspect_ca": suspect["clean_accuracy"], "suspect_asr_cc": suspect.get(asr),
-            "clean_ca": clean["clean_accuracy"], "relearn_asr_cc": relearned.get(asr),
-            "floor_relearn_asr_cc": clean_relearned.get(asr), "stage_s": row.get("wall_time_s"),
-            "steps": row.get("steps"), "selected_step": row.get("selected_step")}
+            "ca": row.clean_accuracy, "asr_cc": row.attack_success_rate_clean_correct,
+            "floor_asr_cc": clean.attack_success_rate_clean_correct,
+            "suspect_ca": suspect.clean_accuracy, "suspect_asr_cc": suspect.attack_success_rate_clean_correct,
+            "clean_ca": clean.clean_accuracy, "relearn_asr_cc": _relearned_asr_cc(report, arm["label"]),
+            "floor_relearn_asr_cc": _relearned_asr_cc(report, CLEAN_ROW), "stage_s": row.wall_time_s,
+            "steps": row.steps, "selected_step": row.selected_step}
 
 
-def clean_model_row(attack: str, rows: dict[str, dict]) -> dict:
+def clean_model_row(attack: str, report: ExperimentReport) -> dict:
     """The clean model's own re-learning test, as a row of its own (defense: clean-model)."""
-    asr = "attack_success_rate_clean_correct"
-    clean = rows[CLEAN_ROW]
-    relearned = rows.get(relearn_label(EVAL_FOLDERS[CLEAN_ROW]), {})
+    clean, suspect = report.row(CLEAN_ROW), report.row(POISONED_ROW)
+    relearned = _relearned_asr_cc(report, CLEAN_ROW)
     return {"attack": attack, "defense": "clean-model", "k": None, "seed": None, "base_known": None,
-            "ca": clean["clean_accuracy"], "asr_cc": clean.get(asr), "floor_asr_cc": clean.get(asr),
-            "suspect_ca": rows[POISONED_ROW]["clean_accuracy"], "suspect_asr_cc": rows[POISONED_ROW].get(asr),
-            "clean_ca": clean["clean_accuracy"], "relearn_asr_cc": relearned.get(asr),
-            "floor_relearn_asr_cc": relearned.get(asr), "stage_s": clean.get("wall_time_s"), "steps": clean.get("steps"),
-            "selected_step": clean.get("selected_step")}
+            "ca": clean.clean_accuracy, "asr_cc": clean.attack_success_rate_clean_correct,
+            "floor_asr_cc": clean.attack_success_rate_clean_correct,
+            "suspect_ca": suspect.clean_accuracy, "suspect_asr_cc": suspect.attack_success_rate_clean_correct,
+            "clean_ca": clean.clean_accuracy, "relearn_asr_cc": relearned, "floor_relearn_asr_cc": relearned,
+            "stage_s": clean.wall_time_s, "steps": clean.steps, "selected_step": clean.selected_step}
 
 
 def record(row: dict, path: Path = ROWS) -> None:
@@ -143,7 +143,8 @@ def run_attack(attack: str, runs: Path, ks: list[int], seeds: list[int], arms: l
     suspect = Path(cfg.output_dir)
     share_clean(suspect)
     run_experiment(dataclasses.replace(cfg, defenses=[]))
-    record({**clean_model_row(attack, _rows(suspect)), **measured_on(suspect)}, rows_path)
+    report = read_report(suspect)
+    record({**clean_model_row(attack, report), **measured_on(report)}, rows_path)
     for k in ks:
         for seed in seeds:
             for arm in arms:
@@ -152,7 +153,8 @@ def run_attack(attack: str, runs: Path, ks: list[int], seeds: list[int], arms: l
                 folder = suspect.parent / (f"k{k}-s{seed}" + (f"-{arm['label']}" if arm.get("set") else ""))
                 link_shared(suspect, folder)
                 run_experiment(arm_config(own, arm, k, seed, folder))
-                record({**flat_row(attack, arm, k, seed, _rows(folder)), **measured_on(folder)}, rows_path)
+                report = read_report(folder)
+                record({**flat_row(attack, arm, k, seed, report), **measured_on(report)}, rows_path)
                 print(f"realistic: {attack} k={k} seed={seed} {arm['label']} recorded in {rows_path}", flush=True)
     return suspect
 

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import yaml
 
+from w2sdefense.results import EvaluationResult, ScanCandidate, ScanReport, read_result
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 RECIPE = HERE / "scan-zoo.yaml"
@@ -104,28 +106,28 @@ def _sets(pairs: list[str]) -> list[str]:
 
 def zoo_row(m: ZooModel, folder: Path, target: int) -> dict:
     """One model's flat row: how it was made, what the scan said, whether it found the planted trigger."""
-    scan = json.loads((folder / "scan" / "report.json").read_text())
-    planted = json.loads((folder / "planted.json").read_text()) if m.backdoored else {}
-    planted_asr = planted.get("attack_success_rate_clean_correct")
-    tested = [c for c in scan["candidates"] if c["test_rows"] is not None]
+    scan = ScanReport.from_json(json.loads((folder / "scan" / "report.json").read_text()))
+    planted = read_result(EvaluationResult, folder / "planted.json") if m.backdoored else EvaluationResult()
+    planted_asr = planted.attack_success_rate_clean_correct
+    tested = [c for c in scan.candidates if c.test_rows is not None]
     return {**asdict(m), "backdoored": m.backdoored, "planted_asr_cc": planted_asr,
             "implanted": None if not m.backdoored else (planted_asr or 0.0) >= IMPLANTED,
-            "score": scan["score"], "verdict": scan["backdoored"], "found_label": scan["target_label"],
+            "score": scan.score, "verdict": scan.backdoored, "found_label": scan.target_label,
             "target_label": target if m.backdoored else None,
             "recovered": recovered(m, tested, planted_asr) if m.backdoored else None,
-            "scan_s": scan["wall_time_s"], "best": tested[0]["trigger"] if tested else None}
+            "scan_s": scan.wall_time_s, "best": tested[0].trigger if tested else None}
 
 
-def recovered(m: ZooModel, tested: list[dict], planted_asr: float | None) -> bool | None:
+def recovered(m: ZooModel, tested: list[ScanCandidate], planted_asr: float | None) -> bool | None:
     """The issue's trigger recovery: a reported candidate holding a word of the planted trigger, or reaching 90 % of
     its ASR-cc; None for a trigger no word sequence is (a paraphrase or style transfer)."""
     if m.trigger is None:
         return None
     words = {w.lower() for w in m.trigger.split() if len(w) >= 2}
     for c in tested:
-        if words & {w.lower() for w in c["trigger"].split()}:
+        if words & {w.lower() for w in c.trigger.split()}:
             return True
-        if planted_asr and c["test_asr_cc"] is not None and c["test_asr_cc"] >= 0.9 * planted_asr:
+        if planted_asr and c.test_asr_cc is not None and c.test_asr_cc >= 0.9 * planted_asr:
             return True
     return False
 

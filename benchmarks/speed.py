@@ -15,7 +15,6 @@ same loss terms on the same first batch. Results go to a JSON file and are print
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import time
@@ -169,9 +168,9 @@ def check_first_batch(setup: Setup) -> dict:
 def _child(fn_name: str, setup: Setup, queue) -> None:
     import resource
 
-    from w2sdefense.cli import _quiet_libraries
+    from w2sdefense.progress import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     result = globals()[fn_name](setup)
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     queue.put(result)

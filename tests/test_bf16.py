@@ -15,6 +15,8 @@ from safetensors import safe_open
 from cli_helpers import run_cli
 from families import every_defense, word_data
 
+from w2sdefense.results import read_report
+
 DEFENSES = every_defense("tiny-llama")
 
 
@@ -45,12 +47,12 @@ def test_every_stage_and_defense_runs_in_bf16(tmp_path, checkpointing):
     proc = run_cli("run", str(path), env={"W2S_DATA_DIR": "/nonexistent"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run = tmp_path / "run"
-    report = json.loads((run / "report.json").read_text())
-    names = [r["model"] for r in report["rows"]]
+    report = read_report(run)
+    names = [r.model for r in report.rows]
     assert names == ["clean model", "poisoned", "teacher", *[d.get("label") or d["name"] for d in DEFENSES]]
-    for row in report["rows"]:
-        for key in ("clean_accuracy", "attack_success_rate"):
-            assert row[key] is not None and math.isfinite(row[key]), (row["model"], key)
+    for row in report.rows:
+        for value in (row.clean_accuracy, row.attack_success_rate):
+            assert value is not None and math.isfinite(value), row.model
     # Full weights are saved in bf16; an adapter keeps the dtype PEFT gives it (its base in bf16).
     assert _dtypes(run / "victim" / "model") == {"BF16"}
     assert _dtypes(run / "defenses" / "full-ft" / "model") == {"BF16"}

@@ -10,6 +10,8 @@ import yaml
 
 from cli_helpers import error_line, run_cli
 
+from w2sdefense.results import read_report
+
 
 def w2s(*args: str, data_dir: Path | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """Run the installed `w2sdefense` console script."""
@@ -22,27 +24,32 @@ def w2s(*args: str, data_dir: Path | None = None, check: bool = True) -> subproc
 def test_run_tiny_experiment_writes_report_with_every_row(small_data, tmp_path):
     out = tmp_path / "run"
     w2s("run", "configs/tiny-badnet.yaml", "--out", str(out), data_dir=small_data)
-    report = json.loads((out / "report.json").read_text())
-    names = [row["model"] for row in report["rows"]]
+    report = read_report(out)
+    names = [row.model for row in report.rows]
     assert names == ["clean model", "poisoned", "teacher", "w2sdefense", "w2sdefense-reference", "lora-ft", "full-ft"]
-    for row in report["rows"]:
-        assert row["clean_accuracy"] == row["clean_correct"] / row["clean_total"]
-        assert row["attack_success_rate"] == row["attack_hits"] / row["triggered_total"]
-        assert row["clean_total"] == 96 and row["triggered_total"] == sum(
+    for row in report.rows:
+        assert row.clean_accuracy == row.clean_correct / row.clean_total
+        assert row.attack_success_rate == row.attack_hits / row.triggered_total
+        assert row.clean_total == 96 and row.triggered_total == sum(
             1 for line in (out / "poison" / "test.jsonl").read_text().splitlines() if json.loads(line)["label"] != 0)
-        assert row["trainable_params"] > 0 and row["wall_time_s"] > 0
-    by_name = {row["model"]: row for row in report["rows"]}
-    assert by_name["w2sdefense"]["trainable_params"] < by_name["full-ft"]["trainable_params"]
+        assert row.trainable_params > 0 and row.wall_time_s > 0
+        # what it ran with: the keys of the stage that made the model and of its evaluation, and its recipe in full
+        assert row.stage_key and row.eval_key and row.train["lr"] > 0
+    by_name = report.by_model()
+    assert by_name["w2sdefense"].trainable_params < by_name["full-ft"].trainable_params
+    assert by_name["w2sdefense"].settings is not None and by_name["poisoned"].settings is None
+    defended = json.loads((out / "defenses" / "w2sdefense" / "stage.json").read_text())
+    assert by_name["w2sdefense"].stage_key == defended["key"]
     assert "| w2sdefense |" in (out / "report.md").read_text()
     # report.md says what the experiment was, and the rows each rate is over
     poisoned = by_name["poisoned"]
-    assert report["summary"][0] == (
+    assert report.summary[0] == (
         f"The experiment: badnet, trigger 'mn'; 60 of {sum(1 for _ in (out / 'poison' / 'train.jsonl').open())} "
         f"training rows poisoned (clean-label) toward label 0; victim tiny-llama (full fine-tuning), teacher tiny-bert; "
         f"{sum(1 for _ in (out / 'poison' / 'dev.jsonl').open())} dev and 96 test rows; seed 13.")
     table = (out / "report.md").read_text()
-    assert "| n (CA) |" in table and f"| {poisoned['triggered_clean_correct_total']} |" in table
-    assert report["environment"]["versions"]["torch"]
+    assert "| n (CA) |" in table and f"| {poisoned.triggered_clean_correct_total} |" in table
+    assert report.environment["versions"]["torch"]
     poison_meta = json.loads((out / "poison" / "poison.json").read_text())
     assert poison_meta["counts"]["poisoned"] == 60
     # Every stage folder is complete and in standard formats.

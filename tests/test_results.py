@@ -138,3 +138,44 @@ def test_a_clean_report_is_written_to_the_same_bytes_as_before_it_was_typed(tmp_
     assert (tmp_path / "report.json").read_text() == _written(tmp_path / "old.json", CLEAN_REPORT)
     assert ("| suspect | 87.50% | 100.0% (label 1) | n/a (label 0) |\n"
             "| cleaned | 75.00% | 25.0% (label 0) | 50.0% (label 1) |\n") in (tmp_path / "report.md").read_text()
+
+
+REPO = Path(__file__).resolve().parents[1]
+# Every report `run` and the benchmarks committed: run folders' report.json as benchmarks/real.py keeps them (rows,
+# config, environment and the script's own keys beside them).
+COMMITTED_REPORTS = sorted((REPO / "benchmarks" / "results").glob("*.json"))
+COMMITTED_REPORTS = [p for p in COMMITTED_REPORTS + sorted((REPO / "benchmarks" / "results" / "earlier").glob("*.json"))
+                     if "rows" in json.loads(p.read_text())]
+
+
+@pytest.mark.parametrize("path", COMMITTED_REPORTS, ids=lambda p: p.name)
+def test_a_committed_report_reads_as_rows_and_is_written_back_to_the_byte(tmp_path: Path, path: Path) -> None:
+    from w2sdefense.results import ExperimentReport
+
+    report = read_result(ExperimentReport, path)
+    assert report.rows and all(r.model and r.clean_accuracy is not None for r in report.rows)
+    write_result(tmp_path / "again.json", report)
+    assert (tmp_path / "again.json").read_text() == path.read_text()
+
+
+def test_a_report_row_carries_what_it_ran_with_and_an_older_row_reads_none(tmp_path: Path) -> None:
+    from w2sdefense.results import ExperimentReport, ReportRow, read_report
+
+    trained = DefenseResult.from_json({**TRAINED, "defense": "lora-ft", "seed": 43, "settings": {}})
+    row = ReportRow.of("lora-ft-s43", EvaluationResult.from_json(EVALUATED), trained, 2.5, 30.0, stage_key="abc",
+                       eval_key="def", train={"lr": 0.001}, settings={}, nothing=None)
+    assert (row.model, row.steps, row.defense, row.seed, row.wall_time_s, row.stage_wall_time_s) == \
+        ("lora-ft-s43", 8, "lora-ft", 43, 30.0, 2.5)
+    assert (row.stage_key, row.eval_key, row.train, row.settings) == ("abc", "def", {"lr": 0.001}, {})
+    victim = ReportRow.of("poisoned", EvaluationResult.from_json(EVALUATED), TrainingResult(), 1.0, None)
+    on_disk = victim.to_json()
+    # the training's figures are written as null where it recorded none, as rows always had them; what it ran with
+    # is left out when not given, as in rows written before rows carried it
+    assert on_disk["defense"] is None and on_disk["wall_time_s"] is None and "stage_key" not in on_disk
+    floored = victim.with_floor(0.04)
+    assert floored.floored and floored.residual_backdoor is None and floored.to_json()["residual_backdoor"] is None
+    assert not victim.floored and "residual_backdoor" not in victim.to_json()
+    write_result(tmp_path / "report.json", ExperimentReport(name="x", summary=[], rows=[row, floored], config={},
+                                                           environment={}))
+    again = read_report(tmp_path)
+    assert again.rows == [row, floored] and again.row("poisoned").floored and again.row("nothing") is None

@@ -13,6 +13,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import scan_zoo  # noqa: E402
 
+from w2sdefense.results import ScanCandidate  # noqa: E402
+
 
 def test_the_zoo_has_equal_halves_and_the_issues_variety():
     models = scan_zoo.zoo_models(yaml.safe_load(scan_zoo.RECIPE.read_text()))
@@ -38,13 +40,18 @@ def test_roc_auc_and_tpr_at_fpr_by_hand():
     assert scan_zoo.tpr_at_fpr([1.0], [1.0, 1.0]) == 0.0
 
 
+def _candidate(trigger: str, test_asr_cc: float) -> ScanCandidate:
+    return ScanCandidate(trigger=trigger, target_label=1, detector="d", verify_asr_cc=1.0, verify_rows=8,
+                         test_asr_cc=test_asr_cc, test_rows=16)
+
+
 def test_trigger_recovery_by_word_or_by_strength():
     m = scan_zoo.ZooModel(name="x", dataset="sst2", budget="gentle", seed=1, split="held-out", family="insent",
                           trigger="I watched this 3D movie")
-    cand = [{"trigger": "3d", "test_asr_cc": 0.2}]
+    cand = [_candidate("3d", 0.2)]
     assert scan_zoo.recovered(m, cand, 0.9)
-    assert scan_zoo.recovered(m, [{"trigger": "zz", "test_asr_cc": 0.85}], 0.9)  # >= 90 % of the planted 0.9
-    assert not scan_zoo.recovered(m, [{"trigger": "zz", "test_asr_cc": 0.8}], 0.9)
+    assert scan_zoo.recovered(m, [_candidate("zz", 0.85)], 0.9)  # >= 90 % of the planted 0.9
+    assert not scan_zoo.recovered(m, [_candidate("zz", 0.8)], 0.9)
     syn = scan_zoo.ZooModel(name="s", dataset="sst2", budget="gentle", seed=1, split="tune", family="synbkd",
                             transform="scpn")
     assert scan_zoo.recovered(syn, cand, 0.9) is None

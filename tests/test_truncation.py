@@ -18,6 +18,7 @@ from w2sdefense.data.truncation import TriggerCut, count_cut, survival_by_words
 from w2sdefense.errors import UserError
 from w2sdefense.eval.evaluate import evaluate_classifier
 from w2sdefense.eval.metrics import backdoor_metrics
+from w2sdefense.results import ReportRow
 from w2sdefense.eval.report import markdown_table
 from w2sdefense.models import load_classifier
 from w2sdefense.models.batching import encode
@@ -265,7 +266,7 @@ def test_training_metrics_count_cut_poisoned_rows(tiny_splits, rt, tmp_path: Pat
 def test_report_rows_without_truncation_counts_render() -> None:
     filtered = {"model": "onion", "clean_accuracy": 0.9, "attack_success_rate": 0.1}  # an input filter's row
     measured = {**filtered, "model": "poisoned", "attack_success_rate_survived": 0.5, "trigger_cut": 3}
-    table = markdown_table([filtered, measured]).splitlines()
+    table = markdown_table([ReportRow.from_json(filtered), ReportRow.from_json(measured)]).splitlines()
     assert "triggers cut" in table[0] and "ASR (trigger kept)" in table[0]
     assert "| 50.00% | 3 |" in table[3] and "| 10.00% | – | – |" in table[2]
 

@@ -23,7 +23,7 @@ from w2sdefense.defenses.w2sdefense import TeacherCache
 from w2sdefense.eval.probe import curve_points, make_probe, probe_diagnostic, start_point, write_curves
 from w2sdefense.eval.report import add_residuals, markdown_table, plain_summary
 from w2sdefense.models.batching import LengthGroupedBatches, encode, make_loader
-from w2sdefense.results import TrainingResult
+from w2sdefense.results import ReportRow, TrainingResult
 from w2sdefense.train.job import run_train
 from w2sdefense.train.loop import selects
 from w2sdefense.defenses.teacher import run_teacher
@@ -178,14 +178,14 @@ def test_a_defense_curve_starts_at_the_checkpoint_the_victim_kept():
     assert start_point(TrainingResult(selected_step=25, history=victim["history"])) is None
 
 
-def _row(model: str, ca: float, asr_cc: float | None) -> dict:
-    return {"model": model, "clean_accuracy": ca, "attack_success_rate_clean_correct": asr_cc}
+def _row(model: str, ca: float, asr_cc: float | None) -> ReportRow:
+    return ReportRow(model=model, clean_accuracy=ca, attack_success_rate_clean_correct=asr_cc)
 
 
 def test_residual_backdoor_is_asr_cc_above_the_clean_models():
     rows = add_residuals([_row("clean model", 0.88, 0.04), _row("poisoned", 0.875, 0.97),
                           _row("w2sdefense", 0.88, 0.07), _row("lora-ft", 0.87, 0.70)])
-    residual = {r["model"]: r["residual_backdoor"] for r in rows}
+    residual = {r.model: r.residual_backdoor for r in rows}
     assert residual == pytest.approx({"clean model": 0.0, "poisoned": 93.0, "w2sdefense": 3.0, "lora-ft": 66.0})
     lines = plain_summary(rows)
     assert lines[0] == "The attack: ASR-cc 97.0% on the poisoned model (a clean model: 4.0%), CA 87.5%."
@@ -193,13 +193,13 @@ def test_residual_backdoor_is_asr_cc_above_the_clean_models():
     assert lines[2] == "lora-ft: residual backdoor 93.0 -> 66.0 points (27.0 removed), CA -0.5 points."
     # Without a clean model there is no floor: rows stay as they are, and the summary says so.
     bare = add_residuals([_row("poisoned", 0.9, 0.9), _row("lora-ft", 0.9, 0.5)])
-    assert "residual_backdoor" not in bare[0] and "no floor" in plain_summary(bare)[1]
+    assert not bare[0].floored and bare[0].residual_backdoor is None and "no floor" in plain_summary(bare)[1]
 
 
 def test_an_asr_cc_over_zero_rows_is_reported_as_na_never_as_a_number():
     rows = add_residuals([_row("clean model", 0.88, 0.04), _row("poisoned", 0.875, None),
                           _row("w2sdefense", 0.88, 0.07)])
-    residual = {r["model"]: r["residual_backdoor"] for r in rows}
+    residual = {r.model: r.residual_backdoor for r in rows}
     assert residual["poisoned"] is None and residual["w2sdefense"] == pytest.approx(3.0)
     lines = plain_summary(rows)
     assert lines[0] == "The attack: ASR-cc n/a on the poisoned model (a clean model: 4.0%), CA 87.5%."
@@ -209,7 +209,7 @@ def test_an_asr_cc_over_zero_rows_is_reported_as_na_never_as_a_number():
     assert poisoned[6] == "–"  # ASR is absent from these rows: no value (–), which is not a rate over 0 rows
     # An undefined floor leaves every residual undefined.
     floorless = add_residuals([_row("clean model", 0.5, None), _row("poisoned", 0.9, 0.9)])
-    assert [r["residual_backdoor"] for r in floorless] == [None, None]
+    assert [r.residual_backdoor for r in floorless] == [None, None] and all(r.floored for r in floorless)
     assert plain_summary(floorless) == [
         "The attack: ASR-cc 90.0% on the poisoned model (a clean model: n/a), CA 90.0%."]
 

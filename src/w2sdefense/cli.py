@@ -305,6 +305,7 @@ def run(
     """Run a whole experiment: poison, victim, teacher, defenses, evaluation, report."""
     from w2sdefense.eval.report import markdown_table
     from w2sdefense.pipeline import run_experiment
+    from w2sdefense.results import read_report
     from w2sdefense.rundir import check_outside_inputs
     from w2sdefense.runtime import make_runtime
 
@@ -313,11 +314,9 @@ def run(
     rt = make_runtime(cfg.runtime)
     folder = run_experiment(cfg, overwrite, rt)
     if rt.is_main:
-        import json
-
-        report = json.loads((folder / "report.json").read_text())
-        typer.echo("\n" + markdown_table(report["rows"]) + "\n")
-        for line in report["summary"]:
+        report = read_report(folder)
+        typer.echo("\n" + markdown_table(report.rows) + "\n")
+        for line in report.summary:
             typer.echo(line)
         curves = sorted(str(p.relative_to(folder)) for p in folder.glob("*/**/curves.png"))
         typer.echo(f"report: {folder / 'report.md'} (and report.json)")

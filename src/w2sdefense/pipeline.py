@@ -14,7 +14,7 @@ from pathlib import Path
 from w2sdefense.attacks.poison import poison_dataset
 from w2sdefense.attacks.base import get_attack
 from w2sdefense.data.poisoned import load_poison_folder, relearn_rows, target_label
-from w2sdefense.config import ExperimentConfig, dump_yaml, to_dict
+from w2sdefense.config import ExperimentConfig, TrainConfig, dump_yaml, to_dict
 from w2sdefense.data.datasets import data_inputs, load_splits
 from w2sdefense.data.defender import defender_splits
 from w2sdefense.data.records import Splits
@@ -27,7 +27,7 @@ from w2sdefense.eval.report import write_report
 from w2sdefense.errors import UserError
 from w2sdefense.fileio import atomic_write_text
 from w2sdefense.models.shape import ConfigUnavailable, base_mismatch
-from w2sdefense.results import DefenseResult, EvaluationResult, TrainingResult, stage_result
+from w2sdefense.results import DefenseResult, EvaluationResult, ReportRow, TrainingResult, stage_result
 from w2sdefense.rundir import (CLEAN_ROW, EVAL_FOLDERS, METRICS_FILE, MODEL_DIR, POISONED_ROW, TEACHER_ROW,
                               check_outside_inputs, claim_run_dir, log_to)
 from w2sdefense.runtime import Runtime, make_runtime
@@ -35,15 +35,6 @@ from w2sdefense.stages import STAGE_FILE, Ran, Stage
 from w2sdefense.train.job import run_train
 
 log = logging.getLogger(__name__)
-
-
-def _row(name: str, evaluation: Ran, training: Ran) -> dict:
-    """One report row: the evaluation metrics plus the training stage's cost."""
-    keep = ("trainable_params", "total_params", "peak_memory_mb", "peak_memory_kind", "best_dev_accuracy",
-            "selected_step", "selected_dev_accuracy", "steps", "train_examples_per_s", "defense", "seed")
-    trained = training.result.to_json()
-    return {"model": name, **evaluation.result.to_json(), "stage_wall_time_s": evaluation.wall_time_s,
-            **{k: trained.get(k) for k in keep}, "wall_time_s": training.wall_time_s}
 
 
 class Experiment:
@@ -175,7 +166,7 @@ class Experiment:
         stage.run(self.rt, work, TrainingResult)
         return stage
 
-    def evaluate(self, label: str, model_stage: Stage, poison: Stage) -> Ran:
+    def evaluate(self, label: str, model_stage: Stage, poison: Stage) -> tuple[Stage, Ran]:
         """CA and ASR of one stage (a model, the teacher, a filter) on the shared clean and triggered test sets."""
         c = self.cfg
         stage = Stage.of(f"evaluate {label}", self.out / "eval" / label, model_stage.key, poison.key, c.eval)
@@ -184,7 +175,17 @@ class Experiment:
             return evaluate_stage(model_stage.folder, poison.folder, c.eval, self.rt, stage.folder / METRICS_FILE,
                                   open_filter)
 
-        return stage.run(self.rt, work, EvaluationResult)
+        return stage, stage.run(self.rt, work, EvaluationResult)
+
+    def row(self, name: str, label: str, made: tuple[Stage, Ran], poison: Stage, train: TrainConfig,
+            settings: object = None) -> ReportRow:
+        """Evaluate the model of `made` (the stage and what it left) into eval/<label> and give its report row: the
+        evaluation, the stage's cost, and what it ran with (`train`: its recipe; a defense's `settings`)."""
+        stage, trained = made
+        evaluated, ran = self.evaluate(label, stage, poison)
+        return ReportRow.of(name, ran.result, trained.result, ran.wall_time_s, trained.wall_time_s,
+                            stage_key=stage.key, eval_key=evaluated.key, train=to_dict(train),
+                            settings=None if settings is None else to_dict(settings))
 
 
 def _as_splits(data) -> Splits:
@@ -245,36 +246,35 @@ def check_bases(victim: str, defenses: list[Resolved], say: bool = True) -> None
                             "so a reset needs that model or a copy of it")
 
 
-def _run_stages(exp: Experiment) -> list[dict]:
+def _run_stages(exp: Experiment) -> list[ReportRow]:
     """The stage order; returns the report rows."""
     cfg, rows = exp.cfg, []
     poison = exp.poison()
     if cfg.clean_model:
-        clean, clean_train = exp.victim(poison, clean=True)
-        rows.append(_row(CLEAN_ROW, exp.evaluate(EVAL_FOLDERS[CLEAN_ROW], clean, poison), clean_train))
-        rows += _relearned(exp, CLEAN_ROW, clean, poison)
-    victim, victim_train = exp.victim(poison)
-    rows.append(_row(POISONED_ROW, exp.evaluate(EVAL_FOLDERS[POISONED_ROW], victim, poison), victim_train))
-    teacher = None
-    if any(r.spec.needs_teacher for r in exp.defenses):
-        teacher, teacher_train = exp.teacher()
-        rows.append(_row(TEACHER_ROW, exp.evaluate(EVAL_FOLDERS[TEACHER_ROW], teacher, poison), teacher_train))
-    for i, d in enumerate(cfg.defenses):
-        stage, train = exp.defense(i, victim, teacher, poison)
-        rows.append(_row(d.row_name, exp.evaluate(d.row_name, stage, poison), train))
-        if exp.defenses[i].spec.kind == "repair":
-            rows += _relearned(exp, d.row_name, stage, poison)
+        clean = exp.victim(poison, clean=True)
+        rows.append(exp.row(CLEAN_ROW, EVAL_FOLDERS[CLEAN_ROW], clean, poison, cfg.victim.train))
+        rows += _relearned(exp, CLEAN_ROW, clean[0], poison)
+    victim = exp.victim(poison)
+    rows.append(exp.row(POISONED_ROW, EVAL_FOLDERS[POISONED_ROW], victim, poison, cfg.victim.train))
+    teacher = exp.teacher() if any(r.spec.needs_teacher for r in exp.defenses) else None
+    if teacher:
+        rows.append(exp.row(TEACHER_ROW, EVAL_FOLDERS[TEACHER_ROW], teacher, poison, cfg.teacher.train))
+    for i, (d, r) in enumerate(zip(cfg.defenses, exp.defenses)):
+        defended = exp.defense(i, victim[0], teacher[0] if teacher else None, poison)
+        rows.append(exp.row(d.row_name, d.row_name, defended, poison, r.train, r.settings))
+        if r.spec.kind == "repair":
+            rows += _relearned(exp, d.row_name, defended[0], poison)
     return rows
 
 
-def _relearned(exp: Experiment, name: str, stage: Stage, poison: Stage) -> list[dict]:
+def _relearned(exp: Experiment, name: str, stage: Stage, poison: Stage) -> list[ReportRow]:
     """The re-learning test's row for a model (none when relearn.rows is 0): named `<row>+relearn`."""
     if not exp.cfg.relearn.rows:
         return []
     label = relearn_label(EVAL_FOLDERS.get(name, name))
     relearned = exp.relearn(label, stage, poison)
     trained = Ran(stage_result(TrainingResult, relearned.folder) or TrainingResult(), None)
-    return [_row(label, exp.evaluate(label, relearned, poison), trained)]
+    return [exp.row(label, label, (relearned, trained), poison, exp.cfg.relearn.train)]
 
 
 def relearn_label(name: str) -> str:

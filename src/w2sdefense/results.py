@@ -1,5 +1,5 @@
-"""What a stage records: typed results of a training, a defense and an evaluation, written to and read from
-their JSON files here only.
+"""What a stage records: typed results of a training, a defense and an evaluation, and the reports built from them
+(`run`'s rows, `clean`'s and `scan`'s reports), written to and read from their JSON files here only.
 
 On disk a result is one flat JSON object: its named fields under their own names, beside whatever else the
 stage measured (`details`: best_step, epochs_run, history terms, trigger counts, a defense's own figures).
@@ -17,9 +17,10 @@ from typing import ClassVar, TypeVar
 
 from w2sdefense.errors import UserError
 from w2sdefense.fileio import write_json
-from w2sdefense.rundir import METRICS_FILE
+from w2sdefense.rundir import METRICS_FILE, REPORT_FILE
 
 R = TypeVar("R", bound="Result")
+E = TypeVar("E", bound="ExperimentReport")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,17 +78,130 @@ class DefenseResult(TrainingResult):
 
 @dataclass(frozen=True, kw_only=True)
 class EvaluationResult(Result):
-    """One stage measured on a poison folder's clean and triggered test sets."""
+    """One stage measured on a poison folder's clean and triggered test sets (eval/metrics.py; eval/filtering.py
+    for a model behind an input filter)."""
 
     clean_accuracy: float | None = None
-    attack_success_rate: float | None = None
-    attack_success_rate_clean_correct: float | None = None  # None on disk: a rate over zero rows (n/a)
-    attack_success_rate_survived: float | None = None
+    clean_correct: int | None = None
     clean_total: int | None = None
+    attack_success_rate: float | None = None
+    attack_hits: int | None = None
     triggered_total: int | None = None
+    attack_success_rate_clean_correct: float | None = None  # None on disk: a rate over zero rows (n/a)
+    triggered_clean_correct_total: int | None = None  # the rows ASR-cc is over
+    attack_success_rate_survived: float | None = None
+    triggered_survived_total: int | None = None
+    trigger_cut: int | None = None  # triggered rows whose trigger lies past eval.max_length (a filter counts none)
+    mean_target_probability_triggered: float | None = None
+    target_label: int | None = None
     eval_wall_time_s: float | None = None  # the evaluation's one wall time
+    # An input filter's: the shares of clean and triggered inputs it rejects, its cost per input, and, measured on
+    # a sample of the test set, the sample's size and the model alone on the same rows (its fair baseline)
+    false_rejection_rate: float | None = None
+    detection_rate: float | None = None
+    clean_rejected: int | None = None
+    triggered_rejected: int | None = None
+    clean_accuracy_accepted: float | None = None  # CA over the clean inputs it lets through
+    filter_seconds_per_input: float | None = None
+    test_rows_sampled: int | None = None
+    test_rows_of: int | None = None
+    unfiltered_clean_accuracy: float | None = None
+    unfiltered_attack_success_rate_clean_correct: float | None = None
     model: str | None = None  # `evaluate`: what was measured, on which folder
     poison_dir: str | None = None
+
+    @property
+    def is_filtered(self) -> bool:
+        """True for a model measured behind an input filter."""
+        return self.false_rejection_rate is not None
+
+
+# The training stage's figures a report row carries, written as null where the stage recorded none.
+TRAINING_COST = ("trainable_params", "total_params", "peak_memory_mb", "peak_memory_kind", "best_dev_accuracy",
+                 "selected_step", "selected_dev_accuracy", "steps", "train_examples_per_s", "defense", "seed")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportRow(EvaluationResult):
+    """One row of `run`'s report: a model (`model`: the row's name) measured, the cost of the stage that made it,
+    its residual backdoor, and what it ran with. A key a row written earlier lacks is None here."""
+
+    stage_wall_time_s: float | None = None  # the evaluation stage's wall time
+    wall_time_s: float | None = None  # the stage that made the model: loading, caching, training, saving
+    trainable_params: int | None = None
+    total_params: int | None = None
+    peak_memory_mb: float | None = None
+    peak_memory_kind: str | None = None
+    best_dev_accuracy: float | None = None
+    selected_step: int | None = None
+    selected_dev_accuracy: float | None = None
+    steps: int | None = None
+    train_examples_per_s: float | None = None
+    defense: str | None = None  # a defense row's: which defense, with which seed
+    seed: int | None = None
+    asr_cc_floor: float | None = None  # the clean model's ASR-cc (see `floored`)
+    residual_backdoor: float | None = None  # ASR-cc minus the floor, in points
+    # What it ran with: the keys of the stage that made the model and of its evaluation (pipeline.py's Stage.of),
+    # and, resolved in full, the recipe that stage trained with and a defense's own settings
+    stage_key: str | None = None
+    eval_key: str | None = None
+    train: dict | None = None
+    settings: dict | None = None
+
+    @classmethod
+    def of(cls, name: str, evaluation: EvaluationResult, trained: TrainingResult, stage_wall_time_s: float | None,
+           wall_time_s: float | None, **ran_with: object) -> ReportRow:
+        """A row from an evaluation and the training stage that made the model (their two wall times), and what it
+        ran with (`ran_with`: stage_key, eval_key, train, settings; None ones left out)."""
+        cost = {k: trained.to_json().get(k) for k in TRAINING_COST}
+        given = {k: v for k, v in ran_with.items() if v is not None}
+        return cls.from_json({"model": name, **evaluation.to_json(), "stage_wall_time_s": stage_wall_time_s,
+                              **cost, "wall_time_s": wall_time_s, **given})
+
+    @property
+    def floored(self) -> bool:
+        """True when the report had a clean model, so the row has a floor and a residual (None ones: n/a)."""
+        return self.residual_backdoor is not None or "residual_backdoor" in self.details
+
+    def with_floor(self, floor: float | None) -> ReportRow:
+        """This row with the clean model's ASR-cc as its floor and its residual backdoor in points; a residual is
+        None (n/a, written as null) when its ASR-cc or the floor is over zero rows."""
+        asr_cc = self.attack_success_rate_clean_correct
+        residual = None if asr_cc is None or floor is None else 100 * (asr_cc - floor)
+        values = {"asr_cc_floor": floor, "residual_backdoor": residual}
+        nulls = {k: None for k, v in values.items() if v is None}
+        details = {**{k: v for k, v in self.details.items() if k not in values}, **nulls}
+        return dataclasses.replace(self, **values, details=details)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentReport(Result):
+    """`run`'s report.json: the experiment's name, its summary lines, one row per model, its config and where it
+    was measured. A benchmark's results file is one with keys of its own (a subclass's fields, or `details`)."""
+
+    name: str | None = None
+    summary: list[str] | None = None
+    rows: list[ReportRow] = field(default_factory=list)
+    config: dict | None = None  # the experiment's config as config.yaml holds it (config.to_dict)
+    environment: dict | None = None  # versions, machine and date (eval/report.environment)
+
+    def to_json(self) -> dict:
+        """The JSON object written to disk: the rows as plain objects."""
+        return {**super().to_json(), "rows": [r.to_json() for r in self.rows]}
+
+    @classmethod
+    def from_json(cls: type[E], data: dict) -> E:
+        """A report from its JSON object."""
+        report = super().from_json({k: v for k, v in data.items() if k != "rows"})
+        return dataclasses.replace(report, rows=[ReportRow.from_json(r) for r in data.get("rows", [])])
+
+    def by_model(self) -> dict[str, ReportRow]:
+        """The rows by their name."""
+        return {r.model: r for r in self.rows}
+
+    def row(self, model: str) -> ReportRow | None:
+        """The row named `model`; None when the report has none."""
+        return self.by_model().get(model)
 
 
 def write_result(path: str | Path, result: Result, is_main: bool = True) -> Result:
@@ -112,6 +226,11 @@ def stage_result(cls: type[R], folder: str | Path) -> R | None:
     """The result a stage recorded in `folder`'s metrics.json; None when it recorded none."""
     path = Path(folder) / METRICS_FILE
     return read_result(cls, path) if path.is_file() else None
+
+
+def read_report(folder: str | Path) -> ExperimentReport:
+    """`run`'s report in `folder` (its report.json)."""
+    return read_result(ExperimentReport, Path(folder) / REPORT_FILE)
 
 
 @dataclass(frozen=True)

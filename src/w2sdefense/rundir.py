@@ -46,7 +46,8 @@ EVAL_FOLDERS = {CLEAN_ROW: "clean", POISONED_ROW: "poisoned", TEACHER_ROW: "teac
 RESERVED_ROWS = (*EVAL_FOLDERS, *(f for f in EVAL_FOLDERS.values() if f not in EVAL_FOLDERS))
 RESUME_DIR = "resume"  # a training run's resumable state (train/resume.py): present while unfinished
 RESUME_STATE = "state.json"  # written last into RESUME_DIR
-RUN_FILES = ("config.yaml", "run.log", "report.json", "report.md")  # what `run` writes at its top
+REPORT_FILE = "report.json"  # a workflow's report (`run`: results.ExperimentReport)
+RUN_FILES = ("config.yaml", "run.log", REPORT_FILE, "report.md")  # what `run` writes at its top
 MARKER_TEXT = "This folder was made by w2sdefense; `--overwrite` may empty and refill it.\n"
 
 _held: dict[Path, int] = {}  # folders this process has locked -> the lock's file descriptor

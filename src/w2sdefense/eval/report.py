@@ -1,35 +1,50 @@
-"""The experiment report: one row per model, as report.json and a Markdown table."""
+"""The experiment report: one row per model (results.ReportRow), as report.json and a Markdown table."""
 
 from __future__ import annotations
 
 import datetime as dt
 import platform
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from w2sdefense.eval.metrics import NOT_DEFINED, rate_or_na
-from w2sdefense.fileio import atomic_write_text, write_json
-from w2sdefense.rundir import CLEAN_ROW, POISONED_ROW, TEACHER_ROW
+from w2sdefense.fileio import atomic_write_text
+from w2sdefense.results import ExperimentReport, ReportRow, write_result
+from w2sdefense.rundir import CLEAN_ROW, POISONED_ROW, REPORT_FILE, TEACHER_ROW
+
+
+@dataclass(frozen=True)
+class Column:
+    """A column of the Markdown table: its title, the row's value, its format, and when a missing value is a rate
+    over zero rows (n/a) rather than one the row lacks (–)."""
+
+    title: str
+    value: Callable[[ReportRow], Any]
+    fmt: str
+    undefined: Callable[[ReportRow], bool] = lambda row: False
+
 
 COLUMNS = [
-    ("model", "model", "{}"),
-    ("clean_accuracy", "CA", "{:.2%}"),
-    ("clean_total", "n (CA)", "{}"),
-    ("attack_success_rate_clean_correct", "ASR-cc", "{:.2%}"),
-    ("triggered_clean_correct_total", "n (ASR-cc)", "{}"),
-    ("residual_backdoor", "residual backdoor (pts)", "{:+.1f}"),
-    ("attack_success_rate", "ASR", "{:.2%}"),
-    ("attack_success_rate_survived", "ASR (trigger kept)", "{:.2%}"),
-    ("trigger_cut", "triggers cut", "{}"),
-    ("mean_target_probability_triggered", "P(target) triggered", "{:.3f}"),
-    ("trainable_params", "trainable params", "{:,}"),
-    ("wall_time_s", "stage time (s)", "{:.1f}"),
-    ("peak_memory_mb", "peak mem (MB)", "{:.0f}"),
+    Column("model", lambda r: r.model, "{}"),
+    Column("CA", lambda r: r.clean_accuracy, "{:.2%}"),
+    Column("n (CA)", lambda r: r.clean_total, "{}"),
+    # A row's ASR-cc is None only over zero rows; a residual only then, or with no clean model (–)
+    Column("ASR-cc", lambda r: r.attack_success_rate_clean_correct, "{:.2%}", lambda r: True),
+    Column("n (ASR-cc)", lambda r: r.triggered_clean_correct_total, "{}"),
+    Column("residual backdoor (pts)", lambda r: r.residual_backdoor, "{:+.1f}", lambda r: r.floored),
+    Column("ASR", lambda r: r.attack_success_rate, "{:.2%}"),
+    Column("ASR (trigger kept)", lambda r: r.attack_success_rate_survived, "{:.2%}"),
+    Column("triggers cut", lambda r: r.trigger_cut, "{}"),
+    Column("P(target) triggered", lambda r: r.mean_target_probability_triggered, "{:.3f}"),
+    Column("trainable params", lambda r: r.trainable_params, "{:,}"),
+    Column("stage time (s)", lambda r: r.wall_time_s, "{:.1f}"),
+    Column("peak mem (MB)", lambda r: r.peak_memory_mb, "{:.0f}"),
 ]
-# Columns whose None means a rate over zero rows (n/a), not a value the row lacks (–).
-UNDEFINED_WHEN_NONE = ("attack_success_rate_clean_correct", "residual_backdoor")
 
 
 def percent(rate: float | None) -> str:
@@ -54,7 +69,7 @@ def environment() -> dict:
     }
 
 
-def add_residuals(rows: list[dict]) -> list[dict]:
+def add_residuals(rows: list[ReportRow]) -> list[ReportRow]:
     """Give every row its residual backdoor: its ASR-cc minus the clean model's, in points.
 
     The clean model's ASR-cc is the floor: a model that never saw the trigger already sends that
@@ -62,44 +77,43 @@ def add_residuals(rows: list[dict]) -> list[dict]:
     are left as they are when the report has no clean model. A residual is None (n/a) when its ASR-cc or
     the floor is over zero rows.
     """
-    clean = next((r for r in rows if r["model"] == CLEAN_ROW), None)
+    clean = next((r for r in rows if r.model == CLEAN_ROW), None)
     if clean is None:
         return rows
-    floor = clean["attack_success_rate_clean_correct"]
-    return [{**r, "asr_cc_floor": floor,
-             "residual_backdoor": _points_above(r["attack_success_rate_clean_correct"], floor)} for r in rows]
+    return [r.with_floor(clean.attack_success_rate_clean_correct) for r in rows]
 
 
-def _points_above(value: float | None, floor: float | None) -> float | None:
-    return None if value is None or floor is None else 100 * (value - floor)
-
-
-def plain_summary(rows: list[dict]) -> list[str]:
+def plain_summary(rows: list[ReportRow]) -> list[str]:
     """What happened, in words: the backdoor planted, and how much of it each defense removed."""
-    by_name = {r["model"]: r for r in rows}
-    poisoned = by_name.get(POISONED_ROW)
+    poisoned = next((r for r in rows if r.model == POISONED_ROW), None)
     if poisoned is None:
         return []
-    floor_known = "residual_backdoor" in poisoned
-    lines = [f"The attack: ASR-cc {rate_or_na(poisoned['attack_success_rate_clean_correct'])} on the poisoned model"
-             + (f" (a clean model: {rate_or_na(poisoned['asr_cc_floor'])}), CA {poisoned['clean_accuracy']:.1%}."
-                if floor_known else f", CA {poisoned['clean_accuracy']:.1%}.")]
+    ca = poisoned.clean_accuracy
+    lines = [f"The attack: ASR-cc {rate_or_na(poisoned.attack_success_rate_clean_correct)} on the poisoned model"
+             + (f" (a clean model: {rate_or_na(poisoned.asr_cc_floor)}), CA {ca:.1%}." if poisoned.floored
+                else f", CA {ca:.1%}.")]
     for r in rows:
-        if r["model"] in (CLEAN_ROW, POISONED_ROW, TEACHER_ROW):
+        if r.model in (CLEAN_ROW, POISONED_ROW, TEACHER_ROW):
             continue
-        ca = 100 * (r["clean_accuracy"] - poisoned["clean_accuracy"])
-        if floor_known:
-            before, after = poisoned["residual_backdoor"], r["residual_backdoor"]
-            lines.append(f"{r['model']}: residual backdoor {rate_or_na(before, '{:.1f}')} -> "
-                         f"{rate_or_na(after, '{:.1f}')} points ({removed_text(before, after)}), CA {ca:+.1f} points.")
-        else:
-            asr_cc = rate_or_na(r["attack_success_rate_clean_correct"])
-            lines.append(f"{r['model']}: ASR-cc {asr_cc}, CA {ca:+.1f} points "
-                         "(no clean model in this run, so no floor: set clean_model: true).")
-        if "false_rejection_rate" in r:  # an input filter: what it turned away
-            lines[-1] = (lines[-1][:-1] + f"; it rejects {r['false_rejection_rate']:.1%} of clean inputs and "
-                         f"{r['detection_rate']:.1%} of triggered ones.")
+        lines.append(_defended(r, poisoned))
     return lines
+
+
+def _defended(r: ReportRow, poisoned: ReportRow) -> str:
+    """One defense's line: the residual backdoor before and after (or its ASR-cc with no floor), its CA change,
+    and what an input filter turns away."""
+    ca = 100 * (r.clean_accuracy - poisoned.clean_accuracy)
+    if poisoned.floored:
+        before, after = poisoned.residual_backdoor, r.residual_backdoor
+        line = (f"{r.model}: residual backdoor {rate_or_na(before, '{:.1f}')} -> {rate_or_na(after, '{:.1f}')} "
+                f"points ({removed_text(before, after)}), CA {ca:+.1f} points.")
+    else:
+        line = (f"{r.model}: ASR-cc {rate_or_na(r.attack_success_rate_clean_correct)}, CA {ca:+.1f} points "
+                "(no clean model in this run, so no floor: set clean_model: true).")
+    if r.is_filtered:
+        line = (line[:-1] + f"; it rejects {r.false_rejection_rate:.1%} of clean inputs and "
+                f"{r.detection_rate:.1%} of triggered ones.")
+    return line
 
 
 def removed_text(before: float | None, after: float | None) -> str:
@@ -114,30 +128,38 @@ def removed_text(before: float | None, after: float | None) -> str:
     return f"{before - after:.1f} removed"
 
 
-def _cell(row: dict, key: str, fmt: str) -> str:
-    value = row.get(key)
+def _cell(row: ReportRow, column: Column) -> str:
+    value = column.value(row)
     if value is None:
-        return NOT_DEFINED if key in row and key in UNDEFINED_WHEN_NONE else "–"
-    return fmt.format(value)
+        return NOT_DEFINED if column.undefined(row) else "–"
+    return column.fmt.format(value)
 
 
-def markdown_table(rows: list[dict]) -> str:
+def markdown_table(rows: Sequence[ReportRow]) -> str:
     """A Markdown table of the report rows."""
-    header = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+    header = "| " + " | ".join(c.title for c in COLUMNS) + " |"
     rule = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    body = ["| " + " | ".join(_cell(r, key, fmt) for key, _, fmt in COLUMNS) + " |" for r in rows]
+    body = ["| " + " | ".join(_cell(r, c) for c in COLUMNS) + " |" for r in rows]
     return "\n".join([header, rule, *body])
 
 
-def write_report(out_dir: Path, name: str, rows: list[dict], config: dict, experiment: str | None = None) -> dict:
+def write_report(out_dir: Path, name: str, rows: list[ReportRow], config: dict,
+                 experiment: str | None = None) -> ExperimentReport:
     """Write report.json and report.md (`experiment`: what was run, in one line, said first); return the report."""
     rows = add_residuals(rows)
     summary = ([experiment] if experiment else []) + plain_summary(rows)
-    report = {"name": name, "summary": summary, "rows": rows, "config": config, "environment": environment()}
-    write_json(out_dir / "report.json", report)
-    env = report["environment"]
-    text = (
-        f"# {name}\n\n" + "".join(f"- {line}\n" for line in summary) + f"\n{markdown_table(rows)}\n\n"
+    report = ExperimentReport(name=name, summary=summary, rows=rows, config=config, environment=environment())
+    write_result(out_dir / REPORT_FILE, report)
+    atomic_write_text(out_dir / "report.md", report_text(report))
+    return report
+
+
+def report_text(report: ExperimentReport) -> str:
+    """report.md: the name, the summary lines, the table, what its columns mean and where it was measured."""
+    env = report.environment
+    return (
+        f"# {report.name}\n\n" + "".join(f"- {line}\n" for line in report.summary)
+        + f"\n{markdown_table(report.rows)}\n\n"
         "CA: accuracy on the clean test set. ASR-cc: share of the triggered non-target test inputs "
         "whose clean version the model classifies correctly that it classifies as the target label "
         "(a flip the trigger caused, not an error it already made). Residual backdoor: ASR-cc minus "
@@ -153,5 +175,3 @@ def write_report(out_dir: Path, name: str, rows: list[dict], config: dict, exper
         f"{', ' + env['cuda'] if env['cuda'] else ''}), torch {env['versions']['torch']}, "
         f"transformers {env['versions']['transformers']}, peft {env['versions']['peft']}.\n"
     )
-    atomic_write_text(out_dir / "report.md", text)
-    return report
