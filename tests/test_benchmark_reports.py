@@ -12,6 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import attack_arms  # noqa: E402
 import real  # noqa: E402
+import real_results  # noqa: E402
+import real_tables  # noqa: E402
 
 
 def _result(attack: str, date: str, victim: str) -> dict:
@@ -19,17 +21,17 @@ def _result(attack: str, date: str, victim: str) -> dict:
 
 
 def test_a_retired_results_file_moves_to_earlier_under_its_date_and_is_never_overwritten(tmp_path, monkeypatch):
-    monkeypatch.setattr(real, "EARLIER", tmp_path / "earlier")
+    monkeypatch.setattr(real_results, "EARLIER", tmp_path / "earlier")
     path = tmp_path / "badnet.json"
     path.write_text(json.dumps(_result("badnet", "2026-12-01", "key-a")))
-    dest = real.retire(path)
+    dest = real_results.retire(path)
     assert dest == tmp_path / "earlier" / "badnet-2026-12-01.json"
     assert not path.exists() and json.loads(dest.read_text())["victim"] == "key-a"
-    assert list(real.load_earlier()) == ["badnet (earlier victim, measured to 2026-12-01)"]
+    assert list(real_results.load_earlier()) == ["badnet (earlier victim, measured to 2026-12-01)"]
 
     path.write_text(json.dumps(_result("badnet", "2026-12-01", "key-b")))
     with pytest.raises(SystemExit, match="exists already"):
-        real.retire(path)
+        real_results.retire(path)
     assert json.loads(dest.read_text())["victim"] == "key-a" and path.is_file()
 
 
@@ -92,9 +94,9 @@ def test_an_arms_defense_at_several_seeds_is_labelled_by_seed_and_reported_as_me
     assert cells[9] == "w2sdefense: 87.0 ± 1.4 / +4.0 ± 1.4 (n=2; +5.0, +3.0); lora-ft: 87.0 / +93.0"
 
 
-def _results(data: dict) -> real.AttackResults:
-    """A results JSON's content, read as real.py reads the file."""
-    return real.AttackResults.from_json(data)
+def _results(data: dict) -> real_results.AttackResults:
+    """A results JSON's content, read as the benchmark reads the file."""
+    return real_results.AttackResults.from_json(data)
 
 
 def test_a_filter_measured_on_a_sample_is_named_so_and_shown_beside_the_model_without_it_on_those_rows():
@@ -106,7 +108,7 @@ def test_a_filter_measured_on_a_sample_is_named_so_and_shown_beside_the_model_wi
              "unfiltered_attack_success_rate_clean_correct": 0.75}]
     result = {"attack": "badnet", "rows": rows, "config": {"seed": 42},
               "row_meta": {"onion-s42": {"defense": "onion", "is_variant": False, "seed": 42}}}
-    lines = real.comparison_table({"badnet": _results(result)}).splitlines()[2:]
+    lines = real_tables.comparison_table({"badnet": _results(result)}).splitlines()[2:]
     assert lines[1].startswith("| badnet | onion (600 of 1,821 test rows) | input filter | 85.0 | 30.0 | +28.0 |")
     assert lines[2].startswith("| badnet | poisoned, the same 600 rows | – | 88.0 | 75.0 | +73.0 |")
     assert len(lines) == 3
@@ -126,7 +128,7 @@ def test_a_defense_run_at_several_seeds_is_compared_by_mean_sd_and_n_with_its_co
     meta.update({"w2s-g01": {"defense": "w2sdefense", "is_variant": True, "seed": 42},
                  "nad-s43": {"defense": "nad", "is_variant": False, "seed": 43}})
     result = {"attack": "badnet", "rows": rows, "config": {"seed": 42}, "row_meta": meta}
-    lines = real.comparison_table({"badnet": _results(result)}).splitlines()[2:]
+    lines = real_tables.comparison_table({"badnet": _results(result)}).splitlines()[2:]
     assert len(lines) == 2
     # CA 90, 88, 89 -> 89.0 ± 1.0; ASR-cc 6, 10, 8 -> 8.0 ± 2.0; residual 6.0 ± 2.0; steps from seed 42.
     assert lines[1] == ("| badnet | w2sdefense | repair | 89.0 ± 1.0 (n=3) | 8.0 ± 2.0 (n=3) | +6.0 ± 2.0 (n=3) | – | "
@@ -141,7 +143,7 @@ def test_rows_of_one_defense_under_different_labels_are_compared_apart():
     meta = {"w2sdefense-s42": {"defense": "w2sdefense", "variant": "w2sdefense", "is_variant": False, "seed": 42},
             "w2s-shrink-s42": {"defense": "w2sdefense", "variant": "w2s-shrink", "is_variant": False, "seed": 42}}
     result = {"attack": "badnet", "rows": rows, "config": {"seed": 42}, "row_meta": meta}
-    lines = real.comparison_table({"badnet": _results(result)}).splitlines()[3:]
+    lines = real_tables.comparison_table({"badnet": _results(result)}).splitlines()[3:]
     # The preset lists w2sdefense before w2s-shrink; each keeps its own numbers (residual 4.0 and 10.0).
     assert [line.split(" | ")[1] for line in lines] == ["w2sdefense", "w2s-shrink"]
     assert lines[0].split(" | ")[5] == "+4.0" and lines[1].split(" | ")[5] == "+10.0"
@@ -157,12 +159,12 @@ def test_an_asr_cc_over_zero_rows_is_na_in_the_tables_and_left_out_of_means():
         meta[f"w2sdefense-s{seed}"] = {"defense": "w2sdefense", "is_variant": False, "seed": seed,
                                        "settings": {"name": "w2sdefense"}}
     result = {"attack": "badnet", "rows": rows, "config": {"seed": 42}, "row_meta": meta}
-    lines = real.comparison_table({"badnet": _results(result)}).splitlines()[2:]
+    lines = real_tables.comparison_table({"badnet": _results(result)}).splitlines()[2:]
     assert lines[0].startswith("| badnet | poisoned (no defense) | – | 89.0 | n/a | n/a |")
     # ASR-cc 6 and 10 (seed 42 has none) -> 8.0 ± 2.8 over 2; residual 4 and 8 -> +6.0 ± 2.8
     assert lines[1].startswith("| badnet | w2sdefense | repair | 90.0 ± 0.0 (n=3) | 8.0 ± 2.8 (n=2, 1 n/a) | "
                                "+6.0 ± 2.8 (n=2, 1 n/a) |")
-    variant = real.variant_table({"badnet": _results(result)}).splitlines()[2:]
+    variant = real_tables.variant_table({"badnet": _results(result)}).splitlines()[2:]
     assert [line.split(" | ")[1:6] for line in variant] == [["w2sdefense-s42", "(the preset)", "90.0", "n/a", "n/a"]]
     # An undefined floor: no residual anywhere, and the rest still shown.
     summ = {"attacks": {"badnet": {
@@ -170,7 +172,7 @@ def test_an_asr_cc_over_zero_rows_is_na_in_the_tables_and_left_out_of_means():
         "poisoned": {"ca": [0.89], "asr_cc": [0.8], "asr": [0.85]},
         "defenses": {"w2sdefense": {"ca": [0.9, 0.88], "asr_cc": [0.1, None], "asr": [0.1, 0.2], "steps": 80,
                                     "seeds": [42, 43], "is_variant": False}}}}}
-    assert real.main_table(summ).splitlines()[-1] == (
+    assert real_tables.main_table(summ).splitlines()[-1] == (
         "| badnet | 90.0 / n/a | 89.0 / 80.0 (n/a) | w2sdefense (80 steps) | 89.0 ± 1.4 (n=2) | "
         "10.0 (n=1, 1 n/a) | n/a | 15.0 ± 7.1 (n=2) |")
 
@@ -187,12 +189,12 @@ def test_the_variant_table_gives_an_input_filter_no_steps_and_a_training_its_sel
     meta = {m: {"defense": m[:-4], "is_variant": False, "seed": 42, "settings": {"name": m[:-4]}}
             for m in ("strip-s42", "rap-s42", "lora-ft-s42")}
     result = {"attack": "badnet", "rows": rows, "config": {"seed": 42}, "row_meta": meta}
-    lines = real.variant_table({"badnet": _results(result)}).splitlines()[2:]
+    lines = real_tables.variant_table({"badnet": _results(result)}).splitlines()[2:]
     assert [line.split(" | ")[-1] for line in lines] == ["– |", "– / 80 |", "40 / 80 |"]
 
 
 def test_a_row_that_recorded_what_it_ran_with_is_described_by_that_and_an_older_one_by_todays_defaults():
-    today = real._resolved({"name": "lora-ft"})
+    today = real_tables._resolved({"name": "lora-ft"})
     assert today["train"]["lr"] != 0.5
     ran = {"clean_accuracy": 0.88, "attack_success_rate_clean_correct": 0.7,
            "settings": {k: v for k, v in today.items() if k != "train"}, "train": {**today["train"], "lr": 0.5}}
@@ -203,7 +205,7 @@ def test_a_row_that_recorded_what_it_ran_with_is_described_by_that_and_an_older_
     meta = {m: {"defense": "lora-ft", "is_variant": m.endswith("fast"), "seed": 42, "settings": {"name": "lora-ft"}}
             for m in ("lora-ft-s42", "lora-ft-fast")}
     result = _results({"attack": "badnet", "rows": rows, "config": {"seed": 42}, "row_meta": meta})
-    assert [line.split(" | ")[1:3] for line in real.variant_table({"badnet": result}).splitlines()[2:]] == [
+    assert [line.split(" | ")[1:3] for line in real_tables.variant_table({"badnet": result}).splitlines()[2:]] == [
         ["lora-ft-s42", "(the preset)"], ["lora-ft-fast", "train.lr=0.5"]]  # configured alike, run otherwise
 
 

@@ -2,7 +2,7 @@
 
 (a) Each generated block of the README (`<!-- NAME:begin -->` ... `<!-- NAME:end -->`) is rebuilt from the
 committed results files (benchmarks/results/<attack>.json) by the code `python benchmarks/real.py --report-only`
-writes it with (`real.readme_blocks`; no model runs) and must equal, byte for byte, what the README holds. The
+writes it with (`real_tables.readme_blocks`; no model runs) and must equal, byte for byte, what the README holds. The
 model-families block is not a measurement: tests/test_families.py checks it against the tested families.
 
 (b) The rule for the README's prose (everything outside generated blocks, and the comments of fenced code): a measured
@@ -25,7 +25,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-import real  # noqa: E402
+import real_results  # noqa: E402
+import real_tables  # noqa: E402
 
 README = REPO / "README.md"
 BLOCK = re.compile(r"<!-- ([\w-]+):begin -->\n(.*?)\n<!-- \1:end -->", re.S)
@@ -68,8 +69,8 @@ def hand_typed(text: str) -> list[str]:
 
 
 def _expected() -> dict[str, str]:
-    results = real.load_results()
-    return real.readme_blocks(results, real.summary(results))
+    results = real_results.load_results()
+    return real_tables.readme_blocks(results, real_tables.summary(results))
 
 
 def test_every_generated_readme_block_is_what_the_committed_results_give():

@@ -299,7 +299,7 @@ class ScanConfig:
     clean rows); the model is called backdoored when the best candidate's ASR-cc reaches `threshold`.
     """
 
-    # shift-inversion (base known) is a setting: on the BadNet SmolLM2 suspect it missed mn too and added 5 minutes
+    # shift-inversion (base known) is a setting, not a default: benchmarks/RESULTS.md, "Scan"
     detectors: list[str] = field(default_factory=lambda: ["inversion", "embedding-shift"])
     threshold: float = 0.8  # provisional until the zoo benchmark calibrates it (benchmarks/RESULTS.md, Scan)
     lengths: list[int] = field(default_factory=lambda: [1, 3])  # inversion: trigger lengths in tokens

@@ -1,8 +1,8 @@
 """`fine-mixing` (Zhang et al., 2022): reset the suspect model's backbone toward the public model it was
 fine-tuned from, keeping a seeded share `rho` of the fine-tuning change (or interpolating by `rho`), then
 fine-tune on clean data with lora-ft's recipe at two epochs (160 steps: what the public base's backbone needs to
-win back the clean accuracy; at one epoch SynAttack's CA fell 2.13 points, at two 1.05, benchmarks/RESULTS.md). The trigger never has to fire for its weights to move:
-a pathway clean gradients barely reach is reset all the same.
+win back the clean accuracy, benchmarks/RESULTS.md, "Unlearning below the last layer"). The trigger never has to
+fire for its weights to move: a pathway clean gradients barely reach is reset all the same.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class ResetSettings:
     NAME: ClassVar[str] = "fine-mixing"  # the defense's name in messages
     base_model: str | None = None  # the public model the suspect was fine-tuned from (any name --model takes)
     # Share of the fine-tuning change kept (1: the suspect as it is, 0: the base's backbone). 0, the measured
-    # default: rho 0.5 left +49.6 of InSent's +90.9 points (benchmarks/RESULTS.md)
+    # default: a partial reset keeps a share of the backdoor (benchmarks/RESULTS.md, "Unlearning below the last layer")
     rho: float = 0.0
     mix: str = "mask"  # mask (a seeded Bernoulli(rho) mask per weight) | interpolate (base + rho * change)
     # suspect: keep the suspect's classification head | fresh: a new head too (the control "the base with a fresh
@@ -52,7 +52,8 @@ class FineMixingSettings(ResetSettings):
         self.check_reset()
 
 
-# Two epochs of lora-ft's recipe (the reset, measured at 80 and 160 steps on three attacks, 2026-12-03).
+# Two epochs of lora-ft's recipe: the budget the reset needs to keep clean accuracy on every attack, the measured
+# default (benchmarks/RESULTS.md, "Unlearning below the last layer").
 RESET_RECIPE = {**LORA_RECIPE, "epochs": 2.0}
 
 

@@ -5,8 +5,8 @@ with LoRA (default: the same recipe as lora-ft) or every weight (`train.method: 
 A neuron is an input channel of a layer's MLP output projection (Llama's `down_proj`, BERT's
 `output.dense`); its activity is the mean absolute value of that input over the clean rows' real tokens.
 Pruning zeroes its column of the projection, and a gradient mask keeps it zero under full fine-tuning; under
-LoRA, an adapter on that projection gets the same columns of its A matrix zeroed and masked (until 2026-12-03
-it did not, so LoRA on every linear layer could revive the pruned neurons).
+LoRA, an adapter on that projection gets the same columns of its A matrix zeroed and masked, so that LoRA on every
+linear layer cannot revive the pruned neurons.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ class W2SSettings:
     teacher_mode: str = "trained"
     # A weight reset toward the public base before unlearning (as fine-mixing's): none when base_model is unset
     base_model: str | None = None
-    rho: float = 0.0  # the full reset: rho 0.5 left half of InSent's backdoor (benchmarks/RESULTS.md)
+    rho: float = 0.0  # the full reset, the measured default (benchmarks/RESULTS.md, "Unlearning below the last layer")
     mix: str = "mask"
 
     def __post_init__(self) -> None:

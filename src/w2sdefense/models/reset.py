@@ -89,9 +89,8 @@ def reset_toward_base(victim: nn.Module, base: nn.Module, rho: float, mix: str,
 
 
 # Beyond this relative distance (backbone weight change over the base's weights) the suspect was hardly fine-tuned
-# from this base: fine-tuning moves little (the realistic benchmark's SmolLM2 suspects, 250 full steps at lr 1e-4,
-# are 0.0047 from the base), two models pretrained apart differ by about their own size (1.4 for independent
-# initialisations of one architecture).
+# from this base: fine-tuning moves little, two models pretrained apart differ by about their own size (the
+# distances measured: benchmarks/RESULTS.md, "The realistic protocol").
 FAR_FROM_BASE = 0.1
 
 HEADS = ("suspect", "fresh")
