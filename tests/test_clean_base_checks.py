@@ -160,6 +160,7 @@ def test_clean_end_to_end_far_base_options_label_names_and_a_changed_setting_ref
     summary = "\n".join(report["summary"])
     assert "warning: the suspect's backbone is" in summary and "fresh one" in summary
     assert "trained 2 steps on 40 labelled clean rows" in summary
+    assert "fine-mixing is the default with the public base known: of the defenses the benchmark measured" in summary
     assert any(line.startswith("trigger 'cf': ASR-cc toward label") and ("(negative)" in line or "(positive)" in line)
                for line in report["summary"])
     weights = out / "model" / "model.safetensors"

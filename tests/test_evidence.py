@@ -7,22 +7,24 @@ import json
 import re
 from pathlib import Path
 
-from w2sdefense.defenses.evidence import EVIDENCE, MAIN, REALISTIC, evidence_lines
+from w2sdefense.defenses.evidence import EVIDENCE, MAIN, REALISTIC, Measured, evidence_lines, measured_default
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 ATTACKS = {"badnet": "BadNet", "insent": "InSent", "synbkd": "SynAttack"}
 ROW_NAMES = {"fine-mixing": "fine-mixing-r0 (160 steps)", "w2sdefense": "w2sdefense (80 steps)"}
 
 
-def _main_table() -> dict[tuple[str, str], float]:
-    """(row name, attack) -> the residual's mean, from the generated table of RESULTS.md (real:begin/end)."""
+def _main_table() -> dict[tuple[str, str], tuple[float, int]]:
+    """(row name, attack) -> the residual's mean and its seed count, from the generated table of RESULTS.md
+    (real:begin/end)."""
     text = (BENCH / "RESULTS.md").read_text()
     table = text[text.index("<!-- real:begin -->"):text.index("<!-- real:end -->")]
     found = {}
     for line in table.splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if len(cells) == 8 and cells[0] in ATTACKS:
-            found[(cells[3], ATTACKS[cells[0]])] = float(re.match(r"[-+]?\d+\.\d", cells[6]).group())
+            n = int(re.search(r"\(n=(\d+)\)", cells[6]).group(1))
+            found[(cells[3], ATTACKS[cells[0]])] = (float(re.match(r"[-+]?\d+\.\d", cells[6]).group()), n)
     return found
 
 
@@ -37,11 +39,12 @@ def test_every_quoted_residual_is_the_results_files():
     for m in EVIDENCE:
         for attack, points in m.residual.items():
             if m.regime == MAIN:
-                assert table[(ROW_NAMES[m.defense], attack)] == points, (m.defense, attack)
+                assert table[(ROW_NAMES[m.defense], attack)] == (points, m.seeds), (m.defense, attack)
             else:
                 assert m.regime == REALISTIC
                 measured = _realistic(m.defense, attack, 256)
                 assert round(sum(measured) / len(measured), 1) == points, (m.defense, attack, measured)
+                assert len(measured) == m.seeds, (m.defense, attack, measured)
 
 
 def test_the_report_quotes_the_settings_that_ran_and_says_when_nothing_was_measured():
@@ -49,3 +52,21 @@ def test_the_report_quotes_the_settings_that_ran_and_says_when_nothing_was_measu
     assert "has not measured fine-mixing" in evidence_lines("fine-mixing", {"rho": 0.5, "base_model": "x"})[0]
     assert "has not measured w2sdefense" in evidence_lines("w2sdefense", {"beta": 1.0})[0]
     assert "has not measured crow" in evidence_lines("crow", {})[0]
+
+
+def test_the_default_is_the_measured_winner_for_what_the_user_has():
+    assert (measured_default(True).defense, measured_default(True).settings) == ("fine-mixing", {"rho": 0.0})
+    assert measured_default(False).defense == "w2sdefense"  # the only base-free measurement that meets the bar
+
+    def m(name, regime, badnet, insent, seeds=3, base=False):
+        return Measured(name, {}, regime, {"BadNet": badnet, "InSent": insent}, "s", seeds=seeds, needs_base=base)
+
+    table = (m("reset", MAIN, 1.0, 2.0, base=True), m("w2s", MAIN, 3.0, 70.0), m("new", REALISTIC, 2.0, 4.0),
+             m("better", REALISTIC, 0.5, 1.0, seeds=1), m("x", MAIN, 9.0, 9.0))
+    # the realistic protocol's measurement wins over the main experiment's, once it meets the bar (3 seeds)
+    assert measured_default(True, table).defense == "new" and measured_default(False, table).defense == "new"
+    assert measured_default(True, table[:2]).defense == "reset" and measured_default(False, table[:2]).defense == "w2s"
+    only_badnet = Measured("badnet-only", {}, REALISTIC, {"BadNet": 0.0}, "s", seeds=3)
+    assert measured_default(False, (*table[:2], only_badnet)).defense == "w2s"  # InSent not measured: not eligible
+    # the worse of the two attacks decides
+    assert measured_default(False, (m("a", MAIN, 0.0, 30.0), m("b", MAIN, 10.0, 12.0))).defense == "b"

@@ -32,7 +32,7 @@ from w2sdefense.data.loading import read_texts
 from w2sdefense.data.records import UNLABELLED, Example, Splits
 from w2sdefense.defenses import DEFENSES, DefenseJob, resolve, run_defense
 from w2sdefense.defenses.base import Resolved
-from w2sdefense.defenses.evidence import evidence_lines
+from w2sdefense.defenses.evidence import default_reason, evidence_lines, measured_default
 from w2sdefense.defenses.recipes import CLEAN_BUDGET
 from w2sdefense.defenses.teacher import run_teacher
 from w2sdefense.errors import UserError, shown
@@ -56,14 +56,15 @@ from w2sdefense.train.job import limit
 
 
 def choose_defense(job: CleanJob) -> DefenseConfig:
-    """The defense `clean` runs: the one named, else the measured default for what the user gave (the full reset
-    toward the public base when known, else W2SDefense); settings given without a name tune that default. A base
+    """The defense `clean` runs: the one named, else the measured default for what the user gave
+    (evidence.measured_default: today the full reset toward the public base when known, else W2SDefense); settings
+    given without a name tune that default. A base
     given to a defense that does not take one is refused. It trains on every clean row the user gave, for the step
     budget the realistic benchmark measured (recipes.CLEAN_BUDGET), unless the user's train keys say otherwise."""
     d = job.defense or DefenseConfig(name=AUTO_DEFENSE)
     if d.name == AUTO_DEFENSE:
-        name, settings = ("fine-mixing", {"rho": 0.0}) if job.base_model else ("w2sdefense", {})
-        d = dataclasses.replace(d, name=name, settings={**settings, **d.settings})
+        chosen = measured_default(bool(job.base_model))
+        d = dataclasses.replace(d, name=chosen.defense, settings={**chosen.settings, **d.settings})
     takes = {f.name for f in dataclasses.fields(DEFENSES.get(d.name).settings)}
     takes_base = "base_model" in takes
     for key, flag in (("head", "--fresh-head"), ("tokenizer", "--base-tokenizer")):
@@ -78,6 +79,14 @@ def choose_defense(job: CleanJob) -> DefenseConfig:
     if job.base_model and "base_model" not in d.settings:
         d = dataclasses.replace(d, settings={**d.settings, "base_model": job.base_model})
     return dataclasses.replace(d, train={**CLEAN_BUDGET, **d.train})  # every row, the measured step budget
+
+
+def _why(job: CleanJob) -> str | None:
+    """Why the default ran, when the user named no defense."""
+    if job.defense is not None and job.defense.name != AUTO_DEFENSE:
+        return None
+    base_known = bool(job.base_model)
+    return default_reason(measured_default(base_known), base_known)
 
 
 def with_declared_base(job: CleanJob) -> tuple[CleanJob, str | None]:
@@ -170,7 +179,8 @@ def run_clean(job: CleanJob, out: Path, rt: Runtime, overwrite: bool = False,
         if rt.is_main:
             atomic_write_text(folder / "config.yaml", dump_yaml(job))
         with log_to(folder / "run.log", rt.is_main):
-            report = dataclasses.replace(_stages(job, resolved, splits, stages, rt), base_source=base_source)
+            report = dataclasses.replace(_stages(job, resolved, splits, stages, rt), base_source=base_source,
+                                         default_reason=_why(job))
         if rt.is_main:
             write_report(folder, report)
         rt.accelerator.wait_for_everyone()
@@ -352,6 +362,8 @@ def summary_lines(report: CleanReport) -> list[str]:
     before, after = report.before, report.after
     lines = [f"{report.defense['name']} on {report.model}: clean accuracy {before.clean_accuracy:.1%} -> "
              f"{after.clean_accuracy:.1%} on {after.clean_total} clean test rows."]
+    if report.default_reason:
+        lines.append(report.default_reason)
     if report.base_source:
         lines.append(f"public base: {report.base_model}, as the suspect names it in {report.base_source} (--base "
                      "chooses another; --defense w2sdefense runs without one).")

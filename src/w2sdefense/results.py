@@ -303,8 +303,10 @@ class CleanReport:
     reset: dict | None = None  # a resetting defense's record: the suspect's distance from the base, head, tokenizer
     train_rows: int | None = None  # the labelled clean rows the defense trained on
     steps: int | None = None  # its optimizer steps
+    default_reason: str | None = None  # why this defense ran, when the user named none
 
-    OPTIONAL: ClassVar[tuple[str, ...]] = ("base_source", "label_names", "reset", "train_rows", "steps")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("base_source", "label_names", "reset", "train_rows", "steps",
+                                           "default_reason")
 
     def to_json(self, summary: list[str]) -> dict:
         """report.json's object: every field (None as null, but the OPTIONAL ones left out when None) and the

@@ -1,6 +1,7 @@
-"""What the benchmark measured for a defense, for `clean`'s report: the numbers a user should weigh a cleaned model
-against, in the regime they were measured in (benchmarks/RESULTS.md; tests/test_evidence.py checks every number
-here against the results files, so a rerun that changes one fails until this table follows)."""
+"""What the benchmark measured for a defense, for `clean`: the numbers a user should weigh a cleaned model against, in
+the regime they were measured in, and the default `clean` runs, chosen from them by one rule (measured_default)
+(benchmarks/RESULTS.md; tests/test_evidence.py checks every number here against the results files, so a rerun that
+changes one fails until this table follows)."""
 
 from __future__ import annotations
 
@@ -16,20 +17,46 @@ class Measured:
     regime: str  # in words: model, data, whose rows the defender held, how many seeds
     residual: dict[str, float]  # attack -> points, the mean over the seeds
     source: str  # where the table is
+    seeds: int = 1  # defense seeds behind each mean
+    needs_base: bool = False  # it resets toward the public base: only for a user who knows it
 
 
-MAIN = ("SmolLM2-135M suspects on SST-2, the defender holding 1280 of the attacker's own 2000 rows, mean of 3 seeds")
-REALISTIC = ("SmolLM2-135M suspect on SST-2 trained on 4000 rows, the defender holding 256 rows the attacker never "
-             "saw, 1 seed")
+MAIN = "SmolLM2-135M suspects on SST-2, the defender holding 1280 of the attacker's own 2000 rows"
+REALISTIC = "SmolLM2-135M suspect on SST-2 trained on 4000 rows, the defender holding 256 rows the attacker never saw"
 
 EVIDENCE = (
     Measured("fine-mixing", {"rho": 0.0}, MAIN, {"BadNet": 0.9, "InSent": 2.7, "SynAttack": 1.6},
-             "benchmarks/RESULTS.md, the paper's experiment at laptop scale (fine-mixing-r0)"),
+             "benchmarks/RESULTS.md, the paper's experiment at laptop scale (fine-mixing-r0)", seeds=3, needs_base=True),
     Measured("w2sdefense", {}, MAIN, {"BadNet": 3.9, "InSent": 72.6, "SynAttack": 32.4},
-             "benchmarks/RESULTS.md, the paper's experiment at laptop scale (w2sdefense)"),
+             "benchmarks/RESULTS.md, the paper's experiment at laptop scale (w2sdefense)", seeds=3),
     Measured("reset-distill", {}, REALISTIC, {"BadNet": -0.5},
-             "benchmarks/RESULTS.md, the realistic protocol (results/realistic-rows.jsonl)"),
+             "benchmarks/RESULTS.md, the realistic protocol (results/realistic-rows.jsonl)", needs_base=True),
 )
+
+# What a measurement needs before `clean` may run it by default (the realistic protocol's own bar): both attacks the
+# defaults are tuned on (SynAttack is the one nothing is tuned on), each a mean over at least 3 defense seeds.
+BAR_ATTACKS = ("BadNet", "InSent")
+BAR_SEEDS = 3
+
+
+def measured_default(base_known: bool, evidence: tuple[Measured, ...] = EVIDENCE) -> Measured:
+    """The defense `clean` runs when none is named: of the measurements that meet the bar and that the user can run
+    (a reset needs the base), those of the realistic protocol (the practitioner's regime) if any, else the main
+    experiment's; among them the one whose worse residual over BadNet and InSent is lowest."""
+    usable = [m for m in evidence if (base_known or not m.needs_base) and m.seeds >= BAR_SEEDS
+              and all(a in m.residual for a in BAR_ATTACKS)]
+    for regime in (REALISTIC, MAIN):
+        found = [m for m in usable if m.regime == regime]
+        if found:
+            return min(found, key=lambda m: max(m.residual[a] for a in BAR_ATTACKS))
+    raise ValueError("no measurement meets the bar for this user: the evidence table lost its main rows")
+
+
+def default_reason(chosen: Measured, base_known: bool) -> str:
+    """Why `clean` ran `chosen`, in one line for its report."""
+    given = "with the public base known" if base_known else "without a known base"
+    return (f"{chosen.defense} is the default {given}: of the defenses the benchmark measured on BadNet and InSent over "
+            f"at least {BAR_SEEDS} seeds ({chosen.regime}), it left the least backdoor.")
 
 
 def evidence_lines(name: str, settings: dict) -> list[str]:
@@ -39,6 +66,6 @@ def evidence_lines(name: str, settings: dict) -> list[str]:
     found = [m for m in EVIDENCE if m.defense == name and given == m.settings]
     if not found:
         return [f"the benchmark has not measured {name} with these settings: its effect on a backdoor is unknown."]
-    return [f"the benchmark measured {name} ({m.regime}): residual backdoor "
+    return [f"the benchmark measured {name} ({m.regime}, {m.seeds} seed{'s' if m.seeds > 1 else ''}): residual backdoor "
             + ", ".join(f"{points:+.1f} points ({attack})" for attack, points in m.residual.items())
             + f" [{m.source}]." for m in found]
