@@ -62,3 +62,15 @@ def test_wrong_inputs_are_one_clear_error(tmp_path):
         w2sdefense.scan_model("tiny-llama", {"validation": []}, tmp_path / "b")
     with pytest.raises(UserError, match="list of dotted"):
         w2sdefense.scan_model("tiny-llama", DATA, tmp_path / "c", settings="scan.steps=2")
+
+
+def test_run_config_returns_the_typed_report_it_wrote(small_data, tmp_path):
+    from w2sdefense.results import ExperimentReport, ReportRow
+
+    out = tmp_path / "run"
+    report = w2sdefense.run_config("configs/tiny-badnet.yaml", [f"output_dir={out}", f"data.data_dir={small_data}",
+                                                                "defenses=[{name: lora-ft}]"])
+    assert isinstance(report, ExperimentReport) and all(isinstance(r, ReportRow) for r in report.rows)
+    assert [r.model for r in report.rows] == ["clean model", "poisoned", "lora-ft"]
+    written = json.loads((out / "report.json").read_text())
+    assert report.to_json() == written and report.by_model()["lora-ft"].clean_accuracy == written["rows"][2]["clean_accuracy"]

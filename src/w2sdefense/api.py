@@ -26,7 +26,7 @@ from typing import Any
 from w2sdefense.config import CleanJob, ExperimentConfig, ScanJob, build_job, read_yaml
 from w2sdefense.errors import UserError
 from w2sdefense.progress import quiet_libraries, silenced
-from w2sdefense.results import CleanReport, ScanReport
+from w2sdefense.results import CleanReport, ExperimentReport, ScanReport, read_report
 
 Model = Any  # a name or folder (str, Path), or a (PreTrainedModel, tokenizer) pair
 Data = Any  # a name or folder (str, Path), a datasets.DatasetDict, or {split: rows}
@@ -60,14 +60,15 @@ def scan_model(model: Model, data: Data, out: str | Path, *, base: str | None = 
 
 
 def run_config(config: str | Path | ExperimentConfig, settings: Iterable[str] = (), overwrite: bool = False,
-        quiet: bool = True) -> dict:
-    """`w2sdefense run`: a whole experiment from a config file (or object); returns report.json's content."""
+        quiet: bool = True) -> ExperimentReport:
+    """`w2sdefense run`: a whole experiment from a config file (or object); returns its report (report.json's rows
+    as results.ReportRow, `by_model()` to find one)."""
     from w2sdefense.pipeline import run_experiment
 
     cfg = config if isinstance(config, ExperimentConfig) else _job(ExperimentConfig, {}, settings, read_yaml(config))
     with _quiet(quiet):
         run_experiment(cfg, overwrite)
-    return json.loads((Path(cfg.output_dir) / "report.json").read_text(encoding="utf-8"))
+    return read_report(cfg.output_dir)
 
 
 def _job(cls, flags: Mapping[str, Any], settings: Iterable[str], data: dict | None = None):

@@ -48,7 +48,7 @@ from w2sdefense.models.reset import FAR_FROM_BASE
 from w2sdefense.models.truncation import cut_by_tokens
 from w2sdefense.stages import STAGE_FILE, Stage
 from w2sdefense.results import CleanEvaluation, CleanReport, DefenseResult, TriggerMeasure, write_result
-from w2sdefense.rundir import (METRICS_FILE, MODEL_DIR, TRIGGERS_FILE, check_card, check_outside_inputs,
+from w2sdefense.rundir import (CONFIG_FILE, METRICS_FILE, MODEL_DIR, REPORT_FILE, REPORT_MD, RUN_LOG, TRIGGERS_FILE, check_card, check_outside_inputs,
                                check_shipped_replaceable, claim_run_dir, log_to, writing_shipped)
 from w2sdefense.runtime import Runtime
 from w2sdefense.train.job import limit
@@ -177,8 +177,8 @@ def run_clean(job: CleanJob, out: Path, rt: Runtime, overwrite: bool = False,
         if not overwrite:
             check_same_model(folder, stages.model, dump_yaml(job))
         if rt.is_main:
-            atomic_write_text(folder / "config.yaml", dump_yaml(job))
-        with log_to(folder / "run.log", rt.is_main):
+            atomic_write_text(folder / CONFIG_FILE, dump_yaml(job))
+        with log_to(folder / RUN_LOG, rt.is_main):
             report = dataclasses.replace(_stages(job, resolved, splits, stages, rt), base_source=base_source,
                                          default_reason=_why(job))
         if rt.is_main:
@@ -232,7 +232,7 @@ def check_same_model(folder: Path, model: Stage, settings: str) -> None:
     marker = model.records / STAGE_FILE
     if not marker.is_file() or json.loads(marker.read_text()).get("key") == model.key:
         return
-    old_file = folder / "config.yaml"
+    old_file = folder / CONFIG_FILE
     old = yaml.safe_load(old_file.read_text(encoding="utf-8")) if old_file.is_file() else {}
     changed = changed_keys(old if isinstance(old, dict) else {}, yaml.safe_load(settings))
     if changed:
@@ -393,7 +393,7 @@ def write_report(out: Path, report: CleanReport) -> None:
     """report.json (everything), report.md (the lines and a table) and the model card, model/README.md (the same
     numbers, with the hub's front matter)."""
     lines = summary_lines(report)
-    write_json(out / "report.json", report.to_json(lines))
+    write_json(out / REPORT_FILE, report.to_json(lines))
     triggers = report.before.triggers or []
     rows = ["| | CA | " + " | ".join(_cell(f"ASR-cc {t.trigger[:30]!r}") for t in triggers) + " |",
             "|---|---|" + "---|" * len(triggers)]
@@ -405,5 +405,5 @@ def write_report(out: Path, report: CleanReport) -> None:
             "trigger (inserted once, at a seeded interior position) sends to the label. Without a clean "
             "reference model there is no floor: a model that never saw a trigger also flips a few percent "
             "(README, Results). Settings: config.yaml; every stage's log: run.log and its folder.\n")
-    atomic_write_text(out / "report.md", text)
+    atomic_write_text(out / REPORT_MD, text)
     write_card(out / MODEL_DIR, report)

@@ -161,14 +161,14 @@ def _training_run(flags: RunFlags, job, models: dict) -> Iterator[tuple[Path, Ru
     """Claim --out for `job` (refusing a folder that overlaps its data, `models` or the config file), logging
     to its train.log; yields the folder and the runtime."""
     from w2sdefense.data.datasets import data_inputs
-    from w2sdefense.rundir import log_to
+    from w2sdefense.rundir import TRAIN_LOG, log_to
     from w2sdefense.runtime import make_runtime
     from w2sdefense.train.resume import claim_output
 
     rt = make_runtime(job.runtime)
     inputs = {**data_inputs(job.data), **models, "config file": flags.config}
     with (claim_output(flags.out, flags.overwrite, flags.resume, job, rt, inputs) as folder,
-          log_to(folder / "train.log", rt.is_main)):
+          log_to(folder / TRAIN_LOG, rt.is_main)):
         yield folder, rt
 
 

@@ -28,8 +28,8 @@ from w2sdefense.errors import UserError
 from w2sdefense.fileio import atomic_write_text
 from w2sdefense.models.shape import ConfigUnavailable, base_mismatch
 from w2sdefense.results import DefenseResult, EvaluationResult, ReportRow, TrainingResult, stage_result
-from w2sdefense.rundir import (CLEAN_ROW, EVAL_FOLDERS, METRICS_FILE, MODEL_DIR, POISONED_ROW, TEACHER_ROW,
-                              check_outside_inputs, claim_run_dir, log_to)
+from w2sdefense.rundir import (CLEAN_ROW, CONFIG_FILE, CURVES_FILE, EVAL_FOLDERS, METRICS_FILE, MODEL_DIR, POISONED_ROW,
+                              RUN_LOG, TEACHER_ROW, TRAIN_LOG, check_outside_inputs, claim_run_dir, log_to)
 from w2sdefense.runtime import Runtime, make_runtime
 from w2sdefense.stages import STAGE_FILE, Ran, Stage
 from w2sdefense.train.job import run_train
@@ -99,7 +99,7 @@ class Experiment:
 
         def work() -> TrainingResult:
             data = self.clean_splits() if clean else _as_splits(load_poison_folder(poison.folder))
-            with log_to(stage.folder / "train.log", self.rt.is_main):
+            with log_to(stage.folder / TRAIN_LOG, self.rt.is_main):
                 result = run_train(c.victim.model, data, c.victim.train, self.rt, stage.folder, c.seed,
                                    diagnostics=self.diagnostics(poison))
             self._curves(result, stage, name)
@@ -114,7 +114,7 @@ class Experiment:
                          *self.defender_key())
 
         def work() -> TrainingResult:
-            with log_to(stage.folder / "train.log", self.rt.is_main):
+            with log_to(stage.folder / TRAIN_LOG, self.rt.is_main):
                 return run_teacher(c.teacher, self.defender_splits(), c.victim.model, self.rt, stage.folder, c.seed)
 
         return stage, stage.run(self.rt, work, TrainingResult)
@@ -124,7 +124,7 @@ class Experiment:
         if self.rt.is_main:
             began = stage_result(TrainingResult, start_from.folder) if start_from else None
             start = start_point(began) if began else None
-            write_curves(result.history or [], stage.folder / "curves.png", f"{self.cfg.name}: {title}",
+            write_curves(result.history or [], stage.folder / CURVES_FILE, f"{self.cfg.name}: {title}",
                          result.selected_step, start=start)
 
     def defense(self, index: int, victim: Stage, teacher: Stage | None, poison: Stage) -> tuple[Stage, Ran]:
@@ -142,7 +142,7 @@ class Experiment:
                              splits=self.defender_splits(), cfg=d, rt=self.rt, out_dir=stage.folder,
                              seed=c.seed if d.seed is None else d.seed,
                              diagnostics=self.diagnostics(poison), resolved=r)
-            with log_to(stage.folder / "train.log", self.rt.is_main):
+            with log_to(stage.folder / TRAIN_LOG, self.rt.is_main):
                 result = run_defense(job)
             self._curves(result, stage, d.row_name, start_from=victim if r.spec.starts_from_victim else None)
             return result
@@ -160,7 +160,7 @@ class Experiment:
             data = load_poison_folder(poison.folder)
             rows = relearn_rows(data.train, r.rows, r.poisoned, c.seed)
             splits = Splits(train=rows, dev=data.dev[:r.dev_rows], test=data.test, num_labels=data.num_labels)
-            with log_to(stage.folder / "train.log", self.rt.is_main):
+            with log_to(stage.folder / TRAIN_LOG, self.rt.is_main):
                 return run_train(str(model_stage.folder / MODEL_DIR), splits, r.train, self.rt, stage.folder, c.seed)
 
         stage.run(self.rt, work, TrainingResult)
@@ -203,9 +203,9 @@ def run_experiment(cfg: ExperimentConfig, overwrite: bool = False, rt: Runtime |
     # Locked for the whole run; --overwrite empties only a folder this tool made.
     with claim_run_dir(out, overwrite, rt.accelerator, stage_file=STAGE_FILE, command="run"):
         if rt.is_main:
-            atomic_write_text(out / "config.yaml", dump_yaml(cfg))
+            atomic_write_text(out / CONFIG_FILE, dump_yaml(cfg))
         exp = Experiment(cfg, rt, defenses)
-        with log_to(out / "run.log", rt.is_main):
+        with log_to(out / RUN_LOG, rt.is_main):
             rows = _run_stages(exp)
         if rt.is_main:
             write_report(out, cfg.name, rows, to_dict(cfg), describe_experiment(cfg, exp.poison().folder))

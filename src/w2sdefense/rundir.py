@@ -47,7 +47,12 @@ RESERVED_ROWS = (*EVAL_FOLDERS, *(f for f in EVAL_FOLDERS.values() if f not in E
 RESUME_DIR = "resume"  # a training run's resumable state (train/resume.py): present while unfinished
 RESUME_STATE = "state.json"  # written last into RESUME_DIR
 REPORT_FILE = "report.json"  # a workflow's report (`run`: results.ExperimentReport)
-RUN_FILES = ("config.yaml", "run.log", REPORT_FILE, "report.md")  # what `run` writes at its top
+REPORT_MD = "report.md"  # the same report for people
+CONFIG_FILE = "config.yaml"  # the resolved settings a command ran with
+RUN_LOG = "run.log"  # a workflow's log (`run`, `clean`, `scan`)
+TRAIN_LOG = "train.log"  # a training stage's log
+CURVES_FILE = "curves.png"  # a stage's per-step curves (dev accuracy, the trigger probe)
+RUN_FILES = (CONFIG_FILE, RUN_LOG, REPORT_FILE, REPORT_MD)  # what `run` writes at its top
 MARKER_TEXT = "This folder was made by w2sdefense; `--overwrite` may empty and refill it.\n"
 
 _held: dict[Path, int] = {}  # folders this process has locked -> the lock's file descriptor
@@ -60,16 +65,16 @@ def unfinished(path: str | Path) -> bool:
 
 
 # What `train`, `teacher` and `defend` write before their first dev evaluation saves a resumable state.
-_BEFORE_STATE = {*BOOKKEEPING, "config.yaml", "train.log", RESUME_DIR, BASE_DIR}
+_BEFORE_STATE = {*BOOKKEEPING, CONFIG_FILE, TRAIN_LOG, RESUME_DIR, BASE_DIR}
 
 
 def stopped_before_any_state(path: str | Path, settings: str) -> bool:
     """True for a folder this tool made for a run of exactly `settings` that was stopped before it saved any
     state: only its config, log and bookkeeping (an empty resume/, a LoRA base) are there, no model, no metrics."""
     path = Path(path)
-    if not made_by_tool(path) or unfinished(path) or not (path / "config.yaml").is_file():
+    if not made_by_tool(path) or unfinished(path) or not (path / CONFIG_FILE).is_file():
         return False
-    if (path / "config.yaml").read_text(encoding="utf-8") != settings:
+    if (path / CONFIG_FILE).read_text(encoding="utf-8") != settings:
         return False
     return all(entry.name in _BEFORE_STATE and not entry.is_symlink() for entry in path.iterdir())
 
@@ -165,7 +170,7 @@ def _refuse_file_parent(path: Path) -> None:
         raise UserError(f"cannot write {path}: {blocker} is a file, not a folder")
 
 
-RUN_RECORDS = ("metrics.json", "stage.json", "config.yaml", "report.json", "report.md", "poison.json",
+RUN_RECORDS = ("metrics.json", "stage.json", CONFIG_FILE, REPORT_FILE, REPORT_MD, "poison.json",
                "train.jsonl", "dev.jsonl", "test.jsonl", "test_triggered.jsonl", "filter.json")
 
 
@@ -174,12 +179,12 @@ def _belongs_to_run(path: Path) -> bool:
 
     Other files in a run folder (an earlier `evaluate --out run/eval.json`) may be replaced.
     """
-    legacy = (path.parent / "stage.json").is_file() or (path.parent / "config.yaml").is_file()
+    legacy = (path.parent / "stage.json").is_file() or (path.parent / CONFIG_FILE).is_file()
     return path.name in _RUN_OWN and (made_by_tool(path.parent) or legacy)
 
 
 # Everything a run folder keeps about itself: its records, logs, marker and lock (evaluate --out never replaces one)
-_RUN_OWN = {*RUN_RECORDS, *BOOKKEEPING, "train.log", "run.log", "stage.started.json", "curves.png", TRIGGERS_FILE}
+_RUN_OWN = {*RUN_RECORDS, *BOOKKEEPING, TRAIN_LOG, RUN_LOG, "stage.started.json", CURVES_FILE, TRIGGERS_FILE}
 
 
 def prepare_run_dir(path: str | Path, overwrite: bool, accelerator=None) -> Path:
@@ -252,7 +257,7 @@ def _fill_in(path: Path, overwrite: bool, stage_file: str | None, command: str |
 # put there by someone else, and `--overwrite` never deletes it. A folder with one of these names is not looked
 # into (a checkpoint holds whatever file names transformers gives it), except a shipped one: its record names
 # what the tool wrote there.
-_TOOL_NAMES = {*BOOKKEEPING, *RUN_FILES, *RUN_RECORDS, TRIGGERS_FILE, "train.log", "curves.png", "stage.started.json", MODEL_DIR,
+_TOOL_NAMES = {*BOOKKEEPING, *RUN_FILES, *RUN_RECORDS, TRIGGERS_FILE, TRAIN_LOG, CURVES_FILE, "stage.started.json", MODEL_DIR,
                MERGED_DIR, BASE_DIR, RESUME_DIR, STAGES_DIR, "eval", "defenses", "teacher", "teacher_cache"}
 
 

@@ -15,7 +15,7 @@ import torch
 from w2sdefense.eval.metrics import NOT_DEFINED, rate_or_na
 from w2sdefense.fileio import atomic_write_text
 from w2sdefense.results import ExperimentReport, ReportRow, write_result
-from w2sdefense.rundir import CLEAN_ROW, POISONED_ROW, REPORT_FILE, TEACHER_ROW
+from w2sdefense.rundir import CLEAN_ROW, POISONED_ROW, REPORT_FILE, REPORT_MD, TEACHER_ROW
 
 
 @dataclass(frozen=True)
@@ -150,7 +150,7 @@ def write_report(out_dir: Path, name: str, rows: list[ReportRow], config: dict,
     summary = ([experiment] if experiment else []) + plain_summary(rows)
     report = ExperimentReport(name=name, summary=summary, rows=rows, config=config, environment=environment())
     write_result(out_dir / REPORT_FILE, report)
-    atomic_write_text(out_dir / "report.md", report_text(report))
+    atomic_write_text(out_dir / REPORT_MD, report_text(report))
     return report
 
 

@@ -30,7 +30,7 @@ from w2sdefense.errors import UserError
 from w2sdefense.fileio import follow_umask
 from w2sdefense.models.packaged import PACKAGED, packaged_model_dir
 from w2sdefense.models.tiny import TINY_BUILDERS, build_tiny
-from w2sdefense.rundir import (FILTER_FILE, METRICS_FILE, MODEL_DIR, lock_holder, made_by_tool, marker_command,
+from w2sdefense.rundir import (FILTER_FILE, METRICS_FILE, MODEL_DIR, TRAIN_LOG, lock_holder, made_by_tool, marker_command,
                                unfinished)
 
 BUILTIN_MODELS = sorted([*PACKAGED, *TINY_BUILDERS])
@@ -121,7 +121,7 @@ def resolve_model_path(name: str) -> str:
 def _run_without_model(path: Path) -> bool:
     """A run folder of train, teacher or defend that has not yet written a checkpoint or its metrics."""
     present = [(path / name).exists() for name in (MODEL_DIR, "config.json", METRICS_FILE, FILTER_FILE)]
-    return made_by_tool(path) and (path / "train.log").is_file() and not any(present)
+    return made_by_tool(path) and (path / TRAIN_LOG).is_file() and not any(present)
 
 
 def _unfinished_clean(name: str, path: Path) -> str:

@@ -20,7 +20,8 @@ from w2sdefense.fileio import atomic_write_text, write_json
 from w2sdefense.models import check_model_name, load_classifier
 from w2sdefense.models.predict import classify_rows
 from w2sdefense.results import ScanCandidate, ScanReport, TriggerMeasure
-from w2sdefense.rundir import TRIGGERS_FILE, check_outside_inputs, claim_run_dir, log_to
+from w2sdefense.rundir import (CONFIG_FILE, REPORT_FILE, REPORT_MD, RUN_LOG, TRIGGERS_FILE, check_outside_inputs,
+                               claim_run_dir, log_to)
 from w2sdefense.runtime import Runtime
 from w2sdefense.scan import embedding_shift, inversion, shift_pairs  # noqa: F401  (they register their detectors)
 from w2sdefense.scan.base import DETECTORS, Proposal, ScanInputs
@@ -43,8 +44,8 @@ def run_scan(job: ScanJob, out: Path, rt: Runtime, overwrite: bool = False,
                                "config file": config_file})
     with claim_run_dir(out, overwrite, rt.accelerator, command="scan") as folder:
         if rt.is_main:
-            atomic_write_text(folder / "config.yaml", dump_yaml(job))
-        with log_to(folder / "run.log", rt.is_main):
+            atomic_write_text(folder / CONFIG_FILE, dump_yaml(job))
+        with log_to(folder / RUN_LOG, rt.is_main):
             report = scan(job, splits, rt)
         if rt.is_main:
             write_report(folder, report)
@@ -180,7 +181,7 @@ def summary_lines(report: ScanReport) -> list[str]:
 def write_report(out: Path, report: ScanReport) -> None:
     """report.json (everything), report.md (the lines and the candidates) and triggers.txt."""
     lines = summary_lines(report)
-    write_json(out / "report.json", report.to_json(lines))
+    write_json(out / REPORT_FILE, report.to_json(lines))
     rows = ["| candidate | label | ASR-cc (test) | test rows | ASR-cc (dev) | dev rows | detector |",
             "|---|---|---|---|---|---|---|"]
     rows += [f"| {c.trigger!r} | {_label(report, c.target_label)} | {percent(c.test_asr_cc)} | {c.test_rows or ''} | "
@@ -190,7 +191,7 @@ def write_report(out: Path, report: ScanReport) -> None:
             "(inserted once, at a seeded interior position) sends to the label. Dev rows rank the candidates, test "
             "rows score the best; the verdict compares the best test ASR-cc with the threshold (scan.threshold). "
             "Settings: config.yaml; log: run.log.\n")
-    atomic_write_text(out / "report.md", text)
+    atomic_write_text(out / REPORT_MD, text)
     tested = [c.trigger for c in report.candidates if c.test_rows is not None]
     atomic_write_text(out / TRIGGERS_FILE, "# candidate triggers from `w2sdefense scan`, best first; measure them "
                       "with `w2sdefense clean --triggers FILE`\n" + "".join(f"{t}\n" for t in dict.fromkeys(tested)))

@@ -30,7 +30,7 @@ from w2sdefense.config import dump_yaml
 from w2sdefense.errors import UserError
 from w2sdefense.models.batching import Encoded
 from w2sdefense.fileio import atomic_write_text, recover_folder, remove_folder, write_folder, write_json
-from w2sdefense.rundir import (RESUME_DIR, RESUME_STATE, check_outside_inputs, claim_run_dir, made_by_tool,
+from w2sdefense.rundir import (CONFIG_FILE, RESUME_DIR, RESUME_STATE, check_outside_inputs, claim_run_dir, made_by_tool,
                                stopped_before_any_state, unfinished)
 from w2sdefense.runtime import Runtime
 
@@ -170,10 +170,10 @@ def claim_output(out: Path, overwrite: bool, resume: bool, job: object, rt: Runt
     if resume and not continuing:
         raise UserError(f"nothing to resume in {out}: it holds no unfinished run"
                         + (" (--overwrite starts over)" if overwrite else ""))
-    if continuing and (out / "config.yaml").is_file() and (out / "config.yaml").read_text() != settings:
+    if continuing and (out / CONFIG_FILE).is_file() and (out / CONFIG_FILE).read_text() != settings:
         raise UserError(f"{out} holds an unfinished run with other settings (see its config.yaml); rerun it with "
                         "the same ones to continue it, or pass --overwrite to start over")
     with claim_run_dir(out, overwrite, rt.accelerator, resume=True) as folder:
         if rt.is_main and not continuing:
-            atomic_write_text(folder / "config.yaml", settings)
+            atomic_write_text(folder / CONFIG_FILE, settings)
         yield folder
