@@ -609,18 +609,17 @@ def test_a_key_given_twice_is_refused_naming_file_and_key(tmp_path: Path) -> Non
     assert read_yaml(path) == {"a": {"lr": 1, "r": 2}, "b": {"lr": 3, "r": 2}}
 
 
-def test_a_defense_job_resolves_its_row_once(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_defense_job_takes_its_recipe_and_settings_from_its_row_and_refuses_a_bad_one_at_once() -> None:
     import w2sdefense.defenses.base as base
+    from w2sdefense.defenses.recipes import LORA_RECIPE
 
-    calls = []
-    real = base.resolve
-    monkeypatch.setattr(base, "resolve", lambda cfg, where=None: calls.append(cfg) or real(cfg, where))
     job = base.DefenseJob("student", None, None, DefenseConfig(name="lora-ft", train={"lr": 0.5}), None, Path("."), 0)
-    assert job.train.lr == 0.5 and job.train is job.train and job.settings is job.settings
-    assert len(calls) == 1
-    given = real(DefenseConfig(name="lora-ft"))
+    assert (job.train.lr, job.train.method, job.train.epochs) == (0.5, "lora", LORA_RECIPE["epochs"])
+    given = base.resolve(DefenseConfig(name="fine-mixing", settings={"base_model": "b", "rho": 0.3}))
     again = base.DefenseJob("student", None, None, given.cfg, None, Path("."), 0, resolved=given)
-    assert again.train is given.train and len(calls) == 1  # a row resolved by its caller is not resolved again
+    assert again.settings.rho == 0.3 and again.settings.base_model == "b" and again.train == given.train
+    with pytest.raises(UserError, match="unknown setting defense lora-ft.beta"):  # at construction, before any work
+        base.DefenseJob("student", None, None, DefenseConfig(name="lora-ft", settings={"beta": 1}), None, Path("."), 0)
 
 
 @pytest.mark.parametrize("label", ["poisoned", "clean", "teacher", "clean model"])

@@ -70,11 +70,21 @@ def test_an_old_format_file_still_reads(tmp_path: Path) -> None:
     assert (tmp_path / "metrics.json").read_text() == text
 
 
-def test_a_result_is_read_by_its_fields_not_by_key() -> None:
-    result = TrainingResult.from_json(TRAINED)
-    assert (result.steps, result.details["best_step"]) == (8, 8)
-    with pytest.raises(TypeError):
-        result["steps"]  # noqa: B018  (the JSON keys are the file's business: to_json)
+def test_no_reader_outside_results_spells_a_report_rows_keys() -> None:
+    """The report row's keys are results.py's business (to_json/from_json): a module or benchmark that indexes a row
+    by one of them reads the file format again, and drifts when it changes."""
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    keys = "attack_success_rate_clean_correct|clean_accuracy|residual_backdoor|triggered_clean_correct_total"
+    pattern = re.compile(rf"""\[["']({keys})["']\]|\.get\(["']({keys})["']""")
+    # Not yet: eval/triggers.py and eval/probe.py read backdoor_metrics' dict (the metrics below the file boundary
+    # are still a dict, issue 34 item 2's remainder), which is no report row.
+    open_work = {"triggers.py", "probe.py"}
+    found = [f"{path.relative_to(root)}:{n}" for folder in ("src", "benchmarks") for path in (root / folder).rglob("*.py")
+             if path.name != "results.py" and path.name not in open_work
+             for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert not found, found
 
 
 def test_a_rate_over_zero_rows_stays_null_on_disk(tmp_path: Path) -> None:
@@ -115,7 +125,7 @@ CLEAN_REPORT = {
         "trigger 'I watched this 3D movie': ASR-cc toward label 0 n/a (of 0 rows) -> n/a (of 0 rows).",
         "  after cleaning it sends more rows to label 1: 50.0% (of 2 rows).",
         "the benchmark measured w2sdefense (SmolLM2-135M suspects on SST-2, the defender holding 1280 of the "
-        "attacker's own 2000 rows, mean of 3 seeds): residual backdoor +3.9 points (BadNet), +72.6 points (InSent), "
+        "attacker's own 2000 rows, 3 seeds): residual backdoor +3.9 points (BadNet), +72.6 points (InSent), "
         "+32.4 points (SynAttack) [benchmarks/RESULTS.md, the paper's experiment at laptop scale (w2sdefense)].",
         "cleaned model: runs/cleaned/model (plain weights and tokenizer: "
         "AutoModelForSequenceClassification.from_pretrained loads it).",
