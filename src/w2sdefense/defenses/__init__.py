@@ -9,6 +9,7 @@ from w2sdefense.defenses import (  # noqa: F401  (importing a defense's file reg
     fine_mixing,
     fine_pruning,
     full_ft,
+    latent_adversarial,
     lora_ft,
     nad,
     onion,
