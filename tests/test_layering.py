@@ -2,7 +2,8 @@
 
     base (errors, fileio, config, registry, runtime, rundir, progress, results, stages) -> data -> models -> train, eval,
     attacks
-    -> defenses -> pipeline, clean, scan (the workflows: none imports another) -> cli, api
+    -> defenses -> pipeline, clean, scan (the workflows: none imports another) -> api -> cli (its commands call the
+    api's functions)
 
 A module may import from its own package or from a lower layer, never from a higher one or a sibling
 of its layer (train and eval do not know each other). Imports inside functions count too.
@@ -16,7 +17,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "w2sdefense"
 LAYERS = [
     {"errors"}, {"fileio"}, {"config", "registry"}, {"runtime", "rundir", "progress"}, {"results"}, {"stages"},
-    {"data"}, {"models"}, {"train", "eval", "attacks"}, {"defenses"}, {"pipeline", "clean", "scan"}, {"cli", "api"},
+    {"data"}, {"models"}, {"train", "eval", "attacks"}, {"defenses"}, {"pipeline", "clean", "scan"}, {"api"}, {"cli"},
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
 

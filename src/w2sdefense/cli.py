@@ -9,31 +9,17 @@ import inspect
 import os
 import sys
 import typing
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import click
 import typer
 
-from w2sdefense.config import (
-    CleanJob,
-    DefendJob,
-    EvaluateJob,
-    ExperimentConfig,
-    PoisonJob,
-    ScanJob,
-    TeacherJob,
-    TrainJob,
-    build_job,
-    read_yaml,
-)
+from w2sdefense.api import defend_model, evaluate_model, poison_data, train_model, train_teacher
+from w2sdefense.config import CleanJob, ExperimentConfig, ScanJob, build_job, read_yaml
 from w2sdefense.errors import Interrupted, UserError
 from w2sdefense.progress import quiet_libraries
-
-if TYPE_CHECKING:
-    from w2sdefense.runtime import Runtime
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -97,21 +83,10 @@ def poison(
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Poison a dataset: writes train/dev/test/test_triggered.jsonl and poison.json."""
-    from w2sdefense.attacks.poison import poison_dataset
-    from w2sdefense.data.datasets import data_inputs
-    from w2sdefense.rundir import check_outside_inputs, claim_run_dir
-
-    if count is not None and rate is not None:
-        raise UserError("give one of --count and --rate, not both")
-    options = {"target_label": target_label, "count": count, "rate": rate, "mode": mode, "selection": selection}
-    # As overrides (before --set, which wins), so --rate clears a count from the config file and vice versa.
-    flags = [f"poison.{key}={value}" for key, value in options.items() if value is not None]
-    job = _load(PoisonJob, config, flags + (set_ or []), **{"data.dataset": data, "attack.name": attack,
-                                                             "data.data_dir": _str(data_dir)})
-    check_outside_inputs(out, {**data_inputs(job.data), "config file": config})
-    with claim_run_dir(out, overwrite) as folder:
-        poison_dataset(job.data, job.attack, job.poison, job.seed, folder, overwrite)
-    typer.echo(f"poisoned data written to {folder}")
+    result = poison_data(data, out, attack=attack, target_label=target_label, count=count, rate=rate, mode=mode,
+                         selection=selection, data_dir=data_dir, config=config, settings=set_ or (),
+                         overwrite=overwrite, quiet=False)
+    typer.echo(f"poisoned data written to {result.folder}")
 
 
 def _str(path: Path | None) -> str | None:
@@ -128,6 +103,11 @@ class RunFlags:
     set_: SetOpt = None
     overwrite: OverwriteOpt = False
     resume: ResumeOpt = False
+
+    def options(self) -> dict:
+        """The API's keywords for these options (w2sdefense.api; the command line is never quiet)."""
+        return {"data_dir": self.data_dir, "config": self.config, "settings": self.set_ or (),
+                "overwrite": self.overwrite, "resume": self.resume, "quiet": False}
 
 
 def _training_command(command: Callable[..., None]) -> Callable[..., None]:
@@ -151,27 +131,6 @@ def _training_command(command: Callable[..., None]) -> Callable[..., None]:
     return app.command()(with_flags)
 
 
-def _load_job(cls, flags: RunFlags, **values):
-    """A training command's job: --config, then its flags (and --data-dir), then --set."""
-    return _load(cls, flags.config, flags.set_, **values, **{"data.data_dir": _str(flags.data_dir)})
-
-
-@contextmanager
-def _training_run(flags: RunFlags, job, models: dict) -> Iterator[tuple[Path, Runtime]]:
-    """Claim --out for `job` (refusing a folder that overlaps its data, `models` or the config file), logging
-    to its train.log; yields the folder and the runtime."""
-    from w2sdefense.data.datasets import data_inputs
-    from w2sdefense.rundir import TRAIN_LOG, log_to
-    from w2sdefense.runtime import make_runtime
-    from w2sdefense.train.resume import claim_output
-
-    rt = make_runtime(job.runtime)
-    inputs = {**data_inputs(job.data), **models, "config file": flags.config}
-    with (claim_output(flags.out, flags.overwrite, flags.resume, job, rt, inputs) as folder,
-          log_to(folder / TRAIN_LOG, rt.is_main)):
-        yield folder, rt
-
-
 @_training_command
 def train(
     data: DataOpt = None,
@@ -180,16 +139,8 @@ def train(
     flags: RunFlags,
 ) -> None:
     """Fine-tune a classifier (full or LoRA) on a dataset or a poisoned folder."""
-    from w2sdefense.data.datasets import load_splits
-    from w2sdefense.models import check_model_name
-    from w2sdefense.train.job import run_train
-
-    job = _load_job(TrainJob, flags, **{"data.dataset": data, "model": model})
-    check_model_name(job.model)  # bad names and data fail before a run folder exists
-    splits = load_splits(job.data)
-    with _training_run(flags, job, {"--model": job.model}) as (folder, rt):
-        result = run_train(job.model, splits, job.train, rt, folder, job.seed)
-    typer.echo(f"best clean dev accuracy {result.best_dev_accuracy:.4f}; model and metrics.json in {folder}")
+    result = train_model(model, data, flags.out, **flags.options())
+    typer.echo(f"best clean dev accuracy {result.best_dev_accuracy:.4f}; model and metrics.json in {flags.out}")
 
 
 @_training_command
@@ -201,17 +152,8 @@ def teacher(
     flags: RunFlags,
 ) -> None:
     """Fully fine-tune the small clean teacher with a projection head to the student's width."""
-    from w2sdefense.data.datasets import load_splits
-    from w2sdefense.defenses.teacher import run_teacher
-    from w2sdefense.models import check_model_name
-
-    job = _load_job(TeacherJob, flags, **{"data.dataset": data, "student": student, "teacher.model": model})
-    check_model_name(job.student)
-    check_model_name(job.teacher.model)
-    splits = load_splits(job.data)
-    with _training_run(flags, job, {"--student": job.student, "--model": job.teacher.model}) as (folder, rt):
-        result = run_teacher(job.teacher, splits, job.student, rt, folder, job.seed)
-    typer.echo(f"teacher (D={result.feature_dim}) clean dev accuracy {result.best_dev_accuracy:.4f}; in {folder}")
+    result = train_teacher(student, data, flags.out, model=model, **flags.options())
+    typer.echo(f"teacher (D={result.feature_dim}) clean dev accuracy {result.best_dev_accuracy:.4f}; in {flags.out}")
 
 
 @_training_command
@@ -225,33 +167,16 @@ def defend(
 ) -> None:
     """Defend a poisoned classifier with clean data only: any defense `w2sdefense list` shows (repairs and input
     filters)."""
-    from w2sdefense.data.datasets import load_splits
-    from w2sdefense.defenses import DefenseJob, resolve, run_defense
-    from w2sdefense.models import check_model_name
+    from w2sdefense.defenses import DEFENSES
     from w2sdefense.rundir import MODEL_DIR
 
-    job = _load_job(DefendJob, flags, **{"student": student, "teacher": teacher, "defense.name": defense,
-                                          "data.dataset": data})
-    if not job.student:
-        raise UserError("defend needs --student (the poisoned model)")
-    resolved = resolve(job.defense)  # unknown names and settings fail before any work, once
-    spec = resolved.spec
-    if spec.needs_teacher and not job.teacher:
-        raise UserError(f"{spec.name} needs a trained teacher: run `w2sdefense teacher`, then pass --teacher")
-    check_model_name(job.student)
-    splits = load_splits(job.data)
-    if spec.needs_teacher:
-        from w2sdefense.models.teacher import check_teacher_labels
-
-        check_teacher_labels(job.teacher, splits.num_labels, job.student)  # before the run folder
-    with _training_run(flags, job, {"--student": job.student, "--teacher": job.teacher}) as (folder, rt):
-        result = run_defense(DefenseJob(job.student, job.teacher, splits, job.defense, rt, folder, job.seed,
-                                         resolved=resolved))
+    result = defend_model(student, data, flags.out, defense=defense, teacher=teacher, **flags.options())
+    spec = DEFENSES.get(result.defense)
     if spec.kind == "input-filter":
-        typer.echo(f"{spec.name}: filter calibrated on clean dev data; `w2sdefense evaluate --model {folder}` "
+        typer.echo(f"{spec.name}: filter calibrated on clean dev data; `w2sdefense evaluate --model {flags.out}` "
                    "measures the model behind it")
     else:
-        typer.echo(f"{spec.name}: clean dev accuracy {result.best_dev_accuracy:.4f}; model in {folder / MODEL_DIR}")
+        typer.echo(f"{spec.name}: clean dev accuracy {result.best_dev_accuracy:.4f}; model in {flags.out / MODEL_DIR}")
 
 
 @app.command()
@@ -269,23 +194,12 @@ def evaluate(
     """Clean accuracy and attack success rate of a model on a poison folder's test sets."""
     import json
 
-    from w2sdefense.data.poisoned import check_test_sets
-    from w2sdefense.defenses import open_filter
-    from w2sdefense.defenses.filtering import models_read
-    from w2sdefense.eval.stage import evaluate_stage
-    from w2sdefense.rundir import check_output_file, check_outside_inputs, check_outside_models
-    from w2sdefense.runtime import make_runtime
+    from w2sdefense.runtime import is_main_process
 
-    if out is not None:  # before any work: a refused --out must not cost a whole evaluation
-        check_outside_inputs(out, {"--data": data, "config file": config})
-        check_output_file(out, overwrite)
-        # A metrics file may go beside the model it measures (run/eval.json), never into its weights.
-        check_outside_models(out, models_read(model))
-    job = _load(EvaluateJob, config, set_)
-    check_test_sets(data)
-    rt = make_runtime(job.runtime)
-    metrics = evaluate_stage(model, data, job.eval, rt, out, open_filter, name_inputs=True).to_json()
-    if rt.is_main:
+    result = evaluate_model(model, data, out=out, config=config, settings=set_ or (), overwrite=overwrite,
+                            quiet=False)
+    if is_main_process():
+        metrics = result.to_json()
         keys = ("clean_accuracy", "attack_success_rate", "attack_success_rate_clean_correct", "clean_total",
                 "triggered_total", "attack_success_rate_survived", "triggered_survived_total", "trigger_cut")
         # An input-filter run reports no truncation counts: only the keys present are printed.

@@ -1,5 +1,5 @@
-"""What a stage records: typed results of a training, a defense and an evaluation, and the reports built from them
-(`run`'s rows, `clean`'s and `scan`'s reports), written to and read from their JSON files here only.
+"""What a stage records: typed results of a poisoning, a training, a defense and an evaluation, and the reports
+built from them (`run`'s rows, `clean`'s and `scan`'s reports), written to and read from their JSON files here only.
 
 On disk a result is one flat JSON object: its named fields under their own names, beside whatever else the
 stage measured (`details`: best_step, epochs_run, history terms, trigger counts, a defense's own figures).
@@ -114,6 +114,37 @@ class EvaluationResult(Result):
     def is_filtered(self) -> bool:
         """True for a model measured behind an input filter."""
         return self.false_rejection_rate is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoisonResult(Result):
+    """`poison`'s record, its folder's poison.json (written with the folder, data/poisoned.py; read here): the
+    attack, the poisoning policy, the data and the seed it ran with, and what it did (`counts`: rows eligible,
+    poisoned, skipped, label distributions, trigger_cut); the source files' hashes in `details`. `folder`: the
+    poison folder it was read from (not in the file)."""
+
+    attack: dict | None = None
+    poison: dict | None = None
+    data: dict | None = None
+    seed: int | None = None
+    num_labels: int | None = None
+    counts: dict | None = None
+    folder: Path | None = None
+
+    @classmethod
+    def named(cls) -> tuple[str, ...]:
+        """The fields stored under their own names: all but `details` and `folder`."""
+        return tuple(name for name in super().named() if name != "folder")
+
+    @property
+    def target_label(self) -> int | None:
+        """The label triggered inputs get."""
+        return (self.poison or {}).get("target_label")
+
+    @property
+    def poisoned_rows(self) -> int | None:
+        """The training rows that carry the trigger."""
+        return (self.counts or {}).get("poisoned")
 
 
 # The training stage's figures a report row carries, written as null where the stage recorded none.

@@ -7,7 +7,7 @@ import resource
 from dataclasses import dataclass
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
 
 from w2sdefense.config import RuntimeConfig
 from w2sdefense.errors import UserError
@@ -79,6 +79,12 @@ def make_runtime(cfg: RuntimeConfig) -> Runtime:
     # One process has nothing to shard; accelerate's own FSDP (an `accelerate launch` config) shards already.
     fsdp = cfg.fsdp and accelerator.num_processes > 1 and getattr(accelerator.state, "fsdp_plugin", None) is None
     return Runtime(accelerator, dtype, cfg.gradient_checkpointing, fsdp)
+
+
+def is_main_process() -> bool:
+    """Whether this process prints and writes (the only one outside torchrun or `accelerate launch`), as the
+    runtime made in it (make_runtime) says."""
+    return PartialState().is_main_process
 
 
 def _peak_rss_kb() -> int | None:
