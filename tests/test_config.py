@@ -63,9 +63,9 @@ def test_unknown_nested_key_names_the_dotted_path_and_its_valid_keys() -> None:
 
 def test_unknown_key_inside_a_list_item_names_its_index() -> None:
     cfg = from_dict(ExperimentConfig, {"defenses": [{"name": "lora-ft"}, {"betta": 0.1}]})
-    with pytest.raises(UserError, match=r"^unknown setting defenses\.1\.betta; w2sdefense takes alpha, beta, gamma, "
-                                        r"temperature, alignment, depths, gamma_final, teacher_mode, base_model, rho, mix beside "
-                                        r"name, label, seed and train$"):
+    with pytest.raises(UserError, match=r"^unknown setting defenses\.1\.betta; w2sdefense takes base_model, rho, mix, "
+                                        r"head, tokenizer, alpha, beta, gamma, temperature, alignment, depths, gamma_final, "
+                                        r"teacher_mode beside name, label, seed and train$"):
         check_defenses(cfg.defenses)
 
 
@@ -343,8 +343,8 @@ def test_each_defense_checks_its_own_settings_and_method() -> None:
     with pytest.raises(UserError, match=r"^unknown setting defense lora-ft.beta; lora-ft has no settings of its own "
                                         r"\(only name, label, seed and train\)$"):
         resolve(cfg.defenses[0])
-    with pytest.raises(UserError, match=r"unknown setting defense w2sdefense.gama; w2sdefense takes alpha, beta, gamma, "
-                                        r"temperature, alignment"):
+    with pytest.raises(UserError, match=r"unknown setting defense w2sdefense.gama; w2sdefense takes base_model, rho, "
+                                        r"mix, head, tokenizer, alpha, beta, gamma, temperature, alignment"):
         resolve(DefenseConfig(settings={"gama": 0.1}))
     with pytest.raises(UserError, match=r"defenses.0: full-ft fine-tunes with train.method=full; the config "
                                         r"says train.method=lora"):
@@ -352,7 +352,7 @@ def test_each_defense_checks_its_own_settings_and_method() -> None:
     with pytest.raises(UserError, match=r"defense full-ft: full-ft fine-tunes with train.method=full"):
         resolve(DefenseConfig(name="full-ft", train={"method": "lora"}))
     with pytest.raises(UserError, match=r"unknown defense 'no-such' \(defenses\[\].name\); known: .*full-ft, "
-                                        r"lora-ft \(alias lora\), .*w2sdefense \(alias w2s\)$"):
+                                        r".*lora-ft \(alias lora\), .*w2sdefense \(alias w2s\)$"):
         resolve(DefenseConfig(name="no-such"))
     with pytest.raises(UserError, match=r"unknown setting defense w2sdefense.train.lrr"):
         resolve(DefenseConfig(train={"lrr": 1.0}))

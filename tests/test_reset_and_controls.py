@@ -15,7 +15,7 @@ from w2sdefense.defenses.w2sdefense import W2SSettings, cache_teacher_outputs, w
 from w2sdefense.errors import UserError
 from w2sdefense.models import load_classifier
 from w2sdefense.models.batching import encode, make_loader, sorted_batches
-from w2sdefense.models.reset import backbone, reset_classifier, reset_toward_base
+from w2sdefense.models.reset import backbone, reset_student, reset_toward_base
 from w2sdefense.models.teacher import load_teacher
 from w2sdefense.models.tiny import build_tiny
 from w2sdefense.train.job import run_train
@@ -89,14 +89,15 @@ def test_interpolation_moves_every_changed_weight_by_the_same_share(base_and_vic
 
 def test_a_base_of_another_architecture_or_width_is_refused_in_one_sentence(base_and_victim, tmp_path):
     _, victim_dir = base_and_victim
-    victim = load_classifier(victim_dir, 2).model
+    suspect = load_classifier(victim_dir, 2)
+    victim = suspect.model
     with pytest.raises(UserError, match="is a BertModel, the suspect model a LlamaModel"):
-        reset_classifier(victim, "tiny-bert", 0.5, "mask", 0)
+        reset_student(suspect, "tiny-bert", 0.5, "mask", 0)
     wider = LlamaForSequenceClassification(LlamaConfig(**{**victim.config.to_dict(), "intermediate_size": 256}))
     wider.save_pretrained(tmp_path / "wider")
     load_classifier(victim_dir, 2).tokenizer.save_pretrained(tmp_path / "wider")
     with pytest.raises(UserError, match="does not match the suspect model .shapes differ"):
-        reset_classifier(victim, str(tmp_path / "wider"), 0.5, "mask", 0)
+        reset_student(suspect, str(tmp_path / "wider"), 0.5, "mask", 0)
     assert backbone(victim) is victim.model
 
 
@@ -104,8 +105,9 @@ def test_a_lora_run_given_as_the_base_is_its_adapter_folded_in(base_and_victim, 
     base_dir, victim_dir = base_and_victim
     run_train(base_dir, tiny_splits, LORA, rt, tmp_path / "lora", seed=0)
     lora = str(tmp_path / "lora")
-    model = load_classifier(victim_dir, 2).model
-    reset_classifier(model, lora, 0.0, "mask", 0)  # was refused: 'a LlamaForSequenceClassification, ... a LlamaModel'
+    suspect = load_classifier(victim_dir, 2)
+    model = suspect.model
+    reset_student(suspect, lora, 0.0, "mask", 0)  # was refused: 'a LlamaForSequenceClassification, ... a LlamaModel'
     merged = dict(backbone(load_classifier(lora, 2).model.merge_and_unload()).named_parameters())
     public = dict(backbone(load_classifier(base_dir, 2).model).named_parameters())
     assert all(torch.equal(p, merged[name]) for name, p in backbone(model).named_parameters())
@@ -210,10 +212,9 @@ def test_the_controls_and_the_reset_run_as_w2sdefense_settings(base_and_victim, 
 def test_the_reset_refuses_the_suspect_as_its_own_base_and_records_how_far_the_suspect_is(base_and_victim, tiny_splits,
                                                                                           rt, tmp_path):
     base_dir, victim_dir = base_and_victim
-    model = load_classifier(victim_dir, 2).model
     with pytest.raises(UserError, match="exactly the suspect's backbone weights"):
-        reset_classifier(model, victim_dir, 0.0, "mask", 0)
-    record = reset_classifier(load_classifier(victim_dir, 2).model, base_dir, 0.0, "mask", 0)
+        reset_student(load_classifier(victim_dir, 2), victim_dir, 0.0, "mask", 0)
+    record = reset_student(load_classifier(victim_dir, 2), base_dir, 0.0, "mask", 0)
     victim, base = (backbone(load_classifier(d, 2).model) for d in (victim_dir, base_dir))
     moved = sum(float((p - q).pow(2).sum()) for p, q in zip(victim.parameters(), base.parameters()))
     norm = sum(float(q.pow(2).sum()) for q in base.parameters())

@@ -9,6 +9,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -16,9 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from w2sdefense.config import check_choice, check_positive
-from w2sdefense.models.reset import check_reset, reset_classifier
+from w2sdefense.models.reset import check_reset
 from w2sdefense.data.records import Example
 from w2sdefense.defenses.base import DefenseJob, fine_tune, prepare, register_defense
+from w2sdefense.defenses.fine_mixing import ResetSettings, reset_modifier
 from w2sdefense.defenses.recipes import LORA_RECIPE
 from w2sdefense.errors import UserError
 from w2sdefense.defenses.losses import (
@@ -43,9 +45,12 @@ TEACHER_MODES = ("trained", "zeros", "random")
 
 
 @dataclass(frozen=True)
-class W2SSettings:
-    """The loss weights: alpha * CE + beta * T^2 * KL + gamma * FA (the authors' BadNet values with gamma 0.01:
-    the project's measured default; their own gamma 0.001 is the preset row w2sdefense-authors)."""
+class W2SSettings(ResetSettings):
+    """An optional reset toward the public base before unlearning (fine-mixing's settings: none while base_model is
+    unset), then the loss weights: alpha * CE + beta * T^2 * KL + gamma * FA (the authors' BadNet values with gamma
+    0.01: the project's measured default; their own gamma 0.001 is the preset row w2sdefense-authors)."""
+
+    NAME: ClassVar[str] = "defense"  # the reset's messages say defense.rho, defense.mix, ...
 
     alpha: float = 5.0  # cross-entropy weight
     beta: float = 0.001  # KD weight (multiplied by T^2)
@@ -62,15 +67,14 @@ class W2SSettings:
     # alignment is a pure norm penalty gamma * ||h||^2) | random (the teacher's encoder and projection at a
     # seeded random initialisation, never trained)
     teacher_mode: str = "trained"
-    # A weight reset toward the public base before unlearning (as fine-mixing's): none when base_model is unset
-    base_model: str | None = None
-    rho: float = 0.0  # the full reset, the measured default (benchmarks/RESULTS.md, "Unlearning below the last layer")
-    mix: str = "mask"
 
     def __post_init__(self) -> None:
         check_choice("defense.alignment", self.alignment, ALIGNMENTS)
         check_choice("defense.teacher_mode", self.teacher_mode, TEACHER_MODES)
-        check_reset("defense", self.base_model, self.rho, self.mix)
+        if self.base_model is None:
+            check_reset(self.NAME, None, self.rho, self.mix)  # no reset: its other settings still make sense
+        else:
+            self.check_reset()
         if self.teacher_mode == "zeros" and self.alignment != "per-sample":
             # A zero vector has no direction: normalized would be a constant, relational a push apart.
             raise UserError("defense.teacher_mode zeros (the norm-penalty control) needs alignment per-sample")
@@ -97,10 +101,7 @@ def w2sdefense(job: DefenseJob) -> dict:
     settings, train = job.settings, job.train
     check_teacher_labels(job.teacher, job.splits.num_labels, job.student)  # before the student's base is written
     record = {}
-    reset = None
-    if settings.base_model is not None:
-        reset = lambda clf: record.update(reset_classifier(  # noqa: E731
-            clf.model, settings.base_model, settings.rho, settings.mix, job.seed, job.rt.dtype))
+    reset = reset_modifier(job, record) if settings.base_model is not None else None
     student = prepare(job, modify=reset)  # first: the same adapter and head as lora-ft gets for this seed
     hidden = student.config.get_text_config().hidden_size
     rows = limit(job.splits.train, train.max_train_rows)

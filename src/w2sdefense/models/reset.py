@@ -115,16 +115,11 @@ def reinit_head(model: nn.Module, generator: torch.Generator) -> int:
     return count
 
 
-def reset_classifier(model: nn.Module, base_name: str, rho: float, mix: str, seed: int,
-                     dtype: torch.dtype = torch.float32, head: str = "suspect") -> dict:
-    """Load the public base `base_name` (any name --model takes) and reset `model`'s backbone toward it; `head`
-    fresh also re-initialises the suspect's head (the control: what does the suspect contribute?)."""
-    return _reset(model, _load_base(base_name, model, dtype).model, base_name, rho, mix, seed, head)
-
-
 def reset_student(clf, base_name: str, rho: float, mix: str, seed: int, dtype: torch.dtype = torch.float32,
                   head: str = "suspect", tokenizer: str = "suspect") -> dict:
-    """reset_classifier on a Classifier; `tokenizer` base also gives it the base's tokenizer (an attacker who expects
+    """Load the public base `base_name` (any name --model takes) and reset the suspect's backbone toward it; `head`
+    fresh also re-initialises the suspect's head (the control: what does the suspect contribute?); `tokenizer` base
+    also gives it the base's tokenizer (an attacker who expects
     the reset can hide the trigger in the tokenizer the reset keeps: a vocabulary that maps it to other ids). The
     record counts the base's tokens the suspect's tokenizer maps to another id, whichever is kept."""
     if tokenizer not in TOKENIZERS:
