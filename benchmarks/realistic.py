@@ -127,10 +127,17 @@ def clean_model_row(attack: str, report: ExperimentReport) -> dict:
             "stage_s": clean.wall_time_s, "steps": clean.steps, "selected_step": clean.selected_step}
 
 
+MEASURED_ON = ("date", "platform", "cpu_threads", "cuda", "torch", "transformers", "peft")
+
+
 def record(row: dict, path: Path = ROWS) -> None:
-    """Add `row` to the JSONL, replacing an earlier row of the same (attack, defense, k, seed)."""
+    """Add `row` to the JSONL, replacing an earlier row of the same (attack, defense, k, seed); an earlier row with
+    the same measurements stays as it was (a report rewritten by a later invocation does not re-date it)."""
     key = lambda r: (r["attack"], r["defense"], r["k"], r["seed"])  # noqa: E731
+    measured = lambda r: {k: v for k, v in r.items() if k not in MEASURED_ON}  # noqa: E731
     kept = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    if any(key(r) == key(row) and measured(r) == measured(row) for r in kept):
+        return
     kept = [r for r in kept if key(r) != key(row)] + [row]
     kept.sort(key=lambda r: (r["attack"], r["defense"], r["k"] or 0, r["seed"] or 0))
     path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")

@@ -47,8 +47,9 @@ def test_recording_a_row_again_replaces_it_and_the_table_takes_means_of_differen
     path = tmp_path / "rows.jsonl"
     arm = {"label": "reset", "base_known": True}
     report = _report()
-    realistic.record(realistic.flat_row("insent", arm, 256, 42, report), path)
-    realistic.record(realistic.flat_row("insent", arm, 256, 42, report), path)
+    realistic.record({**realistic.flat_row("insent", arm, 256, 42, report), "date": "first"}, path)
+    realistic.record({**realistic.flat_row("insent", arm, 256, 42, report), "date": "second"}, path)
+    assert [json.loads(line)["date"] for line in path.read_text().splitlines()] == ["first"]  # same measurements
     report = _report(reset=dataclasses.replace(report.row("reset"), attack_success_rate_clean_correct=0.11,
                                                clean_accuracy=0.84))
     realistic.record(realistic.flat_row("insent", arm, 256, 43, report), path)
