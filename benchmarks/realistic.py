@@ -27,7 +27,7 @@ from w2sdefense.config import DefenseConfig, ExperimentConfig, load_config
 from w2sdefense.defenses.recipes import CLEAN_BUDGET
 from w2sdefense.pipeline import relearn_label, run_experiment
 from w2sdefense.results import ExperimentReport, read_report
-from w2sdefense.rundir import CLEAN_ROW, EVAL_FOLDERS, POISONED_ROW
+from w2sdefense.rundir import CLEAN_ROW, EVAL_FOLDERS, POISONED_ROW, TEACHER_ROW
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -104,15 +104,24 @@ def _relearned_asr_cc(report: ExperimentReport, name: str) -> float | None:
 
 
 def flat_row(attack: str, arm: dict, k: int, seed: int, report: ExperimentReport) -> dict:
-    """One measured arm as the flat row of realistic-rows.jsonl (rates as fractions)."""
-    clean, suspect, row = report.row(CLEAN_ROW), report.row(POISONED_ROW), report.row(arm["label"])
+    """One measured arm as the flat row of realistic-rows.jsonl (rates as fractions); `arm["row"]` names the report's
+    row when it is not the arm's label (the teacher an arm trained)."""
+    name = arm.get("row", arm["label"])
+    clean, suspect, row = report.row(CLEAN_ROW), report.row(POISONED_ROW), report.row(name)
     return {"attack": attack, "defense": arm["label"], "k": k, "seed": seed, "base_known": arm["base_known"],
             "ca": row.clean_accuracy, "asr_cc": row.attack_success_rate_clean_correct,
             "floor_asr_cc": clean.attack_success_rate_clean_correct,
             "suspect_ca": suspect.clean_accuracy, "suspect_asr_cc": suspect.attack_success_rate_clean_correct,
-            "clean_ca": clean.clean_accuracy, "relearn_asr_cc": _relearned_asr_cc(report, arm["label"]),
+            "clean_ca": clean.clean_accuracy, "relearn_asr_cc": _relearned_asr_cc(report, name),
             "floor_relearn_asr_cc": _relearned_asr_cc(report, CLEAN_ROW), "stage_s": row.wall_time_s,
             "steps": row.steps, "selected_step": row.selected_step}
+
+
+def teacher_arm(arm: dict) -> dict | None:
+    """The teacher an arm trains, as an arm of its own (`teacher_row: LABEL` in realistic-arms.yaml): another
+    architecture that learned only from the defender's texts and the suspect's answers on them, measured as a model."""
+    label = arm.get("teacher_row")
+    return {"label": label, "base_known": False, "row": TEACHER_ROW} if label else None
 
 
 def clean_model_row(attack: str, report: ExperimentReport) -> dict:
@@ -161,7 +170,8 @@ def run_attack(attack: str, runs: Path, ks: list[int], seeds: list[int], arms: l
                 link_shared(suspect, folder)
                 run_experiment(arm_config(own, arm, k, seed, folder))
                 report = read_report(folder)
-                record({**flat_row(attack, arm, k, seed, report), **measured_on(report)}, rows_path)
+                for measured in filter(None, (arm, teacher_arm(arm))):
+                    record({**flat_row(attack, measured, k, seed, report), **measured_on(report)}, rows_path)
                 print(f"realistic: {attack} k={k} seed={seed} {arm['label']} recorded in {rows_path}", flush=True)
     return suspect
 

@@ -41,6 +41,14 @@ def test_a_flat_row_carries_the_floor_the_suspect_and_the_relearning_test_of_its
                    "selected_step": 120}
     clean = realistic.clean_model_row("insent", _report())
     assert clean["defense"] == "clean-model" and clean["relearn_asr_cc"] == clean["floor_relearn_asr_cc"] == 0.10
+    # An arm's teacher, measured as a model of its own, reads the report's teacher row (no re-learning test of its own).
+    assert realistic.teacher_arm(arm) is None
+    teacher = realistic.teacher_arm({**arm, "teacher_row": "distil-minilm"})
+    report = _report(teacher=ReportRow(clean_accuracy=0.84, attack_success_rate_clean_correct=0.05, wall_time_s=9.0,
+                                       steps=80, selected_step=80))
+    row = realistic.flat_row("insent", teacher, 256, 43, report)
+    assert row["defense"] == "distil-minilm" and row["base_known"] is False
+    assert (row["ca"], row["asr_cc"], row["stage_s"], row["relearn_asr_cc"]) == (0.84, 0.05, 9.0, None)
 
 
 def test_recording_a_row_again_replaces_it_and_the_table_takes_means_of_differences(tmp_path):
