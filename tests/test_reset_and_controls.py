@@ -220,3 +220,12 @@ def test_the_reset_refuses_the_suspect_as_its_own_base_and_records_how_far_the_s
     norm = sum(float(q.pow(2).sum()) for q in base.parameters())
     assert record["suspect_base_relative_distance"] == pytest.approx((moved / norm) ** 0.5, rel=1e-5)
     assert record["suspect_base_relative_distance"] > 0
+
+
+def test_w2sdefense_takes_the_resets_head_and_tokenizer_only_with_a_base():
+    assert W2SSettings(base_model="tiny-llama", head="fresh", tokenizer="base").head == "fresh"
+    for key, value in (("head", "fresh"), ("tokenizer", "base")):
+        with pytest.raises(UserError, match="without defense.base_model there is no reset"):
+            W2SSettings(**{key: value})
+    with pytest.raises(UserError, match="defense.head must be one of"):
+        W2SSettings(base_model="tiny-llama", head="new")

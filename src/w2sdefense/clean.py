@@ -67,8 +67,9 @@ def choose_defense(job: CleanJob) -> DefenseConfig:
         d = dataclasses.replace(d, name=chosen.defense, settings={**chosen.settings, **d.settings})
     takes = {f.name for f in dataclasses.fields(DEFENSES.get(d.name).settings)}
     takes_base = "base_model" in takes
+    resets = takes_base and bool(job.base_model or d.settings.get("base_model"))
     for key, flag in (("head", "--fresh-head"), ("tokenizer", "--base-tokenizer")):
-        if key in d.settings and key not in takes:
+        if key in d.settings and not resets:
             raise UserError(f"{flag} (defense.{key}) changes what a reset toward the public base keeps, but {d.name} "
                             "resets nothing; give --base (the default then resets), or choose fine-mixing or "
                             "reset-distill")

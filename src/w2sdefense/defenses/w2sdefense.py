@@ -72,7 +72,10 @@ class W2SSettings(ResetSettings):
         check_choice("defense.alignment", self.alignment, ALIGNMENTS)
         check_choice("defense.teacher_mode", self.teacher_mode, TEACHER_MODES)
         if self.base_model is None:
-            check_reset(self.NAME, None, self.rho, self.mix)  # no reset: its other settings still make sense
+            check_reset(self.NAME, None, self.rho, self.mix)
+            if (self.head, self.tokenizer) != ("suspect", "suspect"):
+                raise UserError("defense.head and defense.tokenizer change what the reset toward the public base "
+                                "keeps; without defense.base_model there is no reset")
         else:
             self.check_reset()
         if self.teacher_mode == "zeros" and self.alignment != "per-sample":
