@@ -110,6 +110,7 @@ SLOW_TESTS = {
     "test_packaged": {"test_real_models_run_a_few_steps_end_to_end"},
     "test_realistic_benchmark": {"test_the_script_on_tiny_models_leaves_the_clean_models_row_and_one_arms_row"},
     "test_resume": {"*"},
+    "test_readme_python": {"test_the_readmes_python_examples_run_as_written_on_tiny_models"},
     "test_scan": {"test_scan_finds_the_planted_trigger_and_clears_the_clean_model",
                   "test_scan_refuses_what_it_cannot_do_in_one_line",
                   "test_shift_pairs_measures_words_of_the_most_moved_tokens_and_finds_the_planted_one"},
