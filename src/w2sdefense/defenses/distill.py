@@ -70,13 +70,19 @@ def distill_step(alpha: float, beta: float, temperature: float, cache: SuspectLo
 
     def step(model: torch.nn.Module, batch: dict) -> StepOutput:
         logits = model(**model_inputs(batch)).logits.float()
-        ce = labelled_cross_entropy(logits, batch["labels"], UNLABELLED)
-        kd = kd_loss(logits, cache.of(batch["example_id"].cpu()).to(device), temperature) if beta else \
-            logits.new_zeros(())
-        total = distill_total(ce, kd, alpha, beta)
+        total, ce, kd = distill_terms(logits, batch["labels"], cache.of(batch["example_id"].cpu()).to(device),
+                                      alpha, beta, temperature)
         return StepOutput(total, {"loss": total.item(), "ce": ce.item(), "kd": kd.item()})
 
     return step
+
+
+def distill_terms(logits: torch.Tensor, labels: torch.Tensor, suspect: torch.Tensor, alpha: float, beta: float,
+                  temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(total, CE, KD) of a batch's logits: alpha * CE on its labelled rows + beta * T^2 KL toward the suspect's."""
+    ce = labelled_cross_entropy(logits, labels, UNLABELLED)
+    kd = kd_loss(logits, suspect, temperature) if beta else logits.new_zeros(())
+    return distill_total(ce, kd, alpha, beta), ce, kd
 
 
 def with_texts(rows: list[Example], unlabelled: list[Example], use: bool) -> list[Example]:

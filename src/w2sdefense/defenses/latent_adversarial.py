@@ -32,10 +32,9 @@ import torch.nn.functional as F
 from w2sdefense.config import check_positive
 from w2sdefense.data.records import UNLABELLED, Example
 from w2sdefense.defenses.base import DefenseJob, fine_tune, prepare, register_defense
-from w2sdefense.defenses.distill import DistillSettings, SuspectLogits
+from w2sdefense.defenses.distill import DistillSettings, SuspectLogits, distill_terms
 from w2sdefense.defenses.fine_mixing import RESET_RECIPE
 from w2sdefense.defenses.fine_pruning import transformer_layers
-from w2sdefense.defenses.losses import distill_total, kd_loss, labelled_cross_entropy
 from w2sdefense.defenses.reset_distill import cache_suspect, distill_rows
 from w2sdefense.errors import UserError
 from w2sdefense.models import Classifier
@@ -201,8 +200,7 @@ def adversarial_step(s: LatentAdversarialSettings, hook: LatentShift, delta: tor
         inputs, labels = model_inputs(batch), batch["labels"]
         teacher = cache.of(batch["example_id"].cpu()).to(device)
         logits = model(**inputs).logits.float()
-        ce = labelled_cross_entropy(logits, labels, UNLABELLED)
-        kd = kd_loss(logits, teacher, s.temperature) if s.beta else logits.new_zeros(())
+        clean, ce, kd = distill_terms(logits, labels, teacher, s.alpha, s.beta, s.temperature)
         answer = torch.where(labels == UNLABELLED, teacher.argmax(-1), labels)
         other = answer != target
         adv = logits.new_zeros(())
@@ -210,7 +208,7 @@ def adversarial_step(s: LatentAdversarialSettings, hook: LatentShift, delta: tor
             with hook.added(delta):
                 shifted = model(**{k: v[other] for k, v in inputs.items()}).logits.float()
             adv = F.cross_entropy(shifted, answer[other])
-        total = distill_total(ce, kd, s.alpha, s.beta) + s.adv * adv
+        total = clean + s.adv * adv
         return StepOutput(total, {"loss": total.item(), "ce": ce.item(), "kd": kd.item(), "adv": adv.item()})
 
     return step
