@@ -11,7 +11,7 @@ only the preset's defense rows the arm names in `defenses` (none by default; at 
 trains a clean model with the same recipe (shared between arms whose recipes match: its stage key
 decides) and judges the arm against it; otherwise against the benchmark's clean model
 (`results/<attack>.json`). Writes `results/attack-arms.json` (one record per arm) and the section
-"attack-arms" of RESULTS.md.
+"attack-arms" of RESULTS.md (benchmarks/results_md.py regenerates it).
 """
 
 from __future__ import annotations
@@ -142,9 +142,16 @@ def record(arm: dict, out: Path) -> ArmRecord:
 
 
 def benchmark_clean(attack: str) -> ReportRow | None:
-    """The benchmark's clean model row for `attack` (the preset's recipe), when recorded."""
-    path = RESULTS / f"{attack}.json"
+    """The benchmark's clean model row for `attack` when the arms ran (the preset's recipe of then, lr 5e-5 for 2
+    epochs), retired to results/earlier/ when the presets moved to the strong recipe; the current one otherwise."""
+    retired = sorted((RESULTS / "earlier").glob(f"{attack}-*.json"))
+    path = retired[0] if retired else RESULTS / f"{attack}.json"
     return read_result(ExperimentReport, path).row(CLEAN_ROW) if path.is_file() else None
+
+
+def read_records(path: Path = RECORDS) -> list[ArmRecord]:
+    """The arms recorded so far, in the file's order."""
+    return [ArmRecord.from_json(r) for r in json.loads(path.read_text())] if path.is_file() else []
 
 
 def table(records: list[ArmRecord]) -> str:
@@ -206,8 +213,7 @@ def main() -> None:
         if unknown:
             raise SystemExit(f"--pick: {', '.join(sorted(unknown))} not in {ARMS.name} (names are <attack>-<label>)")
         arms = [a for a in arms if _name(a) in args.pick]
-    found = json.loads(RECORDS.read_text()) if RECORDS.is_file() else []
-    records = {r.name: r for r in map(ArmRecord.from_json, found)}
+    records = {r.name: r for r in read_records()}
     if not args.report_only:
         from w2sdefense.progress import quiet_libraries
 
@@ -215,11 +221,10 @@ def main() -> None:
         for arm in arms:
             records[_name(arm)] = run_arm(arm, Path(args.runs))
             write_json(RECORDS, [r.to_json() for r in records.values()])  # each arm lands before the next starts
-    from results_md import update_section
+    import results_md  # beside this file
 
-    text = table(list(records.values()))
-    update_section("attack-arms", text)
-    print(text)
+    results_md.write()
+    print(table(list(records.values())))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """The premise of `latent-adversarial`, measured: does a small input-independent shift of the residual stream send
-rows to the backdoor's target more easily on a suspect than on the clean model? (RESULTS.md, "Latent adversarial".)
+rows to the backdoor's target more easily on a suspect than on the clean model? (benchmarks/studies/realistic, "Latent adversarial".)
 
     python benchmarks/latent_probe.py --models insent clean --depths 0.5 --epsilons 0.02 0.05 0.1 0.25 0.5
 

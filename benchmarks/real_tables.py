@@ -247,31 +247,37 @@ def comparison_table(results: dict[str, AttackResults]) -> str:
     return "\n".join(lines)
 
 
-def write_results_md(results: dict[str, AttackResults], summ: dict) -> None:
-    """Replace the real-model sections of RESULTS.md and the README's generated blocks with the new tables."""
-    from results_md import README, update_section
-
-    provenance = provenance_line(results)
-    table = main_table(summ)
-    update_section("real", f"{table}\n\n![CA and ASR-cc per attack](results/chart.png)\n\n{provenance} "
-                           "(per-attack JSON and `summary.json` in `results/`).")
-    update_section("variants", variant_table(results))
-    update_section("comparison", f"{comparison_table(results)}\n\n![residual and CA per defense](results/comparison.png)"
-                                 f"\n\n{provenance}. CA, ASR-cc and residual are means ± sd where a "
-                                 "defense ran at several seeds (n), its other columns at the preset's seed; input "
-                                 "filters are scored "
-                                 "as served systems (a rejected clean row counts as wrong, a rejected triggered row as "
-                                 "a failed attack). Stage time is wall time on 2 shared cores.")
-    update_section("attack", attack_table(results))
+def results_sections(results: dict[str, AttackResults]) -> dict[str, str]:
+    """The real-model tables of RESULTS.md (results_md.py's builders), by name."""
+    summ, provenance = summary(results), provenance_line(results)
+    sections = {
+        "real": f"{main_table(summ)}\n\n![CA and ASR-cc per attack](results/chart.png)\n\n{provenance} "
+                "(per-attack JSON and `summary.json` in `results/`).",
+        "variants": variant_table(results),
+        "comparison": f"{comparison_table(results)}\n\n![residual and CA per defense](results/comparison.png)"
+                      f"\n\n{provenance}. CA, ASR-cc and residual are means ± sd where a "
+                      "defense ran at several seeds (n), its other columns at the preset's seed; input "
+                      "filters are scored "
+                      "as served systems (a rejected clean row counts as wrong, a rejected triggered row as "
+                      "a failed attack). Stage time is wall time on 2 shared cores.",
+        "attack": attack_table(results),
+    }
     earlier = load_earlier()
-    if earlier:
-        update_section("earlier", "\n\n".join([
-            "The attacker's recipe:", attack_table(earlier),
-            "The main rows (mean ± sd over defense seeds):", main_table(summary(earlier)),
-            "Every defense family (the preset's seed):", comparison_table(earlier),
-            "Every first-seed row, variants and comparison families included:", variant_table(earlier)]))
+    sections["earlier"] = "\n\n".join([
+        "The attacker's recipe:", attack_table(earlier),
+        "The main rows (mean ± sd over defense seeds):", main_table(summary(earlier)),
+        "Every defense family (the preset's seed):", comparison_table(earlier),
+        "Every first-seed row, variants and comparison families included:", variant_table(earlier)]) if earlier else ""
+    return sections
+
+
+def write_results_md(results: dict[str, AttackResults], summ: dict) -> None:
+    """Regenerate RESULTS.md and rewrite the README's generated blocks with the new tables."""
+    import results_md
+
+    results_md.write()
     for name, body in readme_blocks(results, summ).items():
-        update_section(name, body, path=README)
+        results_md.update_section(name, body)
 
 
 def _dates(results: dict[str, AttackResults]) -> str:

@@ -9,9 +9,7 @@ from collections import defaultdict
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RESULTS_MD = HERE / "RESULTS.md"
 CHART = HERE / "results" / "realistic.png"
-BEGIN, END = "<!-- realistic:begin -->", "<!-- realistic:end -->"
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -110,13 +108,15 @@ def measured(rows: list[dict]) -> str:
             "over seeds (n) where a row ran at several.")
 
 
-def write_report(path: Path) -> None:
-    """Rewrite the table between the markers in RESULTS.md and the chart."""
+def section(path: Path) -> str:
+    """RESULTS.md's realistic table, its provenance and the chart's link (results_md.py's builder)."""
     rows = read_rows(path)
-    text = RESULTS_MD.read_text(encoding="utf-8")
-    if BEGIN not in text:
-        return
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    RESULTS_MD.write_text(f"{head}{BEGIN}\n{table(rows)}\n\n{measured(rows)}\n{END}{tail}", encoding="utf-8")
-    chart(rows)
+    return f"{table(rows)}\n\n{measured(rows)}\n\n![residual and CA against k](results/realistic.png)"
+
+
+def write_report(path: Path) -> None:
+    """Redraw the chart and regenerate RESULTS.md."""
+    import results_md  # beside this file
+
+    chart(read_rows(path))
+    results_md.write()

@@ -223,23 +223,29 @@ def main() -> None:
         "eval_predictions_equal": f"{same}/{args.eval_rows}", "machine": platform.node(), "environment": environment(),
     }
     write_json(args.out, result)
-    table = (f"| | ours | straightforward | ratio |\n|---|---|---|---|\n"
-          f"| defend, 1 epoch of {args.rows} rows (examples/s) | {result['defend_examples_per_s']['ours']:.2f} | "
-          f"{result['defend_examples_per_s']['straightforward']:.2f} | {result['defend_speedup']:.2f}x |\n"
-          f"| evaluation of {args.eval_rows} rows (examples/s) | {result['eval_examples_per_s']['ours']:.2f} | "
-          f"{result['eval_examples_per_s']['straightforward']:.2f} | {result['eval_speedup']:.2f}x |\n"
-          f"| peak memory (MB, process RSS) | {ours['peak_rss_mb']:.0f} | {naive['peak_rss_mb']:.0f} | |\n\n"
-          f"first-batch loss terms max abs diff {check['max_abs_diff']:.2e} (rel {check['max_rel_diff']:.2e}); "
-          f"eval predictions equal {same}/{args.eval_rows}")
-    print(table)
+    print(speed_section(result, args.out))
     if args.update_results:
-        from results_md import update_section
+        import results_md  # beside this file
 
-        env = result["environment"]
-        update_section("speed", f"{table}\n\n{setup.student} + {setup.teacher}, batch {setup.batch_size}, max length "
-                       f"{setup.max_length}, eval batch {setup.eval_batch_size}. Measured {env['date'][:10]} on "
-                       f"{env['platform']}, {env['cpu_threads']} torch threads, by `python benchmarks/speed.py "
-                       f"--update-results` (raw numbers in `{args.out}`).")
+        results_md.write()
+
+
+def speed_section(result: dict, out: str) -> str:
+    """RESULTS.md's speed table and its provenance, from a speed.json."""
+    ours, naive, setup = result["ours"], result["straightforward"], result["setup"]
+    check, same, env = result["first_batch_loss_terms"], result["eval_predictions_equal"], result["environment"]
+    table = (f"| | ours | straightforward | ratio |\n|---|---|---|---|\n"
+             f"| defend, 1 epoch of {setup['rows']} rows (examples/s) | {result['defend_examples_per_s']['ours']:.2f} | "
+             f"{result['defend_examples_per_s']['straightforward']:.2f} | {result['defend_speedup']:.2f}x |\n"
+             f"| evaluation of {setup['eval_rows']} rows (examples/s) | {result['eval_examples_per_s']['ours']:.2f} | "
+             f"{result['eval_examples_per_s']['straightforward']:.2f} | {result['eval_speedup']:.2f}x |\n"
+             f"| peak memory (MB, process RSS) | {ours['peak_rss_mb']:.0f} | {naive['peak_rss_mb']:.0f} | |\n\n"
+             f"first-batch loss terms max abs diff {check['max_abs_diff']:.2e} (rel {check['max_rel_diff']:.2e}); "
+             f"eval predictions equal {same}")
+    return (f"{table}\n\n{setup['student']} + {setup['teacher']}, batch {setup['batch_size']}, max length "
+            f"{setup['max_length']}, eval batch {setup['eval_batch_size']}. Measured {env['date'][:10]} on "
+            f"{env['platform']}, {env['cpu_threads']} torch threads, by `python benchmarks/speed.py "
+            f"--update-results` (raw numbers in `{out}`).")
 
 
 if __name__ == "__main__":

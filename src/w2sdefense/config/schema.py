@@ -299,9 +299,9 @@ class ScanConfig:
     clean rows); the model is called backdoored when the best candidate's ASR-cc reaches `threshold`.
     """
 
-    # shift-inversion (base known) is a setting, not a default: benchmarks/RESULTS.md, "Scan"
+    # shift-inversion (base known) is a setting, not a default: benchmarks/studies/scan
     detectors: list[str] = field(default_factory=lambda: ["inversion", "embedding-shift"])
-    threshold: float = 0.8  # provisional until the zoo benchmark calibrates it (benchmarks/RESULTS.md, Scan)
+    threshold: float = 0.8  # provisional until the zoo benchmark calibrates it (benchmarks/studies/scan)
     lengths: list[int] = field(default_factory=lambda: [1, 3])  # inversion: trigger lengths in tokens
     steps: int = 30  # inversion: optimisation steps per (label, length)
     lr: float = 0.5  # inversion: Adam's step on the vocabulary logits

@@ -1,7 +1,7 @@
 """`fine-mixing` (Zhang et al., 2022): reset the suspect model's backbone toward the public model it was
 fine-tuned from, keeping a seeded share `rho` of the fine-tuning change (or interpolating by `rho`), then
 fine-tune on clean data with lora-ft's recipe at two epochs (160 steps: what the public base's backbone needs to
-win back the clean accuracy, benchmarks/RESULTS.md, "Unlearning below the last layer"). The trigger never has to
+win back the clean accuracy, benchmarks/studies/unlearning-deeper). The trigger never has to
 fire for its weights to move: a pathway clean gradients barely reach is reset all the same.
 """
 
@@ -26,7 +26,7 @@ class ResetSettings:
     NAME: ClassVar[str] = "fine-mixing"  # the defense's name in messages
     base_model: str | None = None  # the public model the suspect was fine-tuned from (any name --model takes)
     # Share of the fine-tuning change kept (1: the suspect as it is, 0: the base's backbone). 0, the measured
-    # default: a partial reset keeps a share of the backdoor (benchmarks/RESULTS.md, "Unlearning below the last layer")
+    # default: a partial reset keeps a share of the backdoor (benchmarks/studies/unlearning-deeper)
     rho: float = 0.0
     mix: str = "mask"  # mask (a seeded Bernoulli(rho) mask per weight) | interpolate (base + rho * change)
     # suspect: keep the suspect's classification head | fresh: a new head too (the control "the base with a fresh
@@ -53,7 +53,7 @@ class FineMixingSettings(ResetSettings):
 
 
 # Two epochs of lora-ft's recipe: the budget the reset needs to keep clean accuracy on every attack, the measured
-# default (benchmarks/RESULTS.md, "Unlearning below the last layer").
+# default (benchmarks/studies/unlearning-deeper).
 RESET_RECIPE = {**LORA_RECIPE, "epochs": 2.0}
 
 

@@ -1,9 +1,9 @@
 """The LoRA fine-tuning recipe the repair defenses share (same adapter, data and steps: a fair comparison).
 
 It is the measured default, the recipe of the presets' repair rows (configs/base/sst2.yaml; its numbers:
-benchmarks/RESULTS.md, "The paper's experiment at laptop scale"): the first 1280 clean rows, one epoch of batch 16
+benchmarks/studies/paper-protocol): the first 1280 clean rows, one epoch of batch 16
 (80 steps), LoRA r 16 on every linear layer, lr 1e-3, dev accuracy every 40 steps, keeping the last checkpoint
-within 2 dev points of the best (the best-dev rule stops unlearning early: benchmarks/RESULTS.md, "Variants", the
+within 2 dev points of the best (the best-dev rule stops unlearning early: benchmarks/studies/variants, the
 `*-best-dev` rows). `defend` with no config runs it; the authors' recipe (LoRA
 r = alpha = 512 on q/v, lr 2e-4, 5 epochs of batch 32) is the preset row `w2sdefense-authors`.
 `fine-mixing` runs it at two epochs (160 steps), the budget its reset needs to win back the clean accuracy;

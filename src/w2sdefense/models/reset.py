@@ -90,7 +90,7 @@ def reset_toward_base(victim: nn.Module, base: nn.Module, rho: float, mix: str,
 
 # Beyond this relative distance (backbone weight change over the base's weights) the suspect was hardly fine-tuned
 # from this base: fine-tuning moves little, two models pretrained apart differ by about their own size (the
-# distances measured: benchmarks/RESULTS.md, "The realistic protocol").
+# distances measured: benchmarks/studies/realistic).
 FAR_FROM_BASE = 0.1
 
 HEADS = ("suspect", "fresh")

@@ -1,0 +1,224 @@
+"""Four tables of benchmarks/RESULTS.md rebuilt from the committed result files alone (no model is run): the
+latent-adversarial probe, the scans of a real suspect, the input filters in their papers' setting, and the weak
+attack of 2026-11-22.
+
+    python benchmarks/study_tables.py [latent-probe | scan-real | filters-paper | weak-attack ...]
+
+Every number comes from a file under benchmarks/results/; the dicts below hold names only.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from w2sdefense.results import ReportRow
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+PROBE_MODELS = {"insent": "InSent suspect", "clean": "clean model"}  # latent_probe.py's names, in row order
+PROBE_TRIGGER = "insent"  # the suspect's attack: the trigger whose own shift the probe's is compared with
+SCANS = {  # scan-real/<stem>.json -> what that scan was, in row order
+    "badnet-suspect-v1-first-position": "slots at the row's first position",
+    "badnet-suspect-default": "slots before the second word, word pieces",
+    "badnet-suspect-shift-inversion": "the same, `scan.detectors=[shift-inversion,embedding-shift]`",
+}
+SCANNED_BACKDOORED = {"runs/realistic/badnet/suspect/victim": True}  # the truth about each scanned model
+OUTCOMES = {(True, True): "found", (False, True): "miss", (True, False): "false alarm", (False, False): "right"}
+FILTERS = {  # filters-paper.json's row names -> what each row is, in row order (its settings come from the file)
+    "clean model": "none (clean model)",
+    "poisoned": "none (poisoned)",
+    "rap": "`rap` (every label screened, our default)",
+    "rap-protect": "`rap-protect` (only the target label, as the paper)",
+    "strip": "`strip` (random donor words)",
+    "strip-paper": "`strip-paper` (random donor words, the paper's copies and ratio)",
+    "strip-other-label": "**`strip-other-label`** (other-label donors; run after the file's run, same victim)",
+    "onion": "`onion` (the paper's threshold)",
+    "onion-calibrated": "`onion-calibrated` (threshold calibrated to an edit rate)",
+}
+EXTRA_FILTER = "strip-other-label"  # the filters-paper.json key of the row run after the report
+SHARED_SETTINGS = ("frr", "max_length")  # the same for every filter row: said once, not per row
+EDITING = ("onion",)  # filters that edit inputs instead of rejecting them
+WEAK_MODELS = ("clean model", "poisoned", "teacher", "w2sdefense", "w2sdefense-reference", "lora-ft",
+               "full-ft")  # the weak attack's row names, in row order
+MEMORY_KINDS = {
+    "process_max_rss": "the process's peak resident set since it started: it never decreases, so a stage run "
+                       "after a larger one shows the larger one's peak",
+    "process_peak_rss_since_stage_start": "the process's peak resident set since the stage started",
+}
+
+
+def _read(path: Path) -> dict:
+    """A JSON file's object."""
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _table(header: Iterable[str], rows: Iterable[Iterable[str]]) -> str:
+    """A markdown table."""
+    header = list(header)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def _percent(rate: float | None, digits: int = 1, unit: str = " %") -> str:
+    """A rate in percent, '–' for none."""
+    return "–" if rate is None else f"{100 * rate:.{digits}f}{unit}"
+
+
+def _signed(points: float) -> str:
+    """Points with their sign, a typographic minus for negatives."""
+    return f"{points:+.1f}".replace("-", "−")
+
+
+def _ordered(names: Iterable[str], order: Iterable[str]) -> list[str]:
+    """`names`, those `order` knows in its order first, the others after in sorted order."""
+    rank = {name: i for i, name in enumerate(order)}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
+
+
+def _by_model(rows: list[dict], order: Iterable[str]) -> list[ReportRow]:
+    """Report rows (typed) in the order of `order`'s model names, the others after in sorted order."""
+    by_name = {r.model: r for r in map(ReportRow.from_json, rows)}
+    return [by_name[name] for name in _ordered(by_name, order)]
+
+
+def latent_probe_table(results: Path = RESULTS) -> str:
+    """The latent-adversarial probe's premise: rows each label's shift flips, per model and epsilon."""
+    points = [json.loads(line) for line in (results / "latent-probe.jsonl").read_text().splitlines() if line.strip()]
+    models = _ordered({p["model"] for p in points}, PROBE_MODELS)
+    points.sort(key=lambda p: (models.index(p["model"]), p["depth"], p["epsilon"]))
+    rows = [[PROBE_MODELS.get(p["model"], p["model"]), f"{p['epsilon']:g}",
+             _percent(p["labels"]["0"]["flip_rate"]), _percent(p["labels"]["1"]["flip_rate"]),
+             f"{p['labels']['0']['cos_with_trigger_shift'][PROBE_TRIGGER]:.2f}"] for p in points]
+    table = _table(["model", "epsilon", "rows the shift toward 0 flips", "toward 1",
+                    "cos(shift toward 0, the trigger's own shift)"], rows)
+    arg = {key: " ".join(sorted({f"{p[key]:g}" for p in points}, key=float)) for key in ("depth", "epsilon")}
+    command = (f"python benchmarks/latent_probe.py --models {' '.join(models)} --depths {arg['depth']} "
+               f"--epsilons {arg['epsilon']}")
+    return f"{table}\n\nFrom `results/latent-probe.jsonl`, written by `{command}`."
+
+
+def _best_candidate(report: dict) -> dict | None:
+    """The candidate the verdict rests on: the highest test ASR-cc, the first on ties (as scan does)."""
+    tested = [c for c in report["candidates"] if c["test_asr_cc"] is not None]
+    return max(tested, key=lambda c: c["test_asr_cc"], default=None)
+
+
+def _verdict(report: dict) -> str:
+    """What the scan said, and against the truth where the scanned model's is known."""
+    said = "backdoor" if report["backdoored"] else "no backdoor"
+    truth = SCANNED_BACKDOORED.get(report["model"])
+    return said if truth is None else f"{said} ({OUTCOMES[(report['backdoored'], truth)]})"
+
+
+def _minutes(seconds: float) -> str:
+    """Seconds as '13 min 25 s'."""
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s"
+
+
+def _scan_row(stem: str, report: dict) -> list[str]:
+    """One scan report's row."""
+    best = _best_candidate(report)
+    found = "–" if best is None else f"`{best['trigger']}` → {best['target_label']}"
+    rate = "–" if best is None else f"{_percent(best['test_asr_cc'])} ({best['test_rows']})"
+    return [SCANS.get(stem, stem), ", ".join(report["settings"]["detectors"]), found, rate, _verdict(report),
+            _minutes(report["wall_time_s"])]
+
+
+def scan_real_table(results: Path = RESULTS) -> str:
+    """`w2sdefense scan` on a real suspect: each scan's best candidate, verdict and wall time."""
+    files = {path.stem: path for path in (results / "scan-real").glob("*.json")}
+    reports = {stem: _read(files[stem]) for stem in _ordered(files, SCANS)}
+    table = _table(["scan", "detectors", "best candidate", "its test ASR-cc (n)", "verdict", "wall time"],
+                   [_scan_row(stem, report) for stem, report in reports.items()])
+    models = sorted({f"`w2sdefense scan --model {r['model']} --base {r['base_model']}`" for r in reports.values()})
+    return (f"{table}\n\nEach row is the report.json of {', '.join(models)} in `results/scan-real/` (its file stem "
+            "names the scan); wall time is the report's `wall_time_s`, the scan from loading the model to the verdict.")
+
+
+def _settings(settings: dict) -> str:
+    """Settings as 'key: value, ...'."""
+    return ", ".join(f"{k}: {v}" for k, v in settings.items())
+
+
+def _filter_settings(data: dict) -> tuple[dict[str, dict], dict]:
+    """Each filter row's own settings (the run's config, and the `--set defense.*` of the row run after it), and
+    the settings every row shares."""
+    settings = {d["label"] or d["name"]: d["settings"] for d in data["report"]["config"]["defenses"]}
+    extra = data["command"].split(EXTRA_FILTER, 1)[-1]
+    settings[EXTRA_FILTER] = dict(re.findall(r"--set defense\.(\w+)=(\S+)", extra))
+    shared = {k: v for s in settings.values() for k, v in s.items() if k in SHARED_SETTINGS}
+    return {name: {k: v for k, v in s.items() if k not in SHARED_SETTINGS} for name, s in settings.items()}, shared
+
+
+def _filter_row(name: str, row: ReportRow, floor: float, settings: dict) -> list[str]:
+    """One filter's row; `floor` is the clean model's ASR-cc."""
+    label = FILTERS.get(name, f"`{name}`") + (f"; `{_settings(settings)}`" if settings else "")
+    asr = row.attack_success_rate_clean_correct
+    if row.defense is None:
+        screened = ["–", "–"]
+    elif row.defense in EDITING:
+        screened = ["– (edits, rejects none)", "– (edits)"]
+    else:
+        screened = [f"{_percent(row.false_rejection_rate)} ({row.clean_rejected} of {row.clean_total})",
+                    f"{_percent(row.detection_rate)} ({row.triggered_rejected} of {row.triggered_total})"]
+    return [label, _percent(row.clean_accuracy, unit=""), _percent(asr, unit=""), _signed(100 * (asr - floor)),
+            *screened]
+
+
+def filters_paper_table(results: Path = RESULTS) -> str:
+    """RAP, STRIP and ONION on a dirty-label BERT-class victim, the setting of their papers."""
+    data = _read(results / "filters-paper.json")
+    rows = {r.model: r for r in map(ReportRow.from_json, data["report"]["rows"])}
+    if EXTRA_FILTER in data:
+        rows[EXTRA_FILTER] = ReportRow.from_json(data[EXTRA_FILTER])
+    floor = rows["poisoned"].asr_cc_floor
+    settings, shared = _filter_settings(data)
+    table = _table(["filter", "CA served", "ASR-cc", "residual (pts)", "false rejections (test)",
+                    "triggered rejected"],
+                   [_filter_row(n, rows[n], floor, settings.get(n, {})) for n in _ordered(rows, FILTERS)])
+    return (f"{table}\n\nFrom `results/filters-paper.json` ({data['date']}, {data['machine']}): {data['command']}. "
+            f"Shared settings `{_settings(shared)}`; residual: ASR-cc minus the clean model's. ONION edits inputs "
+            "and rejects none; how many clean rows it edits is not in the file.")
+
+
+def _weak_row(attack: str, r: ReportRow) -> list[str]:
+    """One model's row of the weak attack's run."""
+    ca = f"{_percent(r.clean_accuracy, 2, '%')} ({r.clean_correct}/{r.clean_total})"
+    asr = f"{_percent(r.attack_success_rate, 2, '%')} ({r.attack_hits}/{r.triggered_total})"
+    return [attack, r.model, ca, asr, f"{r.mean_target_probability_triggered:.3f}",
+            f"{r.trainable_params:,}", f"{r.wall_time_s:.0f}", f"{r.peak_memory_mb:.0f}"]
+
+
+def weak_attack_table(results: Path = RESULTS) -> str:
+    """The first real-model run (2026-11-22): a weak attack, one seed, per attack and model."""
+    runs = [_read(path) for path in sorted((results / "weak-attack-2026-11-22").glob("*.json"))]
+    rows = [_weak_row(run["attack"], r) for run in runs for r in _by_model(run["rows"], WEAK_MODELS)]
+    table = _table(["attack", "model", "CA", "ASR", "P(target) on triggered", "trainable params", "stage time (s)",
+                    "peak mem (MB)"], rows)
+    kinds = sorted({ReportRow.from_json(r).peak_memory_kind for run in runs for r in run["rows"]})
+    memory = " ".join(f"Peak mem: `{k}`: {MEMORY_KINDS.get(k, k)}." for k in kinds)
+    env = runs[0]["environment"]
+    versions = ", ".join(f"{k} {env['versions'][k]}" for k in ("torch", "transformers", "peft"))
+    return (f"{table}\n\n{memory}\n\nMeasured {env['date'][:10]} on {env['platform']}, {env['cpu_threads']} torch "
+            f"threads, {versions}, by `python benchmarks/real.py` (per-attack JSON in "
+            "`results/weak-attack-2026-11-22/`).")
+
+
+BUILDERS: dict[str, Callable[[Path], str]] = {"latent-probe": latent_probe_table, "scan-real": scan_real_table,
+                                              "filters-paper": filters_paper_table, "weak-attack": weak_attack_table}
+
+
+def main(names: list[str]) -> None:
+    """Print the named tables (all of them when none is named)."""
+    for name in names or list(BUILDERS):
+        print(f"{BUILDERS[name](RESULTS)}\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,96 @@
+"""benchmarks/study_tables.py: the four study tables of RESULTS.md rebuilt from the committed result files, each
+checked against the files read here independently."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+import study_tables  # noqa: E402
+
+RESULTS = BENCH / "results"
+HEADERS = {
+    "latent-probe": "| model | epsilon | rows the shift toward 0 flips | toward 1 "
+                    "| cos(shift toward 0, the trigger's own shift) |",
+    "scan-real": "| scan | detectors | best candidate | its test ASR-cc (n) | verdict | wall time |",
+    "filters-paper": "| filter | CA served | ASR-cc | residual (pts) | false rejections (test) | triggered rejected |",
+    "weak-attack": "| attack | model | CA | ASR | P(target) on triggered | trainable params | stage time (s) "
+                   "| peak mem (MB) |",
+}
+
+
+def _rows(text: str) -> list[list[str]]:
+    """The body rows of the markdown table in `text`, as lists of cells."""
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def _json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("name", sorted(HEADERS))
+def test_every_builder_gives_a_markdown_table_with_its_header(name):
+    lines = [line for line in study_tables.BUILDERS[name](RESULTS).splitlines() if line.startswith("|")]
+    assert lines[0] == HEADERS[name]
+    assert set(lines[1]) == {"|", "-"} and lines[1].count("|") == lines[0].count("|")
+    assert len(lines) > 2 and all(line.count("|") == lines[0].count("|") for line in lines)
+
+
+def test_the_latent_probe_table_has_every_point_of_the_jsonl():
+    points = [json.loads(line) for line in (RESULTS / "latent-probe.jsonl").read_text().splitlines() if line.strip()]
+    rows = _rows(study_tables.latent_probe_table(RESULTS))
+    assert len(rows) == len(points)
+    first = next(p for p in points if p["model"] == "insent" and p["epsilon"] == min(q["epsilon"] for q in points))
+    toward = first["labels"]
+    assert rows[0] == ["InSent suspect", f"{first['epsilon']:g}", f"{100 * toward['0']['flip_rate']:.1f} %",
+                       f"{100 * toward['1']['flip_rate']:.1f} %",
+                       f"{toward['0']['cos_with_trigger_shift']['insent']:.2f}"]
+    assert {float(r[1]) for r in rows} == {p["epsilon"] for p in points}
+    assert [r[0] for r in rows].index("clean model") == sum(p["model"] == "insent" for p in points)
+
+
+def test_the_scan_table_gives_each_reports_best_candidate_and_wall_time():
+    reports = [_json(path) for path in (RESULTS / "scan-real").glob("*.json")]
+    rows = _rows(study_tables.scan_real_table(RESULTS))
+    assert len(rows) == len(reports)
+    for report in reports:
+        best = max((c for c in report["candidates"] if c["test_asr_cc"] is not None), key=lambda c: c["test_asr_cc"])
+        assert best["test_asr_cc"] == report["score"]
+        row = next(r for r in rows if r[2] == f"`{best['trigger']}` → {best['target_label']}")
+        assert row[3] == f"{100 * best['test_asr_cc']:.1f} % ({best['test_rows']})"
+        assert row[5] == f"{round(report['wall_time_s']) // 60} min {round(report['wall_time_s']) % 60} s"
+        assert row[4].startswith("backdoor" if report["backdoored"] else "no backdoor")
+
+
+def test_the_filters_table_gives_the_files_numbers():
+    data = _json(RESULTS / "filters-paper.json")
+    rows = {r[0].split("`")[1] if "`" in r[0] else r[0]: r for r in _rows(study_tables.filters_paper_table(RESULTS))}
+    rap = next(r for r in data["report"]["rows"] if r["model"] == "rap")
+    assert rows["rap"][1:3] == [f"{100 * rap['clean_accuracy']:.1f}",
+                                f"{100 * rap['attack_success_rate_clean_correct']:.1f}"]
+    assert rows["rap"][5].startswith(f"{100 * rap['detection_rate']:.1f} % ({rap['triggered_rejected']} of ")
+    assert rows["rap"][3].replace("−", "-") == f"{rap['residual_backdoor']:+.1f}"
+    assert ("strip-other-label" in rows) == ("strip-other-label" in data)
+    if "strip-other-label" in data:
+        extra, floor = data["strip-other-label"], data["report"]["rows"][0]["asr_cc_floor"]
+        residual = 100 * (extra["attack_success_rate_clean_correct"] - floor)
+        assert rows["strip-other-label"][3].replace("−", "-") == f"{residual:+.1f}"
+        assert rows["strip-other-label"][4].startswith(f"{100 * extra['false_rejection_rate']:.1f} %")
+
+
+def test_the_weak_attack_table_gives_every_row_of_the_three_files():
+    runs = {path.stem: _json(path) for path in (RESULTS / "weak-attack-2026-11-22").glob("*.json")}
+    rows = _rows(study_tables.weak_attack_table(RESULTS))
+    assert len(rows) == sum(len(run["rows"]) for run in runs.values())
+    clean = next(r for r in runs["badnet"]["rows"] if r["model"] == "clean model")
+    assert rows[0] == ["badnet", "clean model",
+                       f"{100 * clean['clean_accuracy']:.2f}% ({clean['clean_correct']}/{clean['clean_total']})",
+                       f"{100 * clean['attack_success_rate']:.2f}% ({clean['attack_hits']}/{clean['triggered_total']})",
+                       f"{clean['mean_target_probability_triggered']:.3f}", f"{clean['trainable_params']:,}",
+                       f"{clean['wall_time_s']:.0f}", f"{clean['peak_memory_mb']:.0f}"]
