@@ -114,7 +114,7 @@ def flat_row(attack: str, arm: dict, k: int, seed: int, report: ExperimentReport
             "suspect_ca": suspect.clean_accuracy, "suspect_asr_cc": suspect.attack_success_rate_clean_correct,
             "clean_ca": clean.clean_accuracy, "relearn_asr_cc": _relearned_asr_cc(report, name),
             "floor_relearn_asr_cc": _relearned_asr_cc(report, CLEAN_ROW), "stage_s": row.wall_time_s,
-            "steps": row.steps, "selected_step": row.selected_step}
+            "steps": row.steps, "selected_step": row.selected_step, "stage_key": row.stage_key}
 
 
 def teacher_arm(arm: dict) -> dict | None:
@@ -133,7 +133,8 @@ def clean_model_row(attack: str, report: ExperimentReport) -> dict:
             "floor_asr_cc": clean.attack_success_rate_clean_correct,
             "suspect_ca": suspect.clean_accuracy, "suspect_asr_cc": suspect.attack_success_rate_clean_correct,
             "clean_ca": clean.clean_accuracy, "relearn_asr_cc": relearned, "floor_relearn_asr_cc": relearned,
-            "stage_s": clean.wall_time_s, "steps": clean.steps, "selected_step": clean.selected_step}
+            "stage_s": clean.wall_time_s, "steps": clean.steps, "selected_step": clean.selected_step,
+            "stage_key": clean.stage_key}
 
 
 MEASURED_ON = ("date", "platform", "cpu_threads", "cuda", "torch", "transformers", "peft")
@@ -150,6 +151,30 @@ def record(row: dict, path: Path = ROWS) -> None:
     kept = [r for r in kept if key(r) != key(row)] + [row]
     kept.sort(key=lambda r: (r["attack"], r["defense"], r["k"] or 0, r["seed"] or 0))
     path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")
+
+
+def stage_folder(row: dict, runs: Path, arms: dict[str, dict]) -> Path:
+    """The stage folder that made a row's model: the clean model's in the suspect folder, a teacher row's teacher,
+    an arm's defense (in the folder of its own an arm that changes the experiment gets)."""
+    attack_dir = runs / "realistic" / row["attack"]
+    if row["defense"] == "clean-model":
+        return attack_dir / "suspect" / "clean"
+    owner = next((a for a in arms.values() if a.get("teacher_row") == row["defense"]), None)
+    arm = owner or arms.get(row["defense"], {})
+    folder = attack_dir / (f"k{row['k']}-s{row['seed']}" + (f"-{arm['label']}" if arm.get("set") else ""))
+    return folder / "teacher" if owner else folder / "defenses" / row["defense"]
+
+
+def fill_stage_keys(runs: Path, path: Path = ROWS) -> None:
+    """Give each row without one the key of the stage that made its model (the hash of its resolved settings), read
+    from that stage's stage.json where its run folder is on this machine; rows written before rows carried it."""
+    arms = {a["label"]: a for a in read_arms()}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    for row in rows:
+        stage = stage_folder(row, runs, arms) / "stage.json"
+        if row.get("stage_key") is None and stage.is_file():
+            row["stage_key"] = json.loads(stage.read_text())["key"]
+    path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
 
 
 def run_attack(attack: str, runs: Path, ks: list[int], seeds: list[int], arms: list[dict],
@@ -203,6 +228,7 @@ def main() -> None:
     if args.rows.resolve() == ROWS.resolve():
         from realistic_report import write_report  # beside this file
 
+        fill_stage_keys(Path(args.runs))
         write_report(ROWS)
 
 

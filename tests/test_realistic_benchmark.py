@@ -38,7 +38,7 @@ def test_a_flat_row_carries_the_floor_the_suspect_and_the_relearning_test_of_its
     assert row == {"attack": "insent", "defense": "reset", "k": 256, "seed": 43, "base_known": True, "ca": 0.86,
                    "asr_cc": 0.07, "floor_asr_cc": 0.04, "suspect_ca": 0.88, "suspect_asr_cc": 0.99, "clean_ca": 0.90,
                    "relearn_asr_cc": 0.20, "floor_relearn_asr_cc": 0.10, "stage_s": 30.0, "steps": 160,
-                   "selected_step": 120}
+                   "selected_step": 120, "stage_key": None}
     clean = realistic.clean_model_row("insent", _report())
     assert clean["defense"] == "clean-model" and clean["relearn_asr_cc"] == clean["floor_relearn_asr_cc"] == 0.10
     # An arm's teacher, measured as a model of its own, reads the report's teacher row (no re-learning test of its own).
@@ -70,6 +70,26 @@ def test_recording_a_row_again_replaces_it_and_the_table_takes_means_of_differen
     assert "+5.0 ± 2.8 (n=2)" in line and "-3.0 ± 1.4 (n=2)" in line
     assert "+10.0 ± 0.0 (n=2)" in line  # re-learning: 0.20 - 0.10 at both seeds
     assert "| insent | – | clean model (floor) |" in table
+
+
+def test_rows_written_before_rows_carried_a_stage_key_get_it_from_their_stage_folder(tmp_path, monkeypatch):
+    arms = [{"label": "reset", "base_known": True}, {"label": "w2s-t", "base_known": False, "set": ["x=1"],
+                                                      "teacher_row": "distil"}]
+    monkeypatch.setattr(realistic, "read_arms", lambda: arms)
+    runs, rows = tmp_path / "runs", tmp_path / "rows.jsonl"
+    stages = {"reset": "realistic/insent/k256-s42/defenses/reset", "distil": "realistic/insent/k256-s42-w2s-t/teacher",
+              "clean-model": "realistic/insent/suspect/clean"}
+    for n, (defense, folder) in enumerate(stages.items()):
+        (runs / folder).mkdir(parents=True)
+        (runs / folder / "stage.json").write_text(json.dumps({"key": f"key{n}"}))
+    written = [{"attack": "insent", "defense": d, "k": 256, "seed": 42} for d in ("reset", "distil")]
+    written += [{"attack": "insent", "defense": "clean-model", "k": None, "seed": None},
+                {"attack": "insent", "defense": "lost", "k": 256, "seed": 42},
+                {"attack": "insent", "defense": "reset", "k": 256, "seed": 43, "stage_key": "kept"}]
+    rows.write_text("".join(json.dumps(r) + "\n" for r in written))
+    realistic.fill_stage_keys(runs, rows)
+    keys = [json.loads(line).get("stage_key") for line in rows.read_text().splitlines()]
+    assert keys == ["key0", "key1", "key2", None, "kept"]  # a row with no folder here stays without one
 
 
 def test_an_arm_runs_at_its_k_and_seed_with_the_protocols_step_budget():
@@ -109,6 +129,11 @@ def test_the_script_on_tiny_models_leaves_the_clean_models_row_and_one_arms_row(
     suspect = tmp_path / "runs" / "realistic" / "badnet" / "suspect" / "victim" / "stage.json"
     linked = tmp_path / "runs" / "realistic" / "badnet" / "k16-s1" / "victim" / "stage.json"
     assert os.path.samefile(suspect, linked)  # shared by hard link, not trained again
+    # Each row is identified by the key of the stage that made its model (the hash of its resolved settings)
+    stage = tmp_path / "runs" / "realistic" / "badnet" / "k16-s1" / "defenses" / "reset" / "stage.json"
+    assert rows[1]["stage_key"] == reset.stage_key == json.loads(stage.read_text())["key"]
+    clean = tmp_path / "runs" / "realistic" / "badnet" / "suspect" / "clean" / "stage.json"
+    assert rows[0]["stage_key"] == json.loads(clean.read_text())["key"]
 
 
 def test_the_clean_model_is_shared_with_an_attack_run_in_another_invocation(tmp_path):
