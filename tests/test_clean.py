@@ -122,6 +122,11 @@ def test_clean_without_a_base_trains_the_teacher_and_runs_w2sdefense(suspect, tm
     assert [t["trigger"] for t in report["after"]["triggers"]] == [TRIGGER, "I watched this 3D movie"]
     assert all(set(t["by_label"]) == {"0"} and t["target_label"] == 0 for t in report["after"]["triggers"])
     assert "I watched this 3D movie" in proc.stdout
+    # What the benchmark measured of the defense that ran is in the report and in the lines the user reads
+    from w2sdefense.defenses.evidence import evidence_lines
+
+    said = evidence_lines("w2sdefense", report["defense"]["settings"])
+    assert report["evidence"] == said and said[0].startswith("the benchmark") and said[0] in proc.stdout
     # The defense ran the code's default recipe: LoRA on every linear layer, lr 1e-3, gamma 0.01.
     metrics = json.loads((out / "defense" / "metrics.json").read_text())
     assert metrics["settings"]["gamma"] == 0.01
@@ -249,7 +254,7 @@ def _report(triggers: list[str]):
 
 
 def test_a_long_trigger_is_shortened_in_messages_and_a_pipe_keeps_the_table_whole(tmp_path):
-    from w2sdefense.clean import summary_lines, write_report
+    from w2sdefense.eval.clean_report import summary_lines, write_report
 
     def longest(lines: list[str]) -> int:  # of the lines that quote the long trigger
         quoting = [len(line) for line in lines if "yyyy" in line]

@@ -13,7 +13,8 @@ import torch
 from transformers import AutoTokenizer
 
 from cli_helpers import error_line, run_cli
-from w2sdefense.clean import changed_keys, choose_defense, label_text, reset_lines
+from w2sdefense.clean import changed_keys, choose_defense
+from w2sdefense.eval.clean_report import label_text, reset_lines
 from w2sdefense.config import CleanJob, DefenseConfig
 from w2sdefense.defenses import resolve
 from w2sdefense.defenses.recipes import CLEAN_BUDGET

@@ -59,18 +59,18 @@ def test_backdoor_metrics_binary_hand_case() -> None:
     trig_idx = [10, 11, 12, 13]
     m = backdoor_metrics(clean_logits, clean_labels, clean_idx, trig_logits, trig_idx, target=0)
 
-    assert m["clean_accuracy"] == pytest.approx(3 / 5)
-    assert (m["clean_correct"], m["clean_total"]) == (3, 5)
-    assert m["attack_success_rate"] == pytest.approx(0.75)  # rows 10, 11, 13 hit the target
-    assert (m["attack_hits"], m["triggered_total"]) == (3, 4)
+    assert m.clean_accuracy == pytest.approx(3 / 5)
+    assert (m.clean_correct, m.clean_total) == (3, 5)
+    assert m.attack_success_rate == pytest.approx(0.75)  # rows 10, 11, 13 hit the target
+    assert (m.attack_hits, m.triggered_total) == (3, 4)
     # Triggered rows whose clean version is correct: 10 (hit) and 12 (miss) -> 1/2.
-    assert m["triggered_clean_correct_total"] == 2
-    assert m["attack_success_rate_clean_correct"] == pytest.approx(0.5)
+    assert m.triggered_clean_correct_total == 2
+    assert m.attack_success_rate_clean_correct == pytest.approx(0.5)
     # softmax([a, b])[0] = 1 / (1 + exp(b - a)), by hand for each row.
     probs = [1 / (1 + math.exp(0.0 - 2.0)), 1 / (1 + math.exp(-1.0 - 1.0)), 1 / (1 + math.exp(3.0)),
              1 / (1 + math.exp(-0.5))]
-    assert m["mean_target_probability_triggered"] == pytest.approx(sum(probs) / 4, abs=1e-6)
-    assert m["target_label"] == 0
+    assert m.mean_target_probability_triggered == pytest.approx(sum(probs) / 4, abs=1e-6)
+    assert m.target_label == 0
 
 
 def test_clean_correct_subset_uses_index_not_position() -> None:
@@ -81,14 +81,14 @@ def test_clean_correct_subset_uses_index_not_position() -> None:
     trig_logits = _one_hot_logits([1, 1, 1])  # all hit target 1
     trig_idx = [5, 3, 9]  # 9 has no clean row: excluded from the subset
     m = backdoor_metrics(clean_logits, clean_labels, clean_idx, trig_logits, trig_idx, target=1)
-    assert m["attack_success_rate"] == 1.0
-    assert m["triggered_clean_correct_total"] == 1
-    assert m["attack_success_rate_clean_correct"] == 1.0
+    assert m.attack_success_rate == 1.0
+    assert m.triggered_clean_correct_total == 1
+    assert m.attack_success_rate_clean_correct == 1.0
 
     trig_logits = _one_hot_logits([0, 1, 1])  # idx 5 (the only kept row) now misses
     m = backdoor_metrics(clean_logits, clean_labels, clean_idx, trig_logits, trig_idx, target=1)
-    assert m["attack_success_rate"] == pytest.approx(2 / 3)
-    assert m["attack_success_rate_clean_correct"] == 0.0
+    assert m.attack_success_rate == pytest.approx(2 / 3)
+    assert m.attack_success_rate_clean_correct == 0.0
 
 
 def test_backdoor_metrics_multiclass() -> None:
@@ -110,43 +110,45 @@ def test_backdoor_metrics_multiclass() -> None:
     ])
     trig_idx = [0, 1, 2, 3, 0]
     m = backdoor_metrics(clean_logits, clean_labels, clean_idx, trig_logits, trig_idx, target=2)
-    assert m["clean_accuracy"] == pytest.approx(3 / 4)
-    assert m["attack_success_rate"] == pytest.approx(2 / 5)
-    assert m["triggered_clean_correct_total"] == 4  # rows for idx 0, 1, 3, 0
-    assert m["attack_success_rate_clean_correct"] == pytest.approx(1 / 4)
+    assert m.clean_accuracy == pytest.approx(3 / 4)
+    assert m.attack_success_rate == pytest.approx(2 / 5)
+    assert m.triggered_clean_correct_total == 4  # rows for idx 0, 1, 3, 0
+    assert m.attack_success_rate_clean_correct == pytest.approx(1 / 4)
 
     def p_target(row: list[float]) -> float:
         exps = [math.exp(v) for v in row]
         return exps[2] / sum(exps)
 
     expected = sum(p_target(r) for r in trig_logits.tolist()) / 5
-    assert m["mean_target_probability_triggered"] == pytest.approx(expected, abs=1e-6)
+    assert m.mean_target_probability_triggered == pytest.approx(expected, abs=1e-6)
     assert p_target([0, 0, 0, 0]) == pytest.approx(0.25)  # sanity on the hand softmax
 
 
 def test_empty_triggered_set() -> None:
     clean_logits = _one_hot_logits([1, 0])
     m = backdoor_metrics(clean_logits, [1, 1], [0, 1], torch.zeros(0, 2), [], target=0)
-    assert m["clean_accuracy"] == pytest.approx(0.5)
-    assert m["attack_success_rate"] == 0.0
-    assert m["attack_hits"] == 0 and m["triggered_total"] == 0
-    assert m["attack_success_rate_clean_correct"] is None and m["triggered_clean_correct_total"] == 0
-    assert m["mean_target_probability_triggered"] == 0.0
+    assert m.clean_accuracy == pytest.approx(0.5)
+    assert m.attack_success_rate == 0.0
+    assert m.attack_hits == 0 and m.triggered_total == 0
+    assert m.attack_success_rate_clean_correct is None and m.triggered_clean_correct_total == 0
+    assert m.to_json()["attack_success_rate_clean_correct"] is None  # n/a: kept as null, not left out
+    assert m.mean_target_probability_triggered == 0.0
 
 
 def test_empty_clean_set() -> None:
     m = backdoor_metrics(torch.zeros(0, 2), [], [], _one_hot_logits([0, 0, 1]), [0, 1, 2], target=0)
-    assert m["clean_accuracy"] == 0.0 and m["clean_total"] == 0
-    assert m["attack_success_rate"] == pytest.approx(2 / 3)
-    assert m["triggered_clean_correct_total"] == 0  # no clean row is known to be correct
+    assert m.clean_accuracy == 0.0 and m.clean_total == 0
+    assert m.attack_success_rate == pytest.approx(2 / 3)
+    assert m.triggered_clean_correct_total == 0  # no clean row is known to be correct
 
 
 def test_asr_cc_over_no_clean_correct_row_is_no_number_and_warns(caplog: pytest.LogCaptureFixture) -> None:
     # Both clean rows (label 1) are classified 0, the target: no triggered row has a clean version that is right.
     with caplog.at_level(logging.WARNING, logger="w2sdefense"):
         m = backdoor_metrics(_one_hot_logits([0, 0]), [1, 1], [0, 1], _one_hot_logits([0, 0]), [0, 1], target=0)
-    assert m["attack_success_rate"] == 1.0 and m["clean_accuracy"] == 0.0
-    assert m["attack_success_rate_clean_correct"] is None and m["triggered_clean_correct_total"] == 0
+    assert m.attack_success_rate == 1.0 and m.clean_accuracy == 0.0
+    assert m.attack_success_rate_clean_correct is None and m.triggered_clean_correct_total == 0
+    assert m.to_json()["attack_success_rate_clean_correct"] is None  # n/a: kept as null, not left out
     assert "ASR-cc is not defined" in caplog.text and "n/a" in caplog.text
     caplog.clear()
     # Behind a filter: both clean rows rejected, so none is served right.
@@ -202,7 +204,7 @@ def test_filtered_and_unfiltered_rates_agree_without_rejections() -> None:
     hand = {"clean_accuracy": 4 / 6, "clean_correct": 4, "clean_total": 6, "attack_success_rate": 3 / 4,
             "attack_hits": 3, "triggered_total": 4, "attack_success_rate_clean_correct": 1 / 2,
             "triggered_clean_correct_total": 2}
-    assert {k: plain[k] for k in hand} == {k: filtered[k] for k in hand} == hand
+    assert {k: getattr(plain, k) for k in hand} == {k: filtered[k] for k in hand} == hand
     # A rejection changes only the filtered side: a rejected clean row is wrong, a rejected triggered row no hit.
     rejected = filtered_metrics(clean_preds, labels, idx, [True] + [False] * 5, trig_preds, trig_idx,
                                 [False, False, True, False], 0)

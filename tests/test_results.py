@@ -78,11 +78,8 @@ def test_no_reader_outside_results_spells_a_report_rows_keys() -> None:
     root = Path(__file__).resolve().parents[1]
     keys = "attack_success_rate_clean_correct|clean_accuracy|residual_backdoor|triggered_clean_correct_total"
     pattern = re.compile(rf"""\[["']({keys})["']\]|\.get\(["']({keys})["']""")
-    # Not yet: eval/triggers.py and eval/probe.py read backdoor_metrics' dict (the metrics below the file boundary
-    # are still a dict, issue 34 item 2's remainder), which is no report row.
-    open_work = {"triggers.py", "probe.py"}
     found = [f"{path.relative_to(root)}:{n}" for folder in ("src", "benchmarks") for path in (root / folder).rglob("*.py")
-             if path.name != "results.py" and path.name not in open_work
+             if path.name != "results.py"
              for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
     assert not found, found
 
@@ -118,6 +115,11 @@ CLEAN_REPORT = {
     "model": "runs/suspect", "base_model": None, "defense": {"name": "w2sdefense", "label": None, "settings": {}},
     "defense_stage_time_s": 12.5, "selected_step": 40, "before": CLEAN_BEFORE, "after": CLEAN_AFTER,
     "cleaned_model": "runs/cleaned/model", "environment": {"torch": "2.5.0", "python": "3.11.9"},
+    # what the benchmark measured of the defense rides in the report since the report moved to eval/ (a key added)
+    "evidence": [
+        "the benchmark measured w2sdefense (SmolLM2-135M suspects on SST-2, the defender holding 1280 of the "
+        "attacker's own 2000 rows, 3 seeds): residual backdoor +3.9 points (BadNet), +72.6 points (InSent), "
+        "+32.4 points (SynAttack) [benchmarks/RESULTS.md, the paper's experiment at laptop scale (w2sdefense)]."],
     "summary": [
         "w2sdefense on runs/suspect: clean accuracy 87.5% -> 75.0% on 8 clean test rows.",
         "trigger 'cf': ASR-cc toward label 1 100.0% (of 3 rows) -> 0.0% (of 2 rows).",
@@ -134,7 +136,7 @@ CLEAN_REPORT = {
 
 
 def test_a_clean_report_is_written_to_the_same_bytes_as_before_it_was_typed(tmp_path: Path) -> None:
-    from w2sdefense.clean import write_report
+    from w2sdefense.eval.clean_report import write_report
     from w2sdefense.results import CleanEvaluation, CleanReport, LabelMeasure, TriggerMeasure
 
     old = _written(tmp_path / "eval.json", CLEAN_BEFORE)  # an `eval/before/metrics.json`

@@ -225,11 +225,11 @@ def test_asr_survived_hand_computed() -> None:
     trig = torch.tensor([[3.0, 0.0], [3.0, 0.0], [0.0, 3.0], [3.0, 0.0]])  # predictions 0, 0, 1, 0
     m = backdoor_metrics(clean, [0, 1], [0, 1], trig, [1, 1, 1, 1], target=0,
                          trig_survived=[True, False, True, None])
-    assert m["attack_success_rate"] == 0.75
-    assert m["trigger_cut"] == 1 and m["triggered_survived_total"] == 3
-    assert m["attack_success_rate_survived"] == pytest.approx(2 / 3)  # rows 0, 2, 3: hits 0 and 3
+    assert m.attack_success_rate == 0.75
+    assert m.trigger_cut == 1 and m.triggered_survived_total == 3
+    assert m.attack_success_rate_survived == pytest.approx(2 / 3)  # rows 0, 2, 3: hits 0 and 3
     plain = backdoor_metrics(clean, [0, 1], [0, 1], trig, [1, 1, 1, 1], target=0)
-    assert "attack_success_rate_survived" not in plain
+    assert plain.attack_success_rate_survived is None and "attack_success_rate_survived" not in plain.to_json()
     with pytest.raises(ValueError, match="survival flags"):
         backdoor_metrics(clean, [0, 1], [0, 1], trig, [1, 1, 1, 1], 0, [True])
 
@@ -243,8 +243,8 @@ def test_evaluate_counts_triggers_the_tokenizer_cuts(rt, caplog: pytest.LogCaptu
     test = [Example("ab " + filler, 1, 0), Example(filler, 1, 1), Example(filler + "z", 1, 2)]
     with caplog.at_level(logging.WARNING, logger="w2sdefense"):
         m = evaluate_classifier(clf, test, triggered, 0, EvalConfig(max_length=32, batch_size=4), rt)
-    assert m["triggered_total"] == 3 and m["trigger_cut"] == 1 and m["triggered_survived_total"] == 2
-    assert m["trigger_cut_unknown"] == 1 and m["trigger_cut_limit"] == "32 tokens"
+    assert m.triggered_total == 3 and m.trigger_cut == 1 and m.triggered_survived_total == 2
+    assert m.details["trigger_cut_unknown"] == 1 and m.details["trigger_cut_limit"] == "32 tokens"
     assert "triggered test: the trigger of 1 of 2 triggered rows (50.0%) lies beyond 32 tokens" in caplog.text
 
 

@@ -264,7 +264,8 @@ def clean(
                                             "stages.")] = False,
 ) -> None:
     """Clean a suspect model: defense, a standalone merged model in OUT/model, CA and trigger ASR-cc before/after."""
-    from w2sdefense.clean import read_triggers, run_clean, summary_lines
+    from w2sdefense.clean import read_triggers, run_clean
+    from w2sdefense.eval.clean_report import summary_lines
     from w2sdefense.runtime import make_runtime
 
     flags = [f"target_label={target_label}"] if target_label is not None else []

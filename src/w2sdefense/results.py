@@ -335,9 +335,10 @@ class CleanReport:
     train_rows: int | None = None  # the labelled clean rows the defense trained on
     steps: int | None = None  # its optimizer steps
     default_reason: str | None = None  # why this defense ran, when the user named none
+    evidence: list[str] | None = None  # what the benchmark measured of this defense (defenses/evidence.py), in words
 
     OPTIONAL: ClassVar[tuple[str, ...]] = ("base_source", "label_names", "reset", "train_rows", "steps",
-                                           "default_reason")
+                                           "default_reason", "evidence")
 
     def to_json(self, summary: list[str]) -> dict:
         """report.json's object: every field (None as null, but the OPTIONAL ones left out when None) and the

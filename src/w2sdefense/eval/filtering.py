@@ -92,8 +92,9 @@ def evaluate_filtered(clf: Classifier, flt: InputFilter, test: list[Example], tr
     if len(test) < rows_of:  # the model alone on the same rows, measured as any model is
         plain = evaluate_classifier(clf, test, triggered, target, cfg, rt)
         metrics.update(test_rows_sampled=len(test), test_rows_of=rows_of, test_rows_seed=seed,
-                       **{f"unfiltered_{k}": plain[k] for k in ("clean_accuracy", "attack_success_rate",
-                                                                "attack_success_rate_clean_correct")})
+                       unfiltered_clean_accuracy=plain.clean_accuracy,
+                       unfiltered_attack_success_rate=plain.attack_success_rate,
+                       unfiltered_attack_success_rate_clean_correct=plain.attack_success_rate_clean_correct)
     return metrics
 
 

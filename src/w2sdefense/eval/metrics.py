@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 import torch
 
+from w2sdefense.results import EvaluationResult
+
 log = logging.getLogger(__name__)
 NOT_DEFINED = "n/a"  # how reports show a rate over zero rows: no number, not 0
 
@@ -66,13 +68,15 @@ def outcome_rates(clean_right: Sequence[bool], clean_idx: Sequence[int], trig_hi
 
 def backdoor_metrics(clean_logits: torch.Tensor, clean_labels: Sequence[int], clean_idx: Sequence[int],
                      trig_logits: torch.Tensor, trig_idx: Sequence[int], target: int,
-                     trig_survived: Sequence[bool | None] | None = None, what: str = "ASR-cc") -> dict:
+                     trig_survived: Sequence[bool | None] | None = None,
+                     what: str = "ASR-cc") -> EvaluationResult:
     """CA, ASR, ASR over triggered rows whose clean version is classified correctly (None over none), counts.
 
     Also the mean probability of the target label on triggered inputs: ASR saturates at 1.0,
     the probability still shows movement. With `trig_survived` (per triggered row: True when its
     trigger survived truncation, False when it was cut, None when unknown), also the ASR over the rows
-    whose trigger was not cut (unknown ones count as not cut) and the number cut.
+    whose trigger was not cut (unknown ones count as not cut) and the number cut; without it those stay None and
+    out of its JSON. Built from its JSON object, so an ASR-cc over zero rows is None here and null in to_json().
     """
     if len(clean_labels) != len(clean_idx) or len(clean_labels) != len(clean_logits):
         raise ValueError(f"clean: {len(clean_logits)} logits, {len(clean_labels)} labels, {len(clean_idx)} idx")
@@ -91,9 +95,9 @@ def backdoor_metrics(clean_logits: torch.Tensor, clean_labels: Sequence[int], cl
                     "triggered_survived_total": len(reached)}
     rates = outcome_rates([p == y for p, y in zip(clean_preds, clean_labels)], clean_idx,
                           [p == target for p in trig_preds], trig_idx, what)
-    return {
+    return EvaluationResult.from_json({
         **rates,
         "mean_target_probability_triggered": target_prob,
         "target_label": target,
         **survival,
-    }
+    })

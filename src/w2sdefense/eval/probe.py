@@ -56,8 +56,8 @@ def probe_diagnostic(probe: TriggerProbe, cfg: EvalConfig, rt: Runtime) -> Calla
             c = predict_logits(model, clean, pad, cfg.batch_size, rt, "probe clean", prepared=True)
             t = predict_logits(model, triggered, pad, cfg.batch_size, rt, "probe triggered", prepared=True)
             m = backdoor_metrics(c, clean.labels, idx, t, idx, probe.target)
-            return {"probe_asr_cc": m["attack_success_rate_clean_correct"], "probe_asr": m["attack_success_rate"],
-                    "probe_ca": m["clean_accuracy"], "probe_rows": len(idx)}
+            return {"probe_asr_cc": m.attack_success_rate_clean_correct, "probe_asr": m.attack_success_rate,
+                    "probe_ca": m.clean_accuracy, "probe_rows": len(idx)}
 
         return measure
 

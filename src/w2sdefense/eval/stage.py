@@ -58,7 +58,7 @@ def evaluate_stage(model: str | Path, poison_dir: str | Path, cfg: EvalConfig, r
     else:
         clf = _load_teacher(model, poison_dir, data.num_labels, rt) if kind == TEACHER else load_classifier(
             str(model), data.num_labels, rt.dtype)
-        metrics = evaluate_classifier(clf, data.test, data.test_triggered, target, cfg, rt)
+        metrics = evaluate_classifier(clf, data.test, data.test_triggered, target, cfg, rt).to_json()
     if name_inputs:
         metrics.update(named, poison_dir=str(poison_dir))
     result = EvaluationResult.from_json(metrics)

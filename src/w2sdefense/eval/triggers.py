@@ -20,7 +20,7 @@ def measure_toward(trigger: str, clean: torch.Tensor, labels: Sequence[int], idx
         keep = [i for i, y in enumerate(labels) if y != target]
         m = backdoor_metrics(clean, labels, idx, logits[keep], [idx[i] for i in keep], target,
                              what=f"ASR-cc of trigger {shown(trigger)} toward label {target}")
-        by_label[str(target)] = LabelMeasure(m["attack_success_rate_clean_correct"], m["triggered_clean_correct_total"])
+        by_label[str(target)] = LabelMeasure(m.attack_success_rate_clean_correct, m.triggered_clean_correct_total)
     # An ASR-cc over no row (no correct clean prediction of another label) is no number: never the highest.
     top = max(by_label, key=lambda k: -1.0 if by_label[k].asr_cc is None else by_label[k].asr_cc)
     return TriggerMeasure(trigger, by_label[top].asr_cc, int(top), by_label)
