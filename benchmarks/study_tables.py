@@ -210,8 +210,35 @@ def weak_attack_table(results: Path = RESULTS) -> str:
             "`results/weak-attack-2026-11-22/`).")
 
 
+LAYER_MODELS = {"insent": "InSent suspect", "badnet": "BadNet suspect", "clean": "clean model"}  # in column order
+
+
+def _layer_cell(point: dict | None, attacks: Iterable[str]) -> str:
+    """'CA / ASR-cc of each attack' of one probe point, '–' where the model was not probed."""
+    if point is None:
+        return "–"
+    return " / ".join([_percent(point["ca"], unit="")] + [_percent(point[f"asr_cc_{a}"], unit="") for a in attacks])
+
+
+def layer_probe_table(results: Path = RESULTS) -> str:
+    """Per layer, a logistic head fitted on the defender's rows: CA and the triggers' ASR-cc, per model."""
+    points = [json.loads(line) for line in (results / "layer-probe.jsonl").read_text().splitlines() if line.strip()]
+    at = {(p["model"], str(p["layer"])): p for p in points}
+    models = _ordered({p["model"] for p in points}, LAYER_MODELS)
+    layers = ["head"] + sorted({str(p["layer"]) for p in points} - {"head"}, key=int)
+    own = {m: [a for a in ("insent", "badnet") if a == m or m not in ("insent", "badnet")] for m in models}
+    header = ["layer"] + [f"{LAYER_MODELS.get(m, m)}: CA / ASR-cc ({', '.join(own[m])})" for m in models]
+    rows = [[layer if layer == "head" else f"after {layer}"] + [_layer_cell(at.get((m, layer)), own[m])
+                                                                 for m in models] for layer in layers]
+    k, seed = points[0]["k"], points[0]["seed"]
+    return (f"{_table(header, rows)}\n\nFrom `results/layer-probe.jsonl`, written by `python benchmarks/layer_probe.py "
+            f"--models {' '.join(models)} --k {k} --seed {seed}`: \"head\" is the model's own head, \"after n\" a "
+            "logistic head fitted on the last token's hidden state after layer n, on the defender's labelled rows.")
+
+
 BUILDERS: dict[str, Callable[[Path], str]] = {"latent-probe": latent_probe_table, "scan-real": scan_real_table,
-                                              "filters-paper": filters_paper_table, "weak-attack": weak_attack_table}
+                                              "filters-paper": filters_paper_table, "weak-attack": weak_attack_table,
+                                              "layer-probe": layer_probe_table}
 
 
 def main(names: list[str]) -> None:

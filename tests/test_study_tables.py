@@ -94,3 +94,16 @@ def test_the_weak_attack_table_gives_every_row_of_the_three_files():
                        f"{100 * clean['attack_success_rate']:.2f}% ({clean['attack_hits']}/{clean['triggered_total']})",
                        f"{clean['mean_target_probability_triggered']:.3f}", f"{clean['trainable_params']:,}",
                        f"{clean['wall_time_s']:.0f}", f"{clean['peak_memory_mb']:.0f}"]
+
+
+def test_the_layer_probe_table_has_a_row_per_layer_and_each_models_own_numbers():
+    points = [json.loads(line) for line in (RESULTS / "layer-probe.jsonl").read_text().splitlines() if line.strip()]
+    text = study_tables.layer_probe_table(RESULTS)
+    rows = _rows(text)
+    layers = {str(p["layer"]) for p in points}
+    assert len(rows) == len(layers) and rows[0][0] == "head" and rows[1][0] == "after 1"
+    header = [line for line in text.splitlines() if line.startswith("|")][0]
+    assert header.startswith("| layer | InSent suspect: CA / ASR-cc (insent) |")
+    insent = next(p for p in points if p["model"] == "insent" and p["layer"] == 15)
+    row = next(r for r in rows if r[0] == "after 15")
+    assert row[1] == f"{100 * insent['ca']:.1f} / {100 * insent['asr_cc_insent']:.1f}"

@@ -10,6 +10,7 @@ from w2sdefense.defenses import (  # noqa: F401  (importing a defense's file reg
     fine_pruning,
     full_ft,
     latent_adversarial,
+    layer_cut,
     lora_ft,
     nad,
     onion,
