@@ -27,13 +27,13 @@ from w2sdefense.config import ExperimentConfig, load_config
 from w2sdefense.data.datasets import load_splits
 from w2sdefense.data.defender import defender_splits
 from w2sdefense.data.records import Example
+from w2sdefense.defenses.layer_cut import STRENGTHS, fit_probe  # the defense's own probe and grid (dev picks one)
 from w2sdefense.eval.metrics import backdoor_metrics
 from w2sdefense.models import load_classifier
 from w2sdefense.models.features import last_token_index
 
 HERE = Path(__file__).resolve().parent
 ATTACKS = ("insent", "badnet")
-STRENGTHS = (1e-3, 1e-2, 1e-1, 1.0)  # L2 weight of the probe head over standardised features; dev picks one
 
 
 def model_path(runs: Path, name: str) -> Path:
@@ -62,26 +62,12 @@ def features(clf, rows: list[Example], max_length: int, batch_size: int = 64) ->
     return torch.cat(states, 1), torch.cat(logits)
 
 
-def fit_head(x: torch.Tensor, y: torch.Tensor, strength: float) -> torch.nn.Linear:
-    """A logistic head on standardised features, L2 `strength`, by L-BFGS to convergence."""
-    head = torch.nn.Linear(x.shape[1], int(y.max()) + 1)
-    opt = torch.optim.LBFGS(head.parameters(), max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(head(x), y) + strength * head.weight.pow(2).sum() / 2
-        loss.backward()
-        return loss
-    opt.step(closure)
-    return head
-
-
 def probe_layer(h: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> tuple[float, torch.nn.Module]:
     """The probe of one layer: standardise on the defender's rows, the strength dev likes best."""
     mean, std = h["train"].mean(0), h["train"].std(0) + 1e-6
     best = None
     for strength in STRENGTHS:
-        head = fit_head((h["train"] - mean) / std, labels["train"], strength)
+        head = fit_probe((h["train"] - mean) / std, labels["train"], strength, int(labels["train"].max()) + 1)
         with torch.no_grad():
             dev = float((head((h["dev"] - mean) / std).argmax(-1) == labels["dev"]).float().mean())
         if best is None or dev > best[0]:

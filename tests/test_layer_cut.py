@@ -16,7 +16,7 @@ from w2sdefense.defenses.layer_cut import cut_layers, fit_probe, layer_stack, pr
 from w2sdefense.errors import UserError
 from w2sdefense.models.tiny import build_tiny
 
-from test_reset_and_controls import LORA, base_and_victim  # noqa: F401  (a fixture: a tiny base and its fine-tune)
+from test_reset_and_controls import LORA, base_and_victim  # noqa: F401,F811  (a fixture: a tiny base and its fine-tune)
 
 
 @pytest.mark.parametrize("family", ["tiny-llama", "tiny-bert"])

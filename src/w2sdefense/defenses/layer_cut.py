@@ -102,7 +102,7 @@ def hidden_states(clf: Classifier, rows: list[Example], max_length: int, batch_s
 def fit_probe(x: torch.Tensor, y: torch.Tensor, strength: float, num_labels: int) -> torch.nn.Linear:
     """A logistic head on (standardised) features, L2 `strength`, by L-BFGS."""
     head = torch.nn.Linear(x.shape[1], num_labels)
-    opt = torch.optim.LBFGS(head.parameters(), max_iter=100, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS(head.parameters(), max_iter=200, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
