@@ -27,13 +27,13 @@ from w2sdefense.config import ExperimentConfig, load_config
 from w2sdefense.data.datasets import load_splits
 from w2sdefense.data.defender import defender_splits
 from w2sdefense.data.records import Example
-from w2sdefense.defenses.layer_cut import STRENGTHS, fit_probe  # the defense's own probe and grid (dev picks one)
+from w2sdefense.defenses.layer_cut import best_probe, hidden_states  # the defense's own features and probe
 from w2sdefense.eval.metrics import backdoor_metrics
 from w2sdefense.models import load_classifier
-from w2sdefense.models.features import last_token_index
 
 HERE = Path(__file__).resolve().parent
 ATTACKS = ("insent", "badnet")
+CPU = torch.device("cpu")
 
 
 def model_path(runs: Path, name: str) -> Path:
@@ -46,34 +46,6 @@ def model_path(runs: Path, name: str) -> Path:
 def read_rows(path: Path) -> list[Example]:
     return [Example(text=r["text"], label=r["label"], idx=r["idx"])
             for r in map(json.loads, path.read_text(encoding="utf-8").splitlines())]
-
-
-def features(clf, rows: list[Example], max_length: int, batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """(layers+1, rows, hidden) last-token hidden states (embeddings first) and the model's own logits."""
-    states, logits = [], []
-    for start in range(0, len(rows), batch_size):
-        batch = clf.tokenizer([e.text for e in rows[start:start + batch_size]], padding=True, truncation=True,
-                              max_length=max_length, return_tensors="pt")
-        with torch.no_grad():
-            out = clf.model(**batch, output_hidden_states=True)
-        at = last_token_index(batch["attention_mask"])
-        states.append(torch.stack([h[torch.arange(len(at)), at] for h in out.hidden_states]).float())
-        logits.append(out.logits.float())
-    return torch.cat(states, 1), torch.cat(logits)
-
-
-def probe_layer(h: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> tuple[float, torch.nn.Module]:
-    """The probe of one layer: standardise on the defender's rows, the strength dev likes best."""
-    mean, std = h["train"].mean(0), h["train"].std(0) + 1e-6
-    best = None
-    for strength in STRENGTHS:
-        head = fit_probe((h["train"] - mean) / std, labels["train"], strength, int(labels["train"].max()) + 1)
-        with torch.no_grad():
-            dev = float((head((h["dev"] - mean) / std).argmax(-1) == labels["dev"]).float().mean())
-        if best is None or dev > best[0]:
-            best = (dev, strength, head)
-    dev, strength, head = best
-    return strength, lambda z: head((z - mean) / std)
 
 
 def measured(logits: torch.Tensor, test: list[Example], trig_logits: dict, triggered: dict, target: int) -> dict:
@@ -108,16 +80,16 @@ def main() -> None:
         start = time.perf_counter()
         clf = load_classifier(str(model_path(args.runs, name)), 2)
         clf.model.eval()
-        feats = {s: features(clf, r, length) for s, r in rows.items()}
+        feats = {s: hidden_states(clf, r, length, 64, CPU) for s, r in rows.items()}  # the defense's own features
         triggered = {a: rows[f"trig_{a}"] for a in ATTACKS}
         own = measured(feats["test"][1], rows["test"], {a: feats[f"trig_{a}"][1] for a in ATTACKS}, triggered, target)
         lines = [{"model": name, "layer": "head", **own}]
-        for layer in range(1, feats["test"][0].shape[0]):
-            strength, head = probe_layer({s: f[0][layer] for s, f in feats.items()}, labels)
+        for i in range(feats["test"][0].shape[0]):  # after layer i + 1
+            _, strength, head = best_probe(feats["train"][0][i], labels["train"], feats["dev"][0][i], labels["dev"], 2)
             with torch.no_grad():
-                got = measured(head(feats["test"][0][layer]), rows["test"],
-                               {a: head(feats[f"trig_{a}"][0][layer]) for a in ATTACKS}, triggered, target)
-            lines.append({"model": name, "layer": layer, "strength": strength, **got})
+                got = measured(head(feats["test"][0][i]), rows["test"],
+                               {a: head(feats[f"trig_{a}"][0][i]) for a in ATTACKS}, triggered, target)
+            lines.append({"model": name, "layer": i + 1, "strength": strength, **got})
         for line in lines:
             line.update(k=args.k, seed=args.seed, date=time.strftime("%Y-%m-%d"),
                         seconds=round(time.perf_counter() - start))

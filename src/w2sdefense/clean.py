@@ -180,8 +180,8 @@ def run_clean(job: CleanJob, out: Path, rt: Runtime, overwrite: bool = False,
             atomic_write_text(folder / CONFIG_FILE, dump_yaml(job))
         with log_to(folder / RUN_LOG, rt.is_main):
             report = dataclasses.replace(_stages(job, resolved, splits, stages, rt), base_source=base_source,
-                                         default_reason=_why(job), evidence=evidence_lines(
-                                             resolved.cfg.name, to_dict(resolved.cfg).get("settings") or {}))
+                                         default_reason=_why(job),
+                                         evidence=evidence_lines(resolved.cfg.name, resolved.cfg.settings))
         if rt.is_main:
             write_report(folder, report)
         rt.accelerator.wait_for_everyone()

@@ -17,6 +17,7 @@ from w2sdefense.defenses.losses import distill_total, kd_loss, labelled_cross_en
 from w2sdefense.config import check_positive
 from w2sdefense.errors import UserError
 from w2sdefense.models.batching import model_inputs
+from w2sdefense.models import Classifier
 from w2sdefense.models.loading import load_classifier
 from w2sdefense.models.predict import classify_rows
 from w2sdefense.runtime import Runtime
@@ -56,13 +57,16 @@ class SuspectLogits:
 def suspect_logits(suspect: str, num_labels: int, rows: list[Example], max_length: int, batch_size: int,
                    rt: Runtime) -> SuspectLogits:
     """Run the suspect (any name --model takes) once over `rows`."""
+    return classifier_logits(load_classifier(suspect, num_labels, rt.dtype), rows, max_length, batch_size, rt)
+
+
+def classifier_logits(clf: Classifier, rows: list[Example], max_length: int, batch_size: int,
+                      rt: Runtime) -> SuspectLogits:
+    """A loaded suspect's logits on `rows`, found by each row's idx."""
     row_of = {e.idx: i for i, e in enumerate(rows)}
     if len(row_of) != len(rows):
         raise UserError("the defender's rows and unlabelled texts repeat an example id (idx); give each its own")
-    clf = load_classifier(suspect, num_labels, rt.dtype)
-    logits = classify_rows(clf, rows, max_length, batch_size, rt, "suspect outputs")
-    del clf
-    return SuspectLogits(logits.float(), row_of)
+    return SuspectLogits(classify_rows(clf, rows, max_length, batch_size, rt, "suspect outputs").float(), row_of)
 
 
 def distill_step(alpha: float, beta: float, temperature: float, cache: SuspectLogits, device: torch.device) -> LossFn:

@@ -18,6 +18,7 @@ benchmark) is not removed, and the benchmark's row says so.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -26,9 +27,9 @@ import torch
 from w2sdefense.config import check_choice, check_positive
 from w2sdefense.data.records import UNLABELLED, Example
 from w2sdefense.defenses.base import DefenseJob, fine_tune, prepare, register_defense
-from w2sdefense.defenses.distill import DistillSettings, distill_step
+from w2sdefense.defenses.distill import DistillSettings, classifier_logits, distill_step
 from w2sdefense.defenses.fine_mixing import RESET_RECIPE
-from w2sdefense.defenses.reset_distill import cache_suspect, distill_rows
+from w2sdefense.defenses.reset_distill import distill_rows
 from w2sdefense.errors import UserError
 from w2sdefense.models import Classifier, load_classifier
 from w2sdefense.models.batching import encode, make_loader, file_order_batches
@@ -113,23 +114,31 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, strength: float, num_labels: int
     return head
 
 
-def probe_accuracy(train: torch.Tensor, y: torch.Tensor, dev: torch.Tensor, dev_y: torch.Tensor,
-                   num_labels: int) -> float:
-    """The dev accuracy of the best-on-dev logistic head fitted on one layer's features."""
+def best_probe(train: torch.Tensor, y: torch.Tensor, dev: torch.Tensor, dev_y: torch.Tensor,
+               num_labels: int) -> tuple[float, float, Callable[[torch.Tensor], torch.Tensor]]:
+    """(dev accuracy, L2 strength, the head on raw features) of the best-on-dev logistic head on one layer's
+    features, standardised by the training rows' statistics."""
     mean, std = train.mean(0), train.std(0) + 1e-6
-    best = 0.0
+    best = None
     for strength in STRENGTHS:
         head = fit_probe((train - mean) / std, y, strength, num_labels)
         with torch.no_grad():
-            best = max(best, float((head((dev - mean) / std).argmax(-1) == dev_y).float().mean()))
-    return best
+            accuracy = float((head((dev - mean) / std).argmax(-1) == dev_y).float().mean())
+        if best is None or accuracy > best[0]:
+            best = (accuracy, strength, head)
+    accuracy, strength, head = best
+    return accuracy, strength, lambda z: head((z - mean) / std)
 
 
-def choose_cut(job: DefenseJob, s: LayerCutSettings) -> dict:
+def probe_accuracy(train: torch.Tensor, y: torch.Tensor, dev: torch.Tensor, dev_y: torch.Tensor,
+                   num_labels: int) -> float:
+    """The dev accuracy of the best-on-dev logistic head fitted on one layer's features."""
+    return best_probe(train, y, dev, dev_y, num_labels)[0]
+
+
+def choose_cut(job: DefenseJob, s: LayerCutSettings, clf: Classifier) -> dict:
     """The layer to cut after: probes per layer on the defender's labelled rows, compared on dev with the suspect."""
     rows, dev = limit(job.splits.train, job.train.max_train_rows), job.splits.dev[:s.dev_rows]
-    clf = load_classifier(job.student, job.splits.num_labels, job.rt.dtype)
-    clf.model.to(job.rt.device)
     args = (job.train.max_length, job.train.eval_batch_size, job.rt.device)
     (train_h, _), (dev_h, dev_logits) = hidden_states(clf, rows, *args), hidden_states(clf, dev, *args)
     y, dev_y = torch.tensor([e.label for e in rows]), torch.tensor([e.label for e in dev])
@@ -148,9 +157,12 @@ def choose_cut(job: DefenseJob, s: LayerCutSettings) -> dict:
 def layer_cut(job: DefenseJob) -> dict:
     """Keep the suspect's lower layers (the cut chosen on clean dev rows), then LoRA with CE and distillation."""
     s = job.settings
-    record = choose_cut(job, s)
     rows = distill_rows(job, s.unlabelled)
-    cache = cache_suspect(job, rows)
+    suspect = load_classifier(job.student, job.splits.num_labels, job.rt.dtype)  # loaded once: probes and targets
+    suspect.model.to(job.rt.device)
+    record = choose_cut(job, s, suspect)
+    cache = classifier_logits(suspect, rows, job.train.max_length, job.train.eval_batch_size, job.rt)
+    del suspect
 
     def modify(clf: Classifier) -> None:
         cut_layers(clf.model, record["cut_layer"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from w2sdefense.errors import shown
 from w2sdefense.eval.card import write_card
-from w2sdefense.eval.report import percent
+from w2sdefense.eval.report import markdown_report, percent
 from w2sdefense.fileio import atomic_write_text, write_json
 from w2sdefense.models.reset import FAR_FROM_BASE
 from w2sdefense.results import CleanReport, TriggerMeasure
@@ -101,10 +101,10 @@ def write_report(out: Path, report: CleanReport) -> None:
     for name, m in (("suspect", report.before), ("cleaned", report.after)):
         cells = [f"{percent(t.asr_cc)} (label {t.target_label})" for t in m.triggers or []]
         rows.append(f"| {name} | {m.clean_accuracy:.2%} | " + " | ".join(cells) + " |")
-    text = ("# w2sdefense clean\n\n" + "".join(f"- {line}\n" for line in lines) + "\n" + "\n".join(rows) + "\n\n"
-            "ASR-cc: of the clean test rows of other labels that the model classifies correctly, the share the "
-            "trigger (inserted once, at a seeded interior position) sends to the label. Without a clean "
-            "reference model there is no floor: a model that never saw a trigger also flips a few percent "
-            "(README, Results). Settings: config.yaml; every stage's log: run.log and its folder.\n")
-    atomic_write_text(out / REPORT_MD, text)
+    atomic_write_text(out / REPORT_MD, markdown_report(
+        "w2sdefense clean", lines, "\n".join(rows),
+        "ASR-cc: of the clean test rows of other labels that the model classifies correctly, the share the "
+        "trigger (inserted once, at a seeded interior position) sends to the label. Without a clean "
+        "reference model there is no floor: a model that never saw a trigger also flips a few percent "
+        "(README, Results). Settings: config.yaml; every stage's log: run.log and its folder.\n"))
     write_card(out / MODEL_DIR, report)

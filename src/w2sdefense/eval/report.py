@@ -154,12 +154,17 @@ def write_report(out_dir: Path, name: str, rows: list[ReportRow], config: dict,
     return report
 
 
+def markdown_report(title: str, lines: list[str], table: str, note: str) -> str:
+    """A report.md's layout (run, clean and scan share it): the title, the summary lines as a list, the table, then
+    what the table means."""
+    return f"# {title}\n\n" + "".join(f"- {line}\n" for line in lines) + f"\n{table}\n\n{note}"
+
+
 def report_text(report: ExperimentReport) -> str:
     """report.md: the name, the summary lines, the table, what its columns mean and where it was measured."""
     env = report.environment
-    return (
-        f"# {report.name}\n\n" + "".join(f"- {line}\n" for line in report.summary)
-        + f"\n{markdown_table(report.rows)}\n\n"
+    return markdown_report(
+        report.name, report.summary, markdown_table(report.rows),
         "CA: accuracy on the clean test set. ASR-cc: share of the triggered non-target test inputs "
         "whose clean version the model classifies correctly that it classifies as the target label "
         "(a flip the trigger caused, not an error it already made). Residual backdoor: ASR-cc minus "
@@ -173,5 +178,4 @@ def report_text(report: ExperimentReport) -> str:
         "evaluation).\n\n"
         f"Measured {env['date']} on {env['platform']} ({env['cpu_threads']} torch threads"
         f"{', ' + env['cuda'] if env['cuda'] else ''}), torch {env['versions']['torch']}, "
-        f"transformers {env['versions']['transformers']}, peft {env['versions']['peft']}.\n"
-    )
+        f"transformers {env['versions']['transformers']}, peft {env['versions']['peft']}.\n")

@@ -14,7 +14,7 @@ from w2sdefense.config import ScanJob, dump_yaml, to_dict
 from w2sdefense.data.datasets import data_inputs, load_splits
 from w2sdefense.data.records import Example, Splits
 from w2sdefense.errors import UserError
-from w2sdefense.eval.report import environment, percent
+from w2sdefense.eval.report import environment, markdown_report, percent
 from w2sdefense.eval.triggers import measure_toward
 from w2sdefense.fileio import atomic_write_text, write_json
 from w2sdefense.models import check_model_name, load_classifier
@@ -186,12 +186,12 @@ def write_report(out: Path, report: ScanReport) -> None:
             "|---|---|---|---|---|---|---|"]
     rows += [f"| {c.trigger!r} | {_label(report, c.target_label)} | {percent(c.test_asr_cc)} | {c.test_rows or ''} | "
              f"{percent(c.verify_asr_cc)} | {c.verify_rows} | {c.detector} |" for c in report.candidates]
-    text = ("# w2sdefense scan\n\n" + "".join(f"- {line}\n" for line in lines) + "\n" + "\n".join(rows) + "\n\n"
-            "ASR-cc: of the clean rows of other labels that the model classifies correctly, the share the candidate "
-            "(inserted once, at a seeded interior position) sends to the label. Dev rows rank the candidates, test "
-            "rows score the best; the verdict compares the best test ASR-cc with the threshold (scan.threshold). "
-            "Settings: config.yaml; log: run.log.\n")
-    atomic_write_text(out / REPORT_MD, text)
+    atomic_write_text(out / REPORT_MD, markdown_report(
+        "w2sdefense scan", lines, "\n".join(rows),
+        "ASR-cc: of the clean rows of other labels that the model classifies correctly, the share the candidate "
+        "(inserted once, at a seeded interior position) sends to the label. Dev rows rank the candidates, test "
+        "rows score the best; the verdict compares the best test ASR-cc with the threshold (scan.threshold). "
+        "Settings: config.yaml; log: run.log.\n"))
     tested = [c.trigger for c in report.candidates if c.test_rows is not None]
     atomic_write_text(out / TRIGGERS_FILE, "# candidate triggers from `w2sdefense scan`, best first; measure them "
                       "with `w2sdefense clean --triggers FILE`\n" + "".join(f"{t}\n" for t in dict.fromkeys(tested)))
