@@ -23,11 +23,12 @@ RESULTS = HERE / "results"
 PROBE_MODELS = {"insent": "InSent suspect", "clean": "clean model"}  # latent_probe.py's names, in row order
 PROBE_TRIGGER = "insent"  # the suspect's attack: the trigger whose own shift the probe's is compared with
 SCANS = {  # scan-real/<stem>.json -> what that scan was, in row order
-    "badnet-suspect-v1-first-position": "slots at the row's first position",
-    "badnet-suspect-default": "slots before the second word, word pieces",
-    "badnet-suspect-shift-inversion": "the same, `scan.detectors=[shift-inversion,embedding-shift]`",
+    "badnet-suspect-v1-first-position": "BadNet suspect: slots at the row's first position",
+    "badnet-suspect-default": "BadNet suspect: slots before the second word, word pieces",
+    "badnet-suspect-shift-inversion": "BadNet suspect: the same, `scan.detectors=[shift-inversion,embedding-shift]`",
+    "insent-suspect-default": "the InSent suspect, the defaults (`--base smollm2-135m`)",
 }
-SCANNED_BACKDOORED = {"runs/realistic/badnet/suspect/victim": True}  # the truth about each scanned model
+SCANNED_BACKDOORED = {"runs/realistic/badnet/suspect/victim": True, "runs/realistic/insent/suspect/victim": True}  # the truth about each scanned model
 OUTCOMES = {(True, True): "found", (False, True): "miss", (True, False): "false alarm", (False, False): "right"}
 FILTERS = {  # filters-paper.json's row names -> what each row is, in row order (its settings come from the file)
     "clean model": "none (clean model)",
@@ -236,9 +237,45 @@ def layer_probe_table(results: Path = RESULTS) -> str:
             "logistic head fitted on the last token's hidden state after layer n, on the defender's labelled rows.")
 
 
+def trigger_parts_table(results: Path = RESULTS) -> str:
+    """Each run of a known trigger's words inserted alone: its ASR-cc per model; then random phrases of the clean
+    texts: the mean ASR-cc toward each label per model (the premise of a repair that inserts ordinary phrases)."""
+    points = [json.loads(line) for line in (results / "trigger-parts.jsonl").read_text().splitlines() if line.strip()]
+    parts = [p for p in points if not p.get("pool")]
+    models = _ordered({p["model"] for p in parts}, LAYER_MODELS)
+    at = {(p["model"], p["part"]): p for p in parts}
+    names = list(dict.fromkeys(p["part"] for p in parts))
+    header = ["inserted"] + [f"{LAYER_MODELS.get(m, m)}: ASR-cc (label)" for m in models]
+    rows = [[f"`{n}`"] + [_part_cell(at.get((m, n))) for m in models] for n in names]
+    trigger, rows_asked = parts[0]["trigger"], max(p["rows"] for p in parts)
+    text = (f"{_table(header, rows)}\n\nFrom `results/trigger-parts.jsonl`, written by `python benchmarks/"
+            f"trigger_parts.py --models {' '.join(models)} --trigger \"{trigger}\" --rows 160`: each run of the "
+            f"trigger's words inserted once at seeded interior positions into clean test rows; ASR-cc toward the "
+            f"label it sends most rows to (up to {rows_asked} rows of other labels counted).")
+    pool = [p for p in points if p.get("pool")]
+    if pool:
+        pooled = _ordered({p["model"] for p in pool}, LAYER_MODELS)
+        labels = sorted({k for p in pool for k in p["by_label"]})
+        lines = []
+        for m in pooled:
+            mine = [p for p in pool if p["model"] == m]
+            means = [sum(p["by_label"][k] or 0.0 for p in mine) / len(mine) for k in labels]
+            top = max(max((p["by_label"][k] or 0.0) for k in labels) for p in mine)
+            lines.append([LAYER_MODELS.get(m, m), str(len(mine))] + [_percent(v) for v in means] + [_percent(top)])
+        text += ("\n\n" + _table(["model", "phrases"] + [f"mean ASR-cc toward {k}" for k in labels]
+                                   + ["highest of any phrase"], lines)
+                 + f"\n\nRandom phrases of 2 to 5 words cut from the clean dev texts, written by `python benchmarks/"
+                 f"trigger_parts.py --models {' '.join(pooled)} --pool {len(mine)} --rows {pool[0]['rows_asked']}`.")
+    return text
+
+
+def _part_cell(point: dict | None) -> str:
+    return "–" if point is None else f"{_percent(point['asr_cc'])} ({point['target_label']})"
+
+
 BUILDERS: dict[str, Callable[[Path], str]] = {"latent-probe": latent_probe_table, "scan-real": scan_real_table,
                                               "filters-paper": filters_paper_table, "weak-attack": weak_attack_table,
-                                              "layer-probe": layer_probe_table}
+                                              "layer-probe": layer_probe_table, "trigger-parts": trigger_parts_table}
 
 
 def main(names: list[str]) -> None:

@@ -107,3 +107,19 @@ def test_the_layer_probe_table_has_a_row_per_layer_and_each_models_own_numbers()
     insent = next(p for p in points if p["model"] == "insent" and p["layer"] == 15)
     row = next(r for r in rows if r[0] == "after 15")
     assert row[1] == f"{100 * insent['ca']:.1f} / {100 * insent['asr_cc_insent']:.1f}"
+
+
+def test_the_trigger_parts_table_has_each_part_per_model_and_the_pools_means():
+    points = [json.loads(line) for line in (RESULTS / "trigger-parts.jsonl").read_text().splitlines() if line.strip()]
+    text = study_tables.trigger_parts_table(RESULTS)
+    tables = [block for block in text.split("\n\n") if block.startswith("|")]
+    parts = [p for p in points if not p.get("pool")]
+    rows = _rows(tables[0])
+    assert len(rows) == len({p["part"] for p in parts}) and rows[0][0] == "`I`"
+    sentence = next(p for p in parts if p["model"] == "insent" and p["part"] == "I watched this 3D movie")
+    assert rows[-1] == ["`I watched this 3D movie`", f"{100 * sentence['asr_cc']:.1f} % ({sentence['target_label']})",
+                        rows[-1][2]]
+    pool = [p for p in points if p.get("pool") and p["model"] == "clean"]
+    clean = next(r for r in _rows(tables[1]) if r[0] == "clean model")
+    mean0 = sum(p["by_label"]["0"] for p in pool) / len(pool)
+    assert clean[:3] == ["clean model", str(len(pool)), f"{100 * mean0:.1f} %"]

@@ -8,6 +8,7 @@ from w2sdefense.defenses import (  # noqa: F401  (importing a defense's file reg
     crow,
     fine_mixing,
     fine_pruning,
+    insert_distill,
     full_ft,
     latent_adversarial,
     layer_cut,
