@@ -111,6 +111,7 @@ def every_defense(base: str) -> list[dict]:
         {"name": "latent-adversarial", "probe_steps": 2, "train": LORA},
         {"name": "layer-cut", "layer": 1, "train": LORA},
         {"name": "insert-distill", "train": LORA},
+        {"name": "distill-into", "student_model": "tiny-bert", "train": {"epochs": 1, "lr": 1.0e-3, "batch_size": 16, "max_length": 32}},
         {"name": "full-ft", "train": {"epochs": 1, "lr": 1.0e-3, "batch_size": 16, "max_length": 32}},
         {"name": "strip", "copies": 2, "max_length": 32},
         {"name": "rap", "epochs": 1, "rows": 32, "max_length": 32},

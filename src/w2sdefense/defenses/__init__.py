@@ -6,6 +6,7 @@ A new defense is one file that calls `register_defense` and one import line here
 
 from w2sdefense.defenses import (  # noqa: F401  (importing a defense's file registers it)
     crow,
+    distill_into,
     fine_mixing,
     fine_pruning,
     insert_distill,
