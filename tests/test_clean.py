@@ -183,6 +183,16 @@ def test_clean_distils_on_the_unlabelled_texts_it_is_given(suspect, tmp_path):
     assert json.loads((out / "report.json").read_text())["after"]["clean_accuracy"] is not None
 
 
+def test_clean_without_a_base_can_distil_the_suspect_into_another_model(suspect, tmp_path):
+    victim, clean = suspect
+    out = tmp_path / "into"
+    w2s("clean", "--model", str(victim), "--data", str(clean), "--defense", "distill-into", "--trigger", TRIGGER,
+        "--out", str(out), "--set", "defense.student_model=tiny-bert", "--set", "defense.train.max_steps=6")
+    assert json.loads((out / "model" / "config.json").read_text())["model_type"] == "bert"  # the student, standalone
+    report = json.loads((out / "report.json").read_text())
+    assert report["after"]["clean_accuracy"] is not None and "distill-into" in (out / "report.md").read_text()
+
+
 def test_a_trigger_cut_by_truncation_is_counted_and_said_not_reported_as_gone(suspect, tmp_path):
     from w2sdefense.clean import _evaluate
     from w2sdefense.config import CleanJob, DataConfig, EvalConfig
