@@ -28,10 +28,12 @@ def _main_table() -> dict[tuple[str, str], tuple[float, int]]:
     return found
 
 
-def _realistic(defense: str, attack: str, k: int) -> list[float]:
+def _realistic(defense: str, attack: str, k: int, key: str = "residual") -> list[float]:
+    """A realistic arm's residuals (or CA changes against the suspect), points, one per seed at `k`."""
     rows = [json.loads(line) for line in (BENCH / "results" / "realistic-rows.jsonl").read_text().splitlines()]
-    return [100 * (r["asr_cc"] - r["floor_asr_cc"]) for r in rows
-            if r["defense"] == defense and ATTACKS.get(r["attack"]) == attack and r["k"] == k]
+    points = {"residual": lambda r: r["asr_cc"] - r["floor_asr_cc"], "ca": lambda r: r["ca"] - r["suspect_ca"]}[key]
+    return [100 * points(r) for r in rows if r["defense"] == defense and ATTACKS.get(r["attack"]) == attack
+            and r["k"] == k]
 
 
 def test_every_quoted_residual_is_the_results_files():
@@ -45,6 +47,8 @@ def test_every_quoted_residual_is_the_results_files():
                 measured = _realistic(m.defense, attack, 256)
                 assert round(sum(measured) / len(measured), 1) == points, (m.defense, attack, measured)
                 assert len(measured) == m.seeds, (m.defense, attack, measured)
+                ca = _realistic(m.defense, attack, 256, "ca")
+                assert m.ca_change is not None and round(sum(ca) / len(ca), 1) == m.ca_change[attack], (m.defense, ca)
 
 
 def test_the_report_quotes_the_settings_that_ran_and_says_when_nothing_was_measured():
@@ -52,6 +56,8 @@ def test_the_report_quotes_the_settings_that_ran_and_says_when_nothing_was_measu
     assert "has not measured fine-mixing" in evidence_lines("fine-mixing", {"rho": 0.5, "base_model": "x"})[0]
     assert "has not measured w2sdefense" in evidence_lines("w2sdefense", {"beta": 1.0})[0]
     assert "has not measured crow" in evidence_lines("crow", {})[0]
+    realistic = evidence_lines("reset-distill", {"base_model": "smollm2-135m"})[0]
+    assert "residual backdoor" in realistic and "clean accuracy against the suspect's" in realistic
 
 
 def test_the_default_is_the_measured_winner_for_what_the_user_has():

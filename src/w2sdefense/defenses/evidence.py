@@ -19,6 +19,9 @@ class Measured:
     source: str  # where the table is
     seeds: int = 1  # defense seeds behind each mean
     needs_base: bool = False  # it resets toward the public base: only for a user who knows it
+    # attack -> clean accuracy minus the suspect's, points, the mean over the seeds (the realistic protocol's rows
+    # carry it; the main experiment's are in its headline table)
+    ca_change: dict[str, float] | None = None
 
 
 MAIN = "SmolLM2-135M suspects on SST-2, the defender holding 1280 of the attacker's own 2000 rows"
@@ -30,7 +33,8 @@ EVIDENCE = (
     Measured("w2sdefense", {}, MAIN, {"BadNet": 3.9, "InSent": 72.6, "SynAttack": 32.4},
              "benchmarks/RESULTS.md, the paper's experiment at laptop scale (w2sdefense)", seeds=3),
     Measured("reset-distill", {}, REALISTIC, {"BadNet": -0.5, "InSent": -3.6},
-             "benchmarks/RESULTS.md, the realistic protocol (results/realistic-rows.jsonl)", needs_base=True),
+             "benchmarks/RESULTS.md, the realistic protocol (results/realistic-rows.jsonl)", needs_base=True,
+             ca_change={"BadNet": -1.2, "InSent": -1.2}),
 )
 
 # What a measurement needs before `clean` may run it by default (the realistic protocol's own bar): both attacks the
@@ -68,4 +72,6 @@ def evidence_lines(name: str, settings: dict) -> list[str]:
         return [f"the benchmark has not measured {name} with these settings: its effect on a backdoor is unknown."]
     return [f"the benchmark measured {name} ({m.regime}, {m.seeds} seed{'s' if m.seeds > 1 else ''}): residual backdoor "
             + ", ".join(f"{points:+.1f} points ({attack})" for attack, points in m.residual.items())
+            + ("; clean accuracy against the suspect's " + ", ".join(f"{points:+.1f} points ({attack})" for attack, points
+                                                                      in m.ca_change.items()) if m.ca_change else "")
             + f" [{m.source}]." for m in found]
