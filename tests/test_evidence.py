@@ -41,18 +41,18 @@ def test_every_quoted_residual_is_the_results_files():
     for m in EVIDENCE:
         for attack, points in m.residual.items():
             if m.regime == MAIN:
-                assert table[(ROW_NAMES[m.defense], attack)] == (points, m.seeds), (m.defense, attack)
+                assert table[(ROW_NAMES[m.defense], attack)] == (points, m.seeds_of(attack)), (m.defense, attack)
             else:
                 assert m.regime == REALISTIC
                 measured = _realistic(m.defense, attack, 256)
                 assert round(sum(measured) / len(measured), 1) == points, (m.defense, attack, measured)
-                assert len(measured) == m.seeds, (m.defense, attack, measured)
+                assert len(measured) == m.seeds_of(attack), (m.defense, attack, measured)
                 ca = _realistic(m.defense, attack, 256, "ca")
                 assert m.ca_change is not None and round(sum(ca) / len(ca), 1) == m.ca_change[attack], (m.defense, ca)
 
 
 def test_the_report_quotes_the_settings_that_ran_and_says_when_nothing_was_measured():
-    assert "+0.9 points (BadNet)" in evidence_lines("fine-mixing", {"rho": 0.0, "base_model": "smollm2-135m"})[0]
+    assert "+0.9 points (BadNet, 3 seeds)" in evidence_lines("fine-mixing", {"rho": 0.0, "base_model": "smollm2-135m"})[0]
     assert "has not measured fine-mixing" in evidence_lines("fine-mixing", {"rho": 0.5, "base_model": "x"})[0]
     assert "has not measured w2sdefense" in evidence_lines("w2sdefense", {"beta": 1.0})[0]
     assert "has not measured crow" in evidence_lines("crow", {})[0]
@@ -73,6 +73,10 @@ def test_the_default_is_the_measured_winner_for_what_the_user_has():
     assert measured_default(True, table).defense == "new" and measured_default(False, table).defense == "new"
     assert measured_default(True, table[:2]).defense == "reset" and measured_default(False, table[:2]).defense == "w2s"
     only_badnet = Measured("badnet-only", {}, REALISTIC, {"BadNet": 0.0}, "s", seeds=3)
+    # a mean over fewer than 3 seeds on one attack keeps a measurement under the bar
+    uneven = Measured("uneven", {}, REALISTIC, {"BadNet": 0.0, "InSent": 0.0}, "s", seeds={"BadNet": 3, "InSent": 2})
+    assert measured_default(False, (*table[:2], uneven)).defense == "w2s"
+    assert uneven.seeds_of("InSent") == 2 and table[0].seeds_of("InSent") == 3
     assert measured_default(False, (*table[:2], only_badnet)).defense == "w2s"  # InSent not measured: not eligible
     # the worse of the two attacks decides
     assert measured_default(False, (m("a", MAIN, 0.0, 30.0), m("b", MAIN, 10.0, 12.0))).defense == "b"

@@ -17,11 +17,15 @@ class Measured:
     regime: str  # in words: model, data, whose rows the defender held, how many seeds
     residual: dict[str, float]  # attack -> points, the mean over the seeds
     source: str  # where the table is
-    seeds: int = 1  # defense seeds behind each mean
+    seeds: int | dict[str, int] = 1  # defense seeds behind each mean (per attack where they differ)
     needs_base: bool = False  # it resets toward the public base: only for a user who knows it
     # attack -> clean accuracy minus the suspect's, points, the mean over the seeds (the realistic protocol's rows
     # carry it; the main experiment's are in its headline table)
     ca_change: dict[str, float] | None = None
+
+    def seeds_of(self, attack: str) -> int:
+        """The defense seeds behind an attack's mean."""
+        return self.seeds[attack] if isinstance(self.seeds, dict) else self.seeds
 
 
 MAIN = "SmolLM2-135M suspects on SST-2, the defender holding 1280 of the attacker's own 2000 rows"
@@ -32,9 +36,9 @@ EVIDENCE = (
              "benchmarks/RESULTS.md, the paper's experiment at laptop scale (fine-mixing-r0)", seeds=3, needs_base=True),
     Measured("w2sdefense", {}, MAIN, {"BadNet": 3.9, "InSent": 72.6, "SynAttack": 32.4},
              "benchmarks/RESULTS.md, the paper's experiment at laptop scale (w2sdefense)", seeds=3),
-    Measured("reset-distill", {}, REALISTIC, {"BadNet": -0.5, "InSent": -3.6},
+    Measured("reset-distill", {}, REALISTIC, {"BadNet": -0.5, "InSent": -3.1},
              "benchmarks/RESULTS.md, the realistic protocol (results/realistic-rows.jsonl)", needs_base=True,
-             ca_change={"BadNet": -1.2, "InSent": -1.2}),
+             seeds={"BadNet": 1, "InSent": 2}, ca_change={"BadNet": -1.2, "InSent": -0.7}),
 )
 
 # What a measurement needs before `clean` may run it by default (the realistic protocol's own bar): both attacks the
@@ -47,8 +51,8 @@ def measured_default(base_known: bool, evidence: tuple[Measured, ...] = EVIDENCE
     """The defense `clean` runs when none is named: of the measurements that meet the bar and that the user can run
     (a reset needs the base), those of the realistic protocol (the practitioner's regime) if any, else the main
     experiment's; among them the one whose worse residual over BadNet and InSent is lowest."""
-    usable = [m for m in evidence if (base_known or not m.needs_base) and m.seeds >= BAR_SEEDS
-              and all(a in m.residual for a in BAR_ATTACKS)]
+    usable = [m for m in evidence if (base_known or not m.needs_base)
+              and all(a in m.residual and m.seeds_of(a) >= BAR_SEEDS for a in BAR_ATTACKS)]
     for regime in (REALISTIC, MAIN):
         found = [m for m in usable if m.regime == regime]
         if found:
@@ -70,8 +74,13 @@ def evidence_lines(name: str, settings: dict) -> list[str]:
     found = [m for m in EVIDENCE if m.defense == name and given == m.settings]
     if not found:
         return [f"the benchmark has not measured {name} with these settings: its effect on a backdoor is unknown."]
-    return [f"the benchmark measured {name} ({m.regime}, {m.seeds} seed{'s' if m.seeds > 1 else ''}): residual backdoor "
-            + ", ".join(f"{points:+.1f} points ({attack})" for attack, points in m.residual.items())
+    return [f"the benchmark measured {name} ({m.regime}): residual backdoor "
+            + ", ".join(f"{points:+.1f} points ({attack}{_over(m, attack)})" for attack, points in m.residual.items())
             + ("; clean accuracy against the suspect's " + ", ".join(f"{points:+.1f} points ({attack})" for attack, points
                                                                       in m.ca_change.items()) if m.ca_change else "")
             + f" [{m.source}]." for m in found]
+
+
+def _over(m: Measured, attack: str) -> str:
+    n = m.seeds_of(attack)
+    return f", {n} seed{'s' if n > 1 else ''}"
