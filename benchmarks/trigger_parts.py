@@ -33,14 +33,9 @@ from w2sdefense.runtime import make_runtime
 from w2sdefense.scan.base import Proposal
 from w2sdefense.scan.run import measure
 
+from layer_probe import model_path  # the realistic suspects and the clean model, by name
+
 HERE = Path(__file__).resolve().parent
-
-
-def model_path(runs: Path, name: str) -> Path:
-    """A realistic suspect by attack name, or the clean model (shared by the attacks)."""
-    if name == "clean":
-        return runs / "realistic" / "badnet" / "suspect" / "clean" / "model"
-    return runs / "realistic" / name / "suspect" / "victim" / "model"
 
 
 def parts(trigger: str) -> list[str]:

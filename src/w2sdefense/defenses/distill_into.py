@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from w2sdefense.data.records import UNLABELLED
 from w2sdefense.defenses.base import DefenseJob, fine_tune, register_defense
 from w2sdefense.defenses.distill import DistillSettings, distill_step
 from w2sdefense.defenses.recipes import LORA_RECIPE
@@ -57,4 +58,4 @@ def distill_into(job: DefenseJob) -> dict:
     student = prepare_student(s.student_model, job.splits.num_labels, job.train, job.rt, job.out_dir, job.seed)
     loss = distill_step(s.alpha, s.beta, s.temperature, cache, job.rt.device)
     metrics = fine_tune(job, student, rows=rows, loss_fn=loss)
-    return {**metrics, "student_model": s.student_model, "unlabelled_rows": len(rows) - len(job.splits.train)}
+    return {**metrics, "student_model": s.student_model, "unlabelled_rows": sum(e.label == UNLABELLED for e in rows)}
