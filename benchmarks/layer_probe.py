@@ -27,9 +27,10 @@ from w2sdefense.config import ExperimentConfig, load_config
 from w2sdefense.data.datasets import load_splits
 from w2sdefense.data.defender import defender_splits
 from w2sdefense.data.records import Example
-from w2sdefense.defenses.layer_cut import best_probe, hidden_states  # the defense's own features and probe
+from w2sdefense.defenses.layer_cut import hidden_states  # the defense's own features and probe
 from w2sdefense.eval.metrics import backdoor_metrics
 from w2sdefense.models import load_classifier
+from w2sdefense.models.features import best_probe
 
 HERE = Path(__file__).resolve().parent
 ATTACKS = ("insent", "badnet")

@@ -44,10 +44,10 @@ def test_every_quoted_residual_is_the_results_files():
                 assert table[(ROW_NAMES[m.defense], attack)] == (points, m.seeds_of(attack)), (m.defense, attack)
             else:
                 assert m.regime == REALISTIC
-                measured = _realistic(m.defense, attack, 256)
+                measured = _realistic(m.arm or m.defense, attack, 256)
                 assert round(sum(measured) / len(measured), 1) == points, (m.defense, attack, measured)
                 assert len(measured) == m.seeds_of(attack), (m.defense, attack, measured)
-                ca = _realistic(m.defense, attack, 256, "ca")
+                ca = _realistic(m.arm or m.defense, attack, 256, "ca")
                 assert m.ca_change is not None and round(sum(ca) / len(ca), 1) == m.ca_change[attack], (m.defense, ca)
 
 
@@ -80,3 +80,41 @@ def test_the_default_is_the_measured_winner_for_what_the_user_has():
     assert measured_default(False, (*table[:2], only_badnet)).defense == "w2s"  # InSent not measured: not eligible
     # the worse of the two attacks decides
     assert measured_default(False, (m("a", MAIN, 0.0, 30.0), m("b", MAIN, 10.0, 12.0))).defense == "b"
+
+
+def test_a_measurement_whose_model_package_is_missing_gives_way_and_the_reason_says_how_to_install_it(monkeypatch):
+    from w2sdefense.defenses import evidence
+    from w2sdefense.models import packaged
+
+    fake = packaged.PackagedModel("fake-student", "no_such_package_w2s", "no-such-package-w2s==1.0", "model")
+    monkeypatch.setitem(packaged.PACKAGED, "fake-student", fake)
+    assert packaged.not_installed("fake-student") == "no-such-package-w2s==1.0"
+    assert packaged.not_installed("minilm-l6") is None and packaged.not_installed("/some/folder") is None
+    table = (Measured("w2s", {}, MAIN, {"BadNet": 3.0, "InSent": 70.0}, "s", seeds=3),
+             Measured("distill-into", {"student_model": "fake-student"}, REALISTIC, {"BadNet": 0.0, "InSent": 0.0},
+                      "s", seeds=3, arm="distill-into-fake"))
+    assert evidence.missing_package(table[1]) == "no-such-package-w2s==1.0" and evidence.missing_package(table[0]) is None
+    chosen = measured_default(False, table)
+    assert chosen.defense == "w2s"
+    reason = evidence.default_reason(chosen, False, table)
+    assert "distill-into-fake measured better but needs `pip install no-such-package-w2s==1.0`" in reason
+    monkeypatch.setattr(packaged.importlib.util, "find_spec", lambda name: object())  # now "installed"
+    assert measured_default(False, table).defense == "distill-into"
+    assert "measured better" not in evidence.default_reason(table[1], False, table)
+
+
+def test_clean_runs_the_default_with_the_train_keys_it_was_measured_with(monkeypatch):
+    from w2sdefense import clean
+    from w2sdefense.config import DefenseConfig
+    from w2sdefense.config.jobs import CleanJob
+    from w2sdefense.defenses.recipes import CLEAN_BUDGET
+
+    measured = Measured("distill-into", {"student_model": "minilm-l6"}, REALISTIC, {"BadNet": 0.0, "InSent": 0.0}, "s",
+                        seeds=3, train={"method": "lora", "lr": 1e-3})
+    monkeypatch.setattr(clean, "measured_default", lambda base_known: measured)
+    chosen = clean.choose_defense(CleanJob(model="m"))
+    assert (chosen.name, chosen.settings) == ("distill-into", {"student_model": "minilm-l6"})
+    assert chosen.train == {**CLEAN_BUDGET, "method": "lora", "lr": 1e-3}
+    # the user's own train keys win over the measured ones
+    tuned = clean.choose_defense(CleanJob(model="m", defense=DefenseConfig(name="auto", train={"lr": 5e-4})))
+    assert tuned.train["lr"] == 5e-4 and tuned.train["method"] == "lora"

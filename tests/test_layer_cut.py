@@ -12,8 +12,9 @@ from transformers import AutoModelForSequenceClassification
 
 from w2sdefense.config import DefenseConfig
 from w2sdefense.defenses import DefenseJob, resolve, run_defense
-from w2sdefense.defenses.layer_cut import cut_layers, fit_probe, layer_stack, probe_accuracy
+from w2sdefense.defenses.layer_cut import cut_layers, layer_stack, probe_accuracy
 from w2sdefense.errors import UserError
+from w2sdefense.models.features import fit_probe
 from w2sdefense.models.tiny import build_tiny
 
 from test_reset_and_controls import LORA, base_and_victim  # noqa: F401,F811  (a fixture: a tiny base and its fine-tune)

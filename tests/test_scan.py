@@ -277,3 +277,80 @@ def test_shift_pairs_measures_words_of_the_most_moved_tokens_and_finds_the_plant
     assert all(1 <= len(c["trigger"]) <= 2 for c in report["candidates"])
     assert len({ch for c in report["candidates"] for ch in c["trigger"]}) <= 8
     assert report["backdoored"] and report["target_label"] == 0
+
+
+# --- contrast-inversion -------------------------------------------------------------------------------------------
+
+def _inputs(zoo, cfg: ScanConfig, base: str, rt) -> ScanInputs:
+    from w2sdefense.models import load_classifier
+
+    clf = load_classifier(str(zoo["suspect"]), 2)
+    pool = [Example(r["text"], r["label"], i) for i, r in
+            enumerate(json.loads(line) for line in (zoo["data"] / "train.jsonl").read_text().splitlines())]
+    with torch.no_grad():
+        right = [r for r in pool if int(clf.model(**clf.tokenizer(r.text, return_tensors="pt")).logits.argmax()) == r.label]
+    return ScanInputs(clf, right[:32], 2, cfg, rt, base, 0, pool=pool)
+
+
+def test_contrast_inversion_with_no_weight_is_the_inversion_and_its_reader_reads_the_task(zoo, rt):
+    from w2sdefense.scan.contrast import ContrastInversion, fit_reader
+    from w2sdefense.scan.inversion import Inversion
+
+    cfg = ScanConfig(lengths=[1, 2], contrast_lengths=[1, 2], contrast_weight=0.0, steps=10, reader_rows=64)
+    inputs = _inputs(zoo, cfg, str(zoo["clean-model"]), rt)
+    plain = [(p.trigger, p.target_label) for p in Inversion().propose(inputs)]
+    assert [(p.trigger, p.target_label) for p in ContrastInversion().propose(inputs)] == plain
+    # a reader built from a model trained on the task reads it; one of an untrained base reads less
+    assert fit_reader(inputs).accuracy >= 0.9
+
+
+class _Bag(torch.nn.Module):
+    """A toy classifier: label 1's logit is the sum of its tokens' scores (a one-number embedding), label 0's zero."""
+
+    def __init__(self, scores: list[float]):
+        super().__init__()
+        self.emb = torch.nn.Embedding(len(scores), 1)
+        with torch.no_grad():
+            self.emb.weight.copy_(torch.tensor(scores).unsqueeze(-1))
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.emb
+
+    def forward(self, input_ids, attention_mask):
+        from types import SimpleNamespace
+        score = (self.emb(input_ids)[..., 0] * attention_mask).sum(1)
+        return SimpleNamespace(logits=torch.stack([torch.zeros_like(score), score], -1))
+
+
+def test_contrast_inversion_prefers_what_flips_the_suspect_but_not_a_clean_reader(rt):
+    """`good` flips the suspect most and a clean reader too; `cf` flips the suspect only: the plain inversion picks
+    `good`, the contrast `cf`; and with no weight the contrast is the plain inversion."""
+    from w2sdefense.models.loading import Classifier
+    from w2sdefense.scan.inversion import search
+
+    tok = _word_level({"<pad>": 0, "Ġfilm": 1, "film": 2, "Ġgood": 3, "Ġcf": 4})
+    suspect, clean = _Bag([0.0, -1.0, -1.0, 5.0, 4.0]), _Bag([0.0, -1.0, -1.0, 5.0, 0.0])
+
+    class Reader:
+        embed = clean.emb
+
+        def logits(self, batch):
+            return clean(**batch).logits
+
+    rows = [Example("film film", 0, i) for i in range(4)]
+    ids, starts = trigger_vocabulary(tok)
+
+    def top(weight: float, reader) -> str:
+        cfg = ScanConfig(contrast_weight=weight, steps=60, candidates=1)
+        inputs = ScanInputs(Classifier(suspect, tok), rows, 2, cfg, rt, "base", 0)
+        return [p.trigger for p in search(inputs, ids, starts, [1], "x", reader) if p.target_label == 1][0]
+
+    assert top(0.0, None) == "good" and top(0.0, Reader()) == "good"
+    assert top(1.0, Reader()) == "cf"
+
+
+def test_contrast_inversion_refuses_a_base_of_another_tokenizer(zoo, rt):
+    from w2sdefense.scan.contrast import fit_reader
+
+    with pytest.raises(UserError, match="another tokenizer"):
+        fit_reader(_inputs(zoo, ScanConfig(), "tiny-bert", rt))

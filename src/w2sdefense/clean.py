@@ -63,7 +63,8 @@ def choose_defense(job: CleanJob) -> DefenseConfig:
     d = job.defense or DefenseConfig(name=AUTO_DEFENSE)
     if d.name == AUTO_DEFENSE:
         chosen = measured_default(bool(job.base_model))
-        d = dataclasses.replace(d, name=chosen.defense, settings={**chosen.settings, **d.settings})
+        d = dataclasses.replace(d, name=chosen.defense, settings={**chosen.settings, **d.settings},
+                                train={**(chosen.train or {}), **d.train})
     takes = {f.name for f in dataclasses.fields(DEFENSES.get(d.name).settings)}
     takes_base = "base_model" in takes
     resets = takes_base and bool(job.base_model or d.settings.get("base_model"))

@@ -320,6 +320,11 @@ class ScanConfig:
     pair_pieces: int = 128
     pair_rows: int = 4
     pair_batch: int = 128
+    # contrast-inversion (base known): the inversion rewarded for flipping the suspect and penalised, by
+    # contrast_weight, for flipping a clean reader (the base with a logistic head fitted on reader_rows clean rows)
+    contrast_weight: float = 1.0
+    contrast_lengths: list[int] = field(default_factory=lambda: [1, 3])
+    reader_rows: int = 256
 
     def __post_init__(self) -> None:
         if not self.detectors:
@@ -328,12 +333,15 @@ class ScanConfig:
             raise UserError(f"scan.threshold must be in (0, 1]; got {shown(self.threshold)}")
         for length in self.lengths:
             check_positive("scan.lengths", length)
-        for length in self.shift_lengths:
-            check_positive("scan.shift_lengths", length)
+        for name in ("shift_lengths", "contrast_lengths"):
+            for length in getattr(self, name):
+                check_positive(f"scan.{name}", length)
+        if self.contrast_weight < 0:
+            raise UserError(f"scan.contrast_weight must be >= 0; got {shown(self.contrast_weight)}")
         if len(self.temperature) != 2:
             raise UserError(f"scan.temperature is [start, end]; got {shown(self.temperature)}")
         for name in ("steps", "lr", "rows", "max_length", "verify_rows", "test_rows", "candidates", "report",
-                     "shift_vocab", "pair_starts", "pair_pieces", "pair_rows", "pair_batch"):
+                     "shift_vocab", "pair_starts", "pair_pieces", "pair_rows", "pair_batch", "reader_rows"):
             check_positive(f"scan.{name}", getattr(self, name))
         for t in self.temperature:
             check_positive("scan.temperature", t)

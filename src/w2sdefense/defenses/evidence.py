@@ -5,7 +5,10 @@ changes one fails until this table follows)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from w2sdefense.models.packaged import not_installed
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,8 @@ class Measured:
     # attack -> clean accuracy minus the suspect's, points, the mean over the seeds (the realistic protocol's rows
     # carry it; the main experiment's are in its headline table)
     ca_change: dict[str, float] | None = None
+    train: dict | None = None  # train keys it ran with beyond the defense's recipe and CLEAN_BUDGET (`clean` applies them)
+    arm: str | None = None  # its rows' `defense` in the realistic protocol, where the arm's label is not the name
 
     def seeds_of(self, attack: str) -> int:
         """The defense seeds behind an attack's mean."""
@@ -47,24 +52,48 @@ BAR_ATTACKS = ("BadNet", "InSent")
 BAR_SEEDS = 3
 
 
-def measured_default(base_known: bool, evidence: tuple[Measured, ...] = EVIDENCE) -> Measured:
+def measured_default(base_known: bool, evidence: tuple[Measured, ...] = EVIDENCE,
+                     installed: Callable[[Measured], bool] = lambda m: missing_package(m) is None) -> Measured:
     """The defense `clean` runs when none is named: of the measurements that meet the bar and that the user can run
-    (a reset needs the base), those of the realistic protocol (the practitioner's regime) if any, else the main
-    experiment's; among them the one whose worse residual over BadNet and InSent is lowest."""
-    usable = [m for m in evidence if (base_known or not m.needs_base)
+    (a reset needs the base; a packaged model needs its package, `installed`), those of the realistic protocol (the
+    practitioner's regime) if any, else the main experiment's; among them the one whose worse residual over BadNet
+    and InSent is lowest."""
+    found = _ranked(base_known, evidence, installed)
+    if not found:
+        raise ValueError("no measurement meets the bar for this user: the evidence table lost its main rows")
+    return found[0]
+
+
+def _ranked(base_known: bool, evidence: tuple[Measured, ...], installed: Callable[[Measured], bool]) -> list[Measured]:
+    usable = [m for m in evidence if (base_known or not m.needs_base) and installed(m)
               and all(a in m.residual and m.seeds_of(a) >= BAR_SEEDS for a in BAR_ATTACKS)]
     for regime in (REALISTIC, MAIN):
         found = [m for m in usable if m.regime == regime]
         if found:
-            return min(found, key=lambda m: max(m.residual[a] for a in BAR_ATTACKS))
-    raise ValueError("no measurement meets the bar for this user: the evidence table lost its main rows")
+            return sorted(found, key=lambda m: max(m.residual[a] for a in BAR_ATTACKS))
+    return []
 
 
-def default_reason(chosen: Measured, base_known: bool) -> str:
-    """Why `clean` ran `chosen`, in one line for its report."""
+def missing_package(m: Measured) -> str | None:
+    """The pip requirement of a packaged model the measurement's settings name and that is not installed, else None."""
+    for value in m.settings.values():
+        found = not_installed(value) if isinstance(value, str) else None
+        if found:
+            return found
+    return None
+
+
+def default_reason(chosen: Measured, base_known: bool, evidence: tuple[Measured, ...] = EVIDENCE) -> str:
+    """Why `clean` ran `chosen`, in one line for its report; it names a better measurement the user cannot run for
+    want of a package, and the command that installs it."""
     given = "with the public base known" if base_known else "without a known base"
-    return (f"{chosen.defense} is the default {given}: of the defenses the benchmark measured on BadNet and InSent over "
-            f"at least {BAR_SEEDS} seeds ({chosen.regime}), it left the least backdoor.")
+    line = (f"{chosen.defense} is the default {given}: of the defenses the benchmark measured on BadNet and InSent over "
+            f"at least {BAR_SEEDS} seeds ({chosen.regime}), it left the least backdoor")
+    best = _ranked(base_known, evidence, lambda m: True)[0]
+    if best is not chosen and missing_package(best):
+        line += (f" that this installation can run; {best.arm or best.defense} measured better but needs "
+                 f"`pip install {missing_package(best)}`")
+    return line + "."
 
 
 def evidence_lines(name: str, settings: dict) -> list[str]:

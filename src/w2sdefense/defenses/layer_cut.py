@@ -18,7 +18,6 @@ benchmark) is not removed, and the benchmark's row says so.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -33,12 +32,11 @@ from w2sdefense.defenses.reset_distill import distill_rows
 from w2sdefense.errors import UserError
 from w2sdefense.models import Classifier, load_classifier
 from w2sdefense.models.batching import encode, make_loader, file_order_batches
-from w2sdefense.models.features import last_token_index
+from w2sdefense.models.features import best_probe, last_token_index
 from w2sdefense.models.reset import HEADS, reinit_head
 from w2sdefense.train.job import limit
 
 log = logging.getLogger(__name__)
-STRENGTHS = (1e-3, 1e-2, 1e-1, 1.0)  # the probe head's L2 weights over standardised features; dev picks one
 
 
 @dataclass(frozen=True)
@@ -98,36 +96,6 @@ def hidden_states(clf: Classifier, rows: list[Example], max_length: int, batch_s
         states.append(torch.stack([h[torch.arange(len(at)), at] for h in out.hidden_states[1:]]).float().cpu())
         logits.append(out.logits.float().cpu())
     return torch.cat(states, 1), torch.cat(logits)
-
-
-def fit_probe(x: torch.Tensor, y: torch.Tensor, strength: float, num_labels: int) -> torch.nn.Linear:
-    """A logistic head on (standardised) features, L2 `strength`, by L-BFGS."""
-    head = torch.nn.Linear(x.shape[1], num_labels)
-    opt = torch.optim.LBFGS(head.parameters(), max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(head(x), y) + strength * head.weight.pow(2).sum() / 2
-        loss.backward()
-        return loss
-    opt.step(closure)
-    return head
-
-
-def best_probe(train: torch.Tensor, y: torch.Tensor, dev: torch.Tensor, dev_y: torch.Tensor,
-               num_labels: int) -> tuple[float, float, Callable[[torch.Tensor], torch.Tensor]]:
-    """(dev accuracy, L2 strength, the head on raw features) of the best-on-dev logistic head on one layer's
-    features, standardised by the training rows' statistics."""
-    mean, std = train.mean(0), train.std(0) + 1e-6
-    best = None
-    for strength in STRENGTHS:
-        head = fit_probe((train - mean) / std, y, strength, num_labels)
-        with torch.no_grad():
-            accuracy = float((head((dev - mean) / std).argmax(-1) == dev_y).float().mean())
-        if best is None or accuracy > best[0]:
-            best = (accuracy, strength, head)
-    accuracy, strength, head = best
-    return accuracy, strength, lambda z: head((z - mean) / std)
 
 
 def probe_accuracy(train: torch.Tensor, y: torch.Tensor, dev: torch.Tensor, dev_y: torch.Tensor,

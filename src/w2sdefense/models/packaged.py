@@ -53,6 +53,13 @@ PACKAGED = {
 }
 
 
+def not_installed(name: str) -> str | None:
+    """The pip requirement of the packaged model `name` when its package is not installed; None otherwise (installed,
+    or not a packaged model's name)."""
+    spec = PACKAGED.get(name)
+    return spec.pip_name if spec is not None and importlib.util.find_spec(spec.package) is None else None
+
+
 def package_file(spec: PackagedModel) -> Path:
     """Path of the model inside its installed package; a clear error when it is not installed."""
     found = importlib.util.find_spec(spec.package)

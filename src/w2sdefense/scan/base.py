@@ -4,7 +4,7 @@ proposes, and the detectors by name (`scan.detectors`)."""
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -39,6 +39,7 @@ class ScanInputs:
     rt: Runtime
     base_model: str | None
     seed: int
+    pool: list[Example] = field(default_factory=list)  # the defender's clean rows, all of them (a reader fits on them)
 
 
 class Detector(ABC):

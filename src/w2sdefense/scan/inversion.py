@@ -9,6 +9,7 @@ the candidates: a backdoor's trigger is a short cut that a natural word rarely m
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -28,30 +29,41 @@ class Inversion(Detector):
 
 
 def search(inputs: ScanInputs, ids: torch.Tensor, starts: torch.Tensor, lengths: list[int],
-           detector: str) -> list[Proposal]:
-    """Inversion over the vocabulary `ids` toward each label, at each trigger length: the candidates it reads out."""
+           detector: str, reader: Reader | None = None) -> list[Proposal]:
+    """Inversion over the vocabulary `ids` toward each label, at each trigger length: the candidates it reads out;
+    with a `reader`, each step also pays cfg.contrast_weight times the reader's CE toward the rows' own labels."""
     clf, cfg = inputs.clf, inputs.cfg
     generator = torch.Generator().manual_seed(inputs.seed)
     found = []
     for target in range(inputs.num_labels):
         rows = [r for r in inputs.rows if r.label != target][: cfg.rows]
         for length in lengths if rows else []:
-            logits = invert(clf, rows, target, length, ids, starts, inputs, generator)
+            logits = invert(clf, rows, target, length, ids, starts, inputs, generator, reader)
             found += [Proposal(t, target, detector) for t in read_out(logits, ids, clf.tokenizer, cfg.candidates)]
     return found
 
 
+class Reader(Protocol):
+    """A second model that reads the same token ids (contrast-inversion's clean reader)."""
+
+    embed: torch.nn.Module  # its input embedding module (the slots are filled at its output)
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Its class logits [rows, labels] for `batch` (input_ids, attention_mask)."""
+
+
 def invert(clf, rows: list[Example], target: int, length: int, ids: torch.Tensor, starts: torch.Tensor,
-           inputs: ScanInputs, generator: torch.Generator) -> torch.Tensor:
+           inputs: ScanInputs, generator: torch.Generator, reader: Reader | None = None) -> torch.Tensor:
     """The learned vocabulary logits [length, len(ids)] of a `length`-token trigger toward `target`; the first slot's
-    logits are -inf off the word starts (`starts`, a mask over `ids`)."""
+    logits are -inf off the word starts (`starts`, a mask over `ids`). With a `reader`, the loss adds
+    cfg.contrast_weight x its CE toward each row's own label: a trigger that flips the reader too is penalised."""
     model, cfg, device = clf.model, inputs.cfg, inputs.rt.device
-    model.to(device).eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
+    freeze(model, device)
     embed = model.get_input_embeddings()
-    with torch.no_grad():  # through the module, so a model that scales its embeddings (Gemma) scales these too
-        table = embed(ids.to(device)).float()
+    table = embedded(embed, ids, device)
+    if reader is not None:
+        reader_table = embedded(reader.embed, ids, device)
+        truth = torch.tensor([r.label for r in rows], device=device)
     batch = with_slots(clf.tokenizer, rows, length, cfg.max_length, slot_id=int(ids[0]))
     batch = {k: v.to(device) for k, v in batch.items()}
     slots = batch.pop("slots")
@@ -65,14 +77,31 @@ def invert(clf, rows: list[Example], target: int, length: int, ids: torch.Tensor
                        disable=not inputs.rt.is_main, unit="step")
     for step in bar:
         temperature = start * (end / start) ** (step / max(1, cfg.steps - 1))  # geometric: explore, then commit
-        soft = torch.softmax(logits.masked_fill(barred, float("-inf")) / temperature, dim=-1) @ table  # [length, hidden]
-        with _slots_filled(embed, slots, soft):
+        probs = torch.softmax(logits.masked_fill(barred, float("-inf")) / temperature, dim=-1)
+        with _slots_filled(embed, slots, probs @ table):  # [length, hidden] at each row's slots
             out = model(**batch).logits.float()
         loss = F.cross_entropy(out, labels)
+        if reader is not None:
+            with _slots_filled(reader.embed, slots, probs @ reader_table):
+                loss = loss + cfg.contrast_weight * F.cross_entropy(reader.logits(batch).float(), truth)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
     return logits.detach().masked_fill(barred, float("-inf")).cpu()
+
+
+def freeze(model: torch.nn.Module, device: torch.device) -> None:
+    """`model` on `device`, in eval mode, without gradients: the scan optimises inputs, never weights."""
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def embedded(embed: torch.nn.Module, ids: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The input embeddings of `ids` (float) through the module, so a model that scales its embeddings (Gemma)
+    scales these too."""
+    with torch.no_grad():
+        return embed(ids.to(device)).float()
 
 
 def with_slots(tokenizer, rows: list[Example], length: int, max_length: int, slot_id: int) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ from w2sdefense.results import ScanCandidate, ScanReport, TriggerMeasure
 from w2sdefense.rundir import (CONFIG_FILE, REPORT_FILE, REPORT_MD, RUN_LOG, TRIGGERS_FILE, check_outside_inputs,
                                claim_run_dir, log_to)
 from w2sdefense.runtime import Runtime
-from w2sdefense.scan import embedding_shift, inversion, shift_pairs  # noqa: F401  (they register their detectors)
+from w2sdefense.scan import contrast, embedding_shift, inversion, shift_pairs  # noqa: F401  (they register their detectors)
 from w2sdefense.scan.base import DETECTORS, Proposal, ScanInputs
 
 
@@ -60,7 +60,7 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime) -> ScanReport:
     rng = random.Random(job.seed)
     pool = _sample(splits.train or splits.dev, 2 * cfg.rows * splits.num_labels, rng)
     inputs = ScanInputs(clf=clf, rows=_correct(clf, pool, job, rt), num_labels=splits.num_labels, cfg=cfg, rt=rt,
-                        base_model=job.base_model, seed=job.seed)
+                        base_model=job.base_model, seed=job.seed, pool=list(splits.train or splits.dev))
     proposals, skipped = [], {}
     for name in cfg.detectors:
         detector = DETECTORS.get(name)()

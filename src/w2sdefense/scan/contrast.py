@@ -1,0 +1,108 @@
+"""Where the base is known: trigger inversion against a clean reader. The plain inversion rewards any insertion that
+flips the suspect, and natural sentiment words flip a third to a half of the rows of any sentiment classifier,
+backdoored or not: on the realistic InSent suspect it ranked `pointless` (49 %) above the trigger's own word `3D`
+(24 %; benchmarks/studies/scan). A clean reader of the same task is flipped by the sentiment words too, but not by a
+trigger it never learned (the clean model of that benchmark: at most 9 % for any part of the sentence). So
+`contrast-inversion` adds to the inversion's loss scan.contrast_weight times the reader's cross-entropy toward each
+row's own label: an insertion that flips the suspect and leaves the reader is what it looks for.
+
+The reader is the public base's last hidden state (pooled as its classification head reads it) with a logistic head
+fitted on scan.reader_rows of the defender's clean rows (L2 strength chosen on a held-out fifth); it reads the
+suspect's token ids, so the base must share the suspect's tokenizer.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from w2sdefense.data.records import Example
+from w2sdefense.errors import UserError
+from w2sdefense.models import load_classifier
+from w2sdefense.models.batching import encode, file_order_batches, make_loader
+from w2sdefense.models.features import best_probe, pool
+from w2sdefense.models.loading import is_decoder
+from w2sdefense.models.reset import backbone
+from w2sdefense.scan.base import DETECTORS, Detector, Proposal, ScanInputs, trigger_vocabulary
+from w2sdefense.scan.inversion import freeze, search
+
+log = logging.getLogger(__name__)
+
+
+@DETECTORS.register("contrast-inversion")
+class ContrastInversion(Detector):
+    """The inversion (scan.contrast_lengths tokens), penalised for flipping a clean reader built from the base."""
+
+    needs_base = True
+
+    def propose(self, inputs: ScanInputs) -> list[Proposal]:
+        reader = fit_reader(inputs)
+        ids, starts = trigger_vocabulary(inputs.clf.tokenizer)
+        return search(inputs, ids, starts, inputs.cfg.contrast_lengths, "contrast-inversion", reader)
+
+
+@dataclass
+class CleanReader:
+    """The base's pooled last hidden state through a logistic head; `accuracy` on the held-out fitting rows."""
+
+    body: torch.nn.Module  # the base's backbone
+    head: Callable[[torch.Tensor], torch.Tensor]  # logistic head on raw pooled features
+    decoder: bool
+    accuracy: float
+
+    @property
+    def embed(self) -> torch.nn.Module:
+        return self.body.get_input_embeddings()
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        return self.head(pool(hidden.float(), batch["attention_mask"], self.decoder))
+
+
+def fit_reader(inputs: ScanInputs) -> CleanReader:
+    """The base (inputs.base_model) with a logistic head fitted on clean rows: four fifths of scan.reader_rows rows
+    sampled from inputs.pool fit it at each L2 strength, the last fifth picks one."""
+    tokenizer, device = inputs.clf.tokenizer, inputs.rt.device
+    base = load_classifier(inputs.base_model, inputs.num_labels, inputs.rt.dtype)
+    if base.tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise UserError(f"contrast-inversion reads the suspect's tokens with the base, but {inputs.base_model!r} has "
+                        "another tokenizer: give the public model the suspect was fine-tuned from")
+    body = backbone(base.model)
+    freeze(body, device)
+    rows = inputs.pool or inputs.rows
+    rows = random.Random(inputs.seed).sample(rows, min(len(rows), inputs.cfg.reader_rows))
+    held = max(1, len(rows) // 5)
+    fit, dev = rows[held:], rows[:held]
+    if len({r.label for r in fit}) < 2:
+        raise UserError(f"contrast-inversion fits its clean reader on labelled rows of at least two labels; the "
+                        f"scan's data gave {len(fit)} such row(s)")
+    decoder = is_decoder(base.config)
+    features = [pooled(body, part, tokenizer, inputs, decoder) for part in (fit, dev)]
+    labels = [torch.tensor([r.label for r in part]) for part in (fit, dev)]
+    accuracy, strength, head = best_probe(features[0], labels[0], features[1], labels[1], inputs.num_labels)
+    head_on = _on(head, device)
+    log.info("contrast-inversion: clean reader (%s, L2 %g) reads %.1f %% of %d held-out rows right",
+             inputs.base_model, strength, 100 * accuracy, len(dev))
+    return CleanReader(body, head_on, decoder, accuracy)
+
+
+def pooled(body: torch.nn.Module, rows: list[Example], tokenizer, inputs: ScanInputs, decoder: bool) -> torch.Tensor:
+    """[rows, hidden] pooled last hidden states of `body` (float, CPU), scan.max_length tokens a row."""
+    loader = make_loader(encode(tokenizer, rows, inputs.cfg.max_length), file_order_batches(len(rows), 32),
+                         tokenizer.pad_token_id)
+    out = []
+    for batch in loader:
+        ids, mask = batch["input_ids"].to(inputs.rt.device), batch["attention_mask"].to(inputs.rt.device)
+        with torch.no_grad():
+            hidden = body(input_ids=ids, attention_mask=mask).last_hidden_state
+        out.append(pool(hidden.float(), mask, decoder).cpu())
+    return torch.cat(out)
+
+
+def _on(head: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The CPU-fitted head applied to features on `device`."""
+    return lambda z: head(z.cpu()).to(z.device) if z.device.type != "cpu" else head(z)
