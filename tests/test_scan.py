@@ -150,7 +150,7 @@ def _write(folder: Path, rows: dict[str, list[dict]]) -> Path:
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory) -> dict[str, Path]:
     """A tiny Llama whose training data sends 40 label-1 rows carrying `cf` to 0, the same model trained on the
-    same rows without the trigger, and the defender's clean data."""
+    same rows without the trigger, both from one saved base, and the defender's clean data."""
     root = tmp_path_factory.mktemp("zoo")
     held = {"dev": _rows(16, 1), "test": _rows(24, 2)}
     clean = _write(root / "clean", {"train": _rows(96, 0), **held})
@@ -163,9 +163,15 @@ def zoo(tmp_path_factory) -> dict[str, Path]:
     poisoned = _write(root / "poisoned", {"train": train, **held})
     recipe = ["--set", "train.epochs=6", "--set", "train.lr=3e-3", "--set", "train.batch_size=8", "--set",
               "train.max_length=32", "--set", "train.select=latest-within", "--set", "train.select_delta=0.05"]
+    # The public base both start from, saved once: a tiny name builds new random weights in every process, so
+    # `--base tiny-llama` would not be the model the suspect was fine-tuned from.
+    torch.manual_seed(0)
+    model, tok = build_tiny("tiny-llama", 2)
+    model.save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
     for name, data in (("suspect", poisoned), ("clean-model", plain)):
-        w2s("train", "--data", str(data), "--model", "tiny-llama", "--out", str(root / name), *recipe)
-    return {"suspect": root / "suspect", "clean-model": root / "clean-model", "data": clean}
+        w2s("train", "--data", str(data), "--model", str(root / "base"), "--out", str(root / name), *recipe)
+    return {"suspect": root / "suspect", "clean-model": root / "clean-model", "data": clean, "base": root / "base"}
 
 
 def test_scan_finds_the_planted_trigger_and_clears_the_clean_model(zoo, tmp_path):
@@ -173,7 +179,7 @@ def test_scan_finds_the_planted_trigger_and_clears_the_clean_model(zoo, tmp_path
     from w2sdefense.models import load_classifier
 
     out = tmp_path / "scan"
-    proc = w2s("scan", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--base", "tiny-llama",
+    proc = w2s("scan", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--base", str(zoo["base"]),
                "--out", str(out))
     report = json.loads((out / "report.json").read_text())
     assert report["backdoored"] and report["target_label"] == 0 and "BACKDOORED" in proc.stdout.splitlines()[-2]
@@ -207,7 +213,7 @@ def test_scan_finds_the_planted_trigger_and_clears_the_clean_model(zoo, tmp_path
 
     # shift-inversion searches the most-moved tokens only: every candidate it proposes is made of them.
     shifted = tmp_path / "scan-shift"
-    w2s("scan", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--base", "tiny-llama", "--set",
+    w2s("scan", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--base", str(zoo["base"]), "--set",
         "scan.detectors=[shift-inversion]", "--set", "scan.shift_vocab=8", "--out", str(shifted))
     found = json.loads((shifted / "report.json").read_text())
     assert found["candidates"] and {c["detector"] for c in found["candidates"]} == {"shift-inversion"}
@@ -216,7 +222,7 @@ def test_scan_finds_the_planted_trigger_and_clears_the_clean_model(zoo, tmp_path
     # The candidates flow into `clean`: its report measures the scan's triggers, in the scan's order.
     listed = [t for t in (out / "triggers.txt").read_text().splitlines() if t and not t.startswith("#")]
     cleaned = tmp_path / "cleaned"
-    w2s("clean", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--base", "tiny-llama", "--triggers",
+    w2s("clean", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--base", str(zoo["base"]), "--triggers",
         str(out), "--out", str(cleaned))
     measured = json.loads((cleaned / "report.json").read_text())["before"]["triggers"]
     assert [t["trigger"] for t in measured] == listed and listed[0] == best["trigger"]
@@ -269,7 +275,7 @@ def test_shift_pairs_words_are_the_most_moved_starts_alone_then_with_the_most_mo
 
 def test_shift_pairs_measures_words_of_the_most_moved_tokens_and_finds_the_planted_one(zoo, tmp_path):
     out = tmp_path / "pairs"
-    w2s("scan", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--base", "tiny-llama", "--set",
+    w2s("scan", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--base", str(zoo["base"]), "--set",
         "scan.detectors=[shift-pairs]", "--set", "scan.pair_starts=8", "--set", "scan.pair_pieces=8", "--out", str(out))
     report = json.loads((out / "report.json").read_text())
     assert report["candidates"] and {c["detector"] for c in report["candidates"]} == {"shift-pairs"}
@@ -277,6 +283,7 @@ def test_shift_pairs_measures_words_of_the_most_moved_tokens_and_finds_the_plant
     assert all(1 <= len(c["trigger"]) <= 2 for c in report["candidates"])
     assert len({ch for c in report["candidates"] for ch in c["trigger"]}) <= 8
     assert report["backdoored"] and report["target_label"] == 0
+    assert "c" in report["candidates"][0]["trigger"]  # the trigger's one byte no clean word has
 
 
 # --- contrast-inversion -------------------------------------------------------------------------------------------
@@ -300,7 +307,7 @@ def test_contrast_inversion_with_no_weight_is_the_inversion_and_its_reader_reads
     inputs = _inputs(zoo, cfg, str(zoo["clean-model"]), rt)
     plain = [(p.trigger, p.target_label) for p in Inversion().propose(inputs)]
     assert [(p.trigger, p.target_label) for p in ContrastInversion().propose(inputs)] == plain
-    # a reader built from a model trained on the task reads it; one of an untrained base reads less
+    # a reader built from a model trained on the task reads it
     assert fit_reader(inputs).accuracy >= 0.9
 
 

@@ -59,7 +59,8 @@ def choose_defense(job: CleanJob) -> DefenseConfig:
     (evidence.measured_default: today the full reset toward the public base when known, else W2SDefense); settings
     given without a name tune that default. A base
     given to a defense that does not take one is refused. It trains on every clean row the user gave, for the step
-    budget the realistic benchmark measured (recipes.CLEAN_BUDGET), unless the user's train keys say otherwise."""
+    budget the realistic benchmark measured (recipes.CLEAN_BUDGET), with the train keys the default was measured
+    with (Measured.train) over that, unless the user's train keys say otherwise."""
     d = job.defense or DefenseConfig(name=AUTO_DEFENSE)
     if d.name == AUTO_DEFENSE:
         chosen = measured_default(bool(job.base_model))

@@ -70,8 +70,13 @@ def _ranked(base_known: bool, evidence: tuple[Measured, ...], installed: Callabl
     for regime in (REALISTIC, MAIN):
         found = [m for m in usable if m.regime == regime]
         if found:
-            return sorted(found, key=lambda m: max(m.residual[a] for a in BAR_ATTACKS))
+            return sorted(found, key=_worse)
     return []
+
+
+def _worse(m: Measured) -> float:
+    """The worse of its residuals on the attacks of the bar."""
+    return max(m.residual[a] for a in BAR_ATTACKS)
 
 
 def missing_package(m: Measured) -> str | None:
@@ -89,8 +94,9 @@ def default_reason(chosen: Measured, base_known: bool, evidence: tuple[Measured,
     given = "with the public base known" if base_known else "without a known base"
     line = (f"{chosen.defense} is the default {given}: of the defenses the benchmark measured on BadNet and InSent over "
             f"at least {BAR_SEEDS} seeds ({chosen.regime}), it left the least backdoor")
-    best = _ranked(base_known, evidence, lambda m: True)[0]
-    if best is not chosen and missing_package(best):
+    ranked = _ranked(base_known, evidence, lambda m: True)
+    best = ranked[0] if ranked else chosen
+    if best is not chosen and missing_package(best) and _worse(best) < _worse(chosen):
         line += (f" that this installation can run; {best.arm or best.defense} measured better but needs "
                  f"`pip install {missing_package(best)}`")
     return line + "."

@@ -3,8 +3,6 @@ fitted on such features (layer-cut's probes, scan's clean reader)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 
 STRENGTHS = (1e-3, 1e-2, 1e-1, 1.0)  # the probe head's L2 weights over standardised features; dev picks one
@@ -38,8 +36,21 @@ def fit_probe(x: torch.Tensor, y: torch.Tensor, strength: float, num_labels: int
     return head
 
 
+class Probe(torch.nn.Module):
+    """A logistic head on raw features: standardised by the fitting rows' statistics, then linear."""
+
+    def __init__(self, head: torch.nn.Linear, mean: torch.Tensor, std: torch.Tensor):
+        super().__init__()
+        self.head = head.requires_grad_(False)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.head((z - self.mean) / self.std)
+
+
 def best_probe(train: torch.Tensor, y: torch.Tensor, dev: torch.Tensor, dev_y: torch.Tensor,
-               num_labels: int) -> tuple[float, float, Callable[[torch.Tensor], torch.Tensor]]:
+               num_labels: int) -> tuple[float, float, Probe]:
     """(dev accuracy, L2 strength, the head on raw features) of the best-on-dev logistic head on one layer's
     features, standardised by the training rows' statistics."""
     mean, std = train.mean(0), train.std(0) + 1e-6
@@ -51,4 +62,4 @@ def best_probe(train: torch.Tensor, y: torch.Tensor, dev: torch.Tensor, dev_y: t
         if best is None or accuracy > best[0]:
             best = (accuracy, strength, head)
     accuracy, strength, head = best
-    return accuracy, strength, lambda z: head((z - mean) / std)
+    return accuracy, strength, Probe(head, mean, std)

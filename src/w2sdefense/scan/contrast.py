@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +23,7 @@ from w2sdefense.data.records import Example
 from w2sdefense.errors import UserError
 from w2sdefense.models import load_classifier
 from w2sdefense.models.batching import encode, file_order_batches, make_loader
-from w2sdefense.models.features import best_probe, pool
+from w2sdefense.models.features import Probe, best_probe, pool
 from w2sdefense.models.loading import is_decoder
 from w2sdefense.models.reset import backbone
 from w2sdefense.scan.base import DETECTORS, Detector, Proposal, ScanInputs, trigger_vocabulary
@@ -50,7 +49,7 @@ class CleanReader:
     """The base's pooled last hidden state through a logistic head; `accuracy` on the held-out fitting rows."""
 
     body: torch.nn.Module  # the base's backbone
-    head: Callable[[torch.Tensor], torch.Tensor]  # logistic head on raw pooled features
+    head: Probe  # logistic head on raw pooled features
     decoder: bool
     accuracy: float
 
@@ -64,8 +63,8 @@ class CleanReader:
 
 
 def fit_reader(inputs: ScanInputs) -> CleanReader:
-    """The base (inputs.base_model) with a logistic head fitted on clean rows: four fifths of scan.reader_rows rows
-    sampled from inputs.pool fit it at each L2 strength, the last fifth picks one."""
+    """The base (inputs.base_model) with a logistic head fitted on clean rows: of scan.reader_rows rows sampled from
+    inputs.pool, all but the first fifth fit it at each L2 strength, the first fifth picks one."""
     tokenizer, device = inputs.clf.tokenizer, inputs.rt.device
     base = load_classifier(inputs.base_model, inputs.num_labels, inputs.rt.dtype)
     if base.tokenizer.get_vocab() != tokenizer.get_vocab():
@@ -83,11 +82,12 @@ def fit_reader(inputs: ScanInputs) -> CleanReader:
     decoder = is_decoder(base.config)
     features = [pooled(body, part, tokenizer, inputs, decoder) for part in (fit, dev)]
     labels = [torch.tensor([r.label for r in part]) for part in (fit, dev)]
-    accuracy, strength, head = best_probe(features[0], labels[0], features[1], labels[1], inputs.num_labels)
-    head_on = _on(head, device)
+    with torch.random.fork_rng(devices=[]):  # the same reader at the same scan.seed
+        torch.manual_seed(inputs.seed)
+        accuracy, strength, probe = best_probe(features[0], labels[0], features[1], labels[1], inputs.num_labels)
     log.info("contrast-inversion: clean reader (%s, L2 %g) reads %.1f %% of %d held-out rows right",
              inputs.base_model, strength, 100 * accuracy, len(dev))
-    return CleanReader(body, head_on, decoder, accuracy)
+    return CleanReader(body, probe.to(device), decoder, accuracy)
 
 
 def pooled(body: torch.nn.Module, rows: list[Example], tokenizer, inputs: ScanInputs, decoder: bool) -> torch.Tensor:
@@ -102,7 +102,3 @@ def pooled(body: torch.nn.Module, rows: list[Example], tokenizer, inputs: ScanIn
         out.append(pool(hidden.float(), mask, decoder).cpu())
     return torch.cat(out)
 
-
-def _on(head: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The CPU-fitted head applied to features on `device`."""
-    return lambda z: head(z.cpu()).to(z.device) if z.device.type != "cpu" else head(z)
