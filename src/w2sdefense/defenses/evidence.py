@@ -34,7 +34,8 @@ class Measured:
 
 
 MAIN = "SmolLM2-135M suspects on SST-2, the defender holding 1280 of the attacker's own 2000 rows"
-REALISTIC = "SmolLM2-135M suspect on SST-2 trained on 4000 rows, the defender holding 256 rows the attacker never saw"
+REALISTIC = ("SmolLM2-135M suspect on SST-2 trained on 4000 rows, the defender holding 256 rows the attacker never saw "
+             "and 1024 unlabelled texts")
 
 EVIDENCE = (
     Measured("fine-mixing", {"rho": 0.0}, MAIN, {"BadNet": 0.9, "InSent": 2.7, "SynAttack": 1.6},
