@@ -28,6 +28,8 @@ SCANS = {  # scan-real/<stem>.json -> what that scan was, in row order
     "badnet-suspect-shift-inversion": "BadNet suspect: the same, `scan.detectors=[shift-inversion,embedding-shift]`",
     "insent-suspect-default": "the InSent suspect, the defaults (`--base smollm2-135m`)",
     "insent-suspect-contrast": "the InSent suspect, `scan.detectors=[contrast-inversion]` (a clean reader's penalty)",
+    "insent-suspect-shift-phrases": "the InSent suspect, `scan.detectors=[shift-phrases]` (phrases of the most-moved "
+                                    "tokens against the reader)",
 }
 SCANNED_BACKDOORED = {"runs/realistic/badnet/suspect/victim": True, "runs/realistic/insent/suspect/victim": True}  # the truth about each scanned model
 OUTCOMES = {(True, True): "found", (False, True): "miss", (True, False): "false alarm", (False, False): "right"}

@@ -262,7 +262,7 @@ def test_shift_pairs_words_are_the_most_moved_starts_alone_then_with_the_most_mo
     assert shift_pairs.moved_words(inputs) == [[4], [7], [4, 5], [7, 5]]
     # every row once per word, the word's ids where the slots were, the rest of the row as with_slots writes it
     rows = [Example("good film", 1, 0), Example("bad film", 1, 1)]
-    filled = shift_pairs._filled(tok, rows, [[4, 5], [7, 5]], 16)
+    filled = shift_pairs.words_filled(tok, rows, [[4, 5], [7, 5]], 16)
     slotted = with_slots(tok, rows, 2, 16, slot_id=4)
     expected = []
     for word in ([4, 5], [7, 5]):
@@ -361,3 +361,33 @@ def test_contrast_inversion_refuses_a_base_of_another_tokenizer(zoo, rt):
 
     with pytest.raises(UserError, match="another tokenizer"):
         fit_reader(_inputs(zoo, ScanConfig(), "tiny-bert", rt))
+
+
+def test_shift_phrases_grows_the_pair_only_the_suspect_reacts_to(rt, monkeypatch):
+    """`cf` and `mn` move the suspect a little alone and much together; `good` moves it most alone but a clean
+    reader as much. Scored against the reader, the beam grows `cf mn`; without it, phrases of `good` win."""
+    from w2sdefense.models.loading import Classifier
+    from w2sdefense.scan import shift_phrases
+
+    tok = _word_level({"<pad>": 0, "Ġfilm": 1, "film": 2, "Ġgood": 3, "Ġcf": 4, "Ġmn": 5})
+    suspect, clean = _Bag([0.0, -1.0, -1.0, 4.0, 2.5, 2.5]), _Bag([0.0, -1.0, -1.0, 4.0, 0.0, 0.0])
+
+    class Reader:
+        def logits(self, batch):
+            return clean(**batch).logits
+
+    base = torch.tensor([[0.0], [-1.0], [-1.0], [1.0], [0.5], [0.5]])  # film unmoved; good, cf, mn moved
+    monkeypatch.setattr(shift_phrases, "base_embeddings", lambda inputs: base)
+    monkeypatch.setattr(shift_phrases, "fit_reader", lambda inputs: Reader())
+    rows = [Example("film film", 0, i) for i in range(4)]
+
+    def phrases(weight: float) -> list[str]:
+        cfg = ScanConfig(contrast_weight=weight, phrase_vocab=8, phrase_length=2, phrase_beam=2, candidates=2)
+        inputs = ScanInputs(Classifier(suspect, tok), rows, 2, cfg, rt, "base", 0)
+        assert shift_phrases.moved_tokens(inputs) == [4, 5, 3]  # by relative shift; film and pad did not move
+        return [p.trigger for p in shift_phrases.ShiftPhrases().propose(inputs) if p.target_label == 1]
+
+    contrast = phrases(1.0)
+    assert set(contrast[0].split()) == {"cf", "mn"}  # the best two-token phrase comes first
+    assert "good" not in " ".join(contrast[:2])
+    assert "good" in phrases(0.0)[0]

@@ -325,6 +325,11 @@ class ScanConfig:
     contrast_weight: float = 1.0
     contrast_lengths: list[int] = field(default_factory=lambda: [1, 3])
     reader_rows: int = 256
+    # shift-phrases (base known): a beam search over phrases of the phrase_vocab most-moved tokens (any piece), up to
+    # phrase_length tokens, phrase_beam phrases kept a length, each scored on pair_rows rows against the clean reader
+    phrase_vocab: int = 24
+    phrase_beam: int = 2
+    phrase_length: int = 4
 
     def __post_init__(self) -> None:
         if not self.detectors:
@@ -341,7 +346,8 @@ class ScanConfig:
         if len(self.temperature) != 2:
             raise UserError(f"scan.temperature is [start, end]; got {shown(self.temperature)}")
         for name in ("steps", "lr", "rows", "max_length", "verify_rows", "test_rows", "candidates", "report",
-                     "shift_vocab", "pair_starts", "pair_pieces", "pair_rows", "pair_batch", "reader_rows"):
+                     "shift_vocab", "pair_starts", "pair_pieces", "pair_rows", "pair_batch", "reader_rows", "phrase_vocab",
+                     "phrase_beam", "phrase_length"):
             check_positive(f"scan.{name}", getattr(self, name))
         for t in self.temperature:
             check_positive("scan.temperature", t)

@@ -85,7 +85,7 @@ def fit_reader(inputs: ScanInputs) -> CleanReader:
     with torch.random.fork_rng(devices=[]):  # the same reader at the same scan.seed
         torch.manual_seed(inputs.seed)
         accuracy, strength, probe = best_probe(features[0], labels[0], features[1], labels[1], inputs.num_labels)
-    log.info("contrast-inversion: clean reader (%s, L2 %g) reads %.1f %% of %d held-out rows right",
+    log.info("clean reader (%s, L2 %g) reads %.1f %% of %d held-out rows right",
              inputs.base_model, strength, 100 * accuracy, len(dev))
     return CleanReader(body, probe.to(device), decoder, accuracy)
 

@@ -23,7 +23,8 @@ from w2sdefense.results import ScanCandidate, ScanReport, TriggerMeasure
 from w2sdefense.rundir import (CONFIG_FILE, REPORT_FILE, REPORT_MD, RUN_LOG, TRIGGERS_FILE, check_outside_inputs,
                                claim_run_dir, log_to)
 from w2sdefense.runtime import Runtime
-from w2sdefense.scan import contrast, embedding_shift, inversion, shift_pairs  # noqa: F401  (they register their detectors)
+# imported to register their detectors
+from w2sdefense.scan import contrast, embedding_shift, inversion, shift_pairs, shift_phrases  # noqa: F401
 from w2sdefense.scan.base import DETECTORS, Proposal, ScanInputs
 
 

@@ -70,7 +70,7 @@ def target_probability(inputs: ScanInputs, rows: list, words: list[list[int]], t
         for length in (1, 2):  # words of one length share their slots: one batch each
             at = [i for i in range(start, min(start + per_batch, len(words))) if len(words[i]) == length]
             if at:
-                batch = _filled(clf.tokenizer, rows, [words[i] for i in at], cfg.max_length)
+                batch = words_filled(clf.tokenizer, rows, [words[i] for i in at], cfg.max_length)
                 with torch.no_grad():
                     logits = clf.model(**{k: v.to(rt.device) for k, v in batch.items()}).logits.float()
                 probs = torch.softmax(logits, dim=-1)[:, target].view(len(at), len(rows))
@@ -78,7 +78,7 @@ def target_probability(inputs: ScanInputs, rows: list, words: list[list[int]], t
     return scores
 
 
-def _filled(tokenizer, rows: list, words: list[list[int]], max_length: int) -> dict[str, torch.Tensor]:
+def words_filled(tokenizer, rows: list, words: list[list[int]], max_length: int) -> dict[str, torch.Tensor]:
     """Every row once per word (all of one length), the word's ids in the slots before the row's second word: word
     by word, its rows together."""
     batch = with_slots(tokenizer, rows, len(words[0]), max_length, slot_id=words[0][0])
