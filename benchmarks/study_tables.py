@@ -30,6 +30,8 @@ SCANS = {  # scan-real/<stem>.json -> what that scan was, in row order
     "insent-suspect-contrast": "the InSent suspect, `scan.detectors=[contrast-inversion]` (a clean reader's penalty)",
     "insent-suspect-shift-phrases": "the InSent suspect, `scan.detectors=[shift-phrases]` (phrases of the most-moved "
                                     "tokens against the reader)",
+    "insent-suspect-shift-triples": "the InSent suspect, shift-phrases over every ordered triple of the 8 most-moved "
+                                    "tokens (`phrase_vocab=8, phrase_beam=64, phrase_length=3`)",
 }
 SCANNED_BACKDOORED = {"runs/realistic/badnet/suspect/victim": True, "runs/realistic/insent/suspect/victim": True}  # the truth about each scanned model
 OUTCOMES = {(True, True): "found", (False, True): "miss", (True, False): "false alarm", (False, False): "right"}
