@@ -391,3 +391,12 @@ def test_shift_phrases_grows_the_pair_only_the_suspect_reacts_to(rt, monkeypatch
     assert set(contrast[0].split()) == {"cf", "mn"}  # the best two-token phrase comes first
     assert "good" not in " ".join(contrast[:2])
     assert "good" in phrases(0.0)[0]
+
+
+def test_shift_phrases_scores_a_phrase_as_its_text_is_inserted():
+    from w2sdefense.scan.shift_phrases import as_text, inserted_ids
+
+    tok = _word_level({"<pad>": 0, "Ġfilm": 1, "Ġcf": 2, "mn": 3, "Ġmn": 4})
+    # a piece that does not start a word is written as the text writes it: `mn` then `Ġcf` is the two words
+    assert as_text(tok, (3, 2)) == "mn cf" and inserted_ids(tok, (3, 2)) == (4, 2)
+    assert inserted_ids(tok, (2, 4)) == (2, 4)

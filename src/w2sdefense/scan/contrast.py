@@ -68,7 +68,7 @@ def fit_reader(inputs: ScanInputs) -> CleanReader:
     tokenizer, device = inputs.clf.tokenizer, inputs.rt.device
     base = load_classifier(inputs.base_model, inputs.num_labels, inputs.rt.dtype)
     if base.tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise UserError(f"contrast-inversion reads the suspect's tokens with the base, but {inputs.base_model!r} has "
+        raise UserError(f"the clean reader reads the suspect's tokens with the base, but {inputs.base_model!r} has "
                         "another tokenizer: give the public model the suspect was fine-tuned from")
     body = backbone(base.model)
     freeze(body, device)
@@ -77,7 +77,7 @@ def fit_reader(inputs: ScanInputs) -> CleanReader:
     held = max(1, len(rows) // 5)
     fit, dev = rows[held:], rows[:held]
     if len({r.label for r in fit}) < 2:
-        raise UserError(f"contrast-inversion fits its clean reader on labelled rows of at least two labels; the "
+        raise UserError(f"the clean reader is fitted on labelled rows of at least two labels; the "
                         f"scan's data gave {len(fit)} such row(s)")
     decoder = is_decoder(base.config)
     features = [pooled(body, part, tokenizer, inputs, decoder) for part in (fit, dev)]
