@@ -58,23 +58,28 @@ def _most_moved(ids: torch.Tensor, shift: torch.Tensor, keep: torch.Tensor, coun
     return ids[chosen[order]].tolist()
 
 
-def target_probability(inputs: ScanInputs, rows: list, words: list[list[int]], target: int) -> torch.Tensor:
-    """For each word, the mean probability of `target` over `rows` with the word inserted before their second word."""
+def target_probability(inputs: ScanInputs, rows: list, words: list[list[int]], target: int, reader=None,
+                       desc: str = "shift-pairs") -> torch.Tensor:
+    """For each word (or phrase: token ids of any length), the mean probability of `target` over `rows` with it
+    inserted before their second word; with a clean `reader` (scan.contrast), minus scan.contrast_weight times the
+    reader's."""
     clf, cfg, rt = inputs.clf, inputs.cfg, inputs.rt
     clf.model.to(rt.device).eval()
     scores = torch.empty(len(words))
     per_batch = max(1, cfg.pair_batch // len(rows))
-    bar = progress_bar(range(0, len(words), per_batch), desc=f"shift-pairs: label {target}", leave=False,
-                       disable=not rt.is_main, unit="batch")
+    bar = progress_bar(range(0, len(words), per_batch), desc=f"{desc}: label {target}, {len(words)} candidate(s)",
+                       leave=False, disable=not rt.is_main, unit="batch")
     for start in bar:
-        for length in (1, 2):  # words of one length share their slots: one batch each
-            at = [i for i in range(start, min(start + per_batch, len(words))) if len(words[i]) == length]
-            if at:
-                batch = words_filled(clf.tokenizer, rows, [words[i] for i in at], cfg.max_length)
-                with torch.no_grad():
-                    logits = clf.model(**{k: v.to(rt.device) for k, v in batch.items()}).logits.float()
-                probs = torch.softmax(logits, dim=-1)[:, target].view(len(at), len(rows))
-                scores[at] = probs.mean(dim=1).cpu()
+        chunk = range(start, min(start + per_batch, len(words)))
+        for length in sorted({len(words[i]) for i in chunk}):  # words of one length share their slots: one batch each
+            at = [i for i in chunk if len(words[i]) == length]
+            batch = words_filled(clf.tokenizer, rows, [words[i] for i in at], cfg.max_length)
+            batch = {k: v.to(rt.device) for k, v in batch.items()}
+            with torch.no_grad():
+                value = torch.softmax(clf.model(**batch).logits.float(), dim=-1)[:, target]
+                if reader is not None:
+                    value = value - cfg.contrast_weight * torch.softmax(reader.logits(batch).float(), -1)[:, target]
+            scores[at] = value.view(len(at), len(rows)).mean(dim=1).cpu()
     return scores
 
 

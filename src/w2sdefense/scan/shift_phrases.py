@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import torch
 
-from w2sdefense.progress import progress_bar
 from w2sdefense.scan.base import DETECTORS, Detector, Proposal, ScanInputs
 from w2sdefense.scan.contrast import CleanReader, fit_reader
 from w2sdefense.scan.embedding_shift import MOVED, base_embeddings, relative_shift
-from w2sdefense.scan.shift_pairs import words_filled
+from w2sdefense.scan.shift_pairs import target_probability
 
 
 @DETECTORS.register("shift-phrases")
@@ -98,27 +97,6 @@ def score(inputs: ScanInputs, reader: CleanReader | None, rows: list, phrases: l
     suspect, minus scan.contrast_weight times the reader's; phrases of one text are scored once, an empty one -inf."""
     inserted = [inserted_ids(inputs.clf.tokenizer, p) for p in phrases]
     unique = [ids for ids in dict.fromkeys(inserted) if ids]
-    found = dict(zip(unique, _scores(inputs, reader, rows, unique, target).tolist()))
+    scores = target_probability(inputs, rows, [list(ids) for ids in unique], target, reader, "shift-phrases")
+    found = dict(zip(unique, scores.tolist()))
     return torch.tensor([found.get(ids, float("-inf")) for ids in inserted])
-
-
-def _scores(inputs: ScanInputs, reader: CleanReader | None, rows: list, phrases: list[tuple[int, ...]],
-            target: int) -> torch.Tensor:
-    clf, cfg, rt = inputs.clf, inputs.cfg, inputs.rt
-    clf.model.to(rt.device).eval()
-    scores = torch.empty(len(phrases))
-    per_batch = max(1, cfg.pair_batch // len(rows))
-    bar = progress_bar(range(0, len(phrases), per_batch), desc=f"shift-phrases: label {target}, "
-                       f"{len(phrases)} phrase(s)", leave=False, disable=not rt.is_main, unit="batch")
-    for start in bar:
-        chunk = range(start, min(start + per_batch, len(phrases)))
-        for length in sorted({len(phrases[i]) for i in chunk}):  # phrases of one length share their slots
-            at = [i for i in chunk if len(phrases[i]) == length]
-            batch = words_filled(clf.tokenizer, rows, [list(phrases[i]) for i in at], cfg.max_length)
-            batch = {k: v.to(rt.device) for k, v in batch.items()}
-            with torch.no_grad():
-                value = torch.softmax(clf.model(**batch).logits.float(), -1)[:, target]
-                if reader is not None:
-                    value = value - cfg.contrast_weight * torch.softmax(reader.logits(batch).float(), -1)[:, target]
-            scores[at] = value.view(len(at), len(rows)).mean(dim=1).cpu()
-    return scores
