@@ -6,13 +6,17 @@
     python benchmarks/scan_zoo.py --report-only     # the results from the scans on disk
     python benchmarks/scan_zoo.py --limit 4         # the first 4 models of each kind (a smoke run)
 
-Every step is skipped when its output exists, so a stopped run continues where it stopped. A backdoored model whose
-planted trigger reaches under IMPLANTED ASR-cc did not take the backdoor: it is listed, and left out of the rates.
+Every step is skipped when its output exists, so a stopped run continues where it stopped. Each model's row is
+written to results/scan-zoo-rows.jsonl as soon as it is scanned, and a model whose committed row was made by the same
+recipe is not built again: a zoo spread over several machines (or sessions whose run folders are gone) adds up. A
+backdoored model whose planted trigger reaches under IMPLANTED ASR-cc did not take the backdoor: it is listed, and left
+out of the rates.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import subprocess
@@ -102,6 +106,24 @@ def build(m: ZooModel, recipe: dict, folder: Path) -> None:
 
 def _sets(pairs: list[str]) -> list[str]:
     return [arg for pair in pairs for arg in ("--set", pair)]
+
+
+def zoo_key(m: ZooModel, recipe: dict) -> str:
+    """What one model's row depends on: the model's own entry and the recipe's settings shared by every model."""
+    shared = {k: recipe.get(k) for k in ("model", "base", "rows", "target_label", "train", "scan")}
+    made = json.dumps({"entry": asdict(m), "budget": recipe["budgets"][m.budget], **shared}, sort_keys=True)
+    return hashlib.sha256(made.encode()).hexdigest()[:16]
+
+
+def read_rows(path: Path) -> dict[str, dict]:
+    """The rows already measured, by model name (none when the file is missing)."""
+    if not path.is_file():
+        return {}
+    return {r["name"]: r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if r}
+
+
+def write_rows(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
 
 
 def zoo_row(m: ZooModel, folder: Path, target: int) -> dict:
@@ -210,14 +232,24 @@ def main(argv: list[str] | None = None) -> None:
     models = zoo_models(recipe)
     if args.limit:
         models = [m for m in models if m.backdoored][: args.limit] + [m for m in models if not m.backdoored][: args.limit]
-    rows = []
-    for m in models:
-        if not args.report_only:
-            build(m, recipe, args.runs / m.name)
-        if (args.runs / m.name / "scan" / "report.json").is_file():
-            rows.append(zoo_row(m, args.runs / m.name, recipe["target_label"]))
     args.results.mkdir(parents=True, exist_ok=True)
-    (args.results / "scan-zoo-rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    path = args.results / "scan-zoo-rows.jsonl"
+    earlier, rows = read_rows(path), []
+    for i, m in enumerate(models, 1):
+        folder, key = args.runs / m.name, zoo_key(m, recipe)
+        kept = earlier.get(m.name)
+        if kept is not None and kept.get("recipe_key") == key and not (folder / "scan" / "report.json").is_file():
+            rows.append(kept)  # measured before, perhaps on another machine
+            continue
+        if not args.report_only:
+            print(f"scan zoo: {i}/{len(models)} {m.name}", flush=True)
+            build(m, recipe, folder)
+        if (folder / "scan" / "report.json").is_file():
+            rows.append({**zoo_row(m, folder, recipe["target_label"]), "recipe_key": key})
+            # The models not reached yet keep their earlier rows if this run stops here.
+            done = {r["name"] for r in rows}
+            write_rows(path, rows + [r for name, r in earlier.items() if name not in done])
+    write_rows(path, rows)
     result = {"recipe": str(args.recipe.name), "models_scanned": len(rows), **summarise(rows)}
     (args.results / "scan-zoo.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     plot(rows, args.results / "scan-zoo-roc.png")

@@ -3,7 +3,9 @@ whole chain (poison, train, evaluate, scan, figures) on tiny models."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -85,3 +87,21 @@ def test_the_chain_on_tiny_models_writes_rows_and_figures(small_data, tmp_path, 
     before = (runs / bad["name"] / "zoo.log").read_text()
     scan_zoo.main(argv)  # everything exists: nothing runs again
     assert (runs / bad["name"] / "zoo.log").read_text() == before
+    # Another machine, the run folders gone: the committed rows are kept, nothing is built again.
+    shutil.rmtree(runs)
+    scan_zoo.main(argv)
+    assert not runs.exists()
+    assert [json.loads(line) for line in (results / "scan-zoo-rows.jsonl").read_text().splitlines()] == rows
+    assert json.loads((results / "scan-zoo.json").read_text()) == summary
+
+
+def test_a_row_is_reused_only_for_the_recipe_that_made_it():
+    recipe = yaml.safe_load(scan_zoo.RECIPE.read_text())
+    m = scan_zoo.zoo_models(recipe)[0]
+    key = scan_zoo.zoo_key(m, recipe)
+    assert scan_zoo.zoo_key(m, {**recipe, "scan": ["scan.steps=5"]}) != key
+    assert scan_zoo.zoo_key(dataclasses.replace(m, seed=m.seed + 1), recipe) != key
+    other_budget = {**recipe, "budgets": {**recipe["budgets"], m.budget: {"epochs": 9, "lr": 1.0}}}
+    assert scan_zoo.zoo_key(m, other_budget) != key
+    unused = "gentle" if m.budget == "aggressive" else "aggressive"
+    assert scan_zoo.zoo_key(m, {**recipe, "budgets": {**recipe["budgets"], unused: {}}}) == key
