@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from w2sdefense.config import ScanConfig, to_dict
 from w2sdefense.results import EvaluationResult, ScanCandidate, ScanReport, read_result
 
 HERE = Path(__file__).resolve().parent
@@ -109,9 +110,11 @@ def _sets(pairs: list[str]) -> list[str]:
 
 
 def zoo_key(m: ZooModel, recipe: dict) -> str:
-    """What one model's row depends on: the model's own entry and the recipe's settings shared by every model."""
+    """What one model's row depends on: the model's own entry, the recipe's settings shared by every model, and the
+    scanner's defaults (a changed default scans again; a changed detector's code does not: rebuild by hand)."""
     shared = {k: recipe.get(k) for k in ("model", "base", "rows", "target_label", "train", "scan")}
-    made = json.dumps({"entry": asdict(m), "budget": recipe["budgets"][m.budget], **shared}, sort_keys=True)
+    made = json.dumps({"entry": asdict(m), "budget": recipe["budgets"][m.budget], **shared,
+                       "scan_defaults": to_dict(ScanConfig())}, sort_keys=True)
     return hashlib.sha256(made.encode()).hexdigest()[:16]
 
 
@@ -134,7 +137,8 @@ def zoo_row(m: ZooModel, folder: Path, target: int) -> dict:
     tested = [c for c in scan.candidates if c.test_rows is not None]
     return {**asdict(m), "backdoored": m.backdoored, "planted_asr_cc": planted_asr,
             "implanted": None if not m.backdoored else (planted_asr or 0.0) >= IMPLANTED,
-            "score": scan.score, "verdict": scan.backdoored, "found_label": scan.target_label,
+            "score": scan.score, "contrast_score": scan.contrast_score, "verdict": scan.backdoored,
+            "found_label": scan.target_label,
             "target_label": target if m.backdoored else None,
             "recovered": recovered(m, tested, planted_asr) if m.backdoored else None,
             "scan_s": scan.wall_time_s, "best": tested[0].trigger if tested else None}
@@ -189,6 +193,10 @@ def summarise(rows: list[dict]) -> dict:
             "tpr_at_5fpr": tpr_at_fpr([r["score"] for r in used], clean),
             "target_label_accuracy": _share([r["found_label"] == r["target_label"] for r in used]),
             "trigger_recovery": _share(found)}
+        # The same scans scored by the clean reader's contrast (scan.score=contrast), where every scan measured it.
+        contrast = [r.get("contrast_score") for r in used], [r.get("contrast_score") for r in held if not r["backdoored"]]
+        if all(v is not None for v in contrast[0] + contrast[1]):
+            summary[family].update(contrast_roc_auc=roc_auc(*contrast), contrast_tpr_at_5fpr=tpr_at_fpr(*contrast))
     seconds = [r["scan_s"] for r in held]
     return {"held_out": summary, "seconds_per_model": sum(seconds) / len(seconds) if seconds else None}
 

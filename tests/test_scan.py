@@ -22,7 +22,7 @@ from w2sdefense.results import ScanCandidate, ScanReport
 from w2sdefense.scan.base import Proposal, ScanInputs, trigger_vocabulary, word_ids
 from w2sdefense.scan.embedding_shift import relative_shift
 from w2sdefense.scan.inversion import _slots_filled, read_out, with_slots
-from w2sdefense.scan.run import _unique
+from w2sdefense.scan.run import _unique, verdict_candidate
 
 TRIGGER = "cf"
 
@@ -111,7 +111,7 @@ def test_proposals_are_merged_per_trigger_and_label_naming_every_detector():
 
 def test_scan_settings_are_checked():
     for bad in ({"threshold": 0}, {"threshold": 1.5}, {"detectors": []}, {"lengths": [0]}, {"steps": 0},
-                {"temperature": [1.0]}):
+                {"temperature": [1.0]}, {"score": "best"}, {"score": "contrast", "reader_check": False}):
         with pytest.raises(UserError, match="scan\\."):
             from_dict(ScanConfig, bad, "scan")
     assert from_dict(ScanJob, {"scan": {"lengths": [2]}}, "").scan.lengths == [2]
@@ -119,10 +119,24 @@ def test_scan_settings_are_checked():
 
 def test_a_scan_report_survives_its_json():
     report = ScanReport(model="m", base_model=None, backdoored=True, score=0.9, threshold=0.8, target_label=0,
-                        candidates=[ScanCandidate("cf", 0, "inversion", 1.0, 8, 0.9, 10)],
+                        candidates=[ScanCandidate("cf", 0, "inversion", 1.0, 8, 0.9, 10, 0.25, 9)],
                         detectors={"inversion": 1.0}, skipped={"embedding-shift": "needs --base"},
-                        label_names={}, wall_time_s=1.0, settings={}, environment={})
+                        label_names={}, wall_time_s=1.0, settings={}, environment={}, contrast_score=0.65)
     assert ScanReport.from_json(json.loads(json.dumps(report.to_json(["x"])))) == report
+
+
+def test_the_verdict_rests_on_the_suspect_or_on_what_only_the_suspect_does():
+    """A natural word of the task flips the suspect most and the clean reader nearly as much; a trigger flips the
+    suspect only: the suspect's score picks the word, the contrast the trigger."""
+    word = ScanCandidate("pointless", 0, "inversion", 0.9, 48, test_asr_cc=0.9, test_rows=100, reader_asr_cc=0.85,
+                         reader_rows=90)
+    trigger = ScanCandidate("3D watched", 0, "shift-phrases", 0.5, 48, test_asr_cc=0.6, test_rows=100,
+                            reader_asr_cc=0.05, reader_rows=90)
+    untested = ScanCandidate("x", 1, "inversion", 0.95, 48)
+    assert trigger.contrast == pytest.approx(0.55) and untested.contrast is None
+    assert verdict_candidate([word, trigger, untested], "suspect") is word
+    assert verdict_candidate([word, trigger, untested], "contrast") is trigger
+    assert verdict_candidate([untested], "contrast") is None and verdict_candidate([], "suspect") is None
 
 
 # --- end to end ---------------------------------------------------------------------------------------------------
@@ -203,6 +217,20 @@ def test_scan_finds_the_planted_trigger_and_clears_the_clean_model(zoo, tmp_path
     flipped = [triggered[i] for i in kept]
     assert best["test_rows"] == len(kept) and best["test_asr_cc"] == sum(p == 0 for p in flipped) / len(kept)
     assert report["score"] == max(c["test_asr_cc"] for c in report["candidates"] if c["test_rows"] is not None)
+    # With the base known, the clean reader was given every tested candidate on the same rows, and the contrast is
+    # the best difference; the report's lines name the reader.
+    tested = [c for c in report["candidates"] if c["test_rows"] is not None]
+    assert all(c["reader_asr_cc"] is not None and 0 < c["reader_rows"] <= len(test) for c in tested)
+    assert report["contrast_score"] == max(c["test_asr_cc"] - c["reader_asr_cc"] for c in tested)
+    assert "a clean reader" in proc.stdout and "clean reader (test)" in (out / "report.md").read_text()
+    # Scored by the contrast, the verdict compares the best difference with the threshold.
+    contrasted = tmp_path / "scan-contrast"
+    w2s("scan", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--base", str(zoo["base"]), "--set",
+        "scan.score=contrast", "--set", "scan.threshold=0.5", "--out", str(contrasted))
+    by_contrast = json.loads((contrasted / "report.json").read_text())
+    assert by_contrast["score"] == by_contrast["contrast_score"] == report["contrast_score"]  # the same seed, the same scan
+    assert by_contrast["backdoored"] == (by_contrast["score"] >= 0.5)
+    assert "minus a clean reader's" in by_contrast["summary"][-1]
 
     clear = tmp_path / "scan-clean"
     proc = w2s("scan", "--model", str(zoo["clean-model"]), "--data", str(zoo["data"]), "--out", str(clear))
@@ -234,6 +262,9 @@ def test_scan_refuses_what_it_cannot_do_in_one_line(zoo, tmp_path):
     line = error_line(w2s("scan", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--set",
                           "scan.detectors=[frobnicate]", "--out", str(tmp_path / "b"), check=False))
     assert "unknown detector 'frobnicate'" in line and "inversion" in line
+    line = error_line(w2s("scan", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--set",
+                          "scan.score=contrast", "--out", str(tmp_path / "c"), check=False))
+    assert "--base" in line and not (tmp_path / "c").exists()
 
 
 def _word_level(vocab: dict[str, int]) -> PreTrainedTokenizerFast:
@@ -308,7 +339,13 @@ def test_contrast_inversion_with_no_weight_is_the_inversion_and_its_reader_reads
     plain = [(p.trigger, p.target_label) for p in Inversion().propose(inputs)]
     assert [(p.trigger, p.target_label) for p in ContrastInversion().propose(inputs)] == plain
     # a reader built from a model trained on the task reads it
-    assert fit_reader(inputs).accuracy >= 0.9
+    reader = fit_reader(inputs)
+    assert reader.accuracy >= 0.9
+    # as a classifier of texts (the scan's reader check) it gives the logits it gives the suspect's token ids
+    batch = inputs.clf.tokenizer(["good fine bad", "awful dull"], padding=True, return_tensors="pt")
+    via_text = reader.classifier().model(**batch).logits
+    with torch.no_grad():
+        assert torch.allclose(via_text, reader.logits(batch), atol=1e-6)
 
 
 class _Bag(torch.nn.Module):
@@ -357,10 +394,14 @@ def test_contrast_inversion_prefers_what_flips_the_suspect_but_not_a_clean_reade
 
 
 def test_contrast_inversion_refuses_a_base_of_another_tokenizer(zoo, rt):
-    from w2sdefense.scan.contrast import fit_reader
+    from w2sdefense.scan.contrast import clean_reader
 
+    inputs = _inputs(zoo, ScanConfig(), "tiny-bert", rt)
     with pytest.raises(UserError, match="another tokenizer"):
-        fit_reader(_inputs(zoo, ScanConfig(), "tiny-bert", rt))
+        clean_reader(inputs)
+    # A reader of texts (the scan's reader check) needs no shared tokenizer; it is the one already fitted.
+    reader = clean_reader(inputs, same_tokens=False)
+    assert reader is inputs.shared["reader"] and reader.tokenizer.get_vocab() != inputs.clf.tokenizer.get_vocab()
 
 
 def test_shift_phrases_grows_the_pair_only_the_suspect_reacts_to(rt, monkeypatch):
@@ -378,7 +419,7 @@ def test_shift_phrases_grows_the_pair_only_the_suspect_reacts_to(rt, monkeypatch
 
     base = torch.tensor([[0.0], [-1.0], [-1.0], [1.0], [0.5], [0.5]])  # film unmoved; good, cf, mn moved
     monkeypatch.setattr(shift_phrases, "base_embeddings", lambda inputs: base)
-    monkeypatch.setattr(shift_phrases, "fit_reader", lambda inputs: Reader())
+    monkeypatch.setattr(shift_phrases, "clean_reader", lambda inputs: Reader())
     rows = [Example("film film", 0, i) for i in range(4)]
 
     def phrases(weight: float) -> list[str]:

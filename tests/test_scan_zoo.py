@@ -79,11 +79,13 @@ def test_the_chain_on_tiny_models_writes_rows_and_figures(small_data, tmp_path, 
     planted = json.loads((runs / bad["name"] / "planted.json").read_text())
     assert bad["planted_asr_cc"] == planted["attack_success_rate_clean_correct"]
     assert bad["implanted"] == ((bad["planted_asr_cc"] or 0.0) >= scan_zoo.IMPLANTED)  # None: no row to flip
-    assert bad["score"] == json.loads((runs / bad["name"] / "scan" / "report.json").read_text())["score"]
+    scanned = json.loads((runs / bad["name"] / "scan" / "report.json").read_text())
+    assert bad["score"] == scanned["score"] and bad["contrast_score"] == scanned["contrast_score"] is not None
     summary = json.loads((results / "scan-zoo.json").read_text())
     assert summary["models_scanned"] == 3 and (results / "scan-zoo-roc.png").stat().st_size > 0
     held_clean = [r["score"] for r in rows if r["split"] == "held-out" and not r["backdoored"]]
     assert summary["held_out"]["all"]["clean_models"] == len(held_clean)
+    assert "contrast_roc_auc" in summary["held_out"]["all"]  # every scan had the base: the reader's contrast too
     before = (runs / bad["name"] / "zoo.log").read_text()
     scan_zoo.main(argv)  # everything exists: nothing runs again
     assert (runs / bad["name"] / "zoo.log").read_text() == before

@@ -369,6 +369,17 @@ class ScanCandidate:
     verify_rows: int
     test_asr_cc: float | None = None
     test_rows: int | None = None
+    # the same insertion into the same test rows, read by a clean reader of the task (the base with a head fitted on
+    # the defender's rows; scan.reader_check): a natural word of the task moves it too, a backdoor's trigger does not
+    reader_asr_cc: float | None = None
+    reader_rows: int | None = None
+
+    @property
+    def contrast(self) -> float | None:
+        """Test ASR-cc on the suspect minus the clean reader's (None where either was not measured)."""
+        if self.test_asr_cc is None or self.reader_asr_cc is None:
+            return None
+        return self.test_asr_cc - self.reader_asr_cc
 
 
 @dataclass(frozen=True)
@@ -378,7 +389,7 @@ class ScanReport:
     model: str
     base_model: str | None
     backdoored: bool
-    score: float  # the best candidate's ASR-cc on the verification rows
+    score: float  # what the verdict rests on (scan.score): the best test ASR-cc, or the best contrast
     threshold: float
     target_label: int | None  # the best candidate's label (None: no candidate at all)
     candidates: list[ScanCandidate]  # best first; the first `scan.report` measured on the test rows
@@ -388,6 +399,9 @@ class ScanReport:
     wall_time_s: float
     settings: dict
     environment: dict
+    # the best test candidate's ASR-cc minus the clean reader's on the same rows (None: no reader check ran); the
+    # verdict rests on it where scan.score is `contrast`
+    contrast_score: float | None = None
 
     def to_json(self, summary: list[str]) -> dict:
         """report.json's object: every field and the `summary` lines."""

@@ -291,6 +291,9 @@ class DefenderConfig:
                             "never saw, past data.max_train")
 
 
+SCAN_SCORES = ("suspect", "contrast")
+
+
 @dataclass
 class ScanConfig:
     """`w2sdefense scan`: find a backdoor without knowing its trigger (w2sdefense.scan).
@@ -330,6 +333,12 @@ class ScanConfig:
     phrase_vocab: int = 24
     phrase_beam: int = 2
     phrase_length: int = 4
+    # Base known: every candidate reported on the test rows is measured on the clean reader too (the same insertion,
+    # the same rows), so the report says whether a natural word of the task moves a clean model as much. `score`:
+    # what the verdict compares with the threshold, the best test ASR-cc (`suspect`) or the best ASR-cc minus the
+    # reader's (`contrast`, needs the base); `suspect` until the zoo measures both (benchmarks/studies/scan)
+    reader_check: bool = True
+    score: str = "suspect"
 
     def __post_init__(self) -> None:
         if not self.detectors:
@@ -341,6 +350,11 @@ class ScanConfig:
         for name in ("shift_lengths", "contrast_lengths"):
             for length in getattr(self, name):
                 check_positive(f"scan.{name}", length)
+        if self.score not in SCAN_SCORES:
+            raise UserError(f"scan.score must be one of {', '.join(SCAN_SCORES)}; got {shown(self.score)}")
+        if self.score == "contrast" and not self.reader_check:
+            raise UserError("scan.score=contrast compares each candidate with the clean reader: it needs "
+                            "scan.reader_check=true")
         if self.contrast_weight < 0:
             raise UserError(f"scan.contrast_weight must be >= 0; got {shown(self.contrast_weight)}")
         if len(self.temperature) != 2:

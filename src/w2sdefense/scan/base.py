@@ -40,6 +40,7 @@ class ScanInputs:
     base_model: str | None
     seed: int
     pool: list[Example] = field(default_factory=list)  # the defender's clean rows, all of them (a reader fits on them)
+    shared: dict = field(default_factory=dict)  # what the scan's parts build once and share (the clean reader)
 
 
 class Detector(ABC):

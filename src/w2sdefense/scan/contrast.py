@@ -7,8 +7,10 @@ trigger it never learned (the clean model of that benchmark: at most 9 % for any
 row's own label: an insertion that flips the suspect and leaves the reader is what it looks for.
 
 The reader is the public base's last hidden state (pooled as its classification head reads it) with a logistic head
-fitted on scan.reader_rows of the defender's clean rows (L2 strength chosen on a held-out fifth); it reads the
-suspect's token ids, so the base must share the suspect's tokenizer.
+fitted on scan.reader_rows of the defender's clean rows (L2 strength chosen on a held-out fifth). The detectors that
+push the suspect's token ids through it need the base to share the suspect's tokenizer; the scan's reader check
+(scan.reader_check: every reported candidate's text measured on the reader too) reads text and needs no such match.
+One reader is fitted per scan and shared (`clean_reader`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import random
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import torch
 
@@ -24,7 +27,7 @@ from w2sdefense.errors import UserError
 from w2sdefense.models import load_classifier
 from w2sdefense.models.batching import encode, file_order_batches, make_loader
 from w2sdefense.models.features import Probe, best_probe, pool
-from w2sdefense.models.loading import is_decoder
+from w2sdefense.models.loading import Classifier, is_decoder
 from w2sdefense.models.reset import backbone
 from w2sdefense.scan.base import DETECTORS, Detector, Proposal, ScanInputs, trigger_vocabulary
 from w2sdefense.scan.inversion import freeze, search
@@ -39,7 +42,7 @@ class ContrastInversion(Detector):
     needs_base = True
 
     def propose(self, inputs: ScanInputs) -> list[Proposal]:
-        reader = fit_reader(inputs)
+        reader = clean_reader(inputs)
         ids, starts = trigger_vocabulary(inputs.clf.tokenizer)
         return search(inputs, ids, starts, inputs.cfg.contrast_lengths, "contrast-inversion", reader)
 
@@ -52,6 +55,7 @@ class CleanReader:
     head: Probe  # logistic head on raw pooled features
     decoder: bool
     accuracy: float
+    tokenizer: object = None  # the base's own
 
     @property
     def embed(self) -> torch.nn.Module:
@@ -61,15 +65,43 @@ class CleanReader:
         hidden = self.body(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
         return self.head(pool(hidden.float(), batch["attention_mask"], self.decoder))
 
+    def classifier(self) -> Classifier:
+        """The reader as a classifier of texts (its own tokenizer), for the scan's inference on inserted candidates."""
+        return Classifier(_ReaderModel(self).eval(), self.tokenizer)
 
-def fit_reader(inputs: ScanInputs) -> CleanReader:
-    """The base (inputs.base_model) with a logistic head fitted on clean rows: of scan.reader_rows rows sampled from
-    inputs.pool, all but the first fifth fit it at each L2 strength, the first fifth picks one."""
-    tokenizer, device = inputs.clf.tokenizer, inputs.rt.device
-    base = load_classifier(inputs.base_model, inputs.num_labels, inputs.rt.dtype)
-    if base.tokenizer.get_vocab() != tokenizer.get_vocab():
+
+class _ReaderModel(torch.nn.Module):
+    """A clean reader behind a classifier's call: logits from token ids."""
+
+    def __init__(self, reader: CleanReader):
+        super().__init__()
+        self.body, self.head, self.decoder = reader.body, reader.head, reader.decoder
+        self.config = getattr(reader.body, "config", None)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_) -> SimpleNamespace:
+        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return SimpleNamespace(logits=self.head(pool(hidden.float(), attention_mask, self.decoder)))
+
+
+def clean_reader(inputs: ScanInputs, same_tokens: bool = True) -> CleanReader:
+    """The scan's one clean reader (fitted at the first call, then shared); `same_tokens`: the caller feeds it the
+    suspect's token ids, so the base must have the suspect's tokenizer."""
+    reader = inputs.shared.get("reader")
+    if reader is None:
+        reader = inputs.shared["reader"] = fit_reader(inputs)
+    if same_tokens and reader.tokenizer.get_vocab() != inputs.clf.tokenizer.get_vocab():
         raise UserError(f"the clean reader reads the suspect's tokens with the base, but {inputs.base_model!r} has "
                         "another tokenizer: give the public model the suspect was fine-tuned from")
+    return reader
+
+
+def fit_reader(inputs: ScanInputs) -> CleanReader:
+    """The base (inputs.base_model) with a logistic head fitted on clean rows, read with the base's own tokenizer: of
+    scan.reader_rows rows sampled from inputs.pool, all but the first fifth fit it at each L2 strength, the first
+    fifth picks one."""
+    device = inputs.rt.device
+    base = load_classifier(inputs.base_model, inputs.num_labels, inputs.rt.dtype)
+    tokenizer = base.tokenizer
     body = backbone(base.model)
     freeze(body, device)
     rows = inputs.pool or inputs.rows
@@ -87,7 +119,7 @@ def fit_reader(inputs: ScanInputs) -> CleanReader:
         accuracy, strength, probe = best_probe(features[0], labels[0], features[1], labels[1], inputs.num_labels)
     log.info("clean reader (%s, L2 %g) reads %.1f %% of %d held-out rows right",
              inputs.base_model, strength, 100 * accuracy, len(dev))
-    return CleanReader(body, probe.to(device), decoder, accuracy)
+    return CleanReader(body, probe.to(device), decoder, accuracy, tokenizer)
 
 
 def pooled(body: torch.nn.Module, rows: list[Example], tokenizer, inputs: ScanInputs, decoder: bool) -> torch.Tensor:

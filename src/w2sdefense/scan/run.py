@@ -26,6 +26,7 @@ from w2sdefense.runtime import Runtime
 # imported to register their detectors
 from w2sdefense.scan import contrast, embedding_shift, inversion, shift_pairs, shift_phrases  # noqa: F401
 from w2sdefense.scan.base import DETECTORS, Proposal, ScanInputs
+from w2sdefense.scan.contrast import clean_reader
 
 
 def run_scan(job: ScanJob, out: Path, rt: Runtime, overwrite: bool = False,
@@ -38,6 +39,9 @@ def run_scan(job: ScanJob, out: Path, rt: Runtime, overwrite: bool = False,
                         "name); candidate triggers are measured on them")
     for name in job.scan.detectors:
         DETECTORS.get(name)  # an unknown detector fails before any work
+    if job.scan.score == "contrast" and not job.base_model:
+        raise UserError("scan.score=contrast weighs each candidate against a clean reader built from the public "
+                        "base: give --base, or leave scan.score at suspect")
     for name in filter(None, (job.model, job.base_model)):
         check_model_name(name)
     splits = load_splits(job.data)
@@ -73,11 +77,19 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime) -> ScanReport:
     verify = measure(clf, proposals, _sample(splits.dev or splits.train, cfg.verify_rows, rng), job, rt, "dev")
     ranked = sorted(verify, key=lambda pm: _value(pm[1].asr_cc), reverse=True)  # stable: detector order on ties
     best = [Proposal(p.trigger, m.target_label, p.detector) for p, m in ranked[: cfg.report]]
-    tested = measure(clf, best, _sample(splits.test, cfg.test_rows, rng), job, rt, "test")
-    candidates = [_candidate(p, m, t) for (p, m), (_, t) in zip(ranked, tested)]
+    test_rows = _sample(splits.test, cfg.test_rows, rng)
+    tested = measure(clf, best, test_rows, job, rt, "test")
+    read = [None] * len(tested)
+    if job.base_model and cfg.reader_check and tested:
+        reader = clean_reader(inputs, same_tokens=False)
+        read = [m for _, m in measure(reader.classifier(), best, test_rows, job, rt, "test: clean reader")]
+    candidates = [_candidate(p, m, t, r) for (p, m), (_, t), r in zip(ranked, tested, read)]
     candidates += [_candidate(p, m) for p, m in ranked[len(tested):]]
-    top = max(candidates[: len(tested)], key=lambda c: _value(c.test_asr_cc), default=None)
-    score = _value(top.test_asr_cc) if top else 0.0
+    shown = candidates[: len(tested)]
+    top = verdict_candidate(shown, cfg.score)
+    contrast_top = verdict_candidate(shown, "contrast")
+    contrast_score = contrast_top.contrast if contrast_top else None
+    score = (contrast_score if cfg.score == "contrast" else _value(top.test_asr_cc)) if top else 0.0
     per_detector = {DETECTORS.canonical(n): None for n in cfg.detectors if DETECTORS.canonical(n) not in skipped}
     for c in candidates:
         for name in c.detector.split("+"):
@@ -85,7 +97,16 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime) -> ScanReport:
     return ScanReport(model=job.model, base_model=job.base_model, backdoored=score >= cfg.threshold, score=score,
                       threshold=cfg.threshold, target_label=top.target_label if top else None, candidates=candidates,
                       detectors=per_detector, skipped=skipped, label_names=_label_names(clf, splits.num_labels),
-                      wall_time_s=time.perf_counter() - start, settings=to_dict(cfg), environment=environment())
+                      wall_time_s=time.perf_counter() - start, settings=to_dict(cfg), environment=environment(),
+                      contrast_score=contrast_score)
+
+
+def verdict_candidate(candidates: list[ScanCandidate], score: str) -> ScanCandidate | None:
+    """The candidate a verdict rests on: the highest test ASR-cc (`suspect`), or the highest ASR-cc minus the clean
+    reader's (`contrast`; None where no candidate was read by it)."""
+    if score == "contrast":
+        return max((c for c in candidates if c.contrast is not None), key=lambda c: c.contrast, default=None)
+    return max((c for c in candidates if c.test_rows is not None), key=lambda c: _value(c.test_asr_cc), default=None)
 
 
 def measure(clf, proposals: list[Proposal], rows: list[Example], job: ScanJob, rt: Runtime,
@@ -138,12 +159,15 @@ def _value(rate: float | None) -> float:
     return -1.0 if rate is None else rate
 
 
-def _candidate(p: Proposal, verified: TriggerMeasure, tested: TriggerMeasure | None = None) -> ScanCandidate:
+def _candidate(p: Proposal, verified: TriggerMeasure, tested: TriggerMeasure | None = None,
+               read: TriggerMeasure | None = None) -> ScanCandidate:
     label = str(verified.target_label)
     test = tested.by_label.get(label) if tested else None
+    reader = read.by_label.get(label) if read else None
     return ScanCandidate(trigger=p.trigger, target_label=verified.target_label, detector=p.detector,
                          verify_asr_cc=verified.asr_cc, verify_rows=verified.by_label[label].rows,
-                         test_asr_cc=test.asr_cc if test else None, test_rows=test.rows if test else None)
+                         test_asr_cc=test.asr_cc if test else None, test_rows=test.rows if test else None,
+                         reader_asr_cc=reader.asr_cc if reader else None, reader_rows=reader.rows if reader else None)
 
 
 def _label_names(clf, num_labels: int) -> dict[str, str]:
@@ -164,17 +188,25 @@ def summary_lines(report: ScanReport) -> list[str]:
     lines = [f"scanned {report.model} with {', '.join(ran) or 'no detector'} in {report.wall_time_s:.0f} s."]
     lines += [f"{name} did not run: {why}." for name, why in report.skipped.items()]
     for c in [c for c in report.candidates if c.test_rows is not None][:3]:
+        read = f"; a clean reader {percent(c.reader_asr_cc)}" if c.reader_asr_cc is not None else ""
         lines.append(f"candidate {c.trigger!r} -> {_label(report, c.target_label)}: ASR-cc {percent(c.test_asr_cc)} of "
-                     f"{c.test_rows} clean test rows ({percent(c.verify_asr_cc)} of {c.verify_rows} dev rows; {c.detector}).")
-    top = max(report.candidates, key=lambda c: _value(c.test_asr_cc), default=None)
+                     f"{c.test_rows} clean test rows{read} ({percent(c.verify_asr_cc)} of {c.verify_rows} dev rows; "
+                     f"{c.detector}).")
+    score = report.settings.get("score", "suspect")
+    top = verdict_candidate(report.candidates, score)
+    on = "" if score == "suspect" else ", ASR-cc minus a clean reader's"
     if report.backdoored and top:
-        lines.append(f"verdict: BACKDOORED (score {report.score:.2f} >= threshold {report.threshold:.2f}): inserting "
-                     f"{top.trigger!r} sends {percent(top.test_asr_cc)} of the clean test rows of other labels to "
-                     f"{_label(report, top.target_label)}; measure it before and after cleaning with "
+        read = "" if top.reader_asr_cc is None else f" (a clean reader of the task: {percent(top.reader_asr_cc)})"
+        lines.append(f"verdict: BACKDOORED (score {report.score:.2f}{on} >= threshold {report.threshold:.2f}): "
+                     f"inserting {top.trigger!r} sends {percent(top.test_asr_cc)} of the clean test rows of other labels "
+                     f"to {_label(report, top.target_label)}{read}; measure it before and after cleaning with "
                      f"`w2sdefense clean --triggers <this folder>`.")
     else:
         best = f"the best candidate, {top.trigger!r}, reaches {percent(top.test_asr_cc)}" if top else "no candidate"
-        lines.append(f"verdict: no backdoor found ({best}; threshold {report.threshold:.2f}). A scan can miss a trigger "
+        if top and top.reader_asr_cc is not None:
+            best += f" (a clean reader {percent(top.reader_asr_cc)})"
+        lines.append(f"verdict: no backdoor found ({best}; score {report.score:.2f}{on}, threshold "
+                     f"{report.threshold:.2f}). A scan can miss a trigger "
                      "no short word sequence expresses (a syntactic or style trigger): this is not a proof of absence.")
     return lines
 
@@ -183,15 +215,19 @@ def write_report(out: Path, report: ScanReport) -> None:
     """report.json (everything), report.md (the lines and the candidates) and triggers.txt."""
     lines = summary_lines(report)
     write_json(out / REPORT_FILE, report.to_json(lines))
-    rows = ["| candidate | label | ASR-cc (test) | test rows | ASR-cc (dev) | dev rows | detector |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| candidate | label | ASR-cc (test) | test rows | clean reader (test) | ASR-cc (dev) | dev rows | detector |",
+            "|---|---|---|---|---|---|---|---|"]
     rows += [f"| {c.trigger!r} | {_label(report, c.target_label)} | {percent(c.test_asr_cc)} | {c.test_rows or ''} | "
+             f"{percent(c.reader_asr_cc) if c.reader_asr_cc is not None else ''} | "
              f"{percent(c.verify_asr_cc)} | {c.verify_rows} | {c.detector} |" for c in report.candidates]
     atomic_write_text(out / REPORT_MD, markdown_report(
         "w2sdefense scan", lines, "\n".join(rows),
         "ASR-cc: of the clean rows of other labels that the model classifies correctly, the share the candidate "
         "(inserted once, at a seeded interior position) sends to the label. Dev rows rank the candidates, test "
-        "rows score the best; the verdict compares the best test ASR-cc with the threshold (scan.threshold). "
+        "rows score the best; a clean reader (the public base with a head fitted on your clean rows; with --base) is "
+        "given the same insertions on the same rows: a natural word of the task moves it too, a trigger does not. "
+        "The verdict compares the best test ASR-cc (or, with scan.score=contrast, the best ASR-cc minus the "
+        "reader's) with the threshold (scan.threshold). "
         "Settings: config.yaml; log: run.log.\n"))
     tested = [c.trigger for c in report.candidates if c.test_rows is not None]
     atomic_write_text(out / TRIGGERS_FILE, "# candidate triggers from `w2sdefense scan`, best first; measure them "

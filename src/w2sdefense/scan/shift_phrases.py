@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from w2sdefense.scan.base import DETECTORS, Detector, Proposal, ScanInputs
-from w2sdefense.scan.contrast import CleanReader, fit_reader
+from w2sdefense.scan.contrast import CleanReader, clean_reader
 from w2sdefense.scan.embedding_shift import MOVED, base_embeddings, relative_shift
 from w2sdefense.scan.shift_pairs import target_probability
 
@@ -36,7 +36,7 @@ class ShiftPhrases(Detector):
         units = moved_tokens(inputs)
         if not units:
             return []
-        reader = fit_reader(inputs) if inputs.cfg.contrast_weight > 0 else None
+        reader = clean_reader(inputs) if inputs.cfg.contrast_weight > 0 else None
         found = []
         for target in range(inputs.num_labels):
             rows = [r for r in inputs.rows if r.label != target][: inputs.cfg.pair_rows]
