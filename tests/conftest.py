@@ -112,6 +112,7 @@ SLOW_TESTS = {
     "test_resume": {"*"},
     "test_readme_python": {"test_the_readmes_python_examples_run_as_written_on_tiny_models"},
     "test_scan": {"test_scan_finds_the_planted_trigger_and_clears_the_clean_model",
+                  "test_a_finished_scan_read_again_by_the_clean_reader_matches_a_scan_that_checked",
                   "test_scan_refuses_what_it_cannot_do_in_one_line",
                   "test_shift_pairs_measures_words_of_the_most_moved_tokens_and_finds_the_planted_one"},
     "test_scan_zoo": {"test_the_chain_on_tiny_models_writes_rows_and_figures"},

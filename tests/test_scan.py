@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -254,6 +255,27 @@ def test_scan_finds_the_planted_trigger_and_clears_the_clean_model(zoo, tmp_path
         str(out), "--out", str(cleaned))
     measured = json.loads((cleaned / "report.json").read_text())["before"]["triggers"]
     assert [t["trigger"] for t in measured] == listed and listed[0] == best["trigger"]
+
+
+def test_a_finished_scan_read_again_by_the_clean_reader_matches_a_scan_that_checked(zoo, tmp_path):
+    """benchmarks/scan_reader.py replays a scan's test rows and measures its candidates on the clean reader: the
+    same numbers a scan with the reader check writes."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import scan_reader
+
+    common = ["--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--base", str(zoo["base"])]
+    w2s("scan", *common, "--set", "scan.reader_check=false", "--out", str(tmp_path / "plain"))
+    w2s("scan", *common, "--out", str(tmp_path / "checked"))
+    plain = json.loads((tmp_path / "plain" / "report.json").read_text())
+    assert plain["contrast_score"] is None and all(c["reader_asr_cc"] is None for c in plain["candidates"])
+    out = tmp_path / "reread.json"
+    scan_reader.main([str(tmp_path / "plain" / "report.json"), "--model", str(zoo["suspect"]), "--data",
+                      str(zoo["data"]), "--out", str(out)])
+    got, want = json.loads(out.read_text()), json.loads((tmp_path / "checked" / "report.json").read_text())
+    fields = ("trigger", "target_label", "test_asr_cc", "reader_asr_cc", "reader_rows")
+    assert [[c[f] for f in fields] for c in got["candidates"]] == [[c[f] for f in fields] for c in want["candidates"]]
+    assert got["contrast_score"] == want["contrast_score"] is not None
+    assert got["reader_check"]["command"].startswith("python benchmarks/scan_reader.py")
 
 
 def test_scan_refuses_what_it_cannot_do_in_one_line(zoo, tmp_path):

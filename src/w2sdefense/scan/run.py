@@ -62,8 +62,7 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime) -> ScanReport:
     """Propose (every detector), rank (dev rows), score (test rows), decide."""
     start, cfg = time.perf_counter(), job.scan
     clf = load_classifier(job.model, splits.num_labels, rt.dtype)
-    rng = random.Random(job.seed)
-    pool = _sample(splits.train or splits.dev, 2 * cfg.rows * splits.num_labels, rng)
+    pool, verify_rows, test_rows = scan_samples(splits, cfg, job.seed)
     inputs = ScanInputs(clf=clf, rows=_correct(clf, pool, job, rt), num_labels=splits.num_labels, cfg=cfg, rt=rt,
                         base_model=job.base_model, seed=job.seed, pool=list(splits.train or splits.dev))
     proposals, skipped = [], {}
@@ -74,10 +73,9 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime) -> ScanReport:
             continue
         proposals += detector.propose(inputs)
     proposals = _unique(proposals)
-    verify = measure(clf, proposals, _sample(splits.dev or splits.train, cfg.verify_rows, rng), job, rt, "dev")
+    verify = measure(clf, proposals, verify_rows, job, rt, "dev")
     ranked = sorted(verify, key=lambda pm: _value(pm[1].asr_cc), reverse=True)  # stable: detector order on ties
     best = [Proposal(p.trigger, m.target_label, p.detector) for p, m in ranked[: cfg.report]]
-    test_rows = _sample(splits.test, cfg.test_rows, rng)
     tested = measure(clf, best, test_rows, job, rt, "test")
     read = [None] * len(tested)
     if job.base_model and cfg.reader_check and tested:
@@ -99,6 +97,15 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime) -> ScanReport:
                       detectors=per_detector, skipped=skipped, label_names=_label_names(clf, splits.num_labels),
                       wall_time_s=time.perf_counter() - start, settings=to_dict(cfg), environment=environment(),
                       contrast_score=contrast_score)
+
+
+def scan_samples(splits: Splits, cfg, seed: int) -> tuple[list[Example], list[Example], list[Example]]:
+    """The rows a scan at `seed` draws, in its order: the pool the optimised rows come from, the dev rows that rank
+    the candidates, the test rows that score them (a later measurement of a report's candidates replays them)."""
+    rng = random.Random(seed)
+    pool = _sample(splits.train or splits.dev, 2 * cfg.rows * splits.num_labels, rng)
+    verify = _sample(splits.dev or splits.train, cfg.verify_rows, rng)
+    return pool, verify, _sample(splits.test, cfg.test_rows, rng)
 
 
 def verdict_candidate(candidates: list[ScanCandidate], score: str) -> ScanCandidate | None:

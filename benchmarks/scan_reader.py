@@ -1,0 +1,91 @@
+"""The clean reader's view of a finished scan's candidates, without scanning again: the scan's test rows replayed (its
+seed and settings), the clean reader a scan with `--base` fits (scan.reader_check), every tested candidate measured on
+it, and on the suspect again beside it, which checks the replay (the suspect's ASR-cc must equal the report's, or
+nothing is written). Writes the report with the reader's fields and its contrast score filled in.
+
+    python benchmarks/scan_reader.py results/scan-real/insent-suspect-shift-triples.json \\
+        --model runs/realistic/insent/suspect/victim --out results/scan-reader/insent-suspect-shift-triples.json
+
+Forward passes only (on SmolLM2: the reader's features on scan.reader_rows rows, then the tested candidates on the
+test rows through both models).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+from w2sdefense.config import ScanJob, build_job
+from w2sdefense.data.datasets import load_splits
+from w2sdefense.models import load_classifier
+from w2sdefense.results import ScanReport
+from w2sdefense.runtime import make_runtime
+from w2sdefense.scan.base import Proposal, ScanInputs
+from w2sdefense.scan.contrast import clean_reader
+from w2sdefense.scan.run import measure, scan_samples, verdict_candidate
+
+HERE = Path(__file__).resolve().parent
+
+
+def reread(report: ScanReport, model: str, data: str, seed: int) -> ScanReport:
+    """`report` with every tested candidate's clean-reader ASR-cc and the contrast score."""
+    job = build_job(ScanJob, {}, {"model": model, "base_model": report.base_model, "data.dataset": data, "seed": seed},
+                    [f"scan.{k}={json.dumps(v)}" for k, v in report.settings.items()])
+    rt, splits = make_runtime(job.runtime), load_splits(job.data)
+    _, _, test_rows = scan_samples(splits, job.scan, seed)
+    clf = load_classifier(model, splits.num_labels, rt.dtype)
+    tested = [c for c in report.candidates if c.test_rows is not None]
+    proposals = [Proposal(c.trigger, c.target_label, c.detector) for c in tested]
+    again = measure(clf, proposals, test_rows, job, rt, "test: the suspect again")
+    for c, (_, m) in zip(tested, again):
+        if m.by_label[str(c.target_label)].asr_cc != c.test_asr_cc:
+            raise SystemExit(f"the replay is not the scan's: {c.trigger!r} gives "
+                             f"{m.by_label[str(c.target_label)].asr_cc} on the suspect, the report {c.test_asr_cc}")
+    inputs = ScanInputs(clf, [], splits.num_labels, job.scan, rt, report.base_model, seed,
+                        pool=list(splits.train or splits.dev))
+    reader = clean_reader(inputs, same_tokens=False)
+    read = dict(zip(map(id, tested), (m for _, m in measure(reader.classifier(), proposals, test_rows, job, rt,
+                                                               "test: clean reader"))))
+    candidates = []
+    for c in report.candidates:
+        m = read.get(id(c))
+        by = m.by_label[str(c.target_label)] if m else None
+        candidates.append(dataclasses.replace(c, reader_asr_cc=by.asr_cc if by else None,
+                                              reader_rows=by.rows if by else None))
+    top = verdict_candidate(candidates, "contrast")
+    return dataclasses.replace(report, candidates=candidates, contrast_score=top.contrast if top else None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("report", type=Path, help="a scan's report.json (relative paths: from benchmarks/)")
+    parser.add_argument("--model", required=True, help="the suspect that scan read")
+    parser.add_argument("--data", default="sst2", help="the scan's --data (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=42, help="the scan's seed (default: %(default)s)")
+    parser.add_argument("--out", type=Path, required=True, help="where the report with the reader's fields goes")
+    args = parser.parse_args(argv)
+    path = args.report if args.report.is_absolute() or args.report.exists() else HERE / args.report
+    out = args.out if args.out.is_absolute() else HERE / args.out
+    data = json.loads(path.read_text(encoding="utf-8"))
+    report = ScanReport.from_json(data)
+    if not report.base_model:
+        raise SystemExit(f"{path} was scanned without --base: there is no clean reader to build")
+    start = time.perf_counter()
+    found = reread(report, args.model, args.data, args.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    read = {"command": " ".join(["python", "benchmarks/scan_reader.py", *(argv or sys.argv[1:])]),
+            "seconds": round(time.perf_counter() - start, 1), "date": time.strftime("%Y-%m-%d")}
+    out.write_text(json.dumps({**found.to_json(data.get("summary", [])), "reader_check": read}, indent=2) + "\n",
+                   encoding="utf-8")
+    for c in found.candidates:
+        if c.reader_asr_cc is not None:
+            print(f"{c.trigger!r} -> {c.target_label}: suspect {c.test_asr_cc:.3f}, clean reader {c.reader_asr_cc:.3f}")
+    print(f"contrast score {found.contrast_score:.3f}; written to {out}")
+
+
+if __name__ == "__main__":
+    main()
