@@ -3,6 +3,7 @@ the report picks the measurement of the settings that ran."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -109,6 +110,28 @@ def test_a_measurement_whose_model_package_is_missing_gives_way_and_the_reason_s
     assert "measured better" not in evidence.default_reason(worse[0], False, worse)
 
 
+def test_a_measurement_that_read_unlabelled_texts_is_the_default_only_for_a_user_who_gives_them(monkeypatch):
+    from w2sdefense.defenses import evidence
+
+    table = (Measured("reset", {}, MAIN, {"BadNet": 1.0, "InSent": 2.0}, "s", seeds=3, needs_base=True),
+             Measured("reset-distill", {}, REALISTIC, {"BadNet": 0.0, "InSent": -3.0}, "s", seeds=3, needs_base=True,
+                      reads_unlabelled=True))
+    assert measured_default(True, table).defense == "reset"
+    assert measured_default(True, table, unlabelled=True).defense == "reset-distill"
+    reason = evidence.default_reason(table[0], True, table)
+    assert "reset-distill measured better but needs unlabelled in-domain texts (`--unlabelled FILE`" in reason
+    assert "measured better" not in evidence.default_reason(table[1], True, table, unlabelled=True)
+    # the package and the texts, when both are missing, are named together
+    from w2sdefense.models import packaged
+
+    fake = packaged.PackagedModel("fake-student", "no_such_package_w2s", "no-such-package-w2s==1.0", "model")
+    monkeypatch.setitem(packaged.PACKAGED, "fake-student", fake)
+    both = (table[0], dataclasses.replace(table[1], settings={"student_model": "fake-student"}))
+    assert measured_default(True, both, unlabelled=True).defense == "reset"  # not installed
+    assert ("needs `pip install no-such-package-w2s==1.0` and unlabelled in-domain texts"
+            in evidence.default_reason(table[0], True, both))
+
+
 def test_clean_runs_the_default_with_the_train_keys_it_was_measured_with(monkeypatch):
     from w2sdefense import clean
     from w2sdefense.config import DefenseConfig
@@ -117,7 +140,7 @@ def test_clean_runs_the_default_with_the_train_keys_it_was_measured_with(monkeyp
 
     measured = Measured("distill-into", {"student_model": "minilm-l6"}, REALISTIC, {"BadNet": 0.0, "InSent": 0.0}, "s",
                         seeds=3, train={"method": "lora", "lr": 1e-3})
-    monkeypatch.setattr(clean, "measured_default", lambda base_known: measured)
+    monkeypatch.setattr(clean, "measured_default", lambda base_known, unlabelled=False: measured)
     chosen = clean.choose_defense(CleanJob(model="m"))
     assert (chosen.name, chosen.settings) == ("distill-into", {"student_model": "minilm-l6"})
     assert chosen.train == {**CLEAN_BUDGET, "method": "lora", "lr": 1e-3}

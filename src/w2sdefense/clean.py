@@ -63,7 +63,7 @@ def choose_defense(job: CleanJob) -> DefenseConfig:
     with (Measured.train) over that, unless the user's train keys say otherwise."""
     d = job.defense or DefenseConfig(name=AUTO_DEFENSE)
     if d.name == AUTO_DEFENSE:
-        chosen = measured_default(bool(job.base_model))
+        chosen = measured_default(bool(job.base_model), unlabelled=job.unlabelled is not None)
         d = dataclasses.replace(d, name=chosen.defense, settings={**chosen.settings, **d.settings},
                                 train={**(chosen.train or {}), **d.train})
     takes = {f.name for f in dataclasses.fields(DEFENSES.get(d.name).settings)}
@@ -87,8 +87,8 @@ def _why(job: CleanJob) -> str | None:
     """Why the default ran, when the user named no defense."""
     if job.defense is not None and job.defense.name != AUTO_DEFENSE:
         return None
-    base_known = bool(job.base_model)
-    return default_reason(measured_default(base_known), base_known)
+    base_known, unlabelled = bool(job.base_model), job.unlabelled is not None
+    return default_reason(measured_default(base_known, unlabelled=unlabelled), base_known, unlabelled=unlabelled)
 
 
 def with_declared_base(job: CleanJob) -> tuple[CleanJob, str | None]:

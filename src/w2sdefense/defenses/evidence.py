@@ -27,6 +27,8 @@ class Measured:
     ca_change: dict[str, float] | None = None
     train: dict | None = None  # train keys it ran with beyond the defense's recipe and CLEAN_BUDGET (`clean` applies them)
     arm: str | None = None  # its rows' `defense` in the realistic protocol, where the arm's label is not the name
+    # it read unlabelled in-domain texts (the realistic protocol's 1024): only for a user who gives them (--unlabelled)
+    reads_unlabelled: bool = False
 
     def seeds_of(self, attack: str) -> int:
         """The defense seeds behind an attack's mean."""
@@ -44,7 +46,7 @@ EVIDENCE = (
              "benchmarks/RESULTS.md, the paper's experiment at laptop scale (w2sdefense)", seeds=3),
     Measured("reset-distill", {}, REALISTIC, {"BadNet": -0.1, "InSent": -3.1},
              "benchmarks/RESULTS.md, the realistic protocol (results/realistic-rows.jsonl)", needs_base=True,
-             seeds=2, ca_change={"BadNet": -0.7, "InSent": -0.7}),
+             seeds=2, ca_change={"BadNet": -0.7, "InSent": -0.7}, reads_unlabelled=True),
 )
 
 # What a measurement needs before `clean` may run it by default (the realistic protocol's own bar): both attacks the
@@ -54,19 +56,22 @@ BAR_SEEDS = 3
 
 
 def measured_default(base_known: bool, evidence: tuple[Measured, ...] = EVIDENCE,
-                     installed: Callable[[Measured], bool] = lambda m: missing_package(m) is None) -> Measured:
+                     installed: Callable[[Measured], bool] = lambda m: missing_package(m) is None, *,
+                     unlabelled: bool = False) -> Measured:
     """The defense `clean` runs when none is named: of the measurements that meet the bar and that the user can run
-    (a reset needs the base; a packaged model needs its package, `installed`), those of the realistic protocol (the
-    practitioner's regime) if any, else the main experiment's; among them the one whose worse residual over BadNet
-    and InSent is lowest."""
-    found = _ranked(base_known, evidence, installed)
+    (a reset needs the base; a packaged model needs its package, `installed`; a measurement that read unlabelled
+    texts needs the user's, `unlabelled`), those of the realistic protocol (the practitioner's regime) if any, else
+    the main experiment's; among them the one whose worse residual over BadNet and InSent is lowest."""
+    found = _ranked(base_known, evidence, installed, unlabelled)
     if not found:
         raise ValueError("no measurement meets the bar for this user: the evidence table lost its main rows")
     return found[0]
 
 
-def _ranked(base_known: bool, evidence: tuple[Measured, ...], installed: Callable[[Measured], bool]) -> list[Measured]:
+def _ranked(base_known: bool, evidence: tuple[Measured, ...], installed: Callable[[Measured], bool],
+            unlabelled: bool) -> list[Measured]:
     usable = [m for m in evidence if (base_known or not m.needs_base) and installed(m)
+              and (unlabelled or not m.reads_unlabelled)
               and all(a in m.residual and m.seeds_of(a) >= BAR_SEEDS for a in BAR_ATTACKS)]
     for regime in (REALISTIC, MAIN):
         found = [m for m in usable if m.regime == regime]
@@ -89,17 +94,24 @@ def missing_package(m: Measured) -> str | None:
     return None
 
 
-def default_reason(chosen: Measured, base_known: bool, evidence: tuple[Measured, ...] = EVIDENCE) -> str:
+def default_reason(chosen: Measured, base_known: bool, evidence: tuple[Measured, ...] = EVIDENCE, *,
+                   unlabelled: bool = False) -> str:
     """Why `clean` ran `chosen`, in one line for its report; it names a better measurement the user cannot run for
-    want of a package, and the command that installs it."""
+    want of a package (and the command that installs it) or of unlabelled texts (and the option that gives them)."""
     given = "with the public base known" if base_known else "without a known base"
     line = (f"{chosen.defense} is the default {given}: of the defenses the benchmark measured on BadNet and InSent over "
             f"at least {BAR_SEEDS} seeds ({chosen.regime}), it left the least backdoor")
-    ranked = _ranked(base_known, evidence, lambda m: True)
+    ranked = _ranked(base_known, evidence, lambda m: True, True)
     best = ranked[0] if ranked else chosen
-    if best is not chosen and missing_package(best) and _worse(best) < _worse(chosen):
-        line += (f" that this installation can run; {best.arm or best.defense} measured better but needs "
-                 f"`pip install {missing_package(best)}`")
+    if best is not chosen and _worse(best) < _worse(chosen):
+        wants = []
+        if missing_package(best):
+            wants.append(f"`pip install {missing_package(best)}`")
+        if best.reads_unlabelled and not unlabelled:
+            wants.append("unlabelled in-domain texts (`--unlabelled FILE`, one a line)")
+        if wants:
+            line += (f" that you can run as given; {best.arm or best.defense} measured better but needs "
+                     + " and ".join(wants))
     return line + "."
 
 
