@@ -25,39 +25,34 @@ from w2sdefense.models import load_classifier
 from w2sdefense.results import ScanReport
 from w2sdefense.runtime import make_runtime
 from w2sdefense.scan.base import Proposal, ScanInputs
-from w2sdefense.scan.contrast import clean_reader
-from w2sdefense.scan.run import measure, scan_samples, verdict_candidate
+from w2sdefense.scan.run import measure, read_by_reader, scan_samples, summary_lines, verdict_candidate
 
 HERE = Path(__file__).resolve().parent
 
 
 def reread(report: ScanReport, model: str, data: str, seed: int) -> ScanReport:
-    """`report` with every tested candidate's clean-reader ASR-cc and the contrast score."""
+    """`report` with every tested candidate's clean-reader ASR-cc, the contrast score and its summary lines' inputs."""
+    settings = {**report.settings, "reader_check": True}
     job = build_job(ScanJob, {}, {"model": model, "base_model": report.base_model, "data.dataset": data, "seed": seed},
-                    [f"scan.{k}={json.dumps(v)}" for k, v in report.settings.items()])
+                    [f"scan.{k}={json.dumps(v)}" for k, v in settings.items()])
     rt, splits = make_runtime(job.runtime), load_splits(job.data)
     _, _, test_rows = scan_samples(splits, job.scan, seed)
     clf = load_classifier(model, splits.num_labels, rt.dtype)
     tested = [c for c in report.candidates if c.test_rows is not None]
-    proposals = [Proposal(c.trigger, c.target_label, c.detector) for c in tested]
-    again = measure(clf, proposals, test_rows, job, rt, "test: the suspect again")
+    again = measure(clf, [Proposal(c.trigger, c.target_label, c.detector) for c in tested], test_rows, job, rt,
+                    "test: the suspect again")
     for c, (_, m) in zip(tested, again):
-        if m.by_label[str(c.target_label)].asr_cc != c.test_asr_cc:
-            raise SystemExit(f"the replay is not the scan's: {c.trigger!r} gives "
-                             f"{m.by_label[str(c.target_label)].asr_cc} on the suspect, the report {c.test_asr_cc}")
+        by = m.by_label[str(c.target_label)]
+        if (by.asr_cc, by.rows) != (c.test_asr_cc, c.test_rows):
+            raise SystemExit(f"the replay is not the scan's: {c.trigger!r} gives {by.asr_cc} of {by.rows} rows on the "
+                             f"suspect, the report {c.test_asr_cc} of {c.test_rows}; give the scan's --data and --seed "
+                             "(its config.yaml has them), and the suspect it read")
     inputs = ScanInputs(clf, [], splits.num_labels, job.scan, rt, report.base_model, seed,
                         pool=list(splits.train or splits.dev))
-    reader = clean_reader(inputs, same_tokens=False)
-    read = dict(zip(map(id, tested), (m for _, m in measure(reader.classifier(), proposals, test_rows, job, rt,
-                                                               "test: clean reader"))))
-    candidates = []
-    for c in report.candidates:
-        m = read.get(id(c))
-        by = m.by_label[str(c.target_label)] if m else None
-        candidates.append(dataclasses.replace(c, reader_asr_cc=by.asr_cc if by else None,
-                                              reader_rows=by.rows if by else None))
+    candidates = read_by_reader(inputs, report.candidates, test_rows, job, rt)
     top = verdict_candidate(candidates, "contrast")
-    return dataclasses.replace(report, candidates=candidates, contrast_score=top.contrast if top else None)
+    return dataclasses.replace(report, candidates=candidates, contrast_score=top.contrast if top else None,
+                               settings=settings)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,12 +74,13 @@ def main(argv: list[str] | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     read = {"command": " ".join(["python", "benchmarks/scan_reader.py", *(argv or sys.argv[1:])]),
             "seconds": round(time.perf_counter() - start, 1), "date": time.strftime("%Y-%m-%d")}
-    out.write_text(json.dumps({**found.to_json(data.get("summary", [])), "reader_check": read}, indent=2) + "\n",
+    out.write_text(json.dumps({**found.to_json(summary_lines(found)), "reader_check": read}, indent=2) + "\n",
                    encoding="utf-8")
     for c in found.candidates:
         if c.reader_asr_cc is not None:
             print(f"{c.trigger!r} -> {c.target_label}: suspect {c.test_asr_cc:.3f}, clean reader {c.reader_asr_cc:.3f}")
-    print(f"contrast score {found.contrast_score:.3f}; written to {out}")
+    score = "none" if found.contrast_score is None else f"{found.contrast_score:.3f}"
+    print(f"contrast score {score}; written to {out}")
 
 
 if __name__ == "__main__":

@@ -27,12 +27,14 @@ from pathlib import Path
 import yaml
 
 from w2sdefense.config import ScanConfig, to_dict
+from w2sdefense.fileio import atomic_write_text
 from w2sdefense.results import EvaluationResult, ScanCandidate, ScanReport, read_result
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 RECIPE = HERE / "scan-zoo.yaml"
 CLI = str(Path(sys.executable).with_name("w2sdefense"))
+KEY_FILE = "recipe_key"  # in each model's run folder: the zoo_key it was built for
 IMPLANTED = 0.5  # the planted trigger's ASR-cc from which a model counts as backdoored
 FPR = 0.05
 
@@ -84,7 +86,10 @@ def w2s(*args: str, log: Path) -> None:
 
 def build(m: ZooModel, recipe: dict, folder: Path) -> None:
     """Poison (backdoored models), train, measure the planted trigger, scan; each step skipped once done."""
+    check_folder(folder, zoo_key(m, recipe))
     folder.mkdir(parents=True, exist_ok=True)
+    if not (folder / KEY_FILE).is_file():
+        atomic_write_text(folder / KEY_FILE, zoo_key(m, recipe) + "\n")
     log, rows = folder / "zoo.log", [f"data.max_train={recipe['rows']}", f"seed={m.seed}"]
     data = m.dataset
     if m.backdoored:
@@ -111,7 +116,8 @@ def _sets(pairs: list[str]) -> list[str]:
 
 def zoo_key(m: ZooModel, recipe: dict) -> str:
     """What one model's row depends on: the model's own entry, the recipe's settings shared by every model, and the
-    scanner's defaults (a changed default scans again; a changed detector's code does not: rebuild by hand)."""
+    scanner's defaults (a changed scan default scans again; a changed detector's code, or a changed default of
+    training, data or evaluation, does not: move the rows away to rebuild)."""
     shared = {k: recipe.get(k) for k in ("model", "base", "rows", "target_label", "train", "scan")}
     made = json.dumps({"entry": asdict(m), "budget": recipe["budgets"][m.budget], **shared,
                        "scan_defaults": to_dict(ScanConfig())}, sort_keys=True)
@@ -122,11 +128,30 @@ def read_rows(path: Path) -> dict[str, dict]:
     """The rows already measured, by model name (none when the file is missing)."""
     if not path.is_file():
         return {}
-    return {r["name"]: r for r in map(json.loads, path.read_text(encoding="utf-8").splitlines()) if r}
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return {r["name"]: r for r in map(json.loads, lines)}
 
 
 def write_rows(path: Path, rows: list[dict]) -> None:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def check_folder(folder: Path, key: str) -> None:
+    """A model's run folder holds what this recipe makes: its key is written when it is first built; a folder made
+    by another recipe (or by scanner defaults since changed) is refused, never mixed in or deleted."""
+    mark = folder / KEY_FILE
+    if not folder.exists():
+        return
+    if not mark.is_file() or mark.read_text(encoding="utf-8").strip() != key:
+        raise SystemExit(f"{folder} was built by another recipe or another scanner's defaults than this one (its "
+                         f"{KEY_FILE} is {'missing' if not mark.is_file() else 'different'}): move it away, or give "
+                         "--runs another folder")
+
+
+def _with_others(rows: list[dict], earlier: dict[str, dict]) -> list[dict]:
+    """This run's rows, then the earlier file's rows of the models it holds no row for."""
+    done = {r["name"] for r in rows}
+    return rows + [r for name, r in earlier.items() if name not in done]
 
 
 def zoo_row(m: ZooModel, folder: Path, target: int) -> dict:
@@ -253,11 +278,11 @@ def main(argv: list[str] | None = None) -> None:
             print(f"scan zoo: {i}/{len(models)} {m.name}", flush=True)
             build(m, recipe, folder)
         if (folder / "scan" / "report.json").is_file():
+            check_folder(folder, key)
             rows.append({**zoo_row(m, folder, recipe["target_label"]), "recipe_key": key})
-            # The models not reached yet keep their earlier rows if this run stops here.
-            done = {r["name"] for r in rows}
-            write_rows(path, rows + [r for name, r in earlier.items() if name not in done])
-    write_rows(path, rows)
+            write_rows(path, _with_others(rows, earlier))  # a stop here keeps every row measured so far
+    # Rows of models this run did not reach (--limit) or another recipe's are kept in the file, not summarised.
+    write_rows(path, _with_others(rows, earlier))
     result = {"recipe": str(args.recipe.name), "models_scanned": len(rows), **summarise(rows)}
     (args.results / "scan-zoo.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
     plot(rows, args.results / "scan-zoo-roc.png")

@@ -147,6 +147,34 @@ def scan_real_table(results: Path = RESULTS) -> str:
             "names the scan); wall time is the report's `wall_time_s`, the scan from loading the model to the verdict.")
 
 
+def scan_reader_table(results: Path = RESULTS) -> str:
+    """Real scans' tested candidates read again by the clean reader (benchmarks/scan_reader.py): each candidate's
+    test ASR-cc on the suspect and on the reader, their difference, and which candidate each score puts first."""
+    files = {path.stem: path for path in (results / "scan-reader").glob("*.json")}
+    rows, commands, fitted = [], [], set()
+    for stem in _ordered(files, SCANS):
+        report = _read(files[stem])
+        tested = [c for c in report["candidates"] if c["test_asr_cc"] is not None and c["reader_asr_cc"] is not None]
+        by_suspect = max(tested, key=lambda c: c["test_asr_cc"], default=None)
+        by_contrast = max(tested, key=lambda c: c["test_asr_cc"] - c["reader_asr_cc"], default=None)
+        for c in tested:
+            first = [name for name, top in (("suspect", by_suspect), ("contrast", by_contrast)) if top is c]
+            rows.append([SCANS.get(stem, stem), f"`{c['trigger']}` → {c['target_label']}",
+                         f"{_percent(c['test_asr_cc'])} ({c['test_rows']})",
+                         f"{_percent(c['reader_asr_cc'])} ({c['reader_rows']})",
+                         _signed(100 * (c['test_asr_cc'] - c['reader_asr_cc'])), ", ".join(first) or "–"])
+        fitted.add(str(report["settings"]["reader_rows"]))
+        commands.append(f"`{report['reader_check']['command']}` ({report['reader_check']['seconds']:.0f} s)")
+    table = _table(["scan", "candidate", "suspect: test ASR-cc (n)", "clean reader: ASR-cc (n)",
+                    "difference (points)", "first by"], rows)
+    return (f"{table}\n\nThe scans' own tested candidates, the same insertions into the same test rows read by "
+            f"the clean reader (the base with a logistic head fitted on {', '.join(sorted(fitted))} of the defender's "
+            "clean rows); each column is that model's ASR-cc, over the rows of other labels it classifies correctly "
+            "(n), so the difference subtracts two rates whose rows may differ a little. The suspect's column is the "
+            "scan's and was measured again (equal). Files in `results/scan-reader/`, written by "
+            + "; ".join(commands) + ".")
+
+
 def _settings(settings: dict) -> str:
     """Settings as 'key: value, ...'."""
     return ", ".join(f"{k}: {v}" for k, v in settings.items())
@@ -279,6 +307,7 @@ def _part_cell(point: dict | None) -> str:
 
 
 BUILDERS: dict[str, Callable[[Path], str]] = {"latent-probe": latent_probe_table, "scan-real": scan_real_table,
+                                              "scan-reader": scan_reader_table,
                                               "filters-paper": filters_paper_table, "weak-attack": weak_attack_table,
                                               "layer-probe": layer_probe_table, "trigger-parts": trigger_parts_table}
 

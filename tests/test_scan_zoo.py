@@ -95,6 +95,17 @@ def test_the_chain_on_tiny_models_writes_rows_and_figures(small_data, tmp_path, 
     assert not runs.exists()
     assert [json.loads(line) for line in (results / "scan-zoo-rows.jsonl").read_text().splitlines()] == rows
     assert json.loads((results / "scan-zoo.json").read_text()) == summary
+    # A smaller run (--limit) summarises its own models and keeps the others' rows in the file.
+    scan_zoo.main([*argv, "--limit", "1", "--report-only"])
+    assert json.loads((results / "scan-zoo.json").read_text())["models_scanned"] == 2
+    assert sorted(json.loads(line)["name"] for line in (results / "scan-zoo-rows.jsonl").read_text().splitlines()) \
+        == sorted(r["name"] for r in rows)
+    # A run folder built by another recipe is refused, not mixed in.
+    (runs / bad["name"] / "scan").mkdir(parents=True)
+    (runs / bad["name"] / "scan" / "report.json").write_text("{}")
+    (runs / bad["name"] / scan_zoo.KEY_FILE).write_text("another\n")
+    with pytest.raises(SystemExit, match="another recipe"):
+        scan_zoo.main([*argv, "--limit", "1", "--report-only"])
 
 
 def test_a_row_is_reused_only_for_the_recipe_that_made_it():

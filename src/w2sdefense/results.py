@@ -399,8 +399,8 @@ class ScanReport:
     wall_time_s: float
     settings: dict
     environment: dict
-    # the best test candidate's ASR-cc minus the clean reader's on the same rows (None: no reader check ran); the
-    # verdict rests on it where scan.score is `contrast`
+    # the largest difference, over the candidates tested, of the test ASR-cc minus the clean reader's on the same
+    # rows (None: no reader check ran); the verdict rests on it where scan.score is `contrast`
     contrast_score: float | None = None
 
     def to_json(self, summary: list[str]) -> dict:

@@ -88,20 +88,27 @@ def clean_reader(inputs: ScanInputs, same_tokens: bool = True) -> CleanReader:
     suspect's token ids, so the base must have the suspect's tokenizer."""
     reader = inputs.shared.get("reader")
     if reader is None:
-        reader = inputs.shared["reader"] = fit_reader(inputs)
-    if same_tokens and reader.tokenizer.get_vocab() != inputs.clf.tokenizer.get_vocab():
-        raise UserError(f"the clean reader reads the suspect's tokens with the base, but {inputs.base_model!r} has "
-                        "another tokenizer: give the public model the suspect was fine-tuned from")
+        reader = inputs.shared["reader"] = fit_reader(inputs, same_tokens)
+    elif same_tokens:
+        _check_tokens(reader.tokenizer, inputs)
     return reader
 
 
-def fit_reader(inputs: ScanInputs) -> CleanReader:
+def _check_tokens(tokenizer, inputs: ScanInputs) -> None:
+    if tokenizer.get_vocab() != inputs.clf.tokenizer.get_vocab():
+        raise UserError(f"the clean reader reads the suspect's tokens with the base, but {inputs.base_model!r} has "
+                        "another tokenizer: give the public model the suspect was fine-tuned from")
+
+
+def fit_reader(inputs: ScanInputs, same_tokens: bool = False) -> CleanReader:
     """The base (inputs.base_model) with a logistic head fitted on clean rows, read with the base's own tokenizer: of
     scan.reader_rows rows sampled from inputs.pool, all but the first fifth fit it at each L2 strength, the first
-    fifth picks one."""
+    fifth picks one. `same_tokens`: refuse, before any work, a base whose tokenizer is not the suspect's."""
     device = inputs.rt.device
     base = load_classifier(inputs.base_model, inputs.num_labels, inputs.rt.dtype)
     tokenizer = base.tokenizer
+    if same_tokens:
+        _check_tokens(tokenizer, inputs)
     body = backbone(base.model)
     freeze(body, device)
     rows = inputs.pool or inputs.rows

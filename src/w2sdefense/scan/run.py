@@ -77,12 +77,10 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime) -> ScanReport:
     ranked = sorted(verify, key=lambda pm: _value(pm[1].asr_cc), reverse=True)  # stable: detector order on ties
     best = [Proposal(p.trigger, m.target_label, p.detector) for p, m in ranked[: cfg.report]]
     tested = measure(clf, best, test_rows, job, rt, "test")
-    read = [None] * len(tested)
-    if job.base_model and cfg.reader_check and tested:
-        reader = clean_reader(inputs, same_tokens=False)
-        read = [m for _, m in measure(reader.classifier(), best, test_rows, job, rt, "test: clean reader")]
-    candidates = [_candidate(p, m, t, r) for (p, m), (_, t), r in zip(ranked, tested, read)]
+    candidates = [_candidate(p, m, t) for (p, m), (_, t) in zip(ranked, tested)]
     candidates += [_candidate(p, m) for p, m in ranked[len(tested):]]
+    if job.base_model and cfg.reader_check:
+        candidates = read_by_reader(inputs, candidates, test_rows, job, rt)
     shown = candidates[: len(tested)]
     top = verdict_candidate(shown, cfg.score)
     contrast_top = verdict_candidate(shown, "contrast")
@@ -97,6 +95,24 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime) -> ScanReport:
                       detectors=per_detector, skipped=skipped, label_names=_label_names(clf, splits.num_labels),
                       wall_time_s=time.perf_counter() - start, settings=to_dict(cfg), environment=environment(),
                       contrast_score=contrast_score)
+
+
+def read_by_reader(inputs: ScanInputs, candidates: list[ScanCandidate], rows: list[Example], job: ScanJob,
+                   rt: Runtime) -> list[ScanCandidate]:
+    """`candidates` with the clean reader's ASR-cc filled in for those measured on the test rows: each inserted as
+    the scan inserted it on the suspect, into the same `rows`."""
+    tested = [c for c in candidates if c.test_rows is not None]
+    if not tested:
+        return candidates
+    reader = clean_reader(inputs, same_tokens=False)
+    proposals = [Proposal(c.trigger, c.target_label, c.detector) for c in tested]
+    read = {id(c): m for c, (_, m) in zip(tested, measure(reader.classifier(), proposals, rows, job, rt,
+                                                             "test: clean reader"))}
+    out = []
+    for c in candidates:
+        by = read[id(c)].by_label.get(str(c.target_label)) if id(c) in read else None
+        out.append(c if by is None else dataclasses.replace(c, reader_asr_cc=by.asr_cc, reader_rows=by.rows))
+    return out
 
 
 def scan_samples(splits: Splits, cfg, seed: int) -> tuple[list[Example], list[Example], list[Example]]:
@@ -166,15 +182,12 @@ def _value(rate: float | None) -> float:
     return -1.0 if rate is None else rate
 
 
-def _candidate(p: Proposal, verified: TriggerMeasure, tested: TriggerMeasure | None = None,
-               read: TriggerMeasure | None = None) -> ScanCandidate:
+def _candidate(p: Proposal, verified: TriggerMeasure, tested: TriggerMeasure | None = None) -> ScanCandidate:
     label = str(verified.target_label)
     test = tested.by_label.get(label) if tested else None
-    reader = read.by_label.get(label) if read else None
     return ScanCandidate(trigger=p.trigger, target_label=verified.target_label, detector=p.detector,
                          verify_asr_cc=verified.asr_cc, verify_rows=verified.by_label[label].rows,
-                         test_asr_cc=test.asr_cc if test else None, test_rows=test.rows if test else None,
-                         reader_asr_cc=reader.asr_cc if reader else None, reader_rows=reader.rows if reader else None)
+                         test_asr_cc=test.asr_cc if test else None, test_rows=test.rows if test else None)
 
 
 def _label_names(clf, num_labels: int) -> dict[str, str]:
