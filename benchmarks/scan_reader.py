@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from w2sdefense.config import ScanJob, build_job
+from w2sdefense.config import ScanJob, build_job, to_dict
 from w2sdefense.data.datasets import load_splits
 from w2sdefense.models import load_classifier
 from w2sdefense.results import ScanReport
@@ -52,7 +52,7 @@ def reread(report: ScanReport, model: str, data: str, seed: int) -> ScanReport:
     candidates = read_by_reader(inputs, report.candidates, test_rows, job, rt)
     top = verdict_candidate(candidates, "contrast")
     return dataclasses.replace(report, candidates=candidates, contrast_score=top.contrast if top else None,
-                               settings=settings)
+                               settings=to_dict(job.scan))  # every setting, those added since the scan included
 
 
 def main(argv: list[str] | None = None) -> None:
