@@ -32,8 +32,10 @@ SCANS = {  # scan-real/<stem>.json -> what that scan was, in row order
                                     "tokens against the reader)",
     "insent-suspect-shift-triples": "the InSent suspect, shift-phrases over every ordered triple of the 8 most-moved "
                                     "tokens (`phrase_vocab=8, phrase_beam=64, phrase_length=3`)",
+    "clean-model-default": "the clean model (no backdoor: the same 4000 rows without triggers), the defaults",
 }
-SCANNED_BACKDOORED = {"runs/realistic/badnet/suspect/victim": True, "runs/realistic/insent/suspect/victim": True}  # the truth about each scanned model
+SCANNED_BACKDOORED = {"runs/realistic/badnet/suspect/victim": True, "runs/realistic/insent/suspect/victim": True,
+                      "/work/runs/realistic/badnet/suspect/clean/model": False}  # the truth about each scanned model
 OUTCOMES = {(True, True): "found", (False, True): "miss", (True, False): "false alarm", (False, False): "right"}
 FILTERS = {  # filters-paper.json's row names -> what each row is, in row order (its settings come from the file)
     "clean model": "none (clean model)",
@@ -150,7 +152,9 @@ def scan_real_table(results: Path = RESULTS) -> str:
 def scan_reader_table(results: Path = RESULTS) -> str:
     """Real scans' tested candidates read again by the clean reader (benchmarks/scan_reader.py): each candidate's
     test ASR-cc on the suspect and on the reader, their difference, and which candidate each score puts first."""
-    files = {path.stem: path for path in (results / "scan-reader").glob("*.json")}
+    native = {path.stem: path for path in (results / "scan-real").glob("*.json")
+              if any(c.get("reader_asr_cc") is not None for c in _read(path)["candidates"])}
+    files = {**native, **{path.stem: path for path in (results / "scan-reader").glob("*.json")}}
     rows, commands, fitted = [], [], set()
     for stem in _ordered(files, SCANS):
         report = _read(files[stem])
@@ -164,15 +168,17 @@ def scan_reader_table(results: Path = RESULTS) -> str:
                          f"{_percent(c['reader_asr_cc'])} ({c['reader_rows']})",
                          _signed(100 * (c['test_asr_cc'] - c['reader_asr_cc'])), ", ".join(first) or "–"])
         fitted.add(str(report["settings"]["reader_rows"]))
-        commands.append(f"`{report['reader_check']['command']}` ({report['reader_check']['seconds']:.0f} s)")
-    table = _table(["scan", "candidate", "suspect: test ASR-cc (n)", "clean reader: ASR-cc (n)",
+        if "reader_check" in report:
+            commands.append(f"`{report['reader_check']['command']}` ({report['reader_check']['seconds']:.0f} s)")
+    table = _table(["scan", "candidate", "scanned model: test ASR-cc (n)", "clean reader: ASR-cc (n)",
                     "difference (points)", "first by"], rows)
     return (f"{table}\n\nThe scans' own tested candidates, the same insertions into the same test rows read by "
             f"the clean reader (the base with a logistic head fitted on {', '.join(sorted(fitted))} of the defender's "
             "clean rows); each column is that model's ASR-cc, over the rows of other labels it classifies correctly "
             "(n), so the difference subtracts two rates whose rows may differ a little. The suspect's column is the "
-            "scan's and was measured again (equal). Files in `results/scan-reader/`, written by "
-            + "; ".join(commands) + ".")
+            "scan's (for a scan read again afterwards, measured again: equal). Scans that ran the reader check "
+            "themselves are their `results/scan-real/` report; the others were read again afterwards, files in "
+            "`results/scan-reader/`, written by " + "; ".join(commands) + ".")
 
 
 def _settings(settings: dict) -> str:

@@ -18,6 +18,8 @@ HEADERS = {
     "latent-probe": "| model | epsilon | rows the shift toward 0 flips | toward 1 "
                     "| cos(shift toward 0, the trigger's own shift) |",
     "scan-real": "| scan | detectors | best candidate | its test ASR-cc (n) | verdict | wall time |",
+    "scan-reader": "| scan | candidate | scanned model: test ASR-cc (n) | clean reader: ASR-cc (n) "
+                   "| difference (points) | first by |",
     "filters-paper": "| filter | CA served | ASR-cc | residual (pts) | false rejections (test) | triggered rejected |",
     "weak-attack": "| attack | model | CA | ASR | P(target) on triggered | trainable params | stage time (s) "
                    "| peak mem (MB) |",
@@ -56,16 +58,36 @@ def test_the_latent_probe_table_has_every_point_of_the_jsonl():
 
 
 def test_the_scan_table_gives_each_reports_best_candidate_and_wall_time():
-    reports = [_json(path) for path in (RESULTS / "scan-real").glob("*.json")]
+    reports = {path.stem: _json(path) for path in (RESULTS / "scan-real").glob("*.json")}
     rows = _rows(study_tables.scan_real_table(RESULTS))
     assert len(rows) == len(reports)
-    for report in reports:
+    for stem, report in reports.items():
         best = max((c for c in report["candidates"] if c["test_asr_cc"] is not None), key=lambda c: c["test_asr_cc"])
         assert best["test_asr_cc"] == report["score"]
-        row = next(r for r in rows if r[2] == f"`{best['trigger']}` → {best['target_label']}")
+        row = next(r for r in rows if r[0] == study_tables.SCANS.get(stem, stem))
+        assert row[2] == f"`{best['trigger']}` → {best['target_label']}"
         assert row[3] == f"{100 * best['test_asr_cc']:.1f} % ({best['test_rows']})"
         assert row[5] == f"{round(report['wall_time_s']) // 60} min {round(report['wall_time_s']) % 60} s"
         assert row[4].startswith("backdoor" if report["backdoored"] else "no backdoor")
+
+
+def test_the_scan_reader_table_gives_every_candidate_the_reader_read_and_the_best_by_each_score():
+    rows = _rows(study_tables.scan_reader_table(RESULTS))
+    reports = {path.stem: _json(path) for path in (RESULTS / "scan-real").glob("*.json")}
+    reports.update({path.stem: _json(path) for path in (RESULTS / "scan-reader").glob("*.json")})
+    read = {stem: [c for c in r["candidates"] if c.get("reader_asr_cc") is not None] for stem, r in reports.items()}
+    read = {stem: candidates for stem, candidates in read.items() if candidates}  # scans without the reader: no rows
+    assert len(rows) == sum(len(c) for c in read.values()) > 0
+    for stem, candidates in read.items():
+        mine = [r for r in rows if r[0] == study_tables.SCANS.get(stem, stem)]
+        assert [r[1] for r in mine] == [f"`{c['trigger']}` → {c['target_label']}" for c in candidates]
+        for r, c in zip(mine, candidates):
+            assert r[3] == f"{100 * c['reader_asr_cc']:.1f} % ({c['reader_rows']})"
+            assert r[4].replace("−", "-") == f"{100 * (c['test_asr_cc'] - c['reader_asr_cc']):+.1f}"
+        best = max(candidates, key=lambda c: c["test_asr_cc"] - c["reader_asr_cc"])
+        assert "contrast" in mine[candidates.index(best)][5]
+        if "contrast_score" in reports[stem] and reports[stem]["contrast_score"] is not None:
+            assert reports[stem]["contrast_score"] == best["test_asr_cc"] - best["reader_asr_cc"]
 
 
 def test_the_filters_table_gives_the_files_numbers():
