@@ -7,7 +7,8 @@ nothing is written). Writes the report with the reader's fields and its contrast
         --model runs/realistic/insent/suspect/victim --out results/scan-reader/insent-suspect-shift-triples.json
 
 Forward passes only (on SmolLM2: the reader's features on scan.reader_rows rows, then the tested candidates on the
-test rows through both models).
+test rows through both models). On another machine a row whose two logits are nearly equal can flip:
+`--tolerance-rows 1` accepts a replay that differs by one row and records each difference in the output.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ from w2sdefense.scan.run import measure, read_by_reader, scan_samples, summary_l
 HERE = Path(__file__).resolve().parent
 
 
-def reread(report: ScanReport, model: str, data: str, seed: int) -> ScanReport:
-    """`report` with every tested candidate's clean-reader ASR-cc, the contrast score and its summary lines' inputs."""
+def reread(report: ScanReport, model: str, data: str, seed: int, tolerance: int = 0,
+           differences: list | None = None) -> ScanReport:
+    """`report` with every tested candidate's clean-reader ASR-cc and the contrast score. The suspect's replayed
+    ASR-cc must equal the report's; with `tolerance`, it may differ by that many rows of the same count (another
+    machine's kernels can flip a row whose two logits are nearly equal), each difference appended to `differences`."""
     settings = {**report.settings, "reader_check": True}
     job = build_job(ScanJob, {}, {"model": model, "base_model": report.base_model, "data.dataset": data, "seed": seed},
                     [f"scan.{k}={json.dumps(v)}" for k, v in settings.items()])
@@ -43,7 +47,10 @@ def reread(report: ScanReport, model: str, data: str, seed: int) -> ScanReport:
                     "test: the suspect again")
     for c, (_, m) in zip(tested, again):
         by = m.by_label[str(c.target_label)]
-        if (by.asr_cc, by.rows) != (c.test_asr_cc, c.test_rows):
+        off = abs(round((by.asr_cc - c.test_asr_cc) * by.rows)) if by.rows == c.test_rows else None
+        if off is not None and 0 < off <= tolerance:
+            differences.append({"trigger": c.trigger, "report": c.test_asr_cc, "replay": by.asr_cc, "rows": by.rows})
+        elif off != 0:
             raise SystemExit(f"the replay is not the scan's: {c.trigger!r} gives {by.asr_cc} of {by.rows} rows on the "
                              f"suspect, the report {c.test_asr_cc} of {c.test_rows}; give the scan's --data and --seed "
                              "(its config.yaml has them), and the suspect it read")
@@ -62,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default="sst2", help="the scan's --data (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=42, help="the scan's seed (default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="where the report with the reader's fields goes")
+    parser.add_argument("--tolerance-rows", type=int, default=0, help="accept a replayed suspect ASR-cc that differs "
+                        "from the report's by up to this many rows (recorded in the output); default: none")
     args = parser.parse_args(argv)
     path = args.report if args.report.is_absolute() or args.report.exists() else HERE / args.report
     out = args.out if args.out.is_absolute() else HERE / args.out
@@ -70,10 +79,12 @@ def main(argv: list[str] | None = None) -> None:
     if not report.base_model:
         raise SystemExit(f"{path} was scanned without --base: there is no clean reader to build")
     start = time.perf_counter()
-    found = reread(report, args.model, args.data, args.seed)
+    differences: list[dict] = []
+    found = reread(report, args.model, args.data, args.seed, args.tolerance_rows, differences)
     out.parent.mkdir(parents=True, exist_ok=True)
     read = {"command": " ".join(["python", "benchmarks/scan_reader.py", *(argv or sys.argv[1:])]),
-            "seconds": round(time.perf_counter() - start, 1), "date": time.strftime("%Y-%m-%d")}
+            "seconds": round(time.perf_counter() - start, 1), "date": time.strftime("%Y-%m-%d"),
+            "replay_differences": differences}
     out.write_text(json.dumps({**found.to_json(summary_lines(found)), "reader_check": read}, indent=2) + "\n",
                    encoding="utf-8")
     for c in found.candidates:

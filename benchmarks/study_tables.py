@@ -155,7 +155,7 @@ def scan_reader_table(results: Path = RESULTS) -> str:
     native = {path.stem: path for path in (results / "scan-real").glob("*.json")
               if any(c.get("reader_asr_cc") is not None for c in _read(path)["candidates"])}
     files = {**native, **{path.stem: path for path in (results / "scan-reader").glob("*.json")}}
-    rows, commands, fitted = [], [], set()
+    rows, commands, fitted, off = [], [], set(), {}
     for stem in _ordered(files, SCANS):
         report = _read(files[stem])
         tested = [c for c in report["candidates"] if c["test_asr_cc"] is not None and c["reader_asr_cc"] is not None]
@@ -170,15 +170,21 @@ def scan_reader_table(results: Path = RESULTS) -> str:
         fitted.add(str(report["settings"]["reader_rows"]))
         if "reader_check" in report:
             commands.append(f"`{report['reader_check']['command']}` ({report['reader_check']['seconds']:.0f} s)")
+            for d in report["reader_check"].get("replay_differences", []):
+                off[stem] = max(off.get(stem, 0), abs(round((d["replay"] - d["report"]) * d["rows"])))
     table = _table(["scan", "candidate", "scanned model: test ASR-cc (n)", "clean reader: ASR-cc (n)",
                     "difference (points)", "first by"], rows)
     return (f"{table}\n\nThe scans' own tested candidates, the same insertions into the same test rows read by "
             f"the clean reader (the base with a logistic head fitted on {', '.join(sorted(fitted))} of the defender's "
             "clean rows); each column is that model's ASR-cc, over the rows of other labels it classifies correctly "
             "(n), so the difference subtracts two rates whose rows may differ a little. The suspect's column is the "
-            "scan's (for a scan read again afterwards, measured again: equal). Scans that ran the reader check "
+            "scan's (for a scan read again afterwards, measured again: equal unless said below). Scans that ran the reader check "
             "themselves are their `results/scan-real/` report; the others were read again afterwards, files in "
-            "`results/scan-reader/`, written by " + "; ".join(commands) + ".")
+            "`results/scan-reader/`, written by " + "; ".join(commands) + "."
+            + (" The suspect's replay differed from the scan by up to "
+               + ", ".join(f"{n} row(s) a candidate for {SCANS.get(stem, stem)}" for stem, n in off.items())
+               + " (each difference in the file's `reader_check.replay_differences`); the table keeps the scan's "
+               "numbers, and the reader read the same rows." if off else ""))
 
 
 def _settings(settings: dict) -> str:
