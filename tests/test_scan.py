@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import random
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -112,7 +113,8 @@ def test_proposals_are_merged_per_trigger_and_label_naming_every_detector():
 
 def test_scan_settings_are_checked():
     for bad in ({"threshold": 0}, {"threshold": 1.5}, {"detectors": []}, {"lengths": [0]}, {"steps": 0},
-                {"temperature": [1.0]}, {"score": "best"}, {"score": "contrast", "reader_check": False}):
+                {"temperature": [1.0]}, {"score": "best"}, {"score": "contrast", "reader_check": False},
+                {"reader": "fine-tuned"}, {"reader_steps": 0}):
         with pytest.raises(UserError, match="scan\\."):
             from_dict(ScanConfig, bad, "scan")
     assert from_dict(ScanJob, {"scan": {"lengths": [2]}}, "").scan.lengths == [2]
@@ -232,6 +234,15 @@ def test_scan_finds_the_planted_trigger_and_clears_the_clean_model(zoo, tmp_path
     assert by_contrast["score"] == by_contrast["contrast_score"] == report["contrast_score"]  # the same seed, the same scan
     assert by_contrast["backdoored"] == (by_contrast["score"] >= 0.5)
     assert "minus a clean reader's" in by_contrast["summary"][-1]
+    # A fine-tuned reader (scan.reader: lora) trains in the scan's folder and reads every tested candidate too.
+    tuned = tmp_path / "scan-tuned"
+    w2s("scan", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--base", str(zoo["base"]), "--set",
+        "scan.reader=lora", "--set", "scan.reader_steps=6", "--out", str(tuned))
+    by_tuned = json.loads((tuned / "report.json").read_text())
+    assert (tuned / "reader" / "model").is_dir() and by_tuned["settings"]["reader"] == "lora"
+    assert all(c["reader_asr_cc"] is not None for c in by_tuned["candidates"] if c["test_rows"] is not None)
+    w2s("scan", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--base", str(zoo["base"]), "--set",
+        "scan.reader=lora", "--set", "scan.reader_steps=6", "--out", str(tuned), "--overwrite")  # its own folder
 
     clear = tmp_path / "scan-clean"
     proc = w2s("scan", "--model", str(zoo["clean-model"]), "--data", str(zoo["data"]), "--out", str(clear))
@@ -368,6 +379,26 @@ def test_contrast_inversion_with_no_weight_is_the_inversion_and_its_reader_reads
     via_text = reader.classifier().model(**batch).logits
     with torch.no_grad():
         assert torch.allclose(via_text, reader.logits(batch), atol=1e-6)
+
+
+def test_a_fine_tuned_reader_reads_the_task_and_trains_where_it_is_told(zoo, rt, tmp_path):
+    from w2sdefense.scan.contrast import TunedReader, clean_reader
+
+    cfg = ScanConfig(reader="lora", reader_steps=8, reader_rows=64)
+    inputs = _inputs(zoo, cfg, str(zoo["clean-model"]), rt)
+    inputs.workdir = tmp_path
+    reader = clean_reader(inputs)
+    assert isinstance(reader, TunedReader) and reader.accuracy >= 0.9
+    assert (tmp_path / "reader" / "model").is_dir()
+    assert not any(p.requires_grad for p in reader.clf.model.parameters())  # frozen: the scan optimises inputs only
+    batch = reader.tokenizer(["good fine bad", "awful dull"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(reader.classifier().model(**batch).logits.float(), reader.logits(batch))
+    # without a folder of its own it trains in a temporary one, gone afterwards
+    before = set(Path(tempfile.gettempdir()).glob("w2s-reader-*"))
+    again = _inputs(zoo, cfg, str(zoo["clean-model"]), rt)
+    assert clean_reader(again).accuracy == reader.accuracy  # the same seed, the same reader
+    assert set(Path(tempfile.gettempdir()).glob("w2s-reader-*")) == before
 
 
 class _Bag(torch.nn.Module):

@@ -36,6 +36,7 @@ BASE_DIR = "base"  # a LoRA stage's base model, when it was built in code
 METRICS_FILE = "metrics.json"  # a stage's record: what it measured, written once when it ends
 FILTER_FILE = "filter.json"  # what marks an input-filter run (defenses/filtering.py writes it)
 TRIGGERS_FILE = "triggers.txt"  # `scan`'s candidate triggers, one a line (`clean --triggers` reads it)
+READER_DIR = "reader"  # `scan`'s clean reader, where it is fine-tuned (scan.reader: lora)
 STAGES_DIR = ".stages"  # beside a shipped folder: its stage records (shipped_records), kept out of what is shipped
 WRITTEN_FILE = "written.json"  # among a shipped folder's records: the names of what the tool wrote into it
 CARD_FILE = "README.md"  # `clean`'s model card in its shipped model folder (eval/card.py writes it)
@@ -258,7 +259,7 @@ def _fill_in(path: Path, overwrite: bool, stage_file: str | None, command: str |
 # into (a checkpoint holds whatever file names transformers gives it), except a shipped one: its record names
 # what the tool wrote there.
 _TOOL_NAMES = {*BOOKKEEPING, *RUN_FILES, *RUN_RECORDS, TRIGGERS_FILE, TRAIN_LOG, CURVES_FILE, "stage.started.json", MODEL_DIR,
-               MERGED_DIR, BASE_DIR, RESUME_DIR, STAGES_DIR, "eval", "defenses", "teacher", "teacher_cache"}
+               MERGED_DIR, BASE_DIR, RESUME_DIR, STAGES_DIR, READER_DIR, "eval", "defenses", "teacher", "teacher_cache"}
 
 
 def _tool_named(name: str) -> bool:

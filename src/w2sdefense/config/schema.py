@@ -292,6 +292,7 @@ class DefenderConfig:
 
 
 SCAN_SCORES = ("suspect", "contrast")
+SCAN_READERS = ("probe", "lora")
 
 
 @dataclass
@@ -339,6 +340,11 @@ class ScanConfig:
     # reader's (`contrast`, needs the base); `suspect` until the zoo measures both (benchmarks/studies/scan)
     reader_check: bool = True
     score: str = "suspect"
+    # the clean reader: `probe` (a logistic head on the base's frozen last hidden state) or `lora` (the base
+    # fine-tuned with LoRA on the same rows for reader_steps steps: as sensitive to the task's words as a fine-tuned
+    # model, minutes on SmolLM2)
+    reader: str = "probe"
+    reader_steps: int = 60
 
     def __post_init__(self) -> None:
         if not self.detectors:
@@ -350,6 +356,8 @@ class ScanConfig:
         for name in ("shift_lengths", "contrast_lengths"):
             for length in getattr(self, name):
                 check_positive(f"scan.{name}", length)
+        if self.reader not in SCAN_READERS:
+            raise UserError(f"scan.reader must be one of {', '.join(SCAN_READERS)}; got {shown(self.reader)}")
         if self.score not in SCAN_SCORES:
             raise UserError(f"scan.score must be one of {', '.join(SCAN_SCORES)}; got {shown(self.score)}")
         if self.score == "contrast" and not self.reader_check:
@@ -361,7 +369,7 @@ class ScanConfig:
             raise UserError(f"scan.temperature is [start, end]; got {shown(self.temperature)}")
         for name in ("steps", "lr", "rows", "max_length", "verify_rows", "test_rows", "candidates", "report",
                      "shift_vocab", "pair_starts", "pair_pieces", "pair_rows", "pair_batch", "reader_rows", "phrase_vocab",
-                     "phrase_beam", "phrase_length"):
+                     "phrase_beam", "phrase_length", "reader_steps"):
             check_positive(f"scan.{name}", getattr(self, name))
         for t in self.temperature:
             check_positive("scan.temperature", t)

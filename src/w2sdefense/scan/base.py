@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import torch
@@ -41,6 +42,7 @@ class ScanInputs:
     seed: int
     pool: list[Example] = field(default_factory=list)  # the defender's clean rows, all of them (a reader fits on them)
     shared: dict = field(default_factory=dict)  # what the scan's parts build once and share (the clean reader)
+    workdir: Path | None = None  # the scan's folder, where a part that trains writes (None: a temporary folder)
 
 
 class Detector(ABC):

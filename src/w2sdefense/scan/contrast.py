@@ -15,9 +15,12 @@ One reader is fitted per scan and shared (`clean_reader`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -83,12 +86,37 @@ class _ReaderModel(torch.nn.Module):
         return SimpleNamespace(logits=self.head(pool(hidden.float(), attention_mask, self.decoder)))
 
 
-def clean_reader(inputs: ScanInputs, same_tokens: bool = True) -> CleanReader:
+@dataclass
+class TunedReader:
+    """A clean reader that is the base fine-tuned (LoRA) on the defender's rows (scan.reader: lora): a frozen
+    feature's logistic head is far less moved by the task's words than a fine-tuned model (benchmarks/studies/scan),
+    a fine-tuned base as much; `accuracy` on the held-out fitting rows."""
+
+    clf: Classifier
+    accuracy: float
+
+    @property
+    def tokenizer(self):
+        return self.clf.tokenizer
+
+    @property
+    def embed(self) -> torch.nn.Module:
+        return self.clf.model.get_input_embeddings()
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.clf.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+
+    def classifier(self) -> Classifier:
+        return self.clf
+
+
+def clean_reader(inputs: ScanInputs, same_tokens: bool = True) -> CleanReader | TunedReader:
     """The scan's one clean reader (fitted at the first call, then shared); `same_tokens`: the caller feeds it the
     suspect's token ids, so the base must have the suspect's tokenizer."""
     reader = inputs.shared.get("reader")
     if reader is None:
-        reader = inputs.shared["reader"] = fit_reader(inputs, same_tokens)
+        fit = tune_reader if inputs.cfg.reader == "lora" else fit_reader
+        reader = inputs.shared["reader"] = fit(inputs, same_tokens)
     elif same_tokens:
         _check_tokens(reader.tokenizer, inputs)
     return reader
@@ -98,6 +126,49 @@ def _check_tokens(tokenizer, inputs: ScanInputs) -> None:
     if tokenizer.get_vocab() != inputs.clf.tokenizer.get_vocab():
         raise UserError(f"the clean reader reads the suspect's tokens with the base, but {inputs.base_model!r} has "
                         "another tokenizer: give the public model the suspect was fine-tuned from")
+
+
+def _reader_rows(inputs: ScanInputs) -> tuple[list[Example], list[Example]]:
+    """scan.reader_rows rows sampled from the pool under the scan's seed: all but the first fifth fit the reader, the
+    first fifth measures it (and picks the probe's strength)."""
+    rows = inputs.pool or inputs.rows
+    rows = random.Random(inputs.seed).sample(rows, min(len(rows), inputs.cfg.reader_rows))
+    held = max(1, len(rows) // 5)
+    fit, dev = rows[held:], rows[:held]
+    if len({r.label for r in fit}) < 2:
+        raise UserError(f"the clean reader is fitted on labelled rows of at least two labels; the "
+                        f"scan's data gave {len(fit)} such row(s)")
+    return fit, dev
+
+
+def tune_reader(inputs: ScanInputs, same_tokens: bool = False) -> TunedReader:
+    """The base with a fresh head and a LoRA adapter (r 16 on every linear layer, lr 1e-3, batch 16) fine-tuned for
+    scan.reader_steps steps on the reader's rows, the last checkpoint within a point of the best on the held-out
+    fifth kept; trained in `inputs.workdir`/reader (a temporary folder when the scan has none)."""
+    from w2sdefense.config import LoraConfig, TrainConfig
+    from w2sdefense.data.records import Splits
+    from w2sdefense.rundir import MODEL_DIR, READER_DIR
+    from w2sdefense.train.job import prepare_student, train_classifier
+
+    fit, dev = _reader_rows(inputs)
+    steps = inputs.cfg.reader_steps
+    cfg = TrainConfig(method="lora", max_steps=steps, lr=1e-3, batch_size=16, max_length=inputs.cfg.max_length,
+                      eval_every=max(1, steps // 2), select="latest-within", select_delta=0.01,
+                      lora=LoraConfig(r=16, alpha=32, target_modules=["all-linear"]))
+    with contextlib.ExitStack() as stack:
+        work = inputs.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="w2s-reader-")))
+        folder = work / READER_DIR
+        clf = prepare_student(inputs.base_model, inputs.num_labels, cfg, inputs.rt, folder, inputs.seed)
+        if same_tokens:
+            _check_tokens(clf.tokenizer, inputs)
+        metrics = train_classifier(clf, Splits(fit, dev, [], inputs.num_labels), cfg, inputs.rt, folder, inputs.seed,
+                                   desc="clean reader")
+        tuned = load_classifier(str(folder / MODEL_DIR), inputs.num_labels, inputs.rt.dtype)
+    freeze(tuned.model, inputs.rt.device)
+    accuracy = float(metrics["selected_dev_accuracy"])
+    log.info("clean reader (%s fine-tuned %d steps) reads %.1f %% of %d held-out rows right",
+             inputs.base_model, steps, 100 * accuracy, len(dev))
+    return TunedReader(tuned, accuracy)
 
 
 def fit_reader(inputs: ScanInputs, same_tokens: bool = False) -> CleanReader:
@@ -111,13 +182,7 @@ def fit_reader(inputs: ScanInputs, same_tokens: bool = False) -> CleanReader:
         _check_tokens(tokenizer, inputs)
     body = backbone(base.model)
     freeze(body, device)
-    rows = inputs.pool or inputs.rows
-    rows = random.Random(inputs.seed).sample(rows, min(len(rows), inputs.cfg.reader_rows))
-    held = max(1, len(rows) // 5)
-    fit, dev = rows[held:], rows[:held]
-    if len({r.label for r in fit}) < 2:
-        raise UserError(f"the clean reader is fitted on labelled rows of at least two labels; the "
-                        f"scan's data gave {len(fit)} such row(s)")
+    fit, dev = _reader_rows(inputs)
     decoder = is_decoder(base.config)
     features = [pooled(body, part, tokenizer, inputs, decoder) for part in (fit, dev)]
     labels = [torch.tensor([r.label for r in part]) for part in (fit, dev)]

@@ -51,20 +51,22 @@ def run_scan(job: ScanJob, out: Path, rt: Runtime, overwrite: bool = False,
         if rt.is_main:
             atomic_write_text(folder / CONFIG_FILE, dump_yaml(job))
         with log_to(folder / RUN_LOG, rt.is_main):
-            report = scan(job, splits, rt)
+            report = scan(job, splits, rt, folder)
         if rt.is_main:
             write_report(folder, report)
         rt.accelerator.wait_for_everyone()
     return report
 
 
-def scan(job: ScanJob, splits: Splits, rt: Runtime) -> ScanReport:
-    """Propose (every detector), rank (dev rows), score (test rows), decide."""
+def scan(job: ScanJob, splits: Splits, rt: Runtime, workdir: Path | None = None) -> ScanReport:
+    """Propose (every detector), rank (dev rows), score (test rows), decide; a part that trains (scan.reader: lora)
+    writes in `workdir`."""
     start, cfg = time.perf_counter(), job.scan
     clf = load_classifier(job.model, splits.num_labels, rt.dtype)
     pool, verify_rows, test_rows = scan_samples(splits, cfg, job.seed)
     inputs = ScanInputs(clf=clf, rows=_correct(clf, pool, job, rt), num_labels=splits.num_labels, cfg=cfg, rt=rt,
-                        base_model=job.base_model, seed=job.seed, pool=list(splits.train or splits.dev))
+                        base_model=job.base_model, seed=job.seed, pool=list(splits.train or splits.dev),
+                        workdir=workdir)
     proposals, skipped = [], {}
     for name in cfg.detectors:
         detector = DETECTORS.get(name)()
