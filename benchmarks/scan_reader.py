@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,13 +33,13 @@ HERE = Path(__file__).resolve().parent
 
 
 def reread(report: ScanReport, model: str, data: str, seed: int, tolerance: int = 0,
-           differences: list | None = None) -> ScanReport:
+           differences: list | None = None, sets: list[str] = (), workdir: Path | None = None) -> ScanReport:
     """`report` with every tested candidate's clean-reader ASR-cc and the contrast score. The suspect's replayed
     ASR-cc must equal the report's; with `tolerance`, it may differ by that many rows of the same count (another
     machine's kernels can flip a row whose two logits are nearly equal), each difference appended to `differences`."""
     settings = {**report.settings, "reader_check": True}
     job = build_job(ScanJob, {}, {"model": model, "base_model": report.base_model, "data.dataset": data, "seed": seed},
-                    [f"scan.{k}={json.dumps(v)}" for k, v in settings.items()])
+                    [*(f"scan.{k}={json.dumps(v)}" for k, v in settings.items()), *sets])
     rt, splits = make_runtime(job.runtime), load_splits(job.data)
     _, _, test_rows = scan_samples(splits, job.scan, seed)
     clf = load_classifier(model, splits.num_labels, rt.dtype)
@@ -55,7 +56,7 @@ def reread(report: ScanReport, model: str, data: str, seed: int, tolerance: int 
                              f"suspect, the report {c.test_asr_cc} of {c.test_rows}; give the scan's --data and --seed "
                              "(its config.yaml has them), and the suspect it read")
     inputs = ScanInputs(clf, [], splits.num_labels, job.scan, rt, report.base_model, seed,
-                        pool=list(splits.train or splits.dev))
+                        pool=list(splits.train or splits.dev), workdir=workdir)
     candidates = read_by_reader(inputs, report.candidates, test_rows, job, rt)
     top = verdict_candidate(candidates, "contrast")
     return dataclasses.replace(report, candidates=candidates, contrast_score=top.contrast if top else None,
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", default="sst2", help="the scan's --data (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=42, help="the scan's seed (default: %(default)s)")
     parser.add_argument("--out", type=Path, required=True, help="where the report with the reader's fields goes")
+    parser.add_argument("--set", action="append", default=[], metavar="scan.KEY=VALUE",
+                        help="a reader setting over the scan's own (e.g. scan.reader=lora)")
     parser.add_argument("--tolerance-rows", type=int, default=0, help="accept a replayed suspect ASR-cc that differs "
                         "from the report's by up to this many rows (recorded in the output); default: none")
     args = parser.parse_args(argv)
@@ -80,7 +83,9 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"{path} was scanned without --base: there is no clean reader to build")
     start = time.perf_counter()
     differences: list[dict] = []
-    found = reread(report, args.model, args.data, args.seed, args.tolerance_rows, differences)
+    with tempfile.TemporaryDirectory(prefix="w2s-scan-reader-") as work:
+        found = reread(report, args.model, args.data, args.seed, args.tolerance_rows, differences, args.set,
+                       Path(work))
     out.parent.mkdir(parents=True, exist_ok=True)
     read = {"command": " ".join(["python", "benchmarks/scan_reader.py", *(argv or sys.argv[1:])]),
             "seconds": round(time.perf_counter() - start, 1), "date": time.strftime("%Y-%m-%d"),
