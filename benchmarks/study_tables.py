@@ -33,12 +33,15 @@ SCANS = {  # scan-real/<stem>.json -> what that scan was, in row order
     "insent-suspect-shift-triples": "the InSent suspect, shift-phrases over every ordered triple of the 8 most-moved "
                                     "tokens (`phrase_vocab=8, phrase_beam=64, phrase_length=3`)",
     "clean-model-default": "the clean model (no backdoor: the same 4000 rows without triggers), the defaults",
+    "clean-model-shift-triples": "the clean model, shift-phrases over every ordered triple of its 8 most-moved tokens",
     # read again with the fine-tuned reader (benchmarks/scan_reader.py --set scan.reader=lora)
     "badnet-suspect-default-lora": "BadNet suspect, the defaults; reader fine-tuned (`scan.reader=lora`)",
     "insent-suspect-default-lora": "the InSent suspect, the defaults; reader fine-tuned (`scan.reader=lora`)",
     "insent-suspect-shift-triples-lora": "the InSent suspect, shift-phrases over every ordered triple; reader "
                                          "fine-tuned (`scan.reader=lora`)",
     "clean-model-default-lora": "the clean model, the defaults; reader fine-tuned (`scan.reader=lora`)",
+    "clean-model-shift-triples-lora": "the clean model, shift-phrases over every ordered triple; reader fine-tuned "
+                                      "(`scan.reader=lora`)",
 }
 SCANNED_BACKDOORED = {"runs/realistic/badnet/suspect/victim": True, "runs/realistic/insent/suspect/victim": True,
                       "/work/runs/realistic/badnet/suspect/clean/model": False}  # the truth about each scanned model
