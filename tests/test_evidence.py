@@ -64,6 +64,9 @@ def test_the_report_quotes_the_settings_that_ran_and_says_when_nothing_was_measu
 def test_the_default_is_the_measured_winner_for_what_the_user_has():
     assert (measured_default(True).defense, measured_default(True).settings) == ("fine-mixing", {"rho": 0.0})
     assert measured_default(False).defense == "w2sdefense"  # the only base-free measurement that meets the bar
+    # with the base and unlabelled texts: the realistic protocol's reset-distill (3 seeds on BadNet and InSent)
+    assert measured_default(True, unlabelled=True).defense == "reset-distill"
+    assert measured_default(False, unlabelled=True).defense == "w2sdefense"
 
     def m(name, regime, badnet, insent, seeds=3, base=False):
         return Measured(name, {}, regime, {"BadNet": badnet, "InSent": insent}, "s", seeds=seeds, needs_base=base)
@@ -147,3 +150,16 @@ def test_clean_runs_the_default_with_the_train_keys_it_was_measured_with(monkeyp
     # the user's own train keys win over the measured ones
     tuned = clean.choose_defense(CleanJob(model="m", defense=DefenseConfig(name="auto", train={"lr": 5e-4})))
     assert tuned.train["lr"] == 5e-4 and tuned.train["method"] == "lora"
+
+
+def test_clean_runs_reset_distill_with_a_base_and_unlabelled_texts_and_says_why_when_the_texts_are_missing():
+    from w2sdefense import clean
+    from w2sdefense.config.jobs import CleanJob
+
+    given = clean.choose_defense(CleanJob(model="m", base_model="smollm2-135m", unlabelled="texts.txt"))
+    assert (given.name, given.settings) == ("reset-distill", {"base_model": "smollm2-135m"})
+    assert "reset-distill is the default with the public base known" in clean._why(
+        CleanJob(model="m", base_model="smollm2-135m", unlabelled="texts.txt"))
+    without = CleanJob(model="m", base_model="smollm2-135m")
+    assert clean.choose_defense(without).name == "fine-mixing"
+    assert "reset-distill measured better but needs unlabelled in-domain texts" in clean._why(without)

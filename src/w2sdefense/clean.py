@@ -56,7 +56,8 @@ from w2sdefense.train.job import limit
 
 def choose_defense(job: CleanJob) -> DefenseConfig:
     """The defense `clean` runs: the one named, else the measured default for what the user gave
-    (evidence.measured_default: today the full reset toward the public base when known, else W2SDefense); settings
+    (evidence.measured_default: today, with the public base known, reset-distill when unlabelled texts are given and
+    the full reset otherwise; without a base, W2SDefense); settings
     given without a name tune that default. A base
     given to a defense that does not take one is refused. It trains on every clean row the user gave, for the step
     budget the realistic benchmark measured (recipes.CLEAN_BUDGET), with the train keys the default was measured

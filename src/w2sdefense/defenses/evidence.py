@@ -44,9 +44,9 @@ EVIDENCE = (
              "benchmarks/RESULTS.md, the paper's experiment at laptop scale (fine-mixing-r0)", seeds=3, needs_base=True),
     Measured("w2sdefense", {}, MAIN, {"BadNet": 3.9, "InSent": 72.6, "SynAttack": 32.4},
              "benchmarks/RESULTS.md, the paper's experiment at laptop scale (w2sdefense)", seeds=3),
-    Measured("reset-distill", {}, REALISTIC, {"BadNet": -0.1, "InSent": -3.1},
+    Measured("reset-distill", {}, REALISTIC, {"BadNet": -0.2, "InSent": -2.8},
              "benchmarks/RESULTS.md, the realistic protocol (results/realistic-rows.jsonl)", needs_base=True,
-             seeds=2, ca_change={"BadNet": -0.7, "InSent": -0.7}, reads_unlabelled=True),
+             seeds=3, ca_change={"BadNet": -0.9, "InSent": -1.2}, reads_unlabelled=True),
 )
 
 # What a measurement needs before `clean` may run it by default (the realistic protocol's own bar): both attacks the
