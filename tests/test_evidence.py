@@ -94,6 +94,15 @@ def test_a_measurement_whose_model_package_is_missing_gives_way_and_the_reason_s
     monkeypatch.setitem(packaged.PACKAGED, "fake-student", fake)
     assert packaged.not_installed("fake-student") == "no-such-package-w2s==1.0"
     assert packaged.not_installed("/some/folder") is None  # not a packaged model's name
+    # an assembled model whose chunk package is missing is not installed either (its load would fail)
+    chunked = packaged.PackagedModel("fake-chunked", "json", "fake-chunked==1.0", packaged.ASSEMBLE)
+    monkeypatch.setitem(packaged.PACKAGED, "fake-chunked", chunked)
+    monkeypatch.setattr(packaged.importlib.metadata, "requires",
+                        lambda dist: ["fake-chunked-part1==1.0", "sphinx; extra == 'docs'"])
+    assert packaged.missing_parts(chunked) == ["fake-chunked-part1"]
+    assert packaged.not_installed("fake-chunked") == "fake-chunked==1.0"
+    monkeypatch.setattr(packaged.importlib.metadata, "requires", lambda dist: ["pytest"])  # installed here
+    assert packaged.not_installed("fake-chunked") is None
     table = (Measured("w2s", {}, MAIN, {"BadNet": 3.0, "InSent": 70.0}, "s", seeds=3),
              Measured("distill-into", {"student_model": "fake-student"}, REALISTIC, {"BadNet": 0.0, "InSent": 0.0},
                       "s", seeds=3, arm="distill-into-fake"))

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from packaging.requirements import Requirement
 
 from w2sdefense.errors import UserError
 from w2sdefense.fileio import cache_root
@@ -54,10 +57,33 @@ PACKAGED = {
 
 
 def not_installed(name: str) -> str | None:
-    """The pip requirement of the packaged model `name` when its package is not installed; None otherwise (installed,
-    or not a packaged model's name)."""
+    """The pip requirement of the packaged model `name` when its package is not installed, or (a model assembled from
+    chunk packages) one of its chunks is missing; None otherwise (installed, or not a packaged model's name)."""
     spec = PACKAGED.get(name)
-    return spec.pip_name if spec is not None and importlib.util.find_spec(spec.package) is None else None
+    if spec is None:
+        return None
+    if importlib.util.find_spec(spec.package) is None or (spec.assembled and missing_parts(spec)):
+        return spec.pip_name
+    return None
+
+
+def missing_parts(spec: PackagedModel) -> list[str]:
+    """The packages `spec`'s distribution requires that are not installed (its chunks, for an assembled model)."""
+    dist = Requirement(spec.pip_name).name
+    try:
+        required = importlib.metadata.requires(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        return [dist]
+    missing = []
+    for line in required:
+        req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue  # an optional extra's requirement
+        try:
+            importlib.metadata.distribution(req.name)
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(req.name)
+    return missing
 
 
 def package_file(spec: PackagedModel) -> Path:
