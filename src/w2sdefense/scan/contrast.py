@@ -78,12 +78,12 @@ class _ReaderModel(torch.nn.Module):
 
     def __init__(self, reader: CleanReader):
         super().__init__()
-        self.body, self.head, self.decoder = reader.body, reader.head, reader.decoder
+        self.reader = reader
+        self.body, self.head = reader.body, reader.head  # registered: moved and put in eval mode with the module
         self.config = getattr(reader.body, "config", None)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **_) -> SimpleNamespace:
-        hidden = self.body(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return SimpleNamespace(logits=self.head(pool(hidden.float(), attention_mask, self.decoder)))
+        return SimpleNamespace(logits=self.reader.logits({"input_ids": input_ids, "attention_mask": attention_mask}))
 
 
 @dataclass

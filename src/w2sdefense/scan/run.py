@@ -84,9 +84,9 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime, workdir: Path | None = None)
     if job.base_model and cfg.reader_check:
         candidates = read_by_reader(inputs, candidates, test_rows, job, rt)
     shown = candidates[: len(tested)]
-    top = verdict_candidate(shown, cfg.score)
     contrast_top = verdict_candidate(shown, "contrast")
     contrast_score = contrast_top.contrast if contrast_top else None
+    top = contrast_top if cfg.score == "contrast" else verdict_candidate(shown, "suspect")
     score = (contrast_score if cfg.score == "contrast" else _value(top.test_asr_cc)) if top else 0.0
     per_detector = {DETECTORS.canonical(n): None for n in cfg.detectors if DETECTORS.canonical(n) not in skipped}
     for c in candidates:
