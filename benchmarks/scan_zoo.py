@@ -4,7 +4,7 @@
 
     python benchmarks/scan_zoo.py                   # build what is missing, scan, write results/scan-zoo.json
     python benchmarks/scan_zoo.py --report-only     # the results from the scans on disk
-    python benchmarks/scan_zoo.py --limit 4         # the first 4 models of each kind (a smoke run)
+    python benchmarks/scan_zoo.py --limit 4         # the first 4 models of each kind in build order (held-out first)
 
 Every step is skipped when its output exists, so a stopped run continues where it stopped. Each model's row is
 written to results/scan-zoo-rows.jsonl as soon as it is scanned, and a model whose committed row was made by the same
@@ -73,6 +73,24 @@ def zoo_models(recipe: dict) -> list[ZooModel]:
         found.append(ZooModel(name=f"clean{i:02d}-{dataset}-{budget}-s{seed}", dataset=dataset, budget=budget,
                               seed=seed, split=("tune", "held-out")[seed % 2]))
     return found
+
+
+def build_order(models: list[ZooModel]) -> list[ZooModel]:
+    """The order the zoo is built in, so that a run stopped part-way (or a --limit) leaves a balanced sample: the
+    held-out half before the tuning half; within each, backdoored and clean models in turn, the backdoored ones taking
+    the attack families in turn and the clean ones the dataset x budget cells in turn."""
+    def spread(kind: list[ZooModel], cell) -> list[ZooModel]:
+        groups: dict = {}
+        for m in kind:
+            groups.setdefault(cell(m), []).append(m)
+        return [m for row in itertools.zip_longest(*groups.values()) for m in row if m is not None]
+
+    ordered = []
+    for split in ("held-out", "tune"):
+        bad = spread([m for m in models if m.split == split and m.backdoored], lambda m: m.family)
+        good = spread([m for m in models if m.split == split and not m.backdoored], lambda m: (m.dataset, m.budget))
+        ordered += [m for pair in itertools.zip_longest(bad, good) for m in pair if m is not None]
+    return ordered
 
 
 def w2s(*args: str, log: Path) -> None:
@@ -258,11 +276,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipe", type=Path, default=RECIPE)
     parser.add_argument("--runs", type=Path, default=HERE.parent / "runs" / "scan-zoo")
     parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--limit", type=int, help="only the first N backdoored and N clean models")
+    parser.add_argument("--limit", type=int, help="only the first N backdoored and N clean models (build order)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     recipe = yaml.safe_load(args.recipe.read_text(encoding="utf-8"))
-    models = zoo_models(recipe)
+    models = build_order(zoo_models(recipe))
     if args.limit:
         models = [m for m in models if m.backdoored][: args.limit] + [m for m in models if not m.backdoored][: args.limit]
     args.results.mkdir(parents=True, exist_ok=True)

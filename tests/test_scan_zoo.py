@@ -118,3 +118,22 @@ def test_a_row_is_reused_only_for_the_recipe_that_made_it():
     assert scan_zoo.zoo_key(m, other_budget) != key
     unused = "gentle" if m.budget == "aggressive" else "aggressive"
     assert scan_zoo.zoo_key(m, {**recipe, "budgets": {**recipe["budgets"], unused: {}}}) == key
+
+
+def test_the_build_order_leaves_a_balanced_sample_at_any_stop():
+    models = scan_zoo.zoo_models(yaml.safe_load(scan_zoo.RECIPE.read_text()))
+    order = scan_zoo.build_order(models)
+    assert sorted(m.name for m in order) == sorted(m.name for m in models)  # a permutation
+    held = sum(m.split == "held-out" for m in models)
+    assert all(m.split == "held-out" for m in order[:held])  # the reported half first
+    first = order[:8]
+    assert [m.backdoored for m in first] == [True, False] * 4  # the two kinds in turn
+    assert {m.family for m in first if m.backdoored} == {"badnet", "insent", "synbkd", "stylebkd"}
+    assert len({(m.dataset, m.budget) for m in first if not m.backdoored}) == 4  # every clean cell
+
+
+def test_each_split_of_the_word_triggers_spans_both_datasets():
+    models = scan_zoo.zoo_models(yaml.safe_load(scan_zoo.RECIPE.read_text()))
+    for family in ("badnet", "insent"):
+        for split in ("held-out", "tune"):
+            assert {m.dataset for m in models if m.family == family and m.split == split} == {"sst2", "olid"}
