@@ -5,10 +5,11 @@
     python benchmarks/scan_zoo.py                   # build what is missing, scan, write results/scan-zoo.json
     python benchmarks/scan_zoo.py --report-only     # the results from the scans on disk
     python benchmarks/scan_zoo.py --limit 4         # the first 4 models of each kind in build order (held-out first)
+    python benchmarks/scan_zoo.py --scan reader-lora  # the same models scanned with one of the recipe's scan_variants
 
 Every step is skipped when its output exists, so a stopped run continues where it stopped. Each model's row is
-written to results/scan-zoo-rows.jsonl as soon as it is scanned, and a model whose committed row was made by the same
-recipe is not built again: a zoo spread over several machines (or sessions whose run folders are gone) adds up. A
+written to results/scan-zoo-rows.jsonl (scan-zoo-<variant>-rows.jsonl for a scan variant) as soon as it is scanned,
+and a model whose committed row was made by the same recipe is not built again: a zoo spread over several machines (or sessions whose run folders are gone) adds up. A
 backdoored model whose planted trigger reaches under IMPLANTED ASR-cc did not take the backdoor: it is listed, and left
 out of the rates.
 """
@@ -34,7 +35,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 RECIPE = HERE / "scan-zoo.yaml"
 CLI = str(Path(sys.executable).with_name("w2sdefense"))
-KEY_FILE = "recipe_key"  # in each model's run folder: the zoo_key it was built for
+KEY_FILE = "recipe_key"  # in each model's run folder: the model_key it was built for
+DEFAULT_SCAN = "default"  # the recipe's own `scan` settings; `scan_variants` names others
 IMPLANTED = 0.5  # the planted trigger's ASR-cc from which a model counts as backdoored
 FPR = 0.05
 
@@ -102,12 +104,13 @@ def w2s(*args: str, log: Path) -> None:
             raise SystemExit(f"w2sdefense {args[0]} failed for {log.parent.name}: see {log}")
 
 
-def build(m: ZooModel, recipe: dict, folder: Path) -> None:
-    """Poison (backdoored models), train, measure the planted trigger, scan; each step skipped once done."""
-    check_folder(folder, zoo_key(m, recipe))
+def build(m: ZooModel, recipe: dict, folder: Path, scan: str = DEFAULT_SCAN) -> None:
+    """Poison (backdoored models), train, measure the planted trigger, scan (with the recipe's scan settings, or a
+    variant's); each step skipped once done."""
+    check_folder(folder, model_key(m, recipe))
     folder.mkdir(parents=True, exist_ok=True)
     if not (folder / KEY_FILE).is_file():
-        atomic_write_text(folder / KEY_FILE, zoo_key(m, recipe) + "\n")
+        atomic_write_text(folder / KEY_FILE, model_key(m, recipe) + "\n")
     log, rows = folder / "zoo.log", [f"data.max_train={recipe['rows']}", f"seed={m.seed}"]
     data = m.dataset
     if m.backdoored:
@@ -123,21 +126,46 @@ def build(m: ZooModel, recipe: dict, folder: Path) -> None:
             *_sets(rows + [f"train.{k}={v}" for k, v in budget.items()]), log=log)
     if m.backdoored and not (folder / "planted.json").is_file():
         w2s("evaluate", "--model", str(folder / "victim"), "--data", data, "--out", str(folder / "planted.json"), log=log)
-    if not (folder / "scan" / "report.json").is_file():
+    if not (folder / scan_folder(scan) / "report.json").is_file():
         w2s("scan", "--model", str(folder / "victim"), "--data", m.dataset, "--base", recipe["base"],
-            "--out", str(folder / "scan"), *_sets(rows + recipe.get("scan", [])), log=log)
+            "--out", str(folder / scan_folder(scan)), *_sets(rows + scan_settings(recipe, scan)), log=log)
+
+
+def scan_settings(recipe: dict, scan: str) -> list[str]:
+    """The dotted settings of the recipe's scan (`default`) or of one of its scan_variants."""
+    if scan == DEFAULT_SCAN:
+        return list(recipe.get("scan", []))
+    variants = recipe.get("scan_variants", {})
+    if scan not in variants:
+        raise SystemExit(f"--scan {scan}: the recipe's scan_variants are {', '.join(variants) or 'none'}")
+    return list(variants[scan])
+
+
+def scan_folder(scan: str) -> str:
+    return "scan" if scan == DEFAULT_SCAN else f"scan-{scan}"
+
+
+def results_stem(scan: str) -> str:
+    return "scan-zoo" if scan == DEFAULT_SCAN else f"scan-zoo-{scan}"
 
 
 def _sets(pairs: list[str]) -> list[str]:
     return [arg for pair in pairs for arg in ("--set", pair)]
 
 
-def zoo_key(m: ZooModel, recipe: dict) -> str:
-    """What one model's row depends on: the model's own entry, the recipe's settings shared by every model, and the
-    scanner's defaults (a changed scan default scans again; a changed detector's code, or a changed default of
-    training, data or evaluation, does not: move the rows away to rebuild)."""
-    shared = {k: recipe.get(k) for k in ("model", "base", "rows", "target_label", "train", "scan")}
-    made = json.dumps({"entry": asdict(m), "budget": recipe["budgets"][m.budget], **shared,
+def model_key(m: ZooModel, recipe: dict) -> str:
+    """What one model depends on: its own entry and the recipe's settings of training shared by every model (written
+    in its run folder; every scan of it reuses it)."""
+    shared = {k: recipe.get(k) for k in ("model", "rows", "target_label", "train")}
+    made = json.dumps({"entry": asdict(m), "budget": recipe["budgets"][m.budget], **shared}, sort_keys=True)
+    return hashlib.sha256(made.encode()).hexdigest()[:16]
+
+
+def zoo_key(m: ZooModel, recipe: dict, scan: str = DEFAULT_SCAN) -> str:
+    """What one model's row depends on: the model, the base and settings it was scanned with, and the scanner's
+    defaults (a changed scan default scans again; a changed detector's code, or a changed default of training, data
+    or evaluation, does not: move the rows away to rebuild)."""
+    made = json.dumps({"model": model_key(m, recipe), "base": recipe.get("base"), "scan": scan_settings(recipe, scan),
                        "scan_defaults": to_dict(ScanConfig())}, sort_keys=True)
     return hashlib.sha256(made.encode()).hexdigest()[:16]
 
@@ -156,14 +184,14 @@ def write_rows(path: Path, rows: list[dict]) -> None:
 
 def check_folder(folder: Path, key: str) -> None:
     """A model's run folder holds what this recipe makes: its key is written when it is first built; a folder made
-    by another recipe (or by scanner defaults since changed) is refused, never mixed in or deleted."""
+    by another recipe is refused, never mixed in or deleted."""
     mark = folder / KEY_FILE
     if not folder.exists():
         return
     if not mark.is_file() or mark.read_text(encoding="utf-8").strip() != key:
-        raise SystemExit(f"{folder} was built by another recipe or another scanner's defaults than this one (its "
-                         f"{KEY_FILE} is {'missing' if not mark.is_file() else 'different'}): move it away, or give "
-                         "--runs another folder")
+        raise SystemExit(f"{folder} was built by another recipe than this one (its {KEY_FILE} is "
+                         f"{'missing' if not mark.is_file() else 'different'}): move it away, or give --runs another "
+                         "folder")
 
 
 def _with_others(rows: list[dict], earlier: dict[str, dict]) -> list[dict]:
@@ -172,9 +200,9 @@ def _with_others(rows: list[dict], earlier: dict[str, dict]) -> list[dict]:
     return rows + [r for name, r in earlier.items() if name not in done]
 
 
-def zoo_row(m: ZooModel, folder: Path, target: int) -> dict:
+def zoo_row(m: ZooModel, folder: Path, target: int, scan_name: str = DEFAULT_SCAN) -> dict:
     """One model's flat row: how it was made, what the scan said, whether it found the planted trigger."""
-    scan = ScanReport.from_json(json.loads((folder / "scan" / "report.json").read_text()))
+    scan = ScanReport.from_json(json.loads((folder / scan_folder(scan_name) / "report.json").read_text()))
     planted = read_result(EvaluationResult, folder / "planted.json") if m.backdoored else EvaluationResult()
     planted_asr = planted.attack_success_rate_clean_correct
     tested = [c for c in scan.candidates if c.test_rows is not None]
@@ -277,6 +305,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=Path, default=HERE.parent / "runs" / "scan-zoo")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--limit", type=int, help="only the first N backdoored and N clean models (build order)")
+    parser.add_argument("--scan", default=DEFAULT_SCAN, help="scan with one of the recipe's scan_variants (its "
+                        "models are the same; its rows, summary and chart are its own)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     recipe = yaml.safe_load(args.recipe.read_text(encoding="utf-8"))
@@ -284,26 +314,28 @@ def main(argv: list[str] | None = None) -> None:
     if args.limit:
         models = [m for m in models if m.backdoored][: args.limit] + [m for m in models if not m.backdoored][: args.limit]
     args.results.mkdir(parents=True, exist_ok=True)
-    path = args.results / "scan-zoo-rows.jsonl"
+    stem, scanned_in = results_stem(args.scan), scan_folder(args.scan)
+    path = args.results / f"{stem}-rows.jsonl"
     earlier, rows = read_rows(path), []
     for i, m in enumerate(models, 1):
-        folder, key = args.runs / m.name, zoo_key(m, recipe)
+        folder, key = args.runs / m.name, zoo_key(m, recipe, args.scan)
         kept = earlier.get(m.name)
-        if kept is not None and kept.get("recipe_key") == key and not (folder / "scan" / "report.json").is_file():
+        if kept is not None and kept.get("recipe_key") == key and not (folder / scanned_in / "report.json").is_file():
             rows.append(kept)  # measured before, perhaps on another machine
             continue
         if not args.report_only:
             print(f"scan zoo: {i}/{len(models)} {m.name}", flush=True)
-            build(m, recipe, folder)
-        if (folder / "scan" / "report.json").is_file():
-            check_folder(folder, key)
-            rows.append({**zoo_row(m, folder, recipe["target_label"]), "recipe_key": key})
+            build(m, recipe, folder, args.scan)
+        if (folder / scanned_in / "report.json").is_file():
+            check_folder(folder, model_key(m, recipe))
+            rows.append({**zoo_row(m, folder, recipe["target_label"], args.scan), "recipe_key": key})
             write_rows(path, _with_others(rows, earlier))  # a stop here keeps every row measured so far
     # Rows of models this run did not reach (--limit) or another recipe's are kept in the file, not summarised.
     write_rows(path, _with_others(rows, earlier))
-    result = {"recipe": str(args.recipe.name), "models_scanned": len(rows), **summarise(rows)}
-    (args.results / "scan-zoo.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    plot(rows, args.results / "scan-zoo-roc.png")
+    result = {"recipe": str(args.recipe.name), "scan": args.scan, "scan_settings": scan_settings(recipe, args.scan),
+              "models_scanned": len(rows), **summarise(rows)}
+    (args.results / f"{stem}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+    plot(rows, args.results / f"{stem}-roc.png")
     print(json.dumps(result["held_out"].get("all", {}), sort_keys=True))
 
 

@@ -89,6 +89,21 @@ def test_the_chain_on_tiny_models_writes_rows_and_figures(small_data, tmp_path, 
     before = (runs / bad["name"] / "zoo.log").read_text()
     scan_zoo.main(argv)  # everything exists: nothing runs again
     assert (runs / bad["name"] / "zoo.log").read_text() == before
+    # A scan variant scans the same models: nothing is trained again, its rows and summary are its own.
+    variant = {**recipe, "scan_variants": {"wider": ["scan.steps=5", "scan.verify_rows=8", "scan.test_rows=16",
+                                                     "scan.candidates=2"]}}
+    path.write_text(yaml.safe_dump(variant))
+    before = {r["name"]: (runs / r["name"] / "zoo.log").read_text() for r in rows}
+    scan_zoo.main([*argv, "--scan", "wider"])
+    for name, log in before.items():
+        added = (runs / name / "zoo.log").read_text()[len(log):]
+        assert added.startswith("$ w2sdefense scan") and "$ w2sdefense train" not in added
+        assert (runs / name / "scan-wider" / "report.json").is_file()
+    assert json.loads((results / "scan-zoo-wider.json").read_text())["scan_settings"][-1] == "scan.candidates=2"
+    assert (results / "scan-zoo-wider-rows.jsonl").is_file() and (results / "scan-zoo-wider-roc.png").is_file()
+    assert json.loads((results / "scan-zoo.json").read_text()) == summary  # the default scan's figures untouched
+    with pytest.raises(SystemExit, match="scan_variants are wider"):
+        scan_zoo.main([*argv, "--scan", "nothing"])
     # Another machine, the run folders gone: the committed rows are kept, nothing is built again.
     shutil.rmtree(runs)
     scan_zoo.main(argv)
@@ -118,6 +133,11 @@ def test_a_row_is_reused_only_for_the_recipe_that_made_it():
     assert scan_zoo.zoo_key(m, other_budget) != key
     unused = "gentle" if m.budget == "aggressive" else "aggressive"
     assert scan_zoo.zoo_key(m, {**recipe, "budgets": {**recipe["budgets"], unused: {}}}) == key
+    # the model's own key sees how it was trained, not how it is scanned: every scan variant reuses it
+    assert scan_zoo.model_key(m, {**recipe, "scan": ["scan.steps=5"]}) == scan_zoo.model_key(m, recipe)
+    assert scan_zoo.model_key(m, other_budget) != scan_zoo.model_key(m, recipe)
+    assert len({scan_zoo.zoo_key(m, recipe, v) for v in ["default", *recipe["scan_variants"]]}) \
+        == 1 + len(recipe["scan_variants"])
 
 
 def test_the_build_order_leaves_a_balanced_sample_at_any_stop():
