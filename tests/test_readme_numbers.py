@@ -1,7 +1,8 @@
 """Every measured number the README quotes comes from the committed results, and no hand-typed one creeps back.
 
 (a) Each generated block of the README (`<!-- NAME:begin -->` ... `<!-- NAME:end -->`) is rebuilt from the
-committed results files (benchmarks/results/<attack>.json) by the code `python benchmarks/real.py --report-only`
+committed results files (benchmarks/results/<attack>.json; the realistic block from results/realistic-rows.jsonl, by
+`realistic_report.headline`) by the code `python benchmarks/real.py --report-only`
 writes it with (`real_tables.readme_blocks`; no model runs) and must equal, byte for byte, what the README holds. The
 model-families block is not a measurement: tests/test_families.py checks it against the tested families.
 
@@ -27,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import real_results  # noqa: E402
 import real_tables  # noqa: E402
+import realistic_report  # noqa: E402
 
 README = REPO / "README.md"
 BLOCK = re.compile(r"<!-- ([\w-]+):begin -->\n(.*?)\n<!-- \1:end -->", re.S)
@@ -70,7 +72,9 @@ def hand_typed(text: str) -> list[str]:
 
 def _expected() -> dict[str, str]:
     results = real_results.load_results()
-    return real_tables.readme_blocks(results, real_tables.summary(results))
+    rows = realistic_report.read_rows(REPO / "benchmarks" / "results" / "realistic-rows.jsonl")
+    return {**real_tables.readme_blocks(results, real_tables.summary(results)),
+            "realistic": realistic_report.headline(rows)}
 
 
 def test_every_generated_readme_block_is_what_the_committed_results_give():
@@ -79,7 +83,8 @@ def test_every_generated_readme_block_is_what_the_committed_results_give():
         "a README block that no script writes (or a missing one; real.py would append it at the end)")
     stale = blocks_that_differ(text, expected)
     assert not stale, (f"README blocks {stale} differ from the committed results: rerun "
-                       "`python benchmarks/real.py --report-only`, never edit them by hand")
+                       "`python benchmarks/real.py --report-only` (the realistic block: `python "
+                       "benchmarks/realistic.py --report-only`), never edit them by hand")
 
 
 def test_a_changed_number_in_a_block_is_caught():

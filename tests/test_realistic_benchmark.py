@@ -72,6 +72,27 @@ def test_recording_a_row_again_replaces_it_and_the_table_takes_means_of_differen
     assert "| insent | – | clean model (floor) |" in table
 
 
+def test_the_readme_block_holds_the_arms_with_three_seeds_on_both_attacks_by_hand(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    reset, other = {"label": "reset", "base_known": True}, {"label": "lora-ft", "base_known": False}
+    for attack in ("badnet", "insent"):
+        realistic.record(realistic.clean_model_row(attack, _report()), path)
+        for seed, asr in zip((42, 43, 44), (0.07, 0.05, 0.03)):  # residuals +3, +1, -1 points: mean +1.0, sd 2.0
+            report = _report(reset=dataclasses.replace(_report().row("reset"), attack_success_rate_clean_correct=asr))
+            realistic.record(realistic.flat_row(attack, reset, 256, seed, report), path)
+    for seed in (42, 43, 44):  # lora-ft: three seeds on BadNet, none on InSent: not in the block
+        realistic.record(realistic.flat_row("badnet", other, 256, seed, _report(**{"lora-ft": _report().row("reset")})),
+                         path)
+    block = realistic_report.headline(realistic_report.read_rows(path))
+    lines = block.splitlines()
+    assert "lora-ft" not in block and sum(line.startswith("| ") for line in lines) == 4  # head, 2 baselines, 1 arm
+    arm = next(line for line in lines if line.startswith("| reset |"))
+    # each attack: residual +1.0 ± 2.0, CA 0.86 - 0.88 = -2.0 points, re-learned ASR-cc 20.0 %
+    assert arm.count("+1.0 ± 2.0 (n=3) (CA -2.0; 20.0 %)") == 2
+    assert "| the suspect, no defense | +95.0 (CA 88.0 %) | +95.0 (CA 88.0 %) |" in block  # 0.99 - 0.04
+    assert "| a clean model of the same recipe (the floor) | +0.0 (CA +2.0; 10.0 %) |" in block
+
+
 def test_rows_written_before_rows_carried_a_stage_key_get_it_from_their_stage_folder(tmp_path, monkeypatch):
     arms = [{"label": "reset", "base_known": True}, {"label": "w2s-t", "base_known": False, "set": ["x=1"],
                                                       "teacher_row": "distil"}]

@@ -56,19 +56,22 @@ from w2sdefense.train.job import limit
 
 def choose_defense(job: CleanJob) -> DefenseConfig:
     """The defense `clean` runs: the one named, else the measured default for what the user gave
-    (evidence.measured_default: today, with the public base known, reset-distill when unlabelled texts are given and
-    the full reset otherwise; without a base, W2SDefense); settings
-    given without a name tune that default. A base
-    given to a defense that does not take one is refused. It trains on every clean row the user gave, for the step
+    (evidence.measured_default: today, with unlabelled texts, the Gemma package and a suspect no larger than
+    Gemma-3-270M, distill-into Gemma, base or not; else with the base, reset-distill given texts and the full reset
+    without; without a base, W2SDefense); settings given without a name tune that default. A base given to a named
+    defense that does not take one is refused; the measured default that reads none runs without it. It trains on every clean row the user gave, for the step
     budget the realistic benchmark measured (recipes.CLEAN_BUDGET), with the train keys the default was measured
     with (Measured.train) over that, unless the user's train keys say otherwise."""
     d = job.defense or DefenseConfig(name=AUTO_DEFENSE)
-    if d.name == AUTO_DEFENSE:
-        chosen = measured_default(bool(job.base_model), unlabelled=job.unlabelled is not None)
+    auto = d.name == AUTO_DEFENSE
+    if auto:
+        chosen = measured_default(bool(job.base_model), unlabelled=job.unlabelled is not None, suspect=job.model)
         d = dataclasses.replace(d, name=chosen.defense, settings={**chosen.settings, **d.settings},
                                 train={**(chosen.train or {}), **d.train})
     takes = {f.name for f in dataclasses.fields(DEFENSES.get(d.name).settings)}
     takes_base = "base_model" in takes
+    if auto and not takes_base:
+        job = dataclasses.replace(job, base_model=None)  # the measured default reads no base (its report says so)
     resets = takes_base and bool(job.base_model or d.settings.get("base_model"))
     for key, flag in (("head", "--fresh-head"), ("tokenizer", "--base-tokenizer")):
         if key in d.settings and not resets:
@@ -89,7 +92,8 @@ def _why(job: CleanJob) -> str | None:
     if job.defense is not None and job.defense.name != AUTO_DEFENSE:
         return None
     base_known, unlabelled = bool(job.base_model), job.unlabelled is not None
-    return default_reason(measured_default(base_known, unlabelled=unlabelled), base_known, unlabelled=unlabelled)
+    chosen = measured_default(base_known, unlabelled=unlabelled, suspect=job.model)
+    return default_reason(chosen, base_known, unlabelled=unlabelled, suspect=job.model)
 
 
 def with_declared_base(job: CleanJob) -> tuple[CleanJob, str | None]:

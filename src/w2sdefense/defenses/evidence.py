@@ -29,6 +29,9 @@ class Measured:
     arm: str | None = None  # its rows' `defense` in the realistic protocol, where the arm's label is not the name
     # it read unlabelled in-domain texts (the realistic protocol's 1024): only for a user who gives them (--unlabelled)
     reads_unlabelled: bool = False
+    # it distilled the suspect into another model of this many parameters, larger than the suspect measured: it applies
+    # to a suspect no larger (how much of a larger suspect's accuracy a smaller student keeps was not measured)
+    student_params: int | None = None
 
     def seeds_of(self, attack: str) -> int:
         """The defense seeds behind an attack's mean."""
@@ -47,6 +50,14 @@ EVIDENCE = (
     Measured("reset-distill", {}, REALISTIC, {"BadNet": -0.2, "InSent": -2.8},
              "benchmarks/RESULTS.md, the realistic protocol (results/realistic-rows.jsonl)", needs_base=True,
              seeds=3, ca_change={"BadNet": -0.9, "InSent": -1.2}, reads_unlabelled=True),
+    # the suspect distilled into the packaged Gemma-3-270M (another family, never shown a trigger), LoRA on every linear
+    # layer and a new head; 268,099,456 parameters as a two-label classifier (models.loading.parameter_count)
+    Measured("distill-into", {"student_model": "gemma3-270m"}, REALISTIC, {"BadNet": -1.0, "InSent": -2.9},
+             "benchmarks/RESULTS.md, the realistic protocol (results/realistic-rows.jsonl)", seeds=3,
+             ca_change={"BadNet": 0.3, "InSent": -0.3}, reads_unlabelled=True, arm="distill-into-gemma",
+             train={"method": "lora", "lr": 1.0e-3, "head_lr": None,
+                    "lora": {"r": 16, "alpha": 32, "target_modules": ["all-linear"]}},
+             student_params=268_099_456),
 )
 
 # What a measurement needs before `clean` may run it by default (the realistic protocol's own bar): both attacks the
@@ -57,20 +68,32 @@ BAR_SEEDS = 3
 
 def measured_default(base_known: bool, evidence: tuple[Measured, ...] = EVIDENCE,
                      installed: Callable[[Measured], bool] = lambda m: missing_package(m) is None, *,
-                     unlabelled: bool = False) -> Measured:
+                     unlabelled: bool = False, suspect: str | None = None) -> Measured:
     """The defense `clean` runs when none is named: of the measurements that meet the bar and that the user can run
     (a reset needs the base; a packaged model needs its package, `installed`; a measurement that read unlabelled
-    texts needs the user's, `unlabelled`), those of the realistic protocol (the practitioner's regime) if any, else
-    the main experiment's; among them the one whose worse residual over BadNet and InSent is lowest."""
-    found = _ranked(base_known, evidence, installed, unlabelled)
+    texts needs the user's, `unlabelled`; one that distilled into a student needs a `suspect` no larger), those of the
+    realistic protocol (the practitioner's regime) if any, else the main experiment's; among them the one whose worse
+    residual over BadNet and InSent is lowest."""
+    found = _ranked(base_known, evidence, installed, unlabelled, lambda m: fits(m, suspect))
     if not found:
         raise ValueError("no measurement meets the bar for this user: the evidence table lost its main rows")
     return found[0]
 
 
+def fits(m: Measured, suspect: str | None) -> bool:
+    """Whether `suspect` is within what `m` measured: any suspect, or for a distillation into a student one no larger
+    than that student (a suspect whose size cannot be read is not)."""
+    if m.student_params is None:
+        return True
+    from w2sdefense.models.loading import parameter_count  # reads the suspect's config only when it matters
+
+    size = parameter_count(suspect) if suspect else None
+    return size is not None and size <= m.student_params
+
+
 def _ranked(base_known: bool, evidence: tuple[Measured, ...], installed: Callable[[Measured], bool],
-            unlabelled: bool) -> list[Measured]:
-    usable = [m for m in evidence if (base_known or not m.needs_base) and installed(m)
+            unlabelled: bool, fitting: Callable[[Measured], bool] = lambda m: True) -> list[Measured]:
+    usable = [m for m in evidence if (base_known or not m.needs_base) and installed(m) and fitting(m)
               and (unlabelled or not m.reads_unlabelled)
               and all(a in m.residual and m.seeds_of(a) >= BAR_SEEDS for a in BAR_ATTACKS)]
     for regime in (REALISTIC, MAIN):
@@ -95,12 +118,15 @@ def missing_package(m: Measured) -> str | None:
 
 
 def default_reason(chosen: Measured, base_known: bool, evidence: tuple[Measured, ...] = EVIDENCE, *,
-                   unlabelled: bool = False) -> str:
+                   unlabelled: bool = False, suspect: str | None = None) -> str:
     """Why `clean` ran `chosen`, in one line for its report; it names a better measurement the user cannot run for
-    want of a package (and the command that installs it) or of unlabelled texts (and the option that gives them)."""
+    want of a package (and the command that installs it), of unlabelled texts (and the option that gives them), or
+    because the suspect is larger than the student it was measured with."""
     given = "with the public base known" if base_known else "without a known base"
     line = (f"{chosen.defense} is the default {given}: of the defenses the benchmark measured on BadNet and InSent over "
             f"at least {BAR_SEEDS} seeds ({chosen.regime}), it left the least backdoor")
+    if base_known and not chosen.needs_base:
+        line += " (it does not read the base)"
     ranked = _ranked(base_known, evidence, lambda m: True, True)
     best = ranked[0] if ranked else chosen
     if best is not chosen and _worse(best) < _worse(chosen):
@@ -109,10 +135,20 @@ def default_reason(chosen: Measured, base_known: bool, evidence: tuple[Measured,
             wants.append(f"`pip install {missing_package(best)}`")
         if best.reads_unlabelled and not unlabelled:
             wants.append("unlabelled in-domain texts (`--unlabelled FILE`, one a line)")
+        if not fits(best, suspect):
+            wants.append(f"a suspect no larger than the student it was measured with ({best.student_params:,} "
+                         "parameters; the size of yours " + _size_of(suspect) + ")")
         if wants:
             line += (f" that you can run as given; {best.arm or best.defense} measured better but needs "
                      + " and ".join(wants))
     return line + "."
+
+
+def _size_of(suspect: str | None) -> str:
+    from w2sdefense.models.loading import parameter_count
+
+    size = parameter_count(suspect) if suspect else None
+    return "could not be read from its config" if size is None else f"is {size:,}"
 
 
 def evidence_lines(name: str, settings: dict) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import pickle
@@ -211,7 +212,7 @@ def load_error_reason(exc: Exception) -> str:
     if isinstance(exc, SafetensorError):
         return f"a weights file is damaged or not safetensors ({first})"
     if isinstance(exc, pickle.UnpicklingError):  # torch's advice (weights_only=False) would run the file's code
-        return (f"a weights file holds pickled objects, which torch's safe loader refuses to load because they could "
+        return ("a weights file holds pickled objects, which torch's safe loader refuses to load because they could "
                 "run code; use a copy saved as safetensors (save_pretrained) from a source you trust")
     return first
 
@@ -404,6 +405,25 @@ def count_parameters(model: torch.nn.Module) -> dict:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable_params": trainable, "total_params": total}
+
+
+@functools.lru_cache(maxsize=16)
+def parameter_count(name: str, num_labels: int = 2) -> int | None:
+    """How many parameters the classifier `name` has (an adapter: its base's), counted on the meta device from its
+    config without reading a weight; None where it cannot be told (a hub id not cached here, an unreadable config)."""
+    try:
+        if name in TINY_BUILDERS:
+            return count_parameters(build_tiny(name, num_labels, torch.float32)[0])["total_params"]
+        path = Path(resolve_model_path(name))
+        if (path / "adapter_config.json").is_file():
+            return parameter_count(adapter_base(path), num_labels)
+        config = AutoConfig.from_pretrained(str(path), trust_remote_code=False, local_files_only=True)
+        config.num_labels = num_labels
+        with torch.device("meta"):
+            model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=False)
+    except (UserError, *LOAD_ERRORS):
+        return None
+    return count_parameters(model)["total_params"]
 
 
 def label_names(name: str) -> list[str] | None:
