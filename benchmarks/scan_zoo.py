@@ -119,16 +119,24 @@ def build(m: ZooModel, recipe: dict, folder: Path, scan: str = DEFAULT_SCAN) -> 
         if not (folder / "poison" / "poison.json").is_file():
             w2s("poison", "--data", m.dataset, "--attack", m.family, "--out", data, "--target-label",
                 str(recipe["target_label"]), "--rate", str(m.rate), "--mode", m.mode,
-                *_sets(rows + attack), log=log)
+                *_sets(rows + attack), *_again(folder / "poison", "--overwrite"), log=log)
     budget = {**recipe["train"], **recipe["budgets"][m.budget]}
     if not (folder / "victim" / "metrics.json").is_file():
         w2s("train", "--data", data, "--model", recipe["model"], "--out", str(folder / "victim"),
-            *_sets(rows + [f"train.{k}={v}" for k, v in budget.items()]), log=log)
+            *_sets(rows + [f"train.{k}={v}" for k, v in budget.items()]), *_again(folder / "victim", "--resume"),
+            log=log)
     if m.backdoored and not (folder / "planted.json").is_file():
         w2s("evaluate", "--model", str(folder / "victim"), "--data", data, "--out", str(folder / "planted.json"), log=log)
     if not (folder / scan_folder(scan) / "report.json").is_file():
         w2s("scan", "--model", str(folder / "victim"), "--data", m.dataset, "--base", recipe["base"],
-            "--out", str(folder / scan_folder(scan)), *_sets(rows + scan_settings(recipe, scan)), log=log)
+            "--out", str(folder / scan_folder(scan)), *_sets(rows + scan_settings(recipe, scan)),
+            *_again(folder / scan_folder(scan), "--overwrite"), log=log)
+
+
+def _again(out: Path, flag: str) -> list[str]:
+    """A step stopped part-way left its folder (the tool's own, unfinished): training resumes it, a poison or a scan
+    (minutes at most) starts over."""
+    return [flag] if out.exists() else []
 
 
 def scan_settings(recipe: dict, scan: str) -> list[str]:

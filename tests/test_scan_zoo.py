@@ -89,6 +89,16 @@ def test_the_chain_on_tiny_models_writes_rows_and_figures(small_data, tmp_path, 
     before = (runs / bad["name"] / "zoo.log").read_text()
     scan_zoo.main(argv)  # everything exists: nothing runs again
     assert (runs / bad["name"] / "zoo.log").read_text() == before
+    # A scan stopped part-way (its folder there, no report, no row yet): the next run scans again instead of
+    # refusing the folder.
+    (runs / bad["name"] / "scan" / "report.json").unlink()
+    (results / "scan-zoo-rows.jsonl").unlink()
+    scan_zoo.main(argv)
+    assert (runs / bad["name"] / "zoo.log").read_text()[len(before):].startswith("$ w2sdefense scan")
+    assert json.loads((runs / bad["name"] / "scan" / "report.json").read_text())["score"] == bad["score"]
+    before = (runs / bad["name"] / "zoo.log").read_text()
+    rows = [json.loads(line) for line in (results / "scan-zoo-rows.jsonl").read_text().splitlines()]  # its new time
+    summary = json.loads((results / "scan-zoo.json").read_text())
     # A scan variant scans the same models: nothing is trained again, its rows and summary are its own.
     variant = {**recipe, "scan_variants": {"wider": ["scan.steps=5", "scan.verify_rows=8", "scan.test_rows=16",
                                                      "scan.candidates=2"]}}
