@@ -74,7 +74,7 @@ BUILDERS: dict[str, Callable[[], str]] = {
     "speed": _speed, "attack-arms": _attack_arms, "realistic": _realistic,
     **{name: _real(name) for name in ("real", "variants", "comparison", "attack", "earlier")},
     **{name: _study_table(name) for name in ("latent-probe", "scan-real", "scan-reader", "filters-paper",
-                                                    "weak-attack", "layer-probe", "trigger-parts")},
+                                                    "weak-attack", "layer-probe", "trigger-parts", "scan-zoo")},
 }
 
 

@@ -220,7 +220,15 @@ def zoo_row(m: ZooModel, folder: Path, target: int, scan_name: str = DEFAULT_SCA
             "found_label": scan.target_label,
             "target_label": target if m.backdoored else None,
             "recovered": recovered(m, tested, planted_asr) if m.backdoored else None,
-            "scan_s": scan.wall_time_s, "best": tested[0].trigger if tested else None}
+            "scan_s": scan.wall_time_s, "best": tested[0].trigger if tested else None,
+            "date": (scan.environment or {}).get("date", "")[:10] or None, "machine": _machine(scan.environment or {})}
+
+
+def _machine(env: dict) -> str | None:
+    """Where a scan ran, in a few words (its report's environment)."""
+    if not env:
+        return None
+    return f"{env.get('platform')}, {env.get('cpu_threads')} torch threads, {'CUDA' if env.get('cuda') else 'CPU'}"
 
 
 def recovered(m: ZooModel, tested: list[ScanCandidate], planted_asr: float | None) -> bool | None:

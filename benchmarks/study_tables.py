@@ -327,10 +327,79 @@ def _part_cell(point: dict | None) -> str:
     return "–" if point is None else f"{_percent(point['asr_cc'])} ({point['target_label']})"
 
 
+ZOO_SCANS = ("default", "reader-lora", "phrases-lora")  # scan_zoo.py's scans, in the order they ran
+ZOO_FAMILIES = ("all", "badnet", "insent", "synbkd", "stylebkd")
+
+
+def _zoo_stem(scan: str) -> str:
+    return "scan-zoo" if scan == "default" else f"scan-zoo-{scan}"
+
+
+def _auc(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def scan_zoo_table(results: Path = RESULTS) -> str:
+    """The scan zoo (benchmarks/scan_zoo.py): for each scan that ran, the held-out half's detection per attack family
+    by the suspect score and by the clean reader's contrast; then every model's row."""
+    summaries = {scan: _read(results / f"{_zoo_stem(scan)}.json") for scan in ZOO_SCANS
+                 if (results / f"{_zoo_stem(scan)}.json").is_file()}
+    if not summaries:
+        return "The zoo has not run."
+    lines = []
+    for scan, summary in summaries.items():
+        settings = ", ".join(f"`{s}`" for s in summary.get("scan_settings", [])) or "the defaults"
+        for family in ZOO_FAMILIES:
+            f = summary["held_out"].get(family)
+            if f is None:
+                continue
+            lines.append([f"{scan} ({settings})", family, f"{f['models']} ({f['not_implanted']})", str(f["clean_models"]),
+                          _auc(f["roc_auc"]), _percent(f["tpr_at_5fpr"], 0), _auc(f.get("contrast_roc_auc")),
+                          _percent(f.get("contrast_tpr_at_5fpr"), 0), _percent(f["target_label_accuracy"], 0),
+                          _percent(f["trigger_recovery"], 0)])
+    head = _table(["scan", "family", "backdoored (not implanted)", "clean", "ROC-AUC", "TPR at 5 % FPR",
+                   "contrast ROC-AUC", "contrast TPR at 5 % FPR", "target label", "trigger recovery"], lines)
+    rows = {}
+    for scan in summaries:
+        path = results / f"{_zoo_stem(scan)}-rows.jsonl"
+        for r in (json.loads(line) for line in path.read_text().splitlines() if line.strip()) if path.is_file() else []:
+            rows.setdefault(r["name"], {})[scan] = r
+    per_model = []
+    for name, by_scan in rows.items():
+        r = next(iter(by_scan.values()))
+        what = r["trigger"] or r["transform"] or "–"
+        recipe = "–" if not r["backdoored"] else f"{r['mode']}, {r['rate']}"
+        scores = [f"{by_scan[s]['score']:.2f} / {_auc(by_scan[s].get('contrast_score'))}" if s in by_scan else "–"
+                  for s in summaries]
+        best = by_scan.get("default", r).get("best")
+        per_model.append([name, r["split"], r["family"], f"`{what}`" if r["trigger"] else what, recipe, r["budget"],
+                          _percent(r["planted_asr_cc"], 0) if r["backdoored"] else "–", *scores,
+                          "–" if best is None else f"`{best}`",
+                          {True: "yes", False: "no", None: "–"}[by_scan.get("default", r).get("recovered")]])
+    models = _table(["model", "split", "family", "trigger", "poison", "budget", "planted ASR-cc",
+                     *(f"{s}: score / contrast" for s in summaries), "best candidate (default)", "recovered"], per_model)
+    seconds = {s: v["seconds_per_model"] for s, v in summaries.items() if v.get("seconds_per_model")}
+    every = [r for by_scan in rows.values() for r in by_scan.values()]
+    dates = sorted({r["date"] for r in every if r.get("date")})
+    machines = sorted({r["machine"] for r in every if r.get("machine")})
+    where = (f" Scanned {dates[0]}{' to ' + dates[-1] if dates[-1] != dates[0] else ''} on {'; '.join(machines)}, by "
+             "`python benchmarks/scan_zoo.py` (`--scan NAME` for a scan variant of benchmarks/scan-zoo.yaml)."
+             if dates else "")
+    return (f"{head}\n\nThe held-out half of the zoo (its triggers never used to tune the scanner), from "
+            f"`results/scan-zoo*.json`: ROC-AUC and TPR at 5 % FPR of the scan's score (the best candidate's test "
+            "ASR-cc) and of its contrast (that minus the clean reader's ASR-cc for the same insertion), backdoored "
+            "models against the clean ones; a backdoored model whose planted trigger reached under 50 % ASR-cc did "
+            "not take the backdoor and is left out (counted in brackets). Seconds per scan: "
+            + ", ".join(f"{s} {v:.0f} s" for s, v in seconds.items()) + "." + where
+            + "\n\nEvery model scanned so far (both halves; `results/scan-zoo*-rows.jsonl`); score / contrast per "
+            "scan:\n\n" + models)
+
+
 BUILDERS: dict[str, Callable[[Path], str]] = {"latent-probe": latent_probe_table, "scan-real": scan_real_table,
                                               "scan-reader": scan_reader_table,
                                               "filters-paper": filters_paper_table, "weak-attack": weak_attack_table,
-                                              "layer-probe": layer_probe_table, "trigger-parts": trigger_parts_table}
+                                              "layer-probe": layer_probe_table, "trigger-parts": trigger_parts_table,
+                                              "scan-zoo": scan_zoo_table}
 
 
 def main(names: list[str]) -> None:

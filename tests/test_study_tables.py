@@ -145,3 +145,32 @@ def test_the_trigger_parts_table_has_each_part_per_model_and_the_pools_means():
     clean = next(r for r in _rows(tables[1]) if r[0] == "clean model")
     mean0 = sum(p["by_label"]["0"] for p in pool) / len(pool)
     assert clean[:3] == ["clean model", str(len(pool)), f"{100 * mean0:.1f} %"]
+
+
+def test_the_scan_zoo_table_gives_each_scans_figures_and_every_models_row(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    import scan_zoo
+
+    def row(name, family, score, contrast, **extra):
+        bad = family != "clean"
+        return {"name": name, "split": "held-out", "family": family, "backdoored": bad, "trigger": "cf" if bad else None,
+                "transform": None, "mode": "dirty-label" if bad else None, "rate": 0.05 if bad else None,
+                "budget": "gentle", "planted_asr_cc": 0.97 if bad else None, "implanted": True if bad else None,
+                "score": score, "contrast_score": contrast, "best": "cf" if bad else "bad", "recovered": bad or None,
+                "target_label": 0 if bad else None, "found_label": 0, "scan_s": 60.0, "date": "2026-12-07",
+                "machine": "Linux, 2 torch threads, CPU", **extra}
+
+    rows = [row("bd", "badnet", 1.0, 0.6), row("c1", "clean", 0.5, 0.2), row("c2", "clean", 1.0, 0.1)]
+    for scan, stem in (("default", "scan-zoo"), ("reader-lora", "scan-zoo-reader-lora")):
+        (tmp_path / f"{stem}-rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (tmp_path / f"{stem}.json").write_text(json.dumps({"scan": scan, "scan_settings": ["scan.reader=lora"][:scan != "default"],
+                                                           **scan_zoo.summarise(rows)}))
+    text = study_tables.scan_zoo_table(tmp_path)
+    table = _rows(text.split("\n\n")[0])
+    # badnet scores 1.0 against clean 0.5 and 1.0: ROC-AUC (1 + 0.5) / 2 = 0.75; by contrast 0.6 beats both: 1.00
+    assert table[0] == ["default (the defaults)", "all", "1 (0)", "2", "0.75", "0 %", "1.00", "100 %", "100 %", "100 %"]
+    assert table[2][0] == "reader-lora (`scan.reader=lora`)" and len(table) == 4  # all + badnet, per scan
+    models = _rows(text.split("\n\n")[-1])
+    assert [m[0] for m in models] == ["bd", "c1", "c2"]
+    assert models[0][7:] == ["1.00 / 0.60", "1.00 / 0.60", "`cf`", "yes"] and models[1][6] == "–"
+    assert "Seconds per scan: default 60 s, reader-lora 60 s. Scanned 2026-12-07 on Linux, 2 torch threads, CPU" in text
