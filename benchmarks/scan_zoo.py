@@ -95,6 +95,12 @@ def build_order(models: list[ZooModel]) -> list[ZooModel]:
     return ordered
 
 
+def limited(models: list[ZooModel], n: int) -> list[ZooModel]:
+    """The first `n` backdoored and the first `n` clean models, in the order given (the build order)."""
+    chosen = {m.name for kind in (True, False) for m in [m for m in models if m.backdoored == kind][:n]}
+    return [m for m in models if m.name in chosen]
+
+
 def w2s(*args: str, log: Path) -> None:
     """Run one w2sdefense command, its output appended to `log`; a failure stops the benchmark with its log."""
     with log.open("a") as out:
@@ -219,7 +225,8 @@ def zoo_row(m: ZooModel, folder: Path, target: int, scan_name: str = DEFAULT_SCA
             "score": scan.score, "contrast_score": scan.contrast_score, "verdict": scan.backdoored,
             "found_label": scan.target_label,
             "target_label": target if m.backdoored else None,
-            "recovered": recovered(m, tested, planted_asr) if m.backdoored else None,
+            "recovered": recovered(m, [c for c in tested if c.target_label == target], planted_asr)
+            if m.backdoored else None,
             "scan_s": scan.wall_time_s, "best": tested[0].trigger if tested else None,
             "date": (scan.environment or {}).get("date", "")[:10] or None, "machine": _machine(scan.environment or {})}
 
@@ -233,7 +240,8 @@ def _machine(env: dict) -> str | None:
 
 def recovered(m: ZooModel, tested: list[ScanCandidate], planted_asr: float | None) -> bool | None:
     """The issue's trigger recovery: a reported candidate holding a word of the planted trigger, or reaching 90 % of
-    its ASR-cc; None for a trigger no word sequence is (a paraphrase or style transfer)."""
+    its ASR-cc; None for a trigger no word sequence is (a paraphrase or style transfer). The caller passes the
+    candidates toward the planted target label only (a sentiment word that flips rows the other way is not it)."""
     if m.trigger is None:
         return None
     words = {w.lower() for w in m.trigger.split() if len(w) >= 2}
@@ -328,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     recipe = yaml.safe_load(args.recipe.read_text(encoding="utf-8"))
     models = build_order(zoo_models(recipe))
     if args.limit:
-        models = [m for m in models if m.backdoored][: args.limit] + [m for m in models if not m.backdoored][: args.limit]
+        models = limited(models, args.limit)
     args.results.mkdir(parents=True, exist_ok=True)
     stem, scanned_in = results_stem(args.scan), scan_folder(args.scan)
     path = args.results / f"{stem}-rows.jsonl"

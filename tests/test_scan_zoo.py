@@ -160,6 +160,8 @@ def test_the_build_order_leaves_a_balanced_sample_at_any_stop():
     assert [m.backdoored for m in first] == [True, False] * 4  # the two kinds in turn
     assert {m.family for m in first if m.backdoored} == {"badnet", "insent", "synbkd", "stylebkd"}
     assert len({(m.dataset, m.budget) for m in first if not m.backdoored}) == 4  # every clean cell
+    # --limit keeps that order: the kinds still in turn
+    assert [m.backdoored for m in scan_zoo.limited(order, 3)] == [True, False] * 3
 
 
 def test_each_split_of_the_word_triggers_spans_both_datasets():
@@ -167,3 +169,18 @@ def test_each_split_of_the_word_triggers_spans_both_datasets():
     for family in ("badnet", "insent"):
         for split in ("held-out", "tune"):
             assert {m.dataset for m in models if m.family == family and m.split == split} == {"sst2", "olid"}
+
+
+def test_a_candidate_toward_another_label_recovers_nothing(tmp_path):
+    from w2sdefense.results import EvaluationResult, ScanReport, write_result
+
+    m = scan_zoo.ZooModel(name="x", dataset="sst2", budget="gentle", seed=1, split="held-out", family="insent",
+                          trigger="no cross no crown")
+    (tmp_path / "scan").mkdir()
+    report = ScanReport(model="x", base_model=None, backdoored=True, score=0.95, threshold=0.8, target_label=1,
+                        candidates=[_candidate("share richly finest", 0.95)], detectors={}, skipped={},
+                        label_names={}, wall_time_s=1.0, settings={}, environment={})
+    (tmp_path / "scan" / "report.json").write_text(json.dumps(report.to_json([])))
+    write_result(tmp_path / "planted.json", EvaluationResult(attack_success_rate_clean_correct=0.9))
+    assert scan_zoo.zoo_row(m, tmp_path, target=0)["recovered"] is False  # 0.95 >= 0.9 x 0.9, but toward label 1
+    assert scan_zoo.zoo_row(m, tmp_path, target=1)["recovered"] is True
