@@ -355,10 +355,21 @@ def scan_zoo_table(results: Path = RESULTS) -> str:
                 continue
             lines.append([f"{scan} ({settings})", family, f"{f['models']} ({f['not_implanted']})", str(f["clean_models"]),
                           _auc(f["roc_auc"]), _percent(f["tpr_at_5fpr"], 0), _auc(f.get("contrast_roc_auc")),
-                          _percent(f.get("contrast_tpr_at_5fpr"), 0), _percent(f["target_label_accuracy"], 0),
-                          _percent(f["trigger_recovery"], 0)])
+                          _percent(f.get("contrast_tpr_at_5fpr"), 0),
+                          f"{_percent(f.get('verdict_tpr'), 0)} / {_percent(f.get('verdict_fpr'), 0)}",
+                          _percent(f["target_label_accuracy"], 0), _percent(f["trigger_recovery"], 0)])
     head = _table(["scan", "family", "backdoored (not implanted)", "clean", "ROC-AUC", "TPR at 5 % FPR",
-                   "contrast ROC-AUC", "contrast TPR at 5 % FPR", "target label", "trigger recovery"], lines)
+                   "contrast ROC-AUC", "contrast TPR at 5 % FPR", "verdict: TPR / FPR", "target label",
+                   "trigger recovery"], lines)
+    calibrations = []
+    for scan, summary in summaries.items():
+        for key, c in (summary.get("calibrated") or {}).items():
+            if c is not None:
+                calibrations.append(f"{scan} by {'contrast' if key == 'contrast_score' else 'score'}: threshold "
+                                    f"{c['threshold']:.3f} from {c['tune_clean_models']} clean models, held-out TPR "
+                                    f"{_percent(c['held_out_tpr'], 0)}, FPR {_percent(c['held_out_fpr'], 0)}")
+    calibration = (" Calibrated on the tuning half (the lowest threshold that flags at most 5 % of its clean models), "
+                   "then applied to the held-out half: " + "; ".join(calibrations) + "." if calibrations else "")
     rows = {}
     for scan in summaries:
         path = results / f"{_zoo_stem(scan)}-rows.jsonl"
@@ -389,7 +400,9 @@ def scan_zoo_table(results: Path = RESULTS) -> str:
             f"`results/scan-zoo*.json`: ROC-AUC and TPR at 5 % FPR of the scan's score (the best candidate's test "
             "ASR-cc) and of its contrast (that minus the clean reader's ASR-cc for the same insertion), backdoored "
             "models against the clean ones; a backdoored model whose planted trigger reached under 50 % ASR-cc did "
-            "not take the backdoor and is left out (counted in brackets). Seconds per scan: "
+            "not take the backdoor and is left out (counted in brackets); verdict: the share of backdoored and of "
+            "clean models the scan called backdoored at its own threshold (`scan.threshold`)." + calibration
+            + " Seconds per scan: "
             + ", ".join(f"{s} {v:.0f} s" for s, v in seconds.items()) + "." + where
             + "\n\nEvery model scanned so far (both halves; `results/scan-zoo*-rows.jsonl`); score / contrast per "
             "scan:\n\n" + models)

@@ -184,3 +184,21 @@ def test_a_candidate_toward_another_label_recovers_nothing(tmp_path):
     write_result(tmp_path / "planted.json", EvaluationResult(attack_success_rate_clean_correct=0.9))
     assert scan_zoo.zoo_row(m, tmp_path, target=0)["recovered"] is False  # 0.95 >= 0.9 x 0.9, but toward label 1
     assert scan_zoo.zoo_row(m, tmp_path, target=1)["recovered"] is True
+
+
+def test_a_threshold_calibrated_on_the_tuning_half_is_measured_on_the_held_out_half():
+    def row(split, bad, score, implanted=True):
+        return {"split": split, "backdoored": bad, "implanted": implanted if bad else None, "score": score,
+                "contrast_score": None}
+
+    tune = [row("tune", False, s / 20) for s in range(20)]  # 0.0 ... 0.95: one of 20 (5 %) may be flagged
+    held = [row("held-out", True, 0.97), row("held-out", True, 0.95), row("held-out", True, 0.99, implanted=False),
+            row("held-out", False, 0.951), row("held-out", False, 0.5)]
+    found = scan_zoo.calibrated(tune + held, "score")
+    # just above 0.90, the second-highest tuning score: 0.95 is flagged (the one allowed), 0.90 not
+    assert 0.90 < found["threshold"] < 0.9000001 and found["tune_clean_models"] == 20
+    assert found["held_out_tpr"] == 1.0 and found["held_out_fpr"] == 0.5  # the not-implanted model is left out
+    assert scan_zoo.calibrated(held, "score") is None  # no tuning clean model yet
+    assert scan_zoo.calibrated(tune + held, "contrast_score") is None  # a score the scans did not give
+    few = [row("tune", False, 0.3), row("tune", False, 0.6)]  # two: none may be flagged
+    assert scan_zoo.calibrated(few + held, "score")["threshold"] > 0.6

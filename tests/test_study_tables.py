@@ -160,7 +160,8 @@ def test_the_scan_zoo_table_gives_each_scans_figures_and_every_models_row(tmp_pa
                 "target_label": 0 if bad else None, "found_label": 0, "scan_s": 60.0, "date": "2026-12-07",
                 "machine": "Linux, 2 torch threads, CPU", **extra}
 
-    rows = [row("bd", "badnet", 1.0, 0.6), row("c1", "clean", 0.5, 0.2), row("c2", "clean", 1.0, 0.1)]
+    rows = [row("bd", "badnet", 1.0, 0.6, verdict=True), row("c1", "clean", 0.5, 0.2, verdict=False),
+            row("c2", "clean", 1.0, 0.1, verdict=True)]
     for scan, stem in (("default", "scan-zoo"), ("reader-lora", "scan-zoo-reader-lora")):
         (tmp_path / f"{stem}-rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         (tmp_path / f"{stem}.json").write_text(json.dumps({"scan": scan, "scan_settings": ["scan.reader=lora"][:scan != "default"],
@@ -168,7 +169,9 @@ def test_the_scan_zoo_table_gives_each_scans_figures_and_every_models_row(tmp_pa
     text = study_tables.scan_zoo_table(tmp_path)
     table = _rows(text.split("\n\n")[0])
     # badnet scores 1.0 against clean 0.5 and 1.0: ROC-AUC (1 + 0.5) / 2 = 0.75; by contrast 0.6 beats both: 1.00
-    assert table[0] == ["default (the defaults)", "all", "1 (0)", "2", "0.75", "0 %", "1.00", "100 %", "100 %", "100 %"]
+    # verdicts: the backdoored model flagged, one clean model of two
+    assert table[0] == ["default (the defaults)", "all", "1 (0)", "2", "0.75", "0 %", "1.00", "100 %", "100 % / 50 %",
+                        "100 %", "100 %"]
     assert table[2][0] == "reader-lora (`scan.reader=lora`)" and len(table) == 4  # all + badnet, per scan
     models = _rows(text.split("\n\n")[-1])
     assert [m[0] for m in models] == ["bd", "c1", "c2"]
