@@ -50,6 +50,8 @@ def test_every_quoted_residual_is_the_results_files():
                 assert len(measured) == m.seeds_of(attack), (m.defense, attack, measured)
                 ca = _realistic(m.arm or m.defense, attack, 256, "ca")
                 assert m.ca_change is not None and round(sum(ca) / len(ca), 1) == m.ca_change[attack], (m.defense, ca)
+                if m.ca_range is not None:
+                    assert m.ca_range[attack] == (round(min(ca), 1), round(max(ca), 1)), (m.defense, ca)
 
 
 def test_the_report_quotes_the_settings_that_ran_and_says_when_nothing_was_measured():
@@ -59,6 +61,8 @@ def test_the_report_quotes_the_settings_that_ran_and_says_when_nothing_was_measu
     assert "has not measured crow" in evidence_lines("crow", {})[0]
     realistic = evidence_lines("reset-distill", {"base_model": "smollm2-135m"})[0]
     assert "residual backdoor" in realistic and "clean accuracy against the suspect's" in realistic
+    gemma = evidence_lines("distill-into", {"student_model": "gemma3-270m"})[0]
+    assert "-0.3 points (InSent; seeds from -2.0 to +0.5)" in gemma  # one run may fall well below the mean
 
 
 def test_the_default_is_the_measured_winner_for_what_the_user_has():

@@ -32,6 +32,9 @@ class Measured:
     # it distilled the suspect into another model of this many parameters, larger than the suspect measured: it applies
     # to a suspect no larger (how much of a larger suspect's accuracy a smaller student keeps was not measured)
     student_params: int | None = None
+    # attack -> (lowest, highest) CA change against the suspect over the seeds, points: how far one run may fall from
+    # the mean (the accuracy kept depends on the defender's rows: benchmarks/studies/realistic)
+    ca_range: dict[str, tuple[float, float]] | None = None
 
     def seeds_of(self, attack: str) -> int:
         """The defense seeds behind an attack's mean."""
@@ -49,7 +52,8 @@ EVIDENCE = (
              "benchmarks/RESULTS.md, the paper's experiment at laptop scale (w2sdefense)", seeds=3),
     Measured("reset-distill", {}, REALISTIC, {"BadNet": -0.2, "InSent": -2.8},
              "benchmarks/RESULTS.md, the realistic protocol (results/realistic-rows.jsonl)", needs_base=True,
-             seeds=3, ca_change={"BadNet": -0.9, "InSent": -1.2}, reads_unlabelled=True),
+             seeds=3, ca_change={"BadNet": -0.9, "InSent": -1.2}, reads_unlabelled=True,
+             ca_range={"BadNet": (-1.3, -0.3), "InSent": (-2.2, -0.3)}),
     # the suspect distilled into the packaged Gemma-3-270M (another family, never shown a trigger), LoRA on every linear
     # layer and a new head; 268,099,456 parameters as a two-label classifier (models.loading.parameter_count)
     Measured("distill-into", {"student_model": "gemma3-270m"}, REALISTIC, {"BadNet": -1.0, "InSent": -2.9},
@@ -57,7 +61,7 @@ EVIDENCE = (
              ca_change={"BadNet": 0.3, "InSent": -0.3}, reads_unlabelled=True, arm="distill-into-gemma",
              train={"method": "lora", "lr": 1.0e-3, "head_lr": None,
                     "lora": {"r": 16, "alpha": 32, "target_modules": ["all-linear"]}},
-             student_params=268_099_456),
+             student_params=268_099_456, ca_range={"BadNet": (0.2, 0.4), "InSent": (-2.0, 0.5)}),
 )
 
 # What a measurement needs before `clean` may run it by default (the realistic protocol's own bar): both attacks the
@@ -160,9 +164,15 @@ def evidence_lines(name: str, settings: dict) -> list[str]:
         return [f"the benchmark has not measured {name} with these settings: its effect on a backdoor is unknown."]
     return [f"the benchmark measured {name} ({m.regime}): residual backdoor "
             + ", ".join(f"{points:+.1f} points ({attack}{_over(m, attack)})" for attack, points in m.residual.items())
-            + ("; clean accuracy against the suspect's " + ", ".join(f"{points:+.1f} points ({attack})" for attack, points
-                                                                      in m.ca_change.items()) if m.ca_change else "")
+            + ("; clean accuracy against the suspect's " + ", ".join(f"{points:+.1f} points ({attack}{_spread(m, attack)})"
+                                                                      for attack, points in m.ca_change.items())
+               if m.ca_change else "")
             + f" [{m.source}]." for m in found]
+
+
+def _spread(m: Measured, attack: str) -> str:
+    low, high = (m.ca_range or {}).get(attack, (None, None))
+    return "" if low is None else f"; seeds from {low:+.1f} to {high:+.1f}"
 
 
 def _over(m: Measured, attack: str) -> str:
