@@ -89,10 +89,14 @@ def fits(m: Measured, suspect: str | None) -> bool:
     than that student (a suspect whose size cannot be read is not)."""
     if m.student_params is None:
         return True
+    size = _suspect_size(suspect)
+    return size is not None and size <= m.student_params
+
+
+def _suspect_size(suspect: str | None) -> int | None:
     from w2sdefense.models.loading import parameter_count  # reads the suspect's config only when it matters
 
-    size = parameter_count(suspect) if suspect else None
-    return size is not None and size <= m.student_params
+    return parameter_count(suspect) if suspect else None
 
 
 def _ranked(base_known: bool, evidence: tuple[Measured, ...], installed: Callable[[Measured], bool],
@@ -149,9 +153,7 @@ def default_reason(chosen: Measured, base_known: bool, evidence: tuple[Measured,
 
 
 def _size_of(suspect: str | None) -> str:
-    from w2sdefense.models.loading import parameter_count
-
-    size = parameter_count(suspect) if suspect else None
+    size = _suspect_size(suspect)
     return "could not be read from its config" if size is None else f"is {size:,}"
 
 
