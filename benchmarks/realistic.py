@@ -62,7 +62,9 @@ def arm_config(cfg: ExperimentConfig, arm: dict, k: int, seed: int, folder: Path
     """The experiment of one arm at (k, seed): the defender's draw and the defense's seed are `seed`."""
     entry = dict(arm["defense"])
     name = entry.pop("name")
-    train = {**entry.pop("train", {}), "max_steps": MAX_STEPS, "eval_every": EVAL_EVERY}
+    train = dict(entry.pop("train", {}))  # an arm may name its own budget (and says so in its row's question)
+    train.setdefault("max_steps", MAX_STEPS)
+    train.setdefault("eval_every", EVAL_EVERY)
     defense = DefenseConfig(name=name, label=arm["label"], seed=seed, train=train, settings=entry)
     defender = dataclasses.replace(cfg.defender, rows=k, seed=seed)
     return dataclasses.replace(cfg, output_dir=str(folder), defender=defender, defenses=[defense])

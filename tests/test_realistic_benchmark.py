@@ -123,6 +123,11 @@ def test_an_arm_runs_at_its_k_and_seed_with_the_protocols_step_budget():
     assert d.train["eval_every"] == realistic.EVAL_EVERY
     assert one.data.max_train == 4000 and one.poison.count == 580 and one.relearn.rows == 64
     assert {a["label"] for a in realistic.read_arms()} >= {"base-fresh-head", "reset", "lora-ft", "w2sdefense"}
+    # an arm that names its own budget keeps it (and only that arm)
+    long = next(a for a in realistic.read_arms() if a["label"] == "distill-into-gemma-long")
+    (d,) = realistic.arm_config(cfg, long, 256, 42, Path("x")).defenses
+    assert d.train["max_steps"] == 3 * realistic.MAX_STEPS and d.train["eval_every"] == 80
+    assert d.train["lr"] == 1.0e-3 and long["defense"]["train"]["max_steps"] == 480  # the arm's entry is not consumed
 
 
 def test_the_script_on_tiny_models_leaves_the_clean_models_row_and_one_arms_row(tmp_path, small_data):
