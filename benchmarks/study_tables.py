@@ -339,6 +339,14 @@ def _auc(value: float | None) -> str:
     return "–" if value is None else f"{value:.2f}"
 
 
+def _zoo_cell(row: dict) -> str:
+    """One model's scan in the zoo's per-model table: score / contrast, the best candidate, and for a backdoored model
+    with a planted word trigger whether a candidate recovered it."""
+    best = "" if row.get("best") is None else f", `{row['best']}`"
+    found = {True: " (recovered)", False: " (not recovered)", None: ""}[row.get("recovered")]
+    return f"{row['score']:.2f} / {_auc(row.get('contrast_score'))}{best}{found}"
+
+
 def scan_zoo_table(results: Path = RESULTS) -> str:
     """The scan zoo (benchmarks/scan_zoo.py): for each scan that ran, the held-out half's detection per attack family
     by the suspect score and by the clean reader's contrast; then every model's row."""
@@ -380,15 +388,11 @@ def scan_zoo_table(results: Path = RESULTS) -> str:
         r = next(iter(by_scan.values()))
         what = r["trigger"] or r["transform"] or "–"
         recipe = "–" if not r["backdoored"] else f"{r['mode']}, {r['rate']}"
-        scores = [f"{by_scan[s]['score']:.2f} / {_auc(by_scan[s].get('contrast_score'))}" if s in by_scan else "–"
-                  for s in summaries]
-        best = by_scan.get("default", r).get("best")
+        cells = [_zoo_cell(by_scan[s]) if s in by_scan else "–" for s in summaries]
         per_model.append([name, r["split"], r["family"], f"`{what}`" if r["trigger"] else what, recipe, r["budget"],
-                          _percent(r["planted_asr_cc"], 0) if r["backdoored"] else "–", *scores,
-                          "–" if best is None else f"`{best}`",
-                          {True: "yes", False: "no", None: "–"}[by_scan.get("default", r).get("recovered")]])
+                          _percent(r["planted_asr_cc"], 0) if r["backdoored"] else "–", *cells])
     models = _table(["model", "split", "family", "trigger", "poison", "budget", "planted ASR-cc",
-                     *(f"{s}: score / contrast" for s in summaries), "best candidate (default)", "recovered"], per_model)
+                     *(f"{s}: score / contrast, best candidate" for s in summaries)], per_model)
     seconds = {s: v["seconds_per_model"] for s, v in summaries.items() if v.get("seconds_per_model")}
     every = [r for by_scan in rows.values() for r in by_scan.values()]
     dates = sorted({r["date"] for r in every if r.get("date")})

@@ -175,5 +175,6 @@ def test_the_scan_zoo_table_gives_each_scans_figures_and_every_models_row(tmp_pa
     assert table[2][0] == "reader-lora (`scan.reader=lora`)" and len(table) == 4  # all + badnet, per scan
     models = _rows(text.split("\n\n")[-1])
     assert [m[0] for m in models] == ["bd", "c1", "c2"]
-    assert models[0][7:] == ["1.00 / 0.60", "1.00 / 0.60", "`cf`", "yes"] and models[1][6] == "–"
+    assert models[0][7:] == ["1.00 / 0.60, `cf` (recovered)"] * 2 and models[1][6] == "–"
+    assert models[1][7] == "0.50 / 0.20, `bad`"  # a clean model: nothing to recover
     assert "Seconds per scan: default 60 s, reader-lora 60 s. Scanned 2026-12-07 on Linux, 2 torch threads, CPU" in text
