@@ -39,6 +39,7 @@ CLI = str(Path(sys.executable).with_name("w2sdefense"))
 KEY_FILE = "recipe_key"  # in each model's run folder: the model_key it was built for
 DEFAULT_SCAN = "default"  # the recipe's own `scan` settings; `scan_variants` names others
 IMPLANTED = 0.5  # the planted trigger's ASR-cc from which a model counts as backdoored
+SPLITS = ("held-out", "tune")  # the build order's: held-out first (its numbers are reported; tune may choose settings)
 FPR = 0.05
 
 
@@ -50,7 +51,7 @@ class ZooModel:
     dataset: str
     budget: str
     seed: int
-    split: str  # tune | held-out
+    split: str  # one of SPLITS
     family: str = "clean"  # clean, or the attack (badnet, insent, synbkd, stylebkd)
     trigger: str | None = None
     transform: str | None = None
@@ -89,7 +90,7 @@ def build_order(models: list[ZooModel]) -> list[ZooModel]:
         return [m for row in itertools.zip_longest(*groups.values()) for m in row if m is not None]
 
     ordered = []
-    for split in ("held-out", "tune"):
+    for split in SPLITS:
         bad = spread([m for m in models if m.split == split and m.backdoored], lambda m: m.family)
         good = spread([m for m in models if m.split == split and not m.backdoored], lambda m: (m.dataset, m.budget))
         ordered += [m for pair in itertools.zip_longest(bad, good) for m in pair if m is not None]
@@ -353,10 +354,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--limit", type=int, help="only the first N backdoored and N clean models (build order)")
     parser.add_argument("--scan", default=DEFAULT_SCAN, help="scan with one of the recipe's scan_variants (its "
                         "models are the same; its rows, summary and chart are its own)")
+    parser.add_argument("--split", choices=SPLITS, help="only the models of one half (held-out: the reported numbers; "
+                        "tune: what may calibrate or choose the scanner's settings)")
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args(argv)
     recipe = yaml.safe_load(args.recipe.read_text(encoding="utf-8"))
-    models = build_order(zoo_models(recipe))
+    every = zoo_models(recipe)
+    models = build_order([m for m in every if args.split in (None, m.split)])
     if args.limit:
         models = limited(models, args.limit)
     args.results.mkdir(parents=True, exist_ok=True)
@@ -376,12 +380,16 @@ def main(argv: list[str] | None = None) -> None:
             check_folder(folder, model_key(m, recipe))
             rows.append({**zoo_row(m, folder, recipe["target_label"], args.scan), "recipe_key": key})
             write_rows(path, _with_others(rows, earlier))  # a stop here keeps every row measured so far
-    # Rows of models this run did not reach (--limit) or another recipe's are kept in the file, not summarised.
-    write_rows(path, _with_others(rows, earlier))
+    # Rows of models this run did not reach (--limit, --split) are kept in the file and summarised with this run's;
+    # rows another recipe made are kept, not summarised.
+    kept = _with_others(rows, earlier)
+    write_rows(path, kept)
+    keys = {m.name: zoo_key(m, recipe, args.scan) for m in every}
+    current = [r for r in kept if keys.get(r["name"]) == r.get("recipe_key")]
     result = {"recipe": str(args.recipe.name), "scan": args.scan, "scan_settings": scan_settings(recipe, args.scan),
-              "models_scanned": len(rows), **summarise(rows)}
+              "models_scanned": len(current), **summarise(current)}
     (args.results / f"{stem}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
-    plot(rows, args.results / f"{stem}-roc.png")
+    plot(current, args.results / f"{stem}-roc.png")
     print(json.dumps(result["held_out"].get("all", {}), sort_keys=True))
 
 

@@ -120,9 +120,12 @@ def test_the_chain_on_tiny_models_writes_rows_and_figures(small_data, tmp_path, 
     assert not runs.exists()
     assert [json.loads(line) for line in (results / "scan-zoo-rows.jsonl").read_text().splitlines()] == rows
     assert json.loads((results / "scan-zoo.json").read_text()) == summary
-    # A smaller run (--limit) summarises its own models and keeps the others' rows in the file.
+    # A smaller run (--limit, --split) keeps the others' rows in the file and in the summary: the committed figures
+    # never shrink because a later run looked at fewer models.
     scan_zoo.main([*argv, "--limit", "1", "--report-only"])
-    assert json.loads((results / "scan-zoo.json").read_text())["models_scanned"] == 2
+    assert json.loads((results / "scan-zoo.json").read_text()) == summary
+    scan_zoo.main([*argv, "--split", "tune", "--report-only"])  # one half only
+    assert json.loads((results / "scan-zoo.json").read_text()) == summary
     assert sorted(json.loads(line)["name"] for line in (results / "scan-zoo-rows.jsonl").read_text().splitlines()) \
         == sorted(r["name"] for r in rows)
     # A run folder built by another recipe is refused, not mixed in.
