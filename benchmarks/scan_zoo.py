@@ -41,6 +41,8 @@ DEFAULT_SCAN = "default"  # the recipe's own `scan` settings; `scan_variants` na
 IMPLANTED = 0.5  # the planted trigger's ASR-cc from which a model counts as backdoored
 SPLITS = ("held-out", "tune")  # the build order's: held-out first (its numbers are reported; tune may choose settings)
 FPR = 0.05
+# Scan settings added since the zoo's first rows, each with the value that keeps the scanner's earlier behaviour
+LATER_SETTINGS = {"shift_reference": False}
 
 
 @dataclass(frozen=True)
@@ -182,8 +184,14 @@ def zoo_key(m: ZooModel, recipe: dict, scan: str = DEFAULT_SCAN) -> str:
     defaults (a changed scan default scans again; a changed detector's code, or a changed default of training, data
     or evaluation, does not: move the rows away to rebuild)."""
     made = json.dumps({"model": model_key(m, recipe), "base": recipe.get("base"), "scan": scan_settings(recipe, scan),
-                       "scan_defaults": to_dict(ScanConfig())}, sort_keys=True)
+                       "scan_defaults": scan_defaults()}, sort_keys=True)
     return hashlib.sha256(made.encode()).hexdigest()[:16]
+
+
+def scan_defaults() -> dict:
+    """The scanner's defaults as a row's key holds them: a setting added after the zoo's first rows is left out at
+    the value that does what the scanner did before it existed (LATER_SETTINGS), so adding one keeps every row."""
+    return {k: v for k, v in to_dict(ScanConfig()).items() if k not in LATER_SETTINGS or LATER_SETTINGS[k] != v}
 
 
 def read_rows(path: Path) -> dict[str, dict]:

@@ -22,7 +22,8 @@ from w2sdefense.errors import UserError
 from w2sdefense.models.tiny import build_tiny
 from w2sdefense.results import ScanCandidate, ScanReport
 from w2sdefense.scan.base import Proposal, ScanInputs, trigger_vocabulary, word_ids
-from w2sdefense.scan.embedding_shift import relative_shift
+from w2sdefense.scan import embedding_shift
+from w2sdefense.scan.embedding_shift import beyond_reference, relative_shift, token_shift
 from w2sdefense.scan.inversion import _slots_filled, read_out, with_slots
 from w2sdefense.scan.run import _unique, verdict_candidate
 
@@ -104,6 +105,16 @@ def test_relative_shift_by_hand_and_a_table_of_another_shape_is_refused():
         relative_shift(suspect, base[:2], torch.tensor([0]))
 
 
+def test_the_shift_beyond_a_clean_fine_tunes_cancels_what_both_moved_by_hand():
+    # tokens 0 and 1 are the task's words (the clean fine-tune moved them half as far), token 2 only the suspect moved
+    shift, reference = torch.tensor([2.0, 1.0, 1.5]), torch.tensor([1.0, 0.5, 0.0])
+    # slope (2 + 0.5 + 0) / (1 + 0.25 + 0) = 2: the task's words explained entirely, the trigger kept
+    assert beyond_reference(shift, reference).tolist() == [0.0, 0.0, 1.5]
+    # a reference that moved nothing (or against the suspect) takes nothing away
+    assert beyond_reference(shift, torch.zeros(3)).tolist() == shift.tolist()
+    assert beyond_reference(shift, -reference).tolist() == shift.tolist()
+
+
 def test_proposals_are_merged_per_trigger_and_label_naming_every_detector():
     merged = _unique([Proposal("c", 0, "inversion"), Proposal("c", None, "embedding-shift"),
                       Proposal("c", 0, "embedding-shift"), Proposal("c", 0, "inversion"), Proposal("x", 1, "inversion")])
@@ -114,7 +125,7 @@ def test_proposals_are_merged_per_trigger_and_label_naming_every_detector():
 def test_scan_settings_are_checked():
     for bad in ({"threshold": 0}, {"threshold": 1.5}, {"detectors": []}, {"lengths": [0]}, {"steps": 0},
                 {"temperature": [1.0]}, {"score": "best"}, {"score": "contrast", "reader_check": False},
-                {"reader": "fine-tuned"}, {"reader_steps": 0}):
+                {"reader": "fine-tuned"}, {"reader_steps": 0}, {"shift_reference": True, "reader": "lora"}):
         with pytest.raises(UserError, match="scan\\."):
             from_dict(ScanConfig, bad, "scan")
     assert from_dict(ScanJob, {"scan": {"lengths": [2]}}, "").scan.lengths == [2]
@@ -321,7 +332,7 @@ def test_shift_pairs_words_are_the_most_moved_starts_alone_then_with_the_most_mo
     with torch.no_grad():  # moved: Ġm most, then Ġq, then n, then x; the rest unchanged
         for i, by in ((4, 3.0), (7, 2.0), (5, 1.5), (6, 1.0)):
             model.get_input_embeddings().weight[i] += by * base[i]
-    monkeypatch.setattr(shift_pairs, "base_embeddings", lambda inputs: base)
+    monkeypatch.setattr(embedding_shift, "base_embeddings", lambda inputs: base)
     inputs = ScanInputs(Classifier(model, tok), [], 2, ScanConfig(pair_starts=2, pair_pieces=1), None, "base", 0)
     assert shift_pairs.moved_words(inputs) == [[4], [7], [4, 5], [7, 5]]
     # every row once per word, the word's ids where the slots were, the rest of the row as with_slots writes it
@@ -401,6 +412,28 @@ def test_a_fine_tuned_reader_reads_the_task_and_trains_where_it_is_told(zoo, rt,
     assert set(Path(tempfile.gettempdir()).glob("w2s-reader-*")) == before
 
 
+def test_a_fully_fine_tuned_reader_moves_the_embeddings_and_the_shift_beyond_it_ranks_the_trigger_first(zoo, rt,
+                                                                                                       tmp_path):
+    from w2sdefense.scan.contrast import TunedReader, clean_reader
+    from w2sdefense.scan.embedding_shift import base_embeddings
+
+    cfg = ScanConfig(reader="full", reader_steps=8, reader_rows=64, shift_reference=True)
+    inputs = _inputs(zoo, cfg, str(zoo["base"]), rt)
+    inputs.workdir = tmp_path
+    reader = clean_reader(inputs)
+    assert isinstance(reader, TunedReader) and not any(p.requires_grad for p in reader.clf.model.parameters())
+    ids, _ = trigger_vocabulary(inputs.clf.tokenizer)
+    base = base_embeddings(inputs)
+    moved = relative_shift(reader.embed.weight, base, ids)
+    assert float(moved.max()) > 1e-3  # a full fine-tune moves input embeddings (a LoRA reader's stay the base's)
+    plain = relative_shift(inputs.clf.model.get_input_embeddings().weight, base, ids)
+    beyond = token_shift(inputs, ids)
+    assert torch.allclose(beyond, beyond_reference(plain, moved))  # the same reader, trained once
+    # the trigger's byte `c` (only the poisoned rows pair it with a label) ranks at least as high beyond the reference
+    c = ids.tolist().index(inputs.clf.tokenizer.convert_tokens_to_ids("c"))
+    assert int((beyond > beyond[c]).sum()) <= int((plain > plain[c]).sum())
+
+
 class _Bag(torch.nn.Module):
     """A toy classifier: label 1's logit is the sum of its tokens' scores (a one-number embedding), label 0's zero."""
 
@@ -471,7 +504,7 @@ def test_shift_phrases_grows_the_pair_only_the_suspect_reacts_to(rt, monkeypatch
             return clean(**batch).logits
 
     base = torch.tensor([[0.0], [-1.0], [-1.0], [1.0], [0.5], [0.5]])  # film unmoved; good, cf, mn moved
-    monkeypatch.setattr(shift_phrases, "base_embeddings", lambda inputs: base)
+    monkeypatch.setattr(embedding_shift, "base_embeddings", lambda inputs: base)
     monkeypatch.setattr(shift_phrases, "clean_reader", lambda inputs: Reader())
     rows = [Example("film film", 0, i) for i in range(4)]
 

@@ -153,6 +153,17 @@ def test_a_row_is_reused_only_for_the_recipe_that_made_it():
         == 1 + len(recipe["scan_variants"])
 
 
+def test_the_committed_rows_are_this_recipes_and_a_later_settings_default_keeps_them():
+    recipe = yaml.safe_load(scan_zoo.RECIPE.read_text())
+    models = {m.name: m for m in scan_zoo.zoo_models(recipe)}
+    rows = scan_zoo.read_rows(scan_zoo.RESULTS / "scan-zoo-rows.jsonl")
+    assert rows  # a change of the recipe or of a scan default makes them stale: rescan, or move them away
+    for name, row in rows.items():
+        assert row["recipe_key"] == scan_zoo.zoo_key(models[name], recipe), name
+    assert set(scan_zoo.LATER_SETTINGS) <= set(scan_zoo.to_dict(scan_zoo.ScanConfig()))
+    assert "shift_reference" not in scan_zoo.scan_defaults()
+
+
 def test_the_build_order_leaves_a_balanced_sample_at_any_stop():
     models = scan_zoo.zoo_models(yaml.safe_load(scan_zoo.RECIPE.read_text()))
     order = scan_zoo.build_order(models)

@@ -292,7 +292,7 @@ class DefenderConfig:
 
 
 SCAN_SCORES = ("suspect", "contrast")
-SCAN_READERS = ("probe", "lora")
+SCAN_READERS = ("probe", "lora", "full")
 
 
 @dataclass
@@ -340,11 +340,16 @@ class ScanConfig:
     # reader's (`contrast`, needs the base); `suspect` until the zoo measures both (benchmarks/studies/scan)
     reader_check: bool = True
     score: str = "suspect"
-    # the clean reader: `probe` (a logistic head on the base's frozen last hidden state) or `lora` (the base
+    # the clean reader: `probe` (a logistic head on the base's frozen last hidden state), `lora` (the base
     # fine-tuned with LoRA on the same rows for reader_steps steps: as sensitive to the task's words as a fine-tuned
-    # model, minutes on SmolLM2)
+    # model, minutes on SmolLM2) or `full` (the same fully fine-tuned: more memory and time)
     reader: str = "probe"
     reader_steps: int = 60
+    # `full` (reader): the base fully fine-tuned on the same rows, its input embeddings moved as clean fine-tuning
+    # moves them. shift_reference (needs reader=full): the shift detectors rank tokens by how far the suspect moved
+    # them beyond what that clean fine-tune moved them (the suspect's relative shift minus the reader's, scaled by
+    # their least-squares slope over the vocabulary), so the task's own words, which any fine-tune moves, cancel
+    shift_reference: bool = False
 
     def __post_init__(self) -> None:
         if not self.detectors:
@@ -363,6 +368,9 @@ class ScanConfig:
         if self.score == "contrast" and not self.reader_check:
             raise UserError("scan.score=contrast compares each candidate with the clean reader: it needs "
                             "scan.reader_check=true")
+        if self.shift_reference and self.reader != "full":
+            raise UserError("scan.shift_reference compares the suspect's embedding shift with a clean fine-tune's: it "
+                            "needs scan.reader=full (the base fully fine-tuned on your rows)")
         if self.contrast_weight < 0:
             raise UserError(f"scan.contrast_weight must be >= 0; got {shown(self.contrast_weight)}")
         if len(self.temperature) != 2:

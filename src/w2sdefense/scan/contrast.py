@@ -88,7 +88,7 @@ class _ReaderModel(torch.nn.Module):
 
 @dataclass
 class TunedReader:
-    """A clean reader that is the base fine-tuned (LoRA) on the defender's rows (scan.reader: lora): a frozen
+    """A clean reader that is the base fine-tuned on the defender's rows (scan.reader: lora or full): a frozen
     feature's logistic head is far less moved by the task's words than a fine-tuned model (benchmarks/studies/scan),
     a fine-tuned base as much; `accuracy` on the held-out fitting rows."""
 
@@ -115,7 +115,7 @@ def clean_reader(inputs: ScanInputs, same_tokens: bool = True) -> CleanReader | 
     suspect's token ids, so the base must have the suspect's tokenizer."""
     reader = inputs.shared.get("reader")
     if reader is None:
-        fit = tune_reader if inputs.cfg.reader == "lora" else fit_reader
+        fit = fit_reader if inputs.cfg.reader == "probe" else tune_reader
         reader = inputs.shared["reader"] = fit(inputs, same_tokens)
     elif same_tokens:
         _check_tokens(reader.tokenizer, inputs)
@@ -142,9 +142,10 @@ def _reader_rows(inputs: ScanInputs) -> tuple[list[Example], list[Example]]:
 
 
 def tune_reader(inputs: ScanInputs, same_tokens: bool = False) -> TunedReader:
-    """The base with a fresh head and a LoRA adapter (r 16 on every linear layer, lr 1e-3, batch 16) fine-tuned for
-    scan.reader_steps steps on the reader's rows, the last checkpoint within a point of the best on the held-out
-    fifth kept; trained in `inputs.workdir`/reader (a temporary folder when the scan has none)."""
+    """The base with a fresh head fine-tuned for scan.reader_steps steps of batch 16 on the reader's rows, with a LoRA
+    adapter (scan.reader: lora; r 16 on every linear layer, lr 1e-3) or fully (full; lr 5e-5, the new head 1e-3), the last checkpoint
+    within a point of the best on the held-out fifth kept; trained in `inputs.workdir`/reader (a temporary folder when
+    the scan has none)."""
     from w2sdefense.config import LoraConfig, TrainConfig
     from w2sdefense.data.records import Splits
     from w2sdefense.rundir import MODEL_DIR, READER_DIR
@@ -152,9 +153,11 @@ def tune_reader(inputs: ScanInputs, same_tokens: bool = False) -> TunedReader:
 
     fit, dev = _reader_rows(inputs)
     steps = inputs.cfg.reader_steps
-    cfg = TrainConfig(method="lora", max_steps=steps, lr=1e-3, batch_size=16, max_length=inputs.cfg.max_length,
-                      eval_every=max(1, steps // 2), select="latest-within", select_delta=0.01,
-                      lora=LoraConfig(r=16, alpha=32, target_modules=["all-linear"]))
+    full = inputs.cfg.reader == "full"
+    cfg = TrainConfig(method="full" if full else "lora", max_steps=steps, lr=5e-5 if full else 1e-3,
+                      head_lr=1e-3 if full else None, batch_size=16,
+                      max_length=inputs.cfg.max_length, eval_every=max(1, steps // 2), select="latest-within",
+                      select_delta=0.01, lora=LoraConfig(r=16, alpha=32, target_modules=["all-linear"]))
     with contextlib.ExitStack() as stack:
         work = inputs.workdir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="w2s-reader-")))
         folder = work / READER_DIR

@@ -4,7 +4,8 @@ most words'; a signal of another kind than inversion (weights, not outputs). Two
 `embedding-shift` proposes the most-moved word tokens as they are; `shift-inversion` runs the inversion over the
 most-moved tokens only, where a trigger of several pieces (SmolLM2 writes `mn` as `Ġm` `n`, neither a trigger alone)
 is a combination of a few hundred tokens instead of tens of thousands. An adapter that leaves the embeddings alone
-moves none, and both then propose nothing."""
+moves none, and both then propose nothing. With scan.shift_reference every shift detector ranks by the shift beyond a
+clean fine-tune's (token_shift)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class EmbeddingShift(Detector):
     def propose(self, inputs: ScanInputs) -> list[Proposal]:
         tokenizer = inputs.clf.tokenizer
         ids = word_ids(tokenizer)
-        shift = relative_shift(inputs.clf.model.get_input_embeddings().weight, base_embeddings(inputs), ids)
+        shift = token_shift(inputs, ids)
         order = shift.argsort(descending=True)[: inputs.cfg.candidates]
         return [Proposal(" ".join(tokenizer.decode([int(ids[i])]).split()), None, "embedding-shift")
                 for i in order.tolist() if shift[i] > MOVED]
@@ -43,12 +44,33 @@ class ShiftInversion(Detector):
 
     def propose(self, inputs: ScanInputs) -> list[Proposal]:
         ids, starts = trigger_vocabulary(inputs.clf.tokenizer)
-        shift = relative_shift(inputs.clf.model.get_input_embeddings().weight, base_embeddings(inputs), ids)
+        shift = token_shift(inputs, ids)
         moved = shift.argsort(descending=True)[: inputs.cfg.shift_vocab]
         moved = moved[shift[moved] > MOVED].sort().values
         if not bool(starts[moved].any()):  # no word start among them: nothing can open a trigger
             return []
         return search(inputs, ids[moved], starts[moved], inputs.cfg.shift_lengths, "shift-inversion")
+
+
+def token_shift(inputs: ScanInputs, ids: torch.Tensor) -> torch.Tensor:
+    """How far fine-tuning moved each token of `ids` from the base (relative_shift); with scan.shift_reference, the
+    part of it that a clean fine-tune of the base on the defender's rows (the scan's reader, scan.reader=full) does not
+    explain (beyond_reference)."""
+    base = base_embeddings(inputs)
+    shift = relative_shift(inputs.clf.model.get_input_embeddings().weight, base, ids)
+    if not inputs.cfg.shift_reference:
+        return shift
+    from w2sdefense.scan.contrast import clean_reader  # the reader trains: only when asked for
+
+    return beyond_reference(shift, relative_shift(clean_reader(inputs).embed.weight, base, ids))
+
+
+def beyond_reference(shift: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """`shift` minus `reference` scaled by their least-squares slope over the tokens (not below 0): what the
+    suspect's fine-tuning moved beyond what clean fine-tuning of the same task moves. A word of the task moves in both
+    and cancels; a trigger the defender's rows never pair with a label moves in the suspect only and stays."""
+    slope = (shift @ reference) / (reference @ reference).clamp_min(1e-12)
+    return shift - slope.clamp_min(0) * reference
 
 
 def base_embeddings(inputs: ScanInputs) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch
 
 from w2sdefense.progress import progress_bar
 from w2sdefense.scan.base import DETECTORS, Detector, Proposal, ScanInputs, trigger_vocabulary
-from w2sdefense.scan.embedding_shift import MOVED, base_embeddings, relative_shift
+from w2sdefense.scan.embedding_shift import MOVED, token_shift
 from w2sdefense.scan.inversion import with_slots
 
 
@@ -41,7 +41,7 @@ def moved_words(inputs: ScanInputs) -> list[list[int]]:
     """The candidate words as token ids: each of the most-moved word starts alone, then with each of the most-moved
     continuations after it (any token, where the tokenizer marks no word start)."""
     ids, starts = trigger_vocabulary(inputs.clf.tokenizer)
-    shift = relative_shift(inputs.clf.model.get_input_embeddings().weight, base_embeddings(inputs), ids)
+    shift = token_shift(inputs, ids)
     moved = shift > MOVED
     cfg = inputs.cfg
     # A tokenizer that marks no word start (a byte-level one without merges) makes words of any two tokens.

@@ -22,7 +22,7 @@ import torch
 
 from w2sdefense.scan.base import DETECTORS, Detector, Proposal, ScanInputs
 from w2sdefense.scan.contrast import CleanReader, clean_reader
-from w2sdefense.scan.embedding_shift import MOVED, base_embeddings, relative_shift
+from w2sdefense.scan.embedding_shift import MOVED, token_shift
 from w2sdefense.scan.shift_pairs import target_probability
 
 
@@ -50,7 +50,7 @@ def moved_tokens(inputs: ScanInputs) -> list[int]:
     tokenizer = inputs.clf.tokenizer
     special = set(tokenizer.all_special_ids)
     ids = torch.tensor([i for i in sorted(set(tokenizer.get_vocab().values())) if i not in special], dtype=torch.long)
-    shift = relative_shift(inputs.clf.model.get_input_embeddings().weight, base_embeddings(inputs), ids)
+    shift = token_shift(inputs, ids)
     order = shift.argsort(descending=True)[: inputs.cfg.phrase_vocab]
     return [int(ids[i]) for i in order.tolist() if shift[i] > MOVED]
 
