@@ -375,8 +375,9 @@ def main(argv: list[str] | None = None) -> None:
     stem, scanned_in = results_stem(args.scan), scan_folder(args.scan)
     path = args.results / f"{stem}-rows.jsonl"
     earlier, rows = read_rows(path), []
+    keys = {m.name: zoo_key(m, recipe, args.scan) for m in every}
     for i, m in enumerate(models, 1):
-        folder, key = args.runs / m.name, zoo_key(m, recipe, args.scan)
+        folder, key = args.runs / m.name, keys[m.name]
         kept = earlier.get(m.name)
         if kept is not None and kept.get("recipe_key") == key and not (folder / scanned_in / "report.json").is_file():
             rows.append(kept)  # measured before, perhaps on another machine
@@ -390,10 +391,9 @@ def main(argv: list[str] | None = None) -> None:
             write_rows(path, _with_others(rows, earlier))  # a stop here keeps every row measured so far
     # Rows of models this run did not reach (--limit, --split) are kept in the file and summarised with this run's;
     # rows another recipe made are kept, not summarised.
-    kept = _with_others(rows, earlier)
-    write_rows(path, kept)
-    keys = {m.name: zoo_key(m, recipe, args.scan) for m in every}
-    current = [r for r in kept if keys.get(r["name"]) == r.get("recipe_key")]
+    final = _with_others(rows, earlier)
+    write_rows(path, final)
+    current = [r for r in final if keys.get(r["name"]) == r.get("recipe_key")]
     result = {"recipe": str(args.recipe.name), "scan": args.scan, "scan_settings": scan_settings(recipe, args.scan),
               "models_scanned": len(current), **summarise(current)}
     (args.results / f"{stem}.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

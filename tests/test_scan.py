@@ -412,8 +412,8 @@ def test_a_fine_tuned_reader_reads_the_task_and_trains_where_it_is_told(zoo, rt,
     assert set(Path(tempfile.gettempdir()).glob("w2s-reader-*")) == before
 
 
-def test_a_fully_fine_tuned_reader_moves_the_embeddings_and_the_shift_beyond_it_ranks_the_trigger_first(zoo, rt,
-                                                                                                       tmp_path):
+def test_a_fully_fine_tuned_reader_moves_the_embeddings_and_the_shift_beyond_it_ranks_the_trigger_no_lower(
+        zoo, rt, tmp_path):
     from w2sdefense.scan.contrast import TunedReader, clean_reader
     from w2sdefense.scan.embedding_shift import base_embeddings
 

@@ -143,9 +143,9 @@ def _reader_rows(inputs: ScanInputs) -> tuple[list[Example], list[Example]]:
 
 def tune_reader(inputs: ScanInputs, same_tokens: bool = False) -> TunedReader:
     """The base with a fresh head fine-tuned for scan.reader_steps steps of batch 16 on the reader's rows, with a LoRA
-    adapter (scan.reader: lora; r 16 on every linear layer, lr 1e-3) or fully (full; lr 5e-5, the new head 1e-3), the last checkpoint
-    within a point of the best on the held-out fifth kept; trained in `inputs.workdir`/reader (a temporary folder when
-    the scan has none)."""
+    adapter (scan.reader: lora; r 16 on every linear layer, lr 1e-3) or fully (full; lr 5e-5, the new head 1e-3), the
+    last checkpoint within a point of the best on the held-out fifth kept; trained in `inputs.workdir`/reader (a
+    temporary folder when the scan has none)."""
     from w2sdefense.config import LoraConfig, TrainConfig
     from w2sdefense.data.records import Splits
     from w2sdefense.rundir import MODEL_DIR, READER_DIR
