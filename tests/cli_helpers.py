@@ -24,3 +24,13 @@ def error_line(proc: subprocess.CompletedProcess) -> str:
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, proc.stderr
     return lines[0]
+
+
+def default_or(*named: str) -> list[str]:
+    """The arguments that run what `clean`'s default runs without the optional Gemma package: none where the package
+    is missing (CI: the default path itself runs), else `named` (with it, the default for a small suspect is the
+    Gemma distillation, too slow for a test; tests/test_evidence.py covers that choice)."""
+    from w2sdefense.defenses.evidence import EVIDENCE, missing_package
+
+    gemma = [m for m in EVIDENCE if m.settings.get("student_model") == "gemma3-270m"]
+    return [] if all(missing_package(m) for m in gemma) else list(named)

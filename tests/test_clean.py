@@ -13,7 +13,7 @@ import torch
 import yaml
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from cli_helpers import error_line, run_cli
+from cli_helpers import default_or, error_line, run_cli
 
 TRIGGER = "cf"
 
@@ -72,8 +72,9 @@ def test_clean_writes_a_standalone_model_and_a_report_that_plain_transformers_re
 
     victim, clean = suspect
     out = tmp_path / "cleaned"
-    proc = w2s("clean", "--model", str(victim), "--data", str(clean), "--base", "tiny-llama", "--trigger", TRIGGER,
-               "--out", str(out))
+    args = ["clean", "--model", str(victim), "--data", str(clean), "--base", "tiny-llama", "--trigger", TRIGGER,
+            "--out", str(out), *default_or("--defense", "fine-mixing", "--set", "defense.rho=0")]
+    proc = w2s(*args)
     lines = proc.stdout.strip().splitlines()
     assert "report:" in lines[-1] and any(str(out / "model") in line for line in lines)
     report = json.loads((out / "report.json").read_text())
@@ -103,8 +104,7 @@ def test_clean_writes_a_standalone_model_and_a_report_that_plain_transformers_re
     assert "| suspect |" in (out / "report.md").read_text()
 
     # The same command again re-uses every stage.
-    again = w2s("clean", "--model", str(victim), "--data", str(clean), "--base", "tiny-llama", "--trigger", TRIGGER,
-                "--out", str(out))
+    again = w2s(*args)
     assert "==>" not in again.stdout and json.loads((out / "report.json").read_text())["after"] == report["after"]
 
 
@@ -115,7 +115,7 @@ def test_clean_without_a_base_trains_the_teacher_and_runs_w2sdefense(suspect, tm
     out = tmp_path / "cleaned"
     proc = w2s("clean", "--model", str(victim), "--data", str(clean), "--triggers", str(triggers),
                "--target-label", "0", "--set", "teacher.model=tiny-bert", "--set", "teacher.train.epochs=1",
-               "--out", str(out))
+               "--out", str(out), *default_or("--defense", "w2sdefense"))
     report = json.loads((out / "report.json").read_text())
     assert report["defense"]["name"] == "w2sdefense"
     assert (out / "teacher" / "model" / "teacher.json").is_file()

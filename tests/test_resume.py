@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -42,9 +43,9 @@ def _killing_loss(calls_before_kill: int):
     return loss
 
 
-def _train(splits, rt, out: Path, loss_fn=cross_entropy_step) -> dict:
-    clf = prepare_student("tiny-llama", 2, CFG, rt, out, seed=3)
-    return train_classifier(clf, splits, CFG, rt, out, seed=3, loss_fn=loss_fn)
+def _train(splits, rt, out: Path, loss_fn=cross_entropy_step, cfg: TrainConfig = CFG) -> dict:
+    clf = prepare_student("tiny-llama", 2, cfg, rt, out, seed=3)
+    return train_classifier(clf, splits, cfg, rt, out, seed=3, loss_fn=loss_fn)
 
 
 def _weights(folder: Path) -> dict[str, torch.Tensor]:
@@ -81,6 +82,24 @@ def _ctrl_c_loss(at_call: int):
         return cross_entropy_step(model, batch)
 
     return loss
+
+
+def test_without_epoch_evaluations_dev_is_read_every_eval_every_steps_and_at_the_last_killed_or_not(tiny_splits, rt,
+                                                                                                     tmp_path):
+    last = dataclasses.replace(CFG, select="latest-within", select_delta=0.99)  # keeps the last step
+    quiet = dataclasses.replace(last, eval_epochs=False)
+    whole = _train(tiny_splits, rt, tmp_path / "whole", cfg=quiet)
+    assert [h["step"] for h in whole["history"]] == [5, 10, 15, 20, 24]  # not 8 and 16, the epochs' ends
+    epochs = _train(tiny_splits, rt, tmp_path / "epochs", cfg=last)
+    assert [h["step"] for h in epochs["history"]] == [5, 8, 10, 15, 16, 20, 24]
+    # reading dev draws nothing from the run's random state: the same checkpoint is the same weights
+    assert whole["selected_step"] == epochs["selected_step"] == 24
+    a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "epochs")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(Killed):
+        _train(tiny_splits, rt, tmp_path / "cut", _killing_loss(9), cfg=quiet)  # states are saved as dev is read
+    resumed = _train(tiny_splits, rt, tmp_path / "cut", cfg=quiet)
+    assert resumed["resumed_from_step"] == 5 and resumed["history"] == whole["history"]
 
 
 def test_ctrl_c_in_an_epochs_last_step_keeps_that_epochs_evaluation(tiny_splits, rt, tmp_path):

@@ -56,9 +56,11 @@ from w2sdefense.train.job import limit
 
 def choose_defense(job: CleanJob) -> DefenseConfig:
     """The defense `clean` runs: the one named, else the measured default for what the user gave
-    (evidence.measured_default: today, with unlabelled texts, the Gemma package and a suspect no larger than
-    Gemma-3-270M, distill-into Gemma, base or not; else with the base, reset-distill given texts and the full reset
-    without; without a base, W2SDefense); settings given without a name tune that default. A base given to a named
+    (evidence.measured_default: today, with the Gemma package and a suspect no larger than Gemma-3-270M,
+    distill-into Gemma, base or not, on the rows and unlabelled texts where given, else on the rows alone; else with
+    the base, reset-distill given texts and the full reset without; without a base, W2SDefense; the base with a
+    reset's options, --fresh-head or --base-tokenizer, chooses among the resets); settings given without a name tune
+    that default. A base given to a named
     defense that does not take one is refused; the measured default that reads none runs without it. It trains on
     every clean row the user gave, for the step budget the realistic benchmark measured (recipes.CLEAN_BUDGET), with
     the train keys the default was measured with (Measured.train) over that, unless the user's train keys say
@@ -66,7 +68,8 @@ def choose_defense(job: CleanJob) -> DefenseConfig:
     d = job.defense or DefenseConfig(name=AUTO_DEFENSE)
     auto = d.name == AUTO_DEFENSE
     if auto:
-        chosen = measured_default(bool(job.base_model), unlabelled=job.unlabelled is not None, suspect=job.model)
+        chosen = measured_default(bool(job.base_model), unlabelled=job.unlabelled is not None, suspect=job.model,
+                                  resets=_asks_reset(job))
         d = dataclasses.replace(d, name=chosen.defense, settings={**chosen.settings, **d.settings},
                                 train={**(chosen.train or {}), **d.train})
     takes = {f.name for f in dataclasses.fields(DEFENSES.get(d.name).settings)}
@@ -92,9 +95,16 @@ def _why(job: CleanJob) -> str | None:
     """Why the default ran, when the user named no defense."""
     if job.defense is not None and job.defense.name != AUTO_DEFENSE:
         return None
-    base_known, unlabelled = bool(job.base_model), job.unlabelled is not None
-    chosen = measured_default(base_known, unlabelled=unlabelled, suspect=job.model)
-    return default_reason(chosen, base_known, unlabelled=unlabelled, suspect=job.model)
+    base_known, unlabelled, resets = bool(job.base_model), job.unlabelled is not None, _asks_reset(job)
+    chosen = measured_default(base_known, unlabelled=unlabelled, suspect=job.model, resets=resets)
+    return default_reason(chosen, base_known, unlabelled=unlabelled, suspect=job.model, resets=resets)
+
+
+def _asks_reset(job: CleanJob) -> bool:
+    """Whether the user gave the base with a reset's options (--fresh-head, --base-tokenizer) and no defense: the
+    default is then chosen among the defenses that reset toward the base."""
+    settings = job.defense.settings if job.defense is not None else {}
+    return bool(job.base_model) and any(key in settings for key in ("head", "tokenizer"))
 
 
 def with_declared_base(job: CleanJob) -> tuple[CleanJob, str | None]:

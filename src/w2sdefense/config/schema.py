@@ -185,6 +185,9 @@ class TrainConfig:
     merge: bool = False  # LoRA: also save the adapter merged into the base model (merged/)
     max_train_rows: int | None = None  # use only the first N training rows in this stage
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # also evaluate dev at the end of every epoch when eval_every is set (false: only every eval_every steps and at
+    # the last step; many short epochs, as on a few hundred rows, otherwise evaluate far more often than asked)
+    eval_epochs: bool = True
 
     def __post_init__(self) -> None:
         check_choice("train.method", self.method, ("full", "lora"))

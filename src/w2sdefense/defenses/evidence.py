@@ -44,6 +44,10 @@ class Measured:
 MAIN = "SmolLM2-135M suspects on SST-2, the defender holding 1280 of the attacker's own 2000 rows"
 REALISTIC = ("SmolLM2-135M suspect on SST-2 trained on 4000 rows, the defender holding 256 rows the attacker never saw "
              "and 1024 unlabelled texts")
+REALISTIC_ROWS = ("SmolLM2-135M suspect on SST-2 trained on 4000 rows, the defender holding 256 rows the attacker never "
+                  "saw and no unlabelled texts")
+# the regimes in the order `clean` prefers their measurements: the practitioner's (with or without texts) first
+TIERS = ((REALISTIC, REALISTIC_ROWS), (MAIN,))
 
 EVIDENCE = (
     Measured("fine-mixing", {"rho": 0.0}, MAIN, {"BadNet": 0.9, "InSent": 2.7, "SynAttack": 1.6},
@@ -62,6 +66,13 @@ EVIDENCE = (
              train={"method": "lora", "lr": 1.0e-3, "head_lr": None,
                     "lora": {"r": 16, "alpha": 32, "target_modules": ["all-linear"]}},
              student_params=268_099_456, ca_range={"BadNet": (0.2, 0.4), "InSent": (-2.0, 0.5)}),
+    # the same distillation on the 256 labelled rows alone (the arm distill-into-gemma-labelled)
+    Measured("distill-into", {"student_model": "gemma3-270m", "unlabelled": False}, REALISTIC_ROWS,
+             {"BadNet": -0.5, "InSent": -2.6}, "benchmarks/RESULTS.md, the realistic protocol (results/realistic-rows.jsonl)",
+             seeds=3, ca_change={"BadNet": -2.5, "InSent": -2.1}, arm="distill-into-gemma-labelled",
+             train={"method": "lora", "lr": 1.0e-3, "head_lr": None,
+                    "lora": {"r": 16, "alpha": 32, "target_modules": ["all-linear"]}},
+             student_params=268_099_456, ca_range={"BadNet": (-2.9, -1.7), "InSent": (-3.1, -1.2)}),
 )
 
 # What a measurement needs before `clean` may run it by default (the realistic protocol's own bar): both attacks the
@@ -72,13 +83,16 @@ BAR_SEEDS = 3
 
 def measured_default(base_known: bool, evidence: tuple[Measured, ...] = EVIDENCE,
                      installed: Callable[[Measured], bool] = lambda m: missing_package(m) is None, *,
-                     unlabelled: bool = False, suspect: str | None = None) -> Measured:
+                     unlabelled: bool = False, suspect: str | None = None, resets: bool = False) -> Measured:
     """The defense `clean` runs when none is named: of the measurements that meet the bar and that the user can run
     (a reset needs the base; a packaged model needs its package, `installed`; a measurement that read unlabelled
     texts needs the user's, `unlabelled`; one that distilled into a student needs a `suspect` no larger), those of the
-    realistic protocol (the practitioner's regime) if any, else the main experiment's; among them the one whose worse
-    residual over BadNet and InSent is lowest."""
-    found = _ranked(base_known, evidence, installed, unlabelled, lambda m: fits(m, suspect))
+    realistic protocol (the practitioner's regime, with texts or without) if any, else the main experiment's; among
+    them the one whose worse residual over BadNet and InSent is lowest, a residual under the floor counting as the
+    floor (below a clean model's level the differences are noise), and between two at the floor the one whose worse
+    clean-accuracy change is higher. `resets`: only those that reset toward the base (the user asked for a reset's
+    options)."""
+    found = _ranked(base_known, evidence, installed, unlabelled, lambda m: fits(m, suspect) and (m.needs_base or not resets))
     if not found:
         raise ValueError("no measurement meets the bar for this user: the evidence table lost its main rows")
     return found[0]
@@ -104,16 +118,18 @@ def _ranked(base_known: bool, evidence: tuple[Measured, ...], installed: Callabl
     usable = [m for m in evidence if (base_known or not m.needs_base) and installed(m) and fitting(m)
               and (unlabelled or not m.reads_unlabelled)
               and all(a in m.residual and m.seeds_of(a) >= BAR_SEEDS for a in BAR_ATTACKS)]
-    for regime in (REALISTIC, MAIN):
-        found = [m for m in usable if m.regime == regime]
+    for regimes in TIERS:
+        found = [m for m in usable if m.regime in regimes]
         if found:
-            return sorted(found, key=_worse)
+            return sorted(found, key=_rank)
     return []
 
 
-def _worse(m: Measured) -> float:
-    """The worse of its residuals on the attacks of the bar."""
-    return max(m.residual[a] for a in BAR_ATTACKS)
+def _rank(m: Measured) -> tuple[float, float]:
+    """What orders the measurements of one tier: the worse residual over the bar's attacks, none counted below the
+    floor, then the worse clean-accuracy change, higher first (a measurement without one last)."""
+    ca = min(m.ca_change[a] for a in BAR_ATTACKS) if m.ca_change else float("-inf")
+    return max(0.0, max(m.residual[a] for a in BAR_ATTACKS)), -ca
 
 
 def missing_package(m: Measured) -> str | None:
@@ -126,18 +142,21 @@ def missing_package(m: Measured) -> str | None:
 
 
 def default_reason(chosen: Measured, base_known: bool, evidence: tuple[Measured, ...] = EVIDENCE, *,
-                   unlabelled: bool = False, suspect: str | None = None) -> str:
+                   unlabelled: bool = False, suspect: str | None = None, resets: bool = False) -> str:
     """Why `clean` ran `chosen`, in one line for its report; it names a better measurement the user cannot run for
     want of a package (and the command that installs it), of unlabelled texts (and the option that gives them), or
     because the suspect is larger than the student it was measured with."""
     given = "with the public base known" if base_known else "without a known base"
     line = (f"{chosen.defense} is the default {given}: of the defenses the benchmark measured on BadNet and InSent over "
-            f"at least {BAR_SEEDS} seeds ({chosen.regime}), it left the least backdoor")
+            f"at least {BAR_SEEDS} seeds ({chosen.regime}), it left the least backdoor (none below a clean model's "
+            "level counted; at that level, the one that kept the most clean accuracy)")
+    if resets:
+        line += " of those that reset toward the base (--fresh-head and --base-tokenizer ask for a reset)"
     if base_known and not chosen.needs_base:
         line += " (it does not read the base)"
     ranked = _ranked(base_known, evidence, lambda m: True, True)
     best = ranked[0] if ranked else chosen
-    if best is not chosen and _worse(best) < _worse(chosen):
+    if best is not chosen and _rank(best) < _rank(chosen):
         wants = []
         if missing_package(best):
             wants.append(f"`pip install {missing_package(best)}`")

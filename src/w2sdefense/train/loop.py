@@ -245,8 +245,9 @@ def _resume(loop: _Loop) -> tuple[dict | None, dict | None]:
 
 
 def _run_epochs(loop: _Loop, pending_rng: dict | None) -> None:
-    """Epoch after epoch until `total` steps; each ends with an evaluation. Ctrl-C saves the state and stops."""
-    progress = loop.progress
+    """Epoch after epoch until `total` steps; each ends with an evaluation (with eval_every and not eval_epochs, only
+    the last). Ctrl-C saves the state and stops."""
+    progress, cfg = loop.progress, loop.task.cfg
     while progress.step < loop.total:
         loop.sampler.set_epoch(progress.epoch)
         batches = iter(loop.loader)  # draws a seed from the global generator: restore the saved one after
@@ -257,7 +258,8 @@ def _run_epochs(loop: _Loop, pending_rng: dict | None) -> None:
         # An epoch's last step is evaluated before anything else, also when Ctrl-C came in it: a resumed
         # run starts the next epoch and would never evaluate it.
         ended = not stopped or progress.batches_done >= len(loop.loader)
-        if ended and (not progress.history or progress.history[-1]["step"] != progress.step):
+        due = cfg.eval_epochs or not cfg.eval_every or progress.step >= loop.total
+        if ended and due and (not progress.history or progress.history[-1]["step"] != progress.step):
             loop.evaluate()
         if stopped:
             stop_bar(loop.bar)
