@@ -60,11 +60,10 @@ def choose_defense(job: CleanJob) -> DefenseConfig:
     distill-into Gemma, base or not, on the rows and unlabelled texts where given, else on the rows alone; else with
     the base, reset-distill given texts and the full reset without; without a base, W2SDefense; the base with a
     reset's options, --fresh-head or --base-tokenizer, chooses among the resets); settings given without a name tune
-    that default. A base given to a named
-    defense that does not take one is refused; the measured default that reads none runs without it. It trains on
-    every clean row the user gave, for the step budget the realistic benchmark measured (recipes.CLEAN_BUDGET), with
-    the train keys the default was measured with (Measured.train) over that, unless the user's train keys say
-    otherwise."""
+    that default. A base given to a named defense that does not take one is refused; the measured default that reads
+    none runs without it. It trains on every clean row the user gave, for the step budget the realistic benchmark
+    measured (recipes.CLEAN_BUDGET), with the train keys the default was measured with (Measured.train) over that,
+    unless the user's train keys say otherwise."""
     d = job.defense or DefenseConfig(name=AUTO_DEFENSE)
     auto = d.name == AUTO_DEFENSE
     if auto:

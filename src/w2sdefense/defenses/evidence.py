@@ -92,7 +92,8 @@ def measured_default(base_known: bool, evidence: tuple[Measured, ...] = EVIDENCE
     floor (below a clean model's level the differences are noise), and between two at the floor the one whose worse
     clean-accuracy change is higher. `resets`: only those that reset toward the base (the user asked for a reset's
     options)."""
-    found = _ranked(base_known, evidence, installed, unlabelled, lambda m: fits(m, suspect) and (m.needs_base or not resets))
+    found = _ranked(base_known, evidence, installed, unlabelled,
+                    lambda m: fits(m, suspect) and (m.needs_base or not resets))
     if not found:
         raise ValueError("no measurement meets the bar for this user: the evidence table lost its main rows")
     return found[0]
