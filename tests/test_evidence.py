@@ -64,6 +64,13 @@ def test_the_report_quotes_the_settings_that_ran_and_says_when_nothing_was_measu
     assert "residual backdoor" in realistic and "clean accuracy against the suspect's" in realistic
     gemma = evidence_lines("distill-into", {"student_model": "gemma3-270m"})[0]
     assert "-0.3 points (InSent; seeds from -2.0 to +0.5)" in gemma  # one run may fall well below the mean
+    # a setting at its default is the same method; without texts a distillation read none, whatever it says
+    assert evidence_lines("distill-into", {"student_model": "gemma3-270m", "unlabelled": True}) == [gemma]
+    alone = evidence_lines("distill-into", {"student_model": "gemma3-270m"}, texts=False)
+    assert len(alone) == 1 and "no unlabelled texts" in alone[0] and "-2.1 points (InSent; seeds from -3.1" in alone[0]
+    assert alone == evidence_lines("distill-into", {"student_model": "gemma3-270m", "unlabelled": False})
+    assert "has not measured reset-distill" in evidence_lines("reset-distill", {"base_model": "b"}, texts=False)[0]
+    assert "+0.9 points (BadNet" in evidence_lines("fine-mixing", {"base_model": "b"}, texts=False)[0]  # rho 0: default
 
 
 def test_the_default_is_the_measured_winner_for_what_the_user_has():

@@ -198,7 +198,8 @@ def run_clean(job: CleanJob, out: Path, rt: Runtime, overwrite: bool = False,
         with log_to(folder / RUN_LOG, rt.is_main):
             report = dataclasses.replace(_stages(job, resolved, splits, stages, rt), base_source=base_source,
                                          default_reason=_why(job),
-                                         evidence=evidence_lines(resolved.cfg.name, resolved.cfg.settings))
+                                         evidence=evidence_lines(resolved.cfg.name, resolved.cfg.settings,
+                                                                 texts=job.unlabelled is not None))
         if rt.is_main:
             write_report(folder, report)
         rt.accelerator.wait_for_everyone()

@@ -177,11 +177,13 @@ def _size_of(suspect: str | None) -> str:
     return "could not be read from its config" if size is None else f"is {size:,}"
 
 
-def evidence_lines(name: str, settings: dict) -> list[str]:
+def evidence_lines(name: str, settings: dict, texts: bool = True) -> list[str]:
     """What the benchmark measured for the defense `name` run with `settings`, in words; a defense it never measured
-    says so."""
+    says so. Without `texts` (no unlabelled texts given) a distillation read none, whatever its `unlabelled` says."""
     given = {k: v for k, v in settings.items() if k != "base_model"}  # which base is the user's, not the method's
-    found = [m for m in EVIDENCE if m.defense == name and given == m.settings]
+    if not texts and "unlabelled" in _defaults(name):
+        given["unlabelled"] = False
+    found = [m for m in EVIDENCE if m.defense == name and _set(name, given) == _set(name, m.settings)]
     if not found:
         return [f"the benchmark has not measured {name} with these settings: its effect on a backdoor is unknown."]
     return [f"the benchmark measured {name} ({m.regime}): residual backdoor "
@@ -190,6 +192,23 @@ def evidence_lines(name: str, settings: dict) -> list[str]:
                                                                       for attack, points in m.ca_change.items())
                if m.ca_change else "")
             + f" [{m.source}]." for m in found]
+
+
+def _defaults(name: str) -> dict:
+    """The defaults of the defense `name`'s settings ({} for a name not registered)."""
+    import dataclasses
+
+    from w2sdefense.defenses.base import DEFENSES  # the registry imports the defenses, which import this file
+
+    spec = DEFENSES.get(name) if name in DEFENSES else None
+    fields = dataclasses.fields(spec.settings) if spec is not None else ()
+    return {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+
+
+def _set(name: str, settings: dict) -> dict:
+    """`settings` without the keys at their default: the same method however it was spelled."""
+    defaults = _defaults(name)
+    return {k: v for k, v in settings.items() if k not in defaults or defaults[k] != v}
 
 
 def _spread(m: Measured, attack: str) -> str:
