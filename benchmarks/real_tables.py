@@ -307,8 +307,8 @@ def readme_blocks(results: dict[str, AttackResults], summ: dict) -> dict[str, st
 
 
 # The README's first screen: what a newcomer chooses between, named as the README names them.
-HEADLINE_ROWS = (("w2sdefense", "W2SDefense, the default with neither a base nor the Gemma package"),
-                 ("fine-mixing-r0", "reset to the public base, then LoRA, the default with a base, no texts and no Gemma"),
+HEADLINE_ROWS = (("w2sdefense", "W2SDefense, the default with neither a base nor usable Gemma"),
+                 ("fine-mixing-r0", "reset to the public base, then LoRA, the default with a base, no texts and no usable Gemma"),
                  ("lora-ft", "LoRA fine-tuning alone, the control"))
 ATTACK_NAMES = {"badnet": "BadNet (a rare word)", "insent": "InSent (a sentence)",
                 "synbkd": "SynAttack (a syntactic paraphrase)"}

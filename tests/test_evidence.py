@@ -71,6 +71,10 @@ def test_the_report_quotes_the_settings_that_ran_and_says_when_nothing_was_measu
     assert alone == evidence_lines("distill-into", {"student_model": "gemma3-270m", "unlabelled": False})
     assert "has not measured reset-distill" in evidence_lines("reset-distill", {"base_model": "b"}, texts=False)[0]
     assert "+0.9 points (BadNet" in evidence_lines("fine-mixing", {"base_model": "b"}, texts=False)[0]  # rho 0: default
+    # an alias is its defense; W2SDefense with a base resets first: not the measurement made without one
+    assert evidence_lines("W2S", {}) == evidence_lines("w2sdefense", {}) and "+72.6" in evidence_lines("w2s", {})[0]
+    assert "has not measured w2sdefense" in evidence_lines("w2sdefense", {"base_model": "smollm2-135m"})[0]
+    assert "has not measured fine-mixing" in evidence_lines("fine-mixing", {"rho": 0.0})[0]  # a reset without a base?
 
 
 def test_the_default_is_the_measured_winner_for_what_the_user_has():
@@ -289,5 +293,14 @@ def test_a_reset_option_with_the_base_makes_the_default_a_reset_even_where_a_dis
     chosen = clean.choose_defense(fresh)  # whether or not the Gemma package is installed here
     assert (chosen.name, chosen.settings) == ("fine-mixing", {"rho": 0.0, "head": "fresh", "base_model": "smollm2-135m"})
     assert "of those that reset toward the base (--fresh-head and --base-tokenizer ask for a reset)" in clean._why(fresh)
+    # what a better measurement would need is named among the resets too: the texts reset-distill reads, not a
+    # distillation into Gemma the reset's options rule out
+    from w2sdefense.defenses.evidence import default_reason
+
+    reason = default_reason(measured_default(True, resets=True, **everything), True, suspect="tiny-llama", resets=True)
+    assert "reset-distill measured better but needs unlabelled in-domain texts" in reason and "gemma" not in reason
+    texts = {**everything, "unlabelled": True}
+    assert "measured better" not in default_reason(measured_default(True, resets=True, **texts), True, unlabelled=True,
+                                                   suspect="tiny-llama", resets=True)
     # without the base the options are refused, as before
     assert not clean._asks_reset(CleanJob(model="tiny-llama", defense=DefenseConfig(name="auto", settings={"head": "fresh"})))

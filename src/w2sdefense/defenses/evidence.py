@@ -155,7 +155,7 @@ def default_reason(chosen: Measured, base_known: bool, evidence: tuple[Measured,
         line += " of those that reset toward the base (--fresh-head and --base-tokenizer ask for a reset)"
     if base_known and not chosen.needs_base:
         line += " (it does not read the base)"
-    ranked = _ranked(base_known, evidence, lambda m: True, True)
+    ranked = _ranked(base_known, evidence, lambda m: True, True, lambda m: m.needs_base or not resets)
     best = ranked[0] if ranked else chosen
     if best is not chosen and _rank(best) < _rank(chosen):
         wants = []
@@ -179,11 +179,15 @@ def _size_of(suspect: str | None) -> str:
 
 def evidence_lines(name: str, settings: dict, texts: bool = True) -> list[str]:
     """What the benchmark measured for the defense `name` run with `settings`, in words; a defense it never measured
-    says so. Without `texts` (no unlabelled texts given) a distillation read none, whatever its `unlabelled` says."""
-    given = {k: v for k, v in settings.items() if k != "base_model"}  # which base is the user's, not the method's
+    says so. Without `texts` (no unlabelled texts given) a distillation read none, whatever its `unlabelled` says.
+    Which base is the user's, not the method's; whether one was given is (W2SDefense with a base resets first)."""
+    name = _canonical(name)
+    given = {k: v for k, v in settings.items() if k != "base_model"}
+    based = bool(settings.get("base_model"))
     if not texts and "unlabelled" in _defaults(name):
         given["unlabelled"] = False
-    found = [m for m in EVIDENCE if m.defense == name and _set(name, given) == _set(name, m.settings)]
+    found = [m for m in EVIDENCE if m.defense == name and m.needs_base == based
+             and _set(name, given) == _set(name, m.settings)]
     if not found:
         return [f"the benchmark has not measured {name} with these settings: its effect on a backdoor is unknown."]
     return [f"the benchmark measured {name} ({m.regime}): residual backdoor "
@@ -192,6 +196,13 @@ def evidence_lines(name: str, settings: dict, texts: bool = True) -> list[str]:
                                                                       for attack, points in m.ca_change.items())
                if m.ca_change else "")
             + f" [{m.source}]." for m in found]
+
+
+def _canonical(name: str) -> str:
+    """The registered name of `name` or its alias (as given when not registered)."""
+    from w2sdefense.defenses.base import DEFENSES
+
+    return DEFENSES.canonical(name) if name in DEFENSES else name
 
 
 def _defaults(name: str) -> dict:
