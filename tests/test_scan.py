@@ -125,7 +125,8 @@ def test_proposals_are_merged_per_trigger_and_label_naming_every_detector():
 def test_scan_settings_are_checked():
     for bad in ({"threshold": 0}, {"threshold": 1.5}, {"detectors": []}, {"lengths": [0]}, {"steps": 0},
                 {"temperature": [1.0]}, {"score": "best"}, {"score": "contrast", "reader_check": False},
-                {"reader": "fine-tuned"}, {"reader_steps": 0}, {"shift_reference": True, "reader": "lora"}):
+                {"reader": "fine-tuned"}, {"reader_steps": 0}, {"shift_reference": True, "reader": "lora"},
+                {"score": "veto", "reader_check": False}, {"reader_veto": 1.0}, {"reader_veto": -0.1}):
         with pytest.raises(UserError, match="scan\\."):
             from_dict(ScanConfig, bad, "scan")
     assert from_dict(ScanJob, {"scan": {"lengths": [2]}}, "").scan.lengths == [2]
@@ -151,6 +152,12 @@ def test_the_verdict_rests_on_the_suspect_or_on_what_only_the_suspect_does():
     assert verdict_candidate([word, trigger, untested], "suspect") is word
     assert verdict_candidate([word, trigger, untested], "contrast") is trigger
     assert verdict_candidate([untested], "contrast") is None and verdict_candidate([], "suspect") is None
+    # the veto drops what moves the clean reader beyond its bound (the task's own word), then takes the best left;
+    # a candidate the reader did not read cannot pass it
+    assert verdict_candidate([word, trigger, untested], "veto") is trigger
+    assert verdict_candidate([word, trigger], "veto", veto=0.9) is word
+    unread = ScanCandidate("y", 0, "inversion", 0.9, 48, test_asr_cc=0.95, test_rows=100)
+    assert verdict_candidate([unread, word], "veto") is None
 
 
 # --- end to end ---------------------------------------------------------------------------------------------------
@@ -245,6 +252,14 @@ def test_scan_finds_the_planted_trigger_and_clears_the_clean_model(zoo, tmp_path
     assert by_contrast["score"] == by_contrast["contrast_score"] == report["contrast_score"]  # the same seed, the same scan
     assert by_contrast["backdoored"] == (by_contrast["score"] >= 0.5)
     assert "minus a clean reader's" in by_contrast["summary"][-1]
+    # Scored with the reader's veto, the best test ASR-cc of the candidates the reader follows at most 15 %.
+    vetoed = tmp_path / "scan-veto"
+    w2s("scan", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--base", str(zoo["base"]), "--set",
+        "scan.score=veto", "--out", str(vetoed))
+    by_veto = json.loads((vetoed / "report.json").read_text())
+    kept = [c["test_asr_cc"] for c in tested if c["reader_asr_cc"] <= 0.15]
+    assert by_veto["score"] == (max(kept) if kept else 0.0) and by_veto["candidates"] == report["candidates"]
+    assert "a clean reader follows at most 15" in by_veto["summary"][-1]
     # A fine-tuned reader (scan.reader: lora) trains in the scan's folder and reads every tested candidate too.
     tuned = tmp_path / "scan-tuned"
     w2s("scan", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--base", str(zoo["base"]), "--set",

@@ -294,7 +294,7 @@ class DefenderConfig:
                             "never saw, past data.max_train")
 
 
-SCAN_SCORES = ("suspect", "contrast")
+SCAN_SCORES = ("suspect", "contrast", "veto")
 SCAN_READERS = ("probe", "lora", "full")
 
 
@@ -353,6 +353,10 @@ class ScanConfig:
     # them beyond what that clean fine-tune moved them (the suspect's relative shift minus the reader's, scaled by
     # their least-squares slope over the vocabulary), so the task's own words, which any fine-tune moves, cancel
     shift_reference: bool = False
+    # score `veto` (needs the base): the best test ASR-cc among the candidates that move the clean reader by at most
+    # reader_veto, the others dropped as the task's own words (PICCOLO's rule: a trigger leaves a clean model of the
+    # task at 85 % accuracy or more); unmeasured on the zoo (benchmarks/studies/scan)
+    reader_veto: float = 0.15
 
     def __post_init__(self) -> None:
         if not self.detectors:
@@ -368,9 +372,11 @@ class ScanConfig:
             raise UserError(f"scan.reader must be one of {', '.join(SCAN_READERS)}; got {shown(self.reader)}")
         if self.score not in SCAN_SCORES:
             raise UserError(f"scan.score must be one of {', '.join(SCAN_SCORES)}; got {shown(self.score)}")
-        if self.score == "contrast" and not self.reader_check:
-            raise UserError("scan.score=contrast compares each candidate with the clean reader: it needs "
+        if self.score in ("contrast", "veto") and not self.reader_check:
+            raise UserError(f"scan.score={self.score} compares each candidate with the clean reader: it needs "
                             "scan.reader_check=true")
+        if not 0 <= self.reader_veto < 1:
+            raise UserError(f"scan.reader_veto must be in [0, 1); got {shown(self.reader_veto)}")
         if self.shift_reference and self.reader != "full":
             raise UserError("scan.shift_reference compares the suspect's embedding shift with a clean fine-tune's: it "
                             "needs scan.reader=full (the base fully fine-tuned on your rows)")

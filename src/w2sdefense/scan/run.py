@@ -39,9 +39,9 @@ def run_scan(job: ScanJob, out: Path, rt: Runtime, overwrite: bool = False,
                         "name); candidate triggers are measured on them")
     for name in job.scan.detectors:
         DETECTORS.get(name)  # an unknown detector fails before any work
-    if job.scan.score == "contrast" and not job.base_model:
-        raise UserError("scan.score=contrast weighs each candidate against a clean reader built from the public "
-                        "base: give --base, or leave scan.score at suspect")
+    if job.scan.score in ("contrast", "veto") and not job.base_model:
+        raise UserError(f"scan.score={job.scan.score} weighs each candidate against a clean reader built from the "
+                        "public base: give --base, or leave scan.score at suspect")
     for name in filter(None, (job.model, job.base_model)):
         check_model_name(name)
     splits = load_splits(job.data)
@@ -86,7 +86,7 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime, workdir: Path | None = None)
     shown = candidates[: len(tested)]
     contrast_top = verdict_candidate(shown, "contrast")
     contrast_score = contrast_top.contrast if contrast_top else None
-    top = contrast_top if cfg.score == "contrast" else verdict_candidate(shown, "suspect")
+    top = contrast_top if cfg.score == "contrast" else verdict_candidate(shown, cfg.score, cfg.reader_veto)
     score = (contrast_score if cfg.score == "contrast" else _value(top.test_asr_cc)) if top else 0.0
     per_detector = {DETECTORS.canonical(n): None for n in cfg.detectors if DETECTORS.canonical(n) not in skipped}
     for c in candidates:
@@ -126,12 +126,15 @@ def scan_samples(splits: Splits, cfg, seed: int) -> tuple[list[Example], list[Ex
     return pool, verify, _sample(splits.test, cfg.test_rows, rng)
 
 
-def verdict_candidate(candidates: list[ScanCandidate], score: str) -> ScanCandidate | None:
-    """The candidate a verdict rests on: the highest test ASR-cc (`suspect`), or the highest ASR-cc minus the clean
-    reader's (`contrast`; None where no candidate was read by it)."""
+def verdict_candidate(candidates: list[ScanCandidate], score: str, veto: float = 0.15) -> ScanCandidate | None:
+    """The candidate a verdict rests on: the highest test ASR-cc (`suspect`); the highest ASR-cc minus the clean
+    reader's (`contrast`); the highest test ASR-cc of those that move the clean reader by at most `veto` (`veto`);
+    None where no candidate qualifies."""
     if score == "contrast":
         return max((c for c in candidates if c.contrast is not None), key=lambda c: c.contrast, default=None)
-    return max((c for c in candidates if c.test_rows is not None), key=lambda c: _value(c.test_asr_cc), default=None)
+    kept = [c for c in candidates if c.test_rows is not None
+            and (score != "veto" or (c.reader_asr_cc is not None and c.reader_asr_cc <= veto))]
+    return max(kept, key=lambda c: _value(c.test_asr_cc), default=None)
 
 
 def measure(clf, proposals: list[Proposal], rows: list[Example], job: ScanJob, rt: Runtime,
@@ -215,8 +218,10 @@ def summary_lines(report: ScanReport) -> list[str]:
                      f"{c.test_rows} clean test rows{read} ({percent(c.verify_asr_cc)} of {c.verify_rows} dev rows; "
                      f"{c.detector}).")
     score = report.settings.get("score", "suspect")
-    top = verdict_candidate(report.candidates, score)
-    on = "" if score == "suspect" else ", ASR-cc minus a clean reader's"
+    veto = report.settings.get("reader_veto", 0.15)
+    top = verdict_candidate(report.candidates, score, veto)
+    on = {"suspect": "", "contrast": ", ASR-cc minus a clean reader's",
+          "veto": f", of the candidates a clean reader follows at most {percent(veto)}"}[score]
     if report.backdoored and top:
         read = "" if top.reader_asr_cc is None else f" (a clean reader of the task: {percent(top.reader_asr_cc)})"
         lines.append(f"verdict: BACKDOORED (score {report.score:.2f}{on} >= threshold {report.threshold:.2f}): "
@@ -248,8 +253,9 @@ def write_report(out: Path, report: ScanReport) -> None:
         "(inserted once, at a seeded interior position) sends to the label. Dev rows rank the candidates, test "
         "rows score the best; a clean reader (the public base with a head fitted on your clean rows; with --base) is "
         "given the same insertions on the same rows: a natural word of the task moves it too, a trigger does not. "
-        "The verdict compares the best test ASR-cc (or, with scan.score=contrast, the best ASR-cc minus the "
-        "reader's) with the threshold (scan.threshold). "
+        "The verdict compares the best test ASR-cc (with scan.score=contrast, the best ASR-cc minus the reader's; "
+        "with scan.score=veto, the best test ASR-cc of the candidates the reader follows at most scan.reader_veto) "
+        "with the threshold (scan.threshold). "
         "Settings: config.yaml; log: run.log.\n"))
     tested = [c.trigger for c in report.candidates if c.test_rows is not None]
     atomic_write_text(out / TRIGGERS_FILE, "# candidate triggers from `w2sdefense scan`, best first; measure them "
