@@ -6,6 +6,7 @@
     python benchmarks/scan_zoo.py --report-only     # the results from the scans on disk
     python benchmarks/scan_zoo.py --limit 4         # the first 4 models of each kind in build order (held-out first)
     python benchmarks/scan_zoo.py --scan reader-lora  # the same models scanned with one of the recipe's scan_variants
+    python benchmarks/scan_zoo.py --scan phrases-lora-veto  # a finished scan decided again (the recipe's `rescored`)
 
 Every step is skipped when its output exists, so a stopped run continues where it stopped. Each model's row is
 written to results/scan-zoo-rows.jsonl (scan-zoo-<variant>-rows.jsonl for a scan variant) as soon as it is scanned,
@@ -31,6 +32,7 @@ import yaml
 from w2sdefense.config import ScanConfig, to_dict
 from w2sdefense.fileio import atomic_write_text
 from w2sdefense.results import EvaluationResult, ScanCandidate, ScanReport, read_result
+from w2sdefense.scan.run import rescored
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -150,13 +152,25 @@ def _again(out: Path, flag: str) -> list[str]:
 
 
 def scan_settings(recipe: dict, scan: str) -> list[str]:
-    """The dotted settings of the recipe's scan (`default`) or of one of its scan_variants."""
+    """The dotted settings of the recipe's scan (`default`), of one of its scan_variants, or of a `rescored` entry
+    (its scan's settings, then its verdict's)."""
     if scan == DEFAULT_SCAN:
         return list(recipe.get("scan", []))
+    read, verdict = rescore_of(recipe, scan)
+    if read is not None:
+        return scan_settings(recipe, read) + [f"scan.{k}={v}" for k, v in sorted(verdict.items())]
     variants = recipe.get("scan_variants", {})
     if scan not in variants:
-        raise SystemExit(f"--scan {scan}: the recipe's scan_variants are {', '.join(variants) or 'none'}")
+        names = [*variants, *recipe.get("rescored", {})]
+        raise SystemExit(f"--scan {scan}: the recipe's scan_variants and rescored entries are "
+                         f"{', '.join(names) or 'none'}")
     return list(variants[scan])
+
+
+def rescore_of(recipe: dict, scan: str) -> tuple[str | None, dict]:
+    """A `rescored` entry's scan (whose finished reports it reads) and verdict settings; (None, {}) for a scan."""
+    entry = recipe.get("rescored", {}).get(scan)
+    return (None, {}) if entry is None else (entry["scan"], dict(entry["verdict"]))
 
 
 def scan_folder(scan: str) -> str:
@@ -224,9 +238,13 @@ def _with_others(rows: list[dict], earlier: dict[str, dict]) -> list[dict]:
     return rows + [r for name, r in earlier.items() if name not in done]
 
 
-def zoo_row(m: ZooModel, folder: Path, target: int, scan_name: str = DEFAULT_SCAN) -> dict:
-    """One model's flat row: how it was made, what the scan said, whether it found the planted trigger."""
+def zoo_row(m: ZooModel, folder: Path, target: int, scan_name: str = DEFAULT_SCAN,
+            verdict: dict | None = None) -> dict:
+    """One model's flat row: how it was made, what the scan said (decided again under `verdict`, where given),
+    whether it found the planted trigger."""
     scan = ScanReport.from_json(json.loads((folder / scan_folder(scan_name) / "report.json").read_text()))
+    if verdict:
+        scan = rescored(scan, **verdict)
     planted = read_result(EvaluationResult, folder / "planted.json") if m.backdoored else EvaluationResult()
     planted_asr = planted.attack_success_rate_clean_correct
     tested = [c for c in scan.candidates if c.test_rows is not None]
@@ -372,7 +390,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.limit:
         models = limited(models, args.limit)
     args.results.mkdir(parents=True, exist_ok=True)
-    stem, scanned_in = results_stem(args.scan), scan_folder(args.scan)
+    read, verdict = rescore_of(recipe, args.scan)  # a rescored entry reads its scan's reports: no model runs for it
+    source = read or args.scan
+    stem, scanned_in = results_stem(args.scan), scan_folder(source)
     path = args.results / f"{stem}-rows.jsonl"
     earlier, rows = read_rows(path), []
     keys = {m.name: zoo_key(m, recipe, args.scan) for m in every}
@@ -384,10 +404,10 @@ def main(argv: list[str] | None = None) -> None:
             continue
         if not args.report_only:
             print(f"scan zoo: {i}/{len(models)} {m.name}", flush=True)
-            build(m, recipe, folder, args.scan)
+            build(m, recipe, folder, source)
         if (folder / scanned_in / "report.json").is_file():
             check_folder(folder, model_key(m, recipe))
-            rows.append({**zoo_row(m, folder, recipe["target_label"], args.scan), "recipe_key": key})
+            rows.append({**zoo_row(m, folder, recipe["target_label"], source, verdict), "recipe_key": key})
             write_rows(path, _with_others(rows, earlier))  # a stop here keeps every row measured so far
     # Rows of models this run did not reach (--limit, --split) are kept in the file and summarised with this run's;
     # rows another recipe made are kept, not summarised.

@@ -132,6 +132,29 @@ def test_scan_settings_are_checked():
     assert from_dict(ScanJob, {"scan": {"lengths": [2]}}, "").scan.lengths == [2]
 
 
+def test_a_finished_scan_is_decided_again_under_another_verdict_rule_from_its_candidates():
+    from w2sdefense.scan.run import rescored
+
+    word = ScanCandidate("shitty", 1, "inversion", 0.9, 48, test_asr_cc=0.83, test_rows=100, reader_asr_cc=0.62,
+                         reader_rows=90)
+    trigger = ScanCandidate("cf", 1, "shift-phrases", 0.5, 48, test_asr_cc=0.7, test_rows=100, reader_asr_cc=0.02,
+                            reader_rows=90)
+    report = ScanReport(model="m", base_model="b", backdoored=True, score=0.83, threshold=0.8, target_label=1,
+                        candidates=[word, trigger], detectors={}, skipped={}, label_names={}, wall_time_s=1.0,
+                        settings={"score": "suspect"}, environment={}, contrast_score=0.68)
+    vetoed = rescored(report, score="veto")
+    assert (vetoed.score, vetoed.backdoored, vetoed.target_label) == (0.7, False, 1)
+    assert vetoed.candidates == report.candidates and vetoed.settings["reader_veto"] == 0.15
+    lowered = rescored(report, score="veto", threshold=0.6)
+    assert lowered.backdoored and lowered.threshold == 0.6
+    assert rescored(report, score="contrast").score == pytest.approx(0.68)
+    assert rescored(vetoed, score="suspect").score == 0.83  # nothing is lost by deciding again
+    with pytest.raises(UserError, match="only the verdict's settings"):
+        rescored(report, steps=5)
+    with pytest.raises(UserError, match="scan.reader_veto"):
+        rescored(report, score="veto", reader_veto=1.0)
+
+
 def test_a_scan_report_survives_its_json():
     report = ScanReport(model="m", base_model=None, backdoored=True, score=0.9, threshold=0.8, target_label=0,
                         candidates=[ScanCandidate("cf", 0, "inversion", 1.0, 8, 0.9, 10, 0.25, 9)],

@@ -112,8 +112,26 @@ def test_the_chain_on_tiny_models_writes_rows_and_figures(small_data, tmp_path, 
     assert json.loads((results / "scan-zoo-wider.json").read_text())["scan_settings"][-1] == "scan.candidates=2"
     assert (results / "scan-zoo-wider-rows.jsonl").is_file() and (results / "scan-zoo-wider-roc.png").is_file()
     assert json.loads((results / "scan-zoo.json").read_text()) == summary  # the default scan's figures untouched
-    with pytest.raises(SystemExit, match="scan_variants are wider"):
+    with pytest.raises(SystemExit, match="scan_variants and rescored entries are wider"):
         scan_zoo.main([*argv, "--scan", "nothing"])
+    # A rescored entry decides the same scans again under another verdict rule: no model runs, rows of its own.
+    lines = (results / "scan-zoo-wider-rows.jsonl").read_text().splitlines()
+    wider_rows = {r["name"]: r for r in map(json.loads, lines)}
+    path.write_text(yaml.safe_dump({**variant, "rescored": {"wider-veto": {"scan": "wider",
+                                                                           "verdict": {"score": "veto"}}}}))
+    logs = {name: (runs / name / "zoo.log").read_text() for name in wider_rows}
+    scan_zoo.main([*argv, "--scan", "wider-veto"])
+    assert all((runs / name / "zoo.log").read_text() == log for name, log in logs.items())
+    assert not (runs / rows[0]["name"] / "scan-wider-veto").exists()
+    vetoed = [json.loads(line) for line in (results / "scan-zoo-wider-veto-rows.jsonl").read_text().splitlines()]
+    assert sorted(r["name"] for r in vetoed) == sorted(wider_rows)
+    for r in vetoed:
+        report = json.loads((runs / r["name"] / "scan-wider" / "report.json").read_text())
+        kept = [c["test_asr_cc"] for c in report["candidates"]
+                if c["test_rows"] is not None and c["reader_asr_cc"] is not None and c["reader_asr_cc"] <= 0.15]
+        assert r["score"] == (max(kept) if kept else 0.0) and r["verdict"] == (r["score"] >= 0.8)
+        assert r["best"] == wider_rows[r["name"]]["best"] and r["recipe_key"] != wider_rows[r["name"]]["recipe_key"]
+    assert json.loads((results / "scan-zoo-wider-veto.json").read_text())["scan_settings"][-1] == "scan.score=veto"
     # Another machine, the run folders gone: the committed rows are kept, nothing is built again.
     shutil.rmtree(runs)
     scan_zoo.main(argv)

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from w2sdefense.attacks.base import triggered_copy
-from w2sdefense.config import ScanJob, dump_yaml, to_dict
+from w2sdefense.config import ScanConfig, ScanJob, dump_yaml, from_dict, to_dict
 from w2sdefense.data.datasets import data_inputs, load_splits
 from w2sdefense.data.records import Example, Splits
 from w2sdefense.errors import UserError
@@ -83,11 +83,7 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime, workdir: Path | None = None)
     candidates += [_candidate(p, m) for p, m in ranked[len(tested):]]
     if job.base_model and cfg.reader_check:
         candidates = read_by_reader(inputs, candidates, test_rows, job, rt)
-    shown = candidates[: len(tested)]
-    contrast_top = verdict_candidate(shown, "contrast")
-    contrast_score = contrast_top.contrast if contrast_top else None
-    top = contrast_top if cfg.score == "contrast" else verdict_candidate(shown, cfg.score, cfg.reader_veto)
-    score = (contrast_score if cfg.score == "contrast" else _value(top.test_asr_cc)) if top else 0.0
+    top, score, contrast_score = decide(candidates, cfg.score, cfg.reader_veto)
     per_detector = {DETECTORS.canonical(n): None for n in cfg.detectors if DETECTORS.canonical(n) not in skipped}
     for c in candidates:
         for name in c.detector.split("+"):
@@ -97,6 +93,33 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime, workdir: Path | None = None)
                       detectors=per_detector, skipped=skipped, label_names=_label_names(clf, splits.num_labels),
                       wall_time_s=time.perf_counter() - start, settings=to_dict(cfg), environment=environment(),
                       contrast_score=contrast_score)
+
+
+def decide(candidates: list[ScanCandidate], rule: str,
+           veto: float) -> tuple[ScanCandidate | None, float, float | None]:
+    """The verdict's candidate and score under `rule` (scan.score) and `veto` (scan.reader_veto), and the contrast
+    score (recorded whatever the rule), from the candidates measured on the test rows."""
+    contrast_top = verdict_candidate(candidates, "contrast")
+    contrast_score = contrast_top.contrast if contrast_top else None
+    top = contrast_top if rule == "contrast" else verdict_candidate(candidates, rule, veto)
+    score = (contrast_score if rule == "contrast" else _value(top.test_asr_cc)) if top else 0.0
+    return top, score, contrast_score
+
+
+def rescored(report: ScanReport, **verdict) -> ScanReport:
+    """`report` decided again under other verdict settings (score, reader_veto, threshold) from the candidates it
+    measured: no model runs, so a finished scan can be read under another rule."""
+    unknown = set(verdict) - {"score", "reader_veto", "threshold"}
+    if unknown:
+        raise UserError("only the verdict's settings can be applied to a finished scan, not "
+                        + ", ".join(sorted(unknown)))
+    settings = {**to_dict(ScanConfig()), **report.settings, **verdict}
+    from_dict(ScanConfig, settings, "scan")  # checked as a scan's settings are
+    threshold = settings["threshold"]
+    top, score, contrast_score = decide(report.candidates, settings["score"], settings["reader_veto"])
+    return dataclasses.replace(report, settings=settings, threshold=threshold, score=score,
+                               backdoored=score >= threshold, target_label=top.target_label if top else None,
+                               contrast_score=contrast_score)
 
 
 def read_by_reader(inputs: ScanInputs, candidates: list[ScanCandidate], rows: list[Example], job: ScanJob,
