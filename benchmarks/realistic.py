@@ -65,7 +65,6 @@ def arm_config(cfg: ExperimentConfig, arm: dict, k: int, seed: int, folder: Path
     train = dict(entry.pop("train", {}))  # an arm may name its own budget (and says so in its row's question)
     train.setdefault("max_steps", MAX_STEPS)
     train.setdefault("eval_every", EVAL_EVERY)
-    train.setdefault("eval_epochs", CLEAN_BUDGET["eval_epochs"])
     defense = DefenseConfig(name=name, label=arm["label"], seed=seed, train=train, settings=entry)
     defender = dataclasses.replace(cfg.defender, rows=k, seed=seed)
     return dataclasses.replace(cfg, output_dir=str(folder), defender=defender, defenses=[defense])

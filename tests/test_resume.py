@@ -92,7 +92,7 @@ def test_without_epoch_evaluations_dev_is_read_every_eval_every_steps_and_at_the
     assert [h["step"] for h in whole["history"]] == [5, 10, 15, 20, 24]  # not 8 and 16, the epochs' ends
     epochs = _train(tiny_splits, rt, tmp_path / "epochs", cfg=last)
     assert [h["step"] for h in epochs["history"]] == [5, 8, 10, 15, 16, 20, 24]
-    # reading dev draws nothing from the run's random state: the same checkpoint is the same weights
+    # a skipped read draws what a read draws: the same checkpoint is the same weights
     assert whole["selected_step"] == epochs["selected_step"] == 24
     a, b = _weights(tmp_path / "whole"), _weights(tmp_path / "epochs")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -259,8 +259,11 @@ def _run_epochs(loop: _Loop, pending_rng: dict | None) -> None:
         # run starts the next epoch and would never evaluate it.
         ended = not stopped or progress.batches_done >= len(loop.loader)
         due = cfg.eval_epochs or not cfg.eval_every or progress.step >= loop.total
-        if ended and due and (not progress.history or progress.history[-1]["step"] != progress.step):
-            loop.evaluate()
+        if ended and (not progress.history or progress.history[-1]["step"] != progress.step):
+            if due:
+                loop.evaluate()
+            else:
+                _as_if_read(loop)
         if stopped:
             stop_bar(loop.bar)
             loop.checkpoint()
@@ -341,6 +344,16 @@ def _global_mean(terms: dict[str, float], acc) -> dict[str, float]:
         return terms
     values = acc.reduce(torch.tensor(list(terms.values()), device=acc.device), reduction="mean")
     return dict(zip(terms, values.tolist()))
+
+
+def _as_if_read(loop: _Loop) -> None:
+    """Draw from the run's random state what a dev read draws (its data loader's seed), on one dev row: a run that
+    skips its epochs' reads (eval_epochs false) trains exactly as one that made them, so runs made before the
+    setting existed are reproduced."""
+    dev = loop.task.dev
+    one = Encoded(dev.input_ids[:1], dev.labels[:1], dev.ids[:1] if dev.ids is not None else None)
+    predict_logits(loop.model, one, loop.clf.tokenizer.pad_token_id, loop.task.cfg.eval_batch_size, loop.rt,
+                   desc="dev", prepared=True)
 
 
 def _evaluate(loop: _Loop) -> None:
