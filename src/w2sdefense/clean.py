@@ -54,6 +54,10 @@ from w2sdefense.train.job import limit
 
 
 
+# what a reset keeps of the suspect, the settings and the options that set them (only a reset toward the base reads them)
+RESET_OPTIONS = {"head": "--fresh-head", "tokenizer": "--base-tokenizer"}
+
+
 def choose_defense(job: CleanJob) -> DefenseConfig:
     """The defense `clean` runs: the one named, else the measured default for what the user gave
     (evidence.measured_default: today, with the Gemma package and a suspect no larger than Gemma-3-270M,
@@ -76,7 +80,7 @@ def choose_defense(job: CleanJob) -> DefenseConfig:
     if auto and not takes_base:
         job = dataclasses.replace(job, base_model=None)  # the measured default reads no base (its report says so)
     resets = takes_base and bool(job.base_model or d.settings.get("base_model"))
-    for key, flag in (("head", "--fresh-head"), ("tokenizer", "--base-tokenizer")):
+    for key, flag in RESET_OPTIONS.items():
         if key in d.settings and not resets:
             raise UserError(f"{flag} (defense.{key}) changes what a reset toward the public base keeps, but {d.name} "
                             "resets nothing; give --base (the default then resets), or choose fine-mixing or "
@@ -103,7 +107,7 @@ def _asks_reset(job: CleanJob) -> bool:
     """Whether the user gave the base with a reset's options (--fresh-head, --base-tokenizer) and no defense: the
     default is then chosen among the defenses that reset toward the base."""
     settings = job.defense.settings if job.defense is not None else {}
-    return bool(job.base_model) and any(key in settings for key in ("head", "tokenizer"))
+    return bool(job.base_model) and any(key in settings for key in RESET_OPTIONS)
 
 
 def with_declared_base(job: CleanJob) -> tuple[CleanJob, str | None]:

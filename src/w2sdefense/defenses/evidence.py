@@ -49,6 +49,10 @@ REALISTIC_ROWS = ("SmolLM2-135M suspect on SST-2 trained on 4000 rows, the defen
 # the regimes in the order `clean` prefers their measurements: the practitioner's (with or without texts) first
 TIERS = ((REALISTIC, REALISTIC_ROWS), (MAIN,))
 
+# the train keys both Gemma distillations ran with beyond DISTILL_INTO_RECIPE and CLEAN_BUDGET (`clean` applies them)
+GEMMA_TRAIN = {"method": "lora", "lr": 1.0e-3, "head_lr": None,
+               "lora": {"r": 16, "alpha": 32, "target_modules": ["all-linear"]}}
+
 EVIDENCE = (
     Measured("fine-mixing", {"rho": 0.0}, MAIN, {"BadNet": 0.9, "InSent": 2.7, "SynAttack": 1.6},
              "benchmarks/RESULTS.md, the paper's experiment at laptop scale (fine-mixing-r0)", seeds=3, needs_base=True),
@@ -63,15 +67,13 @@ EVIDENCE = (
     Measured("distill-into", {"student_model": "gemma3-270m"}, REALISTIC, {"BadNet": -1.0, "InSent": -2.9},
              "benchmarks/RESULTS.md, the realistic protocol (results/realistic-rows.jsonl)", seeds=3,
              ca_change={"BadNet": 0.3, "InSent": -0.3}, reads_unlabelled=True, arm="distill-into-gemma",
-             train={"method": "lora", "lr": 1.0e-3, "head_lr": None,
-                    "lora": {"r": 16, "alpha": 32, "target_modules": ["all-linear"]}},
+             train=GEMMA_TRAIN,
              student_params=268_099_456, ca_range={"BadNet": (0.2, 0.4), "InSent": (-2.0, 0.5)}),
     # the same distillation on the 256 labelled rows alone (the arm distill-into-gemma-labelled)
     Measured("distill-into", {"student_model": "gemma3-270m", "unlabelled": False}, REALISTIC_ROWS,
              {"BadNet": -0.5, "InSent": -2.6}, "benchmarks/RESULTS.md, the realistic protocol (results/realistic-rows.jsonl)",
              seeds=3, ca_change={"BadNet": -2.5, "InSent": -2.1}, arm="distill-into-gemma-labelled",
-             train={"method": "lora", "lr": 1.0e-3, "head_lr": None,
-                    "lora": {"r": 16, "alpha": 32, "target_modules": ["all-linear"]}},
+             train=GEMMA_TRAIN,
              student_params=268_099_456, ca_range={"BadNet": (-2.9, -1.7), "InSent": (-3.1, -1.2)}),
 )
 
@@ -184,10 +186,11 @@ def evidence_lines(name: str, settings: dict, texts: bool = True) -> list[str]:
     name = _canonical(name)
     given = {k: v for k, v in settings.items() if k != "base_model"}
     based = bool(settings.get("base_model"))
-    if not texts and "unlabelled" in _defaults(name):
+    defaults = _defaults(name)
+    if not texts and "unlabelled" in defaults:
         given["unlabelled"] = False
     found = [m for m in EVIDENCE if m.defense == name and m.needs_base == based
-             and _set(name, given) == _set(name, m.settings)]
+             and _set(defaults, given) == _set(defaults, m.settings)]
     if not found:
         return [f"the benchmark has not measured {name} with these settings: its effect on a backdoor is unknown."]
     return [f"the benchmark measured {name} ({m.regime}): residual backdoor "
@@ -216,9 +219,8 @@ def _defaults(name: str) -> dict:
     return {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
 
 
-def _set(name: str, settings: dict) -> dict:
-    """`settings` without the keys at their default: the same method however it was spelled."""
-    defaults = _defaults(name)
+def _set(defaults: dict, settings: dict) -> dict:
+    """`settings` without the keys at their `defaults`: the same method however it was spelled."""
     return {k: v for k, v in settings.items() if k not in defaults or defaults[k] != v}
 
 

@@ -149,7 +149,8 @@ def scan_samples(splits: Splits, cfg, seed: int) -> tuple[list[Example], list[Ex
     return pool, verify, _sample(splits.test, cfg.test_rows, rng)
 
 
-def verdict_candidate(candidates: list[ScanCandidate], score: str, veto: float = 0.15) -> ScanCandidate | None:
+def verdict_candidate(candidates: list[ScanCandidate], score: str,
+                      veto: float = ScanConfig.reader_veto) -> ScanCandidate | None:
     """The candidate a verdict rests on: the highest test ASR-cc (`suspect`); the highest ASR-cc minus the clean
     reader's (`contrast`); the highest test ASR-cc of those that move the clean reader by at most `veto` (`veto`);
     None where no candidate qualifies."""
@@ -241,7 +242,7 @@ def summary_lines(report: ScanReport) -> list[str]:
                      f"{c.test_rows} clean test rows{read} ({percent(c.verify_asr_cc)} of {c.verify_rows} dev rows; "
                      f"{c.detector}).")
     score = report.settings.get("score", "suspect")
-    veto = report.settings.get("reader_veto", 0.15)
+    veto = report.settings.get("reader_veto", ScanConfig.reader_veto)
     top = verdict_candidate(report.candidates, score, veto)
     on = {"suspect": "", "contrast": ", ASR-cc minus a clean reader's",
           "veto": f", of the candidates a clean reader follows at most {percent(veto)}"}[score]
