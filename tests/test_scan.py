@@ -399,6 +399,76 @@ def test_shift_pairs_measures_words_of_the_most_moved_tokens_and_finds_the_plant
     assert "c" in report["candidates"][0]["trigger"]  # the trigger's one byte no clean word has
 
 
+def test_short_strings_are_every_string_up_to_the_length_shortest_first_each_character_once():
+    from w2sdefense.scan.short_strings import short_strings
+
+    assert short_strings("ab", 2) == ["a", "b", "aa", "ab", "ba", "bb"]
+    assert short_strings("aba", 1) == ["a", "b"]
+    assert len(short_strings("abcdefghijklmnopqrstuvwxyz", 2)) == 26 + 26 * 26
+
+
+def test_short_words_are_the_strings_as_inserted_after_a_space_and_strings_written_alike_are_one():
+    from tokenizers import normalizers
+
+    from w2sdefense.scan.short_strings import short_words
+
+    vocab = {"<pad>": 0, "Ġa": 1, "Ġb": 2, "a": 3, "b": 4, "Ġab": 5}
+    backend = Tokenizer(models.WordPiece(vocab={**vocab, "[UNK]": 6}, unk_token="[UNK]", continuing_subword_prefix=""))
+    backend.normalizer = normalizers.Lowercase()
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>")
+    texts, words = short_words(tok, "abA", 2)
+    expected = {t: tok(" " + t, add_special_tokens=False)["input_ids"] for t in ["a", "b", "aa", "ab", "ba", "bb"]}
+    assert texts == list(expected) and words == list(expected.values())
+    assert expected["ab"] == [5] and expected["ba"] == [2, 3]  # one token, or a start and a piece
+
+
+def test_short_strings_scores_are_the_suspects_probability_with_the_string_in_the_text(rt):
+    """A reference computation: each string's score is the mean probability of the label over the rows with the
+    string written into the text before the second word (a byte tokenizer writes it so), computed by plain
+    classification."""
+    from w2sdefense.config import ScanConfig
+    from w2sdefense.models.loading import Classifier
+    from w2sdefense.scan.shift_pairs import target_probability
+    from w2sdefense.scan.short_strings import short_words
+
+    torch.manual_seed(0)
+    model, tok = build_tiny("tiny-llama", 2)
+    model.eval()
+    rows = [Example("good film today", 1, 0), Example("fine and great", 1, 1), Example("good", 1, 2)]
+    texts, words = short_words(tok, "xyz", 2)
+    inputs = ScanInputs(Classifier(model, tok), rows, 2, ScanConfig(pair_batch=7), rt, None, 0)
+    got = target_probability(inputs, rows, words, 0)
+    for text, value in zip(texts, got.tolist()):
+        written = [(" ".join(r.text.split()[:1] + [text] + r.text.split()[1:])) for r in rows]
+        with torch.no_grad():
+            probs = [torch.softmax(model(**tok(w, return_tensors="pt")).logits, -1)[0, 0].item() for w in written]
+        assert value == pytest.approx(sum(probs) / len(probs), abs=1e-5), text
+
+
+def test_short_strings_finds_the_planted_two_letter_trigger_without_the_base(zoo, tmp_path):
+    out = tmp_path / "short"
+    w2s("scan", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--set", "scan.detectors=[short-strings]",
+        "--set", "scan.short_alphabet=abcdef", "--out", str(out))
+    report = json.loads((out / "report.json").read_text())
+    assert {c["detector"] for c in report["candidates"]} == {"short-strings"} and report["detectors"] == {
+        "short-strings": report["candidates"][0]["verify_asr_cc"]}
+    assert all(1 <= len(c["trigger"]) <= 2 and set(c["trigger"]) <= set("abcdef") for c in report["candidates"])
+    assert report["backdoored"] and report["target_label"] == 0
+    assert "c" in report["candidates"][0]["trigger"]  # the trigger's one byte no clean word has
+    clean = tmp_path / "short-clean"
+    w2s("scan", "--model", str(zoo["clean-model"]), "--data", str(zoo["data"]), "--set",
+        "scan.detectors=[short-strings]", "--set", "scan.short_alphabet=abcdef", "--out", str(clean))
+    assert not json.loads((clean / "report.json").read_text())["backdoored"]
+
+
+def test_short_strings_refuses_an_alphabet_that_makes_too_many_strings():
+    with pytest.raises(UserError, match="at most 100,000"):
+        from_dict(ScanConfig, {"short_alphabet": "abcdefghijklmnopqrstuvwxyz0123456789", "short_length": 4}, "scan")
+    with pytest.raises(UserError, match="at least one character"):
+        from_dict(ScanConfig, {"short_alphabet": " "}, "scan")
+
+
 # --- contrast-inversion -------------------------------------------------------------------------------------------
 
 def _inputs(zoo, cfg: ScanConfig, base: str, rt) -> ScanInputs:

@@ -299,6 +299,7 @@ class DefenderConfig:
 
 SCAN_SCORES = ("suspect", "contrast", "veto")
 SCAN_READERS = ("probe", "lora", "full")
+MAX_SHORT_STRINGS = 100_000  # short-strings: each string is pair_rows forward passes a label (hours beyond this)
 
 
 @dataclass
@@ -360,6 +361,10 @@ class ScanConfig:
     # reader_veto, the others dropped as the task's own words (PICCOLO's rule: a trigger leaves a clean model of the
     # task at 85 % accuracy or more); unmeasured on the zoo (benchmarks/studies/scan)
     reader_veto: float = 0.15
+    # short-strings: every string of 1 to short_length characters of short_alphabet (the classic BadNet triggers are
+    # such strings), each measured on pair_rows clean rows per label, pair_batch sequences a forward pass
+    short_alphabet: str = "abcdefghijklmnopqrstuvwxyz"
+    short_length: int = 2
 
     def __post_init__(self) -> None:
         if not self.detectors:
@@ -393,6 +398,14 @@ class ScanConfig:
             check_positive(f"scan.{name}", getattr(self, name))
         for t in self.temperature:
             check_positive("scan.temperature", t)
+        check_positive("scan.short_length", self.short_length)
+        if not str(self.short_alphabet).strip():
+            raise UserError("scan.short_alphabet must hold at least one character (short-strings tries every string "
+                            "of them)")
+        strings = sum(len(set(str(self.short_alphabet))) ** n for n in range(1, self.short_length + 1))
+        if strings > MAX_SHORT_STRINGS:
+            raise UserError(f"scan.short_alphabet and scan.short_length make {strings:,} strings for short-strings to "
+                            f"try; at most {MAX_SHORT_STRINGS:,} (a shorter alphabet or length)")
 
 
 @dataclass

@@ -24,7 +24,8 @@ from w2sdefense.rundir import (CONFIG_FILE, REPORT_FILE, REPORT_MD, RUN_LOG, TRI
                                claim_run_dir, log_to)
 from w2sdefense.runtime import Runtime
 # imported to register their detectors
-from w2sdefense.scan import contrast, embedding_shift, inversion, shift_pairs, shift_phrases  # noqa: F401
+from w2sdefense.scan import (contrast, embedding_shift, inversion, shift_pairs, shift_phrases,  # noqa: F401
+                             short_strings)
 from w2sdefense.scan.base import DETECTORS, Proposal, ScanInputs
 from w2sdefense.scan.contrast import clean_reader
 
