@@ -34,6 +34,8 @@ SCANS = {  # scan-real/<stem>.json -> what that scan was, in row order
                                     "tokens (`phrase_vocab=8, phrase_beam=64, phrase_length=3`)",
     "clean-model-default": "the clean model (no backdoor: the same 4000 rows without triggers), the defaults",
     "clean-model-shift-triples": "the clean model, shift-phrases over every ordered triple of its 8 most-moved tokens",
+    "badnet-suspect-short": "BadNet suspect, `scan.detectors=[short-strings]` (every 1-2 letter string), no base",
+    "clean-model-short": "the clean model, `scan.detectors=[short-strings]`, no base",
     # read again with the fine-tuned reader (benchmarks/scan_reader.py --set scan.reader=lora)
     "badnet-suspect-default-lora": "BadNet suspect, the defaults; reader fine-tuned (`scan.reader=lora`)",
     "insent-suspect-default-lora": "the InSent suspect, the defaults; reader fine-tuned (`scan.reader=lora`)",
@@ -44,7 +46,8 @@ SCANS = {  # scan-real/<stem>.json -> what that scan was, in row order
                                       "(`scan.reader=lora`)",
 }
 SCANNED_BACKDOORED = {"runs/realistic/badnet/suspect/victim": True, "runs/realistic/insent/suspect/victim": True,
-                      "/work/runs/realistic/badnet/suspect/clean/model": False}  # the truth about each scanned model
+                      "/work/runs/realistic/badnet/suspect/clean/model": False,
+                      "runs/realistic/badnet/suspect/clean/model": False}  # the truth about each scanned model
 OUTCOMES = {(True, True): "found", (False, True): "miss", (True, False): "false alarm", (False, False): "right"}
 FILTERS = {  # filters-paper.json's row names -> what each row is, in row order (its settings come from the file)
     "clean model": "none (clean model)",
@@ -153,7 +156,8 @@ def scan_real_table(results: Path = RESULTS) -> str:
     reports = {stem: _read(files[stem]) for stem in _ordered(files, SCANS)}
     table = _table(["scan", "detectors", "best candidate", "its test ASR-cc (n)", "verdict", "wall time"],
                    [_scan_row(stem, report) for stem, report in reports.items()])
-    models = sorted({f"`w2sdefense scan --model {r['model']} --base {r['base_model']}`" for r in reports.values()})
+    models = sorted({f"`w2sdefense scan --model {r['model']}" + (f" --base {r['base_model']}`" if r["base_model"] else "`")
+                     for r in reports.values()})
     return (f"{table}\n\nEach row is the report.json of {', '.join(models)} in `results/scan-real/` (its file stem "
             "names the scan); wall time is the report's `wall_time_s`, the scan from loading the model to the verdict.")
 
