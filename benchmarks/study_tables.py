@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import yaml
+
 from w2sdefense.results import ReportRow
 
 HERE = Path(__file__).resolve().parent
@@ -331,7 +333,13 @@ def _part_cell(point: dict | None) -> str:
     return "–" if point is None else f"{_percent(point['asr_cc'])} ({point['target_label']})"
 
 
-ZOO_SCANS = ("default", "reader-lora", "phrases-lora")  # scan_zoo.py's scans, in the order they ran
+def _zoo_scans() -> list[str]:
+    """scan_zoo.py's scans in the recipe's order: its own, its scan_variants, then its rescored entries."""
+    recipe = yaml.safe_load((HERE / "scan-zoo.yaml").read_text())
+    return ["default", *recipe.get("scan_variants", {}), *recipe.get("rescored", {})]
+
+
+
 ZOO_FAMILIES = ("all", "badnet", "insent", "synbkd", "stylebkd")
 
 
@@ -354,23 +362,24 @@ def _zoo_cell(row: dict) -> str:
 def scan_zoo_table(results: Path = RESULTS) -> str:
     """The scan zoo (benchmarks/scan_zoo.py): for each scan that ran, the held-out half's detection per attack family
     by the suspect score and by the clean reader's contrast; then every model's row."""
-    summaries = {scan: _read(results / f"{_zoo_stem(scan)}.json") for scan in ZOO_SCANS
+    summaries = {scan: _read(results / f"{_zoo_stem(scan)}.json") for scan in _zoo_scans()
                  if (results / f"{_zoo_stem(scan)}.json").is_file()}
     if not summaries:
         return "The zoo has not run."
     lines = []
     for scan, summary in summaries.items():
         settings = ", ".join(f"`{s}`" for s in summary.get("scan_settings", [])) or "the defaults"
-        for family in ZOO_FAMILIES:
-            f = summary["held_out"].get(family)
+        for half, family in [(h, f) for h in ("held_out", "tune") for f in ZOO_FAMILIES]:
+            f = summary.get(half, {}).get(family)
             if f is None:
                 continue
-            lines.append([f"{scan} ({settings})", family, f"{f['models']} ({f['not_implanted']})", str(f["clean_models"]),
+            lines.append([f"{scan} ({settings})", half.replace("_", "-"), family,
+                          f"{f['models']} ({f['not_implanted']})", str(f["clean_models"]),
                           _auc(f["roc_auc"]), _percent(f["tpr_at_5fpr"], 0), _auc(f.get("contrast_roc_auc")),
                           _percent(f.get("contrast_tpr_at_5fpr"), 0),
                           f"{_percent(f.get('verdict_tpr'), 0)} / {_percent(f.get('verdict_fpr'), 0)}",
                           _percent(f["target_label_accuracy"], 0), _percent(f["trigger_recovery"], 0)])
-    head = _table(["scan", "family", "backdoored (not implanted)", "clean", "ROC-AUC", "TPR at 5 % FPR",
+    head = _table(["scan", "half", "family", "backdoored (not implanted)", "clean", "ROC-AUC", "TPR at 5 % FPR",
                    "contrast ROC-AUC", "contrast TPR at 5 % FPR", "verdict: TPR / FPR", "target label",
                    "trigger recovery"], lines)
     calibrations = []
@@ -404,8 +413,8 @@ def scan_zoo_table(results: Path = RESULTS) -> str:
     where = (f" Scanned {dates[0]}{' to ' + dates[-1] if dates[-1] != dates[0] else ''} on {'; '.join(machines)}, by "
              "`python benchmarks/scan_zoo.py` (`--scan NAME` for a scan variant of benchmarks/scan-zoo.yaml)."
              if dates else "")
-    return (f"{head}\n\nThe held-out half of the zoo (its triggers never used to tune the scanner), from "
-            f"`results/scan-zoo*.json`: ROC-AUC and TPR at 5 % FPR of the scan's score (the best candidate's test "
+    return (f"{head}\n\nEach half of the zoo, from `results/scan-zoo*.json`: held-out (its triggers never used to "
+            "tune the scanner: the reported numbers) and tune (what a setting may be chosen on). ROC-AUC and TPR at 5 % FPR of the scan's score (the best candidate's test "
             "ASR-cc) and of its contrast (that minus the clean reader's ASR-cc for the same insertion), backdoored "
             "models against the clean ones; a backdoored model whose planted trigger reached under 50 % ASR-cc did "
             "not take the backdoor and is left out (counted in brackets); verdict: the share of backdoored and of "

@@ -161,7 +161,8 @@ def test_the_scan_zoo_table_gives_each_scans_figures_and_every_models_row(tmp_pa
                 "machine": "Linux, 2 torch threads, CPU", **extra}
 
     rows = [row("bd", "badnet", 1.0, 0.6, verdict=True), row("c1", "clean", 0.5, 0.2, verdict=False),
-            row("c2", "clean", 1.0, 0.1, verdict=True)]
+            row("c2", "clean", 1.0, 0.1, verdict=True), row("bt", "badnet", 0.9, 0.5, verdict=True, split="tune"),
+            row("ct", "clean", 0.4, 0.1, verdict=False, split="tune")]
     for scan, stem in (("default", "scan-zoo"), ("reader-lora", "scan-zoo-reader-lora")):
         (tmp_path / f"{stem}-rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         (tmp_path / f"{stem}.json").write_text(json.dumps({"scan": scan, "scan_settings": ["scan.reader=lora"][:scan != "default"],
@@ -170,11 +171,13 @@ def test_the_scan_zoo_table_gives_each_scans_figures_and_every_models_row(tmp_pa
     table = _rows(text.split("\n\n")[0])
     # badnet scores 1.0 against clean 0.5 and 1.0: ROC-AUC (1 + 0.5) / 2 = 0.75; by contrast 0.6 beats both: 1.00
     # verdicts: the backdoored model flagged, one clean model of two
-    assert table[0] == ["default (the defaults)", "all", "1 (0)", "2", "0.75", "0 %", "1.00", "100 %", "100 % / 50 %",
-                        "100 %", "100 %"]
-    assert table[2][0] == "reader-lora (`scan.reader=lora`)" and len(table) == 4  # all + badnet, per scan
+    assert table[0] == ["default (the defaults)", "held-out", "all", "1 (0)", "2", "0.75", "0 %", "1.00", "100 %",
+                        "100 % / 50 %", "100 %", "100 %"]
+    # the tuning half's own figures (0.9 above its clean model's 0.4), after the held-out half's
+    assert table[2][:6] == ["default (the defaults)", "tune", "all", "1 (0)", "1", "1.00"]
+    assert table[4][0] == "reader-lora (`scan.reader=lora`)" and len(table) == 8  # all + badnet, per half and scan
     models = _rows(text.split("\n\n")[-1])
-    assert [m[0] for m in models] == ["bd", "c1", "c2"]
+    assert [m[0] for m in models] == ["bd", "c1", "c2", "bt", "ct"]
     assert models[0][7:] == ["1.00 / 0.60, `cf` (recovered)"] * 2 and models[1][6] == "–"
     assert models[1][7] == "0.50 / 0.20, `bad`"  # a clean model: nothing to recover
     assert "Seconds per scan: default 60 s, reader-lora 60 s. Scanned 2026-12-07 on Linux, 2 torch threads, CPU" in text
