@@ -77,6 +77,25 @@ def test_the_report_quotes_the_settings_that_ran_and_says_when_nothing_was_measu
     assert "has not measured fine-mixing" in evidence_lines("fine-mixing", {"rho": 0.0})[0]  # a reset without a base?
 
 
+def test_a_run_with_other_train_keys_than_the_measurement_is_told_so_not_given_its_numbers():
+    from w2sdefense.defenses.evidence import GEMMA_TRAIN
+    from w2sdefense.defenses.recipes import CLEAN_BUDGET
+
+    gemma = {"student_model": "gemma3-270m"}
+    # `clean --defense distill-into` runs its recipe (full fine-tuning); the measurement ran LoRA (GEMMA_TRAIN)
+    named = evidence_lines("distill-into", gemma, train=dict(CLEAN_BUDGET))
+    assert len(named) == 1 and "only with other training settings" in named[0] and "residual" not in named[0]
+    assert "train.method=lora" in named[0] and "this run: " in named[0] and "train.lr=0.001" in named[0]
+    assert "train.max_steps" not in named[0]  # only the keys that differ
+    # the default's train keys (the budget and the measurement's own) quote the measurement, as without train keys
+    assert evidence_lines("distill-into", gemma, train={**CLEAN_BUDGET, **GEMMA_TRAIN}) == evidence_lines(
+        "distill-into", gemma)
+    # a measurement with no train keys of its own ran the clean budget: another step budget is another run
+    assert "+0.9 points (BadNet" in evidence_lines("fine-mixing", {"base_model": "b"}, train=dict(CLEAN_BUDGET))[0]
+    fewer = evidence_lines("fine-mixing", {"base_model": "b"}, train={**CLEAN_BUDGET, "max_steps": 2})[0]
+    assert "train.max_steps=160" in fewer and "this run: train.max_steps=2" in fewer
+
+
 def test_the_default_is_the_measured_winner_for_what_the_user_has():
     assert (measured_default(True).defense, measured_default(True).settings) == ("fine-mixing", {"rho": 0.0})
     assert measured_default(False).defense == "w2sdefense"  # the only base-free measurement that meets the bar

@@ -203,7 +203,8 @@ def run_clean(job: CleanJob, out: Path, rt: Runtime, overwrite: bool = False,
             report = dataclasses.replace(_stages(job, resolved, splits, stages, rt), base_source=base_source,
                                          default_reason=_why(job),
                                          evidence=evidence_lines(resolved.cfg.name, resolved.cfg.settings,
-                                                                 texts=job.unlabelled is not None))
+                                                                 texts=job.unlabelled is not None,
+                                                                 train=defense.train))
         if rt.is_main:
             write_report(folder, report)
         rt.accelerator.wait_for_everyone()

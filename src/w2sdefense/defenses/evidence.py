@@ -179,10 +179,12 @@ def _size_of(suspect: str | None) -> str:
     return "could not be read from its config" if size is None else f"is {size:,}"
 
 
-def evidence_lines(name: str, settings: dict, texts: bool = True) -> list[str]:
+def evidence_lines(name: str, settings: dict, texts: bool = True, train: dict | None = None) -> list[str]:
     """What the benchmark measured for the defense `name` run with `settings`, in words; a defense it never measured
     says so. Without `texts` (no unlabelled texts given) a distillation read none, whatever its `unlabelled` says.
-    Which base is the user's, not the method's; whether one was given is (W2SDefense with a base resets first)."""
+    Which base is the user's, not the method's; whether one was given is (W2SDefense with a base resets first).
+    `train`: the train keys the run applied over the defense's recipe (CLEAN_BUDGET and any others); a measurement
+    made with other ones is named, not quoted (distill-into into Gemma was measured with LoRA, its recipe is full)."""
     name = _canonical(name)
     given = {k: v for k, v in settings.items() if k != "base_model"}
     based = bool(settings.get("base_model"))
@@ -193,12 +195,38 @@ def evidence_lines(name: str, settings: dict, texts: bool = True) -> list[str]:
              and _set(defaults, given) == _set(defaults, m.settings)]
     if not found:
         return [f"the benchmark has not measured {name} with these settings: its effect on a backdoor is unknown."]
+    if train is not None:
+        other = [(m, keys) for m in found if (keys := _train_differs(m, train))]
+        found = [m for m in found if not _train_differs(m, train)]
+        if not found:
+            m, keys = other[0]
+            return [f"the benchmark measured {name} with these settings only with other training settings ({m.regime}: "
+                    + ", ".join(f"train.{k}={_shown(m_train(m).get(k))}" for k in keys) + "; this run: "
+                    + ", ".join(f"train.{k}={_shown(train.get(k))}" for k in keys)
+                    + "): its effect on a backdoor as run here is unknown."]
     return [f"the benchmark measured {name} ({m.regime}): residual backdoor "
             + ", ".join(f"{points:+.1f} points ({attack}{_over(m, attack)})" for attack, points in m.residual.items())
             + ("; clean accuracy against the suspect's " + ", ".join(f"{points:+.1f} points ({attack}{_spread(m, attack)})"
                                                                       for attack, points in m.ca_change.items())
                if m.ca_change else "")
             + f" [{m.source}]." for m in found]
+
+
+def m_train(m: Measured) -> dict:
+    """The train keys a measurement ran with over its defense's recipe: the clean budget, then its own."""
+    from w2sdefense.defenses.recipes import CLEAN_BUDGET
+
+    return {**CLEAN_BUDGET, **(m.train or {})}
+
+
+def _train_differs(m: Measured, train: dict) -> list[str]:
+    """The train keys on which a run's `train` and the measurement's differ (a key one of them leaves out counts)."""
+    measured = m_train(m)
+    return sorted(k for k in set(measured) | set(train) if measured.get(k) != train.get(k))
+
+
+def _shown(value) -> str:
+    return "(the recipe's)" if value is None else str(value)
 
 
 def _canonical(name: str) -> str:
