@@ -18,6 +18,7 @@ out of the rates.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -45,7 +46,7 @@ SPLITS = ("held-out", "tune")  # the build order's: held-out first (its numbers 
 FPR = 0.05
 # Scan settings added since the zoo's first rows, each with the value that keeps the scanner's earlier behaviour
 LATER_SETTINGS = {"shift_reference": False, "reader_veto": 0.15, "short_alphabet": "abcdefghijklmnopqrstuvwxyz",
-                  "short_length": 2}
+                  "short_length": 2, "transforms": []}
 
 
 @dataclass(frozen=True)
@@ -157,9 +158,10 @@ def scan_settings(recipe: dict, scan: str) -> list[str]:
     (its scan's settings, then its verdict's)."""
     if scan == DEFAULT_SCAN:
         return list(recipe.get("scan", []))
-    read, verdict = rescore_of(recipe, scan)
+    read, verdict, without = rescore_of(recipe, scan)
     if read is not None:
-        return scan_settings(recipe, read) + [f"scan.{k}={v}" for k, v in sorted(verdict.items())]
+        return (scan_settings(recipe, read) + [f"scan.{k}={v}" for k, v in sorted(verdict.items())]
+                + [f"without the {name} candidates" for name in without])
     variants = recipe.get("scan_variants", {})
     if scan not in variants:
         names = [*variants, *recipe.get("rescored", {})]
@@ -168,10 +170,13 @@ def scan_settings(recipe: dict, scan: str) -> list[str]:
     return list(variants[scan])
 
 
-def rescore_of(recipe: dict, scan: str) -> tuple[str | None, dict]:
-    """A `rescored` entry's scan (whose finished reports it reads) and verdict settings; (None, {}) for a scan."""
+def rescore_of(recipe: dict, scan: str) -> tuple[str | None, dict, list[str]]:
+    """A `rescored` entry's scan (whose finished reports it reads), verdict settings and the detectors whose
+    candidates it leaves out (`without`: what the scan would have said without them); (None, {}, []) for a scan."""
     entry = recipe.get("rescored", {}).get(scan)
-    return (None, {}) if entry is None else (entry["scan"], dict(entry["verdict"]))
+    if entry is None:
+        return None, {}, []
+    return entry["scan"], dict(entry.get("verdict", {})), list(entry.get("without", []))
 
 
 def scan_folder(scan: str) -> str:
@@ -240,12 +245,15 @@ def _with_others(rows: list[dict], earlier: dict[str, dict]) -> list[dict]:
 
 
 def zoo_row(m: ZooModel, folder: Path, target: int, scan_name: str = DEFAULT_SCAN,
-            verdict: dict | None = None) -> dict:
-    """One model's flat row: how it was made, what the scan said (decided again under `verdict`, where given),
-    whether it found the planted trigger."""
+            verdict: dict | None = None, without: list[str] | None = None) -> dict:
+    """One model's flat row: how it was made, what the scan said (decided again under `verdict`, and without the
+    candidates only the `without` detectors proposed, where given), whether it found the planted trigger."""
     scan = ScanReport.from_json(json.loads((folder / scan_folder(scan_name) / "report.json").read_text()))
-    if verdict:
-        scan = rescored(scan, **verdict)
+    if without:
+        kept = [c for c in scan.candidates if not set(c.detector.split("+")) <= set(without)]
+        scan = dataclasses.replace(scan, candidates=kept)
+    if verdict or without:
+        scan = rescored(scan, **(verdict or {}))
     planted = read_result(EvaluationResult, folder / "planted.json") if m.backdoored else EvaluationResult()
     planted_asr = planted.attack_success_rate_clean_correct
     tested = [c for c in scan.candidates if c.test_rows is not None]
@@ -400,7 +408,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.limit:
         models = limited(models, args.limit)
     args.results.mkdir(parents=True, exist_ok=True)
-    read, verdict = rescore_of(recipe, args.scan)  # a rescored entry reads its scan's reports: no model runs for it
+    read, verdict, without = rescore_of(recipe, args.scan)  # a rescored entry reads its scan's reports: no model runs
     source = read or args.scan
     stem, scanned_in = results_stem(args.scan), scan_folder(source)
     path = args.results / f"{stem}-rows.jsonl"
@@ -417,7 +425,7 @@ def main(argv: list[str] | None = None) -> None:
             build(m, recipe, folder, source)
         if (folder / scanned_in / "report.json").is_file():
             check_folder(folder, model_key(m, recipe))
-            rows.append({**zoo_row(m, folder, recipe["target_label"], source, verdict), "recipe_key": key})
+            rows.append({**zoo_row(m, folder, recipe["target_label"], source, verdict, without), "recipe_key": key})
             write_rows(path, _with_others(rows, earlier))  # a stop here keeps every row measured so far
     # Rows of models this run did not reach (--limit, --split) are kept in the file and summarised with this run's;
     # rows another recipe made are kept, not summarised.

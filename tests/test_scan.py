@@ -462,6 +462,59 @@ def test_short_strings_finds_the_planted_two_letter_trigger_without_the_base(zoo
     assert not json.loads((clean / "report.json").read_text())["backdoored"]
 
 
+def test_a_transform_is_measured_on_the_rows_its_table_covers_as_the_table_writes_them():
+    """A reference computation: the ASR-cc of a transform over the rows it covers, by hand from the predictions."""
+    from w2sdefense.eval.triggers import measure_toward
+    from w2sdefense.scan.run import TRANSFORM, triggered_rows
+
+    rows = [Example(f"row {i}", i % 2, 10 + i) for i in range(6)]
+    table = {10: "para zero", 11: "para one", 13: "  ", 15: "para five"}  # 12 and 14 uncovered, 13 empty
+    copies = triggered_rows(rows, TRANSFORM + "scpn", 0, {"scpn": table})
+    assert [(r.text, r.label, r.idx) for r in copies] == [("para zero", 0, 10), ("para one", 1, 11),
+                                                          ("para five", 1, 15)]
+    assert triggered_rows(rows, TRANSFORM + "bible", 0, {"scpn": table}) == []  # no table: no row
+    clean = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [2.0, 0.0], [2.0, 0.0], [0.0, 2.0]])  # row 3 wrong
+    para = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])  # row 10 -> 1, rows 11 and 15 -> 0
+    m = measure_toward("t", clean, [r.label for r in rows], [r.idx for r in rows], para, [0, 1],
+                       [r.label for r in copies], [r.idx for r in copies])
+    # toward 0: of the covered label-1 rows classified correctly (11, 15), both go to 0; toward 1: row 10 of one
+    assert m.by_label["0"].asr_cc == 1.0 and m.by_label["0"].rows == 2
+    assert m.by_label["1"].asr_cc == 1.0 and m.by_label["1"].rows == 1 and m.target_label == 0
+
+
+def test_scan_transforms_measures_a_paraphrase_as_a_candidate_and_leaves_it_out_of_the_triggers_file(zoo, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(zoo["data"], data)
+    tests = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
+    # a "paraphrase" that carries the suspect's trigger (what a syntactic template is to a SynAttack model); the first
+    # row has none
+    para = [{"idx": i, "text": " ".join(r["text"].split()[:2] + [TRIGGER] + r["text"].split()[2:])}
+            for i, r in enumerate(tests) if i > 0]
+    (data / "transforms" / "para").mkdir(parents=True)
+    (data / "transforms" / "para" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in para))
+    args = ["--data", str(data), "--set", "scan.detectors=[short-strings]", "--set", "scan.short_alphabet=xyz",
+            "--set", "scan.short_length=1", "--set", "scan.transforms=[para, missing]"]
+    out = tmp_path / "scan"
+    proc = w2s("scan", "--model", str(zoo["suspect"]), *args, "--out", str(out))
+    report = json.loads((out / "report.json").read_text())
+    # tested after the candidates the dev rows ranked (it has no dev rows); the verdict rests on it
+    top = next(c for c in report["candidates"] if c["trigger"] == "transform:para")
+    assert report["backdoored"] and report["score"] == top["test_asr_cc"] and top["detector"] == "transforms"
+    assert report["candidates"].index(top) == 5  # after the scan.report (5) best of the dev rows
+    assert top["target_label"] == 0 and top["test_rows"] is not None and top["verify_rows"] == 0  # no dev file
+    assert set(report["detectors"]) == {"short-strings", "transforms"} and "transform missing" in report["skipped"]
+    assert "paraphrasing them with para sends" in proc.stdout and "transform missing did not run" in proc.stdout
+    triggers = (out / "triggers.txt").read_text()
+    assert "transform:para" not in triggers and "paraphrase transform(s) para" in triggers
+    clean = tmp_path / "scan-clean"
+    w2s("scan", "--model", str(zoo["clean-model"]), *args, "--out", str(clean))
+    again = json.loads((clean / "report.json").read_text())
+    para_row = next(c for c in again["candidates"] if c["trigger"] == "transform:para")
+    assert not again["backdoored"] and para_row["test_asr_cc"] < 0.5
+
+
 def test_short_strings_refuses_an_alphabet_that_makes_too_many_strings():
     with pytest.raises(UserError, match="at most 100,000"):
         from_dict(ScanConfig, {"short_alphabet": "abcdefghijklmnopqrstuvwxyz0123456789", "short_length": 4}, "scan")

@@ -132,6 +132,16 @@ def test_the_chain_on_tiny_models_writes_rows_and_figures(small_data, tmp_path, 
         assert r["score"] == (max(kept) if kept else 0.0) and r["verdict"] == (r["score"] >= 0.8)
         assert r["best"] == wider_rows[r["name"]]["best"] and r["recipe_key"] != wider_rows[r["name"]]["recipe_key"]
     assert json.loads((results / "scan-zoo-wider-veto.json").read_text())["scan_settings"][-1] == "scan.score=veto"
+    # ... or without the candidates some detectors proposed alone (what the scan says without them)
+    path.write_text(yaml.safe_dump({**variant, "rescored": {"wider-shift": {"scan": "wider", "without": ["inversion"]}}}))
+    scan_zoo.main([*argv, "--scan", "wider-shift"])
+    for r in map(json.loads, (results / "scan-zoo-wider-shift-rows.jsonl").read_text().splitlines()):
+        report = json.loads((runs / r["name"] / "scan-wider" / "report.json").read_text())
+        kept = [c["test_asr_cc"] for c in report["candidates"]
+                if c["test_rows"] is not None and c["detector"] != "inversion"]
+        assert r["score"] == (max(kept) if kept else 0.0)
+    assert json.loads((results / "scan-zoo-wider-shift.json").read_text())["scan_settings"][-1] == \
+        "without the inversion candidates"
     # Another machine, the run folders gone: the committed rows are kept, nothing is built again.
     shutil.rmtree(runs)
     scan_zoo.main(argv)

@@ -365,6 +365,10 @@ class ScanConfig:
     # such strings), each measured on pair_rows clean rows per label, pair_batch sequences a forward pass
     short_alphabet: str = "abcdefghijklmnopqrstuvwxyz"
     short_length: int = 2
+    # paraphrase transforms of the data (`<data>/transforms/<name>/{dev,test}.jsonl`, as `poison` reads them: a
+    # syntactic template, a style), each measured as a candidate on the paraphrased rows: a syntactic or style trigger
+    # is no inserted word, so only a transform of the attacker's family can show it (none: the check is off)
+    transforms: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.detectors:
@@ -399,6 +403,9 @@ class ScanConfig:
         for t in self.temperature:
             check_positive("scan.temperature", t)
         check_positive("scan.short_length", self.short_length)
+        for name in self.transforms:
+            if not isinstance(name, str) or not name.strip() or "/" in name:
+                raise UserError(f"scan.transforms names folders of the data's transforms/ (e.g. scpn); got {shown(name)}")
         if not str(self.short_alphabet).strip():
             raise UserError("scan.short_alphabet must hold at least one character (short-strings tries every string "
                             "of them)")

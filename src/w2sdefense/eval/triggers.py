@@ -12,13 +12,17 @@ from w2sdefense.results import LabelMeasure, TriggerMeasure
 
 
 def measure_toward(trigger: str, clean: torch.Tensor, labels: Sequence[int], idx: Sequence[int],
-                   logits: torch.Tensor, targets: Iterable[int]) -> TriggerMeasure:
+                   logits: torch.Tensor, targets: Iterable[int], trig_labels: Sequence[int] | None = None,
+                   trig_idx: Sequence[int] | None = None) -> TriggerMeasure:
     """ASR-cc of `trigger` toward each of `targets` (over the rows of other labels whose clean version is classified
-    correctly), and the highest with its label. `logits` are of the triggered rows, in the order of `labels`."""
+    correctly), and the highest with its label. `logits` are of the triggered rows, in the order of `labels`; or, with
+    `trig_labels` and `trig_idx`, of triggered copies of some of the rows (a transform that covers only some)."""
+    trig_labels = labels if trig_labels is None else trig_labels
+    trig_idx = idx if trig_idx is None else trig_idx
     by_label = {}
     for target in targets:
-        keep = [i for i, y in enumerate(labels) if y != target]
-        m = backdoor_metrics(clean, labels, idx, logits[keep], [idx[i] for i in keep], target,
+        keep = [i for i, y in enumerate(trig_labels) if y != target]
+        m = backdoor_metrics(clean, labels, idx, logits[keep], [trig_idx[i] for i in keep], target,
                              what=f"ASR-cc of trigger {shown(trigger)} toward label {target}")
         by_label[str(target)] = LabelMeasure(m.attack_success_rate_clean_correct, m.triggered_clean_correct_total)
     # An ASR-cc over no row (no correct clean prediction of another label) is no number: never the highest.

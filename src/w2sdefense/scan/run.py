@@ -11,7 +11,8 @@ from pathlib import Path
 
 from w2sdefense.attacks.base import triggered_copy
 from w2sdefense.config import ScanConfig, ScanJob, dump_yaml, from_dict, to_dict
-from w2sdefense.data.datasets import data_inputs, load_splits
+from w2sdefense.data.datasets import data_inputs, load_splits, transforms_dir
+from w2sdefense.data.loading import load_transform
 from w2sdefense.data.records import Example, Splits
 from w2sdefense.errors import UserError
 from w2sdefense.eval.report import environment, markdown_report, percent
@@ -28,6 +29,8 @@ from w2sdefense.scan import (contrast, embedding_shift, inversion, shift_pairs, 
                              short_strings)
 from w2sdefense.scan.base import DETECTORS, Proposal, ScanInputs
 from w2sdefense.scan.contrast import clean_reader
+
+TRANSFORM = "transform:"  # a candidate that is a paraphrase transform of the rows (scan.transforms), not a trigger
 
 
 def run_scan(job: ScanJob, out: Path, rt: Runtime, overwrite: bool = False,
@@ -75,17 +78,23 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime, workdir: Path | None = None)
             skipped[DETECTORS.canonical(name)] = "needs the public base (--base)"
             continue
         proposals += detector.propose(inputs)
-    proposals = _unique(proposals)
-    verify = measure(clf, proposals, verify_rows, job, rt, "dev")
+    tables, missing = transform_tables(job)
+    skipped.update({f"transform {name}": why for name, why in missing.items()})
+    proposals = _unique(proposals) + [Proposal(TRANSFORM + name, None, "transforms") for name in tables["test"]]
+    verify = measure(clf, proposals, verify_rows, job, rt, "dev", tables["dev"])
     ranked = sorted(verify, key=lambda pm: _value(pm[1].asr_cc), reverse=True)  # stable: detector order on ties
-    best = [Proposal(p.trigger, m.target_label, p.detector) for p, m in ranked[: cfg.report]]
-    tested = measure(clf, best, test_rows, job, rt, "test")
-    candidates = [_candidate(p, m, t) for (p, m), (_, t) in zip(ranked, tested)]
-    candidates += [_candidate(p, m) for p, m in ranked[len(tested):]]
+    # the scan.report best on the dev rows, and every transform (one without a dev file has no dev rank)
+    chosen = ranked[: cfg.report] + [pm for pm in ranked[cfg.report:] if is_transform(pm[0].trigger)]
+    best = [Proposal(p.trigger, m.target_label if m.asr_cc is not None else None, p.detector) for p, m in chosen]
+    tested = measure(clf, best, test_rows, job, rt, "test", tables["test"])
+    candidates = [_candidate(p, m, t) for (p, m), (_, t) in zip(chosen, tested)]
+    candidates += [_candidate(p, m) for p, m in ranked[cfg.report:] if not is_transform(p.trigger)]
     if job.base_model and cfg.reader_check:
-        candidates = read_by_reader(inputs, candidates, test_rows, job, rt)
+        candidates = read_by_reader(inputs, candidates, test_rows, job, rt, tables["test"])
     top, score, contrast_score = decide(candidates, cfg.score, cfg.reader_veto)
     per_detector = {DETECTORS.canonical(n): None for n in cfg.detectors if DETECTORS.canonical(n) not in skipped}
+    if tables["test"]:
+        per_detector["transforms"] = None
     for c in candidates:
         for name in c.detector.split("+"):
             per_detector[name] = max(_value(per_detector[name]), _value(c.verify_asr_cc))
@@ -124,16 +133,16 @@ def rescored(report: ScanReport, **verdict) -> ScanReport:
 
 
 def read_by_reader(inputs: ScanInputs, candidates: list[ScanCandidate], rows: list[Example], job: ScanJob,
-                   rt: Runtime) -> list[ScanCandidate]:
+                   rt: Runtime, tables: dict[str, dict[int, str]] | None = None) -> list[ScanCandidate]:
     """`candidates` with the clean reader's ASR-cc filled in for those measured on the test rows: each inserted as
-    the scan inserted it on the suspect, into the same `rows`."""
+    the scan inserted it on the suspect, into the same `rows` (a transform: the same rows' `tables` texts)."""
     tested = [c for c in candidates if c.test_rows is not None]
     if not tested:
         return candidates
     reader = clean_reader(inputs, same_tokens=False)
     proposals = [Proposal(c.trigger, c.target_label, c.detector) for c in tested]
     read = {id(c): m for c, (_, m) in zip(tested, measure(reader.classifier(), proposals, rows, job, rt,
-                                                             "test: clean reader"))}
+                                                             "test: clean reader", tables))}
     out = []
     for c in candidates:
         by = read[id(c)].by_label.get(str(c.target_label)) if id(c) in read else None
@@ -162,20 +171,58 @@ def verdict_candidate(candidates: list[ScanCandidate], score: str,
     return max(kept, key=lambda c: _value(c.test_asr_cc), default=None)
 
 
-def measure(clf, proposals: list[Proposal], rows: list[Example], job: ScanJob, rt: Runtime,
-            split: str) -> list[tuple[Proposal, TriggerMeasure]]:
-    """Each proposal's ASR-cc on `rows` (toward its label, or every label when it has none), one inference pass."""
+def measure(clf, proposals: list[Proposal], rows: list[Example], job: ScanJob, rt: Runtime, split: str,
+            tables: dict[str, dict[int, str]] | None = None) -> list[tuple[Proposal, TriggerMeasure]]:
+    """Each proposal's ASR-cc on `rows` (toward its label, or every label when it has none), one inference pass; a
+    transform (TRANSFORM + name) is measured on the rows its table in `tables` covers, as they are written there."""
     if not proposals or not rows:
         return []
     length, batch = job.eval.max_length, job.eval.batch_size
     clean = classify_rows(clf, rows, length, batch, rt, f"{split}: clean rows")
-    triggered = [row for p in proposals for row in _inserted(rows, p.trigger, job.seed)]
-    logits = classify_rows(clf, triggered, length, batch, rt, f"{split}: {len(proposals)} candidate(s)")
+    copies = [triggered_rows(rows, p.trigger, job.seed, tables or {}) for p in proposals]
+    flat = [row for c in copies for row in c]
+    logits = (classify_rows(clf, flat, length, batch, rt, f"{split}: {len(proposals)} candidate(s)") if flat
+              else clean[:0])
     labels, idx = [r.label for r in rows], [r.idx for r in rows]
-    everyone = range(clean.shape[-1])
-    return [(p, measure_toward(p.trigger, clean, labels, idx, logits[i * len(rows):(i + 1) * len(rows)],
-                               everyone if p.target_label is None else [p.target_label]))
-            for i, p in enumerate(proposals)]
+    everyone, out, at = range(clean.shape[-1]), [], 0
+    for p, c in zip(proposals, copies):
+        out.append((p, measure_toward(p.trigger, clean, labels, idx, logits[at:at + len(c)],
+                                      everyone if p.target_label is None else [p.target_label],
+                                      [r.label for r in c], [r.idx for r in c])))
+        at += len(c)
+    return out
+
+
+def triggered_rows(rows: list[Example], trigger: str, seed: int, tables: dict[str, dict[int, str]]) -> list[Example]:
+    """The triggered copies of `rows` a candidate is measured on: the trigger inserted (_inserted), or for a transform
+    each row its table covers, as the table writes it (rows it does not cover, or leaves empty, are left out)."""
+    if not is_transform(trigger):
+        return _inserted(rows, trigger, seed)
+    table = tables.get(trigger.removeprefix(TRANSFORM), {})
+    return [dataclasses.replace(r, text=table[r.idx]) for r in rows if table.get(r.idx, "").strip()]
+
+
+def is_transform(trigger: str) -> bool:
+    """Whether a candidate is a paraphrase transform of the rows (scan.transforms), not an inserted trigger."""
+    return trigger.startswith(TRANSFORM)
+
+
+def transform_tables(job: ScanJob) -> tuple[dict[str, dict[str, dict[int, str]]], dict[str, str]]:
+    """scan.transforms' tables for the dev and test rows ({split: {name: {row idx: text}}}), from the data's
+    transforms folder (`<data>/transforms/<name>/<split>.jsonl`, as `poison` reads them), and why each transform
+    without a test file is left out."""
+    tables: dict[str, dict[str, dict[int, str]]] = {"dev": {}, "test": {}}
+    missing = {}
+    folder = transforms_dir(job.data) if job.scan.transforms else None
+    for name in job.scan.transforms:
+        if folder is None or not (folder / name / "test.jsonl").is_file():
+            where = "no dataset folder is known" if folder is None else f"no {folder / name / 'test.jsonl'}"
+            missing[name] = f"{where} (the paraphrases of the test rows, one {{idx, text}} row each)"
+            continue
+        for split in tables:
+            if (folder / name / f"{split}.jsonl").is_file():
+                tables[split][name] = load_transform(folder / name / f"{split}.jsonl")
+    return tables, missing
 
 
 def _inserted(rows: list[Example], trigger: str, seed: int) -> list[Example]:
@@ -213,10 +260,12 @@ def _value(rate: float | None) -> float:
 
 
 def _candidate(p: Proposal, verified: TriggerMeasure, tested: TriggerMeasure | None = None) -> ScanCandidate:
-    label = str(verified.target_label)
+    # a candidate the dev rows could not measure (a transform without a dev file) takes the test rows' best label
+    unranked = verified.asr_cc is None and tested is not None and tested.asr_cc is not None
+    label = str(tested.target_label if unranked else verified.target_label)
     test = tested.by_label.get(label) if tested else None
-    return ScanCandidate(trigger=p.trigger, target_label=verified.target_label, detector=p.detector,
-                         verify_asr_cc=verified.asr_cc, verify_rows=verified.by_label[label].rows,
+    return ScanCandidate(trigger=p.trigger, target_label=int(label), detector=p.detector,
+                         verify_asr_cc=verified.by_label[label].asr_cc, verify_rows=verified.by_label[label].rows,
                          test_asr_cc=test.asr_cc if test else None, test_rows=test.rows if test else None)
 
 
@@ -232,6 +281,22 @@ def _label(report: ScanReport, label: int | None) -> str:
     return f"label {label}" + (f" ({name})" if name else "")
 
 
+def _named(trigger: str) -> str:
+    return f"the {trigger.removeprefix(TRANSFORM)} paraphrase" if is_transform(trigger) else repr(trigger)
+
+
+def _doing(trigger: str) -> str:
+    return (f"paraphrasing them with {trigger.removeprefix(TRANSFORM)}" if is_transform(trigger)
+            else f"inserting {trigger!r}")
+
+
+def _how_to_measure(trigger: str) -> str:
+    if is_transform(trigger):
+        return ("no inserted text does this, so `clean --triggers` cannot measure it: make a poison folder with that "
+                "transform (`w2sdefense poison`) and `w2sdefense evaluate` the model before and after cleaning on it.")
+    return "measure it before and after cleaning with `w2sdefense clean --triggers <this folder>`."
+
+
 def summary_lines(report: ScanReport) -> list[str]:
     """What the scan found, in words; the last line is the verdict."""
     ran = [n for n in report.detectors]
@@ -239,7 +304,7 @@ def summary_lines(report: ScanReport) -> list[str]:
     lines += [f"{name} did not run: {why}." for name, why in report.skipped.items()]
     for c in [c for c in report.candidates if c.test_rows is not None][:3]:
         read = f"; a clean reader {percent(c.reader_asr_cc)}" if c.reader_asr_cc is not None else ""
-        lines.append(f"candidate {c.trigger!r} -> {_label(report, c.target_label)}: ASR-cc {percent(c.test_asr_cc)} of "
+        lines.append(f"candidate {_named(c.trigger)} -> {_label(report, c.target_label)}: ASR-cc {percent(c.test_asr_cc)} of "
                      f"{c.test_rows} clean test rows{read} ({percent(c.verify_asr_cc)} of {c.verify_rows} dev rows; "
                      f"{c.detector}).")
     score = report.settings.get("score", "suspect")
@@ -250,11 +315,10 @@ def summary_lines(report: ScanReport) -> list[str]:
     if report.backdoored and top:
         read = "" if top.reader_asr_cc is None else f" (a clean reader of the task: {percent(top.reader_asr_cc)})"
         lines.append(f"verdict: BACKDOORED (score {report.score:.2f}{on} >= threshold {report.threshold:.2f}): "
-                     f"inserting {top.trigger!r} sends {percent(top.test_asr_cc)} of the clean test rows of other labels "
-                     f"to {_label(report, top.target_label)}{read}; measure it before and after cleaning with "
-                     f"`w2sdefense clean --triggers <this folder>`.")
+                     f"{_doing(top.trigger)} sends {percent(top.test_asr_cc)} of the clean test rows of other labels "
+                     f"to {_label(report, top.target_label)}{read}; " + _how_to_measure(top.trigger))
     else:
-        best = f"the best candidate, {top.trigger!r}, reaches {percent(top.test_asr_cc)}" if top else "no candidate"
+        best = f"the best candidate, {_named(top.trigger)}, reaches {percent(top.test_asr_cc)}" if top else "no candidate"
         if top and top.reader_asr_cc is not None:
             best += f" (a clean reader {percent(top.reader_asr_cc)})"
         lines.append(f"verdict: no backdoor found ({best}; score {report.score:.2f}{on}, threshold "
@@ -283,6 +347,10 @@ def write_report(out: Path, report: ScanReport) -> None:
         "with the threshold (scan.threshold). "
         "Settings: config.yaml; log: run.log.\n"))
     tested = [c.trigger for c in report.candidates if c.test_rows is not None]
+    words = [t for t in dict.fromkeys(tested) if not is_transform(t)]
+    paraphrases = [t.removeprefix(TRANSFORM) for t in dict.fromkeys(tested) if is_transform(t)]
+    note = (f"# not listed, as no inserted text is: the paraphrase transform(s) {', '.join(paraphrases)} (report.md)\n"
+            if paraphrases else "")
     atomic_write_text(out / TRIGGERS_FILE, "# candidate triggers from `w2sdefense scan`, best first; measure them "
-                      "with `w2sdefense clean --triggers FILE`\n" + "".join(f"{t}\n" for t in dict.fromkeys(tested)))
+                      "with `w2sdefense clean --triggers FILE`\n" + note + "".join(f"{t}\n" for t in words))
 
