@@ -38,6 +38,10 @@ KS = [64, 256, 1024]
 # Every repair's budget at every k (realistic-arms.yaml), `clean`'s own default: 160 steps, dev accuracy at steps 80
 # and 160 (not every 40: an evaluation of the 872 dev rows costs about 2.5 minutes here)
 MAX_STEPS, EVAL_EVERY = CLEAN_BUDGET["max_steps"], CLEAN_BUDGET["eval_every"]
+# Below this k an arm skips the epochs' dev reads (train.eval_epochs false: at k = 64, 40 reads in 160 steps); a
+# skipped read replays its random draws, so the weights are those the reads would give (tests/test_resume.py), and
+# every row at k >= 256, all measured with the reads, is reproduced (benchmarks/studies/realistic, "Protocol note")
+EPOCH_READS_FROM_K = 256
 SHARED = ("poison", "clean", "victim", "eval/clean", "eval/poisoned", "relearn/clean+relearn", "eval/clean+relearn")
 
 
@@ -65,6 +69,8 @@ def arm_config(cfg: ExperimentConfig, arm: dict, k: int, seed: int, folder: Path
     train = dict(entry.pop("train", {}))  # an arm may name its own budget (and says so in its row's question)
     train.setdefault("max_steps", MAX_STEPS)
     train.setdefault("eval_every", EVAL_EVERY)
+    if k < EPOCH_READS_FROM_K:
+        train.setdefault("eval_epochs", False)
     defense = DefenseConfig(name=name, label=arm["label"], seed=seed, train=train, settings=entry)
     defender = dataclasses.replace(cfg.defender, rows=k, seed=seed)
     return dataclasses.replace(cfg, output_dir=str(folder), defender=defender, defenses=[defense])

@@ -120,7 +120,9 @@ def test_an_arm_runs_at_its_k_and_seed_with_the_protocols_step_budget():
     assert isinstance(one, ExperimentConfig) and one.defender.rows == 64 and one.defender.seed == 44
     (d,) = one.defenses
     assert d.label == "reset-distill" and d.seed == 44 and d.train["max_steps"] == realistic.MAX_STEPS
-    assert d.train["eval_every"] == realistic.EVAL_EVERY and "eval_epochs" not in d.train  # as every row was measured
+    # k = 64: dev every eval_every steps, not at each of its 40 epochs' ends; k = 256 reads them, as its rows were made
+    assert d.train["eval_every"] == realistic.EVAL_EVERY and d.train["eval_epochs"] is False
+    assert "eval_epochs" not in realistic.arm_config(cfg, arm, 256, 44, Path("x")).defenses[0].train
     assert one.data.max_train == 4000 and one.poison.count == 580 and one.relearn.rows == 64
     assert {a["label"] for a in realistic.read_arms()} >= {"base-fresh-head", "reset", "lora-ft", "w2sdefense"}
     # an arm that names its own budget keeps it (and only that arm)

@@ -102,6 +102,25 @@ def test_without_epoch_evaluations_dev_is_read_every_eval_every_steps_and_at_the
     assert resumed["resumed_from_step"] == 5 and resumed["history"] == whole["history"]
 
 
+def test_a_skipped_read_also_draws_what_the_trigger_probe_draws(tiny_splits, rt, tmp_path):
+    """`run` measures a trigger probe at every dev read: a run without the epochs' reads trains the same weights."""
+    from w2sdefense.config import EvalConfig
+    from w2sdefense.eval.probe import make_probe, probe_diagnostic
+
+    test = tiny_splits.test
+    probe = make_probe(test, [dataclasses.replace(r, text=r.text + " cf") for r in test], 0, 8, seed=1)
+    diagnostics = probe_diagnostic(probe, EvalConfig(), rt)
+    last = dataclasses.replace(CFG, select="latest-within", select_delta=0.99)
+    runs = {}
+    for name, cfg in (("epochs", last), ("quiet", dataclasses.replace(last, eval_epochs=False))):
+        clf = prepare_student("tiny-llama", 2, cfg, rt, tmp_path / name, seed=3)
+        runs[name] = train_classifier(clf, tiny_splits, cfg, rt, tmp_path / name, seed=3, diagnostics=diagnostics)
+    assert [h["step"] for h in runs["quiet"]["history"]] == [5, 10, 15, 20, 24]
+    assert all("probe_asr_cc" in h for h in runs["quiet"]["history"])
+    a, b = _weights(tmp_path / "epochs"), _weights(tmp_path / "quiet")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_ctrl_c_in_an_epochs_last_step_keeps_that_epochs_evaluation(tiny_splits, rt, tmp_path):
     # Batch 8 is epoch 1's last (8 batches, eval_every=5): its step is evaluated only as the epoch ends, and
     # a run resumed there starts epoch 2, so the stop must not skip that evaluation.

@@ -187,9 +187,8 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     # also evaluate dev at the end of every epoch when eval_every is set (false: only every eval_every steps and at
     # the last step; many short epochs, as on a few hundred rows, otherwise evaluate far more often than asked). A
-    # skipped read draws from the random state what a dev read draws, so `train` and `clean` train exactly as with
-    # the reads; in `run`, whose reads also measure the trigger probe (eval.probe_rows), the probe's draws are not
-    # replayed
+    # skipped read draws from the random state what a dev read draws (in `run`, the trigger probe's too), so a run
+    # trains exactly as with the reads
     eval_epochs: bool = True
 
     def __post_init__(self) -> None:

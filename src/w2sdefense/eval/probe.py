@@ -59,6 +59,13 @@ def probe_diagnostic(probe: TriggerProbe, cfg: EvalConfig, rt: Runtime) -> Calla
             return {"probe_asr_cc": m.attack_success_rate_clean_correct, "probe_asr": m.attack_success_rate,
                     "probe_ca": m.clean_accuracy, "probe_rows": len(idx)}
 
+        def as_if(model: torch.nn.Module) -> None:
+            """Draw what `measure` draws from the run's random state (each prediction its data loader's seed), on
+            one row each: a run that skips a dev read (train.eval_epochs false) trains as one that made it."""
+            for rows, desc in ((clean, "probe clean"), (triggered, "probe triggered")):
+                predict_logits(model, rows.head(1), tokenizer.pad_token_id, cfg.batch_size, rt, desc, prepared=True)
+
+        measure.as_if = as_if
         return measure
 
     return for_tokenizer

@@ -35,6 +35,10 @@ class Encoded:
         """Token count of each example."""
         return [len(ids) for ids in self.input_ids]
 
+    def head(self, n: int) -> Encoded:
+        """The first `n` examples."""
+        return Encoded(self.input_ids[:n], self.labels[:n], self.ids[:n] if self.ids is not None else None)
+
 
 _ENCODED: OrderedDict[tuple, list[list[int]]] = OrderedDict()
 _ENCODED_KEEP = 16  # splits remembered per process (a few MB each)

@@ -347,13 +347,16 @@ def _global_mean(terms: dict[str, float], acc) -> dict[str, float]:
 
 
 def _as_if_read(loop: _Loop) -> None:
-    """Draw from the run's random state what a dev read draws (its data loader's seed), on one dev row: a run that
-    skips its epochs' reads (eval_epochs false) trains exactly as one that made them, so runs made before the
-    setting existed are reproduced."""
-    dev = loop.task.dev
-    one = Encoded(dev.input_ids[:1], dev.labels[:1], dev.ids[:1] if dev.ids is not None else None)
-    predict_logits(loop.model, one, loop.clf.tokenizer.pad_token_id, loop.task.cfg.eval_batch_size, loop.rt,
-                   desc="dev", prepared=True)
+    """Draw from the run's random state what a dev read draws (its data loader's seed, and what the run's diagnostics
+    draw where they say how: `as_if`), on one row each: a run that skips its epochs' reads (eval_epochs false) trains
+    exactly as one that made them, so runs made before the setting existed are reproduced."""
+    predict_logits(loop.model, loop.task.dev.head(1), loop.clf.tokenizer.pad_token_id, loop.task.cfg.eval_batch_size,
+                   loop.rt, desc="dev", prepared=True)
+    replay = getattr(loop.task.diagnose, "as_if", None)
+    if loop.task.diagnose is not None and replay is None:
+        raise ValueError("train.eval_epochs false with diagnostics that cannot replay a skipped read's draws (as_if)")
+    if replay is not None:
+        replay(loop.model)
 
 
 def _evaluate(loop: _Loop) -> None:
