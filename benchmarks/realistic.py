@@ -39,8 +39,9 @@ KS = [64, 256, 1024]
 # and 160 (not every 40: an evaluation of the 872 dev rows costs about 2.5 minutes here)
 MAX_STEPS, EVAL_EVERY = CLEAN_BUDGET["max_steps"], CLEAN_BUDGET["eval_every"]
 # Below this k an arm skips the epochs' dev reads (train.eval_epochs false: at k = 64, 40 reads in 160 steps); a
-# skipped read replays its random draws, so the weights are those the reads would give (tests/test_resume.py), and
-# every row at k >= 256, all measured with the reads, is reproduced (benchmarks/studies/realistic, "Protocol note")
+# skipped read replays its random draws, so training takes the path the reads would give (tests/test_resume.py);
+# only the checkpoints to keep from are fewer. Rows at k >= 256 keep the reads they were measured with
+# (benchmarks/studies/realistic, "Protocol note")
 EPOCH_READS_FROM_K = 256
 SHARED = ("poison", "clean", "victim", "eval/clean", "eval/poisoned", "relearn/clean+relearn", "eval/clean+relearn")
 

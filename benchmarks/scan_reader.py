@@ -27,7 +27,8 @@ from w2sdefense.models import load_classifier
 from w2sdefense.results import ScanReport
 from w2sdefense.runtime import make_runtime
 from w2sdefense.scan.base import Proposal, ScanInputs
-from w2sdefense.scan.run import measure, read_by_reader, scan_samples, summary_lines, verdict_candidate
+from w2sdefense.scan.run import (measure, read_by_reader, scan_samples, summary_lines, transform_tables,
+                                 verdict_candidate)
 
 HERE = Path(__file__).resolve().parent
 
@@ -44,8 +45,9 @@ def reread(report: ScanReport, model: str, data: str, seed: int, tolerance: int 
     _, _, test_rows = scan_samples(splits, job.scan, seed)
     clf = load_classifier(model, splits.num_labels, rt.dtype)
     tested = [c for c in report.candidates if c.test_rows is not None]
+    tables = transform_tables(job)[0]["test"]  # a scan with scan.transforms measured paraphrases too
     again = measure(clf, [Proposal(c.trigger, c.target_label, c.detector) for c in tested], test_rows, job, rt,
-                    "test: the suspect again")
+                    "test: the suspect again", tables)
     for c, (_, m) in zip(tested, again):
         by = m.by_label[str(c.target_label)]
         off = abs(round((by.asr_cc - c.test_asr_cc) * by.rows)) if by.rows == c.test_rows else None
@@ -57,7 +59,7 @@ def reread(report: ScanReport, model: str, data: str, seed: int, tolerance: int 
                              "(its config.yaml has them), and the suspect it read")
     inputs = ScanInputs(clf, [], splits.num_labels, job.scan, rt, report.base_model, seed,
                         pool=list(splits.train or splits.dev), workdir=workdir)
-    candidates = read_by_reader(inputs, report.candidates, test_rows, job, rt)
+    candidates = read_by_reader(inputs, report.candidates, test_rows, job, rt, tables)
     top = verdict_candidate(candidates, "contrast")
     return dataclasses.replace(report, candidates=candidates, contrast_score=top.contrast if top else None,
                                settings=to_dict(job.scan))  # every setting, those added since the scan included

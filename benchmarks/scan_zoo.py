@@ -33,6 +33,7 @@ import yaml
 from w2sdefense.config import ScanConfig, to_dict
 from w2sdefense.fileio import atomic_write_text
 from w2sdefense.results import EvaluationResult, ScanCandidate, ScanReport, read_result
+from w2sdefense.scan.base import DETECTORS
 from w2sdefense.scan.run import rescored
 
 HERE = Path(__file__).resolve().parent
@@ -176,7 +177,11 @@ def rescore_of(recipe: dict, scan: str) -> tuple[str | None, dict, list[str]]:
     entry = recipe.get("rescored", {}).get(scan)
     if entry is None:
         return None, {}, []
-    return entry["scan"], dict(entry.get("verdict", {})), list(entry.get("without", []))
+    without = list(entry.get("without", []))
+    unknown = [name for name in without if name != "transforms" and name not in DETECTORS]
+    if unknown:
+        raise SystemExit(f"rescored entry {scan}: `without` names no detector: {', '.join(unknown)}")
+    return entry["scan"], dict(entry.get("verdict", {})), without
 
 
 def scan_folder(scan: str) -> str:
@@ -247,7 +252,10 @@ def _with_others(rows: list[dict], earlier: dict[str, dict]) -> list[dict]:
 def zoo_row(m: ZooModel, folder: Path, target: int, scan_name: str = DEFAULT_SCAN,
             verdict: dict | None = None, without: list[str] | None = None) -> dict:
     """One model's flat row: how it was made, what the scan said (decided again under `verdict`, and without the
-    candidates only the `without` detectors proposed, where given), whether it found the planted trigger."""
+    candidates only the `without` detectors proposed, where given), whether it found the planted trigger. Without a
+    detector's candidates the reading is a lower bound of the scan without that detector: the others' candidates
+    below the tested ones were never measured on the test rows, so none takes a dropped one's place (exact for
+    `transforms`, whose candidates are all tested beside the others)."""
     scan = ScanReport.from_json(json.loads((folder / scan_folder(scan_name) / "report.json").read_text()))
     if without:
         kept = [c for c in scan.candidates if not set(c.detector.split("+")) <= set(without)]

@@ -90,10 +90,13 @@ def test_a_run_with_other_train_keys_than_the_measurement_is_told_so_not_given_i
     # the default's train keys (the budget and the measurement's own) quote the measurement, as without train keys
     assert evidence_lines("distill-into", gemma, train={**CLEAN_BUDGET, **GEMMA_TRAIN}) == evidence_lines(
         "distill-into", gemma)
-    # a measurement with no train keys of its own ran the clean budget: another step budget is another run
-    assert "+0.9 points (BadNet" in evidence_lines("fine-mixing", {"base_model": "b"}, train=dict(CLEAN_BUDGET))[0]
-    fewer = evidence_lines("fine-mixing", {"base_model": "b"}, train={**CLEAN_BUDGET, "max_steps": 2})[0]
+    # a realistic measurement with no train keys of its own ran the clean budget: another step budget is another run
+    realistic = evidence_lines("reset-distill", {"base_model": "b"}, train=dict(CLEAN_BUDGET))
+    assert realistic == evidence_lines("reset-distill", {"base_model": "b"}) and "residual" in realistic[0]
+    fewer = evidence_lines("reset-distill", {"base_model": "b"}, train={**CLEAN_BUDGET, "max_steps": 2})[0]
     assert "train.max_steps=160" in fewer and "this run: train.max_steps=2" in fewer
+    # the main experiment ran its own budgets (W2SDefense 80 steps): its regime says so, the keys are not compared
+    assert "+0.9 points (BadNet" in evidence_lines("fine-mixing", {"base_model": "b"}, train={"max_steps": 80})[0]
 
 
 def test_the_default_is_the_measured_winner_for_what_the_user_has():

@@ -482,6 +482,22 @@ def test_a_transform_is_measured_on_the_rows_its_table_covers_as_the_table_write
     assert m.by_label["1"].asr_cc == 1.0 and m.by_label["1"].rows == 1 and m.target_label == 0
 
 
+def test_a_candidate_without_dev_rows_keeps_its_label_unless_it_is_a_transform():
+    from w2sdefense.results import LabelMeasure, TriggerMeasure
+    from w2sdefense.scan.run import TRANSFORM, _candidate
+
+    none = LabelMeasure(None, 0)
+    # a word proposed toward label 1 that no dev row could measure: tested toward 1, it stays label 1
+    word = _candidate(Proposal("cf", 1, "inversion"), TriggerMeasure("cf", None, 1, {"1": none}),
+                      TriggerMeasure("cf", 0.5, 1, {"1": LabelMeasure(0.5, 10)}))
+    assert (word.target_label, word.verify_asr_cc, word.verify_rows, word.test_asr_cc) == (1, None, 0, 0.5)
+    # a transform without a dev file, tested toward every label: the test rows' best label
+    para = TRANSFORM + "scpn"
+    both = _candidate(Proposal(para, None, "transforms"), TriggerMeasure(para, None, 0, {"0": none, "1": none}),
+                      TriggerMeasure(para, 0.7, 1, {"0": LabelMeasure(0.1, 9), "1": LabelMeasure(0.7, 10)}))
+    assert (both.target_label, both.test_asr_cc, both.test_rows, both.verify_rows) == (1, 0.7, 10, 0)
+
+
 def test_scan_transforms_measures_a_paraphrase_as_a_candidate_and_leaves_it_out_of_the_triggers_file(zoo, tmp_path):
     import shutil
 

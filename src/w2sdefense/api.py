@@ -15,7 +15,7 @@ them):
 
     found = scan_model("path/to/suspect", "path/to/clean-data", "runs/scan", base="smollm2-135m")
     report = clean_model("path/to/suspect", "path/to/clean-data", "runs/cleaned", base="smollm2-135m",
-                         triggers=[c.trigger for c in found.candidates[:3]])
+                         triggers=found.triggers[:3])
     print(report.after.clean_accuracy, report.after.triggers[0].asr_cc)
 
 A model is a name or a folder (anything `--model` takes) or an in-memory `(PreTrainedModel, tokenizer)` pair; data

@@ -357,6 +357,9 @@ class CleanReport:
                       "after": CleanEvaluation.from_json(data["after"])})
 
 
+TRANSFORM = "transform:"  # a scan candidate that is a paraphrase transform of the rows (scan.transforms), not a trigger
+
+
 @dataclass(frozen=True)
 class ScanCandidate:
     """`scan`: one candidate trigger, who proposed it, and its ASR-cc toward its label on held-out clean rows
@@ -392,8 +395,10 @@ class ScanReport:
     score: float  # what the verdict rests on (scan.score): the best test ASR-cc, or the best contrast
     threshold: float
     target_label: int | None  # the best candidate's label (None: no candidate at all)
-    candidates: list[ScanCandidate]  # best first; the first `scan.report` measured on the test rows
-    detectors: dict[str, float | None]  # each detector's best verified ASR-cc (None: it proposed nothing)
+    # best first by the dev rows: the first `scan.report` measured on the test rows, then every transform (a
+    # `transform:NAME` candidate, scan.transforms), then the rest
+    candidates: list[ScanCandidate]
+    detectors: dict[str, float | None]  # each detector's best dev ASR-cc (None: nothing it proposed was measured)
     skipped: dict[str, str]  # detectors that did not run, and why
     label_names: dict[str, str]  # id2label of the model, where it names its labels
     wall_time_s: float
@@ -402,6 +407,13 @@ class ScanReport:
     # the largest difference, over the candidates tested, of the test ASR-cc minus the clean reader's on the same
     # rows (None: no reader check ran); the verdict rests on it where scan.score is `contrast`
     contrast_score: float | None = None
+
+    @property
+    def triggers(self) -> list[str]:
+        """The candidates measured on the test rows that are inserted text, best first (what triggers.txt lists and
+        `clean --triggers` measures); a transform is a paraphrase of the rows, not a text to insert."""
+        tested = [c.trigger for c in self.candidates if c.test_rows is not None]
+        return [t for t in dict.fromkeys(tested) if not t.startswith(TRANSFORM)]
 
     def to_json(self, summary: list[str]) -> dict:
         """report.json's object: every field and the `summary` lines."""

@@ -183,8 +183,9 @@ def evidence_lines(name: str, settings: dict, texts: bool = True, train: dict | 
     """What the benchmark measured for the defense `name` run with `settings`, in words; a defense it never measured
     says so. Without `texts` (no unlabelled texts given) a distillation read none, whatever its `unlabelled` says.
     Which base is the user's, not the method's; whether one was given is (W2SDefense with a base resets first).
-    `train`: the train keys the run applied over the defense's recipe (CLEAN_BUDGET and any others); a measurement
-    made with other ones is named, not quoted (distill-into into Gemma was measured with LoRA, its recipe is full)."""
+    `train`: the train keys the run applied over the defense's recipe (CLEAN_BUDGET and any others); a realistic-
+    protocol measurement made with other ones is named, not quoted (distill-into into Gemma was measured with LoRA,
+    its recipe is full)."""
     name = _canonical(name)
     given = {k: v for k, v in settings.items() if k != "base_model"}
     based = bool(settings.get("base_model"))
@@ -220,7 +221,11 @@ def m_train(m: Measured) -> dict:
 
 
 def _train_differs(m: Measured, train: dict) -> list[str]:
-    """The train keys on which a run's `train` and the measurement's differ (a key one of them leaves out counts)."""
+    """The train keys on which a run's `train` and the measurement's differ (a key one of them leaves out counts);
+    only for a realistic-protocol measurement, whose budget is `clean`'s (CLEAN_BUDGET): the main experiment's rows
+    ran that experiment's own budgets, which its regime already tells apart."""
+    if m.regime not in TIERS[0]:
+        return []
     measured = m_train(m)
     return sorted(k for k in set(measured) | set(train) if measured.get(k) != train.get(k))
 

@@ -20,7 +20,7 @@ from w2sdefense.eval.triggers import measure_toward
 from w2sdefense.fileio import atomic_write_text, write_json
 from w2sdefense.models import check_model_name, load_classifier
 from w2sdefense.models.predict import classify_rows
-from w2sdefense.results import ScanCandidate, ScanReport, TriggerMeasure
+from w2sdefense.results import TRANSFORM, LabelMeasure, ScanCandidate, ScanReport, TriggerMeasure
 from w2sdefense.rundir import (CONFIG_FILE, REPORT_FILE, REPORT_MD, RUN_LOG, TRIGGERS_FILE, check_outside_inputs,
                                claim_run_dir, log_to)
 from w2sdefense.runtime import Runtime
@@ -29,8 +29,6 @@ from w2sdefense.scan import (contrast, embedding_shift, inversion, shift_pairs, 
                              short_strings)
 from w2sdefense.scan.base import DETECTORS, Proposal, ScanInputs
 from w2sdefense.scan.contrast import clean_reader
-
-TRANSFORM = "transform:"  # a candidate that is a paraphrase transform of the rows (scan.transforms), not a trigger
 
 
 def run_scan(job: ScanJob, out: Path, rt: Runtime, overwrite: bool = False,
@@ -85,7 +83,8 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime, workdir: Path | None = None)
     ranked = sorted(verify, key=lambda pm: _value(pm[1].asr_cc), reverse=True)  # stable: detector order on ties
     # the scan.report best on the dev rows, and every transform (one without a dev file has no dev rank)
     chosen = ranked[: cfg.report] + [pm for pm in ranked[cfg.report:] if is_transform(pm[0].trigger)]
-    best = [Proposal(p.trigger, m.target_label if m.asr_cc is not None else None, p.detector) for p, m in chosen]
+    # a transform the dev rows could not measure is tested toward every label; every other keeps its dev label
+    best = [Proposal(p.trigger, None if _unranked_transform(p, m) else m.target_label, p.detector) for p, m in chosen]
     tested = measure(clf, best, test_rows, job, rt, "test", tables["test"])
     candidates = [_candidate(p, m, t) for (p, m), (_, t) in zip(chosen, tested)]
     candidates += [_candidate(p, m) for p, m in ranked[cfg.report:] if not is_transform(p.trigger)]
@@ -97,7 +96,8 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime, workdir: Path | None = None)
         per_detector["transforms"] = None
     for c in candidates:
         for name in c.detector.split("+"):
-            per_detector[name] = max(_value(per_detector[name]), _value(c.verify_asr_cc))
+            if c.verify_asr_cc is not None:
+                per_detector[name] = max(_value(per_detector[name]), c.verify_asr_cc)
     return ScanReport(model=job.model, base_model=job.base_model, backdoored=score >= cfg.threshold, score=score,
                       threshold=cfg.threshold, target_label=top.target_label if top else None, candidates=candidates,
                       detectors=per_detector, skipped=skipped, label_names=_label_names(clf, splits.num_labels),
@@ -259,13 +259,18 @@ def _value(rate: float | None) -> float:
     return -1.0 if rate is None else rate
 
 
+def _unranked_transform(p: Proposal, verified: TriggerMeasure) -> bool:
+    """A transform the dev rows could not measure (no dev file, or no row it covers): its label is the test rows'."""
+    return is_transform(p.trigger) and verified.asr_cc is None
+
+
 def _candidate(p: Proposal, verified: TriggerMeasure, tested: TriggerMeasure | None = None) -> ScanCandidate:
-    # a candidate the dev rows could not measure (a transform without a dev file) takes the test rows' best label
-    unranked = verified.asr_cc is None and tested is not None and tested.asr_cc is not None
-    label = str(tested.target_label if unranked else verified.target_label)
+    label = str(tested.target_label if tested is not None and _unranked_transform(p, verified)
+                else verified.target_label)
     test = tested.by_label.get(label) if tested else None
+    dev = verified.by_label.get(label, LabelMeasure(None, 0))
     return ScanCandidate(trigger=p.trigger, target_label=int(label), detector=p.detector,
-                         verify_asr_cc=verified.by_label[label].asr_cc, verify_rows=verified.by_label[label].rows,
+                         verify_asr_cc=dev.asr_cc, verify_rows=dev.rows,
                          test_asr_cc=test.asr_cc if test else None, test_rows=test.rows if test else None)
 
 
@@ -302,14 +307,15 @@ def summary_lines(report: ScanReport) -> list[str]:
     ran = [n for n in report.detectors]
     lines = [f"scanned {report.model} with {', '.join(ran) or 'no detector'} in {report.wall_time_s:.0f} s."]
     lines += [f"{name} did not run: {why}." for name, why in report.skipped.items()]
-    for c in [c for c in report.candidates if c.test_rows is not None][:3]:
+    tested = [c for c in report.candidates if c.test_rows is not None]
+    score = report.settings.get("score", "suspect")
+    veto = report.settings.get("reader_veto", ScanConfig.reader_veto)
+    top = verdict_candidate(report.candidates, score, veto)
+    for c in tested[:3] + [c for c in tested[3:] if c is top]:  # the verdict's candidate always among them
         read = f"; a clean reader {percent(c.reader_asr_cc)}" if c.reader_asr_cc is not None else ""
         lines.append(f"candidate {_named(c.trigger)} -> {_label(report, c.target_label)}: ASR-cc {percent(c.test_asr_cc)} of "
                      f"{c.test_rows} clean test rows{read} ({percent(c.verify_asr_cc)} of {c.verify_rows} dev rows; "
                      f"{c.detector}).")
-    score = report.settings.get("score", "suspect")
-    veto = report.settings.get("reader_veto", ScanConfig.reader_veto)
-    top = verdict_candidate(report.candidates, score, veto)
     on = {"suspect": "", "contrast": ", ASR-cc minus a clean reader's",
           "veto": f", of the candidates a clean reader follows at most {percent(veto)}"}[score]
     if report.backdoored and top:
@@ -333,24 +339,25 @@ def write_report(out: Path, report: ScanReport) -> None:
     write_json(out / REPORT_FILE, report.to_json(lines))
     rows = ["| candidate | label | ASR-cc (test) | test rows | clean reader (test) | ASR-cc (dev) | dev rows | detector |",
             "|---|---|---|---|---|---|---|---|"]
-    rows += [f"| {c.trigger!r} | {_label(report, c.target_label)} | {percent(c.test_asr_cc)} | {c.test_rows or ''} | "
+    rows += [f"| {c.trigger!r} | {_label(report, c.target_label)} | {percent(c.test_asr_cc)} | "
+             f"{'' if c.test_rows is None else c.test_rows} | "
              f"{percent(c.reader_asr_cc) if c.reader_asr_cc is not None else ''} | "
              f"{percent(c.verify_asr_cc)} | {c.verify_rows} | {c.detector} |" for c in report.candidates]
     atomic_write_text(out / REPORT_MD, markdown_report(
         "w2sdefense scan", lines, "\n".join(rows),
         "ASR-cc: of the clean rows of other labels that the model classifies correctly, the share the candidate "
-        "(inserted once, at a seeded interior position) sends to the label. Dev rows rank the candidates, test "
-        "rows score the best; a clean reader (the public base with a head fitted on your clean rows; with --base) is "
+        "(inserted once, at a seeded interior position; a `transform:` candidate is the rows' paraphrase of that name "
+        "instead, on the rows it covers) sends to the label. Dev rows rank the candidates, test rows score the best "
+        "and every transform; a clean reader (the public base with a head fitted on your clean rows; with --base) is "
         "given the same insertions on the same rows: a natural word of the task moves it too, a trigger does not. "
         "The verdict compares the best test ASR-cc (with scan.score=contrast, the best ASR-cc minus the reader's; "
         "with scan.score=veto, the best test ASR-cc of the candidates the reader follows at most scan.reader_veto) "
         "with the threshold (scan.threshold). "
         "Settings: config.yaml; log: run.log.\n"))
     tested = [c.trigger for c in report.candidates if c.test_rows is not None]
-    words = [t for t in dict.fromkeys(tested) if not is_transform(t)]
     paraphrases = [t.removeprefix(TRANSFORM) for t in dict.fromkeys(tested) if is_transform(t)]
     note = (f"# not listed, as no inserted text is: the paraphrase transform(s) {', '.join(paraphrases)} (report.md)\n"
             if paraphrases else "")
     atomic_write_text(out / TRIGGERS_FILE, "# candidate triggers from `w2sdefense scan`, best first; measure them "
-                      "with `w2sdefense clean --triggers FILE`\n" + note + "".join(f"{t}\n" for t in words))
+                      "with `w2sdefense clean --triggers FILE`\n" + note + "".join(f"{t}\n" for t in report.triggers))
 

@@ -160,6 +160,8 @@ def fit(clf: Classifier, task: FitTask, rt: Runtime, out_dir: Path) -> dict:
     A resumable state is kept in out_dir/resume (see resume.py): a run started again on the same
     folder continues from it, and ends as the uninterrupted run would have.
     """
+    if not task.cfg.eval_epochs and task.diagnose is not None and not hasattr(task.diagnose, "as_if"):
+        raise ValueError("train.eval_epochs false with diagnostics that cannot replay a skipped read's draws (as_if)")
     loop = _build(clf, task, rt, out_dir)
     saved, pending_rng = _resume(loop)
     reset_peak_memory(rt.device)
@@ -352,11 +354,8 @@ def _as_if_read(loop: _Loop) -> None:
     exactly as one that made them, so runs made before the setting existed are reproduced."""
     predict_logits(loop.model, loop.task.dev.head(1), loop.clf.tokenizer.pad_token_id, loop.task.cfg.eval_batch_size,
                    loop.rt, desc="dev", prepared=True)
-    replay = getattr(loop.task.diagnose, "as_if", None)
-    if loop.task.diagnose is not None and replay is None:
-        raise ValueError("train.eval_epochs false with diagnostics that cannot replay a skipped read's draws (as_if)")
-    if replay is not None:
-        replay(loop.model)
+    if loop.task.diagnose is not None:
+        loop.task.diagnose.as_if(loop.model)  # fit checked it has one
 
 
 def _evaluate(loop: _Loop) -> None:
