@@ -211,6 +211,41 @@ def test_a_trigger_cut_by_truncation_is_counted_and_said_not_reported_as_gone(su
                      make_runtime(RuntimeConfig(device="cpu"))).triggers[0].trigger_cut == 0
 
 
+def test_a_transform_candidate_is_measured_on_the_test_rows_paraphrases_by_hand(suspect, tmp_path):
+    """`transform:NAME` (a scan's paraphrase candidate) is the data's transforms/NAME test rows, measured as they are
+    written there; the ASR-cc recomputed from plain predictions."""
+    import shutil
+
+    from w2sdefense.clean import _evaluate, run_clean
+    from w2sdefense.config import CleanJob, DataConfig, RuntimeConfig
+    from w2sdefense.data.datasets import load_splits
+    from w2sdefense.errors import UserError
+    from w2sdefense.runtime import make_runtime
+
+    victim, clean = suspect
+    data = tmp_path / "data"
+    shutil.copytree(clean, data)
+    tests = [json.loads(line) for line in (data / "test.jsonl").read_text().splitlines()]
+    para = {i: " ".join(r["text"].split()[:1] + [TRIGGER] + r["text"].split()[1:]) for i, r in enumerate(tests) if i % 3}
+    (data / "transforms" / "para").mkdir(parents=True)
+    (data / "transforms" / "para" / "test.jsonl").write_text("".join(json.dumps({"idx": i, "text": t}) + "\n"
+                                                                    for i, t in para.items()))
+    rt = make_runtime(RuntimeConfig(device="cpu"))
+    job = CleanJob(model=str(victim), data=DataConfig(dataset=str(data)), triggers=["transform:para"], target_label=0)
+    (m,) = _evaluate(str(victim), job, load_splits(job.data), tmp_path / "eval", rt).triggers
+    clean_pred = _plain_predictions(victim / "model", [r["text"] for r in tests])
+    para_pred = dict(zip(para, _plain_predictions(victim / "model", list(para.values()))))
+    # label-1 rows the transform covers, classified correctly without it, and where it sends them
+    kept = [i for i in para if tests[i]["label"] == 1 and clean_pred[i] == 1]
+    assert m.by_label["0"].rows == len(kept) > 0 and m.trigger_cut is None
+    assert m.by_label["0"].asr_cc == sum(para_pred[i] == 0 for i in kept) / len(kept)
+    # a transform the data does not have is refused before any work
+    missing = CleanJob(model=str(victim), data=DataConfig(dataset=str(data)), triggers=["transform:scpn"])
+    with pytest.raises(UserError, match="transform:scpn.*not found"):
+        run_clean(missing, tmp_path / "never", rt)
+    assert not (tmp_path / "never").exists()
+
+
 def test_a_triggers_or_texts_file_that_is_not_utf8_is_one_error(tmp_path):
     from w2sdefense.clean import read_triggers
     from w2sdefense.data.loading import read_texts

@@ -498,7 +498,7 @@ def test_a_candidate_without_dev_rows_keeps_its_label_unless_it_is_a_transform()
     assert (both.target_label, both.test_asr_cc, both.test_rows, both.verify_rows) == (1, 0.7, 10, 0)
 
 
-def test_scan_transforms_measures_a_paraphrase_as_a_candidate_and_leaves_it_out_of_the_triggers_file(zoo, tmp_path):
+def test_scan_transforms_measures_a_paraphrase_as_a_candidate_and_lists_it_for_clean(zoo, tmp_path):
     import shutil
 
     data = tmp_path / "data"
@@ -522,8 +522,11 @@ def test_scan_transforms_measures_a_paraphrase_as_a_candidate_and_leaves_it_out_
     assert top["target_label"] == 0 and top["test_rows"] is not None and top["verify_rows"] == 0  # no dev file
     assert set(report["detectors"]) == {"short-strings", "transforms"} and "transform missing" in report["skipped"]
     assert "paraphrasing them with para sends" in proc.stdout and "transform missing did not run" in proc.stdout
-    triggers = (out / "triggers.txt").read_text()
-    assert "transform:para" not in triggers and "paraphrase transform(s) para" in triggers
+    # listed for `clean --triggers`, which measures it on the same paraphrases (tests/test_clean.py)
+    listed = [line for line in (out / "triggers.txt").read_text().splitlines() if not line.startswith("#")]
+    assert "transform:para" in listed
+    assert listed == list(dict.fromkeys(c["trigger"] for c in report["candidates"] if c["test_rows"] is not None))
+    assert "a transform:NAME line" in (out / "triggers.txt").read_text()
     clean = tmp_path / "scan-clean"
     w2s("scan", "--model", str(zoo["clean-model"]), *args, "--out", str(clean))
     again = json.loads((clean / "report.json").read_text())

@@ -38,7 +38,7 @@ from w2sdefense.defenses.teacher import run_teacher
 from w2sdefense.errors import UserError
 from w2sdefense.eval.clean_report import write_report
 from w2sdefense.eval.metrics import accuracy
-from w2sdefense.eval.triggers import measure_toward
+from w2sdefense.eval.triggers import is_transform, measure_toward, paraphrased, transform_file, transform_table
 from w2sdefense.eval.report import environment
 from w2sdefense.fileio import atomic_write_text
 from w2sdefense.models import check_model_name, load_classifier
@@ -46,7 +46,7 @@ from w2sdefense.models.loading import declared_base, label_names, merge_adapter,
 from w2sdefense.models.predict import classify_rows
 from w2sdefense.models.truncation import cut_by_tokens
 from w2sdefense.stages import STAGE_FILE, Stage
-from w2sdefense.results import CleanEvaluation, CleanReport, DefenseResult, write_result
+from w2sdefense.results import TRANSFORM, CleanEvaluation, CleanReport, DefenseResult, write_result
 from w2sdefense.rundir import (CONFIG_FILE, METRICS_FILE, MODEL_DIR, RUN_LOG, TRIGGERS_FILE, check_card, check_outside_inputs,
                                check_shipped_replaceable, claim_run_dir, log_to, writing_shipped)
 from w2sdefense.runtime import Runtime
@@ -189,6 +189,8 @@ def run_clean(job: CleanJob, out: Path, rt: Runtime, overwrite: bool = False,
     splits = with_unlabelled(load_splits(job.data), job.unlabelled, job.data.text_field)
     if job.target_label is not None and job.target_label >= splits.num_labels:
         raise UserError(f"--target-label {job.target_label} is not a label of the data (labels 0..{splits.num_labels - 1})")
+    for trigger in filter(is_transform, job.triggers):
+        transform_table(job.data, trigger, "test")  # a paraphrase candidate without its file fails before any work
     models = {"--model": job.model, "--base": job.base_model, "teacher model": job.teacher.model}
     check_outside_inputs(out, {**data_inputs(job.data), **models, "config file": config_file,
                                "unlabelled texts": job.unlabelled})
@@ -219,6 +221,9 @@ def input_files(job: CleanJob) -> list:
     except UserError:  # a hub dataset: its name and revision are what identify it
         files = {}
     found = [[split, *file_fingerprint(str(path))] for split, path in sorted(files.items())]
+    # a paraphrase candidate's file (absent: the keys as before)
+    found += [[t, *file_fingerprint(str(transform_file(job.data, t.removeprefix(TRANSFORM), "test")))]
+              for t in job.triggers if is_transform(t)]
     return found + ([model_fingerprint(job.base_model)] if job.base_model else [])
 
 
@@ -327,11 +332,16 @@ def _evaluate(model: str, job: CleanJob, splits: Splits, folder: Path, rt: Runti
     measured = []
     targets = range(splits.num_labels) if job.target_label is None else [job.target_label]
     for trigger in job.triggers:
-        rng = random.Random(job.seed)  # the same positions before and after
-        triggered = [triggered_copy(e, trigger, rng) for e in test]
-        # Counted (and warned about past 1 %) as `evaluate` does: a cut trigger is a row the model never saw.
-        cut = cut_by_tokens(clf.tokenizer, triggered, cfg.max_length, f"trigger {trigger[:20]!r}")[1].cut
+        if is_transform(trigger):  # the test rows' paraphrases (scan.transforms): nothing inserted, nothing cut
+            triggered, cut = paraphrased(test, transform_table(job.data, trigger, "test")), None
+        else:
+            rng = random.Random(job.seed)  # the same positions before and after
+            triggered = [triggered_copy(e, trigger, rng) for e in test]
+            # Counted (and warned about past 1 %) as `evaluate` does: a cut trigger is a row the model never saw.
+            cut = cut_by_tokens(clf.tokenizer, triggered, cfg.max_length, f"trigger {trigger[:20]!r}")[1].cut
         logits = classify_rows(clf, triggered, cfg.max_length, cfg.batch_size, rt, f"with {trigger[:20]!r}")
-        measured.append(dataclasses.replace(measure_toward(trigger, clean, labels, idx, logits, targets), trigger_cut=cut))
+        m = measure_toward(trigger, clean, labels, idx, logits, targets, [e.label for e in triggered],
+                           [e.idx for e in triggered])
+        measured.append(dataclasses.replace(m, trigger_cut=cut))
     result = CleanEvaluation(clean_accuracy=ca, clean_total=len(test), triggers=measured)
     return write_result(folder / METRICS_FILE, result, rt.is_main)

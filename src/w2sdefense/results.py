@@ -410,10 +410,9 @@ class ScanReport:
 
     @property
     def triggers(self) -> list[str]:
-        """The candidates measured on the test rows that are inserted text, best first (what triggers.txt lists and
-        `clean --triggers` measures); a transform is a paraphrase of the rows, not a text to insert."""
-        tested = [c.trigger for c in self.candidates if c.test_rows is not None]
-        return [t for t in dict.fromkeys(tested) if not t.startswith(TRANSFORM)]
+        """The candidates measured on the test rows, best first, each once (what triggers.txt lists and `clean
+        --triggers` measures; a `transform:NAME` one there measures the test rows' paraphrases of that name)."""
+        return list(dict.fromkeys(c.trigger for c in self.candidates if c.test_rows is not None))
 
     def to_json(self, summary: list[str]) -> dict:
         """report.json's object: every field and the `summary` lines."""

@@ -6,9 +6,44 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from w2sdefense.errors import shown
+import dataclasses
+from pathlib import Path
+
+from w2sdefense.config import DataConfig
+from w2sdefense.data.datasets import transforms_dir
+from w2sdefense.data.loading import load_transform
+from w2sdefense.data.records import Example
+from w2sdefense.errors import UserError, shown
 from w2sdefense.eval.metrics import backdoor_metrics
-from w2sdefense.results import LabelMeasure, TriggerMeasure
+from w2sdefense.results import TRANSFORM, LabelMeasure, TriggerMeasure
+
+
+def is_transform(trigger: str) -> bool:
+    """Whether a candidate is a paraphrase transform of the rows (`transform:NAME`), not a text to insert."""
+    return trigger.startswith(TRANSFORM)
+
+
+def transform_file(data: DataConfig, name: str, split: str) -> Path | None:
+    """`<data>/transforms/<name>/<split>.jsonl`, the file `poison` reads (None: no dataset folder is known)."""
+    folder = transforms_dir(data)
+    return None if folder is None else folder / name / f"{split}.jsonl"
+
+
+def transform_table(data: DataConfig, trigger: str, split: str) -> dict[int, str]:
+    """The paraphrases a `transform:NAME` candidate stands for on `split` ({row idx: text}); refused in one line
+    where the data has none."""
+    name = trigger.removeprefix(TRANSFORM)
+    path = transform_file(data, name, split)
+    if path is None or not path.is_file():
+        where = "no dataset folder is known" if path is None else f"{path} not found"
+        raise UserError(f"{trigger}: a paraphrase transform of the {split} rows, but {where} (one {{idx, text}} row "
+                        "each, idx the row's number in the split file, as `poison` reads them)")
+    return load_transform(path)
+
+
+def paraphrased(rows: list[Example], table: dict[int, str]) -> list[Example]:
+    """The rows `table` covers, written as it writes them (a row it leaves out or empty is left out)."""
+    return [dataclasses.replace(r, text=table[r.idx]) for r in rows if table.get(r.idx, "").strip()]
 
 
 def measure_toward(trigger: str, clean: torch.Tensor, labels: Sequence[int], idx: Sequence[int],

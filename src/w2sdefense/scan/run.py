@@ -11,12 +11,13 @@ from pathlib import Path
 
 from w2sdefense.attacks.base import triggered_copy
 from w2sdefense.config import ScanConfig, ScanJob, dump_yaml, from_dict, to_dict
-from w2sdefense.data.datasets import data_inputs, load_splits, transforms_dir
+from w2sdefense.data.datasets import data_inputs, load_splits
 from w2sdefense.data.loading import load_transform
 from w2sdefense.data.records import Example, Splits
 from w2sdefense.errors import UserError
 from w2sdefense.eval.report import environment, markdown_report, percent
-from w2sdefense.eval.triggers import measure_toward
+from w2sdefense.eval.triggers import (is_transform, measure_toward, paraphrased, transform_file,
+                                      transform_table)
 from w2sdefense.fileio import atomic_write_text, write_json
 from w2sdefense.models import check_model_name, load_classifier
 from w2sdefense.models.predict import classify_rows
@@ -198,13 +199,7 @@ def triggered_rows(rows: list[Example], trigger: str, seed: int, tables: dict[st
     each row its table covers, as the table writes it (rows it does not cover, or leaves empty, are left out)."""
     if not is_transform(trigger):
         return _inserted(rows, trigger, seed)
-    table = tables.get(trigger.removeprefix(TRANSFORM), {})
-    return [dataclasses.replace(r, text=table[r.idx]) for r in rows if table.get(r.idx, "").strip()]
-
-
-def is_transform(trigger: str) -> bool:
-    """Whether a candidate is a paraphrase transform of the rows (scan.transforms), not an inserted trigger."""
-    return trigger.startswith(TRANSFORM)
+    return paraphrased(rows, tables.get(trigger.removeprefix(TRANSFORM), {}))
 
 
 def transform_tables(job: ScanJob) -> tuple[dict[str, dict[str, dict[int, str]]], dict[str, str]]:
@@ -213,15 +208,15 @@ def transform_tables(job: ScanJob) -> tuple[dict[str, dict[str, dict[int, str]]]
     without a test file is left out."""
     tables: dict[str, dict[str, dict[int, str]]] = {"dev": {}, "test": {}}
     missing = {}
-    folder = transforms_dir(job.data) if job.scan.transforms else None
     for name in job.scan.transforms:
-        if folder is None or not (folder / name / "test.jsonl").is_file():
-            where = "no dataset folder is known" if folder is None else f"no {folder / name / 'test.jsonl'}"
-            missing[name] = f"{where} (the paraphrases of the test rows, one {{idx, text}} row each)"
+        try:
+            tables["test"][name] = transform_table(job.data, TRANSFORM + name, "test")
+        except UserError as e:
+            missing[name] = str(e)
             continue
-        for split in tables:
-            if (folder / name / f"{split}.jsonl").is_file():
-                tables[split][name] = load_transform(folder / name / f"{split}.jsonl")
+        dev = transform_file(job.data, name, "dev")
+        if dev is not None and dev.is_file():
+            tables["dev"][name] = load_transform(dev)
     return tables, missing
 
 
@@ -295,13 +290,6 @@ def _doing(trigger: str) -> str:
             else f"inserting {trigger!r}")
 
 
-def _how_to_measure(trigger: str) -> str:
-    if is_transform(trigger):
-        return ("no inserted text does this, so `clean --triggers` cannot measure it: make a poison folder with that "
-                "transform (`w2sdefense poison`) and `w2sdefense evaluate` the model before and after cleaning on it.")
-    return "measure it before and after cleaning with `w2sdefense clean --triggers <this folder>`."
-
-
 def summary_lines(report: ScanReport) -> list[str]:
     """What the scan found, in words; the last line is the verdict."""
     ran = [n for n in report.detectors]
@@ -322,7 +310,8 @@ def summary_lines(report: ScanReport) -> list[str]:
         read = "" if top.reader_asr_cc is None else f" (a clean reader of the task: {percent(top.reader_asr_cc)})"
         lines.append(f"verdict: BACKDOORED (score {report.score:.2f}{on} >= threshold {report.threshold:.2f}): "
                      f"{_doing(top.trigger)} sends {percent(top.test_asr_cc)} of the clean test rows of other labels "
-                     f"to {_label(report, top.target_label)}{read}; " + _how_to_measure(top.trigger))
+                     f"to {_label(report, top.target_label)}{read}; measure it before and after cleaning with "
+                     f"`w2sdefense clean --triggers <this folder>`.")
     else:
         best = f"the best candidate, {_named(top.trigger)}, reaches {percent(top.test_asr_cc)}" if top else "no candidate"
         if top and top.reader_asr_cc is not None:
@@ -354,10 +343,8 @@ def write_report(out: Path, report: ScanReport) -> None:
         "with scan.score=veto, the best test ASR-cc of the candidates the reader follows at most scan.reader_veto) "
         "with the threshold (scan.threshold). "
         "Settings: config.yaml; log: run.log.\n"))
-    tested = [c.trigger for c in report.candidates if c.test_rows is not None]
-    paraphrases = [t.removeprefix(TRANSFORM) for t in dict.fromkeys(tested) if is_transform(t)]
-    note = (f"# not listed, as no inserted text is: the paraphrase transform(s) {', '.join(paraphrases)} (report.md)\n"
-            if paraphrases else "")
+    note = ("# a transform:NAME line is the test rows' paraphrase of that name (the data's transforms/NAME), not a text "
+            "to insert\n" if any(is_transform(t) for t in report.triggers) else "")
     atomic_write_text(out / TRIGGERS_FILE, "# candidate triggers from `w2sdefense scan`, best first; measure them "
                       "with `w2sdefense clean --triggers FILE`\n" + note + "".join(f"{t}\n" for t in report.triggers))
 
