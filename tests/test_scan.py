@@ -522,6 +522,7 @@ def test_scan_transforms_measures_a_paraphrase_as_a_candidate_and_lists_it_for_c
     assert top["target_label"] == 0 and top["test_rows"] is not None and top["verify_rows"] == 0  # no dev file
     assert set(report["detectors"]) == {"short-strings", "transforms"} and "transform missing" in report["skipped"]
     assert "paraphrasing them with para sends" in proc.stdout and "transform missing did not run" in proc.stdout
+    assert "'transform:para' toward" not in proc.stdout + proc.stderr  # no dev rows: unmeasured there, not warned of
     # listed for `clean --triggers`, which measures it on the same paraphrases (tests/test_clean.py)
     listed = [line for line in (out / "triggers.txt").read_text().splitlines() if not line.startswith("#")]
     assert "transform:para" in listed

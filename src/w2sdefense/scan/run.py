@@ -187,8 +187,12 @@ def measure(clf, proposals: list[Proposal], rows: list[Example], job: ScanJob, r
     labels, idx = [r.label for r in rows], [r.idx for r in rows]
     everyone, out, at = range(clean.shape[-1]), [], 0
     for p, c in zip(proposals, copies):
-        out.append((p, measure_toward(p.trigger, clean, labels, idx, logits[at:at + len(c)],
-                                      everyone if p.target_label is None else [p.target_label],
+        targets = everyone if p.target_label is None else [p.target_label]
+        if not c:  # a transform that covers none of the rows (none on dev without a dev file): no number, no warning
+            none = {str(t): LabelMeasure(None, 0) for t in targets}
+            out.append((p, TriggerMeasure(p.trigger, None, int(next(iter(none))), none)))
+            continue
+        out.append((p, measure_toward(p.trigger, clean, labels, idx, logits[at:at + len(c)], targets,
                                       [r.label for r in c], [r.idx for r in c])))
         at += len(c)
     return out
