@@ -167,6 +167,9 @@ def test_settings_without_a_defense_name_tune_the_default_instead_of_replacing_i
     assert choose_defense(_load(CleanJob, None, [], model="m")).name == "w2sdefense"
     named = choose_defense(_load(CleanJob, None, ["defense.name=reset-distill"], model="m", base_model="b"))
     assert named.name == "reset-distill" and named.settings == {"base_model": "b"}
+    # a base given as a setting is a base given: the default for a user with a base, not W2SDefense with a reset
+    as_setting = choose_defense(_load(CleanJob, None, ["defense.base_model=b"], model="m"))
+    assert as_setting.name == "fine-mixing" and as_setting.settings["base_model"] == "b"
 
 
 def test_clean_distils_on_the_unlabelled_texts_it_is_given(suspect, tmp_path):

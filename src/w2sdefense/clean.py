@@ -68,6 +68,7 @@ def choose_defense(job: CleanJob) -> DefenseConfig:
     none runs without it. It trains on every clean row the user gave, for the step budget the realistic benchmark
     measured (recipes.CLEAN_BUDGET), with the train keys the default was measured with (Measured.train) over that,
     unless the user's train keys say otherwise."""
+    job = with_settings_base(job)
     d = job.defense or DefenseConfig(name=AUTO_DEFENSE)
     auto = d.name == AUTO_DEFENSE
     if auto:
@@ -108,6 +109,13 @@ def _asks_reset(job: CleanJob) -> bool:
     default is then chosen among the defenses that reset toward the base."""
     settings = job.defense.settings if job.defense is not None else {}
     return bool(job.base_model) and any(key in settings for key in RESET_OPTIONS)
+
+
+def with_settings_base(job: CleanJob) -> CleanJob:
+    """`job` with a base given as `--set defense.base_model=X` (and no --base) taken as --base, so the default, the
+    reset options and the report treat it alike."""
+    given = job.defense.settings.get("base_model") if job.defense is not None else None
+    return dataclasses.replace(job, base_model=given) if given and not job.base_model else job
 
 
 def with_declared_base(job: CleanJob) -> tuple[CleanJob, str | None]:
@@ -174,7 +182,7 @@ def run_clean(job: CleanJob, out: Path, rt: Runtime, overwrite: bool = False,
     """Every stage of `clean` in `out` (finished ones re-used); writes report.json and report.md."""
     if not job.model:
         raise UserError("clean needs --model (the suspect classifier)")
-    job, base_source = with_declared_base(job)
+    job, base_source = with_declared_base(with_settings_base(job))
     defense = choose_defense(job)
     resolved = resolve(defense, "defense")  # an unknown defense or setting fails before any work
     spec = resolved.spec
