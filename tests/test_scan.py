@@ -465,14 +465,15 @@ def test_short_strings_finds_the_planted_two_letter_trigger_without_the_base(zoo
 def test_a_transform_is_measured_on_the_rows_its_table_covers_as_the_table_writes_them():
     """A reference computation: the ASR-cc of a transform over the rows it covers, by hand from the predictions."""
     from w2sdefense.eval.triggers import measure_toward
-    from w2sdefense.scan.run import TRANSFORM, triggered_rows
+    from w2sdefense.eval.triggers import triggered_rows
+    from w2sdefense.results import TRANSFORM
 
     rows = [Example(f"row {i}", i % 2, 10 + i) for i in range(6)]
     table = {10: "para zero", 11: "para one", 13: "  ", 15: "para five"}  # 12 and 14 uncovered, 13 empty
-    copies = triggered_rows(rows, TRANSFORM + "scpn", 0, {"scpn": table})
+    copies = triggered_rows(rows, TRANSFORM + "scpn", 0, table)
     assert [(r.text, r.label, r.idx) for r in copies] == [("para zero", 0, 10), ("para one", 1, 11),
                                                           ("para five", 1, 15)]
-    assert triggered_rows(rows, TRANSFORM + "bible", 0, {"scpn": table}) == []  # no table: no row
+    assert triggered_rows(rows, TRANSFORM + "bible", 0) == []  # no table: no row
     clean = torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [2.0, 0.0], [2.0, 0.0], [0.0, 2.0]])  # row 3 wrong
     para = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])  # row 10 -> 1, rows 11 and 15 -> 0
     m = measure_toward("t", clean, [r.label for r in rows], [r.idx for r in rows], para, [0, 1],

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,6 @@ import yaml
 
 from w2sdefense.config import CleanJob, DefenseConfig, dump_yaml, to_dict
 from w2sdefense.config.jobs import AUTO_DEFENSE
-from w2sdefense.attacks.base import triggered_copy
 from w2sdefense.data.datasets import data_inputs, dataset_files, load_splits
 from w2sdefense.data.loading import read_texts
 from w2sdefense.data.records import UNLABELLED, Example, Splits
@@ -38,7 +36,7 @@ from w2sdefense.defenses.teacher import run_teacher
 from w2sdefense.errors import UserError
 from w2sdefense.eval.clean_report import write_report
 from w2sdefense.eval.metrics import accuracy
-from w2sdefense.eval.triggers import is_transform, measure_toward, paraphrased, transform_file, transform_table
+from w2sdefense.eval.triggers import is_transform, measure_toward, transform_file, transform_table, triggered_rows
 from w2sdefense.eval.report import environment
 from w2sdefense.fileio import atomic_write_text
 from w2sdefense.models import check_model_name, load_classifier
@@ -340,13 +338,12 @@ def _evaluate(model: str, job: CleanJob, splits: Splits, folder: Path, rt: Runti
     measured = []
     targets = range(splits.num_labels) if job.target_label is None else [job.target_label]
     for trigger in job.triggers:
-        if is_transform(trigger):  # the test rows' paraphrases (scan.transforms): nothing inserted, nothing cut
-            triggered, cut = paraphrased(test, transform_table(job.data, trigger, "test")), None
-        else:
-            rng = random.Random(job.seed)  # the same positions before and after
-            triggered = [triggered_copy(e, trigger, rng) for e in test]
-            # Counted (and warned about past 1 %) as `evaluate` does: a cut trigger is a row the model never saw.
-            cut = cut_by_tokens(clf.tokenizer, triggered, cfg.max_length, f"trigger {trigger[:20]!r}")[1].cut
+        # the same positions before and after; a transform: the test rows' paraphrases, nothing inserted, nothing cut
+        table = transform_table(job.data, trigger, "test") if is_transform(trigger) else None
+        triggered = triggered_rows(test, trigger, job.seed, table)
+        # Counted (and warned about past 1 %) as `evaluate` does: a cut trigger is a row the model never saw.
+        cut = None if table is not None else cut_by_tokens(clf.tokenizer, triggered, cfg.max_length,
+                                                           f"trigger {trigger[:20]!r}")[1].cut
         logits = classify_rows(clf, triggered, cfg.max_length, cfg.batch_size, rt, f"with {trigger[:20]!r}")
         m = measure_toward(trigger, clean, labels, idx, logits, targets, [e.label for e in triggered],
                            [e.idx for e in triggered])

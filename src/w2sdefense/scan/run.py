@@ -9,15 +9,13 @@ import random
 import time
 from pathlib import Path
 
-from w2sdefense.attacks.base import triggered_copy
 from w2sdefense.config import ScanConfig, ScanJob, dump_yaml, from_dict, to_dict
 from w2sdefense.data.datasets import data_inputs, load_splits
 from w2sdefense.data.loading import load_transform
 from w2sdefense.data.records import Example, Splits
 from w2sdefense.errors import UserError
 from w2sdefense.eval.report import environment, markdown_report, percent
-from w2sdefense.eval.triggers import (is_transform, measure_toward, paraphrased, transform_file,
-                                      transform_table)
+from w2sdefense.eval.triggers import is_transform, measure_toward, transform_file, transform_table, triggered_rows
 from w2sdefense.fileio import atomic_write_text, write_json
 from w2sdefense.models import check_model_name, load_classifier
 from w2sdefense.models.predict import classify_rows
@@ -180,7 +178,8 @@ def measure(clf, proposals: list[Proposal], rows: list[Example], job: ScanJob, r
         return []
     length, batch = job.eval.max_length, job.eval.batch_size
     clean = classify_rows(clf, rows, length, batch, rt, f"{split}: clean rows")
-    copies = [triggered_rows(rows, p.trigger, job.seed, tables or {}) for p in proposals]
+    copies = [triggered_rows(rows, p.trigger, job.seed, (tables or {}).get(p.trigger.removeprefix(TRANSFORM)))
+              for p in proposals]
     flat = [row for c in copies for row in c]
     logits = (classify_rows(clf, flat, length, batch, rt, f"{split}: {len(proposals)} candidate(s)") if flat
               else clean[:0])
@@ -196,14 +195,6 @@ def measure(clf, proposals: list[Proposal], rows: list[Example], job: ScanJob, r
                                       [r.label for r in c], [r.idx for r in c])))
         at += len(c)
     return out
-
-
-def triggered_rows(rows: list[Example], trigger: str, seed: int, tables: dict[str, dict[int, str]]) -> list[Example]:
-    """The triggered copies of `rows` a candidate is measured on: the trigger inserted (_inserted), or for a transform
-    each row its table covers, as the table writes it (rows it does not cover, or leaves empty, are left out)."""
-    if not is_transform(trigger):
-        return _inserted(rows, trigger, seed)
-    return paraphrased(rows, tables.get(trigger.removeprefix(TRANSFORM), {}))
 
 
 def transform_tables(job: ScanJob) -> tuple[dict[str, dict[str, dict[int, str]]], dict[str, str]]:
@@ -222,12 +213,6 @@ def transform_tables(job: ScanJob) -> tuple[dict[str, dict[str, dict[int, str]]]
         if dev is not None and dev.is_file():
             tables["dev"][name] = load_transform(dev)
     return tables, missing
-
-
-def _inserted(rows: list[Example], trigger: str, seed: int) -> list[Example]:
-    """`rows` with `trigger` at seeded interior positions: the same positions for every candidate, as `clean` does."""
-    rng = random.Random(seed)
-    return [triggered_copy(r, trigger, rng) for r in rows]
 
 
 def _correct(clf, rows: list[Example], job: ScanJob, rt: Runtime) -> list[Example]:
