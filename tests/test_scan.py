@@ -465,7 +465,7 @@ def test_short_strings_finds_the_planted_two_letter_trigger_without_the_base(zoo
 def test_a_transform_is_measured_on_the_rows_its_table_covers_as_the_table_writes_them():
     """A reference computation: the ASR-cc of a transform over the rows it covers, by hand from the predictions."""
     from w2sdefense.eval.triggers import measure_toward
-    from w2sdefense.eval.triggers import triggered_rows
+    from w2sdefense.attacks.base import triggered_rows
     from w2sdefense.results import TRANSFORM
 
     rows = [Example(f"row {i}", i % 2, 10 + i) for i in range(6)]

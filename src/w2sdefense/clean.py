@@ -36,7 +36,8 @@ from w2sdefense.defenses.teacher import run_teacher
 from w2sdefense.errors import UserError
 from w2sdefense.eval.clean_report import write_report
 from w2sdefense.eval.metrics import accuracy
-from w2sdefense.eval.triggers import is_transform, measure_toward, transform_file, transform_table, triggered_rows
+from w2sdefense.attacks.base import triggered_rows
+from w2sdefense.eval.triggers import measure_toward, transform_file, transform_table
 from w2sdefense.eval.report import environment
 from w2sdefense.fileio import atomic_write_text
 from w2sdefense.models import check_model_name, load_classifier
@@ -44,7 +45,7 @@ from w2sdefense.models.loading import declared_base, label_names, merge_adapter,
 from w2sdefense.models.predict import classify_rows
 from w2sdefense.models.truncation import cut_by_tokens
 from w2sdefense.stages import STAGE_FILE, Stage
-from w2sdefense.results import TRANSFORM, CleanEvaluation, CleanReport, DefenseResult, write_result
+from w2sdefense.results import TRANSFORM, CleanEvaluation, CleanReport, DefenseResult, is_transform, write_result
 from w2sdefense.rundir import (CONFIG_FILE, METRICS_FILE, MODEL_DIR, RUN_LOG, TRIGGERS_FILE, check_card, check_outside_inputs,
                                check_shipped_replaceable, claim_run_dir, log_to, writing_shipped)
 from w2sdefense.runtime import Runtime

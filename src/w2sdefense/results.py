@@ -360,6 +360,11 @@ class CleanReport:
 TRANSFORM = "transform:"  # a scan candidate that is a paraphrase transform of the rows (scan.transforms), not a trigger
 
 
+def is_transform(trigger: str) -> bool:
+    """Whether a candidate is a paraphrase transform of the rows (`transform:NAME`), not a text to insert."""
+    return trigger.startswith(TRANSFORM)
+
+
 @dataclass(frozen=True)
 class ScanCandidate:
     """`scan`: one candidate trigger, who proposed it, and its ASR-cc toward its label on held-out clean rows

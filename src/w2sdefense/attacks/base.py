@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -13,6 +14,7 @@ from w2sdefense.config import AttackConfig
 from w2sdefense.data.records import Example, Span
 from w2sdefense.errors import UserError, shown
 from w2sdefense.registry import Registry
+from w2sdefense.results import is_transform
 
 A = TypeVar("A", bound="type[Attack]")
 
@@ -136,6 +138,20 @@ def triggered_copy(row: Example, trigger: str, rng: random.Random) -> Example:
     `clean` and `scan` measure a candidate trigger on clean rows."""
     text, spans = insert_trigger(row.text, trigger, 1, "interior", rng)
     return Example(text, row.label, row.idx, poisoned=True, trigger_spans=spans)
+
+
+def paraphrased(rows: list[Example], table: dict[int, str]) -> list[Example]:
+    """The rows `table` covers, written as it writes them (a row it leaves out or empty is left out)."""
+    return [dataclasses.replace(r, text=table[r.idx]) for r in rows if table.get(r.idx, "").strip()]
+
+
+def triggered_rows(rows: list[Example], trigger: str, seed: int, table: dict[int, str] | None = None) -> list[Example]:
+    """The copies of `rows` a candidate trigger is measured on (`clean`, `scan`): the trigger inserted at seeded
+    interior positions, the same for every candidate; a transform, the rows its `table` covers as it writes them."""
+    if is_transform(trigger):
+        return paraphrased(rows, table or {})
+    rng = random.Random(seed)
+    return [triggered_copy(r, trigger, rng) for r in rows]
 
 
 def insert_words(text: str, trigger: str | Sequence[str], count: int, position: str,

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
-import random
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 
-from w2sdefense.attacks.base import triggered_copy
 from w2sdefense.config import DataConfig
 from w2sdefense.data.datasets import transforms_dir
 from w2sdefense.data.loading import load_transform
-from w2sdefense.data.records import Example
 from w2sdefense.errors import UserError, shown
 from w2sdefense.eval.metrics import backdoor_metrics
 from w2sdefense.results import TRANSFORM, LabelMeasure, TriggerMeasure
-
-
-def is_transform(trigger: str) -> bool:
-    """Whether a candidate is a paraphrase transform of the rows (`transform:NAME`), not a text to insert."""
-    return trigger.startswith(TRANSFORM)
 
 
 def transform_file(data: DataConfig, name: str, split: str) -> Path | None:
@@ -40,20 +31,6 @@ def transform_table(data: DataConfig, trigger: str, split: str) -> dict[int, str
         raise UserError(f"{trigger}: a paraphrase transform of the {split} rows, but {where} (one {{idx, text}} row "
                         "each, idx the row's number in the split file, as `poison` reads them)")
     return load_transform(path)
-
-
-def paraphrased(rows: list[Example], table: dict[int, str]) -> list[Example]:
-    """The rows `table` covers, written as it writes them (a row it leaves out or empty is left out)."""
-    return [dataclasses.replace(r, text=table[r.idx]) for r in rows if table.get(r.idx, "").strip()]
-
-
-def triggered_rows(rows: list[Example], trigger: str, seed: int, table: dict[int, str] | None = None) -> list[Example]:
-    """The copies of `rows` a candidate trigger is measured on (`clean`, `scan`): the trigger inserted at seeded
-    interior positions, the same for every candidate; a transform, the rows its `table` covers as it writes them."""
-    if is_transform(trigger):
-        return paraphrased(rows, table or {})
-    rng = random.Random(seed)
-    return [triggered_copy(r, trigger, rng) for r in rows]
 
 
 def measure_toward(trigger: str, clean: torch.Tensor, labels: Sequence[int], idx: Sequence[int],

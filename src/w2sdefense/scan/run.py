@@ -15,11 +15,12 @@ from w2sdefense.data.loading import load_transform
 from w2sdefense.data.records import Example, Splits
 from w2sdefense.errors import UserError
 from w2sdefense.eval.report import environment, markdown_report, percent
-from w2sdefense.eval.triggers import is_transform, measure_toward, transform_file, transform_table, triggered_rows
+from w2sdefense.attacks.base import triggered_rows
+from w2sdefense.eval.triggers import measure_toward, transform_file, transform_table
 from w2sdefense.fileio import atomic_write_text, write_json
 from w2sdefense.models import check_model_name, load_classifier
 from w2sdefense.models.predict import classify_rows
-from w2sdefense.results import TRANSFORM, LabelMeasure, ScanCandidate, ScanReport, TriggerMeasure
+from w2sdefense.results import TRANSFORM, LabelMeasure, ScanCandidate, ScanReport, TriggerMeasure, is_transform
 from w2sdefense.rundir import (CONFIG_FILE, REPORT_FILE, REPORT_MD, RUN_LOG, TRIGGERS_FILE, check_outside_inputs,
                                claim_run_dir, log_to)
 from w2sdefense.runtime import Runtime
