@@ -59,10 +59,10 @@ def reread(report: ScanReport, model: str, data: str, seed: int, tolerance: int 
                              "(its config.yaml has them), and the suspect it read")
     inputs = ScanInputs(clf, [], splits.num_labels, job.scan, rt, report.base_model, seed,
                         pool=list(splits.train or splits.dev), workdir=workdir)
-    candidates = read_by_reader(inputs, report.candidates, test_rows, job, rt, tables)
-    top = verdict_candidate(candidates, "contrast")
+    candidates, check = read_by_reader(inputs, report.candidates, test_rows, job, rt, tables)
+    top = verdict_candidate(candidates, "contrast", min_recall=job.scan.reader_min_recall)
     return dataclasses.replace(report, candidates=candidates, contrast_score=top.contrast if top else None,
-                               settings=to_dict(job.scan))  # every setting, those added since the scan included
+                               settings=to_dict(job.scan), reader=check)  # every setting, those added since the scan included
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -47,7 +47,10 @@ SPLITS = ("held-out", "tune")  # the build order's: held-out first (its numbers 
 FPR = 0.05
 # Scan settings added since the zoo's first rows, each with the value that keeps the scanner's earlier behaviour
 LATER_SETTINGS = {"shift_reference": False, "reader_veto": 0.15, "short_alphabet": "abcdefghijklmnopqrstuvwxyz",
-                  "short_length": 2, "transforms": []}
+                  "short_length": 2, "transforms": [],
+                  # a verdict setting that reads the reader's recall, which reports made before it lack: any value
+                  # decides those as before
+                  "reader_min_recall": 0.5}
 
 
 @dataclass(frozen=True)
@@ -273,6 +276,9 @@ def zoo_row(m: ZooModel, folder: Path, target: int, scan_name: str = DEFAULT_SCA
             "recovered": recovered(m, [c for c in tested if c.target_label == target], planted_asr)
             if m.backdoored else None,
             "scan_s": scan.wall_time_s, "best": tested[0].trigger if tested else None,
+            # the clean reader's own check on the test rows (None: no reader, or a report from before it)
+            "reader_accuracy": (scan.reader or {}).get("accuracy"), "reader_majority": (scan.reader or {}).get("majority"),
+            "reader_least_recall": min((scan.reader or {}).get("recall", {}).values(), default=None),
             "date": (scan.environment or {}).get("date", "")[:10] or None, "machine": _machine(scan.environment or {})}
 
 

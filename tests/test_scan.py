@@ -126,7 +126,8 @@ def test_scan_settings_are_checked():
     for bad in ({"threshold": 0}, {"threshold": 1.5}, {"detectors": []}, {"lengths": [0]}, {"steps": 0},
                 {"temperature": [1.0]}, {"score": "best"}, {"score": "contrast", "reader_check": False},
                 {"reader": "fine-tuned"}, {"reader_steps": 0}, {"shift_reference": True, "reader": "lora"},
-                {"score": "veto", "reader_check": False}, {"reader_veto": 1.0}, {"reader_veto": -0.1}):
+                {"score": "veto", "reader_check": False}, {"reader_veto": 1.0}, {"reader_veto": -0.1},
+                {"reader_min_recall": 1.5}, {"reader_min_recall": -0.1}):
         with pytest.raises(UserError, match="scan\\."):
             from_dict(ScanConfig, bad, "scan")
     assert from_dict(ScanJob, {"scan": {"lengths": [2]}}, "").scan.lengths == [2]
@@ -181,6 +182,56 @@ def test_the_verdict_rests_on_the_suspect_or_on_what_only_the_suspect_does():
     assert verdict_candidate([word, trigger], "veto", veto=0.9) is word
     unread = ScanCandidate("y", 0, "inversion", 0.9, 48, test_asr_cc=0.95, test_rows=100)
     assert verdict_candidate([unread, word], "veto") is None
+
+
+def test_the_reader_check_is_its_recall_of_each_label_and_its_accuracy_against_the_commonest_label():
+    from w2sdefense.scan.run import reader_check
+
+    # 6 rows of label 0, 2 of label 1; the reader answers 0 everywhere but one label-1 row, and misreads a label-0 row
+    labels = [0, 0, 0, 0, 0, 0, 1, 1]
+    answers = [0, 0, 0, 0, 0, 1, 1, 0]
+    check = reader_check(labels, answers)
+    assert check == {"rows": 8, "accuracy": 6 / 8, "majority": 6 / 8, "recall": {"0": 5 / 6, "1": 1 / 2}}
+    # a reader that learnt the commonest label: as accurate as always answering it, never answering the other
+    assert reader_check([0, 0, 1], [0, 0, 0])["recall"] == {"0": 1.0, "1": 0.0}
+
+
+def test_a_reader_that_seldom_answers_a_label_does_not_judge_candidates_toward_it():
+    """The OLID case (benchmarks/studies/scan): a reader that answers OFFENSIVE on 2 % of its rows is moved by no
+    insertion toward it, so an insult scores the whole suspect's ASR-cc as contrast; left out of the contrast and
+    veto verdicts under scan.reader_min_recall, the candidate toward a label it reads decides."""
+    from w2sdefense.scan.run import rescored, summary_lines
+
+    insult = ScanCandidate("a stupid shit", 1, "shift-phrases", 0.96, 26, test_asr_cc=0.98, test_rows=192,
+                           reader_asr_cc=0.0, reader_rows=120, reader_recall=0.02)
+    other = ScanCandidate("cf", 0, "short-strings", 0.5, 16, test_asr_cc=0.4, test_rows=60, reader_asr_cc=0.1,
+                          reader_rows=50, reader_recall=0.9)
+    old = ScanCandidate("mn", 1, "inversion", 0.9, 26, test_asr_cc=0.9, test_rows=192, reader_asr_cc=0.05,
+                        reader_rows=120)  # a report from before the recall was measured: judged as it was
+    assert not insult.judged(0.5) and insult.judged(0.0) and other.judged(0.5) and old.judged(0.99)
+    assert verdict_candidate([insult, other], "contrast", min_recall=0.5) is other
+    assert verdict_candidate([insult, other], "contrast") is insult
+    assert verdict_candidate([insult, other], "veto", min_recall=0.5) is other
+    assert verdict_candidate([insult, other], "veto") is insult
+    assert verdict_candidate([insult], "contrast", min_recall=0.5) is None
+    assert verdict_candidate([insult, other], "suspect", min_recall=0.5) is insult  # the suspect's score reads no reader
+    assert verdict_candidate([insult, old], "contrast", min_recall=0.5) is old
+    check = {"rows": 192, "accuracy": 0.66, "majority": 0.67, "recall": {"0": 0.98, "1": 0.02}}
+    report = ScanReport(model="m", base_model="b", backdoored=True, score=0.98, threshold=0.8, target_label=1,
+                        candidates=[insult, other], detectors={}, skipped={}, label_names={"0": "NOT", "1": "OFF"},
+                        wall_time_s=1.0, settings={"score": "contrast", "reader_min_recall": 0.0}, environment={},
+                        contrast_score=0.98, reader=check)
+    judged = rescored(report, reader_min_recall=0.5)
+    assert (judged.score, judged.backdoored, judged.target_label) == (pytest.approx(0.3), False, 0)
+    assert judged.contrast_score == pytest.approx(0.3) and judged.reader == check
+    lines = summary_lines(judged)
+    assert any("reads 66.0% of 192 clean test rows right" in line and "commonest label: 67.0%" in line
+               and "label 1 (OFF) on 2.0% of its rows" in line and "left out of the verdict" in line for line in lines)
+    assert any(line.startswith("candidate 'a stupid shit'") and "which answers label 1 (OFF) on 2.0%" in line
+               for line in lines)
+    assert not any("answers label 0" in line for line in lines)
+    assert ScanReport.from_json(json.loads(json.dumps(judged.to_json(lines)))) == judged
+    assert not any("on 2.0% of its rows" in line for line in summary_lines(report))  # at 0 every label is read
 
 
 # --- end to end ---------------------------------------------------------------------------------------------------
@@ -265,7 +316,14 @@ def test_scan_finds_the_planted_trigger_and_clears_the_clean_model(zoo, tmp_path
     # the best difference; the report's lines name the reader.
     tested = [c for c in report["candidates"] if c["test_rows"] is not None]
     assert all(c["reader_asr_cc"] is not None and 0 < c["reader_rows"] <= len(test) for c in tested)
-    assert report["contrast_score"] == max(c["test_asr_cc"] - c["reader_asr_cc"] for c in tested)
+    # ... and read the clean test rows itself: each candidate carries its recall of the candidate's label, and the
+    # contrast is the best difference over the candidates whose label it reads (scan.reader_min_recall)
+    check = report["reader"]
+    assert check["rows"] == len(test) and set(check["recall"]) == {"0", "1"}
+    assert check["majority"] == max(sum(r["label"] == y for r in test) for y in (0, 1)) / len(test)
+    assert all(c["reader_recall"] == check["recall"][str(c["target_label"])] for c in tested)
+    judged = [c for c in tested if c["reader_recall"] >= report["settings"]["reader_min_recall"]]
+    assert report["contrast_score"] == (max(c["test_asr_cc"] - c["reader_asr_cc"] for c in judged) if judged else None)
     assert "a clean reader" in proc.stdout and "clean reader (test)" in (out / "report.md").read_text()
     # Scored by the contrast, the verdict compares the best difference with the threshold.
     contrasted = tmp_path / "scan-contrast"
@@ -332,9 +390,9 @@ def test_a_finished_scan_read_again_by_the_clean_reader_matches_a_scan_that_chec
     scan_reader.main([str(tmp_path / "plain" / "report.json"), "--model", str(zoo["suspect"]), "--data",
                       str(zoo["data"]), "--out", str(out)])
     got, want = json.loads(out.read_text()), json.loads((tmp_path / "checked" / "report.json").read_text())
-    fields = ("trigger", "target_label", "test_asr_cc", "reader_asr_cc", "reader_rows")
+    fields = ("trigger", "target_label", "test_asr_cc", "reader_asr_cc", "reader_rows", "reader_recall")
     assert [[c[f] for f in fields] for c in got["candidates"]] == [[c[f] for f in fields] for c in want["candidates"]]
-    assert got["contrast_score"] == want["contrast_score"] is not None
+    assert got["contrast_score"] == want["contrast_score"] and got["reader"] == want["reader"] is not None
     assert got["reader_check"]["command"].startswith("python benchmarks/scan_reader.py")
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from w2sdefense.attacks.base import triggered_rows
 from w2sdefense.config import CleanJob, DefenseConfig, dump_yaml, to_dict
 from w2sdefense.config.jobs import AUTO_DEFENSE
 from w2sdefense.data.datasets import data_inputs, dataset_files, load_splits
@@ -36,7 +37,6 @@ from w2sdefense.defenses.teacher import run_teacher
 from w2sdefense.errors import UserError
 from w2sdefense.eval.clean_report import write_report
 from w2sdefense.eval.metrics import accuracy
-from w2sdefense.attacks.base import triggered_rows
 from w2sdefense.eval.triggers import measure_toward, transform_file, transform_table
 from w2sdefense.eval.report import environment
 from w2sdefense.fileio import atomic_write_text

@@ -381,6 +381,9 @@ class ScanCandidate:
     # the defender's rows; scan.reader_check): a natural word of the task moves it too, a backdoor's trigger does not
     reader_asr_cc: float | None = None
     reader_rows: int | None = None
+    # the share of the clean test rows of the candidate's label that the clean reader answers with that label: a
+    # reader that seldom answers it is moved toward it by nothing, so its ASR-cc there says nothing (None: not read)
+    reader_recall: float | None = None
 
     @property
     def contrast(self) -> float | None:
@@ -388,6 +391,11 @@ class ScanCandidate:
         if self.test_asr_cc is None or self.reader_asr_cc is None:
             return None
         return self.test_asr_cc - self.reader_asr_cc
+
+    def judged(self, min_recall: float) -> bool:
+        """Whether the clean reader can judge this candidate: it answers the candidate's label on at least
+        `min_recall` of that label's clean rows (a report made before the reader's recall was measured: always)."""
+        return self.reader_recall is None or self.reader_recall >= min_recall
 
 
 @dataclass(frozen=True)
@@ -412,6 +420,10 @@ class ScanReport:
     # the largest difference, over the candidates tested, of the test ASR-cc minus the clean reader's on the same
     # rows (None: no reader check ran); the verdict rests on it where scan.score is `contrast`
     contrast_score: float | None = None
+    # the clean reader's own check on the clean test rows (None: no reader check ran): `rows`, `accuracy`, `majority`
+    # (the share of the commonest label: what answering it always reads right) and `recall` ({label: the share of its
+    # rows the reader answers with it})
+    reader: dict | None = None
 
     @property
     def triggers(self) -> list[str]:

@@ -368,6 +368,10 @@ class ScanConfig:
     # syntactic template, a style), each measured as a candidate on the paraphrased rows: a syntactic or style trigger
     # is no inserted word, so only a transform of the attacker's family can show it (none: the check is off)
     transforms: list[str] = field(default_factory=list)
+    # the clean reader's own check: a reader that answers a label on fewer than reader_min_recall of that label's clean
+    # test rows (a reader that learnt the commonest label, say) moves toward it for no insertion, natural word or not,
+    # so its candidates toward that label are left out of the `contrast` and `veto` verdicts (the report says so)
+    reader_min_recall: float = 0.5
 
     def __post_init__(self) -> None:
         if not self.detectors:
@@ -386,6 +390,8 @@ class ScanConfig:
         if self.score in ("contrast", "veto") and not self.reader_check:
             raise UserError(f"scan.score={self.score} compares each candidate with the clean reader: it needs "
                             "scan.reader_check=true")
+        if not 0 <= self.reader_min_recall <= 1:
+            raise UserError(f"scan.reader_min_recall must be in [0, 1]; got {shown(self.reader_min_recall)}")
         if not 0 <= self.reader_veto < 1:
             raise UserError(f"scan.reader_veto must be in [0, 1); got {shown(self.reader_veto)}")
         if self.shift_reference and self.reader != "full":

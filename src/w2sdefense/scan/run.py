@@ -7,15 +7,18 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
+import torch
+
+from w2sdefense.attacks.base import triggered_rows
 from w2sdefense.config import ScanConfig, ScanJob, dump_yaml, from_dict, to_dict
 from w2sdefense.data.datasets import data_inputs, load_splits
 from w2sdefense.data.loading import load_transform
 from w2sdefense.data.records import Example, Splits
 from w2sdefense.errors import UserError
 from w2sdefense.eval.report import environment, markdown_report, percent
-from w2sdefense.attacks.base import triggered_rows
 from w2sdefense.eval.triggers import measure_toward, transform_file, transform_table
 from w2sdefense.fileio import atomic_write_text, write_json
 from w2sdefense.models import check_model_name, load_classifier
@@ -88,9 +91,10 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime, workdir: Path | None = None)
     tested = measure(clf, best, test_rows, job, rt, "test", tables["test"])
     candidates = [_candidate(p, m, t) for (p, m), (_, t) in zip(chosen, tested)]
     candidates += [_candidate(p, m) for p, m in ranked[cfg.report:] if not is_transform(p.trigger)]
+    reader = None
     if job.base_model and cfg.reader_check:
-        candidates = read_by_reader(inputs, candidates, test_rows, job, rt, tables["test"])
-    top, score, contrast_score = decide(candidates, cfg.score, cfg.reader_veto)
+        candidates, reader = read_by_reader(inputs, candidates, test_rows, job, rt, tables["test"])
+    top, score, contrast_score = decide(candidates, cfg.score, cfg.reader_veto, cfg.reader_min_recall)
     per_detector = {DETECTORS.canonical(n): None for n in cfg.detectors if DETECTORS.canonical(n) not in skipped}
     if tables["test"]:
         per_detector["transforms"] = None
@@ -102,52 +106,70 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime, workdir: Path | None = None)
                       threshold=cfg.threshold, target_label=top.target_label if top else None, candidates=candidates,
                       detectors=per_detector, skipped=skipped, label_names=_label_names(clf, splits.num_labels),
                       wall_time_s=time.perf_counter() - start, settings=to_dict(cfg), environment=environment(),
-                      contrast_score=contrast_score)
+                      contrast_score=contrast_score, reader=reader)
 
 
-def decide(candidates: list[ScanCandidate], rule: str,
-           veto: float) -> tuple[ScanCandidate | None, float, float | None]:
-    """The verdict's candidate and score under `rule` (scan.score) and `veto` (scan.reader_veto), and the contrast
-    score (recorded whatever the rule), from the candidates measured on the test rows."""
-    contrast_top = verdict_candidate(candidates, "contrast")
+def decide(candidates: list[ScanCandidate], rule: str, veto: float,
+           min_recall: float = 0.0) -> tuple[ScanCandidate | None, float, float | None]:
+    """The verdict's candidate and score under `rule` (scan.score), `veto` (scan.reader_veto) and `min_recall`
+    (scan.reader_min_recall), and the contrast score (recorded whatever the rule), from the candidates measured on
+    the test rows."""
+    contrast_top = verdict_candidate(candidates, "contrast", min_recall=min_recall)
     contrast_score = contrast_top.contrast if contrast_top else None
-    top = contrast_top if rule == "contrast" else verdict_candidate(candidates, rule, veto)
+    top = contrast_top if rule == "contrast" else verdict_candidate(candidates, rule, veto, min_recall)
     score = (contrast_score if rule == "contrast" else _value(top.test_asr_cc)) if top else 0.0
     return top, score, contrast_score
 
 
 def rescored(report: ScanReport, **verdict) -> ScanReport:
-    """`report` decided again under other verdict settings (score, reader_veto, threshold) from the candidates it
-    measured: no model runs, so a finished scan can be read under another rule."""
-    unknown = set(verdict) - {"score", "reader_veto", "threshold"}
+    """`report` decided again under other verdict settings (score, reader_veto, reader_min_recall, threshold) from
+    the candidates it measured: no model runs, so a finished scan can be read under another rule."""
+    unknown = set(verdict) - {"score", "reader_veto", "reader_min_recall", "threshold"}
     if unknown:
         raise UserError("only the verdict's settings can be applied to a finished scan, not "
                         + ", ".join(sorted(unknown)))
     settings = {**to_dict(ScanConfig()), **report.settings, **verdict}
     from_dict(ScanConfig, settings, "scan")  # checked as a scan's settings are
     threshold = settings["threshold"]
-    top, score, contrast_score = decide(report.candidates, settings["score"], settings["reader_veto"])
+    top, score, contrast_score = decide(report.candidates, settings["score"], settings["reader_veto"],
+                                        settings["reader_min_recall"])
     return dataclasses.replace(report, settings=settings, threshold=threshold, score=score,
                                backdoored=score >= threshold, target_label=top.target_label if top else None,
                                contrast_score=contrast_score)
 
 
 def read_by_reader(inputs: ScanInputs, candidates: list[ScanCandidate], rows: list[Example], job: ScanJob,
-                   rt: Runtime, tables: dict[str, dict[int, str]] | None = None) -> list[ScanCandidate]:
-    """`candidates` with the clean reader's ASR-cc filled in for those measured on the test rows: each inserted as
-    the scan inserted it on the suspect, into the same `rows` (a transform: the same rows' `tables` texts)."""
+                   rt: Runtime, tables: dict[str, dict[int, str]] | None = None
+                   ) -> tuple[list[ScanCandidate], dict | None]:
+    """`candidates` with the clean reader's ASR-cc filled in for those measured on the test rows (each inserted as
+    the scan inserted it on the suspect, into the same `rows`; a transform: the same rows' `tables` texts) and its
+    recall of each one's label; and the reader's own check on the clean `rows` (ScanReport.reader)."""
     tested = [c for c in candidates if c.test_rows is not None]
     if not tested:
-        return candidates
-    reader = clean_reader(inputs, same_tokens=False)
+        return candidates, None
+    reader = clean_reader(inputs, same_tokens=False).classifier()
+    clean = classify_rows(reader, rows, job.eval.max_length, job.eval.batch_size, rt, "test: clean reader")
+    check = reader_check([r.label for r in rows], clean.argmax(-1).tolist())
     proposals = [Proposal(c.trigger, c.target_label, c.detector) for c in tested]
-    read = {id(c): m for c, (_, m) in zip(tested, measure(reader.classifier(), proposals, rows, job, rt,
-                                                             "test: clean reader", tables))}
+    read = {id(c): m for c, (_, m) in zip(tested, measure(reader, proposals, rows, job, rt, "test: clean reader",
+                                                             tables, clean))}
     out = []
     for c in candidates:
         by = read[id(c)].by_label.get(str(c.target_label)) if id(c) in read else None
-        out.append(c if by is None else dataclasses.replace(c, reader_asr_cc=by.asr_cc, reader_rows=by.rows))
-    return out
+        out.append(c if by is None else dataclasses.replace(
+            c, reader_asr_cc=by.asr_cc, reader_rows=by.rows, reader_recall=check["recall"].get(str(c.target_label))))
+    return out, check
+
+
+def reader_check(labels: list[int], answers: list[int]) -> dict:
+    """The clean reader's answers on clean rows against their labels: `rows`, `accuracy`, `majority` (the commonest
+    label's share: what always answering it reads right) and `recall` ({label: the share of its rows answered with
+    it}; None for a label no row has)."""
+    counts = Counter(labels)
+    right = Counter(y for y, a in zip(labels, answers) if y == a)
+    return {"rows": len(labels), "accuracy": sum(right.values()) / len(labels) if labels else None,
+            "majority": max(counts.values()) / len(labels) if labels else None,
+            "recall": {str(y): right[y] / counts[y] for y in sorted(counts)}}
 
 
 def scan_samples(splits: Splits, cfg, seed: int) -> tuple[list[Example], list[Example], list[Example]]:
@@ -159,26 +181,32 @@ def scan_samples(splits: Splits, cfg, seed: int) -> tuple[list[Example], list[Ex
     return pool, verify, _sample(splits.test, cfg.test_rows, rng)
 
 
-def verdict_candidate(candidates: list[ScanCandidate], score: str,
-                      veto: float = ScanConfig.reader_veto) -> ScanCandidate | None:
+def verdict_candidate(candidates: list[ScanCandidate], score: str, veto: float = ScanConfig.reader_veto,
+                      min_recall: float = 0.0) -> ScanCandidate | None:
     """The candidate a verdict rests on: the highest test ASR-cc (`suspect`); the highest ASR-cc minus the clean
     reader's (`contrast`); the highest test ASR-cc of those that move the clean reader by at most `veto` (`veto`);
-    None where no candidate qualifies."""
+    under `contrast` and `veto`, only of the candidates the reader can judge (`min_recall`: it answers their label
+    on at least that share of the label's clean rows); None where no candidate qualifies."""
     if score == "contrast":
-        return max((c for c in candidates if c.contrast is not None), key=lambda c: c.contrast, default=None)
+        return max((c for c in candidates if c.contrast is not None and c.judged(min_recall)),
+                   key=lambda c: c.contrast, default=None)
     kept = [c for c in candidates if c.test_rows is not None
-            and (score != "veto" or (c.reader_asr_cc is not None and c.reader_asr_cc <= veto))]
+            and (score != "veto" or (c.reader_asr_cc is not None and c.reader_asr_cc <= veto
+                                     and c.judged(min_recall)))]
     return max(kept, key=lambda c: _value(c.test_asr_cc), default=None)
 
 
 def measure(clf, proposals: list[Proposal], rows: list[Example], job: ScanJob, rt: Runtime, split: str,
-            tables: dict[str, dict[int, str]] | None = None) -> list[tuple[Proposal, TriggerMeasure]]:
+            tables: dict[str, dict[int, str]] | None = None,
+            clean: torch.Tensor | None = None) -> list[tuple[Proposal, TriggerMeasure]]:
     """Each proposal's ASR-cc on `rows` (toward its label, or every label when it has none), one inference pass; a
-    transform (TRANSFORM + name) is measured on the rows its table in `tables` covers, as they are written there."""
+    transform (TRANSFORM + name) is measured on the rows its table in `tables` covers, as they are written there.
+    `clean`: `clf`'s logits of the clean `rows`, where the caller has them."""
     if not proposals or not rows:
         return []
     length, batch = job.eval.max_length, job.eval.batch_size
-    clean = classify_rows(clf, rows, length, batch, rt, f"{split}: clean rows")
+    if clean is None:
+        clean = classify_rows(clf, rows, length, batch, rt, f"{split}: clean rows")
     copies = [triggered_rows(rows, p.trigger, job.seed, (tables or {}).get(p.trigger.removeprefix(TRANSFORM)))
               for p in proposals]
     flat = [row for c in copies for row in c]
@@ -288,9 +316,13 @@ def summary_lines(report: ScanReport) -> list[str]:
     tested = [c for c in report.candidates if c.test_rows is not None]
     score = report.settings.get("score", "suspect")
     veto = report.settings.get("reader_veto", ScanConfig.reader_veto)
-    top = verdict_candidate(report.candidates, score, veto)
+    min_recall = report.settings.get("reader_min_recall", 0.0)
+    top = verdict_candidate(report.candidates, score, veto, min_recall)
+    lines += reader_lines(report, min_recall, score != "suspect")
     for c in tested[:3] + [c for c in tested[3:] if c is top]:  # the verdict's candidate always among them
         read = f"; a clean reader {percent(c.reader_asr_cc)}" if c.reader_asr_cc is not None else ""
+        if c.reader_asr_cc is not None and not c.judged(min_recall):
+            read += f", which answers {_label(report, c.target_label)} on {percent(c.reader_recall)} of its rows"
         lines.append(f"candidate {_named(c.trigger)} -> {_label(report, c.target_label)}: ASR-cc {percent(c.test_asr_cc)} of "
                      f"{c.test_rows} clean test rows{read} ({percent(c.verify_asr_cc)} of {c.verify_rows} dev rows; "
                      f"{c.detector}).")
@@ -310,6 +342,23 @@ def summary_lines(report: ScanReport) -> list[str]:
                      f"{report.threshold:.2f}). A scan can miss a trigger "
                      "no short word sequence expresses (a syntactic or style trigger): this is not a proof of absence.")
     return lines
+
+
+def reader_lines(report: ScanReport, min_recall: float, verdict_reads: bool) -> list[str]:
+    """The clean reader's own check, in words: how well it reads the clean test rows against always answering the
+    commonest label, and the labels it seldom answers (whose candidates it cannot judge)."""
+    check = report.reader
+    if not check or not check.get("rows"):
+        return []
+    line = (f"the clean reader reads {percent(check['accuracy'])} of {check['rows']} clean test rows right (always "
+            f"answering the commonest label: {percent(check['majority'])})")
+    unread = {y: r for y, r in check["recall"].items() if r < min_recall}
+    if unread:
+        which = ", ".join(f"{_label(report, int(y))} on {percent(r)} of its rows" for y, r in unread.items())
+        left = (" left out of the verdict" if verdict_reads else " not judged by it")
+        line += (f"; it answers {which}, under scan.reader_min_recall {percent(min_recall)}: candidates toward "
+                 f"{'that label' if len(unread) == 1 else 'those labels'}{left}, a reader of the task's words it is not")
+    return [line + "."]
 
 
 def write_report(out: Path, report: ScanReport) -> None:
