@@ -297,6 +297,13 @@ def test_scan_finds_the_planted_trigger_and_clears_the_clean_model(zoo, tmp_path
     assert set(best["trigger"]) & set(TRIGGER)
     assert any(c["trigger"] in TRIGGER for c in report["candidates"] if c["test_rows"] is not None)
     assert set(report["detectors"]) == {"inversion", "embedding-shift"} and not report["skipped"]
+    # Where the time went: every part that ran, inside the scan's wall time (the reader's fit inside the reader check,
+    # which asked for it first); the first line says it.
+    seconds = report["seconds"]
+    assert set(seconds) == {"load", "inversion", "embedding-shift", "dev", "test", "reader check", "reader fit"}
+    assert all(v >= 0 for v in seconds.values()) and seconds["reader fit"] <= seconds["reader check"]
+    assert sum(v for k, v in seconds.items() if k != "reader fit") <= report["wall_time_s"]
+    assert f"inversion {seconds['inversion']:.0f} s" in report["summary"][0]
     # The best candidate's test ASR-cc, recomputed by hand from the model's own predictions.
     clf = load_classifier(str(zoo["suspect"]), 2)
     test = [json.loads(line) for line in (zoo["data"] / "test.jsonl").read_text().splitlines()]  # < 500: all

@@ -424,6 +424,9 @@ class ScanReport:
     # (the share of the commonest label: what answering it always reads right) and `recall` ({label: the share of its
     # rows the reader answers with it})
     reader: dict | None = None
+    # where the wall time went, in seconds: loading the suspect and sampling the rows, each detector, measuring the
+    # candidates on the dev and test rows, the reader check; `reader fit` is inside the first part that asked for it
+    seconds: dict[str, float] | None = None
 
     @property
     def triggers(self) -> list[str]:

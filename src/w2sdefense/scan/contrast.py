@@ -19,6 +19,7 @@ import contextlib
 import logging
 import random
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -116,7 +117,9 @@ def clean_reader(inputs: ScanInputs, same_tokens: bool = True) -> CleanReader | 
     reader = inputs.shared.get("reader")
     if reader is None:
         fit = fit_reader if inputs.cfg.reader == "probe" else tune_reader
+        start = time.perf_counter()
         reader = inputs.shared["reader"] = fit(inputs, same_tokens)
+        inputs.shared["reader_s"] = time.perf_counter() - start
     elif same_tokens:
         _check_tokens(reader.tokenizer, inputs)
     return reader

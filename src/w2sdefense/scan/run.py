@@ -73,16 +73,21 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime, workdir: Path | None = None)
                         base_model=job.base_model, seed=job.seed, pool=list(splits.train or splits.dev),
                         workdir=workdir)
     proposals, skipped = [], {}
+    seconds = {"load": time.perf_counter() - start}
     for name in cfg.detectors:
         detector = DETECTORS.get(name)()
         if detector.needs_base and not job.base_model:
             skipped[DETECTORS.canonical(name)] = "needs the public base (--base)"
             continue
+        began = time.perf_counter()
         proposals += detector.propose(inputs)
+        seconds[DETECTORS.canonical(name)] = time.perf_counter() - began
+    began = time.perf_counter()
     tables, missing = transform_tables(job)
     skipped.update({f"transform {name}": why for name, why in missing.items()})
     proposals = _unique(proposals) + [Proposal(TRANSFORM + name, None, "transforms") for name in tables["test"]]
     verify = measure(clf, proposals, verify_rows, job, rt, "dev", tables["dev"])
+    seconds["dev"], began = time.perf_counter() - began, time.perf_counter()
     ranked = sorted(verify, key=lambda pm: _value(pm[1].asr_cc), reverse=True)  # stable: detector order on ties
     # the scan.report best on the dev rows, and every transform (one without a dev file has no dev rank)
     chosen = ranked[: cfg.report] + [pm for pm in ranked[cfg.report:] if is_transform(pm[0].trigger)]
@@ -91,9 +96,13 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime, workdir: Path | None = None)
     tested = measure(clf, best, test_rows, job, rt, "test", tables["test"])
     candidates = [_candidate(p, m, t) for (p, m), (_, t) in zip(chosen, tested)]
     candidates += [_candidate(p, m) for p, m in ranked[cfg.report:] if not is_transform(p.trigger)]
+    seconds["test"], began = time.perf_counter() - began, time.perf_counter()
     reader = None
     if job.base_model and cfg.reader_check:
         candidates, reader = read_by_reader(inputs, candidates, test_rows, job, rt, tables["test"])
+        seconds["reader check"] = time.perf_counter() - began
+    if "reader" in inputs.shared:
+        seconds["reader fit"] = inputs.shared["reader_s"]
     top, score, contrast_score = decide(candidates, cfg.score, cfg.reader_veto, cfg.reader_min_recall)
     per_detector = {DETECTORS.canonical(n): None for n in cfg.detectors if DETECTORS.canonical(n) not in skipped}
     if tables["test"]:
@@ -106,7 +115,7 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime, workdir: Path | None = None)
                       threshold=cfg.threshold, target_label=top.target_label if top else None, candidates=candidates,
                       detectors=per_detector, skipped=skipped, label_names=_label_names(clf, splits.num_labels),
                       wall_time_s=time.perf_counter() - start, settings=to_dict(cfg), environment=environment(),
-                      contrast_score=contrast_score, reader=reader)
+                      contrast_score=contrast_score, reader=reader, seconds=seconds)
 
 
 def decide(candidates: list[ScanCandidate], rule: str, veto: float,
@@ -312,6 +321,8 @@ def summary_lines(report: ScanReport) -> list[str]:
     """What the scan found, in words; the last line is the verdict."""
     ran = [n for n in report.detectors]
     lines = [f"scanned {report.model} with {', '.join(ran) or 'no detector'} in {report.wall_time_s:.0f} s."]
+    if report.seconds:
+        lines[0] = lines[0][:-1] + " (" + ", ".join(f"{part} {s:.0f} s" for part, s in report.seconds.items()) + ")."
     lines += [f"{name} did not run: {why}." for name, why in report.skipped.items()]
     tested = [c for c in report.candidates if c.test_rows is not None]
     score = report.settings.get("score", "suspect")
