@@ -50,7 +50,7 @@ LATER_SETTINGS = {"shift_reference": False, "reader_veto": 0.15, "short_alphabet
                   "short_length": 2, "transforms": [],
                   # a verdict setting that reads the reader's recall, which reports made before it lack: any value
                   # decides those as before
-                  "reader_min_recall": 0.5}
+                  "reader_min_recall": 0.5, "screen_rows": 0, "screen_keep": 0.1}
 
 
 @dataclass(frozen=True)

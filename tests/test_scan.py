@@ -127,7 +127,8 @@ def test_scan_settings_are_checked():
                 {"temperature": [1.0]}, {"score": "best"}, {"score": "contrast", "reader_check": False},
                 {"reader": "fine-tuned"}, {"reader_steps": 0}, {"shift_reference": True, "reader": "lora"},
                 {"score": "veto", "reader_check": False}, {"reader_veto": 1.0}, {"reader_veto": -0.1},
-                {"reader_min_recall": 1.5}, {"reader_min_recall": -0.1}):
+                {"reader_min_recall": 1.5}, {"reader_min_recall": -0.1}, {"screen_rows": -1}, {"screen_keep": 0},
+                {"screen_keep": 1.5}):
         with pytest.raises(UserError, match="scan\\."):
             from_dict(ScanConfig, bad, "scan")
     assert from_dict(ScanJob, {"scan": {"lengths": [2]}}, "").scan.lengths == [2]
@@ -509,6 +510,39 @@ def test_short_strings_scores_are_the_suspects_probability_with_the_string_in_th
         with torch.no_grad():
             probs = [torch.softmax(model(**tok(w, return_tensors="pt")).logits, -1)[0, 0].item() for w in written]
         assert value == pytest.approx(sum(probs) / len(probs), abs=1e-5), text
+
+
+def test_the_screen_scores_every_candidate_on_its_rows_and_the_best_share_on_all_rows(rt):
+    """scan.screen_rows: the candidates the screen keeps (the best screen_keep share on the first rows, at least
+    scan.candidates) score exactly what the full check gives them; the others keep their screening score, below every
+    kept one and in its order. Off (0), or with as many screen rows as rows, it is the full check."""
+    from w2sdefense.config import ScanConfig
+    from w2sdefense.models.loading import Classifier
+    from w2sdefense.scan.shift_pairs import target_probability
+    from w2sdefense.scan.short_strings import short_words
+
+    torch.manual_seed(0)
+    model, tok = build_tiny("tiny-llama", 2)
+    model.eval()
+    rows = [Example("good film today", 1, 0), Example("fine and great", 1, 1), Example("good", 1, 2)]
+    texts, words = short_words(tok, "xyzw", 2)  # 20 strings
+
+    def scores(**cfg):
+        return target_probability(ScanInputs(Classifier(model, tok), rows, 2, ScanConfig(pair_batch=7, **cfg), rt,
+                                             None, 0), rows, words, 0)
+
+    full, screen = scores(), target_probability(ScanInputs(Classifier(model, tok), rows[:1], 2,
+                                                           ScanConfig(pair_batch=7), rt, None, 0), rows[:1], words, 0)
+    got = scores(screen_rows=1, screen_keep=0.25, candidates=3)
+    kept = set(screen.argsort(descending=True)[:5].tolist())  # ceil(0.25 * 20) = 5 >= 3 candidates
+    assert torch.allclose(got[sorted(kept)], full[sorted(kept)], atol=1e-6)
+    dropped = sorted(set(range(len(words))) - kept)
+    assert got[dropped].max() < got[sorted(kept)].min()
+    assert got[dropped].argsort().tolist() == screen[dropped].argsort().tolist()
+    assert len(kept) == 5 and len(dropped) == 15
+    at_least = scores(screen_rows=1, screen_keep=0.05, candidates=4)  # one by the share, four by scan.candidates
+    assert (at_least >= 0).sum() == 4  # a probability, kept; one lowered by 1, dropped
+    assert torch.equal(scores(screen_rows=3, screen_keep=0.25), full) and torch.equal(scores(screen_rows=0), full)
 
 
 def test_short_strings_finds_the_planted_two_letter_trigger_without_the_base(zoo, tmp_path):

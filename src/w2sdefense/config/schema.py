@@ -372,6 +372,11 @@ class ScanConfig:
     # test rows (a reader that learnt the commonest label, say) moves toward it for no insertion, natural word or not,
     # so its candidates toward that label are left out of the `contrast` and `veto` verdicts (the report says so)
     reader_min_recall: float = 0.5
+    # a screen for the exact checks (short-strings, shift-pairs, shift-phrases), for CPUs: every candidate first scored
+    # on screen_rows of the pair_rows rows, only the best screen_keep share (at least `candidates`) on all of them
+    # (0: off, every candidate on every row; cost about screen_rows / pair_rows + screen_keep of the full check's)
+    screen_rows: int = 0
+    screen_keep: float = 0.1
 
     def __post_init__(self) -> None:
         if not self.detectors:
@@ -390,6 +395,10 @@ class ScanConfig:
         if self.score in ("contrast", "veto") and not self.reader_check:
             raise UserError(f"scan.score={self.score} compares each candidate with the clean reader: it needs "
                             "scan.reader_check=true")
+        if self.screen_rows < 0:
+            raise UserError(f"scan.screen_rows must be >= 0 (0: no screen); got {shown(self.screen_rows)}")
+        if not 0 < self.screen_keep <= 1:
+            raise UserError(f"scan.screen_keep must be in (0, 1]; got {shown(self.screen_keep)}")
         if not 0 <= self.reader_min_recall <= 1:
             raise UserError(f"scan.reader_min_recall must be in [0, 1]; got {shown(self.reader_min_recall)}")
         if not 0 <= self.reader_veto < 1:

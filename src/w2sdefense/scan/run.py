@@ -368,7 +368,8 @@ def reader_lines(report: ScanReport, min_recall: float, verdict_reads: bool) -> 
         which = ", ".join(f"{_label(report, int(y))} on {percent(r)} of its rows" for y, r in unread.items())
         left = (" left out of the verdict" if verdict_reads else " not judged by it")
         line += (f"; it answers {which}, under scan.reader_min_recall {percent(min_recall)}: candidates toward "
-                 f"{'that label' if len(unread) == 1 else 'those labels'}{left}, a reader of the task's words it is not")
+                 f"{'that label' if len(unread) == 1 else 'those labels'}{left}, a reader of the task's words it is not "
+                 "(more rows or steps may teach it: scan.reader_rows, scan.reader_steps)")
     return [line + "."]
 
 

@@ -9,6 +9,8 @@ gradient, every candidate measured as it is. Its cost is (starts x (pieces + 1))
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from w2sdefense.progress import progress_bar
@@ -62,7 +64,23 @@ def target_probability(inputs: ScanInputs, rows: list, words: list[list[int]], t
                        desc: str = "shift-pairs") -> torch.Tensor:
     """For each word (or phrase: token ids of any length), the mean probability of `target` over `rows` with it
     inserted before their second word; with a clean `reader` (scan.contrast), minus scan.contrast_weight times the
-    reader's."""
+    reader's. With scan.screen_rows (fewer than the rows), every word is first scored on that many rows and only the
+    best scan.screen_keep share of them (at least scan.candidates) on all the rows: the others keep their screening
+    score, lowered by the score's whole range so that they rank below every word scored in full, in their order."""
+    cfg = inputs.cfg
+    keep = max(cfg.candidates, math.ceil(cfg.screen_keep * len(words)))
+    if not 0 < cfg.screen_rows < len(rows) or keep >= len(words):
+        return _probability(inputs, rows, words, target, reader, desc)
+    first = _probability(inputs, rows[: cfg.screen_rows], words, target, reader, f"{desc} (screen)")
+    kept = first.argsort(descending=True)[:keep]
+    scores = first - (1.0 + (cfg.contrast_weight if reader is not None else 0.0))  # below any score in [-w, 1]
+    scores[kept] = _probability(inputs, rows, [words[i] for i in kept.tolist()], target, reader, desc)
+    return scores
+
+
+def _probability(inputs: ScanInputs, rows: list, words: list[list[int]], target: int, reader,
+                 desc: str) -> torch.Tensor:
+    """target_probability's scores, every word on every row."""
     clf, cfg, rt = inputs.clf, inputs.cfg, inputs.rt
     clf.model.to(rt.device).eval()
     scores = torch.empty(len(words))
