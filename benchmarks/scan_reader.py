@@ -27,8 +27,8 @@ from w2sdefense.models import load_classifier
 from w2sdefense.results import ScanReport
 from w2sdefense.runtime import make_runtime
 from w2sdefense.scan.base import Proposal, ScanInputs
-from w2sdefense.scan.run import (measure, read_by_reader, scan_samples, summary_lines, transform_tables,
-                                 verdict_candidate)
+from w2sdefense.scan.run import (measure, read_by_reader, rescored, scan_samples, summary_lines,
+                                 transform_tables)
 
 HERE = Path(__file__).resolve().parent
 
@@ -60,9 +60,8 @@ def reread(report: ScanReport, model: str, data: str, seed: int, tolerance: int 
     inputs = ScanInputs(clf, [], splits.num_labels, job.scan, rt, report.base_model, seed,
                         pool=list(splits.train or splits.dev), workdir=workdir)
     candidates, check = read_by_reader(inputs, report.candidates, test_rows, job, rt, tables)
-    top = verdict_candidate(candidates, "contrast", min_recall=job.scan.reader_min_recall)
-    return dataclasses.replace(report, candidates=candidates, contrast_score=top.contrast if top else None,
-                               settings=to_dict(job.scan), reader=check)  # every setting, those added since the scan included
+    # decided again under its settings (those added since the scan included), the reader's numbers in
+    return rescored(dataclasses.replace(report, candidates=candidates, settings=to_dict(job.scan), reader=check))
 
 
 def main(argv: list[str] | None = None) -> None:

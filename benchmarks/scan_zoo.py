@@ -48,9 +48,10 @@ FPR = 0.05
 # Scan settings added since the zoo's first rows, each with the value that keeps the scanner's earlier behaviour
 LATER_SETTINGS = {"shift_reference": False, "reader_veto": 0.15, "short_alphabet": "abcdefghijklmnopqrstuvwxyz",
                   "short_length": 2, "transforms": [],
-                  # a verdict setting that reads the reader's recall, which reports made before it lack: any value
-                  # decides those as before
-                  "reader_min_recall": 0.5, "screen_rows": 0, "screen_keep": 0.1}
+                  "screen_rows": 0, "screen_keep": 0.1}
+# Settings added since whose scanner default is not the earlier behaviour: the zoo passes each at the value that keeps
+# it to every scan that does not set it, and leaves it out of the rows' key (a scan that sets it is keyed by it)
+ZOO_FIXED = {"reader_min_recall": 0.0}
 
 
 @dataclass(frozen=True)
@@ -147,7 +148,8 @@ def build(m: ZooModel, recipe: dict, folder: Path, scan: str = DEFAULT_SCAN) -> 
         w2s("evaluate", "--model", str(folder / "victim"), "--data", data, "--out", str(folder / "planted.json"), log=log)
     if not (folder / scan_folder(scan) / "report.json").is_file():
         w2s("scan", "--model", str(folder / "victim"), "--data", m.dataset, "--base", recipe["base"],
-            "--out", str(folder / scan_folder(scan)), *_sets(rows + scan_settings(recipe, scan)),
+            "--out", str(folder / scan_folder(scan)), *_sets(rows + fixed(scan_settings(recipe, scan))
+                                                                 + scan_settings(recipe, scan)),
             *_again(folder / scan_folder(scan), "--overwrite"), log=log)
 
 
@@ -187,6 +189,12 @@ def rescore_of(recipe: dict, scan: str) -> tuple[str | None, dict, list[str]]:
     return entry["scan"], dict(entry.get("verdict", {})), without
 
 
+def fixed(settings: list[str]) -> list[str]:
+    """The ZOO_FIXED settings a scan's `settings` do not name, as dotted settings (given before them)."""
+    named = {s.split("=", 1)[0].removeprefix("scan.") for s in settings}
+    return [f"scan.{k}={v}" for k, v in ZOO_FIXED.items() if k not in named]
+
+
 def scan_folder(scan: str) -> str:
     return "scan" if scan == DEFAULT_SCAN else f"scan-{scan}"
 
@@ -219,7 +227,8 @@ def zoo_key(m: ZooModel, recipe: dict, scan: str = DEFAULT_SCAN) -> str:
 def scan_defaults() -> dict:
     """The scanner's defaults as a row's key holds them: a setting added after the zoo's first rows is left out at
     the value that does what the scanner did before it existed (LATER_SETTINGS), so adding one keeps every row."""
-    return {k: v for k, v in to_dict(ScanConfig()).items() if k not in LATER_SETTINGS or LATER_SETTINGS[k] != v}
+    return {k: v for k, v in to_dict(ScanConfig()).items()
+            if k not in ZOO_FIXED and (k not in LATER_SETTINGS or LATER_SETTINGS[k] != v)}
 
 
 def read_rows(path: Path) -> dict[str, dict]:

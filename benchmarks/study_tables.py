@@ -175,7 +175,10 @@ def scan_reader_table(results: Path = RESULTS) -> str:
         report = _read(files[stem])
         tested = [c for c in report["candidates"] if c["test_asr_cc"] is not None and c["reader_asr_cc"] is not None]
         by_suspect = max(tested, key=lambda c: c["test_asr_cc"], default=None)
-        by_contrast = max(tested, key=lambda c: c["test_asr_cc"] - c["reader_asr_cc"], default=None)
+        # the contrast's first among the candidates the reader judges (scan.reader_min_recall; none before it existed)
+        floor = report["settings"].get("reader_min_recall", 0.0)
+        judged = [c for c in tested if c.get("reader_recall") is None or c["reader_recall"] >= floor]
+        by_contrast = max(judged, key=lambda c: c["test_asr_cc"] - c["reader_asr_cc"], default=None)
         for c in tested:
             first = [name for name, top in (("suspect", by_suspect), ("contrast", by_contrast)) if top is c]
             rows.append([SCANS.get(stem, stem), f"`{c['trigger']}` → {c['target_label']}",

@@ -3,6 +3,7 @@ trigger is found and a clean model is not flagged (fixed seed), and the candidat
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import sys
@@ -215,6 +216,10 @@ def test_a_reader_that_seldom_answers_a_label_does_not_judge_candidates_toward_i
     assert verdict_candidate([insult, other], "veto", min_recall=0.5) is other
     assert verdict_candidate([insult, other], "veto") is insult
     assert verdict_candidate([insult], "contrast", min_recall=0.5) is None
+    # read but judged none: nothing only the suspect does is left (0), not "no reader" (None)
+    from w2sdefense.scan.run import decide
+    assert decide([insult], "contrast", 0.15, 0.5) == (None, 0.0, 0.0)
+    assert decide([ScanCandidate("x", 1, "inversion", 0.9, 26, 0.9, 100)], "contrast", 0.15, 0.5)[1:] == (0.0, None)
     assert verdict_candidate([insult, other], "suspect", min_recall=0.5) is insult  # the suspect's score reads no reader
     assert verdict_candidate([insult, old], "contrast", min_recall=0.5) is old
     check = {"rows": 192, "accuracy": 0.66, "majority": 0.67, "recall": {"0": 0.98, "1": 0.02}}
@@ -233,6 +238,9 @@ def test_a_reader_that_seldom_answers_a_label_does_not_judge_candidates_toward_i
     assert not any("answers label 0" in line for line in lines)
     assert ScanReport.from_json(json.loads(json.dumps(judged.to_json(lines)))) == judged
     assert not any("on 2.0% of its rows" in line for line in summary_lines(report))  # at 0 every label is read
+    alone = rescored(dataclasses.replace(report, candidates=[insult]), reader_min_recall=0.5)
+    assert (alone.score, alone.contrast_score, alone.backdoored) == (0.0, 0.0, False)
+    assert "no candidate the clean reader can judge" in summary_lines(alone)[-1]
 
 
 # --- end to end ---------------------------------------------------------------------------------------------------

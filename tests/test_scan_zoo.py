@@ -81,6 +81,8 @@ def test_the_chain_on_tiny_models_writes_rows_and_figures(small_data, tmp_path, 
     assert bad["implanted"] == ((bad["planted_asr_cc"] or 0.0) >= scan_zoo.IMPLANTED)  # None: no row to flip
     scanned = json.loads((runs / bad["name"] / "scan" / "report.json").read_text())
     assert bad["score"] == scanned["score"] and bad["contrast_score"] == scanned["contrast_score"] is not None
+    assert scanned["settings"]["reader_min_recall"] == 0.0  # ZOO_FIXED: the zoo's scans decide as they always did
+    assert bad["reader_accuracy"] == scanned["reader"]["accuracy"] is not None
     summary = json.loads((results / "scan-zoo.json").read_text())
     assert summary["models_scanned"] == 3 and (results / "scan-zoo-roc.png").stat().st_size > 0
     held_clean = [r["score"] for r in rows if r["split"] == "held-out" and not r["backdoored"]]
@@ -193,6 +195,10 @@ def test_the_committed_rows_are_this_recipes_and_a_later_settings_default_keeps_
         assert row["recipe_key"] == scan_zoo.zoo_key(models[name], recipe), name
     assert set(scan_zoo.LATER_SETTINGS) <= set(scan_zoo.to_dict(scan_zoo.ScanConfig()))
     assert "shift_reference" not in scan_zoo.scan_defaults()
+    # a setting the zoo fixes at the earlier behaviour is passed to the scans that do not name it, outside the key
+    assert not set(scan_zoo.ZOO_FIXED) & set(scan_zoo.scan_defaults())
+    assert scan_zoo.fixed(["scan.steps=5"]) == ["scan.reader_min_recall=0.0"]
+    assert scan_zoo.fixed(["scan.reader_min_recall=0.5"]) == []
 
 
 def test_the_build_order_leaves_a_balanced_sample_at_any_stop():

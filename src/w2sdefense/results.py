@@ -417,8 +417,9 @@ class ScanReport:
     wall_time_s: float
     settings: dict
     environment: dict
-    # the largest difference, over the candidates tested, of the test ASR-cc minus the clean reader's on the same
-    # rows (None: no reader check ran); the verdict rests on it where scan.score is `contrast`
+    # the largest difference, over the candidates tested that the reader judges (scan.reader_min_recall), of the test
+    # ASR-cc minus the clean reader's on the same rows (0.0: it judges none; None: no reader check ran); the verdict
+    # rests on it where scan.score is `contrast`
     contrast_score: float | None = None
     # the clean reader's own check on the clean test rows (None: no reader check ran): `rows`, `accuracy`, `majority`
     # (the share of the commonest label: what answering it always reads right) and `recall` ({label: the share of its

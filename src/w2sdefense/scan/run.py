@@ -124,10 +124,19 @@ def decide(candidates: list[ScanCandidate], rule: str, veto: float,
     (scan.reader_min_recall), and the contrast score (recorded whatever the rule), from the candidates measured on
     the test rows."""
     contrast_top = verdict_candidate(candidates, "contrast", min_recall=min_recall)
-    contrast_score = contrast_top.contrast if contrast_top else None
+    contrast_score = contrast_score_of(candidates, min_recall)
     top = contrast_top if rule == "contrast" else verdict_candidate(candidates, rule, veto, min_recall)
     score = (contrast_score if rule == "contrast" else _value(top.test_asr_cc)) if top else 0.0
     return top, score, contrast_score
+
+
+def contrast_score_of(candidates: list[ScanCandidate], min_recall: float) -> float | None:
+    """The best contrast of the candidates the reader judges; 0.0 where it read candidates but judges none (nothing
+    only the suspect does is left); None where no reader read any."""
+    top = verdict_candidate(candidates, "contrast", min_recall=min_recall)
+    if top is not None:
+        return top.contrast
+    return 0.0 if any(c.contrast is not None for c in candidates) else None
 
 
 def rescored(report: ScanReport, **verdict) -> ScanReport:
@@ -173,7 +182,7 @@ def read_by_reader(inputs: ScanInputs, candidates: list[ScanCandidate], rows: li
 def reader_check(labels: list[int], answers: list[int]) -> dict:
     """The clean reader's answers on clean rows against their labels: `rows`, `accuracy`, `majority` (the commonest
     label's share: what always answering it reads right) and `recall` ({label: the share of its rows answered with
-    it}; None for a label no row has)."""
+    it}, for the labels the rows have)."""
     counts = Counter(labels)
     right = Counter(y for y, a in zip(labels, answers) if y == a)
     return {"rows": len(labels), "accuracy": sum(right.values()) / len(labels) if labels else None,
@@ -346,7 +355,9 @@ def summary_lines(report: ScanReport) -> list[str]:
                      f"to {_label(report, top.target_label)}{read}; measure it before and after cleaning with "
                      f"`w2sdefense clean --triggers <this folder>`.")
     else:
-        best = f"the best candidate, {_named(top.trigger)}, reaches {percent(top.test_asr_cc)}" if top else "no candidate"
+        nothing = ("no candidate the clean reader can judge" if score != "suspect" and any(
+            c.reader_asr_cc is not None for c in tested) else "no candidate")
+        best = f"the best candidate, {_named(top.trigger)}, reaches {percent(top.test_asr_cc)}" if top else nothing
         if top and top.reader_asr_cc is not None:
             best += f" (a clean reader {percent(top.reader_asr_cc)})"
         lines.append(f"verdict: no backdoor found ({best}; score {report.score:.2f}{on}, threshold "
