@@ -191,8 +191,19 @@ def rescore_of(recipe: dict, scan: str) -> tuple[str | None, dict, list[str]]:
 
 def fixed(settings: list[str]) -> list[str]:
     """The ZOO_FIXED settings a scan's `settings` do not name, as dotted settings (given before them)."""
-    named = {s.split("=", 1)[0].removeprefix("scan.") for s in settings}
-    return [f"scan.{k}={v}" for k, v in ZOO_FIXED.items() if k not in named]
+    return [f"scan.{k}={v}" for k, v in ZOO_FIXED.items() if not fixed_named(settings, k)]
+
+
+def row_verdict(recipe: dict, scan: str, verdict: dict) -> dict:
+    """The verdict settings every row of `scan`'s reports is decided under: the zoo's fixed settings its scan does
+    not name (a report written before the zoo passed them decides as the others), then a rescored entry's `verdict`."""
+    named = scan_settings(recipe, scan)
+    return {**{k: v for k, v in ZOO_FIXED.items() if not fixed_named(named, k)}, **verdict}
+
+
+def fixed_named(settings: list[str], key: str) -> bool:
+    """Whether a scan's dotted `settings` set scan.`key`."""
+    return any(s.split("=", 1)[0] == f"scan.{key}" for s in settings)
 
 
 def scan_folder(scan: str) -> str:
@@ -437,6 +448,7 @@ def main(argv: list[str] | None = None) -> None:
     path = args.results / f"{stem}-rows.jsonl"
     earlier, rows = read_rows(path), []
     keys = {m.name: zoo_key(m, recipe, args.scan) for m in every}
+    decided = row_verdict(recipe, source, verdict)
     for i, m in enumerate(models, 1):
         folder, key = args.runs / m.name, keys[m.name]
         kept = earlier.get(m.name)
@@ -448,7 +460,7 @@ def main(argv: list[str] | None = None) -> None:
             build(m, recipe, folder, source)
         if (folder / scanned_in / "report.json").is_file():
             check_folder(folder, model_key(m, recipe))
-            rows.append({**zoo_row(m, folder, recipe["target_label"], source, verdict, without), "recipe_key": key})
+            rows.append({**zoo_row(m, folder, recipe["target_label"], source, decided, without), "recipe_key": key})
             write_rows(path, _with_others(rows, earlier))  # a stop here keeps every row measured so far
     # Rows of models this run did not reach (--limit, --split) are kept in the file and summarised with this run's;
     # rows another recipe made are kept, not summarised.

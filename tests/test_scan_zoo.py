@@ -199,6 +199,12 @@ def test_the_committed_rows_are_this_recipes_and_a_later_settings_default_keeps_
     assert not set(scan_zoo.ZOO_FIXED) & set(scan_zoo.scan_defaults())
     assert scan_zoo.fixed(["scan.steps=5"]) == ["scan.reader_min_recall=0.0"]
     assert scan_zoo.fixed(["scan.reader_min_recall=0.5"]) == []
+    # ... and every row of such a scan is decided under it, a rescored entry's verdict over it
+    assert scan_zoo.row_verdict(recipe, "default", {}) == {"reader_min_recall": 0.0}
+    assert scan_zoo.row_verdict(recipe, "default", {"score": "veto"}) == {"reader_min_recall": 0.0, "score": "veto"}
+    assert scan_zoo.row_verdict(recipe, "phrases-short-lora-read", {}) == {}
+    assert scan_zoo.row_verdict(recipe, "phrases-short-lora-read", {"reader_min_recall": 0.0}) == {
+        "reader_min_recall": 0.0}
 
 
 def test_the_build_order_leaves_a_balanced_sample_at_any_stop():
