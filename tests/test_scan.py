@@ -553,6 +553,27 @@ def test_the_screen_scores_every_candidate_on_its_rows_and_the_best_share_on_all
     assert torch.equal(scores(screen_rows=3, screen_keep=0.25), full) and torch.equal(scores(screen_rows=0), full)
 
 
+def test_the_readers_rows_are_drawn_label_by_label_when_balanced_and_as_before_when_not():
+    from w2sdefense.config import ScanConfig
+    from w2sdefense.scan.contrast import _reader_rows
+
+    pool = [Example(f"row {i}", int(i % 10 == 0), i) for i in range(300)]  # 270 of label 0, 30 of label 1
+
+    def drawn(**cfg):
+        fit, dev = _reader_rows(ScanInputs(None, [], 2, ScanConfig(reader_rows=40, **cfg), None, None, 7, pool=pool))
+        return fit, dev
+
+    fit, dev = drawn()
+    assert dev + fit == random.Random(7).sample(pool, 40)  # off: the earlier draw, bit for bit
+    fit, dev = drawn(reader_balance=True)
+    both = fit + dev
+    assert [sum(r.label == y for r in both) for y in (0, 1)] == [20, 20] and len({r.idx for r in both}) == 40
+    assert drawn(reader_balance=True) == (fit, dev)  # the scan's seed: the same rows
+    few = _reader_rows(ScanInputs(None, [], 2, ScanConfig(reader_rows=100, reader_balance=True), None, None, 7,
+                                  pool=pool))
+    assert [sum(r.label == y for r in few[0] + few[1]) for y in (0, 1)] == [50, 30]  # as many as the rows hold
+
+
 def test_short_strings_finds_the_planted_two_letter_trigger_without_the_base(zoo, tmp_path):
     out = tmp_path / "short"
     w2s("scan", "--model", str(zoo["suspect"]), "--data", str(zoo["data"]), "--set", "scan.detectors=[short-strings]",

@@ -377,6 +377,9 @@ class ScanConfig:
     # (0: off, every candidate on every row; cost about screen_rows / pair_rows + screen_keep of the full check's)
     screen_rows: int = 0
     screen_keep: float = 0.1
+    # the clean reader's rows drawn label by label (reader_rows / labels of each, as many as the rows hold), so that a
+    # reader of an unbalanced task (OLID: two thirds NOT) learns each label, not the commonest; off: drawn as they come
+    reader_balance: bool = False
 
     def __post_init__(self) -> None:
         if not self.detectors:

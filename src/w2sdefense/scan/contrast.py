@@ -132,10 +132,18 @@ def _check_tokens(tokenizer, inputs: ScanInputs) -> None:
 
 
 def _reader_rows(inputs: ScanInputs) -> tuple[list[Example], list[Example]]:
-    """scan.reader_rows rows sampled from the pool under the scan's seed: all but the first fifth fit the reader, the
-    first fifth measures it (and picks the probe's strength)."""
-    rows = inputs.pool or inputs.rows
-    rows = random.Random(inputs.seed).sample(rows, min(len(rows), inputs.cfg.reader_rows))
+    """scan.reader_rows rows sampled from the pool under the scan's seed (scan.reader_balance: label by label): all but
+    the first fifth fit the reader, the first fifth measures it (and picks the probe's strength)."""
+    rows, rng = inputs.pool or inputs.rows, random.Random(inputs.seed)
+    if inputs.cfg.reader_balance:  # scan.reader_balance: as many of each label as reader_rows allows
+        by_label: dict[int, list[Example]] = {}
+        for r in rows:
+            by_label.setdefault(r.label, []).append(r)
+        each = max(1, inputs.cfg.reader_rows // max(1, len(by_label)))
+        rows = [r for y in sorted(by_label) for r in rng.sample(by_label[y], min(each, len(by_label[y])))]
+        rng.shuffle(rows)
+    else:
+        rows = rng.sample(rows, min(len(rows), inputs.cfg.reader_rows))
     held = max(1, len(rows) // 5)
     fit, dev = rows[held:], rows[:held]
     if len({r.label for r in fit}) < 2:
