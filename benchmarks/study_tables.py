@@ -37,6 +37,9 @@ SCANS = {  # scan-real/<stem>.json -> what that scan was, in row order
     "clean-model-default": "the clean model (no backdoor: the same 4000 rows without triggers), the defaults",
     "clean-model-shift-triples": "the clean model, shift-phrases over every ordered triple of its 8 most-moved tokens",
     "badnet-suspect-short": "BadNet suspect, `scan.detectors=[short-strings]` (every 1-2 letter string), no base",
+    "insent-suspect-phrases-short-read": "the InSent suspect, the zoo's phrases-short-lora-read without the inversion "
+                                         "(`embedding-shift, shift-phrases, short-strings`, triples of 8 tokens, LoRA "
+                                         "reader, transforms, the reader's check)",
     "clean-model-short": "the clean model, `scan.detectors=[short-strings]`, no base",
     # read again with the fine-tuned reader (benchmarks/scan_reader.py --set scan.reader=lora)
     "badnet-suspect-default-lora": "BadNet suspect, the defaults; reader fine-tuned (`scan.reader=lora`)",
