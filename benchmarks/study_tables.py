@@ -51,6 +51,7 @@ SCANS = {  # scan-real/<stem>.json -> what that scan was, in row order
                                       "(`scan.reader=lora`)",
 }
 SCANNED_BACKDOORED = {"runs/realistic/badnet/suspect/victim": True, "runs/realistic/insent/suspect/victim": True,
+                      "/work/runs/realistic/insent/suspect/victim": True,
                       "/work/runs/realistic/badnet/suspect/clean/model": False,
                       "runs/realistic/badnet/suspect/clean/model": False}  # the truth about each scanned model
 OUTCOMES = {(True, True): "found", (False, True): "miss", (True, False): "false alarm", (False, False): "right"}
