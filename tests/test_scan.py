@@ -339,7 +339,7 @@ def test_scan_finds_the_planted_trigger_and_clears_the_clean_model(zoo, tmp_path
     assert check["majority"] == max(sum(r["label"] == y for r in test) for y in (0, 1)) / len(test)
     assert all(c["reader_recall"] == check["recall"][str(c["target_label"])] for c in tested)
     judged = [c for c in tested if c["reader_recall"] >= report["settings"]["reader_min_recall"]]
-    assert report["contrast_score"] == (max(c["test_asr_cc"] - c["reader_asr_cc"] for c in judged) if judged else None)
+    assert report["contrast_score"] == (max(c["test_asr_cc"] - c["reader_asr_cc"] for c in judged) if judged else 0.0)
     assert "a clean reader" in proc.stdout and "clean reader (test)" in (out / "report.md").read_text()
     # Scored by the contrast, the verdict compares the best difference with the threshold.
     contrasted = tmp_path / "scan-contrast"
