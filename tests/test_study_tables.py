@@ -63,7 +63,9 @@ def test_the_scan_table_gives_each_reports_best_candidate_and_wall_time():
     assert len(rows) == len(reports)
     for stem, report in reports.items():
         best = max((c for c in report["candidates"] if c["test_asr_cc"] is not None), key=lambda c: c["test_asr_cc"])
-        assert best["test_asr_cc"] == report["score"]
+        # the verdict's score: the best test ASR-cc, or under scan.score=contrast the best contrast
+        by_contrast = report["settings"].get("score") == "contrast"
+        assert report["score"] == (report["contrast_score"] if by_contrast else best["test_asr_cc"])
         row = next(r for r in rows if r[0] == study_tables.SCANS.get(stem, stem))
         assert row[2] == f"`{best['trigger']}` → {best['target_label']}"
         assert row[3] == f"{100 * best['test_asr_cc']:.1f} % ({best['test_rows']})"
