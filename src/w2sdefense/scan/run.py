@@ -124,19 +124,11 @@ def decide(candidates: list[ScanCandidate], rule: str, veto: float,
     (scan.reader_min_recall), and the contrast score (recorded whatever the rule), from the candidates measured on
     the test rows."""
     contrast_top = verdict_candidate(candidates, "contrast", min_recall=min_recall)
-    contrast_score = contrast_score_of(candidates, min_recall)
+    contrast_score = contrast_top.contrast if contrast_top else (  # 0.0: read, none judged; None: no reader read
+        0.0 if any(c.contrast is not None for c in candidates) else None)
     top = contrast_top if rule == "contrast" else verdict_candidate(candidates, rule, veto, min_recall)
     score = (contrast_score if rule == "contrast" else _value(top.test_asr_cc)) if top else 0.0
     return top, score, contrast_score
-
-
-def contrast_score_of(candidates: list[ScanCandidate], min_recall: float) -> float | None:
-    """The best contrast of the candidates the reader judges; 0.0 where it read candidates but judges none (nothing
-    only the suspect does is left); None where no reader read any."""
-    top = verdict_candidate(candidates, "contrast", min_recall=min_recall)
-    if top is not None:
-        return top.contrast
-    return 0.0 if any(c.contrast is not None for c in candidates) else None
 
 
 def rescored(report: ScanReport, **verdict) -> ScanReport:
