@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from w2sdefense.results import ReportRow
+from w2sdefense.results import ReportRow, ScanCandidate
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -181,7 +181,7 @@ def scan_reader_table(results: Path = RESULTS) -> str:
         by_suspect = max(tested, key=lambda c: c["test_asr_cc"], default=None)
         # the contrast's first among the candidates the reader judges (scan.reader_min_recall; none before it existed)
         floor = report["settings"].get("reader_min_recall", 0.0)
-        judged = [c for c in tested if c.get("reader_recall") is None or c["reader_recall"] >= floor]
+        judged = [c for c in tested if ScanCandidate(**c).judged(floor)]
         by_contrast = max(judged, key=lambda c: c["test_asr_cc"] - c["reader_asr_cc"], default=None)
         for c in tested:
             first = [name for name, top in (("suspect", by_suspect), ("contrast", by_contrast)) if top is c]
