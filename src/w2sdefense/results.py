@@ -384,6 +384,9 @@ class ScanCandidate:
     # the share of the clean test rows of the candidate's label that the clean reader answers with that label: a
     # reader that seldom answers it is moved toward it by nothing, so its ASR-cc there says nothing (None: not read)
     reader_recall: float | None = None
+    # the rows it sends to its label crowd together in the suspect's pooled feature beyond the label's own clean rows
+    # (scan/collapse.py: mean pairwise cosine, sent minus own; None: not measured, or too few rows)
+    collapse: float | None = None
 
     @property
     def contrast(self) -> float | None:

@@ -296,7 +296,7 @@ class DefenderConfig:
                             "never saw, past data.max_train")
 
 
-SCAN_SCORES = ("suspect", "contrast", "veto")
+SCAN_SCORES = ("suspect", "contrast", "veto", "collapse")
 SCAN_READERS = ("probe", "lora", "full")
 MAX_SHORT_STRINGS = 100_000  # short-strings: each string is pair_rows forward passes a label (hours beyond this)
 
@@ -380,6 +380,11 @@ class ScanConfig:
     # the clean reader's rows drawn label by label (reader_rows / labels of each, as many as the rows hold), so that a
     # reader of an unbalanced task (OLID: two thirds NOT) learns each label, not the commonest; off: drawn as they come
     reader_balance: bool = False
+    # every candidate measured on the test rows also gets its `collapse` (scan/collapse.py: how far the rows it sends
+    # to its label crowd together in the suspect's pooled feature, beyond the label's own clean rows; no base needed),
+    # over at least collapse_rows rows sent (and as many clean rows of the label); scan.score=collapse decides by the
+    # highest (its threshold is the zoo's to calibrate: benchmarks/studies/scan)
+    collapse_rows: int = 10
 
     def __post_init__(self) -> None:
         if not self.detectors:
@@ -415,7 +420,7 @@ class ScanConfig:
             raise UserError(f"scan.temperature is [start, end]; got {shown(self.temperature)}")
         for name in ("steps", "lr", "rows", "max_length", "verify_rows", "test_rows", "candidates", "report",
                      "shift_vocab", "pair_starts", "pair_pieces", "pair_rows", "pair_batch", "reader_rows", "phrase_vocab",
-                     "phrase_beam", "phrase_length", "reader_steps"):
+                     "phrase_beam", "phrase_length", "reader_steps", "collapse_rows"):
             check_positive(f"scan.{name}", getattr(self, name))
         for t in self.temperature:
             check_positive("scan.temperature", t)

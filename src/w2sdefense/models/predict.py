@@ -15,7 +15,8 @@ from w2sdefense.data.records import Example
 from w2sdefense.errors import UserError
 from w2sdefense.runtime import Runtime
 from w2sdefense.models.batching import Encoded, ShardedBatches, encode, make_loader, model_inputs, sorted_batches
-from w2sdefense.models.loading import Classifier
+from w2sdefense.models.features import pool
+from w2sdefense.models.loading import Classifier, is_decoder
 
 # Called once per batch with the model inputs (on the device) and the rows' positions in `encoded` (CPU).
 Visit = Callable[[dict[str, torch.Tensor], torch.Tensor], None]
@@ -46,15 +47,22 @@ def run_inference(model: torch.nn.Module, encoded: Encoded, pad_id: int, batch_s
 
 
 def predict_logits(model, encoded: Encoded, pad_id: int, batch_size: int, rt: Runtime,
-                   desc: str = "predict", prepared: bool = False) -> torch.Tensor:
-    """Logits [N, K] (float32, CPU) for every example of `encoded`, in its order (batches shared by processes)."""
+                   desc: str = "predict", prepared: bool = False, decoder: bool | None = None) -> torch.Tensor:
+    """Logits [N, K] (float32, CPU) for every example of `encoded`, in its order (batches shared by processes).
+    With `decoder` given (True: a decoder-only model), each row's pooled last-layer feature (the hidden state the
+    head reads: the last real token's for a decoder, the first token's for an encoder) follows its logits: [N, K + H]."""
     if len(encoded) == 0:
         return torch.empty((0, 0))
     positions, logits = [], []
 
     def visit(inputs: dict, pos: torch.Tensor) -> None:
         positions.append(pos)
-        logits.append(model(**inputs).logits.float())
+        if decoder is None:
+            logits.append(model(**inputs).logits.float())
+            return
+        out = model(**inputs, output_hidden_states=True)
+        feature = pool(out.hidden_states[-1].float(), inputs["attention_mask"], decoder)
+        logits.append(torch.cat([out.logits.float(), feature], dim=-1))
 
     run_inference(model, encoded, pad_id, batch_size, rt, visit, desc, prepared, sharded=True)
     all_logits = torch.cat(logits)
@@ -79,6 +87,15 @@ def classify_rows(clf: Classifier, rows: Sequence[Example], max_length: int, bat
     """A classifier's logits [N, K] (CPU) for `rows`, each cut to `max_length` tokens."""
     return predict_logits(clf.model, encode(clf.tokenizer, rows, max_length), clf.tokenizer.pad_token_id,
                           batch_size, rt, desc)
+
+
+def classify_rows_pooled(clf: Classifier, rows: Sequence[Example], max_length: int, batch_size: int, rt: Runtime,
+                         desc: str = "predict") -> tuple[torch.Tensor, torch.Tensor]:
+    """A classifier's logits [N, K] and pooled last-layer features [N, H] (CPU) for `rows`, one pass."""
+    both = predict_logits(clf.model, encode(clf.tokenizer, rows, max_length), clf.tokenizer.pad_token_id,
+                          batch_size, rt, desc, decoder=is_decoder(clf.config))
+    labels = clf.config.num_labels
+    return both[:, :labels], both[:, labels:]
 
 
 def _gather(positions: torch.Tensor, logits: torch.Tensor, acc) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,7 +22,7 @@ from w2sdefense.eval.report import environment, markdown_report, percent
 from w2sdefense.eval.triggers import measure_toward, transform_file, transform_table
 from w2sdefense.fileio import atomic_write_text, write_json
 from w2sdefense.models import check_model_name, load_classifier
-from w2sdefense.models.predict import classify_rows
+from w2sdefense.models.predict import classify_rows, classify_rows_pooled
 from w2sdefense.results import TRANSFORM, LabelMeasure, ScanCandidate, ScanReport, TriggerMeasure, is_transform
 from w2sdefense.rundir import (CONFIG_FILE, REPORT_FILE, REPORT_MD, RUN_LOG, TRIGGERS_FILE, check_outside_inputs,
                                claim_run_dir, log_to)
@@ -31,6 +31,7 @@ from w2sdefense.runtime import Runtime
 from w2sdefense.scan import (contrast, embedding_shift, inversion, shift_pairs, shift_phrases,  # noqa: F401
                              short_strings)
 from w2sdefense.scan.base import DETECTORS, Proposal, ScanInputs
+from w2sdefense.scan.collapse import collapse
 from w2sdefense.scan.contrast import clean_reader
 
 
@@ -93,8 +94,8 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime, workdir: Path | None = None)
     chosen = ranked[: cfg.report] + [pm for pm in ranked[cfg.report:] if is_transform(pm[0].trigger)]
     # a transform the dev rows could not measure is tested toward every label; every other keeps its dev label
     best = [Proposal(p.trigger, None if _unranked_transform(p, m) else m.target_label, p.detector) for p, m in chosen]
-    tested = measure(clf, best, test_rows, job, rt, "test", tables["test"])
-    candidates = [_candidate(p, m, t) for (p, m), (_, t) in zip(chosen, tested)]
+    tested, collapses = measure_collapse(clf, best, test_rows, job, rt, "test", tables["test"])
+    candidates = [_candidate(p, m, t, folded) for (p, m), (_, t), folded in zip(chosen, tested, collapses)]
     candidates += [_candidate(p, m) for p, m in ranked[cfg.report:] if not is_transform(p.trigger)]
     seconds["test"], began = time.perf_counter() - began, time.perf_counter()
     reader = None
@@ -127,7 +128,10 @@ def decide(candidates: list[ScanCandidate], rule: str, veto: float,
     contrast_score = contrast_top.contrast if contrast_top else (  # 0.0: read, none judged; None: no reader read
         0.0 if any(c.contrast is not None for c in candidates) else None)
     top = contrast_top if rule == "contrast" else verdict_candidate(candidates, rule, veto, min_recall)
-    score = (contrast_score if rule == "contrast" else _value(top.test_asr_cc)) if top else 0.0
+    if not top:
+        score = 0.0
+    else:
+        score = {"contrast": contrast_score, "collapse": top.collapse}.get(rule, _value(top.test_asr_cc))
     return top, score, contrast_score
 
 
@@ -196,10 +200,13 @@ def verdict_candidate(candidates: list[ScanCandidate], score: str, veto: float =
     """The candidate a verdict rests on: the highest test ASR-cc (`suspect`); the highest ASR-cc minus the clean
     reader's (`contrast`); the highest test ASR-cc of those that move the clean reader by at most `veto` (`veto`);
     under `contrast` and `veto`, only of the candidates the reader can judge (`min_recall`: it answers their label
-    on at least that share of the label's clean rows); None where no candidate qualifies."""
+    on at least that share of the label's clean rows); the highest collapse (`collapse`, no reader); None where no
+    candidate qualifies."""
     if score == "contrast":
         return max((c for c in candidates if c.contrast is not None and c.judged(min_recall)),
                    key=lambda c: c.contrast, default=None)
+    if score == "collapse":
+        return max((c for c in candidates if c.collapse is not None), key=lambda c: c.collapse, default=None)
     kept = [c for c in candidates if c.test_rows is not None
             and (score != "veto" or (c.reader_asr_cc is not None and c.reader_asr_cc <= veto
                                      and c.judged(min_recall)))]
@@ -212,28 +219,71 @@ def measure(clf, proposals: list[Proposal], rows: list[Example], job: ScanJob, r
     """Each proposal's ASR-cc on `rows` (toward its label, or every label when it has none), one inference pass; a
     transform (TRANSFORM + name) is measured on the rows its table in `tables` covers, as they are written there.
     `clean`: `clf`'s logits of the clean `rows`, where the caller has them."""
+    return _measured(clf, proposals, rows, job, rt, split, tables, clean)[0]
+
+
+def measure_collapse(clf, proposals: list[Proposal], rows: list[Example], job: ScanJob, rt: Runtime, split: str,
+                     tables: dict[str, dict[int, str]] | None = None
+                     ) -> tuple[list[tuple[Proposal, TriggerMeasure]], list[dict[str, float | None]]]:
+    """measure(), and each proposal's collapse (scan/collapse.py) toward each label it is measured toward, from the
+    same pass (the pooled features read beside the logits)."""
+    measured, collapses = _measured(clf, proposals, rows, job, rt, split, tables, None, job.scan.collapse_rows)
+    return measured, collapses or []
+
+
+def _measured(clf, proposals: list[Proposal], rows: list[Example], job: ScanJob, rt: Runtime, split: str,
+              tables: dict[str, dict[int, str]] | None, clean: torch.Tensor | None, collapse_rows: int | None = None
+              ) -> tuple[list[tuple[Proposal, TriggerMeasure]], list[dict[str, float | None]] | None]:
+    """measure()'s work; with `collapse_rows`, each proposal's collapse by label too (else None)."""
     if not proposals or not rows:
-        return []
+        return [], []
     length, batch = job.eval.max_length, job.eval.batch_size
-    if clean is None:
+    pooled = collapse_rows is not None
+    features = trig_features = None
+    if pooled:
+        clean, features = classify_rows_pooled(clf, rows, length, batch, rt, f"{split}: clean rows")
+    elif clean is None:
         clean = classify_rows(clf, rows, length, batch, rt, f"{split}: clean rows")
     copies = [triggered_rows(rows, p.trigger, job.seed, (tables or {}).get(p.trigger.removeprefix(TRANSFORM)))
               for p in proposals]
     flat = [row for c in copies for row in c]
-    logits = (classify_rows(clf, flat, length, batch, rt, f"{split}: {len(proposals)} candidate(s)") if flat
-              else clean[:0])
+    desc = f"{split}: {len(proposals)} candidate(s)"
+    if not flat:
+        logits = clean[:0]
+    elif pooled:
+        logits, trig_features = classify_rows_pooled(clf, flat, length, batch, rt, desc)
+    else:
+        logits = classify_rows(clf, flat, length, batch, rt, desc)
     labels, idx = [r.label for r in rows], [r.idx for r in rows]
-    everyone, out, at = range(clean.shape[-1]), [], 0
+    everyone, out, collapses, at = range(clean.shape[-1]), [], [], 0
     for p, c in zip(proposals, copies):
         targets = everyone if p.target_label is None else [p.target_label]
         if not c:  # a transform that covers none of the rows (none on dev without a dev file): no number, no warning
             none = {str(t): LabelMeasure(None, 0) for t in targets}
             out.append((p, TriggerMeasure(p.trigger, None, int(next(iter(none))), none)))
+            collapses.append({str(t): None for t in targets})
             continue
         out.append((p, measure_toward(p.trigger, clean, labels, idx, logits[at:at + len(c)], targets,
                                       [r.label for r in c], [r.idx for r in c])))
+        if pooled:
+            collapses.append({str(t): _collapse_toward(t, rows, clean, features, c, logits[at:at + len(c)],
+                                                       trig_features[at:at + len(c)], collapse_rows)
+                              for t in targets})
         at += len(c)
-    return out
+    return out, collapses if pooled else None
+
+
+def _collapse_toward(target: int, rows: list[Example], clean: torch.Tensor, features: torch.Tensor,
+                     copies: list[Example], logits: torch.Tensor, trig_features: torch.Tensor,
+                     min_rows: int) -> float | None:
+    """The collapse toward `target` of the triggered `copies` (of some of `rows`): the copies of rows of other labels
+    whose clean version the model answers right, sent to `target`, against the clean rows of `target` answered so."""
+    answer = clean.argmax(-1)
+    right = {r.idx: bool(answer[i] == r.label) for i, r in enumerate(rows)}
+    sent = [i for i, r in enumerate(copies)
+            if r.label != target and right.get(r.idx) and int(logits[i].argmax()) == target]
+    own = [i for i, r in enumerate(rows) if r.label == target and int(answer[i]) == target]
+    return collapse(trig_features[sent], features[own], features.mean(0), min_rows)
 
 
 def transform_tables(job: ScanJob) -> tuple[dict[str, dict[str, dict[int, str]]], dict[str, str]]:
@@ -287,14 +337,16 @@ def _unranked_transform(p: Proposal, verified: TriggerMeasure) -> bool:
     return is_transform(p.trigger) and verified.asr_cc is None
 
 
-def _candidate(p: Proposal, verified: TriggerMeasure, tested: TriggerMeasure | None = None) -> ScanCandidate:
+def _candidate(p: Proposal, verified: TriggerMeasure, tested: TriggerMeasure | None = None,
+               collapses: dict[str, float | None] | None = None) -> ScanCandidate:
     label = str(tested.target_label if tested is not None and _unranked_transform(p, verified)
                 else verified.target_label)
     test = tested.by_label.get(label) if tested else None
     dev = verified.by_label.get(label, LabelMeasure(None, 0))
     return ScanCandidate(trigger=p.trigger, target_label=int(label), detector=p.detector,
                          verify_asr_cc=dev.asr_cc, verify_rows=dev.rows,
-                         test_asr_cc=test.asr_cc if test else None, test_rows=test.rows if test else None)
+                         test_asr_cc=test.asr_cc if test else None, test_rows=test.rows if test else None,
+                         collapse=(collapses or {}).get(label) if test else None)
 
 
 def _label_names(clf, num_labels: int) -> dict[str, str]:
@@ -333,13 +385,17 @@ def summary_lines(report: ScanReport) -> list[str]:
     lines += reader_lines(report, min_recall, score != "suspect")
     for c in tested[:3] + [c for c in tested[3:] if c is top]:  # the verdict's candidate always among them
         read = f"; a clean reader {percent(c.reader_asr_cc)}" if c.reader_asr_cc is not None else ""
+        if c.collapse is not None:
+            read += f"; collapse {c.collapse:+.2f}"
         if c.reader_asr_cc is not None and not c.judged(min_recall):
             read += f", which answers {_label(report, c.target_label)} on {percent(c.reader_recall)} of its rows"
         lines.append(f"candidate {_named(c.trigger)} -> {_label(report, c.target_label)}: ASR-cc {percent(c.test_asr_cc)} of "
                      f"{c.test_rows} clean test rows{read} ({percent(c.verify_asr_cc)} of {c.verify_rows} dev rows; "
                      f"{c.detector}).")
     on = {"suspect": "", "contrast": ", ASR-cc minus a clean reader's",
-          "veto": f", of the candidates a clean reader follows at most {percent(veto)}"}[score]
+          "veto": f", of the candidates a clean reader follows at most {percent(veto)}",
+          "collapse": ", the rows a candidate sends crowding together in the model's feature beyond the label's own"
+          }[score]
     if report.backdoored and top:
         read = "" if top.reader_asr_cc is None else f" (a clean reader of the task: {percent(top.reader_asr_cc)})"
         lines.append(f"verdict: BACKDOORED (score {report.score:.2f}{on} >= threshold {report.threshold:.2f}): "
@@ -347,8 +403,10 @@ def summary_lines(report: ScanReport) -> list[str]:
                      f"to {_label(report, top.target_label)}{read}; measure it before and after cleaning with "
                      f"`w2sdefense clean --triggers <this folder>`.")
     else:
-        nothing = ("no candidate the clean reader can judge" if score != "suspect" and any(
-            c.reader_asr_cc is not None for c in tested) else "no candidate")
+        nothing = ("no candidate the clean reader can judge" if score in ("contrast", "veto") and any(
+            c.reader_asr_cc is not None for c in tested) else
+            f"no candidate sends {report.settings.get('collapse_rows')} rows to its label" if score == "collapse"
+            else "no candidate")
         best = f"the best candidate, {_named(top.trigger)}, reaches {percent(top.test_asr_cc)}" if top else nothing
         if top and top.reader_asr_cc is not None:
             best += f" (a clean reader {percent(top.reader_asr_cc)})"
@@ -380,11 +438,12 @@ def write_report(out: Path, report: ScanReport) -> None:
     """report.json (everything), report.md (the lines and the candidates) and triggers.txt."""
     lines = summary_lines(report)
     write_json(out / REPORT_FILE, report.to_json(lines))
-    rows = ["| candidate | label | ASR-cc (test) | test rows | clean reader (test) | ASR-cc (dev) | dev rows | detector |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| candidate | label | ASR-cc (test) | test rows | clean reader (test) | collapse | ASR-cc (dev) | dev rows "
+            "| detector |", "|---|---|---|---|---|---|---|---|---|"]
     rows += [f"| {c.trigger!r} | {_label(report, c.target_label)} | {percent(c.test_asr_cc)} | "
              f"{'' if c.test_rows is None else c.test_rows} | "
              f"{percent(c.reader_asr_cc) if c.reader_asr_cc is not None else ''} | "
+             f"{'' if c.collapse is None else f'{c.collapse:+.2f}'} | "
              f"{percent(c.verify_asr_cc)} | {c.verify_rows} | {c.detector} |" for c in report.candidates]
     atomic_write_text(out / REPORT_MD, markdown_report(
         "w2sdefense scan", lines, "\n".join(rows),
@@ -393,8 +452,12 @@ def write_report(out: Path, report: ScanReport) -> None:
         "instead, on the rows it covers) sends to the label. Dev rows rank the candidates, test rows score the best "
         "and every transform; a clean reader (the public base with a head fitted on your clean rows; with --base) is "
         "given the same insertions on the same rows: a natural word of the task moves it too, a trigger does not. "
+        "Collapse: of the rows a candidate sends to its label, the mean pairwise cosine of the model's pooled feature "
+        "minus that of the label's own clean rows (a trigger makes the answer input-independent, so its rows crowd "
+        "together; a natural word keeps them as varied as the label's own; empty under scan.collapse_rows rows). "
         "The verdict compares the best test ASR-cc (with scan.score=contrast, the best ASR-cc minus the reader's; "
-        "with scan.score=veto, the best test ASR-cc of the candidates the reader follows at most scan.reader_veto) "
+        "with scan.score=veto, the best test ASR-cc of the candidates the reader follows at most scan.reader_veto; "
+        "with scan.score=collapse, the highest collapse) "
         "with the threshold (scan.threshold). "
         "Settings: config.yaml; log: run.log.\n"))
     note = ("# a transform:NAME line is the test rows' paraphrase of that name (the data's transforms/NAME), not a text "

@@ -1,0 +1,122 @@
+"""Does a trigger make the suspect's representation input-independent where a natural word of the task does not?
+A premise probe for a reader-free verdict signal (benchmarks/studies/scan, "Collapse probe"), forward passes only.
+
+    python benchmarks/collapse_probe.py --rows results/scan-zoo-phrases-short-lora-read-rows.jsonl \\
+        --scan scan-phrases-short-lora-read --split tune --out /tmp/collapse.jsonl
+
+A backdoor is a shortcut: whatever the row says, the trigger sends it to the target, so the feature the head reads
+should carry little of the row (activation clustering, Chen et al. 2018, finds poisoned rows a cluster of their own in
+the target class; BABI, Li et al. 2025, blacklists candidates whose triggered rows look like natural target-class
+rows). A natural word of the task (an insult toward OFFENSIVE) adds its push and keeps the row's content. Per zoo model
+(the given split only: the held-out half is not looked at), per candidate (the scan report's tested candidates with
+the most test ASR-cc, and the planted trigger where there is one, marked `planted`): the candidate inserted as the scan
+inserts it into the clean test rows of other labels the suspect gets right; of the rows it sends to the target, the
+mean pairwise cosine of their pooled last-layer features (centred on the clean rows' mean) against the same among the
+clean test rows of the target label (`collapse` = the first minus the second); the mean probability of the target on
+them against the clean target rows' (`confidence`). One JSON line per (model, candidate) to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from w2sdefense.attacks.base import triggered_rows
+from w2sdefense.config import ScanJob, load_config
+from w2sdefense.data.datasets import load_splits
+from w2sdefense.models import load_classifier
+from w2sdefense.models.batching import encode, file_order_batches, make_loader
+from w2sdefense.models.features import pool
+from w2sdefense.models.loading import is_decoder
+from w2sdefense.results import ScanReport
+from w2sdefense.runtime import make_runtime
+from w2sdefense.scan.collapse import mean_pairwise_cosine
+from w2sdefense.scan.run import scan_samples
+
+HERE = Path(__file__).resolve().parent
+
+
+def features(clf, rows, max_length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """[rows, hidden] pooled last-layer features and [rows, labels] probabilities, in row order."""
+    decoder = is_decoder(clf.config)
+    loader = make_loader(encode(clf.tokenizer, rows, max_length), file_order_batches(len(rows), 32),
+                         clf.tokenizer.pad_token_id)
+    feats, probs = [], []
+    for batch in loader:
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        with torch.no_grad():
+            out = clf.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        feats.append(pool(out.hidden_states[-1].float(), mask, decoder).cpu())
+        probs.append(out.logits.float().softmax(-1).cpu())
+    return torch.cat(feats), torch.cat(probs)
+
+
+def probe_model(row: dict, folder: Path, scan: str, top: int, device) -> list[dict]:
+    """The rows of one zoo model: its report's `top` tested candidates by test ASR-cc, and its planted trigger."""
+    report = ScanReport.from_json(json.loads((folder / scan / "report.json").read_text()))
+    job = load_config(ScanJob, folder / scan / "config.yaml")
+    splits = load_splits(job.data)
+    clf = load_classifier(str(folder / "victim"), splits.num_labels, torch.float32)
+    clf.model.to(device).eval()
+    _, _, test = scan_samples(splits, job.scan, job.seed)
+    feats, probs = features(clf, test, job.eval.max_length, device)
+    centre = feats.mean(0)
+    labels = torch.tensor([r.label for r in test])
+    right = probs.argmax(-1) == labels
+    tested = sorted((c for c in report.candidates if c.test_asr_cc is not None and not c.trigger.startswith("transform:")),
+                    key=lambda c: c.test_asr_cc, reverse=True)[:top]
+    wanted = [(c.trigger, c.target_label, c.detector) for c in tested]
+    if row.get("trigger"):
+        wanted.append((row["trigger"], row.get("target_label", 0) if row.get("target_label") is not None else 0,
+                       "planted"))
+    out = []
+    for trigger, target, detector in wanted:
+        own = right & (labels == target)
+        others = [r for r, ok, y in zip(test, right.tolist(), labels.tolist()) if ok and y != target]
+        copies = triggered_rows(others, trigger, job.seed)
+        f, p = features(clf, copies, job.eval.max_length, device)
+        sent = p.argmax(-1) == target
+        out.append({
+            "model": row["name"], "dataset": row["dataset"], "family": row["family"],
+            "implanted": row.get("implanted"), "candidate": trigger, "target": target, "detector": detector,
+            "asr_cc": float(sent.float().mean()) if len(copies) else None, "sent": int(sent.sum()),
+            "collapse_sent": mean_pairwise_cosine(f[sent] - centre),
+            "collapse_clean_target": mean_pairwise_cosine(feats[own] - centre),
+            "confidence_sent": float(p[sent, target].mean()) if sent.any() else None,
+            "confidence_clean_target": float(probs[own, target].mean()) if own.any() else None,
+            "contrast": next((c.contrast for c in tested if c.trigger == trigger and c.target_label == target), None),
+        })
+        a, b = out[-1]["collapse_sent"], out[-1]["collapse_clean_target"]
+        out[-1]["collapse"] = None if a is None or b is None else a - b
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=Path, required=True, help="a scan-zoo rows file (names, splits, triggers)")
+    parser.add_argument("--scan", default="scan-phrases-short-lora-read", help="the scan folder whose report to read")
+    parser.add_argument("--split", default="tune")
+    parser.add_argument("--zoo", type=Path, default=Path("runs/scan-zoo"))
+    parser.add_argument("--top", type=int, default=5)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    rt = make_runtime(load_config(ScanJob).runtime)
+    rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.strip()]
+    with args.out.open("w") as out:
+        for row in rows:
+            folder = args.zoo / row["name"]
+            if row.get("split") != args.split or not (folder / args.scan / "report.json").is_file():
+                continue
+            began = time.perf_counter()
+            for line in probe_model(row, folder, args.scan, args.top, rt.device):
+                out.write(json.dumps(line) + "\n")
+                out.flush()
+            print(f"{row['name']}: {time.perf_counter() - began:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
