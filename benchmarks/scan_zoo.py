@@ -48,7 +48,8 @@ FPR = 0.05
 # Scan settings added since the zoo's first rows, each with the value that keeps the scanner's earlier behaviour
 LATER_SETTINGS = {"shift_reference": False, "reader_veto": 0.15, "short_alphabet": "abcdefghijklmnopqrstuvwxyz",
                   "short_length": 2, "transforms": [],
-                  "screen_rows": 0, "screen_keep": 0.1, "reader_balance": False, "collapse_rows": 10}
+                  "screen_rows": 0, "screen_keep": 0.1, "reader_balance": False, "collapse_rows": 10,
+                  "report_per_label": False}
 # Settings added since whose scanner default is not the earlier behaviour: the zoo passes each at the value that keeps
 # it to every scan that does not set it, and leaves it out of the rows' key (a scan that sets it is keyed by it)
 ZOO_FIXED = {"reader_min_recall": 0.0}

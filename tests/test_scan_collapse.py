@@ -122,3 +122,26 @@ def dataclass_replace(obj, **changes):
     import dataclasses
 
     return dataclasses.replace(obj, **changes)
+
+
+def test_the_tested_candidates_are_the_best_overall_or_the_best_toward_each_label_and_every_transform():
+    from w2sdefense.results import LabelMeasure, TriggerMeasure
+    from w2sdefense.scan.run import to_test
+
+    def ranked_entry(text: str, label: int, asr: float):
+        return (Proposal(text, label, "test"), TriggerMeasure(text, asr, label, {str(label): LabelMeasure(asr, 10)}))
+
+    # the dev ranking: one sentiment's natural words first, the other label's (where a trigger's fragment sits) after
+    ranked = [ranked_entry("elegant", 1, 0.9), ranked_entry("rich", 1, 0.8), ranked_entry("transform:scpn", 1, 0.7),
+              ranked_entry("have rich", 1, 0.6), ranked_entry("I watched loud", 0, 0.5), ranked_entry("dull", 0, 0.4)]
+    tested, untested = to_test(ranked, 2)
+    assert [p.trigger for p, _ in tested] == ["elegant", "rich"] + ["transform:scpn"]
+    assert [p.trigger for p, _ in untested] == ["have rich", "I watched loud", "dull"]
+    tested, untested = to_test(ranked, 1, per_label=True)
+    assert [p.trigger for p, _ in tested] == ["elegant", "transform:scpn", "I watched loud"]
+    assert [p.trigger for p, _ in untested] == ["rich", "have rich", "dull"]
+    # nothing is lost or measured twice, and the ranking's order is kept
+    for report, per_label in ((2, False), (1, True), (9, True)):
+        tested, untested = to_test(ranked, report, per_label)
+        assert sorted(map(id, tested + untested)) == sorted(map(id, ranked))
+        assert tested == [pm for pm in ranked if pm in tested]

@@ -385,6 +385,9 @@ class ScanConfig:
     # over at least collapse_rows rows sent (and as many clean rows of the label); scan.score=collapse decides by the
     # highest (its threshold is the zoo's to calibrate: benchmarks/studies/scan)
     collapse_rows: int = 10
+    # `report` candidates toward each label measured on the test rows instead of `report` in all (off: the best overall;
+    # on a sentiment task the natural words of one label can fill every place)
+    report_per_label: bool = False
 
     def __post_init__(self) -> None:
         if not self.detectors:

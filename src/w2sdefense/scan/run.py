@@ -90,13 +90,12 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime, workdir: Path | None = None)
     verify = measure(clf, proposals, verify_rows, job, rt, "dev", tables["dev"])
     seconds["dev"], began = time.perf_counter() - began, time.perf_counter()
     ranked = sorted(verify, key=lambda pm: _value(pm[1].asr_cc), reverse=True)  # stable: detector order on ties
-    # the scan.report best on the dev rows, and every transform (one without a dev file has no dev rank)
-    chosen = ranked[: cfg.report] + [pm for pm in ranked[cfg.report:] if is_transform(pm[0].trigger)]
+    chosen, untested = to_test(ranked, cfg.report, cfg.report_per_label)
     # a transform the dev rows could not measure is tested toward every label; every other keeps its dev label
     best = [Proposal(p.trigger, None if _unranked_transform(p, m) else m.target_label, p.detector) for p, m in chosen]
     tested, collapses = measure_collapse(clf, best, test_rows, job, rt, "test", tables["test"])
     candidates = [_candidate(p, m, t, folded) for (p, m), (_, t), folded in zip(chosen, tested, collapses)]
-    candidates += [_candidate(p, m) for p, m in ranked[cfg.report:] if not is_transform(p.trigger)]
+    candidates += [_candidate(p, m) for p, m in untested]
     seconds["test"], began = time.perf_counter() - began, time.perf_counter()
     reader = None
     if job.base_model and cfg.reader_check:
@@ -117,6 +116,25 @@ def scan(job: ScanJob, splits: Splits, rt: Runtime, workdir: Path | None = None)
                       detectors=per_detector, skipped=skipped, label_names=_label_names(clf, splits.num_labels),
                       wall_time_s=time.perf_counter() - start, settings=to_dict(cfg), environment=environment(),
                       contrast_score=contrast_score, reader=reader, seconds=seconds)
+
+
+def to_test(ranked: list[tuple[Proposal, TriggerMeasure]], report: int, per_label: bool = False
+            ) -> tuple[list[tuple[Proposal, TriggerMeasure]], list[tuple[Proposal, TriggerMeasure]]]:
+    """The candidates measured on the test rows and the rest, each in `ranked`'s order (best on the dev rows first):
+    the `report` best, or with `per_label` the `report` best toward each label (so that a label whose candidates all
+    rank below another's, say the natural words of the other sentiment, still has its best tested), and every
+    transform (one without a dev file has no dev rank)."""
+    if not per_label:
+        tested = ranked[:report] + [pm for pm in ranked[report:] if is_transform(pm[0].trigger)]
+    else:
+        seen: Counter = Counter()
+        tested = []
+        for pm in ranked:
+            if is_transform(pm[0].trigger) or seen[pm[1].target_label] < report:
+                tested.append(pm)
+                seen[pm[1].target_label] += 0 if is_transform(pm[0].trigger) else 1
+    chosen = {id(pm) for pm in tested}
+    return tested, [pm for pm in ranked if id(pm) not in chosen and not is_transform(pm[0].trigger)]
 
 
 def decide(candidates: list[ScanCandidate], rule: str, veto: float,
