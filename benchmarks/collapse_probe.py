@@ -57,10 +57,19 @@ def features(clf, rows, max_length: int, device) -> tuple[torch.Tensor, torch.Te
 
 def probe_model(row: dict, folder: Path, scan: str, top: int, device) -> list[dict]:
     """The rows of one zoo model: its report's `top` tested candidates by test ASR-cc, and its planted trigger."""
-    report = ScanReport.from_json(json.loads((folder / scan / "report.json").read_text()))
-    job = load_config(ScanJob, folder / scan / "config.yaml")
+    planted = [(row["trigger"], row["target_label"] if row.get("target_label") is not None else 0, "planted")
+               ] if row.get("trigger") else []
+    info = {"model": row["name"], "dataset": row["dataset"], "family": row["family"], "implanted": row.get("implanted")}
+    return probe(folder / scan, str(folder / "victim"), planted, top, device, info)
+
+
+def probe(scan_dir: Path, model: str, extra: list[tuple[str, int, str]], top: int, device, info: dict) -> list[dict]:
+    """The rows of one scanned model: its report's `top` tested candidates by test ASR-cc and the `extra` (text,
+    label, what) ones, each on the scan's own test rows."""
+    report = ScanReport.from_json(json.loads((scan_dir / "report.json").read_text()))
+    job = load_config(ScanJob, scan_dir / "config.yaml")
     splits = load_splits(job.data)
-    clf = load_classifier(str(folder / "victim"), splits.num_labels, torch.float32)
+    clf = load_classifier(model, splits.num_labels, torch.float32)
     clf.model.to(device).eval()
     _, _, test = scan_samples(splits, job.scan, job.seed)
     feats, probs = features(clf, test, job.eval.max_length, device)
@@ -69,10 +78,7 @@ def probe_model(row: dict, folder: Path, scan: str, top: int, device) -> list[di
     right = probs.argmax(-1) == labels
     tested = sorted((c for c in report.candidates if c.test_asr_cc is not None and not c.trigger.startswith("transform:")),
                     key=lambda c: c.test_asr_cc, reverse=True)[:top]
-    wanted = [(c.trigger, c.target_label, c.detector) for c in tested]
-    if row.get("trigger"):
-        wanted.append((row["trigger"], row.get("target_label", 0) if row.get("target_label") is not None else 0,
-                       "planted"))
+    wanted = [(c.trigger, c.target_label, c.detector) for c in tested] + extra
     out = []
     for trigger, target, detector in wanted:
         own = right & (labels == target)
@@ -81,8 +87,7 @@ def probe_model(row: dict, folder: Path, scan: str, top: int, device) -> list[di
         f, p = features(clf, copies, job.eval.max_length, device)
         sent = p.argmax(-1) == target
         out.append({
-            "model": row["name"], "dataset": row["dataset"], "family": row["family"],
-            "implanted": row.get("implanted"), "candidate": trigger, "target": target, "detector": detector,
+            **info, "candidate": trigger, "target": target, "detector": detector,
             "asr_cc": float(sent.float().mean()) if len(copies) else None, "sent": int(sent.sum()),
             "collapse_sent": mean_pairwise_cosine(f[sent] - centre),
             "collapse_clean_target": mean_pairwise_cosine(feats[own] - centre),
@@ -97,16 +102,25 @@ def probe_model(row: dict, folder: Path, scan: str, top: int, device) -> list[di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=Path, required=True, help="a scan-zoo rows file (names, splits, triggers)")
+    parser.add_argument("--rows", type=Path, help="a scan-zoo rows file (names, splits, triggers)")
     parser.add_argument("--scan", default="scan-phrases-short-lora-read", help="the scan folder whose report to read")
     parser.add_argument("--split", default="tune")
     parser.add_argument("--zoo", type=Path, default=Path("runs/scan-zoo"))
+    parser.add_argument("--scan-dir", type=Path, help="instead of the zoo: one scan's folder (its model is config.yaml's)")
+    parser.add_argument("--candidate", action="append", default=[], metavar="LABEL:TEXT",
+                        help="with --scan-dir, a candidate of your own to measure beside the report's (repeatable)")
     parser.add_argument("--top", type=int, default=5)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     rt = make_runtime(load_config(ScanJob).runtime)
-    rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.strip()]
     with args.out.open("w") as out:
+        if args.scan_dir:
+            job = load_config(ScanJob, args.scan_dir / "config.yaml")
+            extra = [(text, int(label), "given") for label, text in (c.split(":", 1) for c in args.candidate)]
+            for line in probe(args.scan_dir, job.model, extra, args.top, rt.device, {"model": job.model}):
+                out.write(json.dumps(line) + "\n")
+            return
+        rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.strip()]
         for row in rows:
             folder = args.zoo / row["name"]
             if row.get("split") != args.split or not (folder / args.scan / "report.json").is_file():

@@ -40,7 +40,10 @@ SCANS = {  # scan-real/<stem>.json -> what that scan was, in row order
     "insent-suspect-phrases-short-read": "the InSent suspect, the zoo's phrases-short-lora-read without the inversion "
                                          "(`embedding-shift, shift-phrases, short-strings`, triples of 8 tokens, LoRA "
                                          "reader, transforms, the reader's check)",
+    "insent-suspect-phrases-short-read-screen": "the same with the exact checks screened (`scan.screen_rows=1`: every "
+                                                "string and phrase on one row of four first, the best tenth on all)",
     "clean-model-short": "the clean model, `scan.detectors=[short-strings]`, no base",
+    "clean-model-phrases-short-read-screen": "the clean model, the same screened scan as the InSent suspect's",
     # read again with the fine-tuned reader (benchmarks/scan_reader.py --set scan.reader=lora)
     "badnet-suspect-default-lora": "BadNet suspect, the defaults; reader fine-tuned (`scan.reader=lora`)",
     "insent-suspect-default-lora": "the InSent suspect, the defaults; reader fine-tuned (`scan.reader=lora`)",
