@@ -156,19 +156,22 @@ def _scan_row(stem: str, report: dict) -> list[str]:
     found = "–" if best is None else f"`{best['trigger']}` → {best['target_label']}"
     rate = "–" if best is None else f"{_percent(best['test_asr_cc'])} ({best['test_rows']})"
     return [SCANS.get(stem, stem), ", ".join(report["settings"]["detectors"]), found, rate, _verdict(report),
-            _minutes(report["wall_time_s"])]
+            f"{report['score']:.2f} ({report['settings'].get('score', 'suspect')})", _minutes(report["wall_time_s"])]
 
 
 def scan_real_table(results: Path = RESULTS) -> str:
     """`w2sdefense scan` on a real suspect: each scan's best candidate, verdict and wall time."""
     files = {path.stem: path for path in (results / "scan-real").glob("*.json")}
     reports = {stem: _read(files[stem]) for stem in _ordered(files, SCANS)}
-    table = _table(["scan", "detectors", "best candidate", "its test ASR-cc (n)", "verdict", "wall time"],
+    table = _table(["scan", "detectors", "best candidate", "its test ASR-cc (n)", "verdict", "score (scan.score)",
+                    "wall time"],
                    [_scan_row(stem, report) for stem, report in reports.items()])
     models = sorted({f"`w2sdefense scan --model {r['model']}" + (f" --base {r['base_model']}`" if r["base_model"] else "`")
                      for r in reports.values()})
     return (f"{table}\n\nEach row is the report.json of {', '.join(models)} in `results/scan-real/` (its file stem "
-            "names the scan); wall time is the report's `wall_time_s`, the scan from loading the model to the verdict.")
+            "names the scan); the score is what the verdict compared with the threshold under the scan's `scan.score` (the best "
+            "test ASR-cc for `suspect`, the best ASR-cc minus the clean reader's for `contrast`, the highest collapse for "
+            "`collapse`); wall time is the report's `wall_time_s`, the scan from loading the model to the verdict.")
 
 
 def scan_reader_table(results: Path = RESULTS) -> str:

@@ -17,7 +17,7 @@ RESULTS = BENCH / "results"
 HEADERS = {
     "latent-probe": "| model | epsilon | rows the shift toward 0 flips | toward 1 "
                     "| cos(shift toward 0, the trigger's own shift) |",
-    "scan-real": "| scan | detectors | best candidate | its test ASR-cc (n) | verdict | wall time |",
+    "scan-real": "| scan | detectors | best candidate | its test ASR-cc (n) | verdict | score (scan.score) | wall time |",
     "scan-reader": "| scan | candidate | scanned model: test ASR-cc (n) | clean reader: ASR-cc (n) "
                    "| difference (points) | first by |",
     "filters-paper": "| filter | CA served | ASR-cc | residual (pts) | false rejections (test) | triggered rejected |",
@@ -63,13 +63,17 @@ def test_the_scan_table_gives_each_reports_best_candidate_and_wall_time():
     assert len(rows) == len(reports)
     for stem, report in reports.items():
         best = max((c for c in report["candidates"] if c["test_asr_cc"] is not None), key=lambda c: c["test_asr_cc"])
-        # the verdict's score: the best test ASR-cc, or under scan.score=contrast the best contrast
-        by_contrast = report["settings"].get("score") == "contrast"
-        assert report["score"] == (report["contrast_score"] if by_contrast else best["test_asr_cc"])
+        # the verdict's score: the best test ASR-cc, under scan.score=contrast the best contrast, under collapse the
+        # highest collapse
+        rule = report["settings"].get("score", "suspect")
+        collapses = [c["collapse"] for c in report["candidates"] if c.get("collapse") is not None]
+        expected = {"contrast": report.get("contrast_score"), "collapse": max(collapses, default=0.0)}
+        assert report["score"] == expected.get(rule, best["test_asr_cc"])
         row = next(r for r in rows if r[0] == study_tables.SCANS.get(stem, stem))
         assert row[2] == f"`{best['trigger']}` → {best['target_label']}"
         assert row[3] == f"{100 * best['test_asr_cc']:.1f} % ({best['test_rows']})"
-        assert row[5] == f"{round(report['wall_time_s']) // 60} min {round(report['wall_time_s']) % 60} s"
+        assert row[5] == f"{report['score']:.2f} ({rule})"
+        assert row[6] == f"{round(report['wall_time_s']) // 60} min {round(report['wall_time_s']) % 60} s"
         assert row[4].startswith("backdoor" if report["backdoored"] else "no backdoor")
 
 
