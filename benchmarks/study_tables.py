@@ -44,6 +44,9 @@ SCANS = {  # scan-real/<stem>.json -> what that scan was, in row order
                                                 "string and phrase on one row of four first, the best tenth on all)",
     "clean-model-short": "the clean model, `scan.detectors=[short-strings]`, no base",
     "clean-model-phrases-short-read-screen": "the clean model, the same screened scan as the InSent suspect's",
+    "insent-suspect-read-collapse-perlabel": "the InSent suspect, the screened scan with the best 5 candidates toward "
+                                             "each label tested (`scan.report_per_label`), decided by collapse at 0.08",
+    "clean-model-read-collapse-perlabel": "the clean model, the same per-label scan decided by collapse",
     # read again with the fine-tuned reader (benchmarks/scan_reader.py --set scan.reader=lora)
     "badnet-suspect-default-lora": "BadNet suspect, the defaults; reader fine-tuned (`scan.reader=lora`)",
     "insent-suspect-default-lora": "the InSent suspect, the defaults; reader fine-tuned (`scan.reader=lora`)",
