@@ -29,9 +29,7 @@ from w2sdefense.attacks.base import triggered_rows
 from w2sdefense.config import ScanJob, load_config
 from w2sdefense.data.datasets import load_splits
 from w2sdefense.models import load_classifier
-from w2sdefense.models.batching import encode, file_order_batches, make_loader
-from w2sdefense.models.features import pool
-from w2sdefense.models.loading import is_decoder
+from w2sdefense.models.predict import classify_rows_pooled
 from w2sdefense.results import ScanReport
 from w2sdefense.runtime import make_runtime
 from w2sdefense.scan.collapse import mean_pairwise_cosine
@@ -40,39 +38,29 @@ from w2sdefense.scan.run import scan_samples
 HERE = Path(__file__).resolve().parent
 
 
-def features(clf, rows, max_length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def pooled(clf, rows, max_length: int, rt) -> tuple[torch.Tensor, torch.Tensor]:
     """[rows, hidden] pooled last-layer features and [rows, labels] probabilities, in row order."""
-    decoder = is_decoder(clf.config)
-    loader = make_loader(encode(clf.tokenizer, rows, max_length), file_order_batches(len(rows), 32),
-                         clf.tokenizer.pad_token_id)
-    feats, probs = [], []
-    for batch in loader:
-        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
-        with torch.no_grad():
-            out = clf.model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-        feats.append(pool(out.hidden_states[-1].float(), mask, decoder).cpu())
-        probs.append(out.logits.float().softmax(-1).cpu())
-    return torch.cat(feats), torch.cat(probs)
+    logits, feats = classify_rows_pooled(clf, rows, max_length, 32, rt, None)
+    return feats, logits.softmax(-1)
 
 
-def probe_model(row: dict, folder: Path, scan: str, top: int, device) -> list[dict]:
+def probe_model(row: dict, folder: Path, scan: str, top: int, rt) -> list[dict]:
     """The rows of one zoo model: its report's `top` tested candidates by test ASR-cc, and its planted trigger."""
     planted = [(row["trigger"], row["target_label"] if row.get("target_label") is not None else 0, "planted")
                ] if row.get("trigger") else []
     info = {"model": row["name"], "dataset": row["dataset"], "family": row["family"], "implanted": row.get("implanted")}
-    return probe(folder / scan, str(folder / "victim"), planted, top, device, info)
+    return probe(folder / scan, str(folder / "victim"), planted, top, rt, info)
 
 
-def probe(scan_dir: Path, model: str, extra: list[tuple[str, int, str]], top: int, device, info: dict) -> list[dict]:
+def probe(scan_dir: Path, model: str, extra: list[tuple[str, int, str]], top: int, rt, info: dict) -> list[dict]:
     """The rows of one scanned model: its report's `top` tested candidates by test ASR-cc and the `extra` (text,
     label, what) ones, each on the scan's own test rows."""
     report = ScanReport.from_json(json.loads((scan_dir / "report.json").read_text()))
     job = load_config(ScanJob, scan_dir / "config.yaml")
     splits = load_splits(job.data)
     clf = load_classifier(model, splits.num_labels, torch.float32)
-    clf.model.to(device).eval()
     _, _, test = scan_samples(splits, job.scan, job.seed)
-    feats, probs = features(clf, test, job.eval.max_length, device)
+    feats, probs = pooled(clf, test, job.eval.max_length, rt)
     centre = feats.mean(0)
     labels = torch.tensor([r.label for r in test])
     right = probs.argmax(-1) == labels
@@ -84,7 +72,7 @@ def probe(scan_dir: Path, model: str, extra: list[tuple[str, int, str]], top: in
         own = right & (labels == target)
         others = [r for r, ok, y in zip(test, right.tolist(), labels.tolist()) if ok and y != target]
         copies = triggered_rows(others, trigger, job.seed)
-        f, p = features(clf, copies, job.eval.max_length, device)
+        f, p = pooled(clf, copies, job.eval.max_length, rt)
         sent = p.argmax(-1) == target
         out.append({
             **info, "candidate": trigger, "target": target, "detector": detector,
@@ -117,7 +105,7 @@ def main() -> None:
         if args.scan_dir:
             job = load_config(ScanJob, args.scan_dir / "config.yaml")
             extra = [(text, int(label), "given") for label, text in (c.split(":", 1) for c in args.candidate)]
-            for line in probe(args.scan_dir, job.model, extra, args.top, rt.device, {"model": job.model}):
+            for line in probe(args.scan_dir, job.model, extra, args.top, rt, {"model": job.model}):
                 out.write(json.dumps(line) + "\n")
             return
         rows = [json.loads(line) for line in args.rows.read_text().splitlines() if line.strip()]
@@ -126,7 +114,7 @@ def main() -> None:
             if row.get("split") != args.split or not (folder / args.scan / "report.json").is_file():
                 continue
             began = time.perf_counter()
-            for line in probe_model(row, folder, args.scan, args.top, rt.device):
+            for line in probe_model(row, folder, args.scan, args.top, rt):
                 out.write(json.dumps(line) + "\n")
                 out.flush()
             print(f"{row['name']}: {time.perf_counter() - began:.0f} s", flush=True)

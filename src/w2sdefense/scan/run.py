@@ -273,6 +273,9 @@ def _measured(clf, proposals: list[Proposal], rows: list[Example], job: ScanJob,
     else:
         logits = classify_rows(clf, flat, length, batch, rt, desc)
     labels, idx = [r.label for r in rows], [r.idx for r in rows]
+    if pooled:  # what every candidate's collapse compares with: the clean rows' answers and their features' mean
+        answer = clean.argmax(-1)
+        right, centre = {r.idx: bool(answer[i] == r.label) for i, r in enumerate(rows)}, features.mean(0)
     everyone, out, collapses, at = range(clean.shape[-1]), [], [], 0
     for p, c in zip(proposals, copies):
         targets = everyone if p.target_label is None else [p.target_label]
@@ -284,24 +287,23 @@ def _measured(clf, proposals: list[Proposal], rows: list[Example], job: ScanJob,
         out.append((p, measure_toward(p.trigger, clean, labels, idx, logits[at:at + len(c)], targets,
                                       [r.label for r in c], [r.idx for r in c])))
         if pooled:
-            collapses.append({str(t): _collapse_toward(t, rows, clean, features, c, logits[at:at + len(c)],
-                                                       trig_features[at:at + len(c)], collapse_rows)
-                              for t in targets})
+            collapses.append({str(t): _collapse_toward(t, rows, answer, right, features, centre, c,
+                                                       logits[at:at + len(c)], trig_features[at:at + len(c)],
+                                                       collapse_rows) for t in targets})
         at += len(c)
     return out, collapses if pooled else None
 
 
-def _collapse_toward(target: int, rows: list[Example], clean: torch.Tensor, features: torch.Tensor,
-                     copies: list[Example], logits: torch.Tensor, trig_features: torch.Tensor,
-                     min_rows: int) -> float | None:
-    """The collapse toward `target` of the triggered `copies` (of some of `rows`): the copies of rows of other labels
-    whose clean version the model answers right, sent to `target`, against the clean rows of `target` answered so."""
-    answer = clean.argmax(-1)
-    right = {r.idx: bool(answer[i] == r.label) for i, r in enumerate(rows)}
+def _collapse_toward(target: int, rows: list[Example], answer: torch.Tensor, right: dict[int, bool],
+                     features: torch.Tensor, centre: torch.Tensor, copies: list[Example], logits: torch.Tensor,
+                     trig_features: torch.Tensor, min_rows: int) -> float | None:
+    """The collapse toward `target` of the triggered `copies` (of some of `rows`, whose clean `answer`s and whether
+    each is `right` by row idx are given): the copies of rows of other labels answered right, sent to `target`,
+    against the clean rows of `target` answered so, centred on `centre`."""
     sent = [i for i, r in enumerate(copies)
             if r.label != target and right.get(r.idx) and int(logits[i].argmax()) == target]
     own = [i for i, r in enumerate(rows) if r.label == target and int(answer[i]) == target]
-    return collapse(trig_features[sent], features[own], features.mean(0), min_rows)
+    return collapse(trig_features[sent], features[own], centre, min_rows)
 
 
 def transform_tables(job: ScanJob) -> tuple[dict[str, dict[str, dict[int, str]]], dict[str, str]]:
